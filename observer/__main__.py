@@ -1,0 +1,5 @@
+import sys
+
+from observer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,209 @@
+"""The eBPF probes: compiling, attaching, reading and pruning their maps.
+
+This is the only module that imports bcc, and only inside functions, so that everything else
+can be imported and tested without root.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.resources
+import logging
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from observer.constants import Caller, ProcessState, bpf_cflags, eai_name
+
+log = logging.getLogger(__name__)
+
+PROBE_FILES = ("watched.h", "threads.bpf.c", "getaddrinfo.bpf.c")
+INIT_PID_NAMESPACE_INO = 0xEFFFFFFC
+EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
+# Tracepoints handled by functions that need no tracepoint arguments.
+PLAIN_TRACEPOINTS = [(f"syscalls:sys_enter_{name}", "mark_event_loop_thread") for name in
+                     EPOLL_SYSCALLS] + [("sched:sched_process_exit", "forget_thread")]
+MACRO_TRACEPOINTS = ("task:task_newtask", "sched:sched_process_exec", "sched:sched_process_exit")
+MAPS = (
+    "watched_tgids", "threads_created_total", "threads_exited_total", "pending_start_routine",
+    "getaddrinfo_calls_total", "getaddrinfo_failures_total", "getaddrinfo_duration_seconds",
+    "getaddrinfo_duration_ns_sum", "getaddrinfo_started_ns", "event_loop_threads",
+)
+# (symbol, BPF function, on return)
+UPROBES = (
+    ("pthread_create", "pthread_create_entry", False),
+    ("getaddrinfo", "getaddrinfo_entry", False),
+    ("getaddrinfo", "getaddrinfo_return", True),
+)
+
+
+class BpfUnavailable(RuntimeError):
+    """eBPF cannot work here; the message says what to do."""
+
+
+@dataclass
+class RawCounts:
+    """One process's counters as the kernel keeps them (creators still as addresses)."""
+
+    created_by_routine: Counter[int] = field(default_factory=Counter)
+    threads_exited: int = 0
+    calls: Counter[str] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)
+    duration_slots: Counter[int] = field(default_factory=Counter)
+    duration_sum_ns: int = 0
+
+
+def probe_source() -> str:
+    """The probes as one translation unit: bcc rewrites map helpers only in its main file, so
+    the header and both programs are joined (watched.h's include guard makes the programs'
+    own ``#include "watched.h"`` a no-op)."""
+    folder = importlib.resources.files("observer.bpf")
+    return "\n".join((folder / name).read_text() for name in PROBE_FILES)
+
+
+def pid_namespace_cflags() -> list[str]:
+    info = os.stat("/proc/self/ns/pid")
+    if info.st_ino == INIT_PID_NAMESPACE_INO:
+        return []
+    return [f"-DPIDNS_DEV={info.st_dev}", f"-DPIDNS_INO={info.st_ino}"]
+
+
+def import_bcc():
+    try:
+        import bcc
+    except ImportError as err:
+        raise BpfUnavailable(
+            f"bcc is not importable ({err}): apt-get install python3-bpfcc, and run from a "
+            "virtual environment made with --system-site-packages on Debian's python3 "
+            "(make setup does both)"
+        ) from None
+    return bcc
+
+
+class BpfProbes:
+    def __init__(self, track_new_processes: bool) -> None:
+        self.track_new_processes = track_new_processes
+        self.probes_attached: Counter[str] = Counter()
+        self.attach_errors: Counter[str] = Counter()
+        self.in_pid_namespace = False
+        self._bpf = None
+        self._attached_objects: set[tuple[int, int]] = set()
+
+    # Loading
+    def load(self) -> None:
+        bcc = import_bcc()
+        namespace = pid_namespace_cflags()
+        self.in_pid_namespace = bool(namespace)
+        folder = importlib.resources.files("observer.bpf")
+        cflags = bpf_cflags(self.track_new_processes) + namespace + [f"-I{folder}"]
+        try:
+            self._bpf = bcc.BPF(text=probe_source(), cflags=cflags)
+        except Exception as err:  # bcc raises bare Exception for compile and load errors
+            raise BpfUnavailable(f"compiling the probes failed: {err} ({headers_hint()})") from None
+        for tracepoint in MACRO_TRACEPOINTS:
+            self.probes_attached[tracepoint.split(":")[1]] += 1  # attached by bcc on load
+        for tracepoint, function in PLAIN_TRACEPOINTS:
+            self._attach_tracepoint(tracepoint, function)
+
+    def _attach_tracepoint(self, tracepoint: str, function: str) -> None:
+        name = tracepoint.split(":")[1].removeprefix("sys_enter_")
+        try:
+            self._bpf.attach_tracepoint(tp=tracepoint, fn_name=function)
+            self.probes_attached[name] += 1
+        except Exception as err:
+            # epoll_pwait2 is missing on kernels before 5.11: the others still work.
+            self.attach_errors[name] += 1
+            log.warning("could not attach tracepoint %s: %s", tracepoint, err)
+
+    def attach_libc(self, path: str, device_inode: tuple[int, int]) -> bool:
+        """Uprobes on one libc-like object; once per file (uprobes are per inode)."""
+        if device_inode in self._attached_objects:
+            return True
+        attached = False
+        for symbol, function, on_return in UPROBES:
+            attached |= self._attach_uprobe(path, symbol, function, on_return)
+        if attached:
+            self._attached_objects.add(device_inode)
+        return attached
+
+    def _attach_uprobe(self, path: str, symbol: str, function: str, on_return: bool) -> bool:
+        attach = self._bpf.attach_uretprobe if on_return else self._bpf.attach_uprobe
+        try:
+            attach(name=path, sym=symbol, fn_name=function, pid=-1)
+        except Exception as err:
+            # glibc >= 2.34 keeps a libpthread.so.0 stub without pthread_create: not an error
+            # unless no object of the process has the symbol (see Observer._attach_libc).
+            log.debug("no %s in %s: %s", symbol, path, err)
+            return False
+        self.probes_attached[symbol + ("_return" if on_return else "")] += 1
+        log.info("attached %s%s in %s", symbol, " (return)" if on_return else "", path)
+        return True
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+            self.probes_attached.clear()
+            self._attached_objects.clear()
+
+    # The watched set
+    def set_state(self, tgid: int, state: ProcessState) -> None:
+        self._bpf["watched_tgids"][ctypes.c_uint32(tgid)] = ctypes.c_uint32(state)
+
+    def states(self) -> dict[int, ProcessState]:
+        return {k.value: ProcessState(v.value) for k, v in self._bpf["watched_tgids"].items()}
+
+    def forget(self, tgids: set[int]) -> None:
+        """Removes processes from the watched set and deletes their counters."""
+        if not tgids:
+            return
+        watched = self._bpf["watched_tgids"]
+        for tgid in tgids:
+            watched.pop(ctypes.c_uint32(tgid), None)
+        for name in ("threads_created_total", "getaddrinfo_calls_total",
+                     "getaddrinfo_failures_total", "getaddrinfo_duration_seconds"):
+            table = self._bpf[name]
+            for key in [k for k in table if k.tgid in tgids]:
+                table.pop(key, None)
+        for name in ("threads_exited_total", "getaddrinfo_duration_ns_sum"):
+            table = self._bpf[name]
+            for tgid in tgids:
+                table.pop(ctypes.c_uint32(tgid), None)
+
+    # Reading
+    def read_counts(self, tgids: set[int]) -> dict[int, RawCounts]:
+        counts: dict[int, RawCounts] = defaultdict(RawCounts)
+        b = self._bpf
+        for key, value in b["threads_created_total"].items():
+            if key.tgid in tgids:
+                counts[key.tgid].created_by_routine[key.start_routine] += value.value
+        for key, value in b["threads_exited_total"].items():
+            if key.value in tgids:
+                counts[key.value].threads_exited += value.value
+        for key, value in b["getaddrinfo_calls_total"].items():
+            if key.tgid in tgids:
+                counts[key.tgid].calls[Caller(key.caller).label] += value.value
+        for key, value in b["getaddrinfo_failures_total"].items():
+            if key.tgid in tgids:
+                counts[key.tgid].failures[eai_name(key.error)] += value.value
+        for key, value in b["getaddrinfo_duration_seconds"].items():
+            if key.tgid in tgids:
+                counts[key.tgid].duration_slots[key.slot] += value.value
+        for key, value in b["getaddrinfo_duration_ns_sum"].items():
+            if key.value in tgids:
+                counts[key.value].duration_sum_ns += value.value
+        return counts
+
+    def map_entries(self) -> dict[str, int]:
+        """Entries in each map, to show they stay bounded."""
+        return {name: len(self._bpf[name].keys()) for name in MAPS}
+
+
+def headers_hint() -> str:
+    build = f"/lib/modules/{os.uname().release}/build"
+    if os.path.exists(build):
+        return f"bcc compiled against the headers at {os.path.realpath(build)}"
+    return (
+        f"no kernel headers at {build}: apt-get install linux-headers-{os.uname().release}, or "
+        "link Debian's linux-headers-amd64 there (make setup does this)"
+    )

@@ -1,0 +1,195 @@
+"""The Prometheus collector: fresh metric families from a backend snapshot on every scrape."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from observer import __version__
+from observer.constants import METRIC_PREFIX
+from observer.histogram import log2_to_buckets
+from observer.model import Counts, ProcessRow, Snapshot
+
+
+def _name(metric: str) -> str:
+    return f"{METRIC_PREFIX}_{metric}"
+
+
+class Series:
+    """The values of one label set (a target, or a target and a pid)."""
+
+    def __init__(self, labels: list[str]) -> None:
+        self.labels = labels
+        self.processes = 0
+        self.threads = 0
+        self.counts: Counts | None = None
+        self.executor_max_workers: int | None = None
+
+    def add_row(self, row: ProcessRow) -> None:
+        self.processes += 1
+        self.threads += row.threads
+        if row.executor_max_workers is not None:
+            self.executor_max_workers = max(
+                self.executor_max_workers or 0, row.executor_max_workers
+            )
+        if row.counts is not None:
+            self.add_counts(row.counts)
+
+    def add_counts(self, counts: Counts) -> None:
+        if self.counts is None:
+            self.counts = Counts()
+        self.counts.add(counts)
+
+
+class ObserverCollector(Collector):
+    def __init__(self, read_snapshot: Callable[[], Snapshot], label_pid: bool = False) -> None:
+        self._read_snapshot = read_snapshot
+        self._label_pid = label_pid
+        self._last_duration = 0.0
+
+    def collect(self) -> Iterator[Metric]:
+        started = time.perf_counter()
+        snapshot = self._read_snapshot()
+        yield from self._target_metrics(snapshot)
+        yield from self._self_metrics(snapshot)
+        self._last_duration = time.perf_counter() - started
+
+    def describe(self) -> list[Metric]:
+        return []  # dynamic families: do not collect at registration
+
+    # Per target
+    def _group(self, snapshot: Snapshot) -> list[Series]:
+        series: dict[tuple[str, ...], Series] = {}
+        for row in snapshot.rows:
+            key = (row.target, str(row.pid)) if self._label_pid else (row.target,)
+            series.setdefault(key, Series(list(key))).add_row(row)
+        if not self._label_pid:
+            for target, counts in snapshot.retired.items():
+                if (target,) in series:
+                    series[(target,)].add_counts(counts)
+        return list(series.values())
+
+    def _target_metrics(self, snapshot: Snapshot) -> Iterator[Metric]:
+        labels = ["target", "pid"] if self._label_pid else ["target"]
+        groups = self._group(snapshot)
+        yield from _gauges(snapshot, groups, labels)
+        yield _target_info(snapshot)
+        # The proc backend cannot count: its series are absent, never zeros passed off as
+        # measurements.
+        counted = [g for g in groups if g.counts is not None]
+        if counted:
+            yield from _thread_counters(counted, labels)
+            yield from _getaddrinfo_metrics(counted, labels)
+
+    def _self_metrics(self, snapshot: Snapshot) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            _name("build_info"), "thread-observer version and the backend in use",
+            labels=["version", "backend"],
+        )
+        info.add_metric([__version__, snapshot.backend], 1)
+        yield info
+        yield GaugeMetricFamily(
+            _name("bpf_available"), "1 when the eBPF backend is working",
+            value=int(snapshot.bpf_available),
+        )
+        attached = GaugeMetricFamily(
+            _name("probes_attached"), "Attach points of each probe attached now", labels=["probe"]
+        )
+        for probe, count in sorted(snapshot.probes_attached.items()):
+            attached.add_metric([probe], count)
+        yield attached
+        errors = CounterMetricFamily(
+            _name("attach_errors"), "Probe attach failures", labels=["probe"]
+        )
+        for probe, count in sorted(snapshot.attach_errors.items()):
+            errors.add_metric([probe], count)
+        yield errors
+        yield GaugeMetricFamily(
+            _name("scrape_duration_seconds"),
+            "Time the previous scrape took to read the probes and /proc",
+            value=self._last_duration,
+        )
+
+
+def _gauges(snapshot: Snapshot, groups: list[Series], labels: list[str]) -> Iterator[Metric]:
+    processes = GaugeMetricFamily(
+        _name("processes"), "Processes of the target attached now", labels=labels
+    )
+    threads = GaugeMetricFamily(
+        _name("threads"), "Live threads in the target's processes now", labels=labels
+    )
+    cap = GaugeMetricFamily(
+        _name("executor_default_max_workers"),
+        "Default ThreadPoolExecutor max_workers for the target's interpreter and CPUs",
+        labels=labels,
+    )
+    for group in groups:
+        processes.add_metric(group.labels, group.processes)
+        threads.add_metric(group.labels, group.threads)
+        if group.executor_max_workers is not None:
+            cap.add_metric(group.labels, group.executor_max_workers)
+    if len(labels) == 1:
+        # A configured target with nothing attached still says so: 0 processes.
+        present = {group.labels[0] for group in groups}
+        for target in snapshot.targets:
+            if target not in present:
+                processes.add_metric([target], 0)
+    yield from (processes, threads, cap)
+
+
+def _thread_counters(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
+    created = CounterMetricFamily(
+        _name("threads_created"), "Threads created, by the code that holds the start routine",
+        labels=[*labels, "creator"],
+    )
+    exited = CounterMetricFamily(_name("threads_exited"), "Threads that ended", labels=labels)
+    for group in groups:
+        for creator, count in sorted(group.counts.threads_created.items()):
+            created.add_metric([*group.labels, creator], count)
+        exited.add_metric(group.labels, group.counts.threads_exited)
+    yield from (created, exited)
+
+
+def _getaddrinfo_metrics(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
+    calls = CounterMetricFamily(
+        _name("getaddrinfo_calls"),
+        "getaddrinfo calls; caller=event_loop when made on an event-loop thread",
+        labels=[*labels, "caller"],
+    )
+    failures = CounterMetricFamily(
+        _name("getaddrinfo_failures"), "Failed getaddrinfo calls by EAI_* error",
+        labels=[*labels, "error"],
+    )
+    duration = HistogramMetricFamily(
+        _name("getaddrinfo_duration_seconds"), "getaddrinfo call latency", labels=labels
+    )
+    for group in groups:
+        counts = group.counts
+        for caller in ("event_loop", "other"):
+            calls.add_metric([*group.labels, caller], counts.getaddrinfo_calls.get(caller, 0))
+        for error, count in sorted(counts.getaddrinfo_failures.items()):
+            failures.add_metric([*group.labels, error], count)
+        buckets = [
+            (floatToGoString(le), n) for le, n in log2_to_buckets(counts.duration_slots)
+        ]
+        duration.add_metric(group.labels, buckets, counts.duration_sum_ns / 1e9)
+    yield from (calls, failures, duration)
+
+
+def _target_info(snapshot: Snapshot) -> Metric:
+    info = GaugeMetricFamily(
+        _name("target_info"), "Attached processes and the container and pod they run in",
+        labels=["target", "pid", "container_id", "pod_uid"],
+    )
+    for row in snapshot.rows:
+        info.add_metric([row.target, str(row.pid), row.container_id, row.pod_uid], 1)
+    return info

@@ -1,0 +1,71 @@
+"""Constants shared by the BPF programs and the daemon, defined once here.
+
+The BPF C receives them as ``-D`` cflags (:func:`bpf_cflags`), so the two sides cannot drift.
+"""
+
+from __future__ import annotations
+
+import enum
+
+METRIC_PREFIX = "thread_observer"
+
+
+class ProcessState(enum.IntEnum):
+    """Values of the ``watched_tgids`` map."""
+
+    PENDING = 1  # new process, counted from exec, not yet matched against the targets
+    WATCHED = 2
+    EXITED = 3  # its last thread ended; user space folds its counts and forgets it
+
+
+class Caller(enum.IntEnum):
+    """Who called getaddrinfo: the ``caller`` label."""
+
+    OTHER = 0
+    EVENT_LOOP = 1
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class MapSize(enum.IntEnum):
+    MAX_PROCESSES = 16384
+    MAX_THREADS = 65536
+    MAX_CREATORS = 16384
+    MAX_KEYS = 65536
+
+
+# glibc's and musl's EAI_* codes (netdb.h); both agree on these values.
+EAI_NAMES = {
+    -1: "EAI_BADFLAGS",
+    -2: "EAI_NONAME",
+    -3: "EAI_AGAIN",
+    -4: "EAI_FAIL",
+    -5: "EAI_NODATA",
+    -6: "EAI_FAMILY",
+    -7: "EAI_SOCKTYPE",
+    -8: "EAI_SERVICE",
+    -9: "EAI_ADDRFAMILY",
+    -10: "EAI_MEMORY",
+    -11: "EAI_SYSTEM",
+    -12: "EAI_OVERFLOW",
+    -100: "EAI_INPROGRESS",
+    -101: "EAI_CANCELED",
+    -102: "EAI_NOTCANCELED",
+    -103: "EAI_ALLDONE",
+    -104: "EAI_INTR",
+    -105: "EAI_IDN_ENCODE",
+}
+
+
+def eai_name(code: int) -> str:
+    return EAI_NAMES.get(code, "EAI_OTHER")
+
+
+def bpf_cflags(track_new_processes: bool) -> list[str]:
+    flags = [f"-DSTATE_{state.name}={state.value}" for state in ProcessState]
+    flags += [f"-DCALLER_{caller.name}={caller.value}" for caller in Caller]
+    flags += [f"-D{size.name}={size.value}" for size in MapSize]
+    flags.append(f"-DTRACK_NEW_PROCESSES={int(track_new_processes)}")
+    return flags

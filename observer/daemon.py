@@ -1,0 +1,319 @@
+"""Keeping track of the watched processes and turning backend readings into snapshots.
+
+:class:`ProcObserver` reads /proc only (live threads and processes); :class:`BpfObserver` adds
+the eBPF probes (every thread created and ended, every getaddrinfo call).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import psutil
+
+from observer import procfs
+from observer.bpf_backend import BpfProbes, RawCounts
+from observer.constants import ProcessState
+from observer.model import Counts, ProcessRow, Snapshot
+from observer.targets import PidTarget, RegexTarget, cmdline_of, match_target
+
+log = logging.getLogger(__name__)
+
+MAX_CREATORS_PER_PROCESS = 32  # creator label values are bounded: the rest become "other"
+MAX_CREATOR_LENGTH = 96
+
+
+@dataclass
+class TrackedProcess:
+    pid: int
+    target: str
+    create_time: float
+    resolver: procfs.AddressResolver | None = None
+    executor_max_workers: int | None = None
+    container_id: str = ""
+    pod_uid: str = ""
+
+    def row(self, counts: Counts | None) -> ProcessRow:
+        return ProcessRow(
+            target=self.target, pid=self.pid, threads=live_threads(self.pid), counts=counts,
+            executor_max_workers=self.executor_max_workers,
+            container_id=self.container_id, pod_uid=self.pod_uid,
+        )
+
+
+def live_threads(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+class ProcObserver:
+    """Watches targets through /proc: processes and live threads, no event counts."""
+
+    backend = "proc"
+
+    def __init__(
+        self,
+        regex_targets: list[RegexTarget],
+        pid_targets: list[PidTarget],
+        allow_non_python: bool = False,
+        scan_interval: float = 1.0,
+    ) -> None:
+        self.regex_targets = regex_targets
+        self.pid_targets = {t.pid: t.name for t in pid_targets}
+        self.allow_non_python = allow_non_python
+        self.scan_interval = scan_interval
+        self.procs: dict[int, TrackedProcess] = {}
+        self.retired: dict[str, Counts] = {}
+        self._lock = threading.Lock()
+        self._last_scan = 0.0
+        self._self_pid = os.getpid()
+
+    # Life cycle
+    def start(self) -> None:
+        with self._lock:
+            self._scan()
+
+    def poll(self) -> None:
+        """Called every tick: finds new and gone processes."""
+        with self._lock:
+            self._poll_locked()
+
+    def _poll_locked(self) -> None:
+        if time.monotonic() - self._last_scan >= self.scan_interval:
+            self._scan()
+
+    def close(self) -> None:
+        pass
+
+    # Finding processes
+    def classify(self, pid: int) -> str | None:
+        """The target a process belongs to, or None."""
+        if pid == self._self_pid:
+            return None
+        if pid in self.pid_targets:
+            return self.pid_targets[pid]
+        if not self.regex_targets:
+            return None
+        cmdline = cmdline_of(pid)
+        target = match_target(self.regex_targets, cmdline) if cmdline else None
+        if target is None:
+            return None
+        try:
+            if not self.allow_non_python and not procfs.is_python(pid):
+                return None
+        except OSError:
+            return None
+        return target.name
+
+    def _scan(self) -> None:
+        self._last_scan = time.monotonic()
+        for pid, tracked in list(self.procs.items()):
+            if create_time(pid) != tracked.create_time:
+                self._detach(pid)  # gone, or the PID now belongs to another process
+        for pid in self._candidate_pids():
+            if pid not in self.procs:
+                target = self.classify(pid)
+                if target is not None:
+                    self._attach(pid, target)
+        self._drop_empty_targets()
+
+    def _candidate_pids(self) -> list[int]:
+        if self.regex_targets:
+            return psutil.pids()
+        return [pid for pid in self.pid_targets if psutil.pid_exists(pid)]
+
+    def _attach(self, pid: int, target: str) -> TrackedProcess | None:
+        started = create_time(pid)
+        if started is None:
+            return None
+        tracked = TrackedProcess(pid=pid, target=target, create_time=started)
+        self._describe(tracked)
+        self.procs[pid] = tracked
+        log.info("attached pid %d to target %s", pid, target)
+        return tracked
+
+    def _describe(self, tracked: TrackedProcess) -> None:
+        try:
+            describe(tracked)
+        except OSError as err:
+            log.debug("process %d went away while attaching: %s", tracked.pid, err)
+
+    def _detach(self, pid: int) -> None:
+        tracked = self.procs.pop(pid, None)
+        if tracked is not None:
+            log.info("pid %d of target %s is gone", pid, tracked.target)
+
+    def _drop_empty_targets(self) -> None:
+        # A target's folded counts live only as long as the target has processes.
+        live = {tracked.target for tracked in self.procs.values()}
+        for target in list(self.retired):
+            if target not in live:
+                del self.retired[target]
+
+    # Reading
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return Snapshot(
+                backend=self.backend,
+                rows=[tracked.row(None) for tracked in self.procs.values()],
+                targets=self.target_names(),
+            )
+
+    def target_names(self) -> list[str]:
+        return sorted({t.name for t in self.regex_targets} | set(self.pid_targets.values()))
+
+
+def describe(tracked: TrackedProcess) -> None:
+    """Fills in what /proc tells about a newly attached process."""
+    pid = tracked.pid
+    mappings = procfs.read_maps(pid)
+    exe = procfs.exe_path(pid)
+    tracked.resolver = procfs.AddressResolver(pid, mappings, exe)
+    tracked.container_id, tracked.pod_uid = procfs.container_identity(pid)
+    try:
+        allowed = len(psutil.Process(pid).cpu_affinity())
+    except psutil.Error:
+        allowed = os.cpu_count() or 1
+    tracked.executor_max_workers = procfs.executor_default_max_workers(
+        procfs.python_version(pid, mappings), os.cpu_count() or 1, allowed
+    )
+
+
+class BpfObserver(ProcObserver):
+    """Adds the eBPF probes: counts from the kernel's maps, read at scrape time."""
+
+    backend = "bpf"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.probes = BpfProbes(track_new_processes=bool(self.regex_targets))
+
+    def start(self) -> None:
+        self.probes.load()
+        if self.regex_targets:
+            # New processes are counted from exec on: have the usual libc probed already.
+            self._attach_libc(self._self_pid)
+        super().start()
+
+    def close(self) -> None:
+        with self._lock:
+            self.probes.close()
+
+    def _poll_locked(self) -> None:
+        forget = set()
+        for tgid, state in self.probes.states().items():
+            if state == ProcessState.PENDING:
+                self._settle_pending(tgid, forget)
+            elif state == ProcessState.EXITED or tgid not in self.procs:
+                if tgid in self.procs:
+                    self._detach(tgid)
+                forget.add(tgid)
+        self.probes.forget(forget)
+        super()._poll_locked()
+
+    def _settle_pending(self, tgid: int, forget: set[int]) -> None:
+        """A process that the kernel saw start a program (exec) or fork from a target."""
+        target = self.classify(tgid)
+        tracked = self.procs.get(tgid)
+        if tracked is not None and (
+            tracked.target != target or tracked.create_time != create_time(tgid)
+        ):
+            self._detach(tgid)  # it became another program, or the PID was reused
+            tracked = None
+        if target is None:
+            forget.add(tgid)
+        elif tracked is None:
+            if self._attach(tgid, target) is None:
+                forget.add(tgid)
+        else:
+            self.probes.set_state(tgid, ProcessState.WATCHED)
+            self._describe(tracked)  # new program image: new mappings
+
+    def _attach(self, pid: int, target: str) -> TrackedProcess | None:
+        tracked = super()._attach(pid, target)
+        if tracked is None:
+            return None
+        self.probes.set_state(pid, ProcessState.WATCHED)
+        self._attach_libc(pid)
+        return tracked
+
+    def _attach_libc(self, pid: int) -> None:
+        try:
+            objects = procfs.libc_objects(pid, procfs.read_maps(pid))
+        except OSError:
+            return
+        attached = False
+        for path in objects:
+            in_root = procfs.path_in_root(pid, path)
+            try:
+                info = os.stat(in_root)
+            except OSError:
+                continue
+            attached |= self.probes.attach_libc(in_root, (info.st_dev, info.st_ino))
+        if not attached:
+            self.probes.attach_errors["libc"] += 1
+            log.warning("pid %d: no pthread_create or getaddrinfo found in %s", pid, objects)
+
+    def _detach(self, pid: int) -> None:
+        tracked = self.procs.get(pid)
+        if tracked is not None:
+            final = self._counts({pid: tracked}).get(pid)
+            if final is not None:
+                self.retired.setdefault(tracked.target, Counts()).add(final)
+        super()._detach(pid)
+        self.probes.forget({pid})
+
+    def _counts(self, procs: dict[int, TrackedProcess]) -> dict[int, Counts]:
+        raw = self.probes.read_counts(set(procs))
+        return {pid: resolve_counts(raw_counts, procs[pid]) for pid, raw_counts in raw.items()}
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            counts = self._counts(self.procs)
+            return Snapshot(
+                backend=self.backend,
+                rows=[t.row(counts.get(pid, Counts())) for pid, t in self.procs.items()],
+                retired={target: counts for target, counts in self.retired.items()},
+                targets=self.target_names(),
+                probes_attached=dict(self.probes.probes_attached),
+                attach_errors=dict(self.probes.attach_errors),
+                bpf_available=True,
+            )
+
+
+def resolve_counts(raw: RawCounts, tracked: TrackedProcess) -> Counts:
+    """Kernel counts with start routines turned into creator labels."""
+    created: Counter[str] = Counter()
+    for routine, count in raw.created_by_routine.items():
+        created[creator_label(tracked, routine, created)] += count
+    return Counts(
+        threads_created=created, threads_exited=raw.threads_exited,
+        getaddrinfo_calls=raw.calls, getaddrinfo_failures=raw.failures,
+        duration_slots=raw.duration_slots, duration_sum_ns=raw.duration_sum_ns,
+    )
+
+
+def creator_label(tracked: TrackedProcess, routine: int, seen: Counter[str]) -> str:
+    if tracked.resolver is None:
+        return "unknown"
+    creator = tracked.resolver.creator(routine)[:MAX_CREATOR_LENGTH]
+    if creator not in seen and len(seen) >= MAX_CREATORS_PER_PROCESS:
+        return "other"
+    return creator

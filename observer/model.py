@@ -1,0 +1,50 @@
+"""What a backend reports at a scrape: plain data, so the collector is testable without root."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Counts:
+    """Counters of one process (or the folded counters of exited ones)."""
+
+    threads_created: Counter[str] = field(default_factory=Counter)  # by creator
+    threads_exited: int = 0
+    getaddrinfo_calls: Counter[str] = field(default_factory=Counter)  # by caller
+    getaddrinfo_failures: Counter[str] = field(default_factory=Counter)  # by EAI_* name
+    duration_slots: Counter[int] = field(default_factory=Counter)  # log2 ns slot -> calls
+    duration_sum_ns: int = 0
+
+    def add(self, other: Counts) -> None:
+        self.threads_created.update(other.threads_created)
+        self.threads_exited += other.threads_exited
+        self.getaddrinfo_calls.update(other.getaddrinfo_calls)
+        self.getaddrinfo_failures.update(other.getaddrinfo_failures)
+        self.duration_slots.update(other.duration_slots)
+        self.duration_sum_ns += other.duration_sum_ns
+
+
+@dataclass
+class ProcessRow:
+    target: str
+    pid: int
+    threads: int  # live now
+    counts: Counts | None  # None: the backend cannot count (proc)
+    executor_max_workers: int | None = None
+    container_id: str = ""
+    pod_uid: str = ""
+
+
+@dataclass
+class Snapshot:
+    backend: str
+    rows: list[ProcessRow] = field(default_factory=list)
+    # Final counts of exited processes, by target, kept while the target has live processes
+    # so that its counters never go down.
+    retired: dict[str, Counts] = field(default_factory=dict)
+    targets: list[str] = field(default_factory=list)  # configured target names
+    probes_attached: dict[str, int] = field(default_factory=dict)
+    attach_errors: dict[str, int] = field(default_factory=dict)
+    bpf_available: bool = False

@@ -1,0 +1,99 @@
+"""The HTTP side: /metrics and /healthz with aiohttp, and the poll loop beside them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import suppress
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from observer.collector import ObserverCollector
+from observer.daemon import ProcObserver
+
+log = logging.getLogger(__name__)
+
+OBSERVER_KEY = web.AppKey("observer", ProcObserver)
+REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+
+
+def make_app(observer: ProcObserver, label_pid: bool, interval: float) -> web.Application:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ObserverCollector(observer.snapshot, label_pid=label_pid))
+    app = web.Application()
+    app[OBSERVER_KEY] = observer
+    app[REGISTRY_KEY] = registry
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/", index)
+    app.cleanup_ctx.append(_poll_loop(interval))
+    return app
+
+
+def _poll_loop(interval: float):
+    async def context(app: web.Application):
+        task = asyncio.create_task(_poll_forever(app[OBSERVER_KEY], interval))
+        yield
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        # Detach every probe before the process exits.
+        await asyncio.get_running_loop().run_in_executor(None, app[OBSERVER_KEY].close)
+
+    return context
+
+
+async def _poll_forever(observer: ProcObserver, interval: float) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            await loop.run_in_executor(None, observer.poll)
+        except Exception:  # keep serving: one bad poll must not end the observer
+            log.exception("poll failed")
+        await asyncio.sleep(interval)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY_KEY]
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    # Reading the maps is blocking: off the event loop.
+    body = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    observer = request.app[OBSERVER_KEY]
+    return web.json_response(
+        {"status": "ok", "backend": observer.backend, "processes": len(observer.procs)}
+    )
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.Response(text="thread-observer: see /metrics and /healthz\n")
+
+
+async def serve(observer: ProcObserver, host: str, port: int, label_pid: bool,
+                interval: float) -> None:
+    """Serves until SIGTERM or SIGINT, then detaches the probes and returns."""
+    runner = web.AppRunner(
+        make_app(observer, label_pid, interval), handle_signals=False, access_log=None
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        for address in runner.addresses:
+            log.info("serving http://%s:%d/metrics (backend %s)", address[0], address[1],
+                     observer.backend)
+        await stop.wait()
+        log.info("stopping: detaching probes")
+    finally:
+        await runner.cleanup()
+        log.info("stopped")

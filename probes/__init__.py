@@ -1,0 +1,1 @@
+"""The BPF C programs, shipped as package data (observer.bpf)."""

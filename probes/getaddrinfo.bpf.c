@@ -1,0 +1,117 @@
+// getaddrinfo: calls, latency (log2 histogram), failures by EAI_* code, and whether the
+// calling thread is an event loop (it has waited in epoll_wait/epoll_pwait/epoll_pwait2).
+//
+// Maps become metrics (observer/bpf_backend.py):
+//   getaddrinfo_calls_total          {tgid, caller} -> count   thread_observer_getaddrinfo_calls_total
+//   getaddrinfo_failures_total       {tgid, error} -> count    thread_observer_getaddrinfo_failures_total
+//   getaddrinfo_duration_seconds     {tgid, slot} -> count     thread_observer_getaddrinfo_duration_seconds
+//   getaddrinfo_duration_ns_sum      {tgid} -> ns              (its _sum)
+#include "watched.h"
+
+#ifndef MAX_THREADS
+#define MAX_THREADS 65536
+#endif
+#ifndef MAX_KEYS
+#define MAX_KEYS 65536
+#endif
+#ifndef CALLER_OTHER
+#define CALLER_OTHER 0
+#define CALLER_EVENT_LOOP 1
+#endif
+
+struct caller_key {
+    u32 tgid;
+    u32 caller;
+};
+
+struct error_key {
+    u32 tgid;
+    s32 error;
+};
+
+struct slot_key {
+    u32 tgid;
+    u32 slot;  // bucket upper bound is 2^slot ns
+};
+
+BPF_HASH(getaddrinfo_calls_total, struct caller_key, u64, MAX_KEYS);
+BPF_HASH(getaddrinfo_failures_total, struct error_key, u64, MAX_KEYS);
+BPF_HASH(getaddrinfo_duration_seconds, struct slot_key, u64, MAX_KEYS);
+BPF_HASH(getaddrinfo_duration_ns_sum, u32, u64, MAX_PROCESSES);
+// tid -> entry time of the call in progress
+BPF_TABLE("lru_hash", u32, u64, getaddrinfo_started_ns, MAX_THREADS);
+// tids that have waited in epoll: event-loop threads
+BPF_TABLE("lru_hash", u32, u8, event_loop_threads, MAX_THREADS);
+
+int mark_event_loop_thread(void *ctx)
+{
+    u64 id = current_pid_tgid();
+    u32 tid = (u32)id;
+    if (!is_watched(id >> 32))
+        return 0;
+    // Loops wait thousands of times a second: look before writing.
+    if (event_loop_threads.lookup(&tid))
+        return 0;
+    u8 yes = 1;
+    event_loop_threads.update(&tid, &yes);
+    return 0;
+}
+
+int forget_thread(void *ctx)
+{
+    // Thread ids are reused: a new thread must not inherit an old one's event-loop mark.
+    u32 tid = (u32)current_pid_tgid();
+    event_loop_threads.delete(&tid);
+    getaddrinfo_started_ns.delete(&tid);
+    return 0;
+}
+
+int getaddrinfo_entry(struct pt_regs *ctx)
+{
+    u64 id = current_pid_tgid();
+    u32 tid = (u32)id;
+    if (!is_watched(id >> 32))
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    getaddrinfo_started_ns.update(&tid, &now);
+    return 0;
+}
+
+static __always_inline u32 log2_slot(u64 ns)
+{
+    // Smallest slot with ns <= 2^slot.
+    u32 slot = 0;
+    for (int i = 0; i < 64; i++) {
+        if ((1ULL << slot) >= ns)
+            break;
+        slot++;
+    }
+    return slot;
+}
+
+int getaddrinfo_return(struct pt_regs *ctx)
+{
+    u64 id = current_pid_tgid();
+    u32 tgid = id >> 32, tid = (u32)id;
+    u64 *started = getaddrinfo_started_ns.lookup(&tid);
+    if (!started)
+        return 0;  // entered before we attached, or not watched
+    u64 ns = bpf_ktime_get_ns() - *started;
+    getaddrinfo_started_ns.delete(&tid);
+
+    struct caller_key calls = {.tgid = tgid, .caller = CALLER_OTHER};
+    if (event_loop_threads.lookup(&tid))
+        calls.caller = CALLER_EVENT_LOOP;
+    getaddrinfo_calls_total.increment(calls);
+
+    int rc = PT_REGS_RC(ctx);
+    if (rc != 0) {
+        struct error_key error = {.tgid = tgid, .error = rc};
+        getaddrinfo_failures_total.increment(error);
+    }
+
+    struct slot_key bucket = {.tgid = tgid, .slot = log2_slot(ns)};
+    getaddrinfo_duration_seconds.increment(bucket);
+    getaddrinfo_duration_ns_sum.increment(tgid, ns);
+    return 0;
+}

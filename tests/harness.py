@@ -1,0 +1,133 @@
+"""Running a real observer and reading its /metrics, for the eBPF tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def bpf_skip_reason() -> str | None:
+    """Why the eBPF tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "eBPF tests need root (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE)"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc is not importable: apt-get install python3-bpfcc (make setup)"
+    if not os.path.exists(f"/lib/modules/{os.uname().release}/build"):
+        return f"no kernel headers at /lib/modules/{os.uname().release}/build (make setup)"
+    if not any(os.path.exists(p) for p in ("/sys/kernel/tracing/events",
+                                           "/sys/kernel/debug/tracing/events")):
+        return "tracefs is not mounted at /sys/kernel/tracing (make setup)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class RunningObserver:
+    def __init__(self, process: subprocess.Popen, port: int, log_path: Path) -> None:
+        self.process = process
+        self.port = port
+        self.log_path = log_path
+        self.url = f"http://127.0.0.1:{port}"
+
+    def get(self, path: str = "/metrics", accept: str | None = None) -> tuple[str, str]:
+        request = urllib.request.Request(self.url + path)
+        if accept:
+            request.add_header("Accept", accept)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read().decode(), response.headers["Content-Type"]
+
+    def scrape(self) -> Metrics:
+        return Metrics(self.get()[0])
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"observer exited {self.process.returncode}:\n{self.log()}")
+        try:
+            return self.get("/healthz")[0].startswith("{")
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@contextmanager
+def observer(args: list[str], tmp_path: Path, timeout: float = 30.0):
+    """``thread-observer run ARGS`` on a free loopback port, stopped afterwards."""
+    port = free_port()
+    log_path = tmp_path / f"observer-{port}.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "observer", "run", "--listen", f"127.0.0.1:{port}", *args],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+    running = RunningObserver(process, port, log_path)
+    try:
+        wait_until(running.ready, timeout, "the observer to serve /healthz")
+        yield running
+    finally:
+        running.stop()
+
+
+class Metrics:
+    """Parsed /metrics text with lookups by metric name and labels."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples = [
+            sample for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        ]
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """The sum of the samples of that name whose labels include ``labels``."""
+        found = [s.value for s in self.samples
+                 if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+        return sum(found) if found else None
+
+    def labels(self, name: str, label: str, **match: str) -> dict[str, float]:
+        return {s.labels[label]: s.value for s in self.samples
+                if s.name == name and label in s.labels
+                and all(s.labels.get(k) == v for k, v in match.items())}
+
+    def has_target(self, target: str) -> bool:
+        return any(s.labels.get("target") == target for s in self.samples)

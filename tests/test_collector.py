@@ -1,0 +1,135 @@
+"""The collector fed plain snapshots: no root, no BPF."""
+
+from collections import Counter
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+from prometheus_client.parser import text_string_to_metric_families
+
+from observer.collector import ObserverCollector
+from observer.model import Counts, ProcessRow, Snapshot
+
+
+def counts(created=None, exited=0, calls=None, failures=None, slots=None, sum_ns=0):
+    return Counts(
+        threads_created=Counter(created or {}), threads_exited=exited,
+        getaddrinfo_calls=Counter(calls or {}), getaddrinfo_failures=Counter(failures or {}),
+        duration_slots=Counter(slots or {}), duration_sum_ns=sum_ns,
+    )
+
+
+def registry_for(snapshot: Snapshot, label_pid=False) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ObserverCollector(lambda: snapshot, label_pid=label_pid))
+    return registry
+
+
+def bpf_snapshot() -> Snapshot:
+    return Snapshot(
+        backend="bpf",
+        rows=[
+            ProcessRow("api", 10, threads=5, executor_max_workers=6, container_id="c" * 64,
+                       counts=counts({"python": 4, "unknown": 1}, 2,
+                                     {"event_loop": 3, "other": 7}, {"EAI_NONAME": 2},
+                                     {14: 9, 20: 1}, sum_ns=2_000_000)),
+            ProcessRow("api", 11, threads=3,
+                       counts=counts({"python": 1}, calls={"other": 1}, slots={15: 1},
+                                     sum_ns=30_000)),
+            ProcessRow("worker", 12, threads=1, counts=counts()),
+        ],
+        retired={"api": counts({"python": 10}, exited=10, calls={"other": 5}, slots={14: 5}),
+                 "gone": counts({"python": 99})},
+        targets=["api", "worker", "idle"],
+        probes_attached={"getaddrinfo": 1, "pthread_create": 1},
+        attach_errors={"libc": 1},
+        bpf_available=True,
+    )
+
+
+def test_per_target_sums_processes_and_exited_ones():
+    registry = registry_for(bpf_snapshot())
+    value = registry.get_sample_value
+    assert value("thread_observer_processes", {"target": "api"}) == 2
+    assert value("thread_observer_threads", {"target": "api"}) == 8
+    assert value("thread_observer_threads_created_total",
+                 {"target": "api", "creator": "python"}) == 15
+    assert value("thread_observer_threads_created_total",
+                 {"target": "api", "creator": "unknown"}) == 1
+    assert value("thread_observer_threads_exited_total", {"target": "api"}) == 12
+    assert value("thread_observer_getaddrinfo_calls_total",
+                 {"target": "api", "caller": "event_loop"}) == 3
+    assert value("thread_observer_getaddrinfo_calls_total",
+                 {"target": "api", "caller": "other"}) == 13
+    assert value("thread_observer_getaddrinfo_failures_total",
+                 {"target": "api", "error": "EAI_NONAME"}) == 2
+    assert value("thread_observer_getaddrinfo_duration_seconds_count", {"target": "api"}) == 16
+    assert value("thread_observer_getaddrinfo_duration_seconds_sum",
+                 {"target": "api"}) == pytest.approx(0.00203)
+    assert value("thread_observer_executor_default_max_workers", {"target": "api"}) == 6
+
+
+def test_histogram_buckets_are_cumulative_in_seconds():
+    value = registry_for(bpf_snapshot()).get_sample_value
+    bucket = "thread_observer_getaddrinfo_duration_seconds_bucket"
+    assert value(bucket, {"target": "api", "le": "1.6384e-05"}) == 14  # slot 14 = 16.384 µs
+    assert value(bucket, {"target": "api", "le": "3.2768e-05"}) == 15
+    assert value(bucket, {"target": "api", "le": "+Inf"}) == 16
+
+
+def test_targets_without_processes_show_zero_processes_and_nothing_else():
+    registry = registry_for(bpf_snapshot())
+    assert registry.get_sample_value("thread_observer_processes", {"target": "idle"}) == 0
+    text = generate_latest(registry).decode()
+    assert 'target="gone"' not in text  # folded counts vanish with the target's processes
+    assert registry.get_sample_value("thread_observer_threads", {"target": "idle"}) is None
+
+
+def test_label_pid_splits_series_and_drops_exited_processes():
+    value = registry_for(bpf_snapshot(), label_pid=True).get_sample_value
+    assert value("thread_observer_threads_created_total",
+                 {"target": "api", "pid": "10", "creator": "python"}) == 4
+    assert value("thread_observer_threads_created_total",
+                 {"target": "api", "pid": "11", "creator": "python"}) == 1
+    assert value("thread_observer_threads", {"target": "api", "pid": "11"}) == 3
+
+
+def test_proc_backend_has_no_counters_at_all():
+    snapshot = Snapshot(backend="proc", rows=[ProcessRow("api", 10, threads=4, counts=None)],
+                        targets=["api"])
+    registry = registry_for(snapshot)
+    text = generate_latest(registry).decode()
+    assert registry.get_sample_value("thread_observer_threads", {"target": "api"}) == 4
+    assert registry.get_sample_value(
+        "thread_observer_build_info", {"backend": "proc", "version": "0.1.0"}) == 1
+    for absent in ("threads_created_total", "getaddrinfo_calls_total", "threads_exited_total",
+                   "getaddrinfo_duration_seconds"):
+        assert f"thread_observer_{absent}" not in text
+
+
+def test_self_metrics_have_no_target_label():
+    value = registry_for(bpf_snapshot()).get_sample_value
+    assert value("thread_observer_probes_attached", {"probe": "getaddrinfo"}) == 1
+    assert value("thread_observer_attach_errors_total", {"probe": "libc"}) == 1
+    assert value("thread_observer_bpf_available") == 1
+    assert value("thread_observer_scrape_duration_seconds") is not None
+
+
+def test_hostile_label_values_stay_valid_exposition():
+    # What /proc gives is decoded with errors="replace": U+FFFD, never a lone surrogate.
+    hostile = 'lib"quote\\back\nnewline\ufffd\u00e9.so'
+    snapshot = Snapshot(backend="bpf", rows=[ProcessRow(
+        "api", 1, threads=1, counts=counts({hostile: 2}), container_id='x"y')])
+    text = generate_latest(registry_for(snapshot)).decode()
+    parsed = {s.labels.get("creator"): s.value
+              for f in text_string_to_metric_families(text) for s in f.samples
+              if s.name == "thread_observer_threads_created_total"}
+    assert parsed == {hostile: 2}
+
+
+def test_openmetrics_output_parses():
+    text = generate_openmetrics(registry_for(bpf_snapshot())).decode()
+    names = {f.name for f in parse_om(text)}
+    assert "thread_observer_threads_created" in names
+    assert text.rstrip().endswith("# EOF")

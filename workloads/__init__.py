@@ -1,0 +1,1 @@
+"""Sample asyncio workloads (the scenarios), each recording its own ground truth."""
