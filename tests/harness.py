@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -131,3 +132,50 @@ class Metrics:
 
     def has_target(self, target: str) -> bool:
         return any(s.labels.get("target") == target for s in self.samples)
+
+
+class Workload:
+    """A workload child process with the ready/go handshake and its ground-truth line."""
+
+    def __init__(self, args: list[str], python: str = sys.executable, wait: bool = True) -> None:
+        command = [python, *args] + (["--wait-stdin"] if wait else [])
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+        )
+        self.pid = self.process.pid
+        if wait:
+            ready = json.loads(self._line())
+            assert ready["ready"] and ready["pid"] == self.pid, ready
+
+    def _line(self) -> str:
+        line = self.process.stdout.readline()
+        if not line:
+            raise AssertionError(f"workload exited early ({self.process.wait()})")
+        return line
+
+    def go(self) -> None:
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+
+    def truth(self) -> dict:
+        """The ground-truth JSON line (the last the workload prints before lingering)."""
+        while True:
+            line = self._line()
+            if line.startswith("{") and "threads_started" in line:
+                return json.loads(line)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            stream.close()
+
+
+@contextmanager
+def workload(args: list[str], **kwargs):
+    running = Workload(args, **kwargs)
+    try:
+        yield running
+    finally:
+        running.stop()

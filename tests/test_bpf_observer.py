@@ -1,0 +1,155 @@
+"""The observer with real probes on real processes, against the workloads' own ground truth."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sysconfig
+import time
+import uuid
+from contextlib import suppress
+from pathlib import Path
+
+import pytest
+
+from tests.harness import observer, wait_until, workload
+from workloads.servers import http_server
+
+pytestmark = pytest.mark.bpf
+
+MIXED = ["-m", "workloads.mixed", "--threads", "23", "--loop-calls", "37",
+         "--blocking-calls", "11", "--failures", "3"]
+
+
+def counts_settled(running, target, truth):
+    """The scrape once every thread the workload started has been counted as exited."""
+    def settled():
+        metrics = running.scrape()
+        exited = metrics.value("thread_observer_threads_exited_total", target=target)
+        return metrics if exited == truth["threads_started"] else None
+
+    return wait_until(settled, 10, "every thread's exit to be counted")
+
+
+def assert_matches_truth(metrics, target, truth):
+    created = metrics.labels("thread_observer_threads_created_total", "creator", target=target)
+    assert created == {"python": truth["threads_started"]}
+    assert metrics.value("thread_observer_threads_exited_total", target=target) == \
+        truth["threads_started"]
+    on_loop = truth["getaddrinfo_on_loop"]
+    calls = metrics.labels("thread_observer_getaddrinfo_calls_total", "caller", target=target)
+    assert calls == {"event_loop": on_loop, "other": truth["getaddrinfo_calls"] - on_loop}
+    failures = metrics.labels("thread_observer_getaddrinfo_failures_total", "error",
+                              target=target)
+    assert failures == truth["getaddrinfo_errors"]
+    assert metrics.value("thread_observer_getaddrinfo_duration_seconds_count",
+                         target=target) == truth["getaddrinfo_calls"]
+    assert metrics.value("thread_observer_threads", target=target) == 1
+    assert metrics.value("thread_observer_processes", target=target) == 1
+
+
+def test_exact_counts_of_a_process_given_by_pid(tmp_path):
+    with workload([*MIXED, "--linger", "60"]) as target:
+        with observer(["--pid", f"mixed={target.pid}"], tmp_path) as running:
+            target.go()
+            truth = target.truth()
+            assert truth["threads_started"] >= 23  # its own 23, plus executor threads
+            assert truth["getaddrinfo_calls"] == 37 + 11 + 3
+            assert truth["getaddrinfo_on_loop"] == 11 + 3
+            metrics = counts_settled(running, "mixed", truth)
+            assert_matches_truth(metrics, "mixed", truth)
+
+
+def test_process_started_after_the_observer_is_counted_from_its_start(tmp_path):
+    tag = uuid.uuid4().hex[:12]
+    with observer(["--target", f"later=workloads\\.mixed.*--tag {tag}"], tmp_path) as running:
+        assert running.scrape().value("thread_observer_processes", target="later") == 0
+        # No handshake: the work begins at once, before any poll can have seen the process.
+        with workload([*MIXED, "--tag", tag, "--linger", "60"], wait=False) as target:
+            truth = target.truth()
+            metrics = counts_settled(running, "later", truth)
+            assert_matches_truth(metrics, "later", truth)
+            assert metrics.labels("thread_observer_target_info", "pid", target="later") == \
+                {str(target.pid): 1}
+
+
+def test_series_of_an_exited_target_disappear_and_the_observer_keeps_serving(tmp_path):
+    tag = uuid.uuid4().hex[:12]
+    with observer(["--target", f"brief=workloads\\.mixed.*--tag {tag}"], tmp_path) as running:
+        for _ in range(2):  # a second run shows nothing of the first was kept
+            with workload([*MIXED, "--tag", tag, "--linger", "60"], wait=False) as target:
+                truth = target.truth()
+                assert_matches_truth(counts_settled(running, "brief", truth), "brief", truth)
+            wait_until(
+                lambda: running.scrape().value("thread_observer_processes", target="brief") == 0,
+                5, "the exited process to be dropped",
+            )
+            metrics = running.scrape()
+            assert metrics.value("thread_observer_threads_created_total", target="brief") is None
+            assert metrics.value("thread_observer_getaddrinfo_calls_total",
+                                 target="brief") is None
+        assert running.get("/healthz")[0].startswith('{"status": "ok"')
+
+
+def test_label_pid_and_openmetrics(tmp_path):
+    with workload([*MIXED, "--linger", "60"]) as target:
+        with observer(["--pid", f"mixed={target.pid}", "--label-pid"], tmp_path) as running:
+            target.go()
+            truth = target.truth()
+            metrics = counts_settled(running, "mixed", truth)
+            assert metrics.value("thread_observer_threads_created_total", target="mixed",
+                                 pid=str(target.pid)) == truth["threads_started"]
+            text, content_type = running.get(
+                "/metrics", accept="application/openmetrics-text; version=1.0.0")
+            assert content_type.startswith("application/openmetrics-text")
+            assert text.rstrip().endswith("# EOF")
+
+
+def test_sigterm_detaches_every_probe_and_exits_zero_within_2s(tmp_path):
+    with workload([*MIXED, "--linger", "60"]) as target, \
+            observer(["--pid", f"mixed={target.pid}"], tmp_path) as running:
+        ours = bpf_program_ids(running.process.pid)
+        assert len(ours) >= 8, "every probe program should be loaded while the observer runs"
+        started = time.monotonic()
+        assert running.stop() == 0
+        assert time.monotonic() - started < 2.0
+        assert "stopping: detaching probes" in running.log()
+    wait_until(lambda: not ours & loaded_bpf_program_ids(), 5, "the programs to be unloaded")
+
+
+def bpf_program_ids(pid: int) -> set[int]:
+    """The BPF programs a process holds open."""
+    ids = set()
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        with suppress(OSError):
+            for line in info.read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+    return ids
+
+
+def loaded_bpf_program_ids() -> set[int]:
+    listing = subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, text=True,
+                             check=True).stdout
+    return {program["id"] for program in json.loads(listing)}
+
+
+def test_uvloop_native_pool_threads_are_seen_while_python_sees_one(tmp_path, monkeypatch):
+    # libuv starts its whole pool on first use: UV_THREADPOOL_SIZE threads, 4 when unset.
+    monkeypatch.setenv("UV_THREADPOOL_SIZE", "4")
+    with http_server() as port, \
+            workload(["-m", "workloads.semaphore_burst", "--loop", "uvloop", "--port", str(port),
+                      "--linger", "60"]) as target, \
+            observer(["--pid", f"uv={target.pid}"], tmp_path) as running:
+        target.go()
+        truth = target.truth()
+        assert truth["python_threads_peak"] == 1
+        assert truth["threads_started"] == 0
+        assert truth["getaddrinfo_calls"] == 30
+        metrics = running.scrape()
+        created = metrics.labels("thread_observer_threads_created_total", "creator", target="uv")
+        # uvloop links libuv into its extension module, which holds libuv's worker routine.
+        assert created == {f"loop{sysconfig.get_config_var('EXT_SUFFIX')}": 4}
+        assert metrics.value("thread_observer_threads", target="uv") == 5
+        calls = metrics.labels("thread_observer_getaddrinfo_calls_total", "caller", target="uv")
+        assert calls == {"event_loop": 0, "other": truth["getaddrinfo_calls"]}
