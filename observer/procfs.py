@@ -14,9 +14,10 @@ from pathlib import Path
 
 PROC = Path("/proc")
 
-# Objects that may hold pthread_create and getaddrinfo: glibc (libpthread before 2.34), musl.
+# Objects that may hold pthread_create and getaddrinfo: glibc (libpthread before 2.34), musl
+# (Debian maps it as libc.so, Alpine as ld-musl-ARCH.so.1).
 LIBC_NAME = re.compile(
-    r"^(libc\.so\.6|libc-[\d.]+\.so|libpthread\.so\.0|libpthread-[\d.]+\.so"
+    r"^(libc\.so(\.6)?|libc-[\d.]+\.so|libpthread\.so\.0|libpthread-[\d.]+\.so"
     r"|libc\.musl-[\w-]+\.so\.1|ld-musl-[\w-]+\.so\.1)$"
 )
 PYTHON_EXE = re.compile(r"^python(\d+(\.\d+)?)?[a-z]*$")

@@ -137,8 +137,10 @@ class Metrics:
 class Workload:
     """A workload child process with the ready/go handshake and its ground-truth line."""
 
-    def __init__(self, args: list[str], python: str = sys.executable, wait: bool = True) -> None:
-        command = [python, *args] + (["--wait-stdin"] if wait else [])
+    def __init__(self, args: list[str], python: str = sys.executable, wait: bool = True,
+                 native: bool = False) -> None:
+        # A native target (tests/native/target.c) always does the handshake by itself.
+        command = list(args) if native else [python, *args] + (["--wait-stdin"] if wait else [])
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
         )
