@@ -132,7 +132,6 @@ class ProcObserver:
                 target = self.classify(pid)
                 if target is not None:
                     self._attach(pid, target)
-        self._drop_empty_targets()
 
     def _candidate_pids(self) -> list[int]:
         if self.regex_targets:
@@ -157,15 +156,15 @@ class ProcObserver:
 
     def _detach(self, pid: int) -> None:
         tracked = self.procs.pop(pid, None)
-        if tracked is not None:
-            log.info("pid %d of target %s is gone", pid, tracked.target)
+        if tracked is None:
+            return
+        log.info("pid %d of target %s is gone", pid, tracked.target)
+        if not self._has_processes(tracked.target):
+            # A target's folded counts live only as long as it has processes.
+            self.retired.pop(tracked.target, None)
 
-    def _drop_empty_targets(self) -> None:
-        # A target's folded counts live only as long as the target has processes.
-        live = {tracked.target for tracked in self.procs.values()}
-        for target in list(self.retired):
-            if target not in live:
-                del self.retired[target]
+    def _has_processes(self, target: str) -> bool:
+        return any(tracked.target == target for tracked in self.procs.values())
 
     # Reading
     def snapshot(self) -> Snapshot:
@@ -275,7 +274,8 @@ class BpfObserver(ProcObserver):
         tracked = self.procs.get(pid)
         if tracked is not None:
             final = self._counts({pid: tracked}).get(pid)
-            if final is not None:
+            others = any(t.target == tracked.target and p != pid for p, t in self.procs.items())
+            if final is not None and others:
                 self.retired.setdefault(tracked.target, Counts()).add(final)
         super()._detach(pid)
         self.probes.forget({pid})

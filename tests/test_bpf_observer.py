@@ -17,18 +17,24 @@ from workloads.servers import http_server
 
 pytestmark = pytest.mark.bpf
 
+# A unique -X option (accepted and ignored by CPython) tells a test's processes from others'.
 MIXED = ["-m", "workloads.mixed", "--threads", "23", "--loop-calls", "37",
          "--blocking-calls", "11", "--failures", "3"]
 
 
 def counts_settled(running, target, truth):
     """The scrape once every thread the workload started has been counted as exited."""
+    seen = []
+
     def settled():
         metrics = running.scrape()
-        exited = metrics.value("thread_observer_threads_exited_total", target=target)
-        return metrics if exited == truth["threads_started"] else None
+        seen[:] = [metrics.value("thread_observer_threads_exited_total", target=target)]
+        return metrics if seen[0] == truth["threads_started"] else None
 
-    return wait_until(settled, 10, "every thread's exit to be counted")
+    try:
+        return wait_until(settled, 10, "every thread's exit to be counted")
+    except AssertionError as timeout:
+        raise AssertionError(f"{timeout}: exited={seen}, truth={truth}\n{running.log()}") from None
 
 
 def assert_matches_truth(metrics, target, truth):
@@ -62,10 +68,10 @@ def test_exact_counts_of_a_process_given_by_pid(tmp_path):
 
 def test_process_started_after_the_observer_is_counted_from_its_start(tmp_path):
     tag = uuid.uuid4().hex[:12]
-    with observer(["--target", f"later=workloads\\.mixed.*--tag {tag}"], tmp_path) as running:
+    with observer(["--target", f"later=python.*-X tag={tag}"], tmp_path) as running:
         assert running.scrape().value("thread_observer_processes", target="later") == 0
         # No handshake: the work begins at once, before any poll can have seen the process.
-        with workload([*MIXED, "--tag", tag, "--linger", "60"], wait=False) as target:
+        with workload(["-X", f"tag={tag}", *MIXED, "--linger", "60"], wait=False) as target:
             truth = target.truth()
             metrics = counts_settled(running, "later", truth)
             assert_matches_truth(metrics, "later", truth)
@@ -75,9 +81,9 @@ def test_process_started_after_the_observer_is_counted_from_its_start(tmp_path):
 
 def test_series_of_an_exited_target_disappear_and_the_observer_keeps_serving(tmp_path):
     tag = uuid.uuid4().hex[:12]
-    with observer(["--target", f"brief=workloads\\.mixed.*--tag {tag}"], tmp_path) as running:
+    with observer(["--target", f"brief=python.*-X tag={tag}"], tmp_path) as running:
         for _ in range(2):  # a second run shows nothing of the first was kept
-            with workload([*MIXED, "--tag", tag, "--linger", "60"], wait=False) as target:
+            with workload(["-X", f"tag={tag}", *MIXED, "--linger", "60"], wait=False) as target:
                 truth = target.truth()
                 assert_matches_truth(counts_settled(running, "brief", truth), "brief", truth)
             wait_until(
@@ -153,3 +159,27 @@ def test_uvloop_native_pool_threads_are_seen_while_python_sees_one(tmp_path, mon
         assert metrics.value("thread_observer_threads", target="uv") == 5
         calls = metrics.labels("thread_observer_getaddrinfo_calls_total", "caller", target="uv")
         assert calls == {"event_loop": 0, "other": truth["getaddrinfo_calls"]}
+
+
+def test_counts_of_an_exited_process_stay_in_its_target_while_others_live(tmp_path):
+    tag = uuid.uuid4().hex[:12]
+    command = ["-X", f"tag={tag}", *MIXED, "--linger", "60"]
+    with observer(["--target", f"pair=python.*-X tag={tag}"], tmp_path) as running:
+        with workload(command, wait=False) as first:
+            first_truth = first.truth()
+            with workload(command, wait=False) as second:
+                second_truth = second.truth()
+                wait_until(lambda: running.scrape().value(
+                    "thread_observer_processes", target="pair") == 2, 5, "both attached")
+                first.stop()
+                wait_until(lambda: running.scrape().value(
+                    "thread_observer_processes", target="pair") == 1, 5, "the first dropped")
+                metrics = running.scrape()
+                started = first_truth["threads_started"] + second_truth["threads_started"]
+                assert metrics.value("thread_observer_threads_created_total",
+                                     target="pair") == started
+                # A main thread's end is its process's end, not counted as a thread exit.
+                assert metrics.value("thread_observer_threads_exited_total",
+                                     target="pair") == started
+                assert metrics.value("thread_observer_getaddrinfo_calls_total", target="pair") \
+                    == first_truth["getaddrinfo_calls"] + second_truth["getaddrinfo_calls"]
