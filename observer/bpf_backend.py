@@ -37,6 +37,12 @@ UPROBES = (
 )
 
 
+PROBE_NAMES = (
+    *(t.split(":")[1] for t in MACRO_TRACEPOINTS), *EPOLL_SYSCALLS,
+    *(symbol + ("_return" if on_return else "") for symbol, _, on_return in UPROBES),
+)
+
+
 class BpfUnavailable(RuntimeError):
     """eBPF cannot work here; the message says what to do."""
 
@@ -83,7 +89,8 @@ def import_bcc():
 class BpfProbes:
     def __init__(self, track_new_processes: bool) -> None:
         self.track_new_processes = track_new_processes
-        self.probes_attached: Counter[str] = Counter()
+        # Every probe is listed from the start, so one that failed to attach shows 0.
+        self.probes_attached: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
         self.attach_errors: Counter[str] = Counter()
         self.in_pid_namespace = False
         self._bpf = None
@@ -143,7 +150,7 @@ class BpfProbes:
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
-            self.probes_attached.clear()
+            self.probes_attached = Counter(dict.fromkeys(PROBE_NAMES, 0))
             self._attached_objects.clear()
 
     # The watched set

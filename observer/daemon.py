@@ -87,6 +87,9 @@ class ProcObserver:
 
     # Life cycle
     def start(self) -> None:
+        if self.backend == "proc":
+            log.warning("backend proc: live threads and processes from /proc only; threads "
+                        "created, threads exited and getaddrinfo are not measured")
         with self._lock:
             self._scan()
 

@@ -1,6 +1,7 @@
 """Bad input: one clear line on stderr, a non-zero exit, no traceback."""
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -10,12 +11,13 @@ import pytest
 
 from tests.harness import REPO
 
+AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all"]
 
-def run_cli(*args, timeout=60, user=None):
+
+def run_cli(*args, timeout=60, as_nobody=False):
     command = [sys.executable, "-m", "observer", *args]
-    if user:
-        command = ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups",
-                   "--inh-caps=-all", *command]
+    if as_nobody:
+        command = [*AS_NOBODY, *command]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
@@ -76,5 +78,52 @@ def test_unknown_flag_is_an_argparse_error_without_traceback():
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
                     reason="dropping privileges needs root and setpriv")
 def test_without_privileges_bpf_backend_refuses_clearly():
-    result = run_cli("run", "--target", "a=x", "--backend", "bpf", user="nobody")
+    result = run_cli("run", "--target", "a=x", "--backend", "bpf", as_nobody=True)
     assert_clear_error(result, "the bpf backend cannot work here: not root")
+
+
+@pytest.mark.bpf
+def test_check_passes_here():
+    result = run_cli("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the bpf backend works here" in result.stdout
+    assert "OK   probes" in result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="dropping privileges needs root and setpriv")
+def test_check_names_what_is_missing_without_privileges():
+    result = run_cli("check", as_nobody=True)
+    assert result.returncode == 1
+    assert re.search(r"FAIL privileges +not root and no CAP_BPF\+CAP_PERFMON", result.stdout)
+    assert re.search(r"FAIL bpf syscall +bpf\(BPF_MAP_CREATE\) failed", result.stdout)
+    assert "the bpf backend cannot work here" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="dropping privileges needs root and setpriv")
+def test_auto_falls_back_to_proc_and_says_so(tmp_path):
+    from tests.harness import RunningObserver, free_port, wait_until
+
+    port = free_port()
+    log_path = tmp_path / "observer.log"
+    # The target runs as nobody too: an unprivileged observer can read only its own users'.
+    sleeper = subprocess.Popen([*AS_NOBODY, sys.executable, "-c", "import time; time.sleep(60)"])
+    command = [*AS_NOBODY, sys.executable, "-m", "observer", "run", "--pid",
+               f"sleeper={sleeper.pid}", "--listen", f"127.0.0.1:{port}"]
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
+    running = RunningObserver(process, port, log_path)
+    try:
+        wait_until(running.ready, 30, "the observer to serve")
+        metrics = running.scrape()
+        assert metrics.value("thread_observer_build_info", backend="proc") == 1
+        assert metrics.value("thread_observer_bpf_available") == 0
+        assert metrics.value("thread_observer_threads", target="sleeper") == 1
+        assert metrics.value("thread_observer_threads_created_total") is None
+        assert "falling back to the proc backend" in running.log()
+        assert "getaddrinfo are NOT measured" in running.log()
+    finally:
+        running.stop()
+        sleeper.kill()
+        sleeper.wait()

@@ -1,0 +1,795 @@
+"""The deploy files: Kubernetes manifests, image, Prometheus config and rules, Grafana dashboard.
+
+None of this needs root or a cluster. Manifests are checked against the Kubernetes API schemas
+(kubernetes-validate), rules with promtool, and every dashboard and alert query against a real
+Prometheus on 127.0.0.1, both with no data and scraping a page of made-up metrics that follows
+the observer's contract.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import http.server
+import json
+import re
+import subprocess
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from observer.cli import build_parser, parse_listen
+from observer.targets import parse_regex_target
+from tests.promtools import (
+    PROMETHEUS,
+    PROMTOOL,
+    PromQLError,
+    alert_rules,
+    dashboard_queries,
+    start_prometheus,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+KUBERNETES = DEPLOY / "kubernetes"
+PROMETHEUS_DIR = DEPLOY / "prometheus"
+ALERTS = PROMETHEUS_DIR / "alerts.yml"
+ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"
+PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
+DASHBOARD = DEPLOY / "grafana" / "thread-observer.json"
+DOCKERFILE = DEPLOY / "Dockerfile"
+
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+METRICS_PORT = 9097
+VENV = "/opt/thread-observer/venv"
+# What the observer's containers may add to an empty capability set, and no more.
+CAPABILITIES = {"BPF", "PERFMON", "SYS_PTRACE"}
+# The oldest Kubernetes minor the manifests promise to fit, and the newest the validator knows.
+KUBERNETES_VERSIONS = ["1.28.0", kubernetes_validate.utils.latest_version()]
+
+# The metrics contract (prefix thread_observer_): per-target series carry `target`, self
+# metrics do not.
+PER_TARGET_METRICS = {
+    "thread_observer_threads",
+    "thread_observer_threads_created_total",
+    "thread_observer_threads_exited_total",
+    "thread_observer_getaddrinfo_calls_total",
+    "thread_observer_getaddrinfo_failures_total",
+    "thread_observer_getaddrinfo_duration_seconds_bucket",
+    "thread_observer_getaddrinfo_duration_seconds_sum",
+    "thread_observer_getaddrinfo_duration_seconds_count",
+    "thread_observer_processes",
+    "thread_observer_executor_default_max_workers",
+    "thread_observer_target_info",
+}
+SELF_METRICS = {
+    "thread_observer_build_info",
+    "thread_observer_probes_attached",
+    "thread_observer_attach_errors_total",
+    "thread_observer_scrape_duration_seconds",
+    "thread_observer_bpf_available",
+}
+
+needs_prometheus = pytest.mark.skipif(
+    PROMETHEUS is None,
+    reason="Debian's prometheus binary is not on PATH (apt-get install prometheus; "
+    "deploy/setup.sh installs it)",
+)
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None,
+    reason="promtool is not on PATH (it comes with Debian's prometheus package, which "
+    "deploy/setup.sh installs)",
+)
+
+
+def load_documents(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def all_documents() -> list[tuple[str, dict]]:
+    return [
+        (f"{path.name}:{doc['kind']}/{doc['metadata']['name']}", doc)
+        for path in sorted(KUBERNETES.glob("*.yaml"))
+        for doc in load_documents(path)
+    ]
+
+
+def workload(path: Path, kind: str) -> dict:
+    (doc,) = [doc for doc in load_documents(path) if doc["kind"] == kind]
+    return doc
+
+
+def observer_container(pod_spec: dict) -> dict:
+    (container,) = [c for c in pod_spec["containers"] if c["name"] == "thread-observer"]
+    return container
+
+
+def observer_arguments(container: dict) -> argparse.Namespace:
+    """The container's args as the observer's own command line parses them."""
+    return build_parser().parse_args(container["args"])
+
+
+def target_regexes(container: dict) -> dict[str, re.Pattern]:
+    targets = [parse_regex_target(t) for t in observer_arguments(container).target]
+    return {target.name: target.pattern for target in targets}
+
+
+SIDECAR = workload(KUBERNETES / "sidecar.yaml", "Deployment")
+DAEMONSET = workload(KUBERNETES / "daemonset.yaml", "DaemonSet")
+WORKLOADS = {"sidecar": SIDECAR, "daemonset": DAEMONSET}
+
+
+# Kubernetes manifests
+
+# The Prometheus Operator's CRD is not among the Kubernetes API schemas kubernetes-validate
+# ships, so a PodMonitor is checked against the part of the CRD it uses; unknown fields are
+# refused, as the API server's structural schema would.
+_DURATION = r"^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+_LABEL_SELECTOR = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "matchExpressions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["key", "operator"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                    "values": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    },
+}
+_RELABEL_CONFIG = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "sourceLabels": {
+            "type": "array",
+            "items": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
+        },
+        "separator": {"type": "string"},
+        "targetLabel": {"type": "string"},
+        "regex": {"type": "string"},
+        "modulus": {"type": "integer"},
+        "replacement": {"type": "string"},
+        "action": {
+            "enum": [
+                "replace", "keep", "drop", "hashmod", "labelmap", "labeldrop", "labelkeep",
+                "lowercase", "uppercase", "keepequal", "dropequal",
+            ]
+        },
+    },
+}
+PODMONITOR_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PodMonitor"},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+                "namespace": {"type": "string"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "podMetricsEndpoints"],
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+                "selector": _LABEL_SELECTOR,
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "any": {"type": "boolean"},
+                        "matchNames": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "podMetricsEndpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "anyOf": [{"required": ["port"]}, {"required": ["portNumber"]}],
+                        "properties": {
+                            "port": {"type": "string"},
+                            "portNumber": {"type": "integer"},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "scheme": {"enum": ["http", "https"]},
+                            "interval": {"type": "string", "pattern": _DURATION},
+                            "scrapeTimeout": {"type": "string", "pattern": _DURATION},
+                            "honorLabels": {"type": "boolean"},
+                            "honorTimestamps": {"type": "boolean"},
+                            "relabelings": {"type": "array", "items": _RELABEL_CONFIG},
+                            "metricRelabelings": {"type": "array", "items": _RELABEL_CONFIG},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize(
+    "name,document",
+    [(name, doc) for name, doc in all_documents() if doc["kind"] != "PodMonitor"],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_manifest_fits_the_kubernetes_api(name, document, version):
+    kubernetes_validate.validate(document, version, strict=True)
+
+
+def test_strict_validation_refuses_a_misspelt_field():
+    broken = copy.deepcopy(SIDECAR)
+    observer = observer_container(broken["spec"]["template"]["spec"])
+    observer["securityContext"]["capabilites"] = observer["securityContext"].pop("capabilities")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_podmonitor_fits_the_operator_crd_and_selects_both_workloads():
+    (monitor,) = [doc for _, doc in all_documents() if doc["kind"] == "PodMonitor"]
+    jsonschema.validate(monitor, PODMONITOR_SCHEMA)
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    for name, work in WORKLOADS.items():
+        labels = work["spec"]["template"]["metadata"]["labels"]
+        assert wanted.items() <= labels.items(), name
+        ports = observer_container(work["spec"]["template"]["spec"])["ports"]
+        endpoints = monitor["spec"]["podMetricsEndpoints"]
+        assert {p["name"] for p in ports} >= {e["port"] for e in endpoints}, name
+    relabelled = {
+        r.get("targetLabel"): r.get("replacement")
+        for e in monitor["spec"]["podMetricsEndpoints"]
+        for r in e.get("relabelings", [])
+    }
+    assert relabelled["job"] == "thread-observer"
+
+
+def test_podmonitor_schema_refuses_a_misspelt_field():
+    (monitor,) = [doc for _, doc in all_documents() if doc["kind"] == "PodMonitor"]
+    broken = copy.deepcopy(monitor)
+    broken["spec"]["podMetricsEndpoints"][0]["intreval"] = "15s"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, PODMONITOR_SCHEMA)
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_observer_runs_with_three_capabilities_each_explained(name):
+    path = KUBERNETES / f"{name}.yaml"
+    observer = observer_container(WORKLOADS[name]["spec"]["template"]["spec"])
+    context = observer["securityContext"]
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert set(context["capabilities"]["add"]) == CAPABILITIES
+    assert context["privileged"] is False
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["seccompProfile"]["type"] == "RuntimeDefault"
+    # Each added capability sits right under a comment that starts with its name.
+    lines = path.read_text().splitlines()
+    for capability in context["capabilities"]["add"]:
+        (index,) = [i for i, line in enumerate(lines) if line.strip() == f"- {capability}"]
+        comment = []
+        for line in reversed(lines[:index]):
+            if not line.strip().startswith("#"):
+                break
+            comment.insert(0, line.strip())
+        assert comment and comment[0].startswith(f"# {capability}:"), (name, capability)
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_observer_container_has_mounts_probes_resources_and_scrape_wiring(name):
+    template = WORKLOADS[name]["spec"]["template"]
+    spec = template["spec"]
+    observer = observer_container(spec)
+    assert observer["image"] == f"thread-observer:{VERSION}"
+    arguments = observer_arguments(observer)
+    assert arguments.command == "run"
+    assert parse_listen(arguments.listen) == ("0.0.0.0", METRICS_PORT)
+    assert arguments.target and not arguments.label_pid
+    assert {"name": "metrics", "containerPort": METRICS_PORT} in observer["ports"]
+
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert observer[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, probe
+
+    for container in spec["containers"]:
+        for bound in ("requests", "limits"):
+            assert set(container["resources"][bound]) == {"cpu", "memory"}, container["name"]
+
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    host_paths = {}
+    for mount in observer["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "hostPath" in volume:
+            assert mount.get("readOnly") is True, mount
+            assert volume["hostPath"]["path"] == mount["mountPath"], mount
+            host_paths[mount["mountPath"]] = volume["hostPath"]["type"]
+    assert host_paths == {
+        "/sys/kernel/tracing": "Directory",
+        "/lib/modules": "Directory",
+        "/usr/src": "Directory",
+    }
+    assert "/tmp" in {m["mountPath"] for m in observer["volumeMounts"]}
+
+    annotations = template["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(METRICS_PORT),
+        "prometheus.io/path": "/metrics",
+    }
+    assert spec["automountServiceAccountToken"] is False
+
+
+def test_sidecar_shares_the_process_namespace_and_targets_only_the_service():
+    spec = SIDECAR["spec"]["template"]["spec"]
+    assert spec["shareProcessNamespace"] is True
+    assert not spec.get("hostPID")
+    app = next(c for c in spec["containers"] if c["name"] != "thread-observer")
+    observer = observer_container(spec)
+    (regex,) = target_regexes(observer).values()
+    assert regex.search(" ".join(app["command"]))
+    own_command = [f"{VENV}/bin/python3", f"{VENV}/bin/thread-observer", *observer["args"]]
+    assert not regex.search(" ".join(own_command))
+
+
+def test_sidecar_service_script_is_valid_python():
+    config_map = workload(KUBERNETES / "sidecar.yaml", "ConfigMap")
+    app = next(c for c in SIDECAR["spec"]["template"]["spec"]["containers"] if c["name"] == "app")
+    script = Path(app["command"][-1])
+    volume = next(m for m in app["volumeMounts"] if script.is_relative_to(m["mountPath"]))
+    ast.parse(config_map["data"][script.name], filename=str(script))
+    assert volume["readOnly"] is True
+
+
+def test_daemonset_sees_the_node_and_targets_python_processes():
+    spec = DAEMONSET["spec"]["template"]["spec"]
+    assert spec["hostPID"] is True
+    assert {"operator": "Exists"} in spec["tolerations"]
+    observer = observer_container(spec)
+    (regex,) = target_regexes(observer).values()
+    for command in [
+        "python3 app.py",
+        "python -m uvicorn main:app",
+        "/usr/local/bin/python3.11 /usr/local/bin/gunicorn -k uvicorn.workers.UvicornWorker",
+        "/usr/bin/python3",
+    ]:
+        assert regex.search(command), command
+    for command in [
+        "/usr/sbin/nginx -g daemon off;",
+        "/bin/sh -c python3 app.py",
+        "/usr/bin/python3-config --cflags",
+    ]:
+        assert not regex.search(command), command
+
+
+def test_observer_namespaces_allow_privileged_pods():
+    namespaces = {
+        doc["metadata"]["name"]: doc for _, doc in all_documents() if doc["kind"] == "Namespace"
+    }
+    for name, work in WORKLOADS.items():
+        labels = namespaces[work["metadata"]["namespace"]]["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "privileged", name
+
+
+# Image
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    instructions = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    return instructions
+
+
+def test_image_installs_with_setup_sh_on_debian_12():
+    instructions = dockerfile_instructions()
+    assert instructions[0][0] == "FROM"
+    assert re.fullmatch(r"debian:(12|bookworm)(-slim)?", instructions[0][1])
+    runs = [rest for keyword, rest in instructions if keyword == "RUN"]
+    assert any(f"deploy/setup.sh --venv {VENV}" in run for run in runs)
+    (entrypoint,) = [json.loads(rest) for keyword, rest in instructions if keyword == "ENTRYPOINT"]
+    assert entrypoint == [f"{VENV}/bin/thread-observer"]
+    (command,) = [json.loads(rest) for keyword, rest in instructions if keyword == "CMD"]
+    assert command[0] == "run"
+    assert ("EXPOSE", str(METRICS_PORT)) in instructions
+
+
+def test_image_copies_everything_the_package_build_reads():
+    copied = []
+    for keyword, rest in dockerfile_instructions():
+        if keyword == "COPY":
+            *sources, _ = rest.split()
+            copied += [s.rstrip("/") for s in sources]
+    for source in copied:
+        assert (ROOT / source).exists(), source
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    needed = {project["project"]["readme"], "pyproject.toml", "deploy/setup.sh"}
+    needed |= set(project["tool"]["setuptools"]["package-dir"].values())
+    assert needed <= set(copied)
+
+
+# Prometheus: config and rules
+
+def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@needs_promtool
+def test_promtool_check_rules():
+    result = promtool("check", "rules", ALERTS.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_promtool_rule_unit_tests():
+    result = promtool("test", "rules", ALERTS_TEST.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def without_kubernetes_discovery(config: dict, pods_file: Path) -> dict:
+    """The config with each kubernetes_sd_configs swapped for file_sd_configs reading pods_file.
+
+    Debian builds Prometheus 2.42 without Kubernetes service discovery (its Go dependencies are
+    not packaged), so its promtool refuses the key and its prometheus cannot run that job. The
+    swap keeps the relabelling, which is what the job is about, checkable here.
+    """
+    config = copy.deepcopy(config)
+    for job in config["scrape_configs"]:
+        if job.pop("kubernetes_sd_configs", None) is not None:
+            job["file_sd_configs"] = [{"files": [str(pods_file)]}]
+    config["rule_files"] = [str(PROMETHEUS_DIR / f) for f in config.get("rule_files", [])]
+    return config
+
+
+@needs_promtool
+def test_promtool_check_config(tmp_path):
+    result = promtool("check", "config", PROMETHEUS_CONFIG.name)
+    if "field kubernetes_sd_configs not found" in result.stdout + result.stderr:
+        config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+        pods_file = tmp_path / "pods.json"
+        pods_file.write_text("[]")
+        derived = tmp_path / "prometheus.yml"
+        derived.write_text(yaml.safe_dump(without_kubernetes_discovery(config, pods_file)))
+        result = promtool("check", "config", str(derived))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_tests_that_fire_it_and_tests_that_must_not():
+    tests = yaml.safe_load(ALERTS_TEST.read_text())
+    assert tests["rule_files"] == [ALERTS.name]
+    fired, quiet = set(), set()
+    for group in tests["tests"]:
+        for case in group["alert_rule_test"]:
+            (fired if case.get("exp_alerts") else quiet).add(case["alertname"])
+    names = {name for name, _ in alert_rules(ALERTS)}
+    assert len(names) == len(alert_rules(ALERTS)), "duplicate alert names"
+    assert names - fired == set(), "alerts no test fires"
+    assert names - quiet == set(), "alerts no test keeps quiet"
+    assert (fired | quiet) <= names, "tests of alerts that do not exist"
+
+
+def metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\bthread_observer_\w+", expr))
+
+
+def test_rules_use_contract_metrics_and_never_group_by_pid():
+    contract = PER_TARGET_METRICS | SELF_METRICS
+    for name, expr in alert_rules(ALERTS):
+        assert metric_names(expr) <= contract, (name, metric_names(expr) - contract)
+        assert not re.search(r"\b(by|on)\s*\([^)]*\bpid\b", expr), name
+        assert not re.search(r"\bpid\s*=", expr), name
+
+
+# Grafana dashboard
+
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def query_panels(board: dict) -> list[dict]:
+    panels = []
+    for panel in board["panels"]:
+        panels += [panel, *panel.get("panels", [])]
+    return [p for p in panels if p["type"] != "row"]
+
+
+def test_dashboard_variables():
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    target = variables["target"]
+    assert target["type"] == "query"
+    assert target["query"] == "label_values(thread_observer_threads, target)"
+    assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    assert target["multi"] is True
+    assert target["includeAll"] is True
+    assert target["allValue"] == ".*"
+
+
+def test_every_panel_queries_the_chosen_datasource():
+    board = dashboard()
+    panels = query_panels(board)
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in panels:
+        title = panel["title"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, title
+        exprs = [t.get("expr") for t in panel["targets"]]
+        assert exprs and all(exprs), title
+        for target in panel["targets"]:
+            assert target["datasource"] == panel["datasource"], title
+        refs = [t["refId"] for t in panel["targets"]]
+        assert len(refs) == len(set(refs)), title
+
+
+def test_dashboard_panels_do_not_overlap():
+    taken = {}
+    for panel in dashboard()["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in taken, (panel["title"], taken.get((x, y)))
+                taken[(x, y)] = panel["title"]
+
+
+def test_dashboard_queries_filter_by_target_and_use_the_rate_interval():
+    for panel in query_panels(dashboard()):
+        for target in panel["targets"]:
+            expr = target["expr"]
+            assert metric_names(expr) <= PER_TARGET_METRICS | SELF_METRICS, expr
+            for name, selector in re.findall(r"\b(thread_observer_\w+)(\{[^}]*\})?", expr):
+                if name in PER_TARGET_METRICS:
+                    assert 'target=~"$target"' in selector, (panel["title"], name)
+            # Self metrics have no target: they must still be narrowed to the observers
+            # that watch a selected target.
+            if metric_names(expr) & SELF_METRICS:
+                assert 'thread_observer_processes{target=~"$target"}' in expr, panel["title"]
+            for window in re.findall(r"\[([^\]]*)\]", expr):
+                assert window == "$__rate_interval", (panel["title"], window)
+            # pid is part of what target_info identifies; elsewhere it exists only with
+            # --label-pid, so grouping by it would split or lose series.
+            if "thread_observer_target_info" not in expr:
+                for clause in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+                    assert "pid" not in re.split(r"\s*,\s*", clause.strip()), expr
+
+
+def test_dashboard_covers_the_contract():
+    queries = [expr for _, expr in dashboard_queries(DASHBOARD)]
+    used = set().union(*(metric_names(e) for e in queries))
+    assert used >= (PER_TARGET_METRICS | SELF_METRICS) - {
+        "thread_observer_getaddrinfo_duration_seconds_sum",
+        "thread_observer_getaddrinfo_duration_seconds_count",
+    }
+    assert any("histogram_quantile(0.5," in e for e in queries)
+    assert any("histogram_quantile(0.99," in e for e in queries)
+    heatmaps = [p for p in query_panels(dashboard()) if p["type"] == "heatmap"]
+    assert [t["format"] for p in heatmaps for t in p["targets"]] == ["heatmap"]
+
+
+def test_dashboard_queries_have_every_variable_filled_in():
+    queries = dashboard_queries(DASHBOARD)
+    assert len(queries) >= 10
+    for title, expr in queries:
+        assert "$" not in expr, (title, expr)
+        assert 'target=~".*"' in expr, (title, expr)
+
+
+# Against a real Prometheus
+
+@needs_prometheus
+def test_dashboard_and_alert_queries_are_valid_promql():
+    with start_prometheus([], rule_files=[ALERTS]) as prom:
+        # query() raises PromQLError for anything Prometheus refuses; no data is needed.
+        for _, expr in dashboard_queries(DASHBOARD) + alert_rules(ALERTS):
+            prom.query(expr)
+        loaded = {r["name"] for g in prom.rule_groups() for r in g["rules"]}
+        assert loaded == {name for name, _ in alert_rules(ALERTS)}
+        with pytest.raises(PromQLError, match="parse error"):
+            prom.query("sum by (target) (thread_observer_threads")
+
+
+@needs_prometheus
+def test_prometheus_leaves_no_process_or_files_behind(tmp_path):
+    with start_prometheus([]) as prom:
+        assert prom.url.startswith("http://127.0.0.1:")
+        assert prom.process.poll() is None
+    assert prom.process.poll() is not None
+    assert not prom.workdir.exists()
+
+    broken = tmp_path / "broken.yml"
+    broken.write_text("groups:\n  - name: x\n    rules:\n      - alert: A\n        expr: sum(\n")
+    with pytest.raises(RuntimeError, match="did not start"):
+        with start_prometheus([], rule_files=[broken]):
+            pass
+
+
+class ContractMetrics(http.server.BaseHTTPRequestHandler):
+    """A /metrics page shaped like the observer's, whose counters move at every scrape."""
+
+    scrapes = 0
+    lock = threading.Lock()
+    # Log2 bucket bounds: 2^14, 2^20, 2^26 and 2^30 nanoseconds, in seconds.
+    BUCKETS = [2**14 / 1e9, 2**20 / 1e9, 2**26 / 1e9, 2**30 / 1e9]
+
+    def do_GET(self):  # noqa: N802 (the name http.server calls)
+        with self.lock:
+            type(self).scrapes += 1
+            n = type(self).scrapes
+        body = self.page(n).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+    @classmethod
+    def page(cls, n: int) -> str:
+        lines = []
+        uvloop = "loop.cpython-311-x86_64-linux-gnu.so"
+        for target, creator in [("web", "python"), ("fast", uvloop)]:
+            t = f'target="{target}"'
+            lines += [
+                f"thread_observer_threads{{{t}}} {4 + n}",
+                f"thread_observer_processes{{{t}}} 1",
+                f"thread_observer_executor_default_max_workers{{{t}}} 8",
+                f'thread_observer_target_info{{{t},pid="{100 + len(target)}",container_id="c0ffee",'
+                f'pod_uid="6f1c1c4e-0000-4000-8000-000000000000"}} 1',
+                f'thread_observer_threads_created_total{{{t},creator="{creator}"}} {3 * n}',
+                f"thread_observer_threads_exited_total{{{t}}} {n}",
+                f'thread_observer_getaddrinfo_calls_total{{{t},caller="other"}} {10 * n}',
+                f'thread_observer_getaddrinfo_calls_total{{{t},caller="event_loop"}} {n}',
+                f'thread_observer_getaddrinfo_failures_total{{{t},error="EAI_NONAME"}} {n}',
+            ]
+            cumulative = 0
+            for i, bound in enumerate(cls.BUCKETS):
+                cumulative += (i + 1) * n
+                lines.append(
+                    f'thread_observer_getaddrinfo_duration_seconds_bucket{{{t},le="{bound!r}"}} '
+                    f"{cumulative}"
+                )
+            lines += [
+                f'thread_observer_getaddrinfo_duration_seconds_bucket{{{t},le="+Inf"}} '
+                f"{cumulative}",
+                f"thread_observer_getaddrinfo_duration_seconds_sum{{{t}}} {0.001 * n}",
+                f"thread_observer_getaddrinfo_duration_seconds_count{{{t}}} {cumulative}",
+            ]
+        for probe in ["task_newtask", "sched_process_exit", "pthread_create", "getaddrinfo"]:
+            lines.append(f'thread_observer_probes_attached{{probe="{probe}"}} 1')
+        lines += [
+            f'thread_observer_attach_errors_total{{probe="pthread_create"}} {n}',
+            f'thread_observer_build_info{{version="{VERSION}",backend="bpf"}} 1',
+            "thread_observer_scrape_duration_seconds 0.002",
+            "thread_observer_bpf_available 1",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def contract_metrics():
+    ContractMetrics.scrapes = 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ContractMetrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@needs_prometheus
+def test_every_panel_returns_data_from_contract_shaped_metrics(contract_metrics):
+    with start_prometheus([contract_metrics], rule_files=[ALERTS]) as prom:
+        prom.wait_for_scrapes(3)
+        assert prom.query('up{job="thread-observer"}')[0]["value"][1] == "1"
+        queries = dashboard_queries(DASHBOARD)
+        assert [(title, expr) for title, expr in queries if not prom.query(expr)] == []
+        # Every rule evaluates without error against these series (rules run once a second).
+        for _ in range(50):
+            rules = [r for g in prom.rule_groups() for r in g["rules"]]
+            if all(r["health"] != "unknown" for r in rules):
+                break
+            time.sleep(0.1)
+        assert {(r["name"], r["health"], r.get("lastError") or "") for r in rules} == {
+            (name, "ok", "") for name, _ in alert_rules(ALERTS)
+        }
+
+
+def pod_target_groups(namespace: str, pod: str, node: str, template: dict) -> list[dict]:
+    """What role: pod discovery makes of a pod: one target per container port."""
+    def meta(name: str) -> str:
+        return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+    common = {
+        "__meta_kubernetes_namespace": namespace,
+        "__meta_kubernetes_pod_name": pod,
+        "__meta_kubernetes_pod_node_name": node,
+        "__meta_kubernetes_pod_ip": "127.0.0.1",
+    }
+    for key, value in template["metadata"].get("labels", {}).items():
+        common[f"__meta_kubernetes_pod_label_{meta(key)}"] = value
+    for key, value in template["metadata"].get("annotations", {}).items():
+        common[f"__meta_kubernetes_pod_annotation_{meta(key)}"] = value
+    groups = []
+    for container in template["spec"]["containers"]:
+        for port in container.get("ports", []):
+            groups.append({
+                "targets": [f"127.0.0.1:{port['containerPort']}"],
+                "labels": common | {
+                    "__meta_kubernetes_pod_container_name": container["name"],
+                    "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
+                    "__meta_kubernetes_pod_container_port_number": str(port["containerPort"]),
+                },
+            })
+    return groups
+
+
+@needs_prometheus
+def test_kubernetes_pod_job_scrapes_the_observer_port_of_annotated_pods(tmp_path):
+    sidecar = SIDECAR["spec"]["template"]
+    daemonset = DAEMONSET["spec"]["template"]
+    # An annotated pod without an observer must be left to whatever else scrapes it.
+    other = copy.deepcopy(sidecar)
+    other["spec"]["containers"] = [c for c in other["spec"]["containers"] if c["name"] == "app"]
+    groups = (
+        pod_target_groups("resolver-demo", "resolver-demo-7d4f9-abcde", "node-a", sidecar)
+        + pod_target_groups("thread-observer", "thread-observer-x2k8p", "node-b", daemonset)
+        + pod_target_groups("shop", "shop-5c6d7-fghij", "node-a", other)
+    )
+    pods_file = tmp_path / "pods.json"
+    pods_file.write_text(json.dumps(groups))
+    config = without_kubernetes_discovery(yaml.safe_load(PROMETHEUS_CONFIG.read_text()), pods_file)
+    (job,) = [j for j in config["scrape_configs"] if "file_sd_configs" in j]
+    job["scrape_interval"] = job["scrape_timeout"] = "1s"
+
+    with start_prometheus([], extra_scrape_configs=[job]) as prom:
+        targets = prom.targets()
+        deadline = 20 / 0.2
+        while len(targets["activeTargets"]) + len(targets["droppedTargets"]) < len(groups):
+            deadline -= 1
+            assert deadline > 0, f"discovery never finished: {targets}\n{prom.log_tail()}"
+            time.sleep(0.2)
+            targets = prom.targets()
+
+    active = sorted(
+        (t["labels"]["namespace"], t["labels"]["pod"], t["labels"]["node"], t["labels"]["job"],
+         t["scrapeUrl"])
+        for t in targets["activeTargets"]
+    )
+    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    assert active == [
+        ("resolver-demo", "resolver-demo-7d4f9-abcde", "node-a", "thread-observer", url),
+        ("thread-observer", "thread-observer-x2k8p", "node-b", "thread-observer", url),
+    ]
