@@ -1,0 +1,59 @@
+"""Run inside ``unshare --pid --fork --mount-proc``: an observer and a target that both see the
+namespace's PIDs while the kernel runs on the host's. Prints the truth and the metrics as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.harness import observer, wait_until, workload
+
+MIXED = ["-m", "workloads.mixed", "--threads", "13", "--loop-calls", "7",
+         "--blocking-calls", "5", "--linger", "60"]
+
+
+def measure(args: list[str], by_pid: bool) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        if by_pid:
+            with workload(args) as target, \
+                    observer(["--pid", f"ns={target.pid}"], Path(folder)) as running:
+                target.go()
+                return result(target, running)
+        with observer(["--target", "ns=workloads\\.mixed"], Path(folder)) as running, \
+                workload(args, wait=False) as target:
+            return result(target, running)
+
+
+def result(target, running) -> dict:
+    truth = target.truth()
+    metrics = wait_until(lambda: settled(running, truth), 10, "the exits to be counted")
+    return {
+        "truth": truth,
+        "pid": target.pid,
+        "created": metrics.value("thread_observer_threads_created_total", target="ns"),
+        "exited": metrics.value("thread_observer_threads_exited_total", target="ns"),
+        "calls": metrics.labels("thread_observer_getaddrinfo_calls_total", "caller",
+                                target="ns"),
+        "info_pids": list(metrics.labels("thread_observer_target_info", "pid", target="ns")),
+    }
+
+
+def settled(running, truth):
+    metrics = running.scrape()
+    exited = metrics.value("thread_observer_threads_exited_total", target="ns")
+    return metrics if exited == truth["threads_started"] else None
+
+
+def main() -> int:
+    results = {"init_pid": os.getpid(), "by_pid": measure(MIXED, True),
+               "by_target": measure(MIXED, False)}
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

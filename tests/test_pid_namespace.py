@@ -1,0 +1,37 @@
+"""Observer and target in a PID namespace of their own, as in a sidecar container."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.harness import REPO
+
+pytestmark = pytest.mark.bpf
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is missing")
+def test_counts_stay_exact_when_pids_are_those_of_a_namespace():
+    result = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m",
+         "tests.in_pid_namespace"],
+        capture_output=True, text=True, timeout=180, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["init_pid"] == 1  # really in a new PID namespace
+    for way in ("by_pid", "by_target"):
+        measured = found[way]
+        truth = measured["truth"]
+        assert measured["pid"] < 100, "the target's PID is the namespace's, not the host's"
+        assert measured["info_pids"] == [str(measured["pid"])]
+        assert measured["created"] == truth["threads_started"]
+        assert measured["exited"] == truth["threads_started"]
+        assert measured["calls"] == {
+            "event_loop": truth["getaddrinfo_on_loop"],
+            "other": truth["getaddrinfo_calls"] - truth["getaddrinfo_on_loop"],
+        }
