@@ -27,7 +27,8 @@ MACRO_TRACEPOINTS = ("task:task_newtask", "sched:sched_process_exec", "sched:sch
 MAPS = (
     "watched_tgids", "threads_created_total", "threads_exited_total", "pending_start_routine",
     "getaddrinfo_calls_total", "getaddrinfo_failures_total", "getaddrinfo_duration_seconds",
-    "getaddrinfo_duration_ns_sum", "getaddrinfo_started_ns", "event_loop_threads",
+    "getaddrinfo_duration_ns_sum", "getaddrinfo_host_calls_total", "getaddrinfo_started",
+    "event_loop_threads",
 )
 # (symbol, BPF function, on return)
 UPROBES = (
@@ -57,6 +58,7 @@ class RawCounts:
     failures: Counter[str] = field(default_factory=Counter)
     duration_slots: Counter[int] = field(default_factory=Counter)
     duration_sum_ns: int = 0
+    hosts: Counter[str] = field(default_factory=Counter)
 
 
 def probe_source() -> str:
@@ -168,7 +170,8 @@ class BpfProbes:
         for tgid in tgids:
             watched.pop(ctypes.c_uint32(tgid), None)
         for name in ("threads_created_total", "getaddrinfo_calls_total",
-                     "getaddrinfo_failures_total", "getaddrinfo_duration_seconds"):
+                     "getaddrinfo_failures_total", "getaddrinfo_duration_seconds",
+                     "getaddrinfo_host_calls_total"):
             table = self._bpf[name]
             for key in [k for k in table if k.tgid in tgids]:
                 table.pop(key, None)
@@ -199,11 +202,22 @@ class BpfProbes:
         for key, value in b["getaddrinfo_duration_ns_sum"].items():
             if key.value in tgids:
                 counts[key.value].duration_sum_ns += value.value
+        for key, value in b["getaddrinfo_host_calls_total"].items():
+            if key.tgid in tgids:
+                counts[key.tgid].hosts[host_label(bytes(key.host))] += value.value
         return counts
 
     def map_entries(self) -> dict[str, int]:
         """Entries in each map, to show they stay bounded."""
-        return {name: len(self._bpf[name].keys()) for name in MAPS}
+        return {name: sum(1 for _ in self._bpf[name]) for name in MAPS}
+
+
+def host_label(raw: bytes) -> str:
+    """A host name from a target as a safe label value: decoded with replacement characters,
+    control characters shown as escapes, empty (a NULL node) as ``<none>``."""
+    text = raw.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return text or "<none>"
 
 
 def headers_hint() -> str:

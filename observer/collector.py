@@ -113,6 +113,13 @@ class ObserverCollector(Collector):
         for probe, count in sorted(snapshot.attach_errors.items()):
             errors.add_metric([probe], count)
         yield errors
+        entries = GaugeMetricFamily(
+            _name("bpf_map_entries"), "Entries in each BPF map: they must stay bounded",
+            labels=["map"],
+        )
+        for name, count in sorted(snapshot.map_entries.items()):
+            entries.add_metric([name], count)
+        yield entries
         yield GaugeMetricFamily(
             _name("scrape_duration_seconds"),
             "Time the previous scrape took to read the probes and /proc",
@@ -172,6 +179,11 @@ def _getaddrinfo_metrics(groups: list[Series], labels: list[str]) -> Iterator[Me
     duration = HistogramMetricFamily(
         _name("getaddrinfo_duration_seconds"), "getaddrinfo call latency", labels=labels
     )
+    hosts = CounterMetricFamily(
+        _name("getaddrinfo_host_calls"),
+        "getaddrinfo calls by the name asked for (the first names of a target; the rest <other>)",
+        labels=[*labels, "host"],
+    )
     for group in groups:
         counts = group.counts
         for caller in ("event_loop", "other"):
@@ -182,7 +194,9 @@ def _getaddrinfo_metrics(groups: list[Series], labels: list[str]) -> Iterator[Me
             (floatToGoString(le), n) for le, n in log2_to_buckets(counts.duration_slots)
         ]
         duration.add_metric(group.labels, buckets, counts.duration_sum_ns / 1e9)
-    yield from (calls, failures, duration)
+        for host, count in sorted(counts.hosts.items()):
+            hosts.add_metric([*group.labels, host], count)
+    yield from (calls, failures, duration, hosts)
 
 
 def _target_info(snapshot: Snapshot) -> Metric:

@@ -34,6 +34,8 @@ class MapSize(enum.IntEnum):
     MAX_THREADS = 65536
     MAX_CREATORS = 16384
     MAX_KEYS = 65536
+    MAX_HOSTS = 4096
+    HOST_LENGTH = 64
 
 
 # glibc's and musl's EAI_* codes (netdb.h); both agree on these values.

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psutil
 
@@ -25,6 +25,30 @@ log = logging.getLogger(__name__)
 
 MAX_CREATORS_PER_PROCESS = 32  # creator label values are bounded: the rest become "other"
 MAX_CREATOR_LENGTH = 96
+HOSTS_PER_TARGET = 20
+MAX_HOST_LENGTH = 128
+OTHER_HOSTS = "<other>"
+
+
+class HostLabels:
+    """Bounds the ``host`` label of one target: the first names it resolves (the most called
+    first) get series of their own for as long as the target lives, later ones count as
+    ``<other>``. Admission never changes afterwards, so every series stays monotonic."""
+
+    def __init__(self, limit: int = HOSTS_PER_TARGET) -> None:
+        self.limit = limit
+        self.admitted: set[str] = set()
+
+    def relabel(self, hosts: Counter[str]) -> Counter[str]:
+        for host, _ in sorted(hosts.items(), key=lambda item: (-item[1], item[0])):
+            if len(self.admitted) >= self.limit:
+                break
+            self.admitted.add(host[:MAX_HOST_LENGTH])
+        relabelled: Counter[str] = Counter()
+        for host, count in hosts.items():
+            label = host[:MAX_HOST_LENGTH]
+            relabelled[label if label in self.admitted else OTHER_HOSTS] += count
+        return relabelled
 
 
 @dataclass
@@ -81,6 +105,7 @@ class ProcObserver:
         self.scan_interval = scan_interval
         self.procs: dict[int, TrackedProcess] = {}
         self.retired: dict[str, Counts] = {}
+        self.host_labels: dict[str, HostLabels] = {}
         self._lock = threading.Lock()
         self._last_scan = 0.0
         self._self_pid = os.getpid()
@@ -163,8 +188,9 @@ class ProcObserver:
             return
         log.info("pid %d of target %s is gone", pid, tracked.target)
         if not self._has_processes(tracked.target):
-            # A target's folded counts live only as long as it has processes.
+            # A target's folded counts and host labels live only as long as it has processes.
             self.retired.pop(tracked.target, None)
+            self.host_labels.pop(tracked.target, None)
 
     def _has_processes(self, target: str) -> bool:
         return any(tracked.target == target for tracked in self.procs.values())
@@ -290,15 +316,25 @@ class BpfObserver(ProcObserver):
     def snapshot(self) -> Snapshot:
         with self._lock:
             counts = self._counts(self.procs)
+            rows = [t.row(counts.get(pid, Counts())) for pid, t in self.procs.items()]
+            for row in rows:
+                row.counts = self._bound_hosts(row.target, row.counts)
             return Snapshot(
                 backend=self.backend,
-                rows=[t.row(counts.get(pid, Counts())) for pid, t in self.procs.items()],
-                retired={target: counts for target, counts in self.retired.items()},
+                rows=rows,
+                retired={target: self._bound_hosts(target, counts)
+                         for target, counts in self.retired.items()},
                 targets=self.target_names(),
                 probes_attached=dict(self.probes.probes_attached),
                 attach_errors=dict(self.probes.attach_errors),
                 bpf_available=True,
+                map_entries=self.probes.map_entries(),
             )
+
+
+    def _bound_hosts(self, target: str, counts: Counts) -> Counts:
+        labels = self.host_labels.setdefault(target, HostLabels())
+        return replace(counts, hosts=labels.relabel(counts.hosts))
 
 
 def resolve_counts(raw: RawCounts, tracked: TrackedProcess) -> Counts:
@@ -310,6 +346,7 @@ def resolve_counts(raw: RawCounts, tracked: TrackedProcess) -> Counts:
         threads_created=created, threads_exited=raw.threads_exited,
         getaddrinfo_calls=raw.calls, getaddrinfo_failures=raw.failures,
         duration_slots=raw.duration_slots, duration_sum_ns=raw.duration_sum_ns,
+        hosts=raw.hosts,
     )
 
 

@@ -16,6 +16,7 @@ class Counts:
     getaddrinfo_failures: Counter[str] = field(default_factory=Counter)  # by EAI_* name
     duration_slots: Counter[int] = field(default_factory=Counter)  # log2 ns slot -> calls
     duration_sum_ns: int = 0
+    hosts: Counter[str] = field(default_factory=Counter)  # getaddrinfo calls by host label
 
     def add(self, other: Counts) -> None:
         self.threads_created.update(other.threads_created)
@@ -24,6 +25,7 @@ class Counts:
         self.getaddrinfo_failures.update(other.getaddrinfo_failures)
         self.duration_slots.update(other.duration_slots)
         self.duration_sum_ns += other.duration_sum_ns
+        self.hosts.update(other.hosts)
 
 
 @dataclass
@@ -48,3 +50,4 @@ class Snapshot:
     probes_attached: dict[str, int] = field(default_factory=dict)
     attach_errors: dict[str, int] = field(default_factory=dict)
     bpf_available: bool = False
+    map_entries: dict[str, int] = field(default_factory=dict)

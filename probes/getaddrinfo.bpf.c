@@ -6,6 +6,8 @@
 //   getaddrinfo_failures_total       {tgid, error} -> count    thread_observer_getaddrinfo_failures_total
 //   getaddrinfo_duration_seconds     {tgid, slot} -> count     thread_observer_getaddrinfo_duration_seconds
 //   getaddrinfo_duration_ns_sum      {tgid} -> ns              (its _sum)
+//   getaddrinfo_host_calls_total     {tgid, host} -> count     thread_observer_getaddrinfo_host_calls_total
+//                                    (bounded: when full, calls still count in the totals above)
 #include "watched.h"
 
 #ifndef MAX_THREADS
@@ -13,6 +15,12 @@
 #endif
 #ifndef MAX_KEYS
 #define MAX_KEYS 65536
+#endif
+#ifndef MAX_HOSTS
+#define MAX_HOSTS 4096
+#endif
+#ifndef HOST_LENGTH
+#define HOST_LENGTH 64
 #endif
 #ifndef CALLER_OTHER
 #define CALLER_OTHER 0
@@ -34,12 +42,23 @@ struct slot_key {
     u32 slot;  // bucket upper bound is 2^slot ns
 };
 
+struct host_key {
+    u32 tgid;
+    char host[HOST_LENGTH];  // the name asked for, truncated; empty for a NULL node
+};
+
+struct call_in_progress {
+    u64 started_ns;
+    char host[HOST_LENGTH];
+};
+
 BPF_HASH(getaddrinfo_calls_total, struct caller_key, u64, MAX_KEYS);
 BPF_HASH(getaddrinfo_failures_total, struct error_key, u64, MAX_KEYS);
 BPF_HASH(getaddrinfo_duration_seconds, struct slot_key, u64, MAX_KEYS);
 BPF_HASH(getaddrinfo_duration_ns_sum, u32, u64, MAX_PROCESSES);
-// tid -> entry time of the call in progress
-BPF_TABLE("lru_hash", u32, u64, getaddrinfo_started_ns, MAX_THREADS);
+BPF_HASH(getaddrinfo_host_calls_total, struct host_key, u64, MAX_HOSTS);
+// tid -> the call in progress
+BPF_TABLE("lru_hash", u32, struct call_in_progress, getaddrinfo_started, MAX_THREADS);
 // tids that have waited in epoll: event-loop threads
 BPF_TABLE("lru_hash", u32, u8, event_loop_threads, MAX_THREADS);
 
@@ -62,7 +81,7 @@ int forget_thread(void *ctx)
     // Thread ids are reused: a new thread must not inherit an old one's event-loop mark.
     u32 tid = (u32)current_pid_tgid();
     event_loop_threads.delete(&tid);
-    getaddrinfo_started_ns.delete(&tid);
+    getaddrinfo_started.delete(&tid);
     return 0;
 }
 
@@ -72,8 +91,10 @@ int getaddrinfo_entry(struct pt_regs *ctx)
     u32 tid = (u32)id;
     if (!is_watched(id >> 32))
         return 0;
-    u64 now = bpf_ktime_get_ns();
-    getaddrinfo_started_ns.update(&tid, &now);
+    struct call_in_progress call = {.started_ns = bpf_ktime_get_ns()};
+    // A NULL or unreadable node leaves the name empty.
+    bpf_probe_read_user_str(call.host, sizeof(call.host), (void *)PT_REGS_PARM1(ctx));
+    getaddrinfo_started.update(&tid, &call);
     return 0;
 }
 
@@ -93,11 +114,14 @@ int getaddrinfo_return(struct pt_regs *ctx)
 {
     u64 id = current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
-    u64 *started = getaddrinfo_started_ns.lookup(&tid);
-    if (!started)
+    struct call_in_progress *call = getaddrinfo_started.lookup(&tid);
+    if (!call)
         return 0;  // entered before we attached, or not watched
-    u64 ns = bpf_ktime_get_ns() - *started;
-    getaddrinfo_started_ns.delete(&tid);
+    u64 ns = bpf_ktime_get_ns() - call->started_ns;
+    struct host_key host = {.tgid = tgid};
+    __builtin_memcpy(host.host, call->host, sizeof(host.host));
+    getaddrinfo_started.delete(&tid);
+    getaddrinfo_host_calls_total.increment(host);
 
     struct caller_key calls = {.tgid = tgid, .caller = CALLER_OTHER};
     if (event_loop_threads.lookup(&tid))

@@ -7,12 +7,14 @@ import subprocess
 import sysconfig
 import time
 import uuid
+from collections import Counter
 from contextlib import suppress
 from pathlib import Path
 
 import pytest
 
 from tests.harness import observer, wait_until, workload
+from workloads.mixed import FAILING_LOOKUPS
 from workloads.servers import http_server
 
 pytestmark = pytest.mark.bpf
@@ -50,8 +52,19 @@ def assert_matches_truth(metrics, target, truth):
     assert failures == truth["getaddrinfo_errors"]
     assert metrics.value("thread_observer_getaddrinfo_duration_seconds_count",
                          target=target) == truth["getaddrinfo_calls"]
+    hosts = metrics.labels("thread_observer_getaddrinfo_host_calls_total", "host", target=target)
+    assert hosts == expected_hosts(truth)
     assert metrics.value("thread_observer_threads", target=target) == 1
     assert metrics.value("thread_observer_processes", target=target) == 1
+
+
+def expected_hosts(truth) -> Counter:
+    """Names the mixed workload asks for: its calls, then its failing lookups in turn."""
+    hosts = Counter({"localhost": truth["loop_calls"] + truth["blocking_calls"]})
+    for index in range(truth["failures"]):
+        host = FAILING_LOOKUPS[index % len(FAILING_LOOKUPS)][0]
+        hosts[host or "<none>"] += 1  # a NULL node has no name
+    return hosts
 
 
 def test_exact_counts_of_a_process_given_by_pid(tmp_path):
