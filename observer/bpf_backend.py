@@ -10,6 +10,7 @@ import ctypes
 import importlib.resources
 import logging
 import os
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -59,6 +60,46 @@ class RawCounts:
     duration_slots: Counter[int] = field(default_factory=Counter)
     duration_sum_ns: int = 0
     hosts: Counter[str] = field(default_factory=Counter)
+
+
+def _add_created(counts: RawCounts, key, value: int) -> None:
+    counts.created_by_routine[key.start_routine] += value
+
+
+def _add_exited(counts: RawCounts, key, value: int) -> None:
+    counts.threads_exited += value
+
+
+def _add_call(counts: RawCounts, key, value: int) -> None:
+    counts.calls[Caller(key.caller).label] += value
+
+
+def _add_failure(counts: RawCounts, key, value: int) -> None:
+    counts.failures[eai_name(key.error)] += value
+
+
+def _add_slot(counts: RawCounts, key, value: int) -> None:
+    counts.duration_slots[key.slot] += value
+
+
+def _add_sum(counts: RawCounts, key, value: int) -> None:
+    counts.duration_sum_ns += value
+
+
+def _add_host(counts: RawCounts, key, value: int) -> None:
+    counts.hosts[host_label(bytes(key.host))] += value
+
+
+# Every map keyed by (tgid, generation, ...), and how its values add to a process's counts.
+COUNTER_MAPS = {
+    "threads_created_total": _add_created,
+    "threads_exited_total": _add_exited,
+    "getaddrinfo_calls_total": _add_call,
+    "getaddrinfo_failures_total": _add_failure,
+    "getaddrinfo_duration_seconds": _add_slot,
+    "getaddrinfo_duration_ns_sum": _add_sum,
+    "getaddrinfo_host_calls_total": _add_host,
+}
 
 
 def probe_source() -> str:
@@ -156,55 +197,49 @@ class BpfProbes:
             self._attached_objects.clear()
 
     # The watched set
-    def set_state(self, tgid: int, state: ProcessState) -> None:
-        self._bpf["watched_tgids"][ctypes.c_uint32(tgid)] = ctypes.c_uint32(state)
-
-    def states(self) -> dict[int, ProcessState]:
-        return {k.value: ProcessState(v.value) for k, v in self._bpf["watched_tgids"].items()}
-
-    def forget(self, tgids: set[int]) -> None:
-        """Removes processes from the watched set and deletes their counters."""
-        if not tgids:
-            return
+    def watch(self, tgid: int) -> int:
+        """Marks a process watched; returns its generation (kept if the kernel has one)."""
         watched = self._bpf["watched_tgids"]
-        for tgid in tgids:
-            watched.pop(ctypes.c_uint32(tgid), None)
-        for name in ("threads_created_total", "getaddrinfo_calls_total",
-                     "getaddrinfo_failures_total", "getaddrinfo_duration_seconds",
-                     "getaddrinfo_host_calls_total"):
+        entry = watched.get(ctypes.c_uint32(tgid))
+        generation = entry.generation if entry is not None else time.monotonic_ns()
+        self.set_state(tgid, ProcessState.WATCHED, generation)
+        return generation
+
+    def set_state(self, tgid: int, state: ProcessState, generation: int) -> None:
+        watched = self._bpf["watched_tgids"]
+        watched[ctypes.c_uint32(tgid)] = watched.Leaf(state, 0, generation)
+
+    def states(self) -> dict[int, tuple[ProcessState, int]]:
+        """tgid -> (state, generation) of every process in the watched set."""
+        return {key.value: (ProcessState(value.state), value.generation)
+                for key, value in self._bpf["watched_tgids"].items()}
+
+    def forget(self, processes: dict[int, int | None]) -> None:
+        """Removes processes (tgid -> generation, None for any) from the watched set and
+        deletes their counters."""
+        if not processes:
+            return
+
+        def matches(tgid: int, generation: int) -> bool:
+            return tgid in processes and processes[tgid] in (None, generation)
+
+        watched = self._bpf["watched_tgids"]
+        for key, value in list(watched.items()):
+            if matches(key.value, value.generation):
+                watched.pop(key, None)
+        for name in COUNTER_MAPS:
             table = self._bpf[name]
-            for key in [k for k in table if k.tgid in tgids]:
+            for key in [k for k in table if matches(k.tgid, k.generation)]:
                 table.pop(key, None)
-        for name in ("threads_exited_total", "getaddrinfo_duration_ns_sum"):
-            table = self._bpf[name]
-            for tgid in tgids:
-                table.pop(ctypes.c_uint32(tgid), None)
 
     # Reading
-    def read_counts(self, tgids: set[int]) -> dict[int, RawCounts]:
+    def read_counts(self, generations: dict[int, int]) -> dict[int, RawCounts]:
+        """Counters of the given processes (tgid -> generation), by tgid."""
         counts: dict[int, RawCounts] = defaultdict(RawCounts)
-        b = self._bpf
-        for key, value in b["threads_created_total"].items():
-            if key.tgid in tgids:
-                counts[key.tgid].created_by_routine[key.start_routine] += value.value
-        for key, value in b["threads_exited_total"].items():
-            if key.value in tgids:
-                counts[key.value].threads_exited += value.value
-        for key, value in b["getaddrinfo_calls_total"].items():
-            if key.tgid in tgids:
-                counts[key.tgid].calls[Caller(key.caller).label] += value.value
-        for key, value in b["getaddrinfo_failures_total"].items():
-            if key.tgid in tgids:
-                counts[key.tgid].failures[eai_name(key.error)] += value.value
-        for key, value in b["getaddrinfo_duration_seconds"].items():
-            if key.tgid in tgids:
-                counts[key.tgid].duration_slots[key.slot] += value.value
-        for key, value in b["getaddrinfo_duration_ns_sum"].items():
-            if key.value in tgids:
-                counts[key.value].duration_sum_ns += value.value
-        for key, value in b["getaddrinfo_host_calls_total"].items():
-            if key.tgid in tgids:
-                counts[key.tgid].hosts[host_label(bytes(key.host))] += value.value
+        for name, add in COUNTER_MAPS.items():
+            for key, value in self._bpf[name].items():
+                if generations.get(key.tgid) == key.generation:
+                    add(counts[key.tgid], key, value.value)
         return counts
 
     def map_entries(self) -> dict[str, int]:

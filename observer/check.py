@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import platform
 import sys
@@ -168,6 +169,8 @@ def run_checks() -> list[Result]:
 
 
 def main() -> int:
+    # The attach lines of the probe check would only repeat what its result says.
+    logging.getLogger("observer.bpf_backend").setLevel(logging.WARNING)
     results = run_checks()
     width = max(len(r.name) for r in results)
     for r in results:

@@ -56,6 +56,7 @@ class TrackedProcess:
     pid: int
     target: str
     create_time: float
+    generation: int = 0  # the kernel's, which tells a reused PID's processes apart
     resolver: procfs.AddressResolver | None = None
     executor_max_workers: int | None = None
     container_id: str = ""
@@ -245,40 +246,42 @@ class BpfObserver(ProcObserver):
             self.probes.close()
 
     def _poll_locked(self) -> None:
-        forget = set()
-        for tgid, state in self.probes.states().items():
+        forget: dict[int, int] = {}
+        for tgid, (state, generation) in self.probes.states().items():
+            tracked = self.procs.get(tgid)
+            if tracked is not None and tracked.generation != generation:
+                self._detach(tgid)  # the PID now belongs to another process
+                tracked = None
             if state == ProcessState.PENDING:
-                self._settle_pending(tgid, forget)
-            elif state == ProcessState.EXITED or tgid not in self.procs:
-                if tgid in self.procs:
+                self._settle_pending(tgid, generation, forget)
+            elif state == ProcessState.EXITED or tracked is None:
+                if tracked is not None:
                     self._detach(tgid)
-                forget.add(tgid)
+                forget[tgid] = generation
         self.probes.forget(forget)
         super()._poll_locked()
 
-    def _settle_pending(self, tgid: int, forget: set[int]) -> None:
+    def _settle_pending(self, tgid: int, generation: int, forget: dict[int, int]) -> None:
         """A process that the kernel saw start a program (exec) or fork from a target."""
         target = self.classify(tgid)
         tracked = self.procs.get(tgid)
-        if tracked is not None and (
-            tracked.target != target or tracked.create_time != create_time(tgid)
-        ):
-            self._detach(tgid)  # it became another program, or the PID was reused
+        if tracked is not None and tracked.target != target:
+            self._detach(tgid)  # it became another program
             tracked = None
         if target is None:
-            forget.add(tgid)
+            forget[tgid] = generation
         elif tracked is None:
             if self._attach(tgid, target) is None:
-                forget.add(tgid)
+                forget[tgid] = generation
         else:
-            self.probes.set_state(tgid, ProcessState.WATCHED)
+            self.probes.set_state(tgid, ProcessState.WATCHED, generation)
             self._describe(tracked)  # new program image: new mappings
 
     def _attach(self, pid: int, target: str) -> TrackedProcess | None:
         tracked = super()._attach(pid, target)
         if tracked is None:
             return None
-        self.probes.set_state(pid, ProcessState.WATCHED)
+        tracked.generation = self.probes.watch(pid)
         self._attach_libc(pid)
         return tracked
 
@@ -307,10 +310,11 @@ class BpfObserver(ProcObserver):
             if final is not None and others:
                 self.retired.setdefault(tracked.target, Counts()).add(final)
         super()._detach(pid)
-        self.probes.forget({pid})
+        if tracked is not None:
+            self.probes.forget({pid: tracked.generation})
 
     def _counts(self, procs: dict[int, TrackedProcess]) -> dict[int, Counts]:
-        raw = self.probes.read_counts(set(procs))
+        raw = self.probes.read_counts({pid: t.generation for pid, t in procs.items()})
         return {pid: resolve_counts(raw_counts, procs[pid]) for pid, raw_counts in raw.items()}
 
     def snapshot(self) -> Snapshot:

@@ -500,6 +500,7 @@ class Recorder:
     def watch(self, pid: int, existing: bool = False) -> None:
         self.probes.watch(pid)
         self._adopt(pid)
+        log.info("recording pid %d", pid)
         if existing:
             self._add_existing_threads(pid)
 
@@ -544,7 +545,6 @@ class Recorder:
         """A new program (watched by the kernel as pending): kept if a target matches it."""
         if self._matches(tgid):
             self.watch(tgid)
-            log.info("recording pid %d: %s", tgid, cmdline_of(tgid))
             return True
         self.probes.unwatch(tgid)
         return False
@@ -763,7 +763,9 @@ def run_timeline(args: argparse.Namespace) -> int:
             if args.command or args.pid or args.target:
                 raise TimelineError("--input draws a saved recording: give no command, "
                                     "--pid or --target with it")
-            return write_outputs(Recording.load(args.input), outputs)
+            recording = Recording.load(args.input)
+            recording.command = args.title or recording.command
+            return write_outputs(recording, outputs)
         return record_and_write(args, outputs)
     except TimelineError as err:
         print(f"thread-observer: {err}", file=sys.stderr)

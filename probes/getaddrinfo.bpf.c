@@ -2,11 +2,11 @@
 // calling thread is an event loop (it has waited in epoll_wait/epoll_pwait/epoll_pwait2).
 //
 // Maps become metrics (observer/bpf_backend.py):
-//   getaddrinfo_calls_total          {tgid, caller} -> count   thread_observer_getaddrinfo_calls_total
-//   getaddrinfo_failures_total       {tgid, error} -> count    thread_observer_getaddrinfo_failures_total
-//   getaddrinfo_duration_seconds     {tgid, slot} -> count     thread_observer_getaddrinfo_duration_seconds
-//   getaddrinfo_duration_ns_sum      {tgid} -> ns              (its _sum)
-//   getaddrinfo_host_calls_total     {tgid, host} -> count     thread_observer_getaddrinfo_host_calls_total
+//   getaddrinfo_calls_total       {process, caller} -> count  thread_observer_getaddrinfo_calls_total
+//   getaddrinfo_failures_total    {process, error} -> count   thread_observer_getaddrinfo_failures_total
+//   getaddrinfo_duration_seconds  {process, slot} -> count    thread_observer_getaddrinfo_duration_seconds
+//   getaddrinfo_duration_ns_sum   {process} -> ns             (its _sum)
+//   getaddrinfo_host_calls_total  {process, host} -> count    thread_observer_getaddrinfo_host_calls_total
 //                                    (bounded: when full, calls still count in the totals above)
 #include "watched.h"
 
@@ -30,20 +30,25 @@
 struct caller_key {
     u32 tgid;
     u32 caller;
+    u64 generation;
 };
 
 struct error_key {
     u32 tgid;
     s32 error;
+    u64 generation;
 };
 
 struct slot_key {
     u32 tgid;
     u32 slot;  // bucket upper bound is 2^slot ns
+    u64 generation;
 };
 
 struct host_key {
     u32 tgid;
+    u32 reserved;
+    u64 generation;
     char host[HOST_LENGTH];  // the name asked for, truncated; empty for a NULL node
 };
 
@@ -55,7 +60,7 @@ struct call_in_progress {
 BPF_HASH(getaddrinfo_calls_total, struct caller_key, u64, MAX_KEYS);
 BPF_HASH(getaddrinfo_failures_total, struct error_key, u64, MAX_KEYS);
 BPF_HASH(getaddrinfo_duration_seconds, struct slot_key, u64, MAX_KEYS);
-BPF_HASH(getaddrinfo_duration_ns_sum, u32, u64, MAX_PROCESSES);
+BPF_HASH(getaddrinfo_duration_ns_sum, struct process_key, u64, MAX_PROCESSES);
 BPF_HASH(getaddrinfo_host_calls_total, struct host_key, u64, MAX_HOSTS);
 // tid -> the call in progress
 BPF_TABLE("lru_hash", u32, struct call_in_progress, getaddrinfo_started, MAX_THREADS);
@@ -66,7 +71,7 @@ int mark_event_loop_thread(void *ctx)
 {
     u64 id = current_pid_tgid();
     u32 tid = (u32)id;
-    if (!is_watched(id >> 32))
+    if (!watched_generation(id >> 32))
         return 0;
     // Loops wait thousands of times a second: look before writing.
     if (event_loop_threads.lookup(&tid))
@@ -89,7 +94,7 @@ int getaddrinfo_entry(struct pt_regs *ctx)
 {
     u64 id = current_pid_tgid();
     u32 tid = (u32)id;
-    if (!is_watched(id >> 32))
+    if (!watched_generation(id >> 32))
         return 0;
     struct call_in_progress call = {.started_ns = bpf_ktime_get_ns()};
     // A NULL or unreadable node leaves the name empty.
@@ -118,24 +123,30 @@ int getaddrinfo_return(struct pt_regs *ctx)
     if (!call)
         return 0;  // entered before we attached, or not watched
     u64 ns = bpf_ktime_get_ns() - call->started_ns;
-    struct host_key host = {.tgid = tgid};
+    u64 generation = watched_generation(tgid);
+    if (!generation) {
+        getaddrinfo_started.delete(&tid);
+        return 0;  // forgotten while the call ran
+    }
+    struct host_key host = {.tgid = tgid, .generation = generation};
     __builtin_memcpy(host.host, call->host, sizeof(host.host));
     getaddrinfo_started.delete(&tid);
     getaddrinfo_host_calls_total.increment(host);
 
-    struct caller_key calls = {.tgid = tgid, .caller = CALLER_OTHER};
+    struct caller_key calls = {.tgid = tgid, .caller = CALLER_OTHER, .generation = generation};
     if (event_loop_threads.lookup(&tid))
         calls.caller = CALLER_EVENT_LOOP;
     getaddrinfo_calls_total.increment(calls);
 
     int rc = PT_REGS_RC(ctx);
     if (rc != 0) {
-        struct error_key error = {.tgid = tgid, .error = rc};
+        struct error_key error = {.tgid = tgid, .error = rc, .generation = generation};
         getaddrinfo_failures_total.increment(error);
     }
 
-    struct slot_key bucket = {.tgid = tgid, .slot = log2_slot(ns)};
+    struct slot_key bucket = {.tgid = tgid, .slot = log2_slot(ns), .generation = generation};
     getaddrinfo_duration_seconds.increment(bucket);
-    getaddrinfo_duration_ns_sum.increment(tgid, ns);
+    struct process_key process = {.tgid = tgid, .generation = generation};
+    getaddrinfo_duration_ns_sum.increment(process, ns);
     return 0;
 }
