@@ -232,6 +232,25 @@ class BpfProbes:
             for key in [k for k in table if matches(k.tgid, k.generation)]:
                 table.pop(key, None)
 
+    def sweep(self) -> int:
+        """Deletes counters of processes no longer in the watched set (an exited process whose
+        PID was reused before user space saw it go); returns how many."""
+        # Processes first seen after this instant may have counters but no entry yet in what
+        # is read below: their generation (the same clock) is later, and they are kept.
+        started = time.monotonic_ns()
+        live = {key.value: value.generation for key, value in self._bpf["watched_tgids"].items()}
+
+        def stale(key) -> bool:
+            return key.generation < started and live.get(key.tgid) != key.generation
+
+        swept = 0
+        for name in COUNTER_MAPS:
+            table = self._bpf[name]
+            for key in [k for k in table if stale(k)]:
+                table.pop(key, None)
+                swept += 1
+        return swept
+
     # Reading
     def read_counts(self, generations: dict[int, int]) -> dict[int, RawCounts]:
         """Counters of the given processes (tgid -> generation), by tgid."""

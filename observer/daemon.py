@@ -261,6 +261,12 @@ class BpfObserver(ProcObserver):
         self.probes.forget(forget)
         super()._poll_locked()
 
+    def _scan(self) -> None:
+        super()._scan()
+        swept = self.probes.sweep()
+        if swept:
+            log.debug("swept %d counters of processes gone unseen", swept)
+
     def _settle_pending(self, tgid: int, generation: int, forget: dict[int, int]) -> None:
         """A process that the kernel saw start a program (exec) or fork from a target."""
         target = self.classify(tgid)

@@ -456,7 +456,11 @@ class TimelineProbes:
         return True
 
     def watch(self, tgid: int) -> None:
-        self._bpf["watched_tgids"][ctypes.c_uint32(tgid)] = ctypes.c_uint32(ProcessState.WATCHED)
+        """Marks a process watched, keeping the generation the kernel gave it if any."""
+        watched = self._bpf["watched_tgids"]
+        entry = watched.get(ctypes.c_uint32(tgid))
+        generation = entry.generation if entry is not None else time.monotonic_ns()
+        watched[ctypes.c_uint32(tgid)] = watched.Leaf(ProcessState.WATCHED, 0, generation)
 
     def unwatch(self, tgid: int) -> None:
         self._bpf["watched_tgids"].pop(ctypes.c_uint32(tgid), None)

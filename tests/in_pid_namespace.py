@@ -48,9 +48,28 @@ def settled(running, truth):
     return metrics if exited == truth["threads_started"] else None
 
 
+def reuse_pid(args: list[str]) -> dict:
+    """A target exits and a new one gets its PID before the observer polls again."""
+    with tempfile.TemporaryDirectory() as folder, \
+            observer(["--target", "ns=workloads\\.mixed", "--interval", "3"],
+                     Path(folder)) as running:
+        with workload([*args[:-2], "--linger", "0"], wait=False) as old:
+            old_truth = old.truth()
+            old.process.wait()
+        # The next PID the kernel hands out in this namespace is the old one's.
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(old.pid - 1))
+        with workload(args, wait=False) as new:
+            found = result(new, running)
+        found.update(old_pid=old.pid, old_truth=old_truth)
+        return found
+
+
 def main() -> int:
-    results = {"init_pid": os.getpid(), "by_pid": measure(MIXED, True),
-               "by_target": measure(MIXED, False)}
+    if sys.argv[1:] == ["pid-reuse"]:
+        results = {"init_pid": os.getpid(), "reuse": reuse_pid(MIXED)}
+    else:
+        results = {"init_pid": os.getpid(), "by_pid": measure(MIXED, True),
+                   "by_target": measure(MIXED, False)}
     print(json.dumps(results))
     return 0
 

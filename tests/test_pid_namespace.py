@@ -35,3 +35,21 @@ def test_counts_stay_exact_when_pids_are_those_of_a_namespace():
             "event_loop": truth["getaddrinfo_on_loop"],
             "other": truth["getaddrinfo_calls"] - truth["getaddrinfo_on_loop"],
         }
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is missing")
+def test_a_reused_pid_starts_from_zero():
+    result = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m",
+         "tests.in_pid_namespace", "pid-reuse"],
+        capture_output=True, text=True, timeout=180, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])["reuse"]
+    assert found["pid"] == found["old_pid"], "the new target should have the old one's PID"
+    truth = found["truth"]
+    # Only the new process's own work: nothing of the old one merged in.
+    assert found["created"] == truth["threads_started"]
+    assert found["exited"] == truth["threads_started"]
+    assert sum(found["calls"].values()) == truth["getaddrinfo_calls"]
+    assert found["info_pids"] == [str(found["pid"])]
