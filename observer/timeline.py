@@ -104,9 +104,8 @@ class EventKind(enum.IntEnum):
     PROCESS_EXEC = 6
     PROCESS_FORK = 7
     PROCESS_EXIT = 8
-    # Made in user space, never by the probe:
-    THREAD_EXISTING = 101  # alive when the recording started
-    PROCESS_UNWATCHED = 102  # no longer a target (it exec'd another program)
+    # Made in user space, never by the probe: a thread alive when the recording started.
+    THREAD_EXISTING = 101
 
     @property
     def label(self) -> str:
@@ -200,6 +199,9 @@ class Recording:
         if data.get("format") != FORMAT:
             raise TimelineError(f"not a {FORMAT} recording (no \"format\": \"{FORMAT}\")")
         events = [Event(**e) for e in data["events"]]
+        unknown = {e.kind for e in events} - {kind.label for kind in EventKind}
+        if unknown:
+            raise TimelineError(f"unknown event kinds {sorted(unknown)}: a newer recording?")
         return cls(data["command"], data["start_ns"], data["end_ns"], data["lost_events"],
                    events)
 
@@ -354,14 +356,8 @@ class _LaneBuilder:
         self._end_call(event.task, event.time_ns, None)
 
     def _process_exit(self, event: Event) -> None:
-        self._end_process(event.tgid, event.time_ns)
-
-    def _process_unwatched(self, event: Event) -> None:
-        self._end_process(event.tgid, event.time_ns)
-
-    def _end_process(self, tgid: int, time_ns: int) -> None:
-        for task in [task for task, lane in self.open.items() if lane.tgid == tgid]:
-            self._close(task, time_ns)
+        for task in [task for task, lane in self.open.items() if lane.tgid == event.tgid]:
+            self._close(task, event.time_ns)
 
     def _getaddrinfo_start(self, event: Event) -> None:
         lane = self._known(event)
@@ -399,17 +395,17 @@ def build_timeline(recording: Recording) -> Timeline:
 
 # The probe
 class TimelineProbes:
-    """Compiles and attaches probes/timeline.bpf.c; hands each record to ``handler``."""
+    """Compiles and attaches probes/timeline.bpf.c; hands each record to a handler."""
 
-    def __init__(self, follow_children: bool, track_new_processes: bool,
-                 handler: Callable[[Event], None]) -> None:
+    def __init__(self, follow_children: bool, track_new_processes: bool) -> None:
         self.follow_children = follow_children
         self.track_new_processes = track_new_processes
-        self.handler = handler
+        self.handler: Callable[[Event], None] = lambda event: None
         self._bpf = None
         self._attached: set[tuple[int, int]] = set()
 
-    def load(self) -> None:
+    def load(self, handler: Callable[[Event], None]) -> None:
+        self.handler = handler
         bcc = import_bcc()
         folder = importlib.resources.files("observer.bpf")
         cflags = (bpf_cflags(self.track_new_processes) + pid_namespace_cflags()
@@ -500,6 +496,7 @@ class Recorder:
         self._libc_unknown: set[int] = set()
         self._last_refresh = 0.0
         self._self_pid = os.getpid()
+        self.since_ns = 0  # records from before are not kept
 
     def watch(self, pid: int, existing: bool = False) -> None:
         self.probes.watch(pid)
@@ -515,16 +512,12 @@ class Recorder:
 
     def _add_existing_threads(self, pid: int) -> None:
         now = time.monotonic_ns()
-        try:
-            tids = sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task"))
-        except OSError:
-            return
-        for tid in tids:
+        for tid in thread_ids(pid):
             self.events.append(Event(EventKind.THREAD_EXISTING.label, now, pid, tid, tid,
                                      comm=thread_comm(pid, tid)))
 
     def handle(self, event: Event) -> None:
-        if not self._admit(event):
+        if event.time_ns < self.since_ns or not self._admit(event):
             return
         if event.kind == EventKind.THREAD_CREATED.label:
             event.creator = self._creator(event.tgid, event.start_routine)
@@ -539,7 +532,7 @@ class Recorder:
     def _admit(self, event: Event) -> bool:
         if event.tgid in self.watched:
             if event.kind == EventKind.PROCESS_FORK.label:
-                self._adopt(event.task)  # the kernel watches it already (FOLLOW_CHILDREN)
+                self.watch(event.task)  # recorded since its fork (FOLLOW_CHILDREN)
             return True
         if event.kind == EventKind.PROCESS_EXEC.label and self.regex_targets:
             return self._classify(event.tgid)
@@ -726,7 +719,7 @@ def add_timeline_parser(subparsers, parents=()) -> argparse.ArgumentParser:
                         help="record processes whose command line matches REGEX, and those "
                         "that start later (repeatable)")
     parser.add_argument("--allow-non-python", action="store_true",
-                        help="with --pid or --target: also record non-Python processes")
+                        help="with --target: also record non-Python processes")
     parser.add_argument("--input", type=Path, metavar="EVENTS.json",
                         help="draw a recording saved with --json instead of recording")
     parser.add_argument("--seconds", type=_positive_float, metavar="S",
@@ -815,12 +808,10 @@ def record_and_write(args: argparse.Namespace, outputs: list[Path]) -> int:
         regex_targets = [parse_regex_target(text) for text in args.target]
     except TargetError as err:
         raise TimelineError(str(err)) from None
-    recorder = Recorder(None, regex_targets, args.allow_non_python)
-    probes = TimelineProbes(args.children or bool(regex_targets), bool(regex_targets),
-                            recorder.handle)
-    recorder.probes = probes
+    probes = TimelineProbes(args.children or bool(regex_targets), bool(regex_targets))
+    recorder = Recorder(probes, regex_targets, args.allow_non_python)
     try:
-        probes.load()
+        probes.load(recorder.handle)
     except BpfUnavailable as err:
         raise TimelineError(f"eBPF cannot work here: {err}") from None
     try:
@@ -844,12 +835,14 @@ def record_command(args, probes: TimelineProbes, recorder: Recorder,
     deadline = _deadline(args.seconds)
     try:
         with stop_on_signals() as stopped:
-            start_ns = time.monotonic_ns()
+            # The gate's own exec can reach the probe after its pid was marked watched.
+            recorder.since_ns = start_ns = time.monotonic_ns()
             command.release()
             record(probes, recorder, lambda: stopped.set or command.process.poll() is not None
                    or time.monotonic() > deadline)
         # The picture starts at the exec, not at the gate's start-up before it.
-        start_ns = min((e.time_ns for e in recorder.events), default=start_ns)
+        start_ns = min((e.time_ns for e in recorder.events
+                        if e.kind == EventKind.PROCESS_EXEC.label), default=start_ns)
         status = finish(args, probes, recorder, start_ns, " ".join(args.command), outputs)
     finally:
         probes.close()  # the command may run on after --seconds: detach now
@@ -890,7 +883,10 @@ def _deadline(seconds: float | None) -> float:
 def finish(args, probes: TimelineProbes, recorder: Recorder, start_ns: int, command: str,
            outputs: list[Path]) -> int:
     now = time.monotonic_ns()
-    end_ns = now if recorder.alive else (recorder.last_exit_ns() or now)
+    # When everything recorded has exited, the picture ends there, not at the next poll; a
+    # --target recording runs for as long as it was asked to, quiet or not.
+    done = not recorder.alive and not recorder.regex_targets
+    end_ns = (recorder.last_exit_ns() or now) if done else now
     recorder.name_live_threads(end_ns)
     recording = Recording(args.title or command, start_ns, end_ns, probes.lost_events(),
                           recorder.events)

@@ -53,7 +53,7 @@ def short_creator(creator: str) -> str:
 
 
 def lane_label(lane: Lane) -> str:
-    by = f" ← {lane.parent}" if lane.parent and lane.created else ""
+    by = f" ← {lane.parent}" if lane.parent and lane.parent != lane.tid else ""
     return f"{lane.tid or '?'} {lane.name or '?'} · {short_creator(lane.creator)}{by}"
 
 
@@ -99,8 +99,29 @@ def lost_text(timeline: Timeline) -> str:
 
 
 def title(timeline: Timeline) -> str:
-    text = timeline.command
+    text = " ".join(timeline.command.split())  # a script given with -c spans lines
     return text if len(text) <= MAX_TITLE else text[: MAX_TITLE - 1] + "…"
+
+
+def bunches(timeline: Timeline, fraction: float = 0.01) -> list[list[Lookup]]:
+    """Calls of one thread closer together than ``fraction`` of the recording: drawn on top
+    of each other, so the picture says how many there are."""
+    window = (timeline.end_ns - timeline.start_ns) * fraction
+    found: list[list[Lookup]] = []
+    last: dict[int, list[Lookup]] = {}
+    for lookup in timeline.lookups:  # in order of start
+        bunch = last.get(lookup.task)
+        if bunch is not None and lookup.start_ns - bunch[0].start_ns <= window:
+            bunch.append(lookup)
+            continue
+        last[lookup.task] = [lookup]
+        found.append(last[lookup.task])
+    return [bunch for bunch in found if len(bunch) > 1]
+
+
+def bunch_text(bunch: list[Lookup]) -> str:
+    failed = sum(lookup.failed for lookup in bunch)
+    return f"×{len(bunch)}" + (f" ({failed} failed)" if failed else "")
 
 
 def format_duration(ns: int) -> str:
@@ -161,6 +182,10 @@ def _draw(ax, timeline: Timeline, fontsize: int) -> None:
         bars[0].set_gid(f"lane-{lane.task}")
     for lookup in timeline.lookups:
         _draw_lookup(ax, lookup, rows[lookup.task], timeline, scale, shortest)
+    for bunch in bunches(timeline):
+        ax.annotate(bunch_text(bunch), ((bunch[0].start_ns - timeline.start_ns) / scale,
+                                        rows[bunch[0].task]),
+                    xytext=(6, 5), textcoords="offset points", fontsize=7)
     ax.set_yticks(range(len(timeline.lanes)))
     ax.set_yticklabels([lane_label(lane) for lane in timeline.lanes], fontsize=fontsize,
                        family="monospace")
@@ -275,6 +300,10 @@ def svg_timeline(timeline: Timeline, colours: dict[str, str]) -> str:
         parts.append(_svg_lane(timeline, lane, row, x, colours[lane.creator]))
     for lookup in timeline.lookups:
         parts.append(_svg_lookup(timeline, lookup, rows[lookup.task], x))
+    for bunch in bunches(timeline):
+        y = TOP + rows[bunch[0].task] * LANE_HEIGHT
+        parts.append(f'<text x="{x(bunch[0].start_ns) + 5:.2f}" y="{y + 2}" '
+                     f'style="font-size:9px">{html.escape(bunch_text(bunch))}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 

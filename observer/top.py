@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from observer.constants import METRIC_PREFIX
+from observer.timeline_render import short_creator
 
 EPILOG = """examples:
   thread-observer top --url http://127.0.0.1:9097/metrics     # a running observer
@@ -158,30 +159,31 @@ def _rates(current: dict[str, float], previous: dict[str, float] | None,
 
 def _breakdown(current: dict[str, float], previous: dict[str, float] | None,
                interval: float) -> Text:
-    """``rate (total)`` per key, one a line, busiest first."""
+    """``rate name (total)`` per key, one a line, busiest first."""
     if not current:
         return Text("0")
     rates = _rates(current, previous, interval)
     text = Text()
-    for key in sorted(current, key=lambda k: (-rates[k], k)):
+    for key in sorted(current, key=lambda k: (-rates[k], -current[k], k)):
         if text:
             text.append("\n")
         text.append(f"{format_rate(rates[key])} ", style="bold" if rates[key] else "")
-        text.append(f"{key} ({current[key]:.0f})", style="dim")
+        text.append(f"{short_creator(key)} ({current[key]:.0f})", style="dim")
     return text
 
 
 def render_frame(previous: Sample | None, current: Sample, interval: float) -> RenderableType:
     """One screen: a row per target, rates over the ``interval`` seconds between samples."""
     header = Text(f"thread-observer top · {current.source or 'in-process observer'}"
-                  f" · backend {current.backend or '?'} · every {interval:g} s · q quits")
+                  f" · backend {current.backend or '?'} · every {interval:.1f} s · q quits")
     if current.error:
         return Group(header, Text(current.error, style="bold red"))
     if not current.targets:
         return Group(header, Text("no targets yet", style="dim"))
     table = Table(expand=True, header_style="bold")
     for column, justify in COLUMNS:
-        table.add_column(column, justify=justify)
+        # One line per creator or error: cut long names rather than wrap them.
+        table.add_column(column, justify=justify, no_wrap=True, overflow="ellipsis")
     for name, target in current.targets.items():
         table.add_row(name, *_target_cells(target, _previous(previous, name), interval))
     return Group(header, table)

@@ -67,6 +67,46 @@ BPF_TABLE("lru_hash", u32, struct call_in_progress, getaddrinfo_started, MAX_THR
 // tids that have waited in epoll: event-loop threads
 BPF_TABLE("lru_hash", u32, u8, event_loop_threads, MAX_THREADS);
 
+// bcc's increment() is not atomic, and two CPUs that find a key missing both store 1:
+// lookup_or_try_init inserts only if absent, then the add is atomic. (It returns from the
+// function it is in when the map is full, hence a function of its own per map: a full host
+// map must not stop the other counts.)
+static __always_inline int add_call(struct caller_key *key)
+{
+    u64 zero = 0, *count = getaddrinfo_calls_total.lookup_or_try_init(key, &zero);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    return 0;
+}
+
+static __always_inline int add_failure(struct error_key *key)
+{
+    u64 zero = 0, *count = getaddrinfo_failures_total.lookup_or_try_init(key, &zero);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    return 0;
+}
+
+static __always_inline int add_duration(struct slot_key *bucket, struct process_key *process,
+                                        u64 ns)
+{
+    u64 zero = 0, *count = getaddrinfo_duration_seconds.lookup_or_try_init(bucket, &zero);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    u64 *sum = getaddrinfo_duration_ns_sum.lookup_or_try_init(process, &zero);
+    if (sum)
+        __sync_fetch_and_add(sum, ns);
+    return 0;
+}
+
+static __always_inline int add_host(struct host_key *key)
+{
+    u64 zero = 0, *count = getaddrinfo_host_calls_total.lookup_or_try_init(key, &zero);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    return 0;
+}
+
 int mark_event_loop_thread(void *ctx)
 {
     u64 id = current_pid_tgid();
@@ -131,22 +171,21 @@ int getaddrinfo_return(struct pt_regs *ctx)
     struct host_key host = {.tgid = tgid, .generation = generation};
     __builtin_memcpy(host.host, call->host, sizeof(host.host));
     getaddrinfo_started.delete(&tid);
-    getaddrinfo_host_calls_total.increment(host);
+    add_host(&host);
 
     struct caller_key calls = {.tgid = tgid, .caller = CALLER_OTHER, .generation = generation};
     if (event_loop_threads.lookup(&tid))
         calls.caller = CALLER_EVENT_LOOP;
-    getaddrinfo_calls_total.increment(calls);
+    add_call(&calls);
 
     int rc = PT_REGS_RC(ctx);
     if (rc != 0) {
         struct error_key error = {.tgid = tgid, .error = rc, .generation = generation};
-        getaddrinfo_failures_total.increment(error);
+        add_failure(&error);
     }
 
     struct slot_key bucket = {.tgid = tgid, .slot = log2_slot(ns), .generation = generation};
-    getaddrinfo_duration_seconds.increment(bucket);
     struct process_key process = {.tgid = tgid, .generation = generation};
-    getaddrinfo_duration_ns_sum.increment(process, ns);
+    add_duration(&bucket, &process, ns);
     return 0;
 }

@@ -29,6 +29,25 @@ BPF_HASH(threads_exited_total, struct process_key, u64, MAX_PROCESSES);
 // Creating thread -> the start routine it passed to pthread_create, until its clone happens.
 BPF_TABLE("lru_hash", u32, u64, pending_start_routine, MAX_THREADS);
 
+// bcc's increment() is not atomic, and two CPUs that find a key missing both store 1:
+// lookup_or_try_init inserts only if absent, then the add is atomic. (It returns from the
+// function it is in when the map is full, hence a function of its own per map.)
+static __always_inline int add_created(struct creator_key *key)
+{
+    u64 zero = 0, *count = threads_created_total.lookup_or_try_init(key, &zero);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    return 0;
+}
+
+static __always_inline int add_exited(struct process_key *key)
+{
+    u64 zero = 0, *count = threads_exited_total.lookup_or_try_init(key, &zero);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    return 0;
+}
+
 int pthread_create_entry(struct pt_regs *ctx)
 {
     u64 id = current_pid_tgid();
@@ -48,7 +67,7 @@ static __always_inline void count_new_thread(u32 tgid, u32 tid, u64 generation)
         key.start_routine = *routine;
         pending_start_routine.delete(&tid);
     }
-    threads_created_total.increment(key);
+    add_created(&key);
 }
 
 TRACEPOINT_PROBE(task, task_newtask)
@@ -89,7 +108,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     // live = 1 + created - exited for a process watched from its start.
     if (tid != tgid) {
         struct process_key key = {.tgid = tgid, .generation = process->generation};
-        threads_exited_total.increment(key);
+        add_exited(&key);
     }
     if (args->group_dead)
         process->state = STATE_EXITED;

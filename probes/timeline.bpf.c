@@ -117,10 +117,10 @@ static __always_inline void process_forked(u64 id, u32 child, char *comm)
 {
 #ifndef PIDNS_INO
     // In a PID namespace the child's id here is the host's: children are not followed there.
-    if (!FOLLOW_CHILDREN && !TRACK_NEW_PROCESSES)
+    if (!FOLLOW_CHILDREN)
         return;
-    u32 state = FOLLOW_CHILDREN ? STATE_WATCHED : STATE_PENDING;
-    watched_tgids.update(&child, &state);
+    // Recorded from here; user space marks it watched when it reads this record.
+    mark_pending(child, 1);
     struct timeline_event *event = new_event(EVENT_PROCESS_FORK, id);
     if (!event)
         return;
@@ -172,7 +172,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         if (!TRACK_NEW_PROCESSES)
             return 0;
         // A new program: recorded from here, kept or dropped by its command line in user space.
-        mark_pending(tgid);
+        mark_pending(tgid, 0);
     }
     struct timeline_event *event = new_event(EVENT_PROCESS_EXEC, id);
     if (!event)

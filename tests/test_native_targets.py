@@ -12,7 +12,7 @@ from tests.harness import observer, wait_until, workload
 
 pytestmark = pytest.mark.bpf
 
-SOURCE = Path(__file__).parent / "native" / "target.c"
+SOURCE = Path(__file__).parent / "targets" / "native_target.c"
 
 BUILDS = {
     "musl": ["musl-gcc", "-O2", "-pthread"],
