@@ -51,7 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--interval", type=positive_float, default=0.25, metavar="SECONDS",
                      help="how often new and exited processes are handled (default %(default)s)")
 
-    commands.add_parser("check", help="tell what works here and what to fix", parents=[common])
+    run.set_defaults(func=run)
+    check = commands.add_parser("check", help="tell what works here and what to fix",
+                                parents=[common])
+    check.set_defaults(func=run_check)
+    from observer.demo import add_demo_parser
+
+    add_demo_parser(commands, parents=[common])
+    commands.choices["demo"].set_defaults(func=demo)
     return parser
 
 
@@ -89,18 +96,34 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        if args.command == "run":
-            return run(args)
-        if args.command == "check":
-            from observer.check import main as check_main
-
-            return check_main()
+        return args.func(args)
     except CliError as err:
         print(f"thread-observer: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    return 2
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from observer.check import main as check_main
+
+    return check_main()
+
+
+def demo(args: argparse.Namespace) -> int:
+    from observer.bpf_backend import BpfUnavailable
+    from observer.daemon import BpfObserver
+    from observer.demo import run_demo
+
+    problem = bpf_problem()
+    if problem is None:
+        try:
+            return run_demo(args, _started(BpfObserver([], [])))
+        except BpfUnavailable as err:
+            problem = str(err)
+    raise CliError(f"the demo needs eBPF, which cannot work here: {problem}. "
+                   "Run 'thread-observer check' to see what to fix ('make setup' installs "
+                   "what is missing; run as root)")
 
 
 def run(args: argparse.Namespace) -> int:

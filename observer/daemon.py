@@ -131,6 +131,18 @@ class ProcObserver:
     def close(self) -> None:
         pass
 
+    def watch_pid(self, pid: int, name: str) -> None:
+        """Adds a process as a target now (the demo attaches to each scenario before it runs)."""
+        with self._lock:
+            self.pid_targets[pid] = name
+            if pid not in self.procs:
+                self._attach(pid, name)
+
+    def unwatch_pid(self, pid: int) -> None:
+        with self._lock:
+            self.pid_targets.pop(pid, None)
+            self._detach(pid)
+
     # Finding processes
     def classify(self, pid: int) -> str | None:
         """The target a process belongs to, or None."""

@@ -21,3 +21,21 @@ def log2_to_buckets(
     ]
     buckets.append((math.inf, sum(slots.values())))
     return buckets
+
+
+def quantile(q: float, buckets: list[tuple[float, int]]) -> float | None:
+    """The q-quantile of cumulative ``(upper bound, count)`` buckets, interpolated linearly
+    inside its bucket as Prometheus's histogram_quantile does; None without observations."""
+    total = buckets[-1][1] if buckets else 0
+    if total == 0:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound  # above the last finite bucket: its bound is all we know
+            share = (rank - lower_count) / (count - lower_count) if count > lower_count else 1
+            return lower_bound + (bound - lower_bound) * share
+        lower_bound, lower_count = bound, count
+    return lower_bound

@@ -75,24 +75,38 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(text="thread-observer: see /metrics and /healthz\n")
 
 
-async def serve(observer: ProcObserver, host: str, port: int, label_pid: bool,
-                interval: float) -> None:
-    """Serves until SIGTERM or SIGINT, then detaches the probes and returns."""
+async def start_serving(observer: ProcObserver, host: str, port: int, label_pid: bool,
+                        interval: float) -> tuple[web.AppRunner, list[str]]:
+    """Starts /metrics and the poll loop; returns the runner and the URLs it serves."""
     runner = web.AppRunner(
         make_app(observer, label_pid, interval), handle_signals=False, access_log=None
     )
     await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    urls = [f"http://{address[0]}:{address[1]}/metrics" for address in runner.addresses]
+    for url in urls:
+        log.info("serving %s (backend %s)", url, observer.backend)
+    return runner, urls
+
+
+async def until_signalled() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def serve(observer: ProcObserver, host: str, port: int, label_pid: bool,
+                interval: float) -> None:
+    """Serves until SIGTERM or SIGINT, then detaches the probes and returns."""
+    runner, _ = await start_serving(observer, host, port, label_pid, interval)
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        for address in runner.addresses:
-            log.info("serving http://%s:%d/metrics (backend %s)", address[0], address[1],
-                     observer.backend)
-        await stop.wait()
+        await until_signalled()
         log.info("stopping: detaching probes")
     finally:
         await runner.cleanup()

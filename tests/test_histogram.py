@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from observer.histogram import log2_to_buckets
+from observer.histogram import log2_to_buckets, quantile
 
 
 @pytest.mark.parametrize(
@@ -31,3 +31,21 @@ def test_default_buckets_span_microseconds_to_seconds():
     assert counts == sorted(counts)  # cumulative
     assert dict(buckets)[2**14 / 1e9] == 2
     assert dict(buckets)[2**13 / 1e9] == 0
+
+
+@pytest.mark.parametrize(
+    ("q", "buckets", "expected"),
+    [
+        (0.5, [(1.0, 0), (2.0, 4), (4.0, 4), (math.inf, 4)], 1.5),
+        (0.99, [(1.0, 0), (2.0, 4), (4.0, 4), (math.inf, 4)], 1.99),
+        (0.5, [(1.0, 2), (2.0, 2), (math.inf, 2)], 0.5),
+        (0.5, [(1.0, 0), (math.inf, 3)], 1.0),  # only +Inf: the last finite bound
+        (0.5, [(1.0, 0), (math.inf, 0)], None),
+    ],
+)
+def test_quantile_interpolates_like_prometheus(q, buckets, expected):
+    result = quantile(q, buckets)
+    if expected is None:
+        assert result is None
+    else:
+        assert result == pytest.approx(expected)
