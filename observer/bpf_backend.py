@@ -102,12 +102,21 @@ COUNTER_MAPS = {
 }
 
 
-def probe_source() -> str:
+def probe_source(files: tuple[str, ...] = PROBE_FILES) -> str:
     """The probes as one translation unit: bcc rewrites map helpers only in its main file, so
-    the header and both programs are joined (watched.h's include guard makes the programs'
+    the header and the programs are joined (watched.h's include guard makes the programs'
     own ``#include "watched.h"`` a no-op)."""
     folder = importlib.resources.files("observer.bpf")
-    return "\n".join((folder / name).read_text() for name in PROBE_FILES)
+    return "\n".join((folder / name).read_text() for name in files)
+
+
+def watch_process(watched, tgid: int) -> int:
+    """Marks a process watched in a ``watched_tgids`` map; returns its generation, the one
+    the kernel gave it if it has one."""
+    entry = watched.get(ctypes.c_uint32(tgid))
+    generation = entry.generation if entry is not None else time.monotonic_ns()
+    watched[ctypes.c_uint32(tgid)] = watched.Leaf(ProcessState.WATCHED, 0, generation)
+    return generation
 
 
 def pid_namespace_cflags() -> list[str]:
@@ -134,7 +143,7 @@ class BpfProbes:
         self.track_new_processes = track_new_processes
         # Every probe is listed from the start, so one that failed to attach shows 0.
         self.probes_attached: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
-        self.attach_errors: Counter[str] = Counter()
+        self.attach_errors: Counter[str] = Counter(dict.fromkeys((*PROBE_NAMES, "libc"), 0))
         self.in_pid_namespace = False
         self._bpf = None
         self._attached_objects: set[tuple[int, int]] = set()
@@ -199,11 +208,7 @@ class BpfProbes:
     # The watched set
     def watch(self, tgid: int) -> int:
         """Marks a process watched; returns its generation (kept if the kernel has one)."""
-        watched = self._bpf["watched_tgids"]
-        entry = watched.get(ctypes.c_uint32(tgid))
-        generation = entry.generation if entry is not None else time.monotonic_ns()
-        self.set_state(tgid, ProcessState.WATCHED, generation)
-        return generation
+        return watch_process(self._bpf["watched_tgids"], tgid)
 
     def set_state(self, tgid: int, state: ProcessState, generation: int) -> None:
         watched = self._bpf["watched_tgids"]

@@ -36,29 +36,34 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["debug", "info", "warning", "error"])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser(
+    run_parser = commands.add_parser(
         "run", help="watch targets and serve /metrics", epilog=EPILOG_RUN,
         formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common],
     )
-    add_target_arguments(run)
-    run.add_argument("--listen", default="0.0.0.0:9097", metavar="HOST:PORT",
+    add_target_arguments(run_parser)
+    run_parser.add_argument("--listen", default="0.0.0.0:9097", metavar="HOST:PORT",
                      help="where to serve /metrics and /healthz (default %(default)s)")
-    run.add_argument("--backend", choices=["auto", "bpf", "proc"], default="auto",
+    run_parser.add_argument("--backend", choices=["auto", "bpf", "proc"], default="auto",
                      help="bpf: eBPF probes; proc: /proc only (live threads, no counts); "
                      "auto: bpf, or proc when eBPF cannot work here (default)")
-    run.add_argument("--label-pid", action="store_true",
+    run_parser.add_argument("--label-pid", action="store_true",
                      help="add a pid label to every per-target series")
-    run.add_argument("--interval", type=positive_float, default=0.25, metavar="SECONDS",
+    run_parser.add_argument("--interval", type=positive_float, default=0.25, metavar="SECONDS",
                      help="how often new and exited processes are handled (default %(default)s)")
 
-    run.set_defaults(func=run)
+    run_parser.set_defaults(func=run)
     check = commands.add_parser("check", help="tell what works here and what to fix",
                                 parents=[common])
     check.set_defaults(func=run_check)
     from observer.demo import add_demo_parser
 
-    add_demo_parser(commands, parents=[common])
+    add_demo_parser(commands)
     commands.choices["demo"].set_defaults(func=demo)
+    from observer.timeline import add_timeline_parser
+    from observer.top import add_top_parser
+
+    add_timeline_parser(commands, parents=[common])
+    add_top_parser(commands, parents=[common])
     return parser
 
 

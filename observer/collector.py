@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import (
@@ -15,9 +16,12 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from observer import __version__
-from observer.constants import METRIC_PREFIX
+from observer.constants import EAI_NAMES, METRIC_PREFIX
 from observer.histogram import log2_to_buckets
 from observer.model import Counts, ProcessRow, Snapshot
+
+# POSIX's getaddrinfo errors (codes -1 to -12).
+COMMON_EAI_ERRORS = tuple(name for code, name in EAI_NAMES.items() if code >= -12)
 
 
 def _name(metric: str) -> str:
@@ -188,8 +192,10 @@ def _getaddrinfo_metrics(groups: list[Series], labels: list[str]) -> Iterator[Me
         counts = group.counts
         for caller in ("event_loop", "other"):
             calls.add_metric([*group.labels, caller], counts.getaddrinfo_calls.get(caller, 0))
-        for error, count in sorted(counts.getaddrinfo_failures.items()):
-            failures.add_metric([*group.labels, error], count)
+        # The usual errors exist from the start at 0, so that rate() sees their first rise.
+        errors = Counter(dict.fromkeys(COMMON_EAI_ERRORS, 0)) + counts.getaddrinfo_failures
+        for error in sorted({*COMMON_EAI_ERRORS, *errors}):
+            failures.add_metric([*group.labels, error], errors[error])
         buckets = [
             (floatToGoString(le), n) for le, n in log2_to_buckets(counts.duration_slots)
         ]

@@ -52,12 +52,12 @@ class Row:
                 and self.event_loop_calls == self.event_loop_truth)
 
 
-def add_demo_parser(commands, parents) -> None:
+def add_demo_parser(commands) -> None:
     from workloads.scenarios import SCENARIOS
 
     demo = commands.add_parser(
         "demo", help="run the sample workloads next to the observer, as a table",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, parents=parents,
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
                       metavar="NAME", help="run only these (repeatable; default all): "
@@ -69,7 +69,10 @@ def add_demo_parser(commands, parents) -> None:
                       help="keep the observer serving afterwards and print its URL")
     demo.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
                       help="where the observer serves meanwhile (default a free port)")
-    demo.set_defaults(log_level="warning")  # the table is the output
+    # Its own option rather than the shared one: the table is the output, so logs default to
+    # warnings here (a parent parser's actions are shared, and so are their defaults).
+    demo.add_argument("--log-level", default="warning",
+                      choices=["debug", "info", "warning", "error"])
 
 
 def run_demo(args: argparse.Namespace, observer) -> int:

@@ -34,8 +34,10 @@ from observer.bpf_backend import (
     headers_hint,
     import_bcc,
     pid_namespace_cflags,
+    probe_source,
+    watch_process,
 )
-from observer.constants import ProcessState, bpf_cflags, eai_name
+from observer.constants import bpf_cflags, eai_name
 from observer.targets import (
     RegexTarget,
     TargetError,
@@ -135,13 +137,6 @@ def timeline_cflags(follow_children: bool) -> list[str]:
     flags += [f"-DHOST_LEN={HOST_LEN}", f"-DSERVICE_LEN={SERVICE_LEN}",
               f"-DRINGBUF_PAGES={RINGBUF_PAGES}", f"-DFOLLOW_CHILDREN={int(follow_children)}"]
     return flags
-
-
-def timeline_source() -> str:
-    """watched.h and the program as one text: bcc rewrites map helpers only in its main file
-    (the include guard makes the program's own ``#include "watched.h"`` a no-op)."""
-    folder = importlib.resources.files("observer.bpf")
-    return "\n".join((folder / name).read_text() for name in PROBE_FILES)
 
 
 # The records
@@ -411,7 +406,7 @@ class TimelineProbes:
         cflags = (bpf_cflags(self.track_new_processes) + pid_namespace_cflags()
                   + timeline_cflags(self.follow_children) + [f"-I{folder}"])
         try:
-            self._bpf = bcc.BPF(text=timeline_source(), cflags=cflags)
+            self._bpf = bcc.BPF(text=probe_source(PROBE_FILES), cflags=cflags)
         except Exception as err:  # bcc raises bare Exception for compile and load errors
             raise BpfUnavailable(
                 f"compiling the timeline probe failed: {err} ({headers_hint()})"
@@ -453,10 +448,7 @@ class TimelineProbes:
 
     def watch(self, tgid: int) -> None:
         """Marks a process watched, keeping the generation the kernel gave it if any."""
-        watched = self._bpf["watched_tgids"]
-        entry = watched.get(ctypes.c_uint32(tgid))
-        generation = entry.generation if entry is not None else time.monotonic_ns()
-        watched[ctypes.c_uint32(tgid)] = watched.Leaf(ProcessState.WATCHED, 0, generation)
+        watch_process(self._bpf["watched_tgids"], tgid)
 
     def unwatch(self, tgid: int) -> None:
         self._bpf["watched_tgids"].pop(ctypes.c_uint32(tgid), None)

@@ -149,47 +149,36 @@ def render_picture(timeline: Timeline, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lanes = timeline.lanes
-    per_lane = 0.28 if len(lanes) <= 60 else max(0.1, 17 / len(lanes))
-    fig, ax = plt.subplots(figsize=(12, 1.9 + per_lane * max(len(lanes), 1)), dpi=110)
+    lanes = max(len(timeline.lanes), 1)
+    # Lanes get thinner as they grow in number, and the picture stays within what Agg draws.
+    per_lane = min(0.28 if lanes <= 60 else max(0.1, 17 / lanes), 150 / lanes)
+    fig, ax = plt.subplots(figsize=(12, 1.9 + per_lane * lanes), dpi=110)
     try:
-        _draw(ax, timeline, fontsize=8 if per_lane >= 0.2 else 6)
-        # Offsets in points, so that title and summary never overlap whatever the height.
-        ax.annotate(title(timeline), xy=(0, 1), xycoords="axes fraction", xytext=(0, 24),
-                    textcoords="offset points", fontsize=11, fontweight="bold",
-                    family="monospace")
-        ax.annotate(summary(timeline), xy=(0, 1), xycoords="axes fraction", xytext=(0, 10),
-                    textcoords="offset points", fontsize=9, color="#333333")
-        ax.annotate(lost_text(timeline), xy=(1, 1), xycoords="axes fraction",
-                    xytext=(0, 10), textcoords="offset points", fontsize=9, ha="right",
-                    color=FAILED_COLOUR if timeline.lost_events else "#333333")
+        _draw(ax, timeline)
+        _label_lanes(ax, timeline, per_lane)
+        _titles(ax, timeline)
         fig.savefig(path, bbox_inches="tight", format=path.suffix.lower().lstrip("."))
     finally:
         plt.close(fig)
 
 
-def _draw(ax, timeline: Timeline, fontsize: int) -> None:
+def _draw(ax, timeline: Timeline) -> None:
     scale, unit = time_unit(timeline)
     total = (timeline.end_ns - timeline.start_ns) / scale
     shortest = max(total * 0.002, 1e-9)  # a thread of a few µs stays visible
+
+    def at(ns: int | None) -> float:
+        return ((ns or timeline.end_ns) - timeline.start_ns) / scale
+
     colours = creator_colours(timeline)
-    rows = {lane.task: row for row, lane in enumerate(timeline.lanes)}
-    for row, lane in enumerate(timeline.lanes):
-        start = (lane.start_ns - timeline.start_ns) / scale
-        end = ((lane.end_ns or timeline.end_ns) - timeline.start_ns) / scale
-        bars = ax.barh(row, max(end - start, shortest), left=start, height=0.64,
-                       color=colours[lane.creator], edgecolor="none")
-        bars[0].set_gid(f"lane-{lane.task}")
-    for lookup in timeline.lookups:
-        _draw_lookup(ax, lookup, rows[lookup.task], timeline, scale, shortest)
-    for bunch in bunches(timeline):
-        ax.annotate(bunch_text(bunch), ((bunch[0].start_ns - timeline.start_ns) / scale,
-                                        rows[bunch[0].task]),
-                    xytext=(6, 5), textcoords="offset points", fontsize=7)
-    ax.set_yticks(range(len(timeline.lanes)))
-    ax.set_yticklabels([lane_label(lane) for lane in timeline.lanes], fontsize=fontsize,
-                       family="monospace")
-    ax.set_ylim(len(timeline.lanes) - 0.5, -0.5)
+    lanes = timeline.lanes
+    bars = ax.barh(range(len(lanes)), [max(at(lane.end_ns) - at(lane.start_ns), shortest)
+                                       for lane in lanes],
+                   left=[at(lane.start_ns) for lane in lanes], height=0.64,
+                   color=[colours[lane.creator] for lane in lanes], edgecolor="none")
+    for bar, lane in zip(bars, lanes, strict=True):
+        bar.set_gid(f"lane-{lane.task}")
+    _draw_lookups(ax, timeline, at, shortest)
     ax.set_xlim(0, total * 1.01 or 1)
     ax.set_xlabel(f"time since the start ({unit})")
     ax.grid(axis="x", color="#dddddd", linestyle="--", linewidth=0.6)
@@ -200,15 +189,46 @@ def _draw(ax, timeline: Timeline, fontsize: int) -> None:
               bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
 
-def _draw_lookup(ax, lookup: Lookup, row: int, timeline: Timeline, scale: float,
-                 shortest: float) -> None:
-    start = (lookup.start_ns - timeline.start_ns) / scale
-    end = ((lookup.end_ns or timeline.end_ns) - timeline.start_ns) / scale
-    if lookup.failed:
-        ax.plot(start, row, marker="x", color=FAILED_COLOUR, markersize=8, markeredgewidth=2)
+def _draw_lookups(ax, timeline: Timeline, at, shortest: float) -> None:
+    """All calls in three artists, however many there are."""
+    rows = {lane.task: row for row, lane in enumerate(timeline.lanes)}
+    done = [lookup for lookup in timeline.lookups if not lookup.failed]
+    failed = [lookup for lookup in timeline.lookups if lookup.failed]
+    if done:
+        ax.barh([rows[c.task] for c in done],
+                [max(at(c.end_ns) - at(c.start_ns), shortest / 2) for c in done],
+                left=[at(c.start_ns) for c in done], height=0.3, color=CALL_COLOUR)
+        ax.plot([at(c.start_ns) for c in done], [rows[c.task] for c in done], linestyle="none",
+                marker="|", color=CALL_COLOUR, markersize=9, markeredgewidth=1.2)
+    if failed:
+        ax.plot([at(c.start_ns) for c in failed], [rows[c.task] for c in failed],
+                linestyle="none", marker="x", color=FAILED_COLOUR, markersize=8,
+                markeredgewidth=2)
+    for bunch in bunches(timeline):
+        ax.annotate(bunch_text(bunch), (at(bunch[0].start_ns), rows[bunch[0].task]),
+                    xytext=(6, 5), textcoords="offset points", fontsize=7)
+
+
+def _label_lanes(ax, timeline: Timeline, per_lane: float) -> None:
+    ax.set_ylim(len(timeline.lanes) - 0.5, -0.5)
+    if per_lane < 0.09:  # labels would overlap: the HTML output has them all
+        ax.set_yticks([])
+        ax.set_ylabel(f"{len(timeline.lanes)} threads, in order of creation")
         return
-    ax.barh(row, max(end - start, shortest / 2), left=start, height=0.3, color=CALL_COLOUR)
-    ax.plot(start, row, marker="|", color=CALL_COLOUR, markersize=9, markeredgewidth=1.2)
+    ax.set_yticks(range(len(timeline.lanes)))
+    ax.set_yticklabels([lane_label(lane) for lane in timeline.lanes],
+                       fontsize=8 if per_lane >= 0.2 else 6, family="monospace")
+
+
+def _titles(ax, timeline: Timeline) -> None:
+    # Offsets in points, so that title and summary never overlap whatever the height.
+    ax.annotate(title(timeline), xy=(0, 1), xycoords="axes fraction", xytext=(0, 24),
+                textcoords="offset points", fontsize=11, fontweight="bold", family="monospace")
+    ax.annotate(summary(timeline), xy=(0, 1), xycoords="axes fraction", xytext=(0, 10),
+                textcoords="offset points", fontsize=9, color="#333333")
+    ax.annotate(lost_text(timeline), xy=(1, 1), xycoords="axes fraction", xytext=(0, 10),
+                textcoords="offset points", fontsize=9, ha="right",
+                color=FAILED_COLOUR if timeline.lost_events else "#333333")
 
 
 def _legend_handles(timeline: Timeline, colours: dict[str, str]) -> list:

@@ -130,6 +130,10 @@ class Metrics:
                 if s.name == name and label in s.labels
                 and all(s.labels.get(k) == v for k, v in match.items())}
 
+    def nonzero(self, name: str, label: str, **match: str) -> dict[str, float]:
+        """Like labels(), without the series still at 0 (errors exported before they occur)."""
+        return {k: v for k, v in self.labels(name, label, **match).items() if v}
+
     def has_target(self, target: str) -> bool:
         return any(s.labels.get("target") == target for s in self.samples)
 

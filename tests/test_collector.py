@@ -133,3 +133,13 @@ def test_openmetrics_output_parses():
     names = {f.name for f in parse_om(text)}
     assert "thread_observer_threads_created" in names
     assert text.rstrip().endswith("# EOF")
+
+
+def test_usual_errors_start_at_zero_so_rate_sees_the_first_failure():
+    value = registry_for(bpf_snapshot()).get_sample_value
+    assert value("thread_observer_getaddrinfo_failures_total",
+                 {"target": "worker", "error": "EAI_AGAIN"}) == 0
+    assert value("thread_observer_getaddrinfo_failures_total",
+                 {"target": "api", "error": "EAI_NONAME"}) == 2
+    assert value("thread_observer_getaddrinfo_failures_total",
+                 {"target": "api", "error": "EAI_CANCELED"}) is None  # not usual: when seen

@@ -1,0 +1,278 @@
+"""``thread-observer timeline``: lanes built from records, pictures drawn, and real recordings
+compared with what the workloads counted themselves and with the metrics daemon."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from observer.timeline import (
+    EXISTING,
+    MAIN,
+    Event,
+    RawEvent,
+    Recording,
+    TimelineError,
+    build_timeline,
+    output_paths,
+)
+from observer.timeline_render import lane_label, nice_ticks, render
+from tests.harness import REPO, observer, wait_until, workload
+
+MS = 1_000_000
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# Exactly 5 threads (3 that do nothing and live well under a millisecond) and 5 getaddrinfo
+# calls on localhost, the last one failing with EAI_SERVICE; then it waits for a line on stdin
+# so that the metrics can be read while it is alive.
+THREADS_AND_LOOKUPS = """
+import socket, sys, threading, time
+from workloads.truth import GroundTruth
+truth = GroundTruth().install()
+threads = [threading.Thread(target=int) for _ in range(3)]
+threads += [threading.Thread(target=time.sleep, args=(0.03,)) for _ in range(2)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+for _ in range(4):
+    socket.getaddrinfo("localhost", 80)
+try:
+    socket.getaddrinfo("localhost", "no-such-service")
+except socket.gaierror:
+    pass
+truth.emit()
+sys.stdin.readline()
+"""
+
+
+def run_timeline(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "observer", "timeline", *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=60, **kwargs)
+
+
+def load_timeline(path: Path):
+    return build_timeline(Recording.load(path))
+
+
+def created_lanes(timeline):
+    return [lane for lane in timeline.lanes if lane.created]
+
+
+# Lanes from records: no root needed
+def event(kind, time_ms, task, tgid=100, **fields) -> Event:
+    return Event(kind, time_ms * MS, tgid, task, task, **fields)
+
+
+def synthetic_recording() -> Recording:
+    events = [
+        event("process_exec", 1, 100, comm="python3", filename="/usr/bin/python3"),
+        event("thread_created", 2, 101, parent=100, comm="python3", creator="python",
+              start_routine=0x1234),
+        event("thread_created", 3, 102, parent=100, comm="python3",
+              creator="loop.cpython-311-x86_64-linux-gnu.so"),
+        event("thread_renamed", 3, 102, comm="libuv-worker"),
+        event("getaddrinfo_start", 4, 101, host="localhost", service="80"),
+        event("getaddrinfo_end", 5, 101),
+        event("getaddrinfo_start", 6, 102, host="localhost", service="no-such-service"),
+        event("getaddrinfo_end", 7, 102, rc=-8),
+        event("thread_exited", 8, 101, comm="python3"),
+        event("getaddrinfo_start", 9, 102, host="example.invalid"),
+        event("thread_exited", 9, 103, comm="seen-dying"),  # born before the recording
+    ]
+    return Recording("python3 client.py", 0, 10 * MS, lost_events=2, events=events)
+
+
+def test_lanes_from_records():
+    timeline = build_timeline(synthetic_recording())
+    assert [(lane.tid, lane.creator) for lane in timeline.lanes] == [
+        (103, EXISTING), (100, MAIN), (101, "python"),
+        (102, "loop.cpython-311-x86_64-linux-gnu.so")]
+    existing, main, worker, uv = timeline.lanes
+    assert (existing.start_ns, existing.end_ns, existing.name) == (0, 9 * MS, "seen-dying")
+    assert (main.start_ns, main.end_ns) == (1 * MS, None)  # alive at the end
+    assert (worker.start_ns, worker.end_ns, worker.parent) == (2 * MS, 8 * MS, 100)
+    assert uv.name == "libuv-worker" and uv.end_ns is None
+    assert timeline.threads_created == 2
+    assert [(c.host, c.end_ns, c.rc, c.error) for c in timeline.lookups] == [
+        ("localhost", 5 * MS, 0, ""), ("localhost", 7 * MS, -8, "EAI_SERVICE"),
+        ("example.invalid", None, 0, "")]  # still in progress at the end
+    assert timeline.failures == 1
+    assert lane_label(uv) == "102 libuv-worker · loop.so ← 100"
+
+
+def test_recording_survives_json(tmp_path):
+    recording = synthetic_recording()
+    recording.save(tmp_path / "events.json")
+    assert Recording.load(tmp_path / "events.json") == recording
+
+
+def test_not_a_recording_is_a_clear_error(tmp_path):
+    (tmp_path / "other.json").write_text('{"events": []}')
+    with pytest.raises(TimelineError, match="not a thread-observer-timeline recording"):
+        Recording.load(tmp_path / "other.json")
+
+
+def test_raw_event_matches_the_c_struct():
+    # u64 time_ns, value; six u32; comm[16]; text[HOST_LEN=64]; service[SERVICE_LEN=32]
+    assert RawEvent.text.offset == 56 and RawEvent.service.offset == 120
+    assert RawEvent.comm.offset == 40
+
+
+def test_output_kinds_by_extension(tmp_path):
+    assert output_paths([str(tmp_path / "a.png")], with_json=True) == [
+        tmp_path / "a.png", tmp_path / "a.json"]
+    with pytest.raises(TimelineError, match="extension must be one of"):
+        output_paths([str(tmp_path / "a.gif")], with_json=False)
+    with pytest.raises(TimelineError, match="no such directory"):
+        output_paths([str(tmp_path / "missing" / "a.png")], with_json=False)
+
+
+@pytest.mark.parametrize(("total", "ticks"), [
+    (10, [0, 2, 4, 6, 8, 10]), (1.0, [0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]),
+    (730, [0, 100, 200, 300, 400, 500, 600, 700]), (0, [0.0]),
+])
+def test_nice_ticks(total, ticks):
+    assert nice_ticks(total) == pytest.approx(ticks)
+
+
+def test_pictures_of_a_synthetic_recording(tmp_path):
+    timeline = build_timeline(synthetic_recording())
+    for name in ("t.png", "t.svg", "t.html"):
+        render(timeline, tmp_path / name)
+    assert (tmp_path / "t.png").read_bytes().startswith(PNG_MAGIC)
+    assert_one_lane_per_thread(tmp_path / "t.svg", tmp_path / "t.html", timeline)
+    html = (tmp_path / "t.html").read_text()
+    assert "lost events: 2" in html and "EAI_SERVICE" in html
+    assert not re.search(r"(src|href)=\"https?:", html)  # self-contained
+
+
+def assert_one_lane_per_thread(svg: Path, html: Path, timeline) -> None:
+    tasks = sorted(lane.task for lane in timeline.lanes)
+    svg_lanes = re.findall(r'id="lane-(\d+)"', svg.read_text())
+    html_lanes = re.findall(r'<g class="lane" id="lane-(\d+)"', html.read_text())
+    assert sorted(map(int, svg_lanes)) == tasks
+    assert sorted(map(int, html_lanes)) == tasks
+
+
+# Real recordings
+@pytest.mark.bpf
+def test_exact_threads_and_lookups_and_the_metrics_agree(tmp_path):
+    marker = f"timeline-{uuid.uuid4().hex[:12]}"  # -X option, ignored by CPython
+    outputs = [tmp_path / f"run.{kind}" for kind in ("json", "png", "svg", "html")]
+    with observer(["--target", f"workload={marker}", "--label-pid"], tmp_path) as running:
+        timeline_run = subprocess.Popen(
+            [sys.executable, "-m", "observer", "timeline",
+             *[arg for path in outputs for arg in ("--output", str(path))],
+             "--", sys.executable, "-X", marker, "-c", THREADS_AND_LOOKUPS],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO,
+        )
+        try:
+            truth = json.loads(timeline_run.stdout.readline())  # stdout passes through
+            metrics = wait_until(lambda: settled(running, str(truth["pid"]), 5), 10,
+                                 "the daemon to count the workload's threads")
+            timeline_run.stdin.write("\n")  # stdin passes through: the workload ends
+            timeline_run.stdin.close()
+            assert timeline_run.wait(timeout=60) == 0, timeline_run.stderr.read()
+        finally:
+            timeline_run.kill()
+            timeline_run.wait()
+    assert (truth["threads_started"], truth["getaddrinfo_calls"]) == (5, 5)
+    assert truth["getaddrinfo_errors"] == {"EAI_SERVICE": 1}
+    timeline = load_timeline(outputs[0])
+
+    lanes = created_lanes(timeline)
+    assert len(lanes) == truth["threads_started"]
+    assert {lane.creator for lane in lanes} == {"python"}
+    assert all(lane.parent == truth["pid"] and lane.end_ns for lane in lanes)
+    assert min(lane.end_ns - lane.start_ns for lane in lanes) < 1 * MS
+    assert len(timeline.lookups) == truth["getaddrinfo_calls"]
+    assert [(c.host, c.error) for c in timeline.lookups if c.failed] == [
+        ("localhost", "EAI_SERVICE")]
+    assert {c.host for c in timeline.lookups} == {"localhost"}
+    assert timeline.lost_events == 0
+
+    pid = {"pid": str(truth["pid"])}
+    assert metrics.labels("thread_observer_threads_created_total", "creator", **pid) == \
+        {"python": len(lanes)}
+    assert metrics.value("thread_observer_getaddrinfo_calls_total", **pid) == \
+        len(timeline.lookups)
+    assert metrics.nonzero("thread_observer_getaddrinfo_failures_total", "error", **pid) == \
+        {"EAI_SERVICE": timeline.failures}
+
+    png = outputs[1].read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 20_000
+    assert_one_lane_per_thread(outputs[2], outputs[3], timeline)
+    assert len(timeline.lanes) == 1 + truth["threads_started"]
+
+
+def settled(running, pid: str, threads: int):
+    metrics = running.scrape()
+    created = metrics.value("thread_observer_threads_created_total", pid=pid)
+    calls = metrics.value("thread_observer_getaddrinfo_calls_total", pid=pid)
+    return metrics if (created, calls) == (threads, 5) else None
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_resolver_threads_of_each_event_loop(tmp_path, loop):
+    out = tmp_path / "burst.json"
+    result = run_timeline(["--output", str(out), "--", sys.executable, "-m",
+                           "workloads.semaphore_burst", "--loop", loop, "--requests", "12",
+                           "--concurrency", "3"])
+    assert result.returncode == 0, result.stderr
+    truth = json.loads(result.stdout.splitlines()[-1])
+    timeline = load_timeline(out)
+    lanes = created_lanes(timeline)
+    assert len(timeline.lookups) == truth["getaddrinfo_calls"] == 12
+    assert {lookup.tid for lookup in timeline.lookups} <= {lane.tid for lane in lanes}
+    if loop == "uvloop":
+        # libuv's native pool: no Python-level view shows these threads.
+        assert truth["threads_started"] == 0
+        assert len(lanes) == truth["libuv_threads"] == 4
+        assert {lane.creator for lane in lanes} == {"loop.cpython-311-x86_64-linux-gnu.so"}
+        assert {lane.name for lane in lanes} == {"libuv-worker"}
+    else:
+        assert len(lanes) == truth["threads_started"] == truth["executor_threads"] == 3
+        assert {lane.creator for lane in lanes} == {"python"}
+
+
+@pytest.mark.bpf
+def test_stdin_stdout_and_exit_status_pass_through(tmp_path):
+    out = tmp_path / "sh.json"
+    result = run_timeline(["--output", str(out), "--", "sh", "-c",
+                           "read x; echo got $x; exit 3"], input="hello\n")
+    assert (result.returncode, result.stdout) == (3, "got hello\n"), result.stderr
+    recording = Recording.load(out)
+    kinds = [e.kind for e in recording.events if e.kind != "thread_renamed"]
+    assert kinds == ["process_exec", "thread_exited", "process_exit"]
+    assert build_timeline(recording).lanes[0].name == "sh"
+
+
+@pytest.mark.bpf
+def test_a_running_process_given_by_pid(tmp_path):
+    out = tmp_path / "pid.json"
+    with workload(["-m", "workloads.semaphore_burst", "--requests", "6"]) as target:
+        recorder = subprocess.Popen(
+            [sys.executable, "-m", "observer", "timeline", "--log-level", "info",
+             "--output", str(out), "--pid", str(target.pid)],
+            stderr=subprocess.PIPE, text=True, cwd=REPO,
+        )
+        wait_until(lambda: "recording pid" in recorder.stderr.readline(), 30,
+                   "the timeline to attach")
+        target.go()
+        truth = target.truth()
+        assert recorder.wait(timeout=30) == 0
+        recorder.stderr.close()
+    timeline = load_timeline(out)
+    assert len(created_lanes(timeline)) == truth["threads_started"] == 3
+    assert len(timeline.lookups) == truth["getaddrinfo_calls"] == 6
+    existing = [lane for lane in timeline.lanes if not lane.created]
+    assert [lane.tid for lane in existing if lane.main] == [target.pid]

@@ -1,0 +1,161 @@
+"""``thread-observer top``: frames from two samples, and a run against real observers."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from rich.console import Console
+
+from observer.collector import ObserverCollector
+from observer.model import Counts, ProcessRow, Snapshot
+from observer.top import increase, parse_sample, quantile, render_frame
+from tests.harness import REPO, observer
+
+LOOP_SO = "loop.cpython-311-x86_64-linux-gnu.so"
+
+
+def exposition(*rows: ProcessRow, backend: str = "bpf") -> str:
+    """What /metrics would serve for these rows, through the real collector."""
+    snapshot = Snapshot(backend=backend, rows=list(rows),
+                        targets=sorted({row.target for row in rows}),
+                        bpf_available=backend == "bpf")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ObserverCollector(lambda: snapshot, label_pid=True))
+    return generate_latest(registry).decode()
+
+
+def api_row(pid, threads, python, libuv, exited, on_loop, other, noname, slots) -> ProcessRow:
+    counts = Counts(
+        threads_created=Counter({"python": python, LOOP_SO: libuv}), threads_exited=exited,
+        getaddrinfo_calls=Counter(event_loop=on_loop, other=other),
+        getaddrinfo_failures=Counter(EAI_NONAME=noname), duration_slots=Counter(slots),
+    )
+    return ProcessRow("api", pid, threads, counts)
+
+
+def frame_text(previous, current, interval) -> str:
+    console = Console(record=True, width=120)
+    console.print(render_frame(previous, current, interval))
+    return console.export_text()
+
+
+def row_of(text: str, target: str) -> str:
+    return next(line for line in text.splitlines() if line.strip("│ ").startswith(target))
+
+
+def test_rates_between_two_samples():
+    # Two processes of one target (pid label): top sums them. Over 2 s: 4 python threads
+    # created, 2 exited, 8 calls of which 2 on an event loop, 2 more EAI_NONAME, and 6 calls
+    # of <= 16 µs (slot 14) plus 2 of <= 1.05 ms (slot 20).
+    before = parse_sample(exposition(
+        api_row(10, 5, 10, 4, 6, 2, 10, 1, {14: 12}),
+        api_row(11, 1, 0, 0, 0, 0, 0, 0, {}),
+    ), taken=100.0, source="http://observer/metrics")
+    after = parse_sample(exposition(
+        api_row(10, 7, 13, 4, 7, 3, 14, 3, {14: 18, 20: 1}),
+        api_row(11, 2, 1, 0, 1, 1, 2, 0, {20: 1}),
+    ), taken=102.0, source="http://observer/metrics")
+    assert after.targets["api"].threads == 9
+    assert after.targets["api"].created == {"python": 14, LOOP_SO: 4}
+
+    text = frame_text(before, after, after.time - before.time)
+    assert "http://observer/metrics" in text and "backend bpf" in text
+    row = row_of(text, "api")
+    cells = [cell.strip() for cell in row.split("│")[1:-1]]
+    assert cells[:3] == ["api", "2", "9"]  # processes, threads now
+    assert cells[3] == "2.0/s python (14)"  # creation rate by creator (total)
+    assert cells[4:8] == ["1.0/s", "4.0/s", "1.0/s", "1.0 ms"]  # exited, calls, on loop, p99
+    assert cells[8] == "1.0/s EAI_NONAME (3)"
+    second = [cell.strip() for cell in text.splitlines()[text.splitlines().index(row) + 1]
+              .split("│")[1:-1]]
+    assert second[3] == "0 loop.so (4)"  # an idle creator stays listed, with its total
+
+
+def test_first_frame_shows_totals_and_no_rates():
+    sample = parse_sample(exposition(api_row(10, 5, 10, 0, 6, 2, 10, 1, {14: 12})), 1.0)
+    cells = [cell.strip() for cell in row_of(frame_text(None, sample, 1.0), "api").split("│")]
+    assert cells[4] == "0 python (10)"
+    assert cells[5:9] == ["—"] * 4
+
+
+def test_proc_backend_has_no_counts_to_show():
+    sample = parse_sample(exposition(ProcessRow("web", 7, 3, None), backend="proc"), 1.0)
+    text = frame_text(sample, sample, 1.0)
+    cells = [cell.strip() for cell in row_of(text, "web").split("│")[1:-1]]
+    assert cells == ["web", "1", "3"] + ["—"] * 6
+    assert "backend proc" in text
+
+
+def test_an_observer_that_does_not_answer():
+    from observer.top import Sample
+
+    text = frame_text(None, Sample(1.0, source="http://x/metrics", error="cannot scrape"), 1.0)
+    assert "cannot scrape" in text
+
+
+@pytest.mark.parametrize(("q", "buckets", "expected"), [
+    (0.5, {0.001: 0, 0.002: 10, math.inf: 10}, 0.0015),
+    (0.99, {0.001: 100, math.inf: 100}, 0.00099),
+    (0.99, {0.001: 0, math.inf: 5}, 0.001),  # beyond the last bound: the bound
+    (0.99, {0.001: 0, math.inf: 0}, None),  # no calls
+    (0.99, {}, None),
+])
+def test_quantile(q, buckets, expected):
+    assert quantile(q, buckets) == (pytest.approx(expected) if expected else None)
+
+
+def test_a_counter_that_went_down_was_reset():
+    assert increase(12, 10) == 2
+    assert increase(3, 10) == 3
+    assert increase(5, None) == 5
+
+
+# Real runs: the proc backend, so no compile and no root needed
+SLEEPER = ("import threading, time; "
+           "[threading.Thread(target=time.sleep, args=(60,), daemon=True).start() "
+           "for _ in range(2)]; print('ready', flush=True); time.sleep(60)")
+
+
+@pytest.fixture
+def three_threads():
+    process = subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline() == "ready\n"
+    yield process
+    process.kill()
+    process.wait()
+    process.stdout.close()
+
+
+def run_top(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "observer", "top", "--count", "2", "--interval", "0.3", *args],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+        env={**os.environ, "COLUMNS": "140"}, stdin=subprocess.DEVNULL,
+    )
+
+
+def last_row(output: str, target: str) -> list[str]:
+    rows = [line for line in output.splitlines() if line.strip("│ ").startswith(target)]
+    return [cell.strip() for cell in rows[-1].split("│")[1:-1]]
+
+
+def test_top_with_an_observer_of_its_own(three_threads):
+    result = run_top("--pid", f"sleeper={three_threads.pid}", "--backend", "proc")
+    assert result.returncode == 0, result.stderr
+    assert last_row(result.stdout, "sleeper")[:3] == ["sleeper", "1", "3"]
+
+
+def test_top_scraping_a_running_observer(three_threads, tmp_path):
+    with observer(["--pid", f"sleeper={three_threads.pid}", "--backend", "proc"],
+                  tmp_path) as running:
+        result = run_top("--url", running.url + "/metrics")
+    assert result.returncode == 0, result.stderr
+    assert last_row(result.stdout, "sleeper")[:3] == ["sleeper", "1", "3"]
+    assert "backend proc" in result.stdout
