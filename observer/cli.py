@@ -189,10 +189,10 @@ def _started(observer):
 
 def bpf_problem() -> str | None:
     """Why the bpf backend cannot work, found cheaply before compiling anything."""
-    if os.geteuid() != 0:
-        from observer.check import has_bpf_capabilities
+    from observer.check import check_headers, has_bpf_capabilities
 
-        if not has_bpf_capabilities():
-            return ("not root and without CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN): run as root, "
-                    "or grant those capabilities")
-    return None
+    if os.geteuid() != 0 and not has_bpf_capabilities():
+        return ("not root and without CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN): run as root, "
+                "or grant those capabilities")
+    headers = check_headers()
+    return None if headers.ok else f"kernel headers: {headers.detail}"

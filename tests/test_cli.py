@@ -127,3 +127,21 @@ def test_auto_falls_back_to_proc_and_says_so(tmp_path):
         running.stop()
         sleeper.kill()
         sleeper.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="hiding the kernel headers needs root and unshare")
+def test_missing_kernel_headers_name_the_package_and_the_link():
+    release = os.uname().release
+    # In a mount namespace of its own, /lib/modules is an empty tmpfs: no headers at all.
+    hide = ["unshare", "--mount", "sh", "-c", 'mount -t tmpfs none /lib/modules && exec "$@"',
+            "no-headers", sys.executable, "-m", "observer"]
+    run = subprocess.run([*hide, "run", "--target", "a=x", "--backend", "bpf"],
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert_clear_error(run, f"apt-get install linux-headers-{release}")
+    assert "link Debian's linux-headers-amd64 there" in run.stderr
+    check = subprocess.run([*hide, "check"], capture_output=True, text=True, timeout=60,
+                           cwd=REPO)
+    assert check.returncode == 1
+    assert re.search(rf"FAIL kernel headers +none at /lib/modules/{re.escape(release)}/build",
+                     check.stdout)
