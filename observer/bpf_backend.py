@@ -39,10 +39,8 @@ UPROBES = (
 )
 
 
-PROBE_NAMES = (
-    *(t.split(":")[1] for t in MACRO_TRACEPOINTS), *EPOLL_SYSCALLS,
-    *(symbol + ("_return" if on_return else "") for symbol, _, on_return in UPROBES),
-)
+UPROBE_NAMES = tuple(symbol + ("_return" if on_return else "") for symbol, _, on_return in UPROBES)
+PROBE_NAMES = (*(t.split(":")[1] for t in MACRO_TRACEPOINTS), *EPOLL_SYSCALLS, *UPROBE_NAMES)
 
 
 class BpfUnavailable(RuntimeError):
@@ -146,7 +144,7 @@ class BpfProbes:
         self.attach_errors: Counter[str] = Counter(dict.fromkeys((*PROBE_NAMES, "libc"), 0))
         self.in_pid_namespace = False
         self._bpf = None
-        self._attached_objects: set[tuple[int, int]] = set()
+        self._attached_objects: dict[tuple[int, int], set[str]] = {}
 
     # Loading
     def load(self) -> None:
@@ -174,16 +172,16 @@ class BpfProbes:
             self.attach_errors[name] += 1
             log.warning("could not attach tracepoint %s: %s", tracepoint, err)
 
-    def attach_libc(self, path: str, device_inode: tuple[int, int]) -> bool:
-        """Uprobes on one libc-like object; once per file (uprobes are per inode)."""
-        if device_inode in self._attached_objects:
-            return True
-        attached = False
-        for symbol, function, on_return in UPROBES:
-            attached |= self._attach_uprobe(path, symbol, function, on_return)
-        if attached:
-            self._attached_objects.add(device_inode)
-        return attached
+    def attach_libc(self, path: str, device_inode: tuple[int, int]) -> set[str]:
+        """Uprobes on one libc-like object, once per file (uprobes are per inode); returns the
+        probes attached to it."""
+        if device_inode not in self._attached_objects:
+            self._attached_objects[device_inode] = {
+                symbol + ("_return" if on_return else "")
+                for symbol, function, on_return in UPROBES
+                if self._attach_uprobe(path, symbol, function, on_return)
+            }
+        return self._attached_objects[device_inode]
 
     def _attach_uprobe(self, path: str, symbol: str, function: str, on_return: bool) -> bool:
         attach = self._bpf.attach_uretprobe if on_return else self._bpf.attach_uprobe
@@ -191,7 +189,7 @@ class BpfProbes:
             attach(name=path, sym=symbol, fn_name=function, pid=-1)
         except Exception as err:
             # glibc >= 2.34 keeps a libpthread.so.0 stub without pthread_create: not an error
-            # unless no object of the process has the symbol (see Observer._attach_libc).
+            # unless no object of the process has the symbol (see BpfObserver._attach_libc).
             log.debug("no %s in %s: %s", symbol, path, err)
             return False
         self.probes_attached[symbol + ("_return" if on_return else "")] += 1

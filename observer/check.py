@@ -149,7 +149,10 @@ def check_probes() -> Result:
     missing = [p for p in ("pthread_create", "getaddrinfo", "getaddrinfo_return", "task_newtask")
                if not attached.get(p)]
     if missing:
-        return Result("probes", False, f"not attached: {', '.join(missing)}")
+        hint = "" if has_capability(CAP_SYS_ADMIN) else (
+            " (uprobes need CAP_SYS_ADMIN on this kernel: its uprobe PMU refuses CAP_PERFMON "
+            "alone)")
+        return Result("probes", False, f"not attached: {', '.join(missing)}{hint}")
     return Result("probes", True, "compiled and attached: " + ", ".join(sorted(attached)))
 
 

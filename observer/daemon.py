@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 import psutil
 
 from observer import procfs
-from observer.bpf_backend import BpfProbes, RawCounts
+from observer.bpf_backend import UPROBE_NAMES, BpfProbes, RawCounts
+from observer.check import CAP_SYS_ADMIN, has_capability
 from observer.constants import ProcessState
 from observer.model import Counts, ProcessRow, Snapshot
 from observer.targets import PidTarget, RegexTarget, cmdline_of, match_target
@@ -308,7 +309,7 @@ class BpfObserver(ProcObserver):
             objects = procfs.libc_objects(pid, procfs.read_maps(pid))
         except OSError:
             return
-        attached = False
+        attached: set[str] = set()
         for path in objects:
             in_root = procfs.path_in_root(pid, path)
             try:
@@ -316,9 +317,14 @@ class BpfObserver(ProcObserver):
             except OSError:
                 continue
             attached |= self.probes.attach_libc(in_root, (info.st_dev, info.st_ino))
-        if not attached:
-            self.probes.attach_errors["libc"] += 1
-            log.warning("pid %d: no pthread_create or getaddrinfo found in %s", pid, objects)
+        missing = sorted(set(UPROBE_NAMES) - attached)
+        for probe in missing:
+            self.probes.attach_errors[probe] += 1
+        if missing:
+            log.warning("pid %d: could not probe %s in %s%s", pid, ", ".join(missing), objects,
+                        "" if has_capability(CAP_SYS_ADMIN) else
+                        " (uprobes may need CAP_SYS_ADMIN: perf_event_open of the uprobe PMU "
+                        "refuses CAP_PERFMON alone on some kernels)")
 
     def _detach(self, pid: int) -> None:
         tracked = self.procs.get(pid)

@@ -91,14 +91,20 @@ class RunningObserver:
         return self.process.returncode
 
 
+# Put before the observer's command (a test may drop privileges with setpriv).
+OBSERVER_PREFIX: list[str] = []
+
+
 @contextmanager
 def observer(args: list[str], tmp_path: Path, timeout: float = 30.0):
     """``thread-observer run ARGS`` on a free loopback port, stopped afterwards."""
     port = free_port()
     log_path = tmp_path / f"observer-{port}.log"
+    command = [*OBSERVER_PREFIX, sys.executable, "-m", "observer", "run",
+               "--listen", f"127.0.0.1:{port}", *args]
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "observer", "run", "--listen", f"127.0.0.1:{port}", *args],
+            command,
             stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
         )
     running = RunningObserver(process, port, log_path)

@@ -231,3 +231,36 @@ def test_libc_at_another_path_and_inode_is_found_through_proc_root(tmp_path):
         truth = target.truth()
         assert_exact(settled(running, "copy", truth["threads_started"]), "copy", truth)
         assert f"/proc/{target.pid}/root" in running.log()
+
+
+# Privileges
+def manifest_capabilities() -> list[str]:
+    import yaml
+
+    for document in yaml.safe_load_all((REPO / "deploy/kubernetes/sidecar.yaml").read_text()):
+        if document and document.get("kind") == "Deployment":
+            for container in document["spec"]["template"]["spec"]["containers"]:
+                if container["name"] == "thread-observer":
+                    return container["securityContext"]["capabilities"]["add"]
+    raise AssertionError("no thread-observer container in the sidecar manifest")
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is missing")
+def test_the_sidecar_capabilities_are_enough_for_exact_counts(tmp_path, monkeypatch):
+    capabilities = manifest_capabilities()
+    bounding = ",".join(["-all", *(f"+{c.lower()}" for c in capabilities)])
+    # uid 0 with only the manifest's capabilities, as in the container.
+    monkeypatch.setattr("tests.harness.OBSERVER_PREFIX",
+                        ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all"])
+    with workload([*MIXED, "--linger", "60"]) as target, \
+            observer(["--pid", f"caps={target.pid}", "--backend", "bpf"], tmp_path) as running:
+        status = Path(f"/proc/{running.process.pid}/status").read_text()
+        effective = int(next(line for line in status.splitlines()
+                             if line.startswith("CapEff:")).split()[1], 16)
+        assert effective == sum(1 << CAPABILITY_BITS[c] for c in capabilities)
+        target.go()
+        truth = target.truth()
+        assert_exact(settled(running, "caps", truth["threads_started"]), "caps", truth)
+
+
+CAPABILITY_BITS = {"SYS_PTRACE": 19, "SYS_ADMIN": 21, "PERFMON": 38, "BPF": 39}
