@@ -201,6 +201,8 @@ class ProcObserver:
         if tracked is None:
             return
         log.info("pid %d of target %s is gone", pid, tracked.target)
+        # A --pid target ends with its process: a later process with that PID is not it.
+        self.pid_targets.pop(pid, None)
         if not self._has_processes(tracked.target):
             # A target's folded counts and host labels live only as long as it has processes.
             self.retired.pop(tracked.target, None)

@@ -196,3 +196,13 @@ def test_counts_of_an_exited_process_stay_in_its_target_while_others_live(tmp_pa
                                      target="pair") == started
                 assert metrics.value("thread_observer_getaddrinfo_calls_total", target="pair") \
                     == first_truth["getaddrinfo_calls"] + second_truth["getaddrinfo_calls"]
+
+
+def test_a_pid_target_that_exits_is_gone_for_good(tmp_path):
+    with workload([*MIXED, "--linger", "60"]) as target, \
+            observer(["--pid", f"once={target.pid}"], tmp_path) as running:
+        target.go()
+        target.truth()
+        target.stop()
+        wait_until(lambda: not running.scrape().has_target("once"), 5, "its series to go")
+        assert running.get("/healthz")[0].startswith('{"status": "ok"')
