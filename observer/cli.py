@@ -9,6 +9,7 @@ import os
 import sys
 
 from observer import __version__
+from observer.arguments import LOG_LEVELS, add_target_arguments, positive_float
 
 log = logging.getLogger("observer")
 
@@ -32,8 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"thread-observer {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
+    common.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run_parser = commands.add_parser(
@@ -65,26 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_timeline_parser(commands, parents=[common])
     add_top_parser(commands, parents=[common])
     return parser
-
-
-def add_target_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pid", action="append", default=[], metavar="[NAME=]PID",
-                        help="watch this process (repeatable)")
-    parser.add_argument("--target", action="append", default=[], metavar="NAME=REGEX",
-                        help="watch processes whose command line matches REGEX, including ones "
-                        "that start later (repeatable)")
-    parser.add_argument("--allow-non-python", action="store_true",
-                        help="also watch matching processes that are not Python")
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
 
 
 def parse_listen(text: str) -> tuple[str, int]:

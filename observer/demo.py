@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from rich.console import Console
 from rich.table import Table
 
+from observer.arguments import LOG_LEVELS
 from observer.histogram import log2_to_buckets, quantile
 from observer.model import Counts
 
@@ -72,7 +73,7 @@ def add_demo_parser(commands) -> None:
     # Its own option rather than the shared one: the table is the output, so logs default to
     # warnings here (a parent parser's actions are shared, and so are their defaults).
     demo.add_argument("--log-level", default="warning",
-                      choices=["debug", "info", "warning", "error"])
+                      choices=LOG_LEVELS)
 
 
 def run_demo(args: argparse.Namespace, observer) -> int:

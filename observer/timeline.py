@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from observer import procfs
+from observer.arguments import LOG_LEVELS, positive_float
 from observer.bpf_backend import (
     BpfUnavailable,
     headers_hint,
@@ -714,7 +715,7 @@ def add_timeline_parser(subparsers, parents=()) -> argparse.ArgumentParser:
                         help="with --target: also record non-Python processes")
     parser.add_argument("--input", type=Path, metavar="EVENTS.json",
                         help="draw a recording saved with --json instead of recording")
-    parser.add_argument("--seconds", type=_positive_float, metavar="S",
+    parser.add_argument("--seconds", type=positive_float, metavar="S",
                         help="stop recording after S seconds (default: when the command or "
                         "the processes exit, or on Ctrl-C)")
     parser.add_argument("--children", action="store_true",
@@ -724,19 +725,9 @@ def add_timeline_parser(subparsers, parents=()) -> argparse.ArgumentParser:
                         help="run this command and record it from its start")
     if not any(action.dest == "log_level" for action in parser._actions):
         parser.add_argument("--log-level", default="warning",
-                            choices=["debug", "info", "warning", "error"])
+                            choices=LOG_LEVELS)
     parser.set_defaults(func=run_timeline)
     return parser
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
 
 
 def _pid(text: str) -> int:

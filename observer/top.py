@@ -27,6 +27,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from observer.arguments import LOG_LEVELS, add_target_arguments, positive_float
 from observer.constants import METRIC_PREFIX
 from observer.timeline_render import short_creator
 
@@ -325,8 +326,6 @@ def _quit_pressed(wait: Callable[[float], str], until: float) -> bool:
 # Command line
 def add_top_parser(subparsers, parents=()) -> argparse.ArgumentParser:
     """The ``top`` subcommand; ``args.func(args)`` runs it."""
-    from observer.cli import add_target_arguments, positive_float
-
     parser = subparsers.add_parser(
         "top", help="live view of the targets' threads and getaddrinfo calls",
         description="A live terminal view: threads now, creation rate by creator, getaddrinfo "
@@ -345,7 +344,7 @@ def add_top_parser(subparsers, parents=()) -> argparse.ArgumentParser:
                         help="stop after N frames (default: until q or Ctrl-C)")
     if not any(action.dest == "log_level" for action in parser._actions):
         parser.add_argument("--log-level", default="warning",
-                            choices=["debug", "info", "warning", "error"])
+                            choices=LOG_LEVELS)
     parser.set_defaults(func=run_top)
     return parser
 
