@@ -184,13 +184,7 @@ class BpfProbes:
         return self._attached_objects[device_inode]
 
     def _attach_uprobe(self, path: str, symbol: str, function: str, on_return: bool) -> bool:
-        attach = self._bpf.attach_uretprobe if on_return else self._bpf.attach_uprobe
-        try:
-            attach(name=path, sym=symbol, fn_name=function, pid=-1)
-        except Exception as err:
-            # glibc >= 2.34 keeps a libpthread.so.0 stub without pthread_create: not an error
-            # unless no object of the process has the symbol (see BpfObserver._attach_libc).
-            log.debug("no %s in %s: %s", symbol, path, err)
+        if not attach_uprobe(self._bpf, path, symbol, function, on_return):
             return False
         self.probes_attached[symbol + ("_return" if on_return else "")] += 1
         log.info("attached %s%s in %s", symbol, " (return)" if on_return else "", path)
@@ -267,6 +261,20 @@ class BpfProbes:
     def map_entries(self) -> dict[str, int]:
         """Entries in each map, to show they stay bounded."""
         return {name: sum(1 for _ in self._bpf[name]) for name in MAPS}
+
+
+def attach_uprobe(bpf, path: str, symbol: str, function: str, on_return: bool) -> bool:
+    """A uprobe (or uretprobe) for every process that maps the file; False if the file has
+    no such symbol or the kernel refuses."""
+    attach = bpf.attach_uretprobe if on_return else bpf.attach_uprobe
+    try:
+        attach(name=path, sym=symbol, fn_name=function, pid=-1)
+    except Exception as err:  # bcc raises bare Exception
+        # glibc >= 2.34 keeps a libpthread.so.0 stub without pthread_create: not an error
+        # unless no object of the process has the symbol (see BpfObserver._attach_libc).
+        log.debug("no %s in %s: %s", symbol, path, err)
+        return False
+    return True
 
 
 def host_label(raw: bytes) -> str:

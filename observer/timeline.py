@@ -32,6 +32,7 @@ from observer import procfs
 from observer.arguments import LOG_LEVELS, positive_float
 from observer.bpf_backend import (
     BpfUnavailable,
+    attach_uprobe,
     headers_hint,
     import_bcc,
     pid_namespace_cflags,
@@ -434,18 +435,8 @@ class TimelineProbes:
             if (info.st_dev, info.st_ino) in self._attached:
                 continue
             self._attached.add((info.st_dev, info.st_ino))
-            attached += sum(self._attach_uprobe(path, *uprobe) for uprobe in UPROBES)
+            attached += sum(attach_uprobe(self._bpf, path, *uprobe) for uprobe in UPROBES)
         return attached
-
-    def _attach_uprobe(self, path: str, symbol: str, function: str, on_return: bool) -> bool:
-        attach = self._bpf.attach_uretprobe if on_return else self._bpf.attach_uprobe
-        try:
-            attach(name=path, sym=symbol, fn_name=function, pid=-1)
-        except Exception as err:
-            # glibc >= 2.34 keeps a libpthread.so.0 stub without pthread_create.
-            log.debug("no %s in %s: %s", symbol, path, err)
-            return False
-        return True
 
     def watch(self, tgid: int) -> None:
         """Marks a process watched, keeping the generation the kernel gave it if any."""
