@@ -212,7 +212,9 @@ def table(rows: list[Row]) -> Table:
                             ("native threads created, by creator", "left"),
                             ("getaddrinfo calls (observer / truth)", "right"),
                             ("on the event loop", "right"), ("p50 / p99 latency", "right")]:
-        result.add_column(column, justify=justify, overflow="fold", max_width=44)
+        # Headers may wrap; values may not (a library name cut in two reads as two).
+        result.add_column(column, justify=justify, no_wrap=column.startswith("native"),
+                          max_width=44)
     for row in rows:
         result.add_row(
             row.scenario, str(row.python_threads_peak), creators_text(row.native_threads_created),
