@@ -18,7 +18,7 @@ import sys
 import psutil
 import pytest
 
-from workloads.loops import libuv_pool_size, run_event_loop, uvloop_calls_libc
+from workloads.loops import gather_limited, libuv_pool_size, run_event_loop, uvloop_calls_libc
 from workloads.scenarios import SCENARIOS, run_scenario, start_scenario
 from workloads.servers import local_servers
 from workloads.truth import GroundTruth, eai_name
@@ -341,6 +341,23 @@ def test_ground_truth_tells_the_loop_thread_from_others():
     data = truth.as_dict()
     assert (data["getaddrinfo_calls"], data["getaddrinfo_on_loop"]) == (2, 1)
     assert (data["threads_started"], data["python_threads_peak"]) == (1, 2)
+
+
+def test_gather_limited_keeps_the_order_and_never_runs_more_than_the_limit_at_once():
+    started, in_flight, peaks = [], [0], []
+
+    async def job():
+        index = len(started)
+        started.append(index)
+        in_flight[0] += 1
+        peaks.append(in_flight[0])
+        await asyncio.sleep(0)
+        in_flight[0] -= 1
+        return index
+
+    results, _ = run_event_loop(lambda: gather_limited(job, 10, 3))
+    assert results == list(range(10))
+    assert max(peaks) == 3
 
 
 @pytest.mark.parametrize("environ, size", [({}, 4), ({"UV_THREADPOOL_SIZE": "2"}, 2),

@@ -1,4 +1,4 @@
-"""What every workload shares: its lifecycle options, the start handshake and the last line.
+"""What every workload shares: its command line, the start handshake, the run and the last line.
 
 An observer must attach to the PID before the work starts, so with ``--wait-stdin`` a workload
 prints a ready line (JSON with its pid) and waits for a line on stdin. The ground truth is always
@@ -6,10 +6,29 @@ the last line on stdout, printed before ``--linger`` so a caller can read it whi
 is still alive to be scraped.
 """
 
+import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+
+from workloads.loops import run_event_loop
+from workloads.truth import GroundTruth
+
+
+def scenario_parser(scenario, doc):
+    """The parser of ``python -m workloads.<scenario>``, its help text taken from ``doc``.
+
+    The first paragraph says what the scenario does; the rest (what it teaches, and examples)
+    becomes the epilog. The caller adds its own options, then the lifecycle ones.
+    """
+    return argparse.ArgumentParser(
+        prog=f"python -m workloads.{scenario}",
+        description=doc.split("\n\n")[0],
+        epilog=doc.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def add_lifecycle_arguments(parser) -> None:
@@ -40,6 +59,24 @@ def positive_int(text) -> int:
     if value < 1:
         raise ValueError(text)
     return value
+
+
+def run_workload(scenario, args, work, serve=None) -> int:
+    """A scenario's whole run, for its ``main()``: the work runs on ``--loop``, counted; returns 0.
+
+    ``serve(stack)`` returns the address the work connects to, starting a private server into
+    ``stack`` when the command line names none; that server stops after the last line and
+    ``--linger``. The coroutine ``work(address)`` (``work()`` without ``serve``) returns the
+    scenario's own facts as a dict, which the last line gives in their order between
+    ``scenario``/``loop`` and the thread facts.
+    """
+    truth = GroundTruth().install()
+    with contextlib.ExitStack() as stack:
+        addresses = [serve(stack)] if serve is not None else []
+        begin(args, scenario)
+        own_facts, thread_facts = run_event_loop(lambda: work(*addresses), args.loop, truth)
+        finish(truth, args, scenario=scenario, loop=args.loop, **own_facts, **thread_facts)
+    return 0
 
 
 def begin(args, scenario) -> None:

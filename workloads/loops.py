@@ -176,6 +176,17 @@ def running_loop():
     return getter()
 
 
+async def gather_limited(job, times, concurrency) -> list:
+    """Await ``job()`` ``times`` times, at most ``concurrency`` at once; the results, in order."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def limited():
+        async with limit:
+            return await job()
+
+    return list(await asyncio.gather(*(limited() for _ in range(times))))
+
+
 async def close_writer(writer) -> None:
     writer.close()
     if hasattr(writer, "wait_closed"):  # 3.7+

@@ -14,13 +14,12 @@ examples:
   python -m workloads.mixed --wait-stdin --linger 5 --loop uvloop --loop-calls 10
 """
 
-import argparse
 import socket
 import sys
 import threading
 import time
 
-from workloads.lifecycle import add_lifecycle_arguments, begin, finish
+from workloads.lifecycle import add_lifecycle_arguments, begin, finish, scenario_parser
 from workloads.loops import LOOPS, run_event_loop, running_loop
 from workloads.truth import GroundTruth, eai_name
 
@@ -36,12 +35,7 @@ FAILING_LOOKUPS = (
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog=f"python -m workloads.{SCENARIO}",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = scenario_parser(SCENARIO, __doc__)
     parser.add_argument("--threads", type=non_negative_int, default=4)
     parser.add_argument("--thread-seconds", type=float, default=0.05, metavar="SECONDS")
     parser.add_argument("--loop-calls", type=non_negative_int, default=4)
@@ -62,6 +56,8 @@ def non_negative_int(text) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # Not run_workload, which runs all the work on the event loop: the threads come first,
+    # started and joined before any loop exists.
     truth = GroundTruth().install()
     begin(args, SCENARIO)
     short, long = start_and_join_threads(args.threads, args.thread_seconds)

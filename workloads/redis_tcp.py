@@ -10,16 +10,12 @@ examples:
   python -m workloads.redis_tcp --loop uvloop     # the lookups move to libuv's native pool
 """
 
-import contextlib
 import sys
 
 import redis.asyncio
 
-from workloads.lifecycle import begin, finish
-from workloads.loops import run_event_loop
-from workloads.redis_load import ConnectionCounter, build_parser, increment
+from workloads.redis_load import build_parser, run_redis_scenario
 from workloads.servers import redis_server
-from workloads.truth import GroundTruth
 
 SCENARIO = "redis_tcp"
 
@@ -29,32 +25,14 @@ def main(argv=None) -> int:
     parser.add_argument("--host", default="localhost", help="name to resolve (default localhost)")
     parser.add_argument("--port", type=int, help="redis-server's TCP port (default: start one)")
     args = parser.parse_args(argv)
-    truth = GroundTruth().install()
-    with contextlib.ExitStack() as stack:
-        port = args.port or stack.enter_context(redis_server()).port
-        begin(args, SCENARIO)
-        counter = ConnectionCounter()
 
-        async def work():
-            client = redis.asyncio.Redis(
-                host=args.host, port=port, redis_connect_func=counter.on_connect
-            )
-            return await increment(client, args.requests, args.concurrency)
+    def serve(stack):
+        return args.port or stack.enter_context(redis_server()).port
 
-        value, facts = run_event_loop(work, args.loop, truth)
-        finish(
-            truth,
-            args,
-            scenario=SCENARIO,
-            loop=args.loop,
-            requests=args.requests,
-            concurrency=args.concurrency,
-            host=args.host,
-            connections=counter.opened,
-            final_value=value,
-            **facts,
-        )
-    return 0
+    def connect(port, on_connect):
+        return redis.asyncio.Redis(host=args.host, port=port, redis_connect_func=on_connect)
+
+    return run_redis_scenario(SCENARIO, args, serve, connect, lambda port: {"host": args.host})
 
 
 if __name__ == "__main__":

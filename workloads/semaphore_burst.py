@@ -18,34 +18,22 @@ examples:
   python -m workloads.semaphore_burst --loop uvloop --port 8080
 """
 
-import argparse
-import asyncio
-import contextlib
 import socket
 import sys
 import time
 
-from workloads.lifecycle import add_lifecycle_arguments, begin, finish, positive_int
-from workloads.loops import LOOPS, run_event_loop, running_loop
-from workloads.servers import http_server
+from workloads.http_load import http_scenario_parser, run_http_scenario
+from workloads.lifecycle import add_lifecycle_arguments
+from workloads.loops import running_loop
 from workloads.streams import http_get
-from workloads.truth import GroundTruth
 
 SCENARIO = "semaphore_burst"
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog=f"python -m workloads.{SCENARIO}",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = http_scenario_parser(
+        SCENARIO, __doc__, requests=30, host="localhost", host_help="name to resolve"
     )
-    parser.add_argument("--requests", type=positive_int, default=30)
-    parser.add_argument("--concurrency", type=positive_int, default=3)
-    parser.add_argument("--host", default="localhost", help="name to resolve (default localhost)")
-    parser.add_argument("--port", type=int, help="HTTP port on --host (default: start a server)")
-    parser.add_argument("--loop", choices=LOOPS, default="asyncio")
     parser.add_argument(
         "--dns-latency",
         type=float,
@@ -59,38 +47,15 @@ def build_parser():
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    truth = GroundTruth().install()
-    with contextlib.ExitStack() as stack:
-        port = args.port or stack.enter_context(http_server())
-        _add_dns_latency(args.dns_latency)
-        begin(args, SCENARIO)
-        statuses, facts = run_event_loop(lambda: burst(args, port), args.loop, truth)
-        finish(
-            truth,
-            args,
-            scenario=SCENARIO,
-            loop=args.loop,
-            requests=args.requests,
-            concurrency=args.concurrency,
-            host=args.host,
-            responses_ok=statuses.count(200),
-            **facts,
-        )
-    return 0
+    _add_dns_latency(args.dns_latency)
+    return run_http_scenario(SCENARIO, args, fetch)
 
 
-async def burst(args, port):
-    limit = asyncio.Semaphore(args.concurrency)
-
-    async def request():
-        async with limit:
-            infos = await running_loop().getaddrinfo(
-                args.host, port, family=socket.AF_INET, type=socket.SOCK_STREAM
-            )
-            address = infos[0][4][0]
-            return await http_get(address, port)
-
-    return list(await asyncio.gather(*(request() for _ in range(args.requests))))
+async def fetch(args, port) -> int:
+    infos = await running_loop().getaddrinfo(
+        args.host, port, family=socket.AF_INET, type=socket.SOCK_STREAM
+    )
+    return await http_get(infos[0][4][0], port)
 
 
 def _add_dns_latency(seconds) -> None:

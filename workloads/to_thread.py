@@ -9,25 +9,23 @@ examples:
   python -m workloads.to_thread --work-seconds 0.1
 """
 
-import argparse
 import asyncio
 import sys
 import time
 
-from workloads.lifecycle import add_lifecycle_arguments, begin, finish, positive_int
-from workloads.loops import LOOPS, run_event_loop, running_loop
-from workloads.truth import GroundTruth
+from workloads.lifecycle import (
+    add_lifecycle_arguments,
+    positive_int,
+    run_workload,
+    scenario_parser,
+)
+from workloads.loops import LOOPS, gather_limited, running_loop
 
 SCENARIO = "to_thread"
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog=f"python -m workloads.{SCENARIO}",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = scenario_parser(SCENARIO, __doc__)
     parser.add_argument("--requests", type=positive_int, default=12, help="blocking jobs")
     parser.add_argument("--concurrency", type=positive_int, default=4)
     parser.add_argument(
@@ -44,31 +42,14 @@ def build_parser():
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    truth = GroundTruth().install()
-    begin(args, SCENARIO)
-    done, facts = run_event_loop(lambda: run_jobs(args), args.loop, truth)
-    finish(
-        truth,
-        args,
-        scenario=SCENARIO,
-        loop=args.loop,
-        requests=args.requests,
-        concurrency=args.concurrency,
-        jobs_done=done,
-        **facts,
+    return run_workload(SCENARIO, args, lambda: run_jobs(args))
+
+
+async def run_jobs(args) -> dict:
+    done = await gather_limited(
+        lambda: to_thread(time.sleep, args.work_seconds), args.requests, args.concurrency
     )
-    return 0
-
-
-async def run_jobs(args) -> int:
-    limit = asyncio.Semaphore(args.concurrency)
-
-    async def job():
-        async with limit:
-            await to_thread(time.sleep, args.work_seconds)
-
-    await asyncio.gather(*(job() for _ in range(args.requests)))
-    return args.requests
+    return {"requests": args.requests, "concurrency": args.concurrency, "jobs_done": len(done)}
 
 
 async def to_thread(function, *args):
