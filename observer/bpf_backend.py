@@ -6,6 +6,7 @@ can be imported and tested without root.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.resources
 import logging
@@ -157,6 +158,7 @@ class BpfProbes:
             self._bpf = bcc.BPF(text=probe_source(), cflags=cflags)
         except Exception as err:  # bcc raises bare Exception for compile and load errors
             raise BpfUnavailable(f"compiling the probes failed: {err} ({headers_hint()})") from None
+        release_free_memory()
         for tracepoint in MACRO_TRACEPOINTS:
             self.probes_attached[tracepoint.split(":")[1]] += 1  # attached by bcc on load
         for tracepoint, function in PLAIN_TRACEPOINTS:
@@ -261,6 +263,13 @@ class BpfProbes:
     def map_entries(self) -> dict[str, int]:
         """Entries in each map, to show they stay bounded."""
         return {name: sum(1 for _ in self._bpf[name]) for name in MAPS}
+
+
+def release_free_memory() -> None:
+    """Compiling leaves tens of MiB that LLVM freed in glibc's heap: give them back (a
+    sidecar's memory is what it holds, not what it once needed)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def attach_uprobe(bpf, path: str, symbol: str, function: str, on_return: bool) -> bool:
