@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sysconfig
 import time
@@ -127,13 +128,27 @@ def test_label_pid_and_openmetrics(tmp_path):
 def test_sigterm_detaches_every_probe_and_exits_zero_within_2s(tmp_path):
     with workload([*MIXED, "--linger", "60"]) as target, \
             observer(["--pid", f"mixed={target.pid}"], tmp_path) as running:
-        ours = bpf_program_ids(running.process.pid)
+        observer_pid = running.process.pid
+        ours = bpf_program_ids(observer_pid)
         assert len(ours) >= 8, "every probe program should be loaded while the observer runs"
+        assert perf_event_count(observer_pid) >= 10  # tracepoints and uprobes
         started = time.monotonic()
         assert running.stop() == 0
         assert time.monotonic() - started < 2.0
         assert "stopping: detaching probes" in running.log()
     wait_until(lambda: not ours & loaded_bpf_program_ids(), 5, "the programs to be unloaded")
+    # bcc names the tracefs uprobe events it falls back to after its own pid.
+    events = Path("/sys/kernel/tracing/uprobe_events")
+    assert f"bcc_{observer_pid}" not in (events.read_text() if events.exists() else "")
+
+
+def perf_event_count(pid: int) -> int:
+    """Perf events (attached tracepoints and uprobes) a process holds open."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with suppress(OSError):
+            count += os.readlink(fd) == "anon_inode:[perf_event]"
+    return count
 
 
 def bpf_program_ids(pid: int) -> set[int]:
