@@ -211,7 +211,7 @@ class BpfProbes:
     def states(self) -> dict[int, tuple[ProcessState, int]]:
         """tgid -> (state, generation) of every process in the watched set."""
         return {key.value: (ProcessState(value.state), value.generation)
-                for key, value in self._bpf["watched_tgids"].items()}
+                for key, value in table_items(self._bpf["watched_tgids"])}
 
     def forget(self, processes: dict[int, int | None]) -> None:
         """Removes processes (tgid -> generation, None for any) from the watched set and
@@ -255,7 +255,7 @@ class BpfProbes:
         """Counters of the given processes (tgid -> generation), by tgid."""
         counts: dict[int, RawCounts] = defaultdict(RawCounts)
         for name, add in COUNTER_MAPS.items():
-            for key, value in self._bpf[name].items():
+            for key, value in table_items(self._bpf[name]):
                 if generations.get(key.tgid) == key.generation:
                     add(counts[key.tgid], key, value.value)
         return counts
@@ -263,6 +263,18 @@ class BpfProbes:
     def map_entries(self) -> dict[str, int]:
         """Entries in each map, to show they stay bounded."""
         return {name: sum(1 for _ in self._bpf[name]) for name in MAPS}
+
+
+def table_items(table) -> list:
+    """A map's entries, in a few batch syscalls where the kernel has them (5.6+) rather than
+    two syscalls per key."""
+    try:
+        items = list(table.items_lookup_batch())
+    except Exception:  # bcc raises bare Exception when the kernel refuses
+        return list(table.items())
+    # The batch path gives scalars as plain ints, items() as ctypes: keep one shape.
+    return [(table.Key(k) if isinstance(k, int) else k, table.Leaf(v) if isinstance(v, int) else v)
+            for k, v in items]
 
 
 def release_free_memory() -> None:

@@ -72,14 +72,13 @@ class TrackedProcess:
 
 
 def live_threads(pid: int) -> int:
+    """num_threads from /proc/PID/stat: one short read, cheaper than parsing status."""
     try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("Threads:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return int(fields[17])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def create_time(pid: int) -> float | None:
@@ -111,6 +110,10 @@ class ProcObserver:
         self._lock = threading.Lock()
         self._last_scan = 0.0
         self._self_pid = os.getpid()
+        # PIDs found not to be targets, not read again while they live. Only where the kernel
+        # reports every exec (the bpf backend), since a process may exec into a target.
+        self._rejected: set[int] = set()
+        self._remember_rejections = False
 
     # Life cycle
     def start(self) -> None:
@@ -169,11 +172,16 @@ class ProcObserver:
         for pid, tracked in list(self.procs.items()):
             if create_time(pid) != tracked.create_time:
                 self._detach(pid)  # gone, or the PID now belongs to another process
-        for pid in self._candidate_pids():
-            if pid not in self.procs:
-                target = self.classify(pid)
-                if target is not None:
-                    self._attach(pid, target)
+        candidates = self._candidate_pids()
+        self._rejected.intersection_update(candidates)
+        for pid in candidates:
+            if pid in self.procs or pid in self._rejected:
+                continue
+            target = self.classify(pid)
+            if target is not None:
+                self._attach(pid, target)
+            elif self._remember_rejections:
+                self._rejected.add(pid)
 
     def _candidate_pids(self) -> list[int]:
         if self.regex_targets:
@@ -248,6 +256,9 @@ class BpfObserver(ProcObserver):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.probes = BpfProbes(track_new_processes=bool(self.regex_targets))
+        self._remember_rejections = True  # exec marks a process pending again
+        # Counted once a scan, not per scrape: walking every map is the costly part of it.
+        self.map_entries: dict[str, int] = {}
 
     def start(self) -> None:
         self.probes.load()
@@ -281,9 +292,11 @@ class BpfObserver(ProcObserver):
         swept = self.probes.sweep()
         if swept:
             log.debug("swept %d counters of processes gone unseen", swept)
+        self.map_entries = self.probes.map_entries()
 
     def _settle_pending(self, tgid: int, generation: int, forget: dict[int, int]) -> None:
         """A process that the kernel saw start a program (exec) or fork from a target."""
+        self._rejected.discard(tgid)
         target = self.classify(tgid)
         tracked = self.procs.get(tgid)
         if tracked is not None and tracked.target != target:
@@ -358,7 +371,7 @@ class BpfObserver(ProcObserver):
                 probes_attached=dict(self.probes.probes_attached),
                 attach_errors=dict(self.probes.attach_errors),
                 bpf_available=True,
-                map_entries=self.probes.map_entries(),
+                map_entries=self.map_entries,
             )
 
 
