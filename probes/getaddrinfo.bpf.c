@@ -124,9 +124,13 @@ int mark_event_loop_thread(void *ctx)
 int forget_thread(void *ctx)
 {
     // Thread ids are reused: a new thread must not inherit an old one's event-loop mark.
+    // Every exit on the host comes here: look first, as a lookup that misses (the usual
+    // case) is cheaper than a delete, which takes the bucket's lock.
     u32 tid = (u32)current_pid_tgid();
-    event_loop_threads.delete(&tid);
-    getaddrinfo_started.delete(&tid);
+    if (event_loop_threads.lookup(&tid))
+        event_loop_threads.delete(&tid);
+    if (getaddrinfo_started.lookup(&tid))
+        getaddrinfo_started.delete(&tid);
     return 0;
 }
 
