@@ -28,14 +28,17 @@ REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- soak -->", "<!-- /soak -->"
 TAG = "soak-target"
 
-# Threads and lookups at a steady pace until stdin closes, then the counts, as JSON.
+# Threads and lookups at a steady pace until a line on stdin, then the counts as JSON; it
+# lives on (to be scraped) until stdin closes.
 LONG_LIVED = "# " + TAG + """
 import json, socket, sys, threading, time, select
 threads = calls = 0
 while not select.select([sys.stdin], [], [], 0.02)[0]:
     t = threading.Thread(target=lambda: None); t.start(); t.join(); threads += 1
     socket.getaddrinfo("localhost", 80); calls += 1
+sys.stdin.readline()
 print(json.dumps({"threads": threads, "calls": calls}), flush=True)
+sys.stdin.read()
 """
 SHORT_LIVED = "# " + TAG + """
 import socket, threading, time
@@ -91,21 +94,23 @@ def drive(observer_pid: int, url: str, seconds: float, sample_every: float) -> d
             time.sleep(1.0)
         for process in short_lived:
             process.wait()
-        time.sleep(2.0)  # the last short-lived ones are dropped
-        before_end = scrape(url, long_lived.pid)
-        long_lived.stdin.close()
+        long_lived.stdin.write("stop\n")
+        long_lived.stdin.flush()
         truth = json.loads(long_lived.stdout.readline())
+        time.sleep(2.0)  # the last short-lived ones are dropped, the last exits counted
         samples.append(sample(observer_pid, url, time.monotonic() - started))
+        final = scrape(url, long_lived.pid)
+        long_lived.stdin.close()
     finally:
         for process in [long_lived, *short_lived]:
             if process.poll() is None:
                 process.kill()
             process.wait()
-    return {**summarize(samples, truth, before_end, seconds), "sample_every": sample_every}
+    return {**summarize(samples, truth, final, seconds), "sample_every": sample_every}
 
 
 def summarize(samples: list[dict], truth: dict, metrics: dict, seconds: float) -> dict:
-    # Read while the long-lived target had stopped working but still lived.
+    # Read once the long-lived target had stopped working, while it still lived.
     return {
         "seconds": seconds,
         "samples": samples,
@@ -164,8 +169,11 @@ def render(result: dict) -> str:
           f"{s['map_entries']} | {s['watched']} |" for s in samples),
         "",
         f"RSS from the second sample to the last: {rss[1] / 1024:.1f} -> {rss[-1] / 1024:.1f} MiB "
-        f"({(rss[-1] - rss[1]) / max(rss[1], 1):+.1%}); most of it is libbcc's LLVM, mapped "
-        f"from its file. The long-lived target made {result['truth']['threads']} threads and "
+        f"({(rss[-1] - rss[1]) / max(rss[1], 1):+.1%}), between {min(rss[1:]) / 1024:.1f} and "
+        f"{max(rss[1:]) / 1024:.1f} MiB; most of it is libbcc's LLVM, mapped from its file. "
+        f"Map entries follow the live targets (the long-lived one and the short-lived ones of "
+        f"the moment), with no growth. The long-lived target made "
+        f"{result['truth']['threads']} threads and "
         f"{result['truth']['calls']} calls; its series read {result['created']:.0f} threads "
         f"and {result['calls']:.0f} calls ({'exact' if result['exact'] else 'NOT exact'}).",
         END,
