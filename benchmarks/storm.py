@@ -144,7 +144,9 @@ def watchers() -> list[Watcher]:
     ]
 
 
-def storm_run(children: Children, binary: Path, watcher: Watcher, settings: Settings) -> Run:
+@contextlib.contextmanager
+def watched_storm(children: Children, binary: Path, watcher: Watcher, settings: Settings):
+    """A storm process, ready and waiting, with the watcher started on it; both ended after."""
     storm = children.spawn(
         [str(binary), str(settings.storm_calls), str(settings.storm_threads), "1", "1"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -153,12 +155,17 @@ def storm_run(children: Children, binary: Path, watcher: Watcher, settings: Sett
         storm_pid = json.loads(storm.stdout.readline())["pid"]
         watcher.start(children, storm_pid)
         try:
-            return _storm(storm, watcher)
+            yield storm
         finally:
             if watcher.pid is not None:
                 watcher.stop()
     finally:
         children.end(storm)
+
+
+def storm_run(children: Children, binary: Path, watcher: Watcher, settings: Settings) -> Run:
+    with watched_storm(children, binary, watcher, settings) as storm:
+        return _storm(storm, watcher)
 
 
 def _storm(storm: subprocess.Popen, watcher: Watcher) -> Run:
@@ -214,22 +221,10 @@ def _program_stats(pid: int) -> dict[str, tuple[int, int]]:
 def profiled_run(children: Children, binary: Path, settings: Settings) -> Run:
     """The observer on the storm with BPF statistics: run count and time of each program."""
     watcher = ObserverWatcher()
-    storm = children.spawn(
-        [str(binary), str(settings.storm_calls), str(settings.storm_threads), "1", "1"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        storm_pid = json.loads(storm.stdout.readline())["pid"]
-        watcher.start(children, storm_pid)
-        try:
-            with bpf_statistics():
-                before = _program_stats(watcher.pid)
-                run = _storm(storm, watcher)
-                after = _program_stats(watcher.pid)
-        finally:
-            watcher.stop()
-    finally:
-        children.end(storm)
+    with watched_storm(children, binary, watcher, settings) as storm, bpf_statistics():
+        before = _program_stats(watcher.pid)
+        run = _storm(storm, watcher)
+        after = _program_stats(watcher.pid)
     run.programs = {name: (runs - before.get(name, (0, 0))[0], ns - before.get(name, (0, 0))[1])
                     for name, (runs, ns) in after.items()}
     return run
