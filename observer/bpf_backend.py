@@ -109,6 +109,19 @@ def probe_source(files: tuple[str, ...] = PROBE_FILES) -> str:
     return "\n".join((folder / name).read_text() for name in files)
 
 
+def compile_probes(files: tuple[str, ...], cflags: list[str], what: str):
+    """Compiles and loads probe files as one BPF object (tracepoints attach on load)."""
+    bcc = import_bcc()
+    folder = importlib.resources.files("observer.bpf")
+    cflags = [*cflags, *pid_namespace_cflags(), f"-I{folder}"]
+    try:
+        bpf = bcc.BPF(text=probe_source(files), cflags=cflags)
+    except Exception as err:  # bcc raises bare Exception for compile and load errors
+        raise BpfUnavailable(f"compiling the {what} failed: {err} ({headers_hint()})") from None
+    release_free_memory()
+    return bpf
+
+
 def watch_process(watched, tgid: int) -> int:
     """Marks a process watched in a ``watched_tgids`` map; returns its generation, the one
     the kernel gave it if it has one."""
@@ -143,22 +156,12 @@ class BpfProbes:
         # Every probe is listed from the start, so one that failed to attach shows 0.
         self.probes_attached: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
         self.attach_errors: Counter[str] = Counter(dict.fromkeys((*PROBE_NAMES, "libc"), 0))
-        self.in_pid_namespace = False
         self._bpf = None
         self._attached_objects: dict[tuple[int, int], set[str]] = {}
 
     # Loading
     def load(self) -> None:
-        bcc = import_bcc()
-        namespace = pid_namespace_cflags()
-        self.in_pid_namespace = bool(namespace)
-        folder = importlib.resources.files("observer.bpf")
-        cflags = bpf_cflags(self.track_new_processes) + namespace + [f"-I{folder}"]
-        try:
-            self._bpf = bcc.BPF(text=probe_source(), cflags=cflags)
-        except Exception as err:  # bcc raises bare Exception for compile and load errors
-            raise BpfUnavailable(f"compiling the probes failed: {err} ({headers_hint()})") from None
-        release_free_memory()
+        self._bpf = compile_probes(PROBE_FILES, bpf_cflags(self.track_new_processes), "probes")
         for tracepoint in MACRO_TRACEPOINTS:
             self.probes_attached[tracepoint.split(":")[1]] += 1  # attached by bcc on load
         for tracepoint, function in PLAIN_TRACEPOINTS:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import enum
-import importlib.resources
 import json
 import logging
 import os
@@ -33,10 +32,7 @@ from observer.arguments import LOG_LEVELS, positive_float
 from observer.bpf_backend import (
     BpfUnavailable,
     attach_uprobe,
-    headers_hint,
-    import_bcc,
-    pid_namespace_cflags,
-    probe_source,
+    compile_probes,
     watch_process,
 )
 from observer.constants import bpf_cflags, eai_name
@@ -403,16 +399,8 @@ class TimelineProbes:
 
     def load(self, handler: Callable[[Event], None]) -> None:
         self.handler = handler
-        bcc = import_bcc()
-        folder = importlib.resources.files("observer.bpf")
-        cflags = (bpf_cflags(self.track_new_processes) + pid_namespace_cflags()
-                  + timeline_cflags(self.follow_children) + [f"-I{folder}"])
-        try:
-            self._bpf = bcc.BPF(text=probe_source(PROBE_FILES), cflags=cflags)
-        except Exception as err:  # bcc raises bare Exception for compile and load errors
-            raise BpfUnavailable(
-                f"compiling the timeline probe failed: {err} ({headers_hint()})"
-            ) from None
+        cflags = bpf_cflags(self.track_new_processes) + timeline_cflags(self.follow_children)
+        self._bpf = compile_probes(PROBE_FILES, cflags, "timeline probe")
         self._bpf["timeline_events"].open_ring_buffer(self._on_record)
 
     def _on_record(self, _ctx, data, size) -> int:
