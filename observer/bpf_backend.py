@@ -15,29 +15,52 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from observer.constants import Caller, ProcessState, bpf_cflags, eai_name
+from observer.constants import (
+    PROBED_RESOLVER_FUNCTIONS,
+    Caller,
+    ProcessState,
+    ResolverFunction,
+    Transport,
+    bpf_cflags,
+    eai_name,
+)
 
 log = logging.getLogger(__name__)
 
-PROBE_FILES = ("watched.h", "threads.bpf.c", "getaddrinfo.bpf.c")
+PROBE_FILES = ("watched.h", "caller.h", "threads.bpf.c", "getaddrinfo.bpf.c", "dns.bpf.c",
+               "resolver.bpf.c")
 INIT_PID_NAMESPACE_INO = 0xEFFFFFFC
 EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 # Tracepoints handled by functions that need no tracepoint arguments.
 PLAIN_TRACEPOINTS = [(f"syscalls:sys_enter_{name}", "mark_event_loop_thread") for name in
-                     EPOLL_SYSCALLS] + [("sched:sched_process_exit", "forget_thread")]
-MACRO_TRACEPOINTS = ("task:task_newtask", "sched:sched_process_exec", "sched:sched_process_exit")
+                     EPOLL_SYSCALLS] + [("sched:sched_process_exit", "forget_thread"),
+                                     ("sched:sched_process_exit", "forget_resolver_thread")]
+# Syscalls whose tracepoints dns.bpf.c uses (on entry, and on exit where it says so).
+DNS_SYSCALLS = ("socket", "connect", "close", "sendto", "write", "writev", "sendmsg", "sendmmsg")
+DNS_SYSCALL_EXITS = ("socket", "sendto", "write", "writev", "sendmsg", "sendmmsg")
+MACRO_TRACEPOINTS = (
+    "task:task_newtask", "sched:sched_process_exec", "sched:sched_process_exit",
+    *(f"syscalls:sys_enter_{name}" for name in DNS_SYSCALLS),
+    *(f"syscalls:sys_exit_{name}" for name in DNS_SYSCALL_EXITS),
+)
 MAPS = (
     "watched_tgids", "threads_created_total", "threads_exited_total", "pending_start_routine",
     "getaddrinfo_calls_total", "getaddrinfo_failures_total", "getaddrinfo_duration_seconds",
     "getaddrinfo_duration_ns_sum", "getaddrinfo_host_calls_total", "getaddrinfo_started",
-    "event_loop_threads",
+    "event_loop_threads", "dns_queries_total", "dns_sockets", "dns_socket_calls",
+    "dns_send_calls", "resolver_calls_total", "resolver_calls_in_progress",
 )
 # (symbol, BPF function, on return)
 UPROBES = (
     ("pthread_create", "pthread_create_entry", False),
     ("getaddrinfo", "getaddrinfo_entry", False),
     ("getaddrinfo", "getaddrinfo_return", True),
+    *((f.label, f"resolver_entry_{f.label}", False) for f in PROBED_RESOLVER_FUNCTIONS),
+    *((f.label, "resolver_return", True) for f in PROBED_RESOLVER_FUNCTIONS),
 )
+# Resolver functions a libc may lack (musl has no res_n* functions, a static program holds only
+# those it calls): nothing to count then, not an attach error.
+OPTIONAL_SYMBOLS = frozenset(f.label for f in PROBED_RESOLVER_FUNCTIONS)
 
 
 UPROBE_NAMES = tuple(symbol + ("_return" if on_return else "") for symbol, _, on_return in UPROBES)
@@ -59,6 +82,8 @@ class RawCounts:
     duration_slots: Counter[int] = field(default_factory=Counter)
     duration_sum_ns: int = 0
     hosts: Counter[str] = field(default_factory=Counter)
+    dns_queries: Counter[str] = field(default_factory=Counter)
+    resolver_calls: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 def _add_created(counts: RawCounts, key, value: int) -> None:
@@ -89,6 +114,14 @@ def _add_host(counts: RawCounts, key, value: int) -> None:
     counts.hosts[host_label(bytes(key.host))] += value
 
 
+def _add_dns_queries(counts: RawCounts, key, value: int) -> None:
+    counts.dns_queries[Transport(key.transport).label] += value
+
+
+def _add_resolver_call(counts: RawCounts, key, value: int) -> None:
+    counts.resolver_calls[ResolverFunction(key.function).label, Caller(key.caller).label] += value
+
+
 # Every map keyed by (tgid, generation, ...), and how its values add to a process's counts.
 COUNTER_MAPS = {
     "threads_created_total": _add_created,
@@ -98,6 +131,8 @@ COUNTER_MAPS = {
     "getaddrinfo_duration_seconds": _add_slot,
     "getaddrinfo_duration_ns_sum": _add_sum,
     "getaddrinfo_host_calls_total": _add_host,
+    "dns_queries_total": _add_dns_queries,
+    "resolver_calls_total": _add_resolver_call,
 }
 
 
@@ -262,6 +297,9 @@ class BpfProbes:
                 if generations.get(key.tgid) == key.generation:
                     add(counts[key.tgid], key, value.value)
         return counts
+
+    def dns_unknown_socket_sends(self) -> int:
+        return sum(value.value for value in self._bpf["dns_unknown_socket_sends_total"].values())
 
     def map_entries(self) -> dict[str, int]:
         """Entries in each map, to show they stay bounded."""

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from observer import __version__
-from observer.constants import EAI_NAMES, METRIC_PREFIX
+from observer.constants import EAI_NAMES, METRIC_PREFIX, Transport
 from observer.histogram import log2_to_buckets
 from observer.model import Counts, ProcessRow, Snapshot
 
@@ -93,6 +93,7 @@ class ObserverCollector(Collector):
         if counted:
             yield from _thread_counters(counted, labels)
             yield from _getaddrinfo_metrics(counted, labels)
+            yield from _resolution_metrics(counted, labels)
 
     def _self_metrics(self, snapshot: Snapshot) -> Iterator[Metric]:
         info = GaugeMetricFamily(
@@ -124,6 +125,13 @@ class ObserverCollector(Collector):
         for name, count in sorted(snapshot.map_entries.items()):
             entries.add_metric([name], count)
         yield entries
+        if snapshot.dns_unknown_socket_sends is not None:
+            yield CounterMetricFamily(
+                _name("dns_unknown_socket_sends"),
+                "Sends to port 53 on sockets opened before their process was watched: "
+                "not counted in dns_queries_total",
+                value=snapshot.dns_unknown_socket_sends,
+            )
         yield GaugeMetricFamily(
             _name("scrape_duration_seconds"),
             "Time the previous scrape took to read the probes and /proc",
@@ -203,6 +211,30 @@ def _getaddrinfo_metrics(groups: list[Series], labels: list[str]) -> Iterator[Me
         for host, count in sorted(counts.hosts.items()):
             hosts.add_metric([*group.labels, host], count)
     yield from (calls, failures, duration, hosts)
+
+
+def _resolution_metrics(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
+    queries = CounterMetricFamily(
+        _name("dns_queries"),
+        "DNS queries the target's processes sent to port 53, whoever sent them",
+        labels=[*labels, "transport"],
+    )
+    calls = CounterMetricFamily(
+        _name("resolver_calls"), "libc resolver calls by entry point and caller",
+        labels=[*labels, "function", "caller"],
+    )
+    for group in groups:
+        counts = group.counts
+        for transport in Transport:
+            queries.add_metric([*group.labels, transport.label],
+                               counts.dns_queries.get(transport.label, 0))
+        # getaddrinfo has its own probe; the other functions appear once called.
+        by_function = Counter({("getaddrinfo", caller): counts.getaddrinfo_calls.get(caller, 0)
+                               for caller in ("event_loop", "other")})
+        by_function.update(counts.resolver_calls)
+        for (function, caller), count in sorted(by_function.items()):
+            calls.add_metric([*group.labels, function, caller], count)
+    yield from (queries, calls)
 
 
 def _target_info(snapshot: Snapshot) -> Metric:

@@ -29,6 +29,51 @@ class Caller(enum.IntEnum):
         return self.name.lower()
 
 
+class Transport(enum.IntEnum):
+    """How a DNS query went: the ``transport`` label of ``dns_queries_total``."""
+
+    UDP = 1
+    TCP = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class ResolverFunction(enum.IntEnum):
+    """libc resolver entry points: the ``function`` label of ``resolver_calls_total``.
+
+    getaddrinfo is counted by its own probe; the others each get a uprobe where the libc has
+    them (glibc 2.36 has all; musl has no getaddrinfo_a and no res_n* functions).
+    """
+
+    GETADDRINFO = 0
+    GETADDRINFO_A = 1
+    GETHOSTBYNAME = 2
+    GETHOSTBYNAME_R = 3
+    GETHOSTBYNAME2 = 4
+    GETHOSTBYNAME2_R = 5
+    GETHOSTBYADDR = 6
+    GETHOSTBYADDR_R = 7
+    GETNAMEINFO = 8
+    RES_QUERY = 9
+    RES_SEARCH = 10
+    RES_QUERYDOMAIN = 11
+    RES_SEND = 12
+    RES_NQUERY = 13
+    RES_NSEARCH = 14
+    RES_NQUERYDOMAIN = 15
+    RES_NSEND = 16
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+# Probed by resolver.bpf.c (getaddrinfo has its own probe).
+PROBED_RESOLVER_FUNCTIONS = tuple(f for f in ResolverFunction if f != ResolverFunction.GETADDRINFO)
+
+
 class MapSize(enum.IntEnum):
     MAX_PROCESSES = 16384
     MAX_THREADS = 65536
@@ -36,6 +81,7 @@ class MapSize(enum.IntEnum):
     MAX_KEYS = 65536
     MAX_HOSTS = 4096
     HOST_LENGTH = 64
+    MAX_SOCKETS = 32768  # distinct values: an IntEnum alias would be left out of the cflags)
 
 
 # glibc's and musl's EAI_* codes (netdb.h); both agree on these values.
@@ -69,5 +115,8 @@ def bpf_cflags(track_new_processes: bool) -> list[str]:
     flags = [f"-DSTATE_{state.name}={state.value}" for state in ProcessState]
     flags += [f"-DCALLER_{caller.name}={caller.value}" for caller in Caller]
     flags += [f"-D{size.name}={size.value}" for size in MapSize]
+    flags += [f"-DTRANSPORT_{transport.name}={transport.value}" for transport in Transport]
+    resolvers = " ".join(f"X({f.label},{f.value})" for f in PROBED_RESOLVER_FUNCTIONS)
+    flags.append(f"-DRESOLVER_FUNCTIONS={resolvers}")
     flags.append(f"-DTRACK_NEW_PROCESSES={int(track_new_processes)}")
     return flags

@@ -16,13 +16,16 @@ from dataclasses import dataclass, replace
 import psutil
 
 from observer import procfs
-from observer.bpf_backend import UPROBE_NAMES, BpfProbes, RawCounts
+from observer.bpf_backend import OPTIONAL_SYMBOLS, UPROBE_NAMES, BpfProbes, RawCounts
 from observer.check import CAP_SYS_ADMIN, has_capability
 from observer.constants import ProcessState
 from observer.model import Counts, ProcessRow, Snapshot
 from observer.targets import PidTarget, RegexTarget, cmdline_of, match_target
 
 log = logging.getLogger(__name__)
+
+REQUIRED_UPROBES = tuple(name for name in UPROBE_NAMES
+                         if name.removesuffix("_return") not in OPTIONAL_SYMBOLS)
 
 MAX_CREATORS_PER_PROCESS = 32  # creator label values are bounded: the rest become "other"
 MAX_CREATOR_LENGTH = 96
@@ -259,6 +262,7 @@ class BpfObserver(ProcObserver):
         self._remember_rejections = True  # exec marks a process pending again
         # Counted once a scan, not per scrape: walking every map is the costly part of it.
         self.map_entries: dict[str, int] = {}
+        self._unknown_sends_logged = 0
 
     def start(self) -> None:
         self.probes.load()
@@ -332,7 +336,11 @@ class BpfObserver(ProcObserver):
             except OSError:
                 continue
             attached |= self.probes.attach_libc(in_root, (info.st_dev, info.st_ino))
-        missing = sorted(set(UPROBE_NAMES) - attached)
+        missing = sorted(set(REQUIRED_UPROBES) - attached)
+        absent = sorted(set(UPROBE_NAMES) - set(REQUIRED_UPROBES) - attached)
+        if absent:
+            log.info("pid %d: no %s in %s (nothing to count there)", pid, ", ".join(absent),
+                     objects)
         for probe in missing:
             self.probes.attach_errors[probe] += 1
         if missing:
@@ -372,7 +380,16 @@ class BpfObserver(ProcObserver):
                 attach_errors=dict(self.probes.attach_errors),
                 bpf_available=True,
                 map_entries=self.map_entries,
+                dns_unknown_socket_sends=self._dns_unknown_socket_sends(),
             )
+
+    def _dns_unknown_socket_sends(self) -> int:
+        sends = self.probes.dns_unknown_socket_sends()
+        if sends > self._unknown_sends_logged:
+            log.warning("%d sends to port 53 on sockets opened before their process was watched:"
+                        " not counted in dns_queries_total", sends)
+            self._unknown_sends_logged = sends
+        return sends
 
 
     def _bound_hosts(self, target: str, counts: Counts) -> Counts:
@@ -389,7 +406,7 @@ def resolve_counts(raw: RawCounts, tracked: TrackedProcess) -> Counts:
         threads_created=created, threads_exited=raw.threads_exited,
         getaddrinfo_calls=raw.calls, getaddrinfo_failures=raw.failures,
         duration_slots=raw.duration_slots, duration_sum_ns=raw.duration_sum_ns,
-        hosts=raw.hosts,
+        hosts=raw.hosts, dns_queries=raw.dns_queries, resolver_calls=raw.resolver_calls,
     )
 
 

@@ -17,6 +17,9 @@ class Counts:
     duration_slots: Counter[int] = field(default_factory=Counter)  # log2 ns slot -> calls
     duration_sum_ns: int = 0
     hosts: Counter[str] = field(default_factory=Counter)  # getaddrinfo calls by host label
+    dns_queries: Counter[str] = field(default_factory=Counter)  # by transport
+    # libc resolver calls other than getaddrinfo, by (function, caller)
+    resolver_calls: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def add(self, other: Counts) -> None:
         self.threads_created.update(other.threads_created)
@@ -26,6 +29,8 @@ class Counts:
         self.duration_slots.update(other.duration_slots)
         self.duration_sum_ns += other.duration_sum_ns
         self.hosts.update(other.hosts)
+        self.dns_queries.update(other.dns_queries)
+        self.resolver_calls.update(other.resolver_calls)
 
 
 @dataclass
@@ -51,3 +56,6 @@ class Snapshot:
     attach_errors: dict[str, int] = field(default_factory=dict)
     bpf_available: bool = False
     map_entries: dict[str, int] = field(default_factory=dict)
+    # Sends to port 53 on sockets opened before their process was watched (not counted as
+    # queries); None when not measured.
+    dns_unknown_socket_sends: int | None = None

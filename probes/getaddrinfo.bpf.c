@@ -9,6 +9,7 @@
 //   getaddrinfo_host_calls_total  {process, host} -> count    thread_observer_getaddrinfo_host_calls_total
 //                                    (bounded: when full, calls still count in the totals above)
 #include "watched.h"
+#include "caller.h"
 
 #ifndef MAX_THREADS
 #define MAX_THREADS 65536
@@ -21,10 +22,6 @@
 #endif
 #ifndef HOST_LENGTH
 #define HOST_LENGTH 64
-#endif
-#ifndef CALLER_OTHER
-#define CALLER_OTHER 0
-#define CALLER_EVENT_LOOP 1
 #endif
 
 struct caller_key {
@@ -64,8 +61,6 @@ BPF_HASH(getaddrinfo_duration_ns_sum, struct process_key, u64, MAX_PROCESSES);
 BPF_HASH(getaddrinfo_host_calls_total, struct host_key, u64, MAX_HOSTS);
 // tid -> the call in progress
 BPF_TABLE("lru_hash", u32, struct call_in_progress, getaddrinfo_started, MAX_THREADS);
-// tids that have waited in epoll: event-loop threads
-BPF_TABLE("lru_hash", u32, u8, event_loop_threads, MAX_THREADS);
 
 // bcc's increment() is not atomic, and two CPUs that find a key missing both store 1:
 // lookup_or_try_init inserts only if absent, then the add is atomic. (It returns from the
@@ -104,20 +99,6 @@ static __always_inline int add_host(struct host_key *key)
     u64 zero = 0, *count = getaddrinfo_host_calls_total.lookup_or_try_init(key, &zero);
     if (count)
         __sync_fetch_and_add(count, 1);
-    return 0;
-}
-
-int mark_event_loop_thread(void *ctx)
-{
-    u64 id = current_pid_tgid();
-    u32 tid = (u32)id;
-    if (!watched_generation(id >> 32))
-        return 0;
-    // Loops wait thousands of times a second: look before writing.
-    if (event_loop_threads.lookup(&tid))
-        return 0;
-    u8 yes = 1;
-    event_loop_threads.update(&tid, &yes);
     return 0;
 }
 
@@ -177,9 +158,8 @@ int getaddrinfo_return(struct pt_regs *ctx)
     getaddrinfo_started.delete(&tid);
     add_host(&host);
 
-    struct caller_key calls = {.tgid = tgid, .caller = CALLER_OTHER, .generation = generation};
-    if (event_loop_threads.lookup(&tid))
-        calls.caller = CALLER_EVENT_LOOP;
+    struct caller_key calls = {.tgid = tgid, .caller = thread_caller(tid),
+                               .generation = generation};
     add_call(&calls);
 
     int rc = PT_REGS_RC(ctx);
