@@ -149,3 +149,37 @@ def test_native_resolver_functions_counted_exactly_per_function(libc, tmp_path):
         assert {k: v for k, v in truth.items() if k != "threads_started"} == NATIVE_CALLS
         assert_observer_saw_what_the_responder_received(running, dns)
         assert resolver_calls(running) == NATIVE_CALLS
+
+
+def test_aiohttp_with_async_resolver_puts_queries_on_the_wire_and_calls_no_libc(tmp_path):
+    argv = [sys.executable, "-m", "workloads.aiohttp_aiodns", "--host", NAME, "--requests", "6",
+            "--wait-stdin", "--linger", "60"]
+    with PrivateDns(tmp_path, {NAME: "127.0.0.1"}) as dns, \
+            watched_client(dns, tmp_path, argv) as (_, running, truth):
+        assert truth["responses_ok"] == 6 and truth["async_resolutions"] == 6
+        assert truth["getaddrinfo_calls"] == 0
+        received = assert_observer_saw_what_the_responder_received(running, dns)
+        assert received["udp"] > 0
+        assert resolver_calls(running) == {}  # not one libc lookup
+
+
+def test_port_53_traffic_of_unwatched_processes_is_not_counted(tmp_path):
+    with PrivateDns(tmp_path, {NAME: ADDRESS}) as dns, \
+            watched_client(dns, tmp_path, [*CLIENT, "connect_send", "3", NAME]) as (_, running, _):
+        wait_until(lambda: queries_seen(running) == {"udp": 3, "tcp": 0}, 5, "3 queries")
+        unwatched = subprocess.run(dns.command([*CLIENT, "sendto", "5", NAME]), input="\n\n",
+                                   capture_output=True, text=True, check=True)
+        assert '"count": 5' in unwatched.stdout
+        assert dns.received() == {"udp": 8, "tcp": 0}
+        assert queries_seen(running) == {"udp": 3, "tcp": 0}
+
+
+def test_a_dns_server_target_does_not_count_its_answers_as_queries(tmp_path):
+    with PrivateDns(tmp_path, {NAME: ADDRESS}) as dns, \
+            observer(["--pid", f"server={dns.responder.pid}", "--allow-non-python"],
+                     tmp_path) as running:
+        for mode in ("sendto", "tcp"):  # answers from port 53 over UDP and TCP
+            subprocess.run(dns.command([*CLIENT, mode, "4", NAME]), input="\n\n",
+                           capture_output=True, text=True, check=True)
+        assert dns.received() == {"udp": 4, "tcp": 6}
+        assert queries_seen(running, "server") == {"udp": 0, "tcp": 0}
