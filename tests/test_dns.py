@@ -183,3 +183,11 @@ def test_a_dns_server_target_does_not_count_its_answers_as_queries(tmp_path):
                            capture_output=True, text=True, check=True)
         assert dns.received() == {"udp": 4, "tcp": 6}
         assert queries_seen(running, "server") == {"udp": 0, "tcp": 0}
+
+
+def test_grpc_client_with_its_default_c_ares_resolver(tmp_path):
+    pytest.importorskip("grpc", reason="grpcio is not installed (pip install grpcio)")
+    with PrivateDns(tmp_path, {NAME: "127.0.0.1"}) as dns, \
+            watched_client(dns, tmp_path, [*CLIENT, "grpc", "5", NAME]) as (_, running, _):
+        received = assert_observer_saw_what_the_responder_received(running, dns)
+        assert received["udp"] > 0

@@ -95,10 +95,31 @@ def aiodns_queries(count: int, name: str) -> None:
     asyncio.run(run())
 
 
+def grpc_calls(count: int, name: str) -> None:
+    """A grpcio client with its default resolver (c-ares), a new channel per call, to a server
+    in this process."""
+    from concurrent import futures
+
+    import grpc
+
+    def echo(request, context):
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        "Echo", {"Call": grpc.unary_unary_rpc_method_handler(echo)})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    for _ in range(count):
+        with grpc.insecure_channel(f"{name}:{port}") as channel:
+            assert channel.unary_unary("/Echo/Call")(b"ping", timeout=10) == b"ping"
+    server.stop(None)
+
+
 MODES = {
     "connect_send": connect_send, "sendto": sendto, "tcp": tcp, "getaddrinfo": getaddrinfo,
     "gethostbyname_ex": gethostbyname_ex, "gethostbyaddr": gethostbyaddr,
-    "getnameinfo": getnameinfo, "aiodns": aiodns_queries,
+    "getnameinfo": getnameinfo, "aiodns": aiodns_queries, "grpc": grpc_calls,
 }
 
 
