@@ -10,6 +10,11 @@ import enum
 METRIC_PREFIX = "thread_observer"
 
 
+def metric_name(name: str) -> str:
+    """The full name of one of this exporter's metrics."""
+    return f"{METRIC_PREFIX}_{name}"
+
+
 class ProcessState(enum.IntEnum):
     """Values of the ``watched_tgids`` map."""
 

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from observer.daemon import BpfObserver
 from observer.demo import run_one
+from observer.observers import BpfObserver
 from tests.harness import REPO
 from workloads.scenarios import SCENARIOS
 from workloads.servers import local_servers

@@ -2,8 +2,7 @@
 
 from collections import Counter
 
-from observer.bpf_backend import host_label
-from observer.daemon import OTHER_HOSTS, HostLabels
+from observer.labels import OTHER_HOSTS, HostLabels, host_label
 
 
 def test_host_label_escapes_what_is_not_printable():

@@ -12,17 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from observer.timeline import (
-    EXISTING,
-    MAIN,
-    Event,
-    RawEvent,
-    Recording,
-    TimelineError,
-    build_timeline,
-    output_paths,
-)
-from observer.timeline_render import lane_label, nice_ticks, render
+from observer.errors import UsageError
+from observer.timeline.command import output_paths
+from observer.timeline.lanes import build_timeline
+from observer.timeline.model import EXISTING, MAIN, Event, Recording
+from observer.timeline.render import lane_label, nice_ticks, render
 from tests.harness import REPO, observer, wait_until, workload
 
 MS = 1_000_000
@@ -115,22 +109,40 @@ def test_recording_survives_json(tmp_path):
 
 def test_not_a_recording_is_a_clear_error(tmp_path):
     (tmp_path / "other.json").write_text('{"events": []}')
-    with pytest.raises(TimelineError, match="not a thread-observer-timeline recording"):
+    with pytest.raises(UsageError, match="not a thread-observer-timeline recording"):
         Recording.load(tmp_path / "other.json")
 
 
-def test_raw_event_matches_the_c_struct():
-    # u64 time_ns, value; six u32; comm[16]; text[HOST_LEN=64]; service[SERVICE_LEN=32]
-    assert RawEvent.text.offset == 56 and RawEvent.service.offset == 120
-    assert RawEvent.comm.offset == 40
+@pytest.mark.bpf
+def test_records_are_decoded_from_the_c_struct():
+    """bcc builds the record type from the compiled C struct: its fields are the ones the
+    decoder reads, with the lengths constants.py gives the C."""
+    import ctypes
+
+    from observer.constants import MapSize
+    from observer.timeline.recorder import SERVICE_LEN, TimelineProbes
+
+    probes = TimelineProbes(follow_children=False, track_new_processes=False)
+    probes.load(lambda event: None)
+    try:
+        table = probes._bpf["timeline_events"]
+        record = type(table.event(ctypes.create_string_buffer(4096)))
+    finally:
+        probes.close()
+    fields = dict(record._fields_)
+    assert list(fields) == ["time_ns", "value", "kind", "tgid", "tid", "task", "other",
+                            "reserved", "comm", "text", "service"]
+    assert ctypes.sizeof(fields["text"]) == MapSize.HOST_LENGTH
+    assert ctypes.sizeof(fields["service"]) == SERVICE_LEN
+    assert ctypes.sizeof(fields["comm"]) == 16
 
 
 def test_output_kinds_by_extension(tmp_path):
     assert output_paths([str(tmp_path / "a.png")], with_json=True) == [
         tmp_path / "a.png", tmp_path / "a.json"]
-    with pytest.raises(TimelineError, match="extension must be one of"):
+    with pytest.raises(UsageError, match="extension must be one of"):
         output_paths([str(tmp_path / "a.gif")], with_json=False)
-    with pytest.raises(TimelineError, match="no such directory"):
+    with pytest.raises(UsageError, match="no such directory"):
         output_paths([str(tmp_path / "missing" / "a.png")], with_json=False)
 
 
