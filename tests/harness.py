@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,22 +19,36 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
+PYENV_ROOT = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
 
 
 def bpf_skip_reason() -> str | None:
-    """Why the eBPF tests cannot run here, or None when they can."""
+    """Why the eBPF tests cannot run here, or None when they can: the checks of
+    ``thread-observer check``, and root (the tests also start namespaces and other users)."""
+    from observer.capabilities import check_bcc, check_headers, check_tracefs
+
     if os.geteuid() != 0:
         return "eBPF tests need root (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE)"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "bcc is not importable: apt-get install python3-bpfcc (make setup)"
-    if not os.path.exists(f"/lib/modules/{os.uname().release}/build"):
-        return f"no kernel headers at /lib/modules/{os.uname().release}/build (make setup)"
-    if not any(os.path.exists(p) for p in ("/sys/kernel/tracing/events",
-                                           "/sys/kernel/debug/tracing/events")):
-        return "tracefs is not mounted at /sys/kernel/tracing (make setup)"
+    for check in (check_bcc, check_headers, check_tracefs):
+        result = check()
+        if not result.ok:
+            return f"{result.name}: {result.detail}"
     return None
+
+
+def pyenv_pythons() -> list[str]:
+    """Every CPython 3 that pyenv has here."""
+    return sorted(glob.glob(os.path.join(PYENV_ROOT, "versions", "3.*", "bin", "python3")))
+
+
+def find_python(version: str) -> str | None:
+    """A CPython of that version ("3.6"): this one, pyenv's, else one on PATH; None."""
+    if version == "{}.{}".format(*sys.version_info[:2]):
+        return sys.executable
+    found = sorted(glob.glob(os.path.join(PYENV_ROOT, "versions", f"{version}.*", "bin",
+                                          "python3")))
+    found += filter(None, [shutil.which(f"python{version}")])
+    return found[0] if found else None
 
 
 def free_port() -> int:
@@ -113,6 +129,30 @@ def observer(args: list[str], tmp_path: Path, timeout: float = 30.0):
         yield running
     finally:
         running.stop()
+
+
+def settled(running, expected: dict[str, float], timeout: float = 10.0,
+            **labels: str) -> Metrics:
+    """The first scrape in which each metric (summed over the series with these labels) has
+    its expected value: counts catch up with a workload's ground truth shortly after the
+    workload reports it (its threads may still be ending). Times out with what it saw last."""
+    seen: dict[str, float | None] = {}
+
+    def done():
+        metrics = running.scrape()
+        seen.update({name: metrics.value(name, **labels) for name in expected})
+        return metrics if seen == expected else None
+
+    try:
+        return wait_until(done, timeout, f"{expected} with {labels}")
+    except AssertionError as timed_out:
+        raise AssertionError(f"{timed_out}: saw {seen}\n{running.log()}") from None
+
+
+def exits_settled(running, threads: int, timeout: float = 10.0, **labels: str) -> Metrics:
+    """The first scrape in which every one of ``threads`` threads has been counted as ended."""
+    return settled(running, {"thread_observer_threads_exited_total": threads}, timeout,
+                   **labels)
 
 
 class Metrics:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import observer, wait_until, workload
+from tests.harness import exits_settled, observer, workload
 
 pytestmark = pytest.mark.bpf
 
@@ -45,12 +45,7 @@ def test_native_target_counted_exactly(libc, binaries, tmp_path):
         assert truth == {"threads_started": 17, "getaddrinfo_calls": 29,
                          "getaddrinfo_failures": 0}
 
-        def settled():
-            metrics = running.scrape()
-            done = metrics.value("thread_observer_threads_exited_total", target="native") == 17
-            return metrics if done else None
-
-        metrics = wait_until(settled, 10, "the threads' exits to be counted")
+        metrics = exits_settled(running, 17, target="native")
         created = metrics.labels("thread_observer_threads_created_total", "creator",
                                  target="native")
         # The start routine lies in the program itself: not CPython, so its own name.

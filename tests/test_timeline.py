@@ -17,7 +17,7 @@ from observer.timeline.command import output_paths
 from observer.timeline.lanes import build_timeline
 from observer.timeline.model import EXISTING, MAIN, Event, Recording
 from observer.timeline.render import lane_label, nice_ticks, render
-from tests.harness import REPO, observer, wait_until, workload
+from tests.harness import REPO, observer, settled, wait_until, workload
 
 MS = 1_000_000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -188,8 +188,9 @@ def test_exact_threads_and_lookups_and_the_metrics_agree(tmp_path):
         )
         try:
             truth = json.loads(timeline_run.stdout.readline())  # stdout passes through
-            metrics = wait_until(lambda: settled(running, str(truth["pid"]), 5), 10,
-                                 "the daemon to count the workload's threads")
+            metrics = settled(running, {"thread_observer_threads_created_total": 5,
+                                        "thread_observer_getaddrinfo_calls_total": 5},
+                              pid=str(truth["pid"]))
             timeline_run.stdin.write("\n")  # stdin passes through: the workload ends
             timeline_run.stdin.close()
             assert timeline_run.wait(timeout=60) == 0, timeline_run.stderr.read()
@@ -223,13 +224,6 @@ def test_exact_threads_and_lookups_and_the_metrics_agree(tmp_path):
     assert png.startswith(PNG_MAGIC) and len(png) > 20_000
     assert_one_lane_per_thread(outputs[2], outputs[3], timeline)
     assert len(timeline.lanes) == 1 + truth["threads_started"]
-
-
-def settled(running, pid: str, threads: int):
-    metrics = running.scrape()
-    created = metrics.value("thread_observer_threads_created_total", pid=pid)
-    calls = metrics.value("thread_observer_getaddrinfo_calls_total", pid=pid)
-    return metrics if (created, calls) == (threads, 5) else None
 
 
 @pytest.mark.bpf
