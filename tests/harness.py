@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -231,3 +232,91 @@ def workload(args: list[str], **kwargs):
         yield running
     finally:
         running.stop()
+
+
+# Running the command line as another user
+def readable_install(folder: Path) -> Path:
+    """The project and the dependencies it has in this checkout's virtual environment, put
+    where any user can read them (a checkout under a private home is readable by its owner
+    only): returns the folder to put on PYTHONPATH."""
+    site = folder / "site"
+    shutil.copytree(REPO / "observer", site / "observer",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "probes", site / "observer" / "bpf",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "workloads", site / "workloads",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for dist in runtime_distributions(project_dependencies()):
+        root = Path(dist.locate_file(""))
+        if not root.resolve().is_relative_to(REPO):
+            continue  # the system's: readable by everyone already
+        for file in dist.files or []:
+            source = root / file
+            if source.is_file() and source.resolve().is_relative_to(root.resolve()):
+                link_or_copy(source, site / file)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return site
+
+
+def project_dependencies() -> list[str]:
+    """What pyproject.toml says the project needs to run."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return [re.match(r"[A-Za-z0-9._-]+", line)[0] for line in project["dependencies"]]
+
+
+def runtime_distributions(names: list[str]) -> list:
+    """The installed distributions of these names and everything they require to run
+    (extras left out)."""
+    from importlib import metadata
+
+    found: dict[str, object] = {}
+    wanted = list(names)
+    while wanted:
+        requirement = wanted.pop()
+        key = requirement.lower().replace("_", "-")
+        if key in found:
+            continue
+        try:
+            dist = metadata.distribution(requirement)
+        except metadata.PackageNotFoundError:
+            continue
+        found[key] = dist
+        for line in dist.requires or []:
+            if "extra ==" not in line:
+                wanted.append(re.match(r"[A-Za-z0-9._-]+", line)[0])
+    return list(found.values())
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)  # the same file: no copy, and still readable to all
+    except OSError:
+        shutil.copy2(source, target)
+
+
+class Unprivileged:
+    """Commands run as ``nobody`` with a Python it can read (the venv's interpreter is a link
+    to the system's), from a folder it can read."""
+
+    PREFIX = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+              "--inh-caps=-all"]
+
+    def __init__(self, site: Path) -> None:
+        self.site = site
+        self.python = os.path.realpath(sys.executable)
+        self.env = {**os.environ, "PYTHONPATH": str(site)}
+
+    def python_command(self, *args: str) -> list[str]:
+        return [*self.PREFIX, self.python, *args]
+
+    def run(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(self.python_command(*args), cwd=self.site, env=self.env,
+                              **kwargs)
+
+    def popen(self, args: list[str], **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(self.python_command(*args), cwd=self.site, env=self.env,
+                                **kwargs)
