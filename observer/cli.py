@@ -88,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
     observer = make_observer(args)
     try:
         asyncio.run(serve(observer, host, port, args.label_pid, args.interval))
-    except OSError as err:
-        observer.close()
+    except OSError as err:  # the server's clean-up has closed the observer
         raise UsageError(f"cannot listen on {args.listen}: {err.strerror or err}") from None
     return 0

@@ -113,8 +113,7 @@ async def _demo(args, observer, host: str, port: int) -> int:
             print(f"observer serving at {' '.join(urls)} (Ctrl-C to stop)", file=sys.stderr)
             await until_signalled()
     finally:
-        await runner.cleanup()
-        await loop.run_in_executor(None, observer.close)
+        await runner.cleanup()  # which closes the observer too
     return 0 if all(row.exact for row in rows) else 1
 
 

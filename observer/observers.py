@@ -25,6 +25,8 @@ from observer.targets import PidTarget, RegexTarget, cmdline_of, match_target
 
 log = logging.getLogger(__name__)
 
+SCAN_INTERVAL = 1.0  # seconds between two full scans of /proc for new and gone processes
+
 @dataclass
 class TrackedProcess:
     pid: int
@@ -71,12 +73,10 @@ class ProcObserver:
         regex_targets: list[RegexTarget],
         pid_targets: list[PidTarget],
         allow_non_python: bool = False,
-        scan_interval: float = 1.0,
     ) -> None:
         self.regex_targets = regex_targets
         self.pid_targets = {t.pid: t.name for t in pid_targets}
         self.allow_non_python = allow_non_python
-        self.scan_interval = scan_interval
         self.procs: dict[int, TrackedProcess] = {}
         self.retired: dict[str, Counts] = {}
         self.host_labels: dict[str, HostLabels] = {}
@@ -102,7 +102,7 @@ class ProcObserver:
             self._poll_locked()
 
     def _poll_locked(self) -> None:
-        if time.monotonic() - self._last_scan >= self.scan_interval:
+        if time.monotonic() - self._last_scan >= SCAN_INTERVAL:
             self._scan()
 
     def close(self) -> None:
