@@ -258,7 +258,7 @@ class Recorder:
 
     def attach_libc_of(self, tgid: int) -> None:
         try:
-            _, attached = attach_libc_of(self.probes, tgid)
+            objects, attached = attach_libc_of(self.probes, tgid)
         except OSError:
             self._libc_unknown.discard(tgid)
             return
@@ -266,6 +266,7 @@ class Recorder:
         # have mapped libc yet, and only the executable is there to look in.
         if attached >= set(UPROBE_NAMES):
             self._libc_unknown.discard(tgid)
+            log.info("pid %d: probes in %s", tgid, ", ".join(objects))
 
     def name_live_threads(self, time_ns: int) -> None:
         """The end: live threads get their names as of now."""
