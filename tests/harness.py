@@ -255,7 +255,11 @@ def readable_install(folder: Path) -> Path:
             if source.is_file() and source.resolve().is_relative_to(root.resolve()):
                 link_or_copy(source, site / file)
     for path in [folder, *folder.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
+        mode = path.stat().st_mode
+        if path.is_dir():
+            path.chmod(0o755)
+        elif not mode & 0o004:  # a linked file is the venv's own: only ever add read bits
+            path.chmod(mode | 0o444)
     return site
 
 
