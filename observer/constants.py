@@ -11,6 +11,11 @@ import os
 METRIC_PREFIX = "thread_observer"
 
 
+def metric_name(name: str) -> str:
+    """The full name of one of this exporter's metrics."""
+    return f"{METRIC_PREFIX}_{name}"
+
+
 class ProcessState(enum.IntEnum):
     """Values of the ``watched_tgids`` map."""
 
@@ -70,7 +75,7 @@ class MapSize(enum.IntEnum):
     MAX_KEYS = 65536
     MAX_HOSTS = 4096
     HOST_LENGTH = 64
-    MAX_SOCKETS = 32768  # distinct values: an IntEnum alias would be left out of the cflags)
+    MAX_SOCKETS = 32768
 
 
 # Numbers of the syscalls dns.bpf.c follows, by machine (the raw syscall tracepoints give
@@ -113,7 +118,8 @@ def eai_name(code: int) -> str:
 def bpf_cflags(track_new_processes: bool) -> list[str]:
     flags = [f"-DSTATE_{state.name}={state.value}" for state in ProcessState]
     flags += [f"-DCALLER_{caller.name}={caller.value}" for caller in Caller]
-    flags += [f"-D{size.name}={size.value}" for size in MapSize]
+    # __members__, not iteration: equal sizes are aliases, which iterating an enum skips.
+    flags += [f"-D{name}={size.value}" for name, size in MapSize.__members__.items()]
     flags += [f"-DTRANSPORT_{transport.name}={transport.value}" for transport in Transport]
     # An unknown machine gets no numbers: dns.bpf.c's #error then says what is missing.
     numbers = SYSCALL_NUMBERS.get(os.uname().machine, {})
