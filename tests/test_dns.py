@@ -38,8 +38,12 @@ def watched_client(dns: PrivateDns, tmp_path: Path, argv: list[str], allow_non_p
 
 def queries_seen(running, target: str = "client") -> dict[str, int]:
     metrics = running.scrape()
-    return {transport: metrics.value("thread_observer_dns_queries_total", target=target,
-                                     transport=transport) for transport in ("udp", "tcp")}
+    return {
+        transport: metrics.value(
+            "thread_observer_dns_queries_total", target=target, transport=transport
+        )
+        for transport in ("udp", "tcp")
+    }
 
 
 def assert_observer_saw_what_the_responder_received(running, dns: PrivateDns) -> dict:
@@ -53,59 +57,72 @@ def assert_observer_saw_what_the_responder_received(running, dns: PrivateDns) ->
     try:
         wait_until(equal, 5, "the observer's counts to equal the responder's")
     except AssertionError as timeout:
-        raise AssertionError(f"{timeout}: responder, observer = {seen}\n{running.log()}") \
-            from None
+        raise AssertionError(f"{timeout}: responder, observer = {seen}\n{running.log()}") from None
     return seen[0]
 
 
-@pytest.mark.parametrize(("mode", "expected"), [
-    ("connect_send", {"udp": 7, "tcp": 0}),  # c-ares's way
-    ("sendto", {"udp": 5, "tcp": 0}),
-    ("tcp", {"udp": 0, "tcp": 8}),  # 6 in awkward pieces, 2 more in one write
-    ("getaddrinfo", {"udp": 8, "tcp": 0}),  # glibc: A and AAAA in one sendmmsg, 4 times
-])
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("connect_send", {"udp": 7, "tcp": 0}),  # c-ares's way
+        ("sendto", {"udp": 5, "tcp": 0}),
+        ("tcp", {"udp": 0, "tcp": 8}),  # 6 in awkward pieces, 2 more in one write
+        ("getaddrinfo", {"udp": 8, "tcp": 0}),  # glibc: A and AAAA in one sendmmsg, 4 times
+    ],
+)
 def test_queries_counted_exactly_however_they_are_sent(mode, expected, tmp_path):
     count = {"connect_send": 7, "sendto": 5, "tcp": 6, "getaddrinfo": 4}[mode]
-    with PrivateDns(tmp_path, {NAME: ADDRESS}) as dns, \
-            watched_client(dns, tmp_path, [*CLIENT, mode, str(count), NAME]) as (_, running, _):
+    with (
+        PrivateDns(tmp_path, {NAME: ADDRESS}) as dns,
+        watched_client(dns, tmp_path, [*CLIENT, mode, str(count), NAME]) as (_, running, _),
+    ):
         assert assert_observer_saw_what_the_responder_received(running, dns) == expected
 
 
 def test_single_request_mode_sends_a_and_aaaa_one_after_the_other(tmp_path):
-    with PrivateDns(tmp_path, {NAME: ADDRESS}, options=("single-request",)) as dns, \
-            watched_client(dns, tmp_path, [*CLIENT, "getaddrinfo", "3", NAME]) as (_, running, _):
-        assert assert_observer_saw_what_the_responder_received(running, dns) == \
-            {"udp": 6, "tcp": 0}
+    with (
+        PrivateDns(tmp_path, {NAME: ADDRESS}, options=("single-request",)) as dns,
+        watched_client(dns, tmp_path, [*CLIENT, "getaddrinfo", "3", NAME]) as (_, running, _),
+    ):
+        assert assert_observer_saw_what_the_responder_received(running, dns) == {"udp": 6, "tcp": 0}
 
 
 def test_truncated_answers_fall_back_to_tcp(tmp_path):
-    with PrivateDns(tmp_path, {NAME: ADDRESS}, truncate_udp=True) as dns, \
-            watched_client(dns, tmp_path, [*CLIENT, "getaddrinfo", "2", NAME]) as (_, running, _):
+    with (
+        PrivateDns(tmp_path, {NAME: ADDRESS}, truncate_udp=True) as dns,
+        watched_client(dns, tmp_path, [*CLIENT, "getaddrinfo", "2", NAME]) as (_, running, _),
+    ):
         received = assert_observer_saw_what_the_responder_received(running, dns)
         assert received["udp"] > 0 and received["tcp"] > 0
 
 
 def test_a_dropped_query_and_its_retry_are_both_counted(tmp_path):
     options = ("timeout:1", "attempts:2")
-    with PrivateDns(tmp_path, {NAME: ADDRESS}, options=options, drop_first=1) as dns, \
-            watched_client(dns, tmp_path, [*CLIENT, "getaddrinfo", "1", NAME]) as (_, running, _):
+    with (
+        PrivateDns(tmp_path, {NAME: ADDRESS}, options=options, drop_first=1) as dns,
+        watched_client(dns, tmp_path, [*CLIENT, "getaddrinfo", "1", NAME]) as (_, running, _),
+    ):
         received = assert_observer_saw_what_the_responder_received(running, dns)
         assert received["udp"] > 2  # A and AAAA, then again after the timeout
 
 
 def test_aiodns_queries_from_c_ares(tmp_path):
-    with PrivateDns(tmp_path, {NAME: ADDRESS}) as dns, \
-            watched_client(dns, tmp_path, [*CLIENT, "aiodns", "9", NAME]) as (_, running, _):
-        assert assert_observer_saw_what_the_responder_received(running, dns) == \
-            {"udp": 9, "tcp": 0}
+    with (
+        PrivateDns(tmp_path, {NAME: ADDRESS}) as dns,
+        watched_client(dns, tmp_path, [*CLIENT, "aiodns", "9", NAME]) as (_, running, _),
+    ):
+        assert assert_observer_saw_what_the_responder_received(running, dns) == {"udp": 9, "tcp": 0}
 
 
 def resolver_calls(running, target: str = "client") -> dict[str, int]:
     """Calls by function, callers added up; functions never called left out."""
     calls: dict[str, int] = {}
     for sample in running.scrape().samples:
-        if sample.name == "thread_observer_resolver_calls_total" and \
-                sample.labels["target"] == target and sample.value:
+        if (
+            sample.name == "thread_observer_resolver_calls_total"
+            and sample.labels["target"] == target
+            and sample.value
+        ):
             function = sample.labels["function"]
             calls[function] = calls.get(function, 0) + int(sample.value)
     return calls
@@ -115,14 +132,19 @@ def resolver_calls(running, target: str = "client") -> dict[str, int]:
 # calls gethostbyname2_r from within, not counted again), then gethostbyname_r; gethostbyaddr
 # of an address literal calls gethostbyaddr_r only; getnameinfo calls getaddrinfo, then
 # getnameinfo (which calls glibc's gethostbyaddr_r in turn: from within, not counted).
-@pytest.mark.parametrize(("mode", "argument", "expected"), [
-    ("gethostbyname_ex", NAME, {"getaddrinfo": 4, "gethostbyname_r": 4}),
-    ("gethostbyaddr", ADDRESS, {"gethostbyaddr_r": 4}),
-    ("getnameinfo", ADDRESS, {"getaddrinfo": 4, "getnameinfo": 4}),
-])
+@pytest.mark.parametrize(
+    ("mode", "argument", "expected"),
+    [
+        ("gethostbyname_ex", NAME, {"getaddrinfo": 4, "gethostbyname_r": 4}),
+        ("gethostbyaddr", ADDRESS, {"gethostbyaddr_r": 4}),
+        ("getnameinfo", ADDRESS, {"getaddrinfo": 4, "getnameinfo": 4}),
+    ],
+)
 def test_python_resolver_functions_counted_exactly(mode, argument, expected, tmp_path):
-    with PrivateDns(tmp_path, {NAME: ADDRESS}) as dns, \
-            watched_client(dns, tmp_path, [*CLIENT, mode, "4", argument]) as (_, running, _):
+    with (
+        PrivateDns(tmp_path, {NAME: ADDRESS}) as dns,
+        watched_client(dns, tmp_path, [*CLIENT, mode, "4", argument]) as (_, running, _),
+    ):
         assert_observer_saw_what_the_responder_received(running, dns)
         assert resolver_calls(running) == expected
 
@@ -130,9 +152,16 @@ def test_python_resolver_functions_counted_exactly(mode, argument, expected, tmp
 NATIVE_BUILDS = {"glibc": ["gcc", "-O2"], "musl": ["musl-gcc", "-O2"]}
 # getaddrinfo, gethostbyname, gethostbyname_r, gethostbyname2, gethostbyname2_r,
 # gethostbyaddr, gethostbyaddr_r, getnameinfo: each a different number of times.
-NATIVE_CALLS = {"getaddrinfo": 2, "gethostbyname": 3, "gethostbyname_r": 4, "gethostbyname2": 5,
-                "gethostbyname2_r": 6, "gethostbyaddr": 7, "gethostbyaddr_r": 8,
-                "getnameinfo": 9}
+NATIVE_CALLS = {
+    "getaddrinfo": 2,
+    "gethostbyname": 3,
+    "gethostbyname_r": 4,
+    "gethostbyname2": 5,
+    "gethostbyname2_r": 6,
+    "gethostbyaddr": 7,
+    "gethostbyaddr_r": 8,
+    "getnameinfo": 9,
+}
 
 
 @pytest.mark.parametrize("libc", list(NATIVE_BUILDS))
@@ -141,21 +170,34 @@ def test_native_resolver_functions_counted_exactly_per_function(libc, tmp_path):
     if shutil.which(compiler[0]) is None:
         pytest.skip(f"{compiler[0]} is not installed (apt-get install musl-tools gcc)")
     binary = tmp_path / f"resolver-{libc}"
-    subprocess.run([*compiler, "-o", str(binary), str(TARGETS / "resolver_target.c")],
-                   check=True)
+    subprocess.run([*compiler, "-o", str(binary), str(TARGETS / "resolver_target.c")], check=True)
     argv = [str(binary), NAME, ADDRESS, *map(str, NATIVE_CALLS.values())]
-    with PrivateDns(tmp_path, {NAME: ADDRESS}) as dns, \
-            watched_client(dns, tmp_path, argv, allow_non_python=True) as (_, running, truth):
+    with (
+        PrivateDns(tmp_path, {NAME: ADDRESS}) as dns,
+        watched_client(dns, tmp_path, argv, allow_non_python=True) as (_, running, truth),
+    ):
         assert {k: v for k, v in truth.items() if k != "threads_started"} == NATIVE_CALLS
         assert_observer_saw_what_the_responder_received(running, dns)
         assert resolver_calls(running) == NATIVE_CALLS
 
 
 def test_aiohttp_with_async_resolver_puts_queries_on_the_wire_and_calls_no_libc(tmp_path):
-    argv = [sys.executable, "-m", "workloads.aiohttp_aiodns", "--host", NAME, "--requests", "6",
-            "--wait-stdin", "--linger", "60"]
-    with PrivateDns(tmp_path, {NAME: "127.0.0.1"}) as dns, \
-            watched_client(dns, tmp_path, argv) as (_, running, truth):
+    argv = [
+        sys.executable,
+        "-m",
+        "workloads.aiohttp_aiodns",
+        "--host",
+        NAME,
+        "--requests",
+        "6",
+        "--wait-stdin",
+        "--linger",
+        "60",
+    ]
+    with (
+        PrivateDns(tmp_path, {NAME: "127.0.0.1"}) as dns,
+        watched_client(dns, tmp_path, argv) as (_, running, truth),
+    ):
         assert truth["responses_ok"] == 6 and truth["async_resolutions"] == 6
         assert truth["getaddrinfo_calls"] == 0
         received = assert_observer_saw_what_the_responder_received(running, dns)
@@ -164,30 +206,47 @@ def test_aiohttp_with_async_resolver_puts_queries_on_the_wire_and_calls_no_libc(
 
 
 def test_port_53_traffic_of_unwatched_processes_is_not_counted(tmp_path):
-    with PrivateDns(tmp_path, {NAME: ADDRESS}) as dns, \
-            watched_client(dns, tmp_path, [*CLIENT, "connect_send", "3", NAME]) as (_, running, _):
+    with (
+        PrivateDns(tmp_path, {NAME: ADDRESS}) as dns,
+        watched_client(dns, tmp_path, [*CLIENT, "connect_send", "3", NAME]) as (_, running, _),
+    ):
         wait_until(lambda: queries_seen(running) == {"udp": 3, "tcp": 0}, 5, "3 queries")
-        unwatched = subprocess.run(dns.command([*CLIENT, "sendto", "5", NAME]), input="\n\n",
-                                   capture_output=True, text=True, check=True)
+        unwatched = subprocess.run(
+            dns.command([*CLIENT, "sendto", "5", NAME]),
+            input="\n\n",
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert '"count": 5' in unwatched.stdout
         assert dns.received() == {"udp": 8, "tcp": 0}
         assert queries_seen(running) == {"udp": 3, "tcp": 0}
 
 
 def test_a_dns_server_target_does_not_count_its_answers_as_queries(tmp_path):
-    with PrivateDns(tmp_path, {NAME: ADDRESS}) as dns, \
-            observer(["--pid", f"server={dns.responder.pid}", "--allow-non-python"],
-                     tmp_path) as running:
+    with (
+        PrivateDns(tmp_path, {NAME: ADDRESS}) as dns,
+        observer(
+            ["--pid", f"server={dns.responder.pid}", "--allow-non-python"], tmp_path
+        ) as running,
+    ):
         for mode in ("sendto", "tcp"):  # answers from port 53 over UDP and TCP
-            subprocess.run(dns.command([*CLIENT, mode, "4", NAME]), input="\n\n",
-                           capture_output=True, text=True, check=True)
+            subprocess.run(
+                dns.command([*CLIENT, mode, "4", NAME]),
+                input="\n\n",
+                capture_output=True,
+                text=True,
+                check=True,
+            )
         assert dns.received() == {"udp": 4, "tcp": 6}
         assert queries_seen(running, "server") == {"udp": 0, "tcp": 0}
 
 
 def test_grpc_client_with_its_default_c_ares_resolver(tmp_path):
     pytest.importorskip("grpc", reason="grpcio is not installed (pip install grpcio)")
-    with PrivateDns(tmp_path, {NAME: "127.0.0.1"}) as dns, \
-            watched_client(dns, tmp_path, [*CLIENT, "grpc", "5", NAME]) as (_, running, _):
+    with (
+        PrivateDns(tmp_path, {NAME: "127.0.0.1"}) as dns,
+        watched_client(dns, tmp_path, [*CLIENT, "grpc", "5", NAME]) as (_, running, _),
+    ):
         received = assert_observer_saw_what_the_responder_received(running, dns)
         assert received["udp"] > 0

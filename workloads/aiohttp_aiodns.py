@@ -49,8 +49,12 @@ def main(argv=None) -> int:
     if problem:
         print(f"aiohttp_aiodns: {problem}", file=sys.stderr)
         return 2
-    return run_http_scenario(SCENARIO, args, fetch_with_new_session,
-                             lambda: {"async_resolutions": CountingResolver.resolutions})
+    return run_http_scenario(
+        SCENARIO,
+        args,
+        fetch_with_new_session,
+        lambda: {"async_resolutions": CountingResolver.resolutions},
+    )
 
 
 async def fetch_with_new_session(args, port) -> int:
@@ -65,13 +69,18 @@ def off_machine_risk(host, resolv_conf="/etc/resolv.conf", hosts="/etc/hosts"):
     """Why resolving ``host`` here could send a query off the machine, or None."""
     if host in names_in(hosts):
         return None
-    servers = [line.split()[1] for line in read_lines(resolv_conf)
-               if line.startswith("nameserver") and len(line.split()) > 1]
+    servers = [
+        line.split()[1]
+        for line in read_lines(resolv_conf)
+        if line.startswith("nameserver") and len(line.split()) > 1
+    ]
     if servers and all(ipaddress.ip_address(s.split("%")[0]).is_loopback for s in servers):
         return None
-    return (f"{host!r} is not in {hosts} and {resolv_conf} names a name server that may be "
-            f"off this machine ({', '.join(servers) or 'none'}): use a name from {hosts}, or "
-            "run inside workloads.private_dns's namespace")
+    return (
+        f"{host!r} is not in {hosts} and {resolv_conf} names a name server that may be "
+        f"off this machine ({', '.join(servers) or 'none'}): use a name from {hosts}, or "
+        "run inside workloads.private_dns's namespace"
+    )
 
 
 def names_in(hosts):

@@ -29,14 +29,22 @@ from pathlib import Path
 
 # Mounts the given files over the resolver configuration, then runs the program: in the mount
 # namespace that `ip netns exec` makes (propagation to the host is off there).
-MOUNT_AND_RUN = ('mount --bind "$1" /etc/resolv.conf && mount --bind "$2" /etc/hosts && '
-                 'mount --bind "$3" /etc/nsswitch.conf && shift 3 && exec "$@"')
+MOUNT_AND_RUN = (
+    'mount --bind "$1" /etc/resolv.conf && mount --bind "$2" /etc/hosts && '
+    'mount --bind "$3" /etc/nsswitch.conf && shift 3 && exec "$@"'
+)
 
 
 class PrivateDns:
-    def __init__(self, folder: Path, answers: dict[str, str], options: tuple[str, ...] = (),
-                 truncate_udp: bool = False, drop_first: int = 0,
-                 hosts: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        answers: dict[str, str],
+        options: tuple[str, ...] = (),
+        truncate_udp: bool = False,
+        drop_first: int = 0,
+        hosts: dict[str, str] | None = None,
+    ) -> None:
         self.folder = Path(folder)
         self.answers = answers
         self.options = options
@@ -71,8 +79,14 @@ class PrivateDns:
         subprocess.run(["ip", "netns", "delete", self.namespace], check=False)
 
     def _check_only_loopback(self) -> None:
-        links = json.loads(subprocess.run(["ip", "-n", self.namespace, "-j", "link", "show"],
-                                          capture_output=True, text=True, check=True).stdout)
+        links = json.loads(
+            subprocess.run(
+                ["ip", "-n", self.namespace, "-j", "link", "show"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
         names = [link["ifname"] for link in links]
         if names != ["lo"]:
             raise RuntimeError(f"namespace {self.namespace} has {names}, not only lo")
@@ -81,20 +95,32 @@ class PrivateDns:
         options = f"options {' '.join(self.options)}\n" if self.options else ""
         (self.folder / "resolv.conf").write_text(f"nameserver 127.0.0.1\n{options}")
         (self.folder / "hosts").write_text(
-            "".join(f"{address} {name}\n" for name, address in self.hosts.items()))
+            "".join(f"{address} {name}\n" for name, address in self.hosts.items())
+        )
         (self.folder / "nsswitch.conf").write_text("hosts: files dns\n")
 
     def _start_responder(self) -> None:
-        command = ["ip", "netns", "exec", self.namespace, sys.executable, "-m",
-                   "workloads.private_dns"]
+        command = [
+            "ip",
+            "netns",
+            "exec",
+            self.namespace,
+            sys.executable,
+            "-m",
+            "workloads.private_dns",
+        ]
         for name, address in self.answers.items():
             command += ["--answer", f"{name}={address}"]
         if self.truncate_udp:
             command.append("--truncate-udp")
         command += ["--drop-first", str(self.drop_first)]
-        self.responder = subprocess.Popen(command, stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, text=True,
-                                          cwd=Path(__file__).resolve().parent.parent)
+        self.responder = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
         line = self.responder.stdout.readline()
         if not line or not json.loads(line).get("ready"):
             raise RuntimeError(f"the DNS responder did not start ({self.responder.poll()})")
@@ -103,8 +129,18 @@ class PrivateDns:
         """``argv`` run inside the namespace with the private resolver configuration (the
         process keeps its PID through every exec)."""
         files = [str(self.folder / name) for name in ("resolv.conf", "hosts", "nsswitch.conf")]
-        return ["ip", "netns", "exec", self.namespace, "sh", "-c", MOUNT_AND_RUN, "sh", *files,
-                *argv]
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.namespace,
+            "sh",
+            "-c",
+            MOUNT_AND_RUN,
+            "sh",
+            *files,
+            *argv,
+        ]
 
     def received(self) -> dict[str, int]:
         """Queries the responder has received so far, by transport."""
@@ -139,8 +175,7 @@ class Responder:
         elif request.q.qtype == QTYPE.A and name in self.answers:
             reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(self.answers[name]), ttl=0))
         elif request.q.qtype == QTYPE.PTR and name in self.pointers:
-            reply.add_answer(RR(request.q.qname, QTYPE.PTR, rdata=PTR(self.pointers[name]),
-                                ttl=0))
+            reply.add_answer(RR(request.q.qname, QTYPE.PTR, rdata=PTR(self.pointers[name]), ttl=0))
         elif name not in self.answers and name not in self.pointers:
             reply.header.rcode = RCODE.NXDOMAIN
         return reply.pack()
@@ -191,8 +226,9 @@ def main(argv=None) -> int:
     parser.add_argument("--truncate-udp", action="store_true")
     parser.add_argument("--drop-first", type=int, default=0)
     args = parser.parse_args(argv)
-    responder = Responder(dict(a.split("=", 1) for a in args.answer), args.truncate_udp,
-                          args.drop_first)
+    responder = Responder(
+        dict(a.split("=", 1) for a in args.answer), args.truncate_udp, args.drop_first
+    )
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 53))
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

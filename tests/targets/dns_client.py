@@ -106,7 +106,8 @@ def grpc_calls(count: int, name: str) -> None:
         return request
 
     handler = grpc.method_handlers_generic_handler(
-        "Echo", {"Call": grpc.unary_unary_rpc_method_handler(echo)})
+        "Echo", {"Call": grpc.unary_unary_rpc_method_handler(echo)}
+    )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[handler])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -117,9 +118,15 @@ def grpc_calls(count: int, name: str) -> None:
 
 
 MODES = {
-    "connect_send": connect_send, "sendto": sendto, "tcp": tcp, "getaddrinfo": getaddrinfo,
-    "gethostbyname_ex": gethostbyname_ex, "gethostbyaddr": gethostbyaddr,
-    "getnameinfo": getnameinfo, "aiodns": aiodns_queries, "grpc": grpc_calls,
+    "connect_send": connect_send,
+    "sendto": sendto,
+    "tcp": tcp,
+    "getaddrinfo": getaddrinfo,
+    "gethostbyname_ex": gethostbyname_ex,
+    "gethostbyaddr": gethostbyaddr,
+    "getnameinfo": getnameinfo,
+    "aiodns": aiodns_queries,
+    "grpc": grpc_calls,
 }
 
 
