@@ -6,7 +6,6 @@ The BPF C receives them as ``-D`` cflags (:func:`bpf_cflags`), so the two sides 
 from __future__ import annotations
 
 import enum
-import os
 
 METRIC_PREFIX = "thread_observer"
 
@@ -49,9 +48,9 @@ class Transport(LabelEnum):
 class ResolverFunction(LabelEnum):
     """libc resolver entry points: the ``function`` label of ``resolver_calls_total``.
 
-    getaddrinfo is counted by its own probe; the others each get a uprobe and a uretprobe where
-    the libc has them (glibc and musl have all). The res_* functions are left out: every uprobe
-    costs the observer about 0.2 s to detach on this kernel.
+    getaddrinfo is counted by its own probe; the others are probed where the libc has them
+    (musl has no getaddrinfo_a and no res_n* functions, and its res_search is res_query), the
+    value being each uprobe's attach cookie.
     """
 
     GETADDRINFO = 0
@@ -62,6 +61,15 @@ class ResolverFunction(LabelEnum):
     GETHOSTBYADDR = 5
     GETHOSTBYADDR_R = 6
     GETNAMEINFO = 7
+    GETADDRINFO_A = 8
+    RES_QUERY = 9
+    RES_SEARCH = 10
+    RES_QUERYDOMAIN = 11
+    RES_SEND = 12
+    RES_NQUERY = 13
+    RES_NSEARCH = 14
+    RES_NQUERYDOMAIN = 15
+    RES_NSEND = 16
 
 
 # Probed by resolver.bpf.c (getaddrinfo has its own probe).
@@ -76,16 +84,6 @@ class MapSize(enum.IntEnum):
     MAX_HOSTS = 4096
     HOST_LENGTH = 64
     MAX_SOCKETS = 32768
-
-
-# Numbers of the syscalls dns.bpf.c follows, by machine (the raw syscall tracepoints give
-# numbers, not names).
-SYSCALL_NUMBERS = {
-    "x86_64": {"socket": 41, "connect": 42, "close": 3, "sendto": 44, "write": 1, "writev": 20,
-               "sendmsg": 46, "sendmmsg": 307},
-    "aarch64": {"socket": 198, "connect": 203, "close": 57, "sendto": 206, "write": 64,
-                "writev": 66, "sendmsg": 211, "sendmmsg": 269},
-}
 
 
 # glibc's and musl's EAI_* codes (netdb.h); both agree on these values.
@@ -121,10 +119,5 @@ def bpf_cflags(track_new_processes: bool) -> list[str]:
     # __members__, not iteration: equal sizes are aliases, which iterating an enum skips.
     flags += [f"-D{name}={size.value}" for name, size in MapSize.__members__.items()]
     flags += [f"-DTRANSPORT_{transport.name}={transport.value}" for transport in Transport]
-    # An unknown machine gets no numbers: dns.bpf.c's #error then says what is missing.
-    numbers = SYSCALL_NUMBERS.get(os.uname().machine, {})
-    flags += [f"-DSYS_{name.upper()}={number}" for name, number in numbers.items()]
-    resolvers = " ".join(f"X({f.label},{f.value})" for f in PROBED_RESOLVER_FUNCTIONS)
-    flags.append(f"-DRESOLVER_FUNCTIONS={resolvers}")
     flags.append(f"-DTRACK_NEW_PROCESSES={int(track_new_processes)}")
     return flags

@@ -1,5 +1,5 @@
 // DNS queries on the wire: every message a watched process sends to port 53, whoever sends it
-// (glibc, musl, c-ares, any code), over UDP and TCP, from the raw syscall tracepoints only.
+// (glibc, musl, c-ares, any code), over UDP and TCP, from syscall tracepoints only.
 //
 // The kernel keeps a little state per socket of a watched process, learned from socket()
 // (its type) and connect() (whether its peer is port 53), and forgotten at close(). A send is
@@ -19,11 +19,6 @@
 
 #if !defined(TRANSPORT_UDP) || !defined(TRANSPORT_TCP)
 #error "TRANSPORT_UDP and TRANSPORT_TCP come from observer/constants.py"
-#endif
-#if !defined(SYS_SOCKET) || !defined(SYS_CONNECT) || !defined(SYS_CLOSE) || \
-    !defined(SYS_SENDTO) || !defined(SYS_WRITE) || !defined(SYS_WRITEV) || \
-    !defined(SYS_SENDMSG) || !defined(SYS_SENDMMSG)
-#error "SYS_* syscall numbers come from observer/constants.py"
 #endif
 #ifndef MAX_SOCKETS
 #error "MAX_SOCKETS comes from observer/constants.py"
@@ -336,34 +331,35 @@ static __always_inline int exit_send(long ret)
     return 0;
 }
 
-// Two raw syscall tracepoints rather than fourteen per-syscall ones: every attach point costs
-// the observer 0.1 to 0.2 s of RCU grace periods to detach on this kernel. The syscall number
-// is compared first, so other syscalls return at once.
-TRACEPOINT_PROBE(raw_syscalls, sys_enter)
+TRACEPOINT_PROBE(syscalls, sys_enter_socket) { return enter_socket(args->family, args->type); }
+TRACEPOINT_PROBE(syscalls, sys_exit_socket) { return exit_socket(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 {
-    unsigned long *a = args->args;
-    switch (args->id) {
-    case SYS_SOCKET: return enter_socket(a[0], a[1]);
-    case SYS_CONNECT: return enter_connect(a[0], a[1]);
-    case SYS_CLOSE: return enter_close(a[0]);
-    case SYS_SENDTO: return enter_send(a[0], SEND_PLAIN, a[1], a[2], a[4]);
-    case SYS_WRITE: return enter_send(a[0], SEND_PLAIN, a[1], a[2], 0);
-    case SYS_WRITEV: return enter_send(a[0], SEND_IOVEC, a[1], a[2], 0);
-    case SYS_SENDMSG: return enter_send(a[0], SEND_MSG, a[1], 1, 0);
-    case SYS_SENDMMSG: return enter_send(a[0], SEND_MMSG, a[1], a[2], 0);
-    }
-    return 0;
+    return enter_connect(args->fd, (u64)args->uservaddr);
 }
-
-TRACEPOINT_PROBE(raw_syscalls, sys_exit)
+TRACEPOINT_PROBE(syscalls, sys_enter_close) { return enter_close(args->fd); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
 {
-    switch (args->id) {
-    case SYS_SOCKET: return exit_socket(args->ret);
-    case SYS_SENDTO:
-    case SYS_WRITE:
-    case SYS_WRITEV:
-    case SYS_SENDMSG:
-    case SYS_SENDMMSG: return exit_send(args->ret);
-    }
-    return 0;
+    return enter_send(args->fd, SEND_PLAIN, (u64)args->buff, args->len, (u64)args->addr);
 }
+TRACEPOINT_PROBE(syscalls, sys_enter_write)
+{
+    return enter_send(args->fd, SEND_PLAIN, (u64)args->buf, args->count, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_writev)
+{
+    return enter_send(args->fd, SEND_IOVEC, (u64)args->vec, args->vlen, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
+{
+    return enter_send(args->fd, SEND_MSG, (u64)args->msg, 1, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg)
+{
+    return enter_send(args->fd, SEND_MMSG, (u64)args->mmsg, args->vlen, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return exit_send(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return exit_send(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return exit_send(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return exit_send(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return exit_send(args->ret); }

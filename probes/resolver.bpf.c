@@ -1,24 +1,24 @@
-// Every libc resolver entry point a watched process calls (gethostbyname_r, getnameinfo,
-// res_query, ...): a uprobe on entry counts the call by function and caller, a uretprobe ends
-// it. Calls a resolver function makes to another (glibc's gethostbyname calls
-// gethostbyname_r, musl's gethostbyaddr_r calls getnameinfo) are not counted again: each
-// thread's outermost call in progress is known by the stack pointer it returns to, and an
-// entry below it is a call from within. getaddrinfo is counted by getaddrinfo.bpf.c, whose
-// call-in-progress map (getaddrinfo_started) tells the calls made from within it (glibc's
-// getaddrinfo of an AF_INET name calls gethostbyname2_r): that file comes first.
+// Every libc resolver entry point a watched process calls (gethostbyname_r, getnameinfo, ...):
+// a uprobe on entry counts the call by function and caller, a uretprobe ends it. Calls a
+// resolver function makes to another (glibc's gethostbyname calls gethostbyname_r, musl's
+// gethostbyaddr_r calls getnameinfo) are not counted again: each thread's outermost call in
+// progress is known by the stack pointer it returns to, and an entry below it is a call from
+// within. getaddrinfo is counted by getaddrinfo.bpf.c, whose call-in-progress map
+// (getaddrinfo_started) tells the calls made from within it (glibc's getaddrinfo of an AF_INET
+// name calls gethostbyname2_r): that file comes first.
 //
-// Parameters (-D cflags from observer/constants.py): RESOLVER_FUNCTIONS, an X-macro list
-// X(symbol, id) of the probed functions, from which one tiny entry program per symbol is made
-// (bcc 0.26 has no per-attach cookie); MAX_KEYS, MAX_THREADS.
+// Both programs are attached with one uprobe_multi link per libc object (Linux 6.6+), each
+// symbol's attach cookie its ResolverFunction value (observer/constants.py): one program for
+// every function, and one detach per object instead of one per symbol (each detach waits for
+// RCU grace periods). bcc 0.26 cannot make such links; observer/bpf_backend.py does.
+//
+// Parameters (-D cflags from observer/constants.py): MAX_KEYS, MAX_THREADS.
 //
 // Maps become metrics (observer/bpf_backend.py):
 //   resolver_calls_total  {process, function, caller} -> count  thread_observer_resolver_calls_total
 #include "watched.h"
 #include "caller.h"
 
-#ifndef RESOLVER_FUNCTIONS
-#error "RESOLVER_FUNCTIONS comes from observer/constants.py"
-#endif
 #ifndef MAX_KEYS
 #error "MAX_KEYS comes from observer/constants.py"
 #endif
@@ -43,7 +43,7 @@ static __always_inline int add_resolver_call(struct resolver_key *key)
     return 0;
 }
 
-static __always_inline int resolver_entry(struct pt_regs *ctx, u32 function)
+int resolver_entry(struct pt_regs *ctx)
 {
     u64 id = current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
@@ -56,11 +56,11 @@ static __always_inline int resolver_entry(struct pt_regs *ctx, u32 function)
         return 0;  // made from within getaddrinfo
     u64 *outer = resolver_calls_in_progress.lookup(&tid);
     // Below the outer call's frame: made from within it (or a second symbol at the same
-    // address, as musl's res_search is res_query). At or above it: the outer call has ended.
+    // address). At or above it: the outer call has ended.
     if (outer && *outer > PT_REGS_SP(ctx))
         return 0;
     resolver_calls_in_progress.update(&tid, &returns_to);
-    struct resolver_key key = {.tgid = tgid, .function = function,
+    struct resolver_key key = {.tgid = tgid, .function = bpf_get_attach_cookie(ctx),
                                .caller = thread_caller(tid), .generation = generation};
     return add_resolver_call(&key);
 }
@@ -68,8 +68,6 @@ static __always_inline int resolver_entry(struct pt_regs *ctx, u32 function)
 int resolver_return(struct pt_regs *ctx)
 {
     u32 tid = (u32)current_pid_tgid();
-    if (getaddrinfo_started.lookup(&tid))
-        return 0;  // made from within getaddrinfo
     u64 *outer = resolver_calls_in_progress.lookup(&tid);
     if (outer && *outer == PT_REGS_SP(ctx))
         resolver_calls_in_progress.delete(&tid);
@@ -84,8 +82,3 @@ int forget_resolver_thread(void *ctx)
         resolver_calls_in_progress.delete(&tid);
     return 0;
 }
-
-#define X(symbol, id) \
-    int resolver_entry_##symbol(struct pt_regs *ctx) { return resolver_entry(ctx, id); }
-RESOLVER_FUNCTIONS
-#undef X

@@ -150,8 +150,7 @@ def test_python_resolver_functions_counted_exactly(mode, argument, expected, tmp
 
 
 NATIVE_BUILDS = {"glibc": ["gcc", "-O2"], "musl": ["musl-gcc", "-O2"]}
-# getaddrinfo, gethostbyname, gethostbyname_r, gethostbyname2, gethostbyname2_r,
-# gethostbyaddr, gethostbyaddr_r, getnameinfo: each a different number of times.
+# Each function a different number of times, in the order of resolver_target.c.
 NATIVE_CALLS = {
     "getaddrinfo": 2,
     "gethostbyname": 3,
@@ -161,7 +160,18 @@ NATIVE_CALLS = {
     "gethostbyaddr": 7,
     "gethostbyaddr_r": 8,
     "getnameinfo": 9,
+    "res_query": 10,
+    "res_search": 11,
 }
+
+
+def expected_native_calls(libc: str) -> dict[str, int]:
+    """musl's res_search is its res_query (one address): counted under the first name."""
+    if libc != "musl":
+        return NATIVE_CALLS
+    expected = {k: v for k, v in NATIVE_CALLS.items() if k != "res_search"}
+    expected["res_query"] += NATIVE_CALLS["res_search"]
+    return expected
 
 
 @pytest.mark.parametrize("libc", list(NATIVE_BUILDS))
@@ -178,7 +188,7 @@ def test_native_resolver_functions_counted_exactly_per_function(libc, tmp_path):
     ):
         assert {k: v for k, v in truth.items() if k != "threads_started"} == NATIVE_CALLS
         assert_observer_saw_what_the_responder_received(running, dns)
-        assert resolver_calls(running) == NATIVE_CALLS
+        assert resolver_calls(running) == expected_native_calls(libc)
 
 
 def test_aiohttp_with_async_resolver_puts_queries_on_the_wire_and_calls_no_libc(tmp_path):

@@ -3,8 +3,10 @@
  * JSON and waits for stdin to close. Names and addresses come from argv: run it with a
  * private resolver configuration. Built with gcc (glibc) and musl-gcc. */
 #include <arpa/inet.h>
+#include <arpa/nameser.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <resolv.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,12 +15,13 @@
 
 static const char *FUNCTIONS[] = {"getaddrinfo", "gethostbyname", "gethostbyname_r",
                                   "gethostbyname2", "gethostbyname2_r", "gethostbyaddr",
-                                  "gethostbyaddr_r", "getnameinfo"};
+                                  "gethostbyaddr_r", "getnameinfo", "res_query", "res_search"};
 #define FUNCTION_COUNT (sizeof(FUNCTIONS) / sizeof(FUNCTIONS[0]))
 
 static void call(int function, const char *name, struct in_addr *address)
 {
     struct hostent entry, *result;
+    unsigned char answer[512];
     char buffer[2048], host[256];
     int error;
     struct addrinfo *info;
@@ -42,6 +45,8 @@ static void call(int function, const char *name, struct in_addr *address)
         getnameinfo((struct sockaddr *)&socket_address, sizeof(socket_address), host,
                     sizeof(host), NULL, 0, 0);
         break;
+    case 8: res_query(name, C_IN, T_A, answer, sizeof(answer)); break;
+    case 9: res_search(name, C_IN, T_A, answer, sizeof(answer)); break;
     }
 }
 
