@@ -33,8 +33,7 @@
 #define SOCK_STREAM 1
 #define SOCK_DGRAM 2
 #define SOCK_TYPE_MASK 0xf  // SOCK_NONBLOCK and SOCK_CLOEXEC share the type argument
-#define MAX_IOVECS 4        // iovecs followed per write (glibc's TCP writes use 2 or 4)
-#define MAX_CHUNKS 4        // length prefixes and bodies followed per buffer
+#define MAX_STEPS 32        // TCP: prefixes and bodies followed per write
 #define MAX_MESSAGES 8     // sendmmsg messages looked at per call (glibc sends 2)
 
 // How the buffers of a send are described; internal to this file.
@@ -230,57 +229,60 @@ static __always_inline u64 mmsg_queries(struct send_call *call, struct dns_socke
     return queries;
 }
 
-// Follows `size` bytes of a TCP stream through DNS length prefixes; returns the messages
-// that begin in them.
-static __always_inline u64 stream_messages(struct dns_socket *socket, u64 data, u64 size)
+// Follows `sent` bytes of a TCP stream through DNS length prefixes; returns the messages that
+// begin in them. The bytes are in `count` iovecs at `iov`, or at `iov` itself when `plain`.
+// One step is one length prefix, one piece of one, or the part of a message body within one
+// iovec: steps run out only for writes of more than MAX_STEPS / 2 messages.
+static __always_inline u64 stream_messages(struct dns_socket *socket, u64 iov, u64 count,
+                                           u64 sent, int plain)
 {
-    u64 messages = 0, offset = 0;
-    for (int i = 0; i < MAX_CHUNKS; i++) {
-        if (offset >= size)
-            break;
-        if (socket->body_left) {
-            u64 take = size - offset < socket->body_left ? size - offset : socket->body_left;
-            socket->body_left -= take;
-            offset += take;
+    u64 messages = 0, index = 0, offset = 0;
+    struct user_iovec vec = {};
+    int loaded = 0;
+    for (int step = 0; step < MAX_STEPS; step++) {
+        if (!loaded) {
+            if (!sent || index >= count)
+                break;
+            if (plain) {
+                vec.base = iov;
+                vec.len = sent;
+            } else if (bpf_probe_read_user(&vec, sizeof(vec),
+                                           (void *)(iov + index * sizeof(vec)))) {
+                break;
+            }
+            vec.len = vec.len < sent ? vec.len : sent;
+            sent -= vec.len;
+            offset = 0;
+            loaded = 1;
+        }
+        u64 left = vec.len - offset;
+        if (!left) {
+            index++;
+            loaded = 0;
             continue;
         }
         u8 bytes[2] = {};
-        u64 left = size - offset;
-        if (socket->in_prefix) {  // the prefix's second byte, split from its first
-            bpf_probe_read_user(bytes, 1, (void *)(data + offset));
+        if (socket->body_left) {
+            u64 take = left < socket->body_left ? left : socket->body_left;
+            socket->body_left -= take;
+            offset += take;
+        } else if (socket->in_prefix) {  // the prefix's second byte, split from its first
+            bpf_probe_read_user(bytes, 1, (void *)(vec.base + offset));
             offset += 1;
             socket->in_prefix = 0;
             socket->body_left = ((u32)socket->prefix_high << 8) | bytes[0];
-            continue;
-        }
-        messages++;  // at a length prefix: a message begins
-        if (left < 2) {
-            bpf_probe_read_user(bytes, 1, (void *)(data + offset));
+        } else if (left < 2) {
+            messages++;  // a message begins with its length prefix
+            bpf_probe_read_user(bytes, 1, (void *)(vec.base + offset));
             offset += 1;
             socket->in_prefix = 1;
             socket->prefix_high = bytes[0];
-            continue;
+        } else {
+            messages++;
+            bpf_probe_read_user(bytes, 2, (void *)(vec.base + offset));
+            offset += 2;
+            socket->body_left = ((u32)bytes[0] << 8) | bytes[1];
         }
-        bpf_probe_read_user(bytes, 2, (void *)(data + offset));
-        offset += 2;
-        socket->body_left = ((u32)bytes[0] << 8) | bytes[1];
-    }
-    return messages;
-}
-
-static __always_inline u64 iovec_messages(struct dns_socket *socket, u64 iov, u64 count,
-                                          u64 sent)
-{
-    u64 messages = 0;
-    for (int i = 0; i < MAX_IOVECS; i++) {
-        if (i >= count || !sent)
-            break;
-        struct user_iovec vec = {};
-        if (bpf_probe_read_user(&vec, sizeof(vec), (void *)(iov + i * sizeof(vec))))
-            break;
-        u64 size = vec.len < sent ? vec.len : sent;
-        messages += stream_messages(socket, vec.base, size);
-        sent -= size;
     }
     return messages;
 }
@@ -289,14 +291,14 @@ static __always_inline u64 tcp_messages(struct send_call *call, struct dns_socke
                                         u64 sent)
 {
     if (call->kind == SEND_PLAIN)
-        return stream_messages(socket, call->buffer, sent);
+        return stream_messages(socket, call->buffer, 1, sent, 1);
     if (call->kind == SEND_IOVEC)
-        return iovec_messages(socket, call->buffer, call->count, sent);
+        return stream_messages(socket, call->buffer, call->count, sent, 0);
     if (call->kind == SEND_MSG) {
         struct user_msghdr_head head = {};
         if (bpf_probe_read_user(&head, sizeof(head), (void *)call->buffer))
             return 0;
-        return iovec_messages(socket, head.iov, head.iovlen, sent);
+        return stream_messages(socket, head.iov, head.iovlen, sent, 0);
     }
     return 0;  // sendmmsg on a stream socket: no DNS library does it
 }

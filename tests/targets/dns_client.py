@@ -40,7 +40,7 @@ def sendto(count: int, name: str) -> None:
 
 def tcp(count: int, name: str) -> None:
     """DNS over TCP written in awkward pieces: the length prefix split from its message, split
-    in two, and two messages in one write."""
+    in two; then five messages in one write, then three in six iovecs: count + 8 messages."""
     with socket.create_connection(RESPONDER) as stream:
         messages = [query(name) for _ in range(count)]
         framed = [len(m).to_bytes(2, "big") + m for m in messages]
@@ -53,9 +53,13 @@ def tcp(count: int, name: str) -> None:
             else:
                 stream.sendall(message)
         receive_answers(stream, count)
-        pair = framed[0] + framed[1]  # two more messages in one write
-        stream.sendall(pair)
-        receive_answers(stream, 2)
+        stream.sendall(b"".join(framed[i % count] for i in range(5)))
+        receive_answers(stream, 5)
+        pieces = [
+            piece for i in range(3) for piece in (framed[i % count][:2], framed[i % count][2:])
+        ]
+        stream.sendmsg(pieces)
+        receive_answers(stream, 3)
 
 
 def receive_answers(stream: socket.socket, count: int) -> None:
