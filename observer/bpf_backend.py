@@ -69,7 +69,6 @@ UPROBES = (
 # return). Resolver functions a libc lacks (a static program holds only those it calls) are
 # nothing to count, not an attach error.
 RESOLVER_PROGRAMS = (("resolver_entry", False), ("resolver_return", True))
-OPTIONAL_SYMBOLS = frozenset(f.label for f in PROBED_RESOLVER_FUNCTIONS)
 TIMELINE_UPROBES = (
     ("pthread_create", "timeline_pthread_create", False),
     ("getaddrinfo", "timeline_getaddrinfo_entry", False),
@@ -81,12 +80,11 @@ def uprobe_name(symbol: str, on_return: bool) -> str:
     return symbol + ("_return" if on_return else "")
 
 
-UPROBE_NAMES = (
-    *(uprobe_name(symbol, on_return) for symbol, _, on_return in UPROBES),
-    *(uprobe_name(f.label, on_return) for _, on_return in RESOLVER_PROGRAMS
-      for f in PROBED_RESOLVER_FUNCTIONS),
-)
-PROBE_NAMES = (*(t.split(":")[1] for t in MACRO_TRACEPOINTS), *EPOLL_SYSCALLS, *UPROBE_NAMES)
+UPROBE_NAMES = tuple(uprobe_name(symbol, on_return) for symbol, _, on_return in UPROBES)
+RESOLVER_UPROBE_NAMES = tuple(uprobe_name(f.label, on_return) for _, on_return in RESOLVER_PROGRAMS
+                              for f in PROBED_RESOLVER_FUNCTIONS)
+PROBE_NAMES = (*(t.split(":")[1] for t in MACRO_TRACEPOINTS), *EPOLL_SYSCALLS, *UPROBE_NAMES,
+               *RESOLVER_UPROBE_NAMES)
 
 
 class BpfUnavailable(RuntimeError):

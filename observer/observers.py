@@ -17,7 +17,7 @@ import psutil
 
 from observer import labels, procfs
 from observer.bpf_backend import (
-    OPTIONAL_SYMBOLS,
+    RESOLVER_UPROBE_NAMES,
     UPROBE_NAMES,
     BpfProbes,
     RawCounts,
@@ -32,10 +32,6 @@ from observer.targets import PidTarget, RegexTarget, cmdline_of, match_target
 log = logging.getLogger(__name__)
 
 SCAN_INTERVAL = 1.0  # seconds between two full scans of /proc for new and gone processes
-# Uprobes every process's libc must take; resolver functions it lacks have nothing to count.
-REQUIRED_UPROBES = tuple(name for name in UPROBE_NAMES
-                         if name.removesuffix("_return") not in OPTIONAL_SYMBOLS)
-
 
 @dataclass
 class TrackedProcess:
@@ -308,8 +304,10 @@ class BpfObserver(ProcObserver):
             objects, attached = attach_libc_of(self.probes, pid)
         except OSError:
             return
-        missing = sorted(set(REQUIRED_UPROBES) - attached)
-        absent = sorted(set(UPROBE_NAMES) - set(REQUIRED_UPROBES) - attached)
+        missing = sorted(set(UPROBE_NAMES) - attached)
+        # Resolver functions a libc lacks (a static program holds only those it calls) are
+        # nothing to count, not an attach error.
+        absent = sorted(set(RESOLVER_UPROBE_NAMES) - attached)
         if absent:
             log.info("pid %d: no %s in %s (nothing to count there)", pid, ", ".join(absent),
                      objects)
