@@ -19,7 +19,7 @@ from observer.constants import Caller, ProcessState, bpf_cflags, eai_name
 
 log = logging.getLogger(__name__)
 
-PROBE_FILES = ("watched.h", "threads.bpf.c", "getaddrinfo.bpf.c")
+PROBE_FILES = ("watched.h", "python_stack.h", "threads.bpf.c", "getaddrinfo.bpf.c")
 INIT_PID_NAMESPACE_INO = 0xEFFFFFFC
 EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 # Tracepoints handled by functions that need no tracepoint arguments.
@@ -31,6 +31,11 @@ MAPS = (
     "getaddrinfo_calls_total", "getaddrinfo_failures_total", "getaddrinfo_duration_seconds",
     "getaddrinfo_duration_ns_sum", "getaddrinfo_host_calls_total", "getaddrinfo_started",
     "event_loop_threads",
+)
+SITE_MAPS = (
+    "python_processes", "python_thread_states", "pending_thread_sites", "live_thread_sites",
+    "threads_created_by_site_total", "getaddrinfo_calls_by_site_total",
+    "site_stacks_dropped_total",
 )
 # (symbol, BPF function, on return)
 UPROBES = (
@@ -59,6 +64,30 @@ class RawCounts:
     duration_slots: Counter[int] = field(default_factory=Counter)
     duration_sum_ns: int = 0
     hosts: Counter[str] = field(default_factory=Counter)
+    # (StackFlag bits, code object addresses innermost first) -> count
+    thread_stacks: Counter[tuple[int, tuple[int, ...]]] = field(default_factory=Counter)
+    call_stacks: Counter[tuple[int, tuple[int, ...]]] = field(default_factory=Counter)
+    # Events counted as <other> because a by-site map was full: None for threads, else caller
+    dropped_sites: Counter[str | None] = field(default_factory=Counter)
+    sites_read: bool = False  # the process has by-site counters (its interpreter was found)
+
+
+def stack_of(key) -> tuple[int, tuple[int, ...]]:
+    codes = tuple(key.code)
+    depth = next((i for i, code in enumerate(codes) if code == 0), len(codes))
+    return key.flags, codes[:depth]
+
+
+def _add_thread_stack(counts: RawCounts, key, value: int) -> None:
+    counts.thread_stacks[stack_of(key)] += value
+
+
+def _add_call_stack(counts: RawCounts, key, value: int) -> None:
+    counts.call_stacks[stack_of(key)] += value
+
+
+def _add_dropped(counts: RawCounts, key, value: int) -> None:
+    counts.dropped_sites[Caller(key.kind - 1).label if key.kind else None] += value
 
 
 def _add_created(counts: RawCounts, key, value: int) -> None:
@@ -98,6 +127,11 @@ COUNTER_MAPS = {
     "getaddrinfo_duration_seconds": _add_slot,
     "getaddrinfo_duration_ns_sum": _add_sum,
     "getaddrinfo_host_calls_total": _add_host,
+}
+SITE_COUNTER_MAPS = {
+    "threads_created_by_site_total": _add_thread_stack,
+    "getaddrinfo_calls_by_site_total": _add_call_stack,
+    "site_stacks_dropped_total": _add_dropped,
 }
 
 
@@ -151,8 +185,11 @@ def import_bcc():
 
 
 class BpfProbes:
-    def __init__(self, track_new_processes: bool) -> None:
+    def __init__(self, track_new_processes: bool, sites: bool = True) -> None:
         self.track_new_processes = track_new_processes
+        self.sites = sites
+        self.counter_maps = {**COUNTER_MAPS, **(SITE_COUNTER_MAPS if sites else {})}
+        self.maps = (*MAPS, *(SITE_MAPS if sites else ()))
         # Every probe is listed from the start, so one that failed to attach shows 0.
         self.probes_attached: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
         self.attach_errors: Counter[str] = Counter(dict.fromkeys((*PROBE_NAMES, "libc"), 0))
@@ -161,7 +198,8 @@ class BpfProbes:
 
     # Loading
     def load(self) -> None:
-        self._bpf = compile_probes(PROBE_FILES, bpf_cflags(self.track_new_processes), "probes")
+        cflags = bpf_cflags(self.track_new_processes, self.sites)
+        self._bpf = compile_probes(PROBE_FILES, cflags, "probes")
         for tracepoint in MACRO_TRACEPOINTS:
             self.probes_attached[tracepoint.split(":")[1]] += 1  # attached by bcc on load
         for tracepoint, function in PLAIN_TRACEPOINTS:
@@ -229,7 +267,12 @@ class BpfProbes:
         for key, value in list(watched.items()):
             if matches(key.value, value.generation):
                 watched.pop(key, None)
-        for name in COUNTER_MAPS:
+        if self.sites:
+            pythons = self._bpf["python_processes"]
+            for key, value in list(pythons.items()):
+                if matches(key.value, value.generation):
+                    pythons.pop(key, None)
+        for name in self.counter_maps:
             table = self._bpf[name]
             for key in [k for k in table if matches(k.tgid, k.generation)]:
                 table.pop(key, None)
@@ -246,7 +289,7 @@ class BpfProbes:
             return key.generation < started and live.get(key.tgid) != key.generation
 
         swept = 0
-        for name in COUNTER_MAPS:
+        for name in self.counter_maps:
             table = self._bpf[name]
             for key in [k for k in table if stale(k)]:
                 table.pop(key, None)
@@ -257,15 +300,39 @@ class BpfProbes:
     def read_counts(self, generations: dict[int, int]) -> dict[int, RawCounts]:
         """Counters of the given processes (tgid -> generation), by tgid."""
         counts: dict[int, RawCounts] = defaultdict(RawCounts)
-        for name, add in COUNTER_MAPS.items():
+        for name, add in self.counter_maps.items():
             for key, value in table_items(self._bpf[name]):
                 if generations.get(key.tgid) == key.generation:
                     add(counts[key.tgid], key, value.value)
+        if self.sites:
+            for tgid, _ in table_items(self._bpf["python_processes"]):
+                if tgid.value in generations:
+                    counts[tgid.value].sites_read = True
         return counts
+
+    def live_thread_stacks(self, generations: dict[int, int]) -> dict[int, Counter]:
+        """Live threads of the given processes by the stack that created them, by tgid."""
+        stacks: dict[int, Counter] = defaultdict(Counter)
+        if self.sites:
+            for _, key in table_items(self._bpf["live_thread_sites"]):
+                if generations.get(key.tgid) == key.generation:
+                    stacks[key.tgid][stack_of(key)[1]] += 1
+        return stacks
+
+    def set_python_process(self, tgid: int, generation: int, threads_head: int,
+                           offsets: dict[str, int]) -> None:
+        """Lets the probes read this process's Python frames (python_stack.h)."""
+        table = self._bpf["python_processes"]
+        table[ctypes.c_uint32(tgid)] = table.Leaf(
+            generation, threads_head, offsets["tstate_next"],
+            offsets["tstate_native_thread_id"], offsets["tstate_frame"],
+            offsets["cframe_current_frame"], offsets["frame_previous"], offsets["frame_code"],
+            offsets["frame_owner"], offsets["code_flags"],
+        )
 
     def map_entries(self) -> dict[str, int]:
         """Entries in each map, to show they stay bounded."""
-        return {name: sum(1 for _ in self._bpf[name]) for name in MAPS}
+        return {name: sum(1 for _ in self._bpf[name]) for name in self.maps}
 
 
 def table_items(table) -> list:
