@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "auto: bpf, or proc when eBPF cannot work here (default)")
     run_parser.add_argument("--label-pid", action="store_true",
                      help="add a pid label to every per-target series")
+    run_parser.add_argument("--no-sites", dest="sites", action="store_false",
+                     help="do not read Python frames: no call sites, no executor threads, "
+                     "caller=event_loop from the epoll mark alone")
     run_parser.add_argument("--interval", type=positive_float, default=0.25, metavar="SECONDS",
                      help="how often new and exited processes are handled (default %(default)s)")
 
@@ -151,7 +154,7 @@ def make_observer(args: argparse.Namespace):
     problem = bpf_problem()
     if problem is None:
         try:
-            return _started(BpfObserver(*options))
+            return _started(BpfObserver(*options, sites=getattr(args, "sites", True)))
         except BpfUnavailable as err:
             problem = str(err)
     if args.backend == "bpf":

@@ -54,6 +54,8 @@ struct site_key {
     u32 tgid;
     u32 flags;   // STACK_* bits; in the getaddrinfo map also STACK_EVENT_LOOP, the caller
     u64 generation;
+    u32 depth;   // code objects kept (at most STACK_DEPTH)
+    u32 reserved;
     u64 code[STACK_DEPTH];  // code objects, innermost first; 0 past the last frame
 };
 
@@ -114,6 +116,8 @@ static __always_inline int read_python_stack(u32 tgid, u32 tid, u64 generation,
     key->tgid = tgid;
     key->generation = generation;
     key->flags = 0;
+    key->depth = 0;
+    key->reserved = 0;
     __builtin_memset(key->code, 0, sizeof(key->code));
     u64 tstate = find_thread_state(py, tid);
     if (!tstate)
@@ -122,24 +126,31 @@ static __always_inline int read_python_stack(u32 tgid, u32 tid, u64 generation,
     u64 frame = read_u64(tstate + py->tstate_frame);
     if (py->cframe_current_frame >= 0 && frame)
         frame = read_u64(frame + py->cframe_current_frame);
-    u32 depth = 0;
+    // The depth and flags live in the map value, not in registers: the verifier then does
+    // not tell apart the paths of each frame (shim or not, coroutine or not) at every step,
+    // which would multiply its states past its 1M-instruction limit (E2BIG).
+    volatile u32 *depth = &key->depth;
+    volatile u32 *flags = &key->flags;
+    *depth = 0;
     for (int i = 0; i < MAX_FRAMES_WALKED; i++) {
         if (!frame)
             return 1;
-        if (depth >= STACK_DEPTH && (key->flags & STACK_COROUTINE))
+        if (*depth >= STACK_DEPTH && (*flags & STACK_COROUTINE))
             return 1;  // nothing more to learn
         u8 owner = 0;
         bpf_probe_read_user(&owner, sizeof(owner), (void *)(frame + py->frame_owner));
         if (owner != FRAME_OWNED_BY_CSTACK) {
             u64 code = read_u64(frame + py->frame_code);
-            if (depth < STACK_DEPTH)
-                key->code[depth & (STACK_DEPTH - 1)] = code;
-            depth++;
-            if (!(key->flags & STACK_COROUTINE)) {
+            u32 at = *depth;
+            if (at < STACK_DEPTH) {
+                key->code[at & (STACK_DEPTH - 1)] = code;
+                *depth = at + 1;
+            }
+            if (!(*flags & STACK_COROUTINE)) {
                 u32 co_flags = 0;
                 bpf_probe_read_user(&co_flags, sizeof(co_flags), (void *)(code + py->code_flags));
                 if (co_flags & CO_COROUTINE_FLAGS)
-                    key->flags |= STACK_COROUTINE;
+                    *flags |= STACK_COROUTINE;
             }
         }
         frame = read_u64(frame + py->frame_previous);
@@ -215,6 +226,8 @@ static __always_inline void count_thread_site(u32 tgid, u32 tid, u64 generation,
     native->tgid = tgid;
     native->generation = generation;
     native->flags = 0;
+    native->depth = 0;
+    native->reserved = 0;
     __builtin_memset(native->code, 0, sizeof(native->code));
     add_thread_site(native);
 }
