@@ -319,15 +319,15 @@ class BpfProbes:
                     stacks[key.tgid][stack_of(key)[1]] += 1
         return stacks
 
-    def set_python_process(self, tgid: int, generation: int, threads_head: int,
-                           offsets: dict[str, int]) -> None:
+    def set_python_process(self, tgid: int, generation: int, runtime) -> None:
         """Lets the probes read this process's Python frames (python_stack.h)."""
         table = self._bpf["python_processes"]
+        offsets = runtime.offsets
         table[ctypes.c_uint32(tgid)] = table.Leaf(
-            generation, threads_head, offsets["tstate_next"],
+            generation, runtime.threads_head, offsets["tstate_next"],
             offsets["tstate_native_thread_id"], offsets["tstate_frame"],
             offsets["cframe_current_frame"], offsets["frame_previous"], offsets["frame_code"],
-            offsets["frame_owner"], offsets["code_flags"],
+            offsets["frame_owner"], offsets["code_flags"], *runtime.text,
         )
 
     def map_entries(self) -> dict[str, int]:

@@ -372,8 +372,7 @@ class BpfObserver(ProcObserver):
         except OSError as err:
             log.debug("process %d went away while reading its interpreter: %s", tracked.pid, err)
             return
-        self.probes.set_python_process(tracked.pid, tracked.generation, runtime.threads_head,
-                                       runtime.offsets)
+        self.probes.set_python_process(tracked.pid, tracked.generation, runtime)
         tracked.sites = ProcessSites(pyruntime.CodeReader(tracked.pid, runtime).code)
         log.info("pid %d: Python %d.%d call sites read from its frames", tracked.pid,
                  *runtime.version)

@@ -51,6 +51,7 @@ class PythonRuntime:
     threads_head: int  # address of the main interpreter's threads.head
     code_type: int  # address of PyCode_Type
     offsets: dict[str, int]
+    text: tuple[int, int]  # the interpreter's executable mapping: Python threads start there
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,10 @@ def locate(pid: int, mappings: list[procfs.Mapping]) -> PythonRuntime:
     runtime = bias + symbols["_PyRuntime"]
     version, offsets = interpreter_offsets(memory, runtime, procfs.python_version(pid, mappings))
     threads_head = check_offsets(memory, pid, runtime, offsets, bias + symbols["PyCode_Type"])
-    return PythonRuntime(version, threads_head, bias + symbols["PyCode_Type"], offsets)
+    text = [(m.start, m.end) for m in mappings if m.path == path and m.executable]
+    text_range = (min(s for s, _ in text), max(e for _, e in text)) if text else (0, 0)
+    return PythonRuntime(version, threads_head, bias + symbols["PyCode_Type"], offsets,
+                         text_range)
 
 
 def interpreter_offsets(memory: Memory, runtime: int, version: tuple[int, int] | None):

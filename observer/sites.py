@@ -20,7 +20,7 @@ from observer.pyruntime import CodeInfo
 
 NATIVE = "<native>"
 UNKNOWN_FRAME = "<unknown>"  # a code object that could not be read (freed since)
-MAX_SITE_LENGTH = 160
+MAX_SITE_LENGTH = 128  # as host labels (HostLabels cuts there too)
 
 # site-packages / dist-packages, or the standard library (lib/python3.X/).
 LIBRARY_PREFIX = re.compile(r"^.*/(?:site|dist)-packages/|^.*/lib/python\d+\.\d+/")

@@ -47,6 +47,8 @@ struct python_process {
     u16 frame_code;
     u16 frame_owner;
     u16 code_flags;
+    u64 text_start;  // the interpreter's code (executable or libpython): a start routine
+    u64 text_end;    // outside it is not a Python thread's, whoever asked for it
 };
 
 // A stack with what was learnt reading it: the key of the by-site counters.
@@ -105,6 +107,16 @@ static __always_inline u64 find_thread_state(struct python_process *py, u32 tid)
     return 0;
 }
 
+static __always_inline void clear_stack(struct site_key *key, u32 tgid, u64 generation)
+{
+    key->tgid = tgid;
+    key->generation = generation;
+    key->flags = 0;
+    key->depth = 0;
+    key->reserved = 0;
+    __builtin_memset(key->code, 0, sizeof(key->code));
+}
+
 // Fills key->code and key->flags from the calling thread's frames; 0 when the process has no
 // interpreter entry (sites unavailable: nothing is counted by site).
 static __always_inline int read_python_stack(u32 tgid, u32 tid, u64 generation,
@@ -113,12 +125,7 @@ static __always_inline int read_python_stack(u32 tgid, u32 tid, u64 generation,
     struct python_process *py = python_processes.lookup(&tgid);
     if (!py || py->generation != generation)
         return 0;
-    key->tgid = tgid;
-    key->generation = generation;
-    key->flags = 0;
-    key->depth = 0;
-    key->reserved = 0;
-    __builtin_memset(key->code, 0, sizeof(key->code));
+    clear_stack(key, tgid, generation);
     u64 tstate = find_thread_state(py, tid);
     if (!tstate)
         return 1;  // no Python frame: <native>
@@ -197,12 +204,21 @@ static __always_inline int add_call_site(struct site_key *key, u32 caller)
     return 0;
 }
 
-// pthread_create: the creating thread's stack, kept until the clone it leads to.
-static __always_inline void remember_creating_stack(u32 tgid, u32 tid, u64 generation)
+// pthread_create: the creating thread's stack, kept until the clone it leads to. A thread
+// whose start routine is not the interpreter's (libuv's pool, started while Python code
+// called into uvloop) is native: <native>, whatever Python frames asked for it.
+static __always_inline void remember_creating_stack(u32 tgid, u32 tid, u64 generation,
+                                                    u64 routine)
 {
+    struct python_process *py = python_processes.lookup(&tgid);
     struct site_key *key = site_scratch_key();
-    if (key && read_python_stack(tgid, tid, generation, key))
-        pending_thread_sites.update(&tid, key);
+    if (!py || !key || py->generation != generation)
+        return;
+    if (routine < py->text_start || routine >= py->text_end)
+        clear_stack(key, tgid, generation);
+    else if (!read_python_stack(tgid, tid, generation, key))
+        return;
+    pending_thread_sites.update(&tid, key);
 }
 
 // task_newtask: the new thread's site counted, and remembered while it lives.
@@ -223,12 +239,7 @@ static __always_inline void count_thread_site(u32 tgid, u32 tid, u64 generation,
     struct site_key *native = site_scratch_key();
     if (!native)
         return;
-    native->tgid = tgid;
-    native->generation = generation;
-    native->flags = 0;
-    native->depth = 0;
-    native->reserved = 0;
-    __builtin_memset(native->code, 0, sizeof(native->code));
+    clear_stack(native, tgid, generation);
     add_thread_site(native);
 }
 
@@ -255,7 +266,8 @@ static __always_inline void forget_python_thread(u32 tid, u32 host_tid)
 
 #else  // !SITES
 
-static __always_inline void remember_creating_stack(u32 tgid, u32 tid, u64 generation) {}
+static __always_inline void remember_creating_stack(u32 tgid, u32 tid, u64 generation,
+                                                    u64 routine) {}
 static __always_inline void count_thread_site(u32 tgid, u32 tid, u64 generation, u32 new_tid) {}
 static __always_inline void forget_python_thread(u32 tid, u32 host_tid) {}
 

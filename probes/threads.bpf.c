@@ -59,7 +59,7 @@ int pthread_create_entry(struct pt_regs *ctx)
         return 0;
     u64 routine = PT_REGS_PARM3(ctx);
     pending_start_routine.update(&tid, &routine);
-    remember_creating_stack(tgid, tid, watched_generation(tgid));
+    remember_creating_stack(tgid, tid, watched_generation(tgid), routine);
     return 0;
 }
 

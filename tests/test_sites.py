@@ -127,7 +127,7 @@ def test_hostile_stacks_stay_bounded_and_exact(tmp_path):
         threads, calls = site_series(metrics, "hostile")
         assert sum(threads.values()) == truth["threads_started"]
         assert threads[here("recurse")] == 1
-        assert threads[here("q" * 300)[:MAX_SITE_LENGTH - 3] + "..."] == 1
+        assert threads[here("q" * 300)[:MAX_SITE_LENGTH - 3] + "..."] == 1, threads
         assert all(len(site) <= MAX_SITE_LENGTH for site in threads)
         assert all(len(site) <= MAX_SITE_LENGTH for site, _ in calls)
         # Under 1,000 frames no coroutine is found within reach: the epoll mark decides, and

@@ -161,10 +161,15 @@ def renamed(function, qualname):
 
 def hostile():
     """Deep and badly named stacks, run on a thread that never waits in epoll."""
+    # Kept alive: a freed code object's address may be reused by the next one before the
+    # observer reads it, and the stack would then be named after the later one.
+    renamed_functions = [renamed(_copy(start_and_resolve), "q" * 300),
+                         renamed(_copy(start_and_resolve), 'na\u00efve_\u2603_\n"\\_\x7f')]
+
     def run():
         recurse(1000)
-        renamed(_copy(start_and_resolve), "q" * 300)()
-        renamed(_copy(start_and_resolve), 'na\u00efve_\u2603_\n"\\_\x7f')()
+        for function in renamed_functions:
+            function()
 
     sys.setrecursionlimit(5000)
     thread = threading.Thread(target=run)
@@ -187,6 +192,10 @@ def main(argv=None) -> int:
     spawn_plain_threads()
     keep_idle_threads(stop)
     loop = new_event_loop(args.loop)
+    # Made here only to count its threads afterwards (uvloop hides its own): its threads are
+    # still started by run_in_executor, as the loop's default executor's are.
+    default = concurrent.futures.ThreadPoolExecutor()
+    loop.set_default_executor(default)
     asyncio.set_event_loop(loop)
     loop.run_until_complete(blocking_lookup_in_coroutine())
     loop.run_until_complete(grow_default_executor())
@@ -198,15 +207,14 @@ def main(argv=None) -> int:
     if args.hostile:
         hostile()
     recorder.uninstall()
-    default = loop._default_executor
     print(json.dumps({
         "scenario": SCENARIO, "loop": args.loop, "pid": os.getpid(),
         "python": sys.version.split()[0],
         "threads_started": sum(e["event"] == "thread" for e in recorder.events),
         "events": recorder.events,
-        "executor_threads": {"default": len(default._threads) if default else 0,
+        "executor_threads": {"default": len(default._threads),
                              "thread_pool": len(pool._threads)},
-        "executor_max_workers": default._max_workers if default else None,
+        "executor_max_workers": default._max_workers,
         "native_getaddrinfo_calls": native_calls,
     }), flush=True)
     if args.linger > 0:
