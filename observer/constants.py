@@ -47,7 +47,8 @@ class SiteLimit(enum.IntEnum):
     MAX_SITE_STACKS = 16384  # distinct (process, stack) keys per by-site map
     MAX_LIVE_THREADS = 16384  # threads remembered with the stack that created them
     FRAME_OWNED_BY_CSTACK = 3  # an entry frame of the C stack (3.12+): no code of its own
-    CO_COROUTINE_FLAGS = 0x80 | 0x100 | 0x200  # CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR
+    # CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR
+    CO_COROUTINE_FLAGS = 0x80 | 0x100 | 0x200
 
 
 class StackFlag(enum.IntFlag):
