@@ -85,15 +85,17 @@ def test_sites_equal_the_stacks_the_workload_records(python, tmp_path):
         assert calls == expected_calls(truth)
         # The known answers, spelled out.
         assert threads[here("spawn_plain_threads")] == 5
+        assert threads[here("main")] == 1  # the selecting thread
         assert threads[here("keep_idle_threads")] == 8
         assert threads[here("grow_default_executor")] == truth["executor_threads"]["default"]
         assert threads[here("use_named_pool")] == 3
         assert calls[(here("blocking_lookup_in_coroutine"), "event_loop")] == 3
         assert calls[(here("sync_lookups_after_asyncio_run"), "other")] == 4
+        assert calls[(here("lookups_between_selects"), "other")] == 3
         assert calls[("concurrent/futures/thread.py:_WorkItem.run", "other")] == 6
         # The caller split of the plain counter follows the frames too.
         assert metrics.labels("thread_observer_getaddrinfo_calls_total", "caller",
-                              target="sites") == {"event_loop": 3, "other": 10}
+                              target="sites") == {"event_loop": 3, "other": 13}
         pools = metrics.labels("thread_observer_executor_threads", "pool", target="sites")
         assert pools == {"default": truth["executor_threads"]["default"],
                          "thread_pool": truth["executor_threads"]["thread_pool"], "anyio": 0}

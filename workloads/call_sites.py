@@ -3,7 +3,8 @@ the interpreter's own profiler hook at the very C call the probes see.
 
 In this order: ``asyncio.run()`` of an empty coroutine, then synchronous lookups on the same
 thread (``sync_lookups_after_asyncio_run``: not on an event loop); 5 short threads started
-from ``spawn_plain_threads``; 8 idle threads from ``keep_idle_threads`` (alive until exit);
+from ``spawn_plain_threads``; a thread that waits in a selector's epoll between synchronous
+lookups (``lookups_between_selects``, as gunicorn's gthread workers do); 8 idle threads from ``keep_idle_threads`` (alive until exit);
 then on ``--loop``: blocking lookups inside a coroutine (``blocking_lookup_in_coroutine``),
 the default executor grown from a coroutine (``grow_default_executor``), on uvloop also
 ``loop.getaddrinfo`` (libuv's native threads); a named ThreadPoolExecutor grown from
@@ -25,6 +26,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import selectors
 import socket
 import sys
 import threading
@@ -87,6 +89,16 @@ def build_parser():
 def sync_lookups_after_asyncio_run(times=4):
     for _ in range(times):
         socket.getaddrinfo(HOST, 80)
+
+
+def lookups_between_selects(times=3):
+    """A gunicorn gthread worker's pattern: wait in a selectors epoll, then a synchronous
+    lookup, on a thread that runs no event loop."""
+    selector = selectors.DefaultSelector()
+    for _ in range(times):
+        selector.select(timeout=0)
+        socket.getaddrinfo(HOST, 80)
+    selector.close()
 
 
 def spawn_plain_threads(count=5):
@@ -190,6 +202,9 @@ def main(argv=None) -> int:
         asyncio.run(asyncio.sleep(0))
         sync_lookups_after_asyncio_run()
     spawn_plain_threads()
+    selecting = threading.Thread(target=lookups_between_selects)
+    selecting.start()
+    selecting.join()
     keep_idle_threads(stop)
     loop = new_event_loop(args.loop)
     # Made here only to count its threads afterwards (uvloop hides its own): its threads are
