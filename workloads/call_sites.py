@@ -6,9 +6,9 @@ thread (``sync_lookups_after_asyncio_run``: not on an event loop); 5 short threa
 from ``spawn_plain_threads``; a thread that waits in a selector's epoll between synchronous
 lookups (``lookups_between_selects``, as gunicorn's gthread workers do); 8 idle threads from
 ``keep_idle_threads`` (alive until exit); then on ``--loop``: blocking lookups inside a
-coroutine (``blocking_lookup_in_coroutine``), the default executor grown from a coroutine (``grow_default_executor``), on uvloop also
-``loop.getaddrinfo`` (libuv's native threads); a named ThreadPoolExecutor grown from
-``use_named_pool``; with ``--hostile``: a thread and a lookup under a 1,000-deep recursion, and
+coroutine (``blocking_lookup_in_coroutine``), the default executor grown from a coroutine
+(``grow_default_executor``), on uvloop also ``loop.getaddrinfo`` (libuv's native threads); a
+named ThreadPoolExecutor grown from ``use_named_pool``; with ``--hostile``: a thread and a lookup under a 1,000-deep recursion, and
 under a function whose qualname is 300 characters long or holds non-ASCII and unprintable
 characters. The default executor and the named pool stay alive while the process lingers.
 
