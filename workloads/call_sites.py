@@ -8,8 +8,8 @@ lookups (``lookups_between_selects``, as gunicorn's gthread workers do); 8 idle 
 ``keep_idle_threads`` (alive until exit); then on ``--loop``: blocking lookups inside a
 coroutine (``blocking_lookup_in_coroutine``), the default executor grown from a coroutine
 (``grow_default_executor``), on uvloop also ``loop.getaddrinfo`` (libuv's native threads); a
-named ThreadPoolExecutor grown from ``use_named_pool``; with ``--hostile``: a thread and a lookup under a 1,000-deep recursion, and
-under a function whose qualname is 300 characters long or holds non-ASCII and unprintable
+named ThreadPoolExecutor grown from ``use_named_pool``; with ``--hostile``: a thread and a
+lookup under a 1,000-deep recursion, and under a function whose qualname is 300 characters long or holds non-ASCII and unprintable
 characters. The default executor and the named pool stay alive while the process lingers.
 
 The last line is the ground truth: every ``thread`` (at the ``start_new_thread`` call) and
