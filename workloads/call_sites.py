@@ -2,15 +2,16 @@
 the interpreter's own profiler hook at the very C call the probes see.
 
 In this order: ``asyncio.run()`` of an empty coroutine, then synchronous lookups on the same
-thread (``sync_lookups_after_asyncio_run``: not on an event loop); 5 short threads started
-from ``spawn_plain_threads``; a thread that waits in a selector's epoll between synchronous
-lookups (``lookups_between_selects``, as gunicorn's gthread workers do); 8 idle threads from
+thread (``sync_lookups_after_asyncio_run``: not on an event loop); 5 short threads started from
+``spawn_plain_threads``; a thread that waits in a selector's epoll between synchronous lookups
+(``lookups_between_selects``, as gunicorn's gthread workers do); 8 idle threads from
 ``keep_idle_threads`` (alive until exit); then on ``--loop``: blocking lookups inside a
 coroutine (``blocking_lookup_in_coroutine``), the default executor grown from a coroutine
 (``grow_default_executor``), on uvloop also ``loop.getaddrinfo`` (libuv's native threads); a
 named ThreadPoolExecutor grown from ``use_named_pool``; with ``--hostile``: a thread and a
-lookup under a 1,000-deep recursion, and under a function whose qualname is 300 characters long or holds non-ASCII and unprintable
-characters. The default executor and the named pool stay alive while the process lingers.
+lookup under a 1,000-deep recursion, and under a function whose qualname is 300 characters long
+or holds non-ASCII and unprintable characters. The default executor and the named pool stay
+alive while the process lingers.
 
 The last line is the ground truth: every ``thread`` (at the ``start_new_thread`` call) and
 ``getaddrinfo`` (at ``_socket.getaddrinfo``) event with its Python stack (file, qualname,
