@@ -46,6 +46,8 @@ class SiteLimit(enum.IntEnum):
     MAX_THREADS_WALKED = 256  # thread states looked at to find the caller's
     MAX_SITE_STACKS = 16384  # distinct (process, stack) keys per by-site map
     MAX_LIVE_THREADS = 16384  # threads remembered with the stack that created them
+    FRAME_HEADER_SIZE = 128  # the buffer a frame's header is read into (a power of two)
+    FRAME_READ_SIZE = 80  # bytes of a frame read at once: previous, code and owner lie inside
     FRAME_OWNED_BY_CSTACK = 3  # an entry frame of the C stack (3.12+): no code of its own
     # CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR
     CO_COROUTINE_FLAGS = 0x80 | 0x100 | 0x200

@@ -25,6 +25,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from observer import procfs
+from observer.constants import SiteLimit
 from observer.pyoffsets import OFFSETS
 
 DEBUG_COOKIE = b"xdebugpy"
@@ -140,6 +141,7 @@ def locate(pid: int, mappings: list[procfs.Mapping]) -> PythonRuntime:
     memory = Memory(pid)
     runtime = bias + symbols["_PyRuntime"]
     version, offsets = interpreter_offsets(memory, runtime, procfs.python_version(pid, mappings))
+    check_frame_layout(offsets)
     threads_head = check_offsets(memory, pid, runtime, offsets, bias + symbols["PyCode_Type"])
     text = [(m.start, m.end) for m in mappings if m.path == path and m.executable]
     text_range = (min(s for s, _ in text), max(e for _, e in text)) if text else (0, 0)
@@ -192,6 +194,15 @@ def debug_offsets_3_13(raw: bytes) -> dict[str, int]:
     offsets.update({name: words[index] for name, index in DEBUG_FIELDS_3_13.items()})
     offsets["cframe_current_frame"] = -1
     return offsets
+
+
+def check_frame_layout(offsets: dict[str, int]) -> None:
+    """The probes read a frame's header at once (FRAME_READ_SIZE bytes): its fields must lie
+    inside, pointers 8-aligned."""
+    size = SiteLimit.FRAME_READ_SIZE
+    pointers = (offsets["frame_code"], offsets["frame_previous"])
+    if any(p % 8 or p > size - 8 for p in pointers) or offsets["frame_owner"] >= size:
+        raise SitesUnavailable("offsets_mismatch", f"frame fields beyond {size} bytes: {offsets}")
 
 
 def check_offsets(memory: Memory, pid: int, runtime: int, offsets: dict[str, int],

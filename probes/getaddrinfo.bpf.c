@@ -138,7 +138,9 @@ int forget_thread(void *ctx)
         event_loop_threads.delete(&tid);
     if (getaddrinfo_started.lookup(&tid))
         getaddrinfo_started.delete(&tid);
-    forget_python_thread(tid, (u32)bpf_get_current_pid_tgid());
+    // Only watched processes have Python thread state here: one lookup for the rest.
+    if (watched_generation(current_pid_tgid() >> 32))
+        forget_python_thread(tid, (u32)bpf_get_current_pid_tgid());
     return 0;
 }
 

@@ -14,7 +14,8 @@
 //   PyCodeObject       co_flags (CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR)
 //
 // Parameters (-D cflags from observer/constants.py): SITES, STACK_DEPTH, MAX_FRAMES_WALKED,
-// MAX_THREADS_WALKED, MAX_SITE_STACKS, MAX_LIVE_THREADS, FRAME_OWNED_BY_CSTACK,
+// MAX_THREADS_WALKED, MAX_SITE_STACKS, MAX_LIVE_THREADS, FRAME_HEADER_SIZE, FRAME_READ_SIZE,
+// FRAME_OWNED_BY_CSTACK,
 // CO_COROUTINE_FLAGS, STACK_FRAMES_READ, STACK_COROUTINE, STACK_TRUNCATED, STACK_EVENT_LOOP.
 #ifndef THREAD_OBSERVER_PYTHON_STACK_H
 #define THREAD_OBSERVER_PYTHON_STACK_H
@@ -29,8 +30,12 @@
     !defined(MAX_SITE_STACKS) || !defined(MAX_LIVE_THREADS) || \
     !defined(FRAME_OWNED_BY_CSTACK) || !defined(CO_COROUTINE_FLAGS) || \
     !defined(STACK_FRAMES_READ) || !defined(STACK_COROUTINE) || !defined(STACK_TRUNCATED) || \
-    !defined(STACK_EVENT_LOOP) || !defined(CALLER_EVENT_LOOP)
+    !defined(STACK_EVENT_LOOP) || !defined(CALLER_EVENT_LOOP) || !defined(FRAME_HEADER_SIZE) || \
+    !defined(FRAME_READ_SIZE)
 #error "python_stack.h needs the SITES parameters from observer/constants.py"
+#endif
+#if (FRAME_HEADER_SIZE & (FRAME_HEADER_SIZE - 1)) != 0
+#error "FRAME_HEADER_SIZE must be a power of two (it masks offsets for the verifier)"
 #endif
 #if (STACK_DEPTH & (STACK_DEPTH - 1)) != 0
 #error "STACK_DEPTH must be a power of two (it masks the index for the verifier)"
@@ -144,10 +149,16 @@ static __always_inline int read_python_stack(u32 tgid, u32 tid, u64 generation,
             return 1;
         if (*depth >= STACK_DEPTH && (*flags & STACK_COROUTINE))
             return 1;  // nothing more to learn
-        u8 owner = 0;
-        bpf_probe_read_user(&owner, sizeof(owner), (void *)(frame + py->frame_owner));
+        // One read for the frame's header rather than one per field. Offsets were checked
+        // by user space (pointer fields 8-aligned, all within FRAME_READ_SIZE); the masks
+        // restate it for the verifier. Reading no further than the fields keeps the read
+        // inside a small generator's embedded frame.
+        u64 header[FRAME_HEADER_SIZE / 8] = {};
+        if (bpf_probe_read_user(header, FRAME_READ_SIZE, (void *)frame))
+            break;
+        u8 owner = ((u8 *)header)[py->frame_owner & (FRAME_HEADER_SIZE - 1)];
         if (owner != FRAME_OWNED_BY_CSTACK) {
-            u64 code = read_u64(frame + py->frame_code);
+            u64 code = header[(py->frame_code >> 3) & (FRAME_HEADER_SIZE / 8 - 1)];
             u32 at = *depth;
             if (at < STACK_DEPTH) {
                 key->code[at & (STACK_DEPTH - 1)] = code;
@@ -160,7 +171,7 @@ static __always_inline int read_python_stack(u32 tgid, u32 tid, u64 generation,
                     *flags |= STACK_COROUTINE;
             }
         }
-        frame = read_u64(frame + py->frame_previous);
+        frame = header[(py->frame_previous >> 3) & (FRAME_HEADER_SIZE / 8 - 1)];
     }
     if (frame)
         key->flags |= STACK_TRUNCATED;
