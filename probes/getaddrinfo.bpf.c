@@ -156,7 +156,7 @@ int getaddrinfo_entry(struct pt_regs *ctx)
     call.caller = epoll_marked ? CALLER_EVENT_LOOP : CALLER_OTHER;
 #if SITES
     struct site_key *site = site_scratch_key();
-    if (site && read_python_stack(tgid, tid, generation, site)) {
+    if (site && read_python_stack(tgid, tid, generation, site, 1)) {
         call.caller = caller_from_stack(site, epoll_marked);
         add_call_site(site, call.caller);
     }

@@ -123,9 +123,10 @@ static __always_inline void clear_stack(struct site_key *key, u32 tgid, u64 gene
 }
 
 // Fills key->code and key->flags from the calling thread's frames; 0 when the process has no
-// interpreter entry (sites unavailable: nothing is counted by site).
+// interpreter entry (sites unavailable: nothing is counted by site). Only a lookup's caller
+// needs the coroutine search: a thread's creation stops at STACK_DEPTH frames.
 static __always_inline int read_python_stack(u32 tgid, u32 tid, u64 generation,
-                                             struct site_key *key)
+                                             struct site_key *key, int find_coroutine)
 {
     struct python_process *py = python_processes.lookup(&tgid);
     if (!py || py->generation != generation)
@@ -147,7 +148,7 @@ static __always_inline int read_python_stack(u32 tgid, u32 tid, u64 generation,
     for (int i = 0; i < MAX_FRAMES_WALKED; i++) {
         if (!frame)
             return 1;
-        if (*depth >= STACK_DEPTH && (*flags & STACK_COROUTINE))
+        if (*depth >= STACK_DEPTH && (!find_coroutine || (*flags & STACK_COROUTINE)))
             return 1;  // nothing more to learn
         // One read for the frame's header rather than one per field. Offsets were checked
         // by user space (pointer fields 8-aligned, all within FRAME_READ_SIZE); the masks
@@ -164,7 +165,7 @@ static __always_inline int read_python_stack(u32 tgid, u32 tid, u64 generation,
                 key->code[at & (STACK_DEPTH - 1)] = code;
                 *depth = at + 1;
             }
-            if (!(*flags & STACK_COROUTINE)) {
+            if (find_coroutine && !(*flags & STACK_COROUTINE)) {
                 u32 co_flags = 0;
                 bpf_probe_read_user(&co_flags, sizeof(co_flags), (void *)(code + py->code_flags));
                 if (co_flags & CO_COROUTINE_FLAGS)
@@ -227,7 +228,7 @@ static __always_inline void remember_creating_stack(u32 tgid, u32 tid, u64 gener
         return;
     if (routine < py->text_start || routine >= py->text_end)
         clear_stack(key, tgid, generation);
-    else if (!read_python_stack(tgid, tid, generation, key))
+    else if (!read_python_stack(tgid, tid, generation, key, 0))
         return;
     pending_thread_sites.update(&tid, key);
 }
