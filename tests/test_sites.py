@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,18 +68,33 @@ def site_series(metrics, target):
     return threads, calls
 
 
+@contextmanager
+def watched_run(args: list[str], target: str, tmp_path, python: str = sys.executable,
+                observer_args: tuple = ()):
+    """The workload run to its end under an observer: (observer, ground truth)."""
+    if not os.path.exists(python):
+        pytest.skip(f"{python} is not installed")
+    with workload(args, python=python) as running_workload, \
+            observer(["--pid", f"{target}={running_workload.pid}", *observer_args],
+                     tmp_path) as running:
+        running_workload.go()
+        yield running, running_workload.truth()
+
+
+def threads_counted(running, target, truth):
+    """The scrape once every thread has been counted (by-site or not)."""
+    return wait_until(lambda: (m := running.scrape()).value(
+        "thread_observer_threads_created_total", target=target) == truth["threads_started"]
+        and m, 10, "the threads to be counted")
+
+
 def here(qualname: str) -> str:
     return f"{Path(__file__).resolve().parent.parent}/workloads/call_sites.py:{qualname}"
 
 
 @pytest.mark.parametrize("python", sorted(PYTHONS))
 def test_sites_equal_the_stacks_the_workload_records(python, tmp_path):
-    if not os.path.exists(PYTHONS[python]):
-        pytest.skip(f"{PYTHONS[python]} is not installed")
-    with workload(WORKLOAD, python=PYTHONS[python]) as target, \
-            observer(["--pid", f"sites={target.pid}"], tmp_path) as running:
-        target.go()
-        truth = target.truth()
+    with watched_run(WORKLOAD, "sites", tmp_path, PYTHONS[python]) as (running, truth):
         metrics = settled(running, "sites", truth)
         threads, calls = site_series(metrics, "sites")
         assert threads == expected_threads(truth)
@@ -108,10 +124,7 @@ def test_sites_equal_the_stacks_the_workload_records(python, tmp_path):
 def test_uvloop_libuv_threads_are_native_and_a_blocking_coroutine_is_on_the_loop(tmp_path,
                                                                                  monkeypatch):
     monkeypatch.setenv("UV_THREADPOOL_SIZE", "4")
-    with workload([*WORKLOAD, "--loop", "uvloop"]) as target, \
-            observer(["--pid", f"uv={target.pid}"], tmp_path) as running:
-        target.go()
-        truth = target.truth()
+    with watched_run([*WORKLOAD, "--loop", "uvloop"], "uv", tmp_path) as (running, truth):
         metrics = settled(running, "uv", truth)
         threads, calls = site_series(metrics, "uv")
         assert threads == expected_threads(truth) + Counter({NATIVE: 4})
@@ -121,10 +134,8 @@ def test_uvloop_libuv_threads_are_native_and_a_blocking_coroutine_is_on_the_loop
 
 
 def test_hostile_stacks_stay_bounded_and_exact(tmp_path):
-    with workload([*WORKLOAD, "--hostile"], python=PYTHONS["pyenv-3.12.1"]) as target, \
-            observer(["--pid", f"hostile={target.pid}"], tmp_path) as running:
-        target.go()
-        truth = target.truth()
+    with watched_run([*WORKLOAD, "--hostile"], "hostile", tmp_path,
+                     PYTHONS["pyenv-3.12.1"]) as (running, truth):
         metrics = settled(running, "hostile", truth)
         threads, calls = site_series(metrics, "hostile")
         assert sum(threads.values()) == truth["threads_started"]
@@ -141,15 +152,8 @@ def test_hostile_stacks_stay_bounded_and_exact(tmp_path):
 
 @pytest.mark.parametrize("python", sorted(UNSUPPORTED))
 def test_unsupported_interpreters_say_so(python, tmp_path):
-    if not os.path.exists(UNSUPPORTED[python]):
-        pytest.skip(f"{UNSUPPORTED[python]} is not installed")
-    with workload(WORKLOAD, python=UNSUPPORTED[python]) as target, \
-            observer(["--pid", f"old={target.pid}"], tmp_path) as running:
-        target.go()
-        truth = target.truth()
-        metrics = wait_until(lambda: (m := running.scrape()).value(
-            "thread_observer_threads_created_total", target="old") == truth["threads_started"]
-            and m, 10, "the threads to be counted")
+    with watched_run(WORKLOAD, "old", tmp_path, UNSUPPORTED[python]) as (running, truth):
+        metrics = threads_counted(running, "old", truth)
         assert metrics.labels("thread_observer_sites_unavailable", "reason") == \
             {"unsupported_version": 1}
         assert metrics.value("thread_observer_threads_created_by_site_total", target="old") \
@@ -159,13 +163,11 @@ def test_unsupported_interpreters_say_so(python, tmp_path):
 
 
 def test_no_sites_flag_reads_no_frames(tmp_path):
-    with workload(WORKLOAD) as target, \
-            observer(["--pid", f"plain={target.pid}", "--no-sites"], tmp_path) as running:
-        target.go()
-        truth = target.truth()
-        metrics = wait_until(lambda: (m := running.scrape()).value(
-            "thread_observer_threads_created_total", target="plain") == truth["threads_started"]
-            and m, 10, "the threads to be counted")
+    with watched_run(WORKLOAD, "plain", tmp_path, observer_args=("--no-sites",)) as \
+            (running, truth):
+        metrics = threads_counted(running, "plain", truth)
         assert metrics.value("thread_observer_threads_created_by_site_total") is None
         assert metrics.labels("thread_observer_sites_unavailable", "reason") == {"disabled": 1}
-        assert sys.executable  # the observer's own interpreter ran the workload
+        # Without frames the selecting thread's lookups fall back to its epoll mark.
+        assert metrics.labels("thread_observer_getaddrinfo_calls_total", "caller",
+                              target="plain") == {"event_loop": 3 + 4 + 3, "other": 6}
