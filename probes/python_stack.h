@@ -276,12 +276,20 @@ static __always_inline void forget_python_thread(u32 tid, u32 host_tid)
         live_thread_sites.delete(&host_tid);
 }
 
+// exec: a new program image, whose interpreter (if any) user space has yet to find.
+static __always_inline void forget_python_process(u32 tgid, u32 tid)
+{
+    python_processes.delete(&tgid);
+    python_thread_states.delete(&tid);
+}
+
 #else  // !SITES
 
 static __always_inline void remember_creating_stack(u32 tgid, u32 tid, u64 generation,
                                                     u64 routine) {}
 static __always_inline void count_thread_site(u32 tgid, u32 tid, u64 generation, u32 new_tid) {}
 static __always_inline void forget_python_thread(u32 tid, u32 host_tid) {}
+static __always_inline void forget_python_process(u32 tgid, u32 tid) {}
 
 #endif  // SITES
 #endif

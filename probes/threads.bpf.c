@@ -96,7 +96,10 @@ TRACEPOINT_PROBE(task, task_newtask)
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
     // A new program: counted from here, classified by its command line in user space.
-    u32 tgid = current_pid_tgid() >> 32;
+    u64 id = current_pid_tgid();
+    u32 tgid = id >> 32;
+    if (watched_generation(tgid))
+        forget_python_process(tgid, (u32)id);
     if (TRACK_NEW_PROCESSES && tgid)
         mark_pending(tgid, 0);
     return 0;
