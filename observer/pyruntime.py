@@ -123,8 +123,11 @@ def namespace_pid(pid: int) -> int:
 def locate(pid: int, mappings: list[procfs.Mapping]) -> PythonRuntime:
     """The interpreter of a process, its offsets checked; raises SitesUnavailable."""
     if namespace_pid(pid) != pid:
-        raise SitesUnavailable("pid_namespace", "the process runs in another PID namespace, "
-                               "where its thread ids differ from the kernel's here")
+        raise SitesUnavailable(
+            "pid_namespace",
+            "the process runs in another PID namespace, "
+            "where its thread ids differ from the kernel's here",
+        )
     path = interpreter_object(pid, mappings)
     try:
         symbols, lowest = elf_symbols(procfs.path_in_root(pid, path), ("_PyRuntime", "PyCode_Type"))
@@ -145,8 +148,7 @@ def locate(pid: int, mappings: list[procfs.Mapping]) -> PythonRuntime:
     threads_head = check_offsets(memory, pid, runtime, offsets, bias + symbols["PyCode_Type"])
     text = [(m.start, m.end) for m in mappings if m.path == path and m.executable]
     text_range = (min(s for s, _ in text), max(e for _, e in text)) if text else (0, 0)
-    return PythonRuntime(version, threads_head, bias + symbols["PyCode_Type"], offsets,
-                         text_range)
+    return PythonRuntime(version, threads_head, bias + symbols["PyCode_Type"], offsets, text_range)
 
 
 def interpreter_offsets(memory: Memory, runtime: int, version: tuple[int, int] | None):
@@ -159,12 +161,14 @@ def interpreter_offsets(memory: Memory, runtime: int, version: tuple[int, int] |
         hex_version = struct.unpack_from("<Q", head, 8)[0]
         published = (hex_version >> 24, (hex_version >> 16) & 0xFF)
         if published != (3, 13):
-            raise SitesUnavailable("unsupported_version",
-                                   f"_Py_DebugOffsets of {published} has an unknown layout")
+            raise SitesUnavailable(
+                "unsupported_version", f"_Py_DebugOffsets of {published} has an unknown layout"
+            )
         return published, debug_offsets_3_13(memory.read(runtime, 512))
     if version not in OFFSETS or version >= (3, 13):
-        raise SitesUnavailable("unsupported_version",
-                               f"no struct offsets for Python {version} (3.11 to 3.13 are read)")
+        raise SitesUnavailable(
+            "unsupported_version", f"no struct offsets for Python {version} (3.11 to 3.13 are read)"
+        )
     return version, dict(OFFSETS[version])
 
 
@@ -205,8 +209,9 @@ def check_frame_layout(offsets: dict[str, int]) -> None:
         raise SitesUnavailable("offsets_mismatch", f"frame fields beyond {size} bytes: {offsets}")
 
 
-def check_offsets(memory: Memory, pid: int, runtime: int, offsets: dict[str, int],
-                  code_type: int) -> int:
+def check_offsets(
+    memory: Memory, pid: int, runtime: int, offsets: dict[str, int], code_type: int
+) -> int:
     """The address of the main interpreter's thread list head, once the offsets have found
     the main thread (native_thread_id == pid) and its frame holds a code object."""
     try:
@@ -223,12 +228,15 @@ def check_offsets(memory: Memory, pid: int, runtime: int, offsets: dict[str, int
                 return head
             tstate = memory.pointer(tstate + offsets["tstate_next"])
     except OSError as err:
-        raise SitesUnavailable("offsets_mismatch", f"reading the thread list failed: {err}") \
-            from None
+        raise SitesUnavailable(
+            "offsets_mismatch", f"reading the thread list failed: {err}"
+        ) from None
     if memory.pointer(head) == 0:
         raise NotReadyYet("not_ready", "no thread state yet")
-    raise SitesUnavailable("offsets_mismatch", "the main thread is not in the interpreter's "
-                           "thread list at the expected offsets")
+    raise SitesUnavailable(
+        "offsets_mismatch",
+        "the main thread is not in the interpreter's thread list at the expected offsets",
+    )
 
 
 def check_frame(memory: Memory, tstate: int, offsets: dict[str, int], code_type: int) -> None:
@@ -250,8 +258,9 @@ class CodeReader:
         self.runtime = runtime
         self._cache: OrderedDict[int, tuple[bytes, CodeInfo]] = OrderedDict()
         offsets = runtime.offsets
-        self._header_size = max(offsets["code_qualname"], offsets["code_filename"],
-                                offsets["code_flags"]) + 8
+        self._header_size = (
+            max(offsets["code_qualname"], offsets["code_filename"], offsets["code_flags"]) + 8
+        )
 
     def code(self, address: int) -> CodeInfo | None:
         """The code object at an address, or None when there is none (freed, or not code)."""
@@ -262,8 +271,10 @@ class CodeReader:
             return None
         if struct.unpack_from("<Q", header, offsets["object_type"])[0] != self.runtime.code_type:
             return None
-        identity = header[offsets["code_filename"]:offsets["code_filename"] + 8] + \
-            header[offsets["code_qualname"]:offsets["code_qualname"] + 8]
+        identity = (
+            header[offsets["code_filename"] : offsets["code_filename"] + 8]
+            + header[offsets["code_qualname"] : offsets["code_qualname"] + 8]
+        )
         cached = self._cache.get(address)
         if cached is not None and cached[0] == identity:
             self._cache.move_to_end(address)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from observer.pyruntime import CodeInfo
 
+SITES_PER_TARGET = 30  # site label values of a target with series of their own
 NATIVE = "<native>"
 UNKNOWN_FRAME = "<unknown>"  # a code object that could not be read (freed since)
 MAX_SITE_LENGTH = 128  # as host labels (HostLabels cuts there too)
@@ -77,11 +78,15 @@ def pool_of(frames: list[CodeInfo | None]) -> str | None:
     paths = [(short_path(c.filename), c.qualname) for c in frames if c is not None]
     if any(path.startswith("anyio/") for path, _ in paths):
         return "anyio"
-    if not any(path == "concurrent/futures/thread.py" and name.endswith("_adjust_thread_count")
-               for path, name in paths):
+    if not any(
+        path == "concurrent/futures/thread.py" and name.endswith("_adjust_thread_count")
+        for path, name in paths
+    ):
         return None
-    if any(path == "asyncio/base_events.py" and name.endswith("run_in_executor")
-           for path, name in paths):
+    if any(
+        path == "asyncio/base_events.py" and name.endswith("run_in_executor")
+        for path, name in paths
+    ):
         return "default"
     return "thread_pool"
 

@@ -71,8 +71,9 @@ class SiteRecorder:
         frames = []
         while frame is not None and len(frames) < MAX_RECORDED_FRAMES:
             code = frame.f_code
-            frames.append([code.co_filename, getattr(code, "co_qualname", code.co_name),
-                           code.co_flags])
+            frames.append(
+                [code.co_filename, getattr(code, "co_qualname", code.co_name), code.co_flags]
+            )
             frame = frame.f_back
         on_loop = asyncio.events._get_running_loop() is not None
         with self._lock:
@@ -176,8 +177,10 @@ def hostile():
     """Deep and badly named stacks, run on a thread that never waits in epoll."""
     # Kept alive: a freed code object's address may be reused by the next one before the
     # observer reads it, and the stack would then be named after the later one.
-    renamed_functions = [renamed(_copy(start_and_resolve), "q" * 300),
-                         renamed(_copy(start_and_resolve), 'na\u00efve_\u2603_\n"\\_\x7f')]
+    renamed_functions = [
+        renamed(_copy(start_and_resolve), "q" * 300),
+        renamed(_copy(start_and_resolve), 'na\u00efve_\u2603_\n"\\_\x7f'),
+    ]
 
     def run():
         recurse(1000)
@@ -223,16 +226,25 @@ def main(argv=None) -> int:
     if args.hostile:
         hostile()
     recorder.uninstall()
-    print(json.dumps({
-        "scenario": SCENARIO, "loop": args.loop, "pid": os.getpid(),
-        "python": sys.version.split()[0],
-        "threads_started": sum(e["event"] == "thread" for e in recorder.events),
-        "events": recorder.events,
-        "executor_threads": {"default": len(default._threads),
-                             "thread_pool": len(pool._threads)},
-        "executor_max_workers": default._max_workers,
-        "native_getaddrinfo_calls": native_calls,
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "scenario": SCENARIO,
+                "loop": args.loop,
+                "pid": os.getpid(),
+                "python": sys.version.split()[0],
+                "threads_started": sum(e["event"] == "thread" for e in recorder.events),
+                "events": recorder.events,
+                "executor_threads": {
+                    "default": len(default._threads),
+                    "thread_pool": len(pool._threads),
+                },
+                "executor_max_workers": default._max_workers,
+                "native_getaddrinfo_calls": native_calls,
+            }
+        ),
+        flush=True,
+    )
     if args.linger > 0:
         stop.wait(args.linger)
     stop.set()
