@@ -101,7 +101,7 @@ def main(argv: list[str]) -> int:
     for version in sorted(tables):
         print(f"    {version!r}: {{")
         for name, value in tables[version].items():
-            print(f"        {name!r}: {value},")
+            print(f'        "{name}": {value},')  # as ruff format writes it
         print("    },")
     print("}")
     return 0
