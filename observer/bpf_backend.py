@@ -340,12 +340,19 @@ class BpfProbes:
             generation, runtime.threads_head, offsets["tstate_next"],
             offsets["tstate_native_thread_id"], offsets["tstate_frame"],
             offsets["cframe_current_frame"], offsets["frame_previous"], offsets["frame_code"],
-            offsets["frame_owner"], offsets["code_flags"], *runtime.text,
+            offsets["frame_owner"], offsets["code_flags"], offsets["tstate_prev"], 0,
+            frame_read_size(offsets), *runtime.text,
         )
 
     def map_entries(self) -> dict[str, int]:
         """Entries in each map, to show they stay bounded."""
         return {name: sum(1 for _ in self._bpf[name]) for name in self.maps}
+
+
+def frame_read_size(offsets: dict[str, int]) -> int:
+    """Bytes of a frame the probes read at once: up to the end of its last field used."""
+    return max(offsets["frame_code"] + 8, offsets["frame_previous"] + 8,
+               offsets["frame_owner"] + 1)
 
 
 def table_items(table) -> list:

@@ -5,6 +5,7 @@ OFFSETS = {
     (3, 11): {
         "runtime_interpreters_head": 40,
         "interp_threads_head": 16,
+        "tstate_prev": 0,
         "tstate_next": 8,
         "tstate_native_thread_id": 160,
         "tstate_frame": 56,
@@ -26,6 +27,7 @@ OFFSETS = {
     (3, 12): {
         "runtime_interpreters_head": 40,
         "interp_threads_head": 72,
+        "tstate_prev": 0,
         "tstate_next": 8,
         "tstate_native_thread_id": 144,
         "tstate_frame": 56,
@@ -47,6 +49,7 @@ OFFSETS = {
     (3, 13): {
         "runtime_interpreters_head": 632,
         "interp_threads_head": 7344,
+        "tstate_prev": 0,
         "tstate_next": 8,
         "tstate_native_thread_id": 160,
         "tstate_frame": 72,

@@ -178,6 +178,7 @@ def interpreter_offsets(memory: Memory, runtime: int, version: tuple[int, int] |
 DEBUG_FIELDS_3_13 = {
     "runtime_interpreters_head": 3 + 2,
     "interp_threads_head": 6 + 3,
+    "tstate_prev": 19 + 1,
     "tstate_next": 19 + 2,
     "tstate_native_thread_id": 19 + 6,
     "tstate_frame": 19 + 4,

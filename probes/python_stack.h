@@ -7,7 +7,7 @@
 // offsets of that interpreter version. Without that entry nothing here runs for the process.
 //
 // Layouts read (CPython 3.11-3.13; offsets come from the entry, never from here):
-//   PyThreadState      next, native_thread_id (the kernel tid, in the target's PID namespace),
+//   PyThreadState      prev, next, native_thread_id (the kernel tid, in the target's PID namespace),
 //                      cframe (3.11-3.12) -> _PyCFrame.current_frame, or current_frame (3.13+)
 //   _PyInterpreterFrame previous, f_code (3.13+: f_executable), owner (3 = entry frame owned by
 //                      the C stack, 3.12+: holds no Python code of its own)
@@ -52,6 +52,9 @@ struct python_process {
     u16 frame_code;
     u16 frame_owner;
     u16 code_flags;
+    u16 tstate_prev;
+    u16 reserved;
+    u32 frame_read_size;  // bytes of a frame up to its last field read
     u64 text_start;  // the interpreter's code (executable or libpython): a start routine
     u64 text_end;    // outside it is not a Python thread's, whoever asked for it
 };
@@ -93,23 +96,46 @@ static __always_inline u64 read_u64(u64 address)
     return value;
 }
 
+// The innermost frame of a thread state (0: none).
+static __always_inline u64 current_frame(struct python_process *py, u64 tstate)
+{
+    u64 frame = read_u64(tstate + py->tstate_frame);
+    if (py->cframe_current_frame >= 0 && frame)
+        frame = read_u64(frame + py->cframe_current_frame);
+    return frame;
+}
+
 // The calling thread's PyThreadState, or 0 when it has none (a native thread).
 static __always_inline u64 find_thread_state(struct python_process *py, u32 tid)
 {
     u64 *cached = python_thread_states.lookup(&tid);
-    // The cached state is checked: a thread state freed and reused by another thread must
-    // not lend its frames.
-    if (cached && read_u64(*cached + py->tstate_native_thread_id) == tid)
-        return *cached;
-    u64 tstate = read_u64(py->threads_head);
+    // The cached state is checked: still this thread's, and still linked in the list (a
+    // thread may delete a thread state and go on with another: freed memory keeps its
+    // thread id, but its neighbour no longer points at it).
+    if (cached) {
+        u64 tstate = *cached;
+        u64 prev = read_u64(tstate + py->tstate_prev);
+        u64 linked = prev ? read_u64(prev + py->tstate_next) : read_u64(py->threads_head);
+        if (linked == tstate && read_u64(tstate + py->tstate_native_thread_id) == tid)
+            return tstate;
+    }
+    // Two states may carry this thread's id: _thread.start_new_thread allocates the new
+    // thread's state in the parent, with the parent's id, just before pthread_create (the
+    // child puts its own id in once it runs). That one has no frame yet: the state with a
+    // frame is the caller's. Only that one is cached.
+    u64 tstate = read_u64(py->threads_head), frameless = 0;
     for (int i = 0; i < MAX_THREADS_WALKED && tstate; i++) {
         if (read_u64(tstate + py->tstate_native_thread_id) == tid) {
-            python_thread_states.update(&tid, &tstate);
-            return tstate;
+            if (current_frame(py, tstate)) {
+                python_thread_states.update(&tid, &tstate);
+                return tstate;
+            }
+            if (!frameless)
+                frameless = tstate;
         }
         tstate = read_u64(tstate + py->tstate_next);
     }
-    return 0;
+    return frameless;
 }
 
 static __always_inline void clear_stack(struct site_key *key, u32 tgid, u64 generation)
@@ -136,9 +162,7 @@ static __always_inline int read_python_stack(u32 tgid, u32 tid, u64 generation,
     if (!tstate)
         return 1;  // no Python frame: <native>
     key->flags |= STACK_FRAMES_READ;
-    u64 frame = read_u64(tstate + py->tstate_frame);
-    if (py->cframe_current_frame >= 0 && frame)
-        frame = read_u64(frame + py->cframe_current_frame);
+    u64 frame = current_frame(py, tstate);
     // The depth and flags live in the map value, not in registers: the verifier then does
     // not tell apart the paths of each frame (shim or not, coroutine or not) at every step,
     // which would multiply its states past its 1M-instruction limit (E2BIG).
@@ -152,10 +176,14 @@ static __always_inline int read_python_stack(u32 tgid, u32 tid, u64 generation,
             return 1;  // nothing more to learn
         // One read for the frame's header rather than one per field. Offsets were checked
         // by user space (pointer fields 8-aligned, all within FRAME_READ_SIZE); the masks
-        // restate it for the verifier. Reading no further than the fields keeps the read
-        // inside a small generator's embedded frame.
+        // restate it for the verifier. The read stops at the last field: the page after a
+        // frame at the top of the data stack may not be present, and the read cannot fault
+        // it in.
         u64 header[FRAME_HEADER_SIZE / 8] = {};
-        if (bpf_probe_read_user(header, FRAME_READ_SIZE, (void *)frame))
+        u32 size = py->frame_read_size & (FRAME_HEADER_SIZE - 1);
+        if (size == 0 || size > FRAME_READ_SIZE)
+            break;
+        if (bpf_probe_read_user(header, size, (void *)frame))
             break;
         u8 owner = ((u8 *)header)[py->frame_owner & (FRAME_HEADER_SIZE - 1)];
         if (owner != FRAME_OWNED_BY_CSTACK) {

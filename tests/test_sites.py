@@ -14,6 +14,7 @@ import pytest
 from observer.pyruntime import CodeInfo
 from observer.sites import MAX_SITE_LENGTH, NATIVE, site_label
 from tests.harness import observer, wait_until, workload
+from workloads.servers import http_server
 
 pytestmark = pytest.mark.bpf
 
@@ -206,3 +207,23 @@ def test_no_sites_flag_reads_no_frames(tmp_path):
         assert metrics.labels(
             "thread_observer_getaddrinfo_calls_total", "caller", target="plain"
         ) == {"event_loop": 3 + 4 + 3, "other": 6}
+
+
+def test_aiohttp_executor_threads_and_lookups_are_read_through_its_stack(tmp_path):
+    args = ["-m", "workloads.aiohttp_client", "--requests", "8", "--concurrency", "3"]
+    with (
+        http_server() as port,
+        watched_run([*args, "--port", str(port), "--linger", "60"], "aio", tmp_path) as (
+            running,
+            truth,
+        ),
+    ):
+        metrics = threads_counted(running, "aio", truth)
+        threads, calls = site_series(metrics, "aio")
+        # This workload counts its own threads and lookups by wrapping Thread.start and
+        # socket.getaddrinfo (workloads/truth.py): those wrappers are the first code outside
+        # the plumbing, above aiohttp's resolver. The loop itself never blocked.
+        truth_py = Path(__file__).resolve().parent.parent / "workloads" / "truth.py"
+        wrapper = f"{truth_py}:GroundTruth.install.<locals>"
+        assert threads == {f"{wrapper}.counting_start": truth["executor_threads"]}
+        assert calls == {(f"{wrapper}.counting_getaddrinfo", "other"): truth["getaddrinfo_calls"]}

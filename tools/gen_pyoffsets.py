@@ -23,6 +23,7 @@ import tempfile
 FIELDS_3_11 = [
     ("runtime_interpreters_head", "offsetof(_PyRuntimeState, interpreters.head)"),
     ("interp_threads_head", "offsetof(PyInterpreterState, threads.head)"),
+    ("tstate_prev", "offsetof(PyThreadState, prev)"),
     ("tstate_next", "offsetof(PyThreadState, next)"),
     ("tstate_native_thread_id", "offsetof(PyThreadState, native_thread_id)"),
     ("tstate_frame", "offsetof(PyThreadState, cframe)"),
