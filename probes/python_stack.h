@@ -122,20 +122,17 @@ static __always_inline u64 find_thread_state(struct python_process *py, u32 tid)
     // Two states may carry this thread's id: _thread.start_new_thread allocates the new
     // thread's state in the parent, with the parent's id, just before pthread_create (the
     // child puts its own id in once it runs). That one has no frame yet: the state with a
-    // frame is the caller's. Only that one is cached.
-    u64 tstate = read_u64(py->threads_head), frameless = 0;
+    // frame is the caller's. A thread whose states have no frame has no Python caller:
+    // treated as native (0).
+    u64 tstate = read_u64(py->threads_head);
     for (int i = 0; i < MAX_THREADS_WALKED && tstate; i++) {
-        if (read_u64(tstate + py->tstate_native_thread_id) == tid) {
-            if (current_frame(py, tstate)) {
-                python_thread_states.update(&tid, &tstate);
-                return tstate;
-            }
-            if (!frameless)
-                frameless = tstate;
+        if (read_u64(tstate + py->tstate_native_thread_id) == tid && current_frame(py, tstate)) {
+            python_thread_states.update(&tid, &tstate);
+            return tstate;
         }
         tstate = read_u64(tstate + py->tstate_next);
     }
-    return frameless;
+    return 0;
 }
 
 static __always_inline void clear_stack(struct site_key *key, u32 tgid, u64 generation)
