@@ -27,6 +27,8 @@ from observer.timeline.recorder import (
     record,
     stop_on_signals,
 )
+from observer.timeline.trace import SUFFIX as TRACE_SUFFIX
+from observer.timeline.trace import is_trace_path, write_trace
 
 OUTPUT_KINDS = (".png", ".svg", ".html", ".json")
 EPILOG = """examples:
@@ -37,8 +39,10 @@ EPILOG = """examples:
   thread-observer timeline --input run.json --output run.svg              # draw a recording again
 
 The output format follows the extension: .png and .svg (a picture), .html (interactive, with
-tooltips, self-contained), .json (the raw events). With -- COMMAND, its stdin, stdout and exit
-status are passed through.
+tooltips, zoom and pan, self-contained), .trace.json (Chrome Trace Event format: open it in
+ui.perfetto.dev, chrome://tracing or speedscope), .json (the raw events). With -- COMMAND, its
+stdin, stdout and exit status are passed through; a command that fails is said so on the
+picture.
 """
 
 
@@ -53,7 +57,8 @@ def add_parser(subparsers, parents) -> None:
         parents=list(parents),
     )
     parser.add_argument("--output", "-o", action="append", required=True, metavar="FILE",
-                        help="where to write: .png, .svg, .html or .json (repeatable)")
+                        help="where to write: .png, .svg, .html, .trace.json (Chrome trace) "
+                        "or .json (repeatable)")
     parser.add_argument("--json", action="store_true",
                         help="also write the raw events to the first FILE with .json")
     add_target_arguments(parser)
@@ -90,18 +95,23 @@ def output_paths(names: list[str], with_json: bool) -> list[Path]:
                                 f"{', '.join(OUTPUT_KINDS)}")
         if not path.parent.is_dir():
             raise UsageError(f"--output {path}: no such directory {path.parent}")
-    if with_json and not any(path.suffix.lower() == ".json" for path in paths):
-        paths.append(paths[0].with_suffix(".json"))
+    raw = [path for path in paths if path.suffix.lower() == ".json" and not is_trace_path(path)]
+    if with_json and not raw:
+        first = paths[0]
+        stem = first.name[: -len(TRACE_SUFFIX)] if is_trace_path(first) else first.stem
+        paths.append(first.with_name(stem + ".json"))
     return paths
 
 
 def write_outputs(recording: Recording, outputs: list[Path]) -> int:
-    from observer.timeline.render import render
+    from observer.timeline.render import outcome_text, render
 
     timeline = build_timeline(recording)
     for path in outputs:
         try:
-            if path.suffix.lower() == ".json":
+            if is_trace_path(path):
+                write_trace(timeline, path)
+            elif path.suffix.lower() == ".json":
                 recording.save(path)
             else:
                 render(timeline, path)
@@ -111,6 +121,9 @@ def write_outputs(recording: Recording, outputs: list[Path]) -> int:
           f"{len(timeline.lookups)} getaddrinfo calls ({timeline.failures} failed), "
           f"{timeline.lost_events} events lost: wrote {', '.join(map(str, outputs))}",
           file=sys.stderr)
+    if timeline.failed:
+        print(f"thread-observer: {outcome_text(timeline)}: the picture is of a failed run",
+              file=sys.stderr)
     return 0
 
 
@@ -157,7 +170,9 @@ def record_command(args, probes: TimelineProbes, recorder: Recorder,
         # The picture starts at the exec, not at the gate's start-up before it.
         start_ns = min((e.time_ns for e in recorder.events
                         if e.kind == EventKind.PROCESS_EXEC.label), default=start_ns)
-        status = finish(args, probes, recorder, start_ns, " ".join(args.command), outputs)
+        recording = finish(args, probes, recorder, start_ns, " ".join(args.command))
+        recording.exit_status = command.status()  # None: still running (--seconds, Ctrl-C)
+        status = write_outputs(recording, outputs)
     finally:
         probes.close()  # the command may run on after --seconds: detach now
         code = command.wait()
@@ -183,7 +198,7 @@ def record_processes(args, probes: TimelineProbes, recorder: Recorder,
 
         record(probes, recorder, done)
     names = [f"pid {pid}" for pid in args.pid] + [f"--target {t}" for t in args.target]
-    return finish(args, probes, recorder, start_ns, ", ".join(names), outputs)
+    return write_outputs(finish(args, probes, recorder, start_ns, ", ".join(names)), outputs)
 
 
 def _alive(pid: int) -> bool:
@@ -194,14 +209,13 @@ def _deadline(seconds: float | None) -> float:
     return time.monotonic() + seconds if seconds else float("inf")
 
 
-def finish(args, probes: TimelineProbes, recorder: Recorder, start_ns: int, command: str,
-           outputs: list[Path]) -> int:
+def finish(args, probes: TimelineProbes, recorder: Recorder, start_ns: int,
+           command: str) -> Recording:
     now = time.monotonic_ns()
     # When everything recorded has exited, the picture ends there, not at the next poll; a
     # --target recording runs for as long as it was asked to, quiet or not.
     done = not recorder.alive and not recorder.regex_targets
     end_ns = (recorder.last_exit_ns() or now) if done else now
     recorder.name_live_threads(end_ns)
-    recording = Recording(args.title or command, start_ns, end_ns, probes.lost_events(),
-                          recorder.events)
-    return write_outputs(recording, outputs)
+    return Recording(args.title or command, start_ns, end_ns, probes.lost_events(),
+                     recorder.events)

@@ -63,11 +63,13 @@ class Recording:
     end_ns: int
     lost_events: int
     events: list[Event] = field(default_factory=list)
+    exit_status: int | None = None  # of the command after --, as a shell reports it
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "version": 1, "command": self.command,
                 "start_ns": self.start_ns, "end_ns": self.end_ns,
-                "lost_events": self.lost_events, "events": [asdict(e) for e in self.events]}
+                "lost_events": self.lost_events, "exit_status": self.exit_status,
+                "events": [asdict(e) for e in self.events]}
 
     @classmethod
     def from_json(cls, data: dict) -> Recording:
@@ -78,7 +80,7 @@ class Recording:
         if unknown:
             raise UsageError(f"unknown event kinds {sorted(unknown)}: a newer recording?")
         return cls(data["command"], data["start_ns"], data["end_ns"], data["lost_events"],
-                   events)
+                   events, data.get("exit_status"))
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
@@ -150,6 +152,12 @@ class Timeline:
     lost_events: int
     lanes: list[Lane]
     lookups: list[Lookup]
+    exit_status: int | None = None
+
+    @property
+    def failed(self) -> bool:
+        """The command recorded exited with a non-zero status."""
+        return bool(self.exit_status)
 
     @property
     def threads_created(self) -> int:

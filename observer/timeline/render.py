@@ -84,6 +84,18 @@ def summary(timeline: Timeline) -> str:
             f"in {format_duration(timeline.end_ns - timeline.start_ns)}")
 
 
+def outcome_text(timeline: Timeline) -> str:
+    """How the command recorded ended; "" when it did not end during the recording."""
+    if timeline.exit_status is None:
+        return ""
+    ran = format_duration(timeline.end_ns - timeline.start_ns)
+    if timeline.exit_status > 128:
+        return f"the command was killed by signal {timeline.exit_status - 128} after {ran}"
+    if timeline.exit_status:
+        return f"the command FAILED: exit status {timeline.exit_status} after {ran}"
+    return f"the command exited with status 0 after {ran}"
+
+
 def lost_text(timeline: Timeline) -> str:
     if timeline.lost_events:
         return f"lost events: {timeline.lost_events} (the ring buffer was full: the picture " \
@@ -222,6 +234,10 @@ def _titles(ax, timeline: Timeline) -> None:
     ax.annotate(lost_text(timeline), xy=(1, 1), xycoords="axes fraction", xytext=(0, 10),
                 textcoords="offset points", fontsize=9, ha="right",
                 color=FAILED_COLOUR if timeline.lost_events else "#333333")
+    if timeline.failed:
+        ax.annotate(outcome_text(timeline), xy=(0, 1), xycoords="axes fraction",
+                    xytext=(0, 42), textcoords="offset points", fontsize=10,
+                    fontweight="bold", color=FAILED_COLOUR)
 
 
 def _legend_handles(timeline: Timeline, colours: dict[str, str]) -> list:
@@ -253,6 +269,7 @@ PAGE = """<!DOCTYPE html>
 body {{ font: 13px system-ui, sans-serif; margin: 16px; color: #222; }}
 h1 {{ font-size: 16px; margin: 0 0 4px; font-family: monospace; }}
 .lost {{ color: {lost_colour}; }}
+.failed {{ color: {failed_colour}; font-weight: bold; }}
 .legend span {{ display: inline-block; margin-right: 14px; }}
 .legend i {{ display: inline-block; width: 12px; height: 12px; vertical-align: -1px;
   margin-right: 4px; }}
@@ -262,7 +279,7 @@ svg [data-tip]:hover {{ stroke: #000; stroke-width: 1; }}
   background: #fffff0; border: 1px solid #999; padding: 4px 6px; font: 12px monospace; }}
 </style></head><body>
 <h1>{title}</h1>
-<p>{summary} &middot; <span class="lost">{lost}</span></p>
+{outcome}<p>{summary} &middot; <span class="lost">{lost}</span></p>
 <p class="legend">{legend}</p>
 {svg}
 <div id="tip"></div>
@@ -294,6 +311,9 @@ def render_html(timeline: Timeline) -> str:
         title=html.escape(title(timeline)), summary=html.escape(summary(timeline)),
         lost=html.escape(lost_text(timeline)),
         lost_colour=FAILED_COLOUR if timeline.lost_events else "#333",
+        failed_colour=FAILED_COLOUR,
+        outcome=f'<p class="failed" id="outcome">{html.escape(outcome_text(timeline))}</p>\n'
+        if timeline.failed else "",
         legend=legend, svg=svg_timeline(timeline, colours),
     )
 
