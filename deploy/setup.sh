@@ -25,6 +25,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 # bcc must come from Debian (python3-bpfcc): the PyPI package named "bcc" is unrelated.
 PACKAGES="python3-bpfcc bpfcc-tools bpftool python3-venv linux-headers-amd64 redis-server prometheus musl-tools iproute2 util-linux procps"
+# The tests open the HTML timeline in a real headless browser; a runtime image needs none.
+case ",$EXTRAS," in *,test,*) PACKAGES="$PACKAGES chromium" ;; esac
 
 install_packages() {
   local missing=""

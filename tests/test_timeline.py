@@ -16,7 +16,8 @@ from observer.errors import UsageError
 from observer.timeline.command import output_paths
 from observer.timeline.lanes import build_timeline
 from observer.timeline.model import EXISTING, MAIN, Event, Recording
-from observer.timeline.render import lane_label, nice_ticks, render
+from observer.timeline.outputs import render
+from observer.timeline.render import lane_label
 from observer.timeline.trace import chrome_trace
 from tests.harness import REPO, observer, settled, wait_until, workload
 from tests.trace_format import check_trace
@@ -148,14 +149,6 @@ def test_output_kinds_by_extension(tmp_path):
         output_paths([str(tmp_path / "a.gif")], with_json=False)
     with pytest.raises(UsageError, match="no such directory"):
         output_paths([str(tmp_path / "missing" / "a.png")], with_json=False)
-
-
-@pytest.mark.parametrize(("total", "ticks"), [
-    (10, [0, 2, 4, 6, 8, 10]), (1.0, [0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]),
-    (730, [0, 100, 200, 300, 400, 500, 600, 700]), (0, [0.0]),
-])
-def test_nice_ticks(total, ticks):
-    assert nice_ticks(total) == pytest.approx(ticks)
 
 
 def test_pictures_of_a_synthetic_recording(tmp_path):

@@ -19,7 +19,7 @@ from observer.bpf_backend import BpfUnavailable
 from observer.errors import UsageError
 from observer.targets import TargetError, parse_pid_target, parse_regex_target
 from observer.timeline.lanes import build_timeline
-from observer.timeline.model import EventKind, Recording
+from observer.timeline.model import EventKind, Recording, window_of
 from observer.timeline.recorder import (
     GatedCommand,
     Recorder,
@@ -28,7 +28,7 @@ from observer.timeline.recorder import (
     stop_on_signals,
 )
 from observer.timeline.trace import SUFFIX as TRACE_SUFFIX
-from observer.timeline.trace import is_trace_path, write_trace
+from observer.timeline.trace import is_trace_path
 
 OUTPUT_KINDS = (".png", ".svg", ".html", ".json")
 EPILOG = """examples:
@@ -37,6 +37,8 @@ EPILOG = """examples:
   thread-observer timeline --output api.svg --pid 4242 --seconds 10       # a running process
   thread-observer timeline --output api.png --target api='python.*server\\.py' --seconds 30
   thread-observer timeline --input run.json --output run.svg              # draw a recording again
+  thread-observer timeline --input run.json -o zoom.png --from 0.55 --to 0.7   # a part of it
+  thread-observer timeline -o run.trace.json -- python3 client.py   # for ui.perfetto.dev
 
 The output format follows the extension: .png and .svg (a picture), .html (interactive, with
 tooltips, zoom and pan, self-contained), .trace.json (Chrome Trace Event format: open it in
@@ -70,9 +72,26 @@ def add_parser(subparsers, parents) -> None:
     parser.add_argument("--children", action="store_true",
                         help="also record the processes the command forks")
     parser.add_argument("--title", help="title of the picture (default: the command line)")
+    parser.add_argument("--from", dest="from_seconds", type=non_negative_float, metavar="S",
+                        help="show from S seconds after the start (the HTML page opens "
+                        "there and zooms out; PNG and SVG are cropped)")
+    parser.add_argument("--to", dest="to_seconds", type=positive_float, metavar="S",
+                        help="show up to S seconds after the start")
     parser.add_argument("command", nargs="*", metavar="-- COMMAND ARGS",
                         help="run this command and record it from its start")
     parser.set_defaults(func=run)
+
+
+def non_negative_float(text: str) -> float:
+    """0 or more: where ``--from`` starts."""
+    return 0.0 if _is_zero(text) else positive_float(text)
+
+
+def _is_zero(text: str) -> bool:
+    try:
+        return float(text) == 0
+    except ValueError:
+        return False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
                              "--pid or --target with it")
         recording = Recording.load(args.input)
         recording.command = args.title or recording.command
-        return write_outputs(recording, outputs)
+        return write_outputs(recording, outputs, args)
     return record_and_write(args, outputs)
 
 
@@ -103,18 +122,18 @@ def output_paths(names: list[str], with_json: bool) -> list[Path]:
     return paths
 
 
-def write_outputs(recording: Recording, outputs: list[Path]) -> int:
-    from observer.timeline.render import outcome_text, render
+def write_outputs(recording: Recording, outputs: list[Path], args) -> int:
+    from observer.timeline.outputs import render
+    from observer.timeline.render import outcome_text
 
     timeline = build_timeline(recording)
+    window = window_of(timeline, args.from_seconds, args.to_seconds)
     for path in outputs:
         try:
-            if is_trace_path(path):
-                write_trace(timeline, path)
-            elif path.suffix.lower() == ".json":
+            if path.suffix.lower() == ".json" and not is_trace_path(path):
                 recording.save(path)
             else:
-                render(timeline, path)
+                render(timeline, path, window)
         except OSError as err:
             raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
     print(f"thread-observer: {timeline.threads_created} threads created, "
@@ -172,7 +191,7 @@ def record_command(args, probes: TimelineProbes, recorder: Recorder,
                         if e.kind == EventKind.PROCESS_EXEC.label), default=start_ns)
         recording = finish(args, probes, recorder, start_ns, " ".join(args.command))
         recording.exit_status = command.status()  # None: still running (--seconds, Ctrl-C)
-        status = write_outputs(recording, outputs)
+        status = write_outputs(recording, outputs, args)
     finally:
         probes.close()  # the command may run on after --seconds: detach now
         code = command.wait()
@@ -198,7 +217,8 @@ def record_processes(args, probes: TimelineProbes, recorder: Recorder,
 
         record(probes, recorder, done)
     names = [f"pid {pid}" for pid in args.pid] + [f"--target {t}" for t in args.target]
-    return write_outputs(finish(args, probes, recorder, start_ns, ", ".join(names)), outputs)
+    recording = finish(args, probes, recorder, start_ns, ", ".join(names))
+    return write_outputs(recording, outputs, args)
 
 
 def _alive(pid: int) -> bool:

@@ -172,3 +172,29 @@ class Timeline:
         return sorted({lane.tgid for lane in self.lanes})
 
 
+@dataclass(frozen=True)
+class Window:
+    """The part of a recording shown, in ns since its start."""
+
+    start: int
+    end: int
+
+    @property
+    def span(self) -> int:
+        return max(self.end - self.start, 1)
+
+    @property
+    def whole(self) -> bool:
+        return self.start == 0
+
+
+def window_of(timeline: Timeline, from_seconds: float | None = None,
+              to_seconds: float | None = None) -> Window:
+    """``--from``/``--to`` (seconds since the start) as a window within the recording."""
+    total = timeline.end_ns - timeline.start_ns
+    start = 0 if from_seconds is None else round(from_seconds * 1e9)
+    end = total if to_seconds is None else min(round(to_seconds * 1e9), total)
+    if start >= end:
+        raise UsageError(f"--from {start / 1e9:g} --to {end / 1e9:g}: nothing to show (the "
+                         f"recording lasts {total / 1e9:.3f} s)")
+    return Window(start, end)
