@@ -194,6 +194,23 @@ def test_a_failed_command_says_so_on_the_picture(tmp_path):
     assert "FAILED" not in (tmp_path / "ok.html").read_text()
 
 
+def test_from_and_to_crop_the_picture(tmp_path):
+    recording = synthetic_recording()
+    recording.save(tmp_path / "events.json")
+    result = run_timeline(["--input", str(tmp_path / "events.json"), "-o",
+                           str(tmp_path / "crop.svg"), "--from", "0.0085", "--to", "0.01"])
+    assert result.returncode == 0, result.stderr
+    svg = (tmp_path / "crop.svg").read_text()
+    # The worker thread ended at 8 ms: not in the window.
+    assert sorted(map(int, re.findall(r'id="lane-(\d+)"', svg))) == [100, 102, 103]
+    assert "showing +8.50 ms to +10.00 ms of 10.00 ms" in svg
+    empty = run_timeline(["--input", str(tmp_path / "events.json"), "-o",
+                          str(tmp_path / "none.png"), "--from", "0.5"])
+    assert (empty.returncode, empty.stderr) == (2, "thread-observer: --from 0.5 --to 0.01: "
+                                                "nothing to show (the recording lasts "
+                                                "0.010 s)\n")
+
+
 def assert_one_lane_per_thread(svg: Path, html: Path, timeline) -> None:
     tasks = sorted(lane.task for lane in timeline.lanes)
     svg_lanes = re.findall(r'id="lane-(\d+)"', svg.read_text())
