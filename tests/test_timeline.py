@@ -332,3 +332,17 @@ def test_a_running_process_given_by_pid(tmp_path):
     assert len(timeline.lookups) == truth["getaddrinfo_calls"] == 6
     existing = [lane for lane in timeline.lanes if not lane.created]
     assert [lane.tid for lane in existing if lane.main] == [target.pid]
+
+
+def test_a_pid_is_checked_as_the_daemon_checks_it(tmp_path):
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        result = run_timeline(["-o", str(tmp_path / "x.json"), "--pid", str(sleeper.pid),
+                               "--seconds", "1"])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert (result.returncode, result.stderr) == (
+        2, f"thread-observer: --pid {sleeper.pid}: 'sleep' is not a Python process (use "
+        "--allow-non-python to watch it anyway)\n")
+    assert not (tmp_path / "x.json").exists()

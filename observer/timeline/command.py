@@ -17,7 +17,12 @@ from pathlib import Path
 from observer.arguments import add_target_arguments, positive_float
 from observer.bpf_backend import BpfUnavailable
 from observer.errors import UsageError
-from observer.targets import TargetError, parse_pid_target, parse_regex_target
+from observer.targets import (
+    TargetError,
+    parse_pid_target,
+    parse_regex_target,
+    resolve_pid_target,
+)
 from observer.timeline.lanes import build_timeline
 from observer.timeline.model import EventKind, Recording, window_of
 from observer.timeline.recorder import (
@@ -151,7 +156,9 @@ def record_and_write(args: argparse.Namespace, outputs: list[Path]) -> int:
         raise UsageError("record either a command (after --) or --pid/--target processes")
     try:
         regex_targets = [parse_regex_target(text) for text in args.target]
-        args.pid = [parse_pid_target(text).pid for text in args.pid]
+        # What the metrics daemon checks too: there, Python, and readable (or why not).
+        args.pid = [resolve_pid_target(parse_pid_target(text), args.allow_non_python).pid
+                    for text in args.pid]
     except TargetError as err:
         raise UsageError(str(err)) from None
     probes = TimelineProbes(args.children or bool(regex_targets), bool(regex_targets))

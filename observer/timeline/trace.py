@@ -52,6 +52,11 @@ def microseconds(timeline: Timeline, ns: int) -> float:
     return round((ns - timeline.start_ns) / 1e3, 3)
 
 
+def duration(timeline: Timeline, start_ns: int, end_ns: int) -> float:
+    # From the rounded ends, so that a slice ends exactly where its numbers say.
+    return round(microseconds(timeline, end_ns) - microseconds(timeline, start_ns), 3)
+
+
 def track_id(lane_or_lookup: Lane | Lookup) -> int:
     # Seen from a PID namespace, a thread created a moment ago may not have its id yet:
     # the kernel's own id keeps its track apart.
@@ -84,7 +89,7 @@ def _lane_events(timeline: Timeline, lane: Lane, row: int) -> list[dict]:
          "args": {"sort_index": row}},
         {"ph": "X", "cat": LANE_CATEGORY, "name": lane.name or "thread", "pid": pid, "tid": tid,
          "ts": microseconds(timeline, lane.start_ns),
-         "dur": microseconds(timeline, end_ns) - microseconds(timeline, lane.start_ns),
+         "dur": duration(timeline, lane.start_ns, end_ns),
          "args": args},
     ]
 
@@ -96,7 +101,7 @@ def _lookup_event(timeline: Timeline, lookup: Lookup) -> dict:
     event = {"ph": "X", "cat": CALL_CATEGORY,
              "name": f"getaddrinfo {lookup.host or 'NULL'}", "pid": lookup.tgid,
              "tid": track_id(lookup), "ts": microseconds(timeline, lookup.start_ns),
-             "dur": microseconds(timeline, end_ns) - microseconds(timeline, lookup.start_ns),
+             "dur": duration(timeline, lookup.start_ns, end_ns),
              "args": args}
     if lookup.failed:
         args.update(error=lookup.error, rc=lookup.rc)
