@@ -41,7 +41,6 @@ EPILOG = """examples:
   thread-observer top --url http://127.0.0.1:9097/metrics     # a running observer
   thread-observer top --target api='python.*server\\.py'        # an observer of its own
   thread-observer top --pid 4242 --interval 2
-
   thread-observer top --target batch='python.*job\\.py' --since-start --log-file top.log
 
 Keys: q quits (Ctrl-C too, and without a terminal only Ctrl-C); s switches between rates now
