@@ -20,7 +20,8 @@ MS = 1_000_000
 US = 1_000
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no chromium on PATH (deploy/setup.sh --extras test installs it)")
+    CHROMIUM is None, reason="no chromium on PATH (deploy/setup.sh --extras test installs it)"
+)
 
 
 def bunched_recording(threads: int = 12) -> Recording:
@@ -30,13 +31,25 @@ def bunched_recording(threads: int = 12) -> Recording:
     for index in range(threads):
         task = 101 + index
         born = 1 * MS + index * 100 * US
-        events.append(Event("thread_created", born, 100, task, task, parent=100,
-                            comm="worker", creator="python", start_routine=0x1234))
+        events.append(
+            Event(
+                "thread_created",
+                born,
+                100,
+                task,
+                task,
+                parent=100,
+                comm="worker",
+                creator="python",
+                start_routine=0x1234,
+            )
+        )
         for call in range(5):
             at = 5 * MS + call * 100 * US
             events.append(Event("getaddrinfo_start", at, 100, task, task, host="localhost"))
-            events.append(Event("getaddrinfo_end", at + 20 * US, 100, task, task,
-                                rc=-8 if call == 4 else 0))
+            events.append(
+                Event("getaddrinfo_end", at + 20 * US, 100, task, task, rc=-8 if call == 4 else 0)
+            )
         events.append(Event("thread_exited", 9 * MS, 100, task, task, comm="worker"))
     return Recording("python3 <bunched>", 0, 10 * MS, 0, events)
 
@@ -45,11 +58,24 @@ def chromium(*args: str) -> subprocess.CompletedProcess:
     profile = tempfile.mkdtemp(prefix="thread-observer-chromium-")
     try:
         return subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--no-first-run", f"--user-data-dir={profile}", "--enable-logging=stderr",
-             "--v=0", "--window-size=1300,700", *args],
-            capture_output=True, text=True, timeout=120,
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--window-size=1300,700",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     finally:
         shutil.rmtree(profile, ignore_errors=True)

@@ -12,17 +12,48 @@ import jsonschema
 PHASES = list("BEXiICbneSTpFstfPNODMVvRc()")
 # The colour names trace viewers reserve (tracing/base/color_scheme.html).
 RESERVED_COLOURS = [
-    "thread_state_uninterruptible", "thread_state_iowait", "thread_state_running",
-    "thread_state_runnable", "thread_state_sleeping", "thread_state_unknown",
-    "background_memory_dump", "light_memory_dump", "detailed_memory_dump", "vsync_highlight_color",
-    "generic_work", "good", "bad", "terrible", "black", "grey", "white", "yellow", "olive",
-    "rail_response", "rail_animation", "rail_idle", "rail_load", "startup", "heap_dump_stack_frame",
-    "heap_dump_object_type", "heap_dump_child_node_arrow", "cq_build_running", "cq_build_passed",
-    "cq_build_failed", "cq_build_abandoned", "cq_build_attempt_runnig", "cq_build_attempt_passed",
+    "thread_state_uninterruptible",
+    "thread_state_iowait",
+    "thread_state_running",
+    "thread_state_runnable",
+    "thread_state_sleeping",
+    "thread_state_unknown",
+    "background_memory_dump",
+    "light_memory_dump",
+    "detailed_memory_dump",
+    "vsync_highlight_color",
+    "generic_work",
+    "good",
+    "bad",
+    "terrible",
+    "black",
+    "grey",
+    "white",
+    "yellow",
+    "olive",
+    "rail_response",
+    "rail_animation",
+    "rail_idle",
+    "rail_load",
+    "startup",
+    "heap_dump_stack_frame",
+    "heap_dump_object_type",
+    "heap_dump_child_node_arrow",
+    "cq_build_running",
+    "cq_build_passed",
+    "cq_build_failed",
+    "cq_build_abandoned",
+    "cq_build_attempt_runnig",
+    "cq_build_attempt_passed",
     "cq_build_attempt_failed",
 ]
-METADATA_NAMES = ["process_name", "process_labels", "process_sort_index", "thread_name",
-                  "thread_sort_index"]
+METADATA_NAMES = [
+    "process_name",
+    "process_labels",
+    "process_sort_index",
+    "thread_name",
+    "thread_sort_index",
+]
 
 EVENT = {
     "type": "object",
@@ -40,12 +71,15 @@ EVENT = {
         "cname": {"enum": RESERVED_COLOURS},
     },
     "allOf": [
-        {"if": {"properties": {"ph": {"const": "X"}}},
-         "then": {"required": ["ts", "dur"]}},
-        {"if": {"properties": {"ph": {"const": "M"}}},
-         "then": {"properties": {"name": {"enum": METADATA_NAMES}}, "required": ["args"]}},
-        {"if": {"properties": {"ph": {"enum": ["B", "E", "i", "I", "C"]}}},
-         "then": {"required": ["ts"]}},
+        {"if": {"properties": {"ph": {"const": "X"}}}, "then": {"required": ["ts", "dur"]}},
+        {
+            "if": {"properties": {"ph": {"const": "M"}}},
+            "then": {"properties": {"name": {"enum": METADATA_NAMES}}, "required": ["args"]},
+        },
+        {
+            "if": {"properties": {"ph": {"enum": ["B", "E", "i", "I", "C"]}}},
+            "then": {"required": ["ts"]},
+        },
     ],
 }
 TRACE = {
@@ -69,17 +103,20 @@ def check_trace(trace: dict, timeline) -> None:
     ms = 1e3  # microseconds
     assert sorted((e["pid"], e["ts"], e["args"]["tid"]) for e in threads) == sorted(
         (lane.tgid, round((lane.start_ns - timeline.start_ns) / ms, 3), lane.tid)
-        for lane in timeline.lanes)
-    assert sorted((e["pid"], e["ts"], e["args"]["host"], e["args"].get("error", ""))
-                  for e in calls) == sorted(
+        for lane in timeline.lanes
+    )
+    assert sorted(
+        (e["pid"], e["ts"], e["args"]["host"], e["args"].get("error", "")) for e in calls
+    ) == sorted(
         (call.tgid, round((call.start_ns - timeline.start_ns) / ms, 3), call.host, call.error)
-        for call in timeline.lookups)
+        for call in timeline.lookups
+    )
     assert all(e.get("cname") == "terrible" for e in calls if "error" in e["args"])
     total = (timeline.end_ns - timeline.start_ns) / ms
     assert all(e["ts"] + e["dur"] <= total + 0.01 for e in slices)
-    names = {(e["pid"], e["tid"]) for e in events
-             if e["ph"] == "M" and e["name"] == "thread_name"}
+    names = {(e["pid"], e["tid"]) for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
     assert names == {(e["pid"], e["tid"]) for e in threads}  # every track is named
-    assert {e["pid"] for e in slices} <= {e["pid"] for e in events
-                                         if e["ph"] == "M" and e["name"] == "process_name"}
+    assert {e["pid"] for e in slices} <= {
+        e["pid"] for e in events if e["ph"] == "M" and e["name"] == "process_name"
+    }
     assert {(e["pid"], e["tid"]) for e in calls} <= names  # calls sit on their thread's track

@@ -71,28 +71,46 @@ svg [data-tip]:hover {{ stroke: #000; stroke-width: 1; }}
 
 def render_html(timeline: Timeline, window: Window) -> str:
     colours = creator_colours(timeline)
-    legend = "".join(
-        f'<span><i style="background:{colour}"></i>'
-        f"{html.escape(CREATOR_TITLES.get(creator, creator))}</span>"
-        for creator, colour in colours.items()
-    ) + f'<span><i style="background:{CALL_COLOUR}"></i>getaddrinfo call</span>'
+    legend = (
+        "".join(
+            f'<span><i style="background:{colour}"></i>'
+            f"{html.escape(CREATOR_TITLES.get(creator, creator))}</span>"
+            for creator, colour in colours.items()
+        )
+        + f'<span><i style="background:{CALL_COLOUR}"></i>getaddrinfo call</span>'
+    )
     errors = sorted({lookup.error for lookup in timeline.lookups if lookup.failed})
     if errors:
-        legend += (f'<span style="color:{FAILED_COLOUR}">&#x2716; getaddrinfo failed '
-                   f'({html.escape(", ".join(errors))})</span>')
+        legend += (
+            f'<span style="color:{FAILED_COLOUR}">&#x2716; getaddrinfo failed '
+            f"({html.escape(', '.join(errors))})</span>"
+        )
     scale, unit = time_unit(timeline)
-    config = {"label": LABEL_WIDTH, "plot": PLOT_WIDTH, "top": TOP, "bottom": BOTTOM,
-              "laneHeight": LANE_HEIGHT, "lanes": len(timeline.lanes),
-              "total": max(timeline.end_ns - timeline.start_ns, 1), "scale": scale,
-              "unit": unit, "from": window.start, "to": window.end}
+    config = {
+        "label": LABEL_WIDTH,
+        "plot": PLOT_WIDTH,
+        "top": TOP,
+        "bottom": BOTTOM,
+        "laneHeight": LANE_HEIGHT,
+        "lanes": len(timeline.lanes),
+        "total": max(timeline.end_ns - timeline.start_ns, 1),
+        "scale": scale,
+        "unit": unit,
+        "from": window.start,
+        "to": window.end,
+    }
     return PAGE.format(
-        title=html.escape(title(timeline)), summary=html.escape(summary(timeline)),
+        title=html.escape(title(timeline)),
+        summary=html.escape(summary(timeline)),
         lost=html.escape(lost_text(timeline)),
         lost_colour=FAILED_COLOUR if timeline.lost_events else "#333",
         failed_colour=FAILED_COLOUR,
         outcome=f'<p class="failed" id="outcome">{html.escape(outcome_text(timeline))}</p>\n'
-        if timeline.failed else "",
-        legend=legend, start=window.start, end=window.end,
+        if timeline.failed
+        else "",
+        legend=legend,
+        start=window.start,
+        end=window.end,
         svg=svg_timeline(timeline, colours, window),
         # "</" cannot end the script early: JSON has no other way to spell it.
         config=json.dumps(config).replace("</", "<\\/"),
@@ -109,11 +127,14 @@ def svg_timeline(timeline: Timeline, colours: dict[str, str], window: Window) ->
         return LABEL_WIDTH + PLOT_WIDTH * (offset - window.start) / window.span
 
     rows = {lane.task: row for row, lane in enumerate(timeline.lanes)}
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" id="timeline" '
-             f'width="{LABEL_WIDTH + PLOT_WIDTH + 20}" height="{height}">',
-             f'<defs><clipPath id="plot"><rect x="{LABEL_WIDTH}" y="0" width="{PLOT_WIDTH}" '
-             f'height="{height}"/></clipPath></defs>',
-             '<g id="ticks"></g>', _axis_title(timeline, height)]
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" id="timeline" '
+        f'width="{LABEL_WIDTH + PLOT_WIDTH + 20}" height="{height}">',
+        f'<defs><clipPath id="plot"><rect x="{LABEL_WIDTH}" y="0" width="{PLOT_WIDTH}" '
+        f'height="{height}"/></clipPath></defs>',
+        '<g id="ticks"></g>',
+        _axis_title(timeline, height),
+    ]
     for row, lane in enumerate(timeline.lanes):
         parts.append(_svg_lane(timeline, lane, row, x, colours[lane.creator]))
     parts.append('<g id="calls" clip-path="url(#plot)">')
@@ -125,8 +146,10 @@ def svg_timeline(timeline: Timeline, colours: dict[str, str], window: Window) ->
 
 def _axis_title(timeline: Timeline, height: int) -> str:
     _, unit = time_unit(timeline)
-    return (f'<text x="{LABEL_WIDTH + PLOT_WIDTH / 2}" y="{height - 6}" '
-            f'text-anchor="middle">time since the start ({unit})</text>')
+    return (
+        f'<text x="{LABEL_WIDTH + PLOT_WIDTH / 2}" y="{height - 6}" '
+        f'text-anchor="middle">time since the start ({unit})</text>'
+    )
 
 
 def _times(timeline: Timeline, start_ns: int, end_ns: int | None) -> str:
@@ -154,10 +177,14 @@ def _svg_lookup(timeline: Timeline, lookup: Lookup, row: int, x) -> str:
     tip = html.escape(lookup_tip(lookup, timeline), quote=True)
     times = _times(timeline, lookup.start_ns, lookup.end_ns)
     if lookup.failed:
-        return (f'<text class="call failed" x="{start:.2f}" y="{y + 15}" text-anchor="middle" '
-                f'style="fill:{FAILED_COLOUR};font-size:14px;font-weight:bold" '
-                f'data-row="{row}" {times} data-tip="{tip}">&#x2716;</text>')
+        return (
+            f'<text class="call failed" x="{start:.2f}" y="{y + 15}" text-anchor="middle" '
+            f'style="fill:{FAILED_COLOUR};font-size:14px;font-weight:bold" '
+            f'data-row="{row}" {times} data-tip="{tip}">&#x2716;</text>'
+        )
     width = max(x(lookup.end_ns or timeline.end_ns) - start, 2)
-    return (f'<rect class="call" x="{start:.2f}" y="{y + 6}" width="{width:.2f}" '
-            f'height="{LANE_HEIGHT - 12}" fill="{CALL_COLOUR}" data-row="{row}" {times} '
-            f'data-tip="{tip}"/>')
+    return (
+        f'<rect class="call" x="{start:.2f}" y="{y + 6}" width="{width:.2f}" '
+        f'height="{LANE_HEIGHT - 12}" fill="{CALL_COLOUR}" data-row="{row}" {times} '
+        f'data-tip="{tip}"/>'
+    )

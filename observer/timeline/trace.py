@@ -65,44 +65,81 @@ def track_id(lane_or_lookup: Lane | Lookup) -> int:
 
 def _process_names(timeline: Timeline) -> list[dict]:
     names = {lane.tgid: lane.name for lane in timeline.lanes if lane.main}
-    return [{"ph": "M", "name": "process_name", "pid": tgid, "tid": tgid,
-             "args": {"name": f"{names.get(tgid) or 'process'} (pid {tgid})"}}
-            for tgid in timeline.processes]
+    return [
+        {
+            "ph": "M",
+            "name": "process_name",
+            "pid": tgid,
+            "tid": tgid,
+            "args": {"name": f"{names.get(tgid) or 'process'} (pid {tgid})"},
+        }
+        for tgid in timeline.processes
+    ]
 
 
 def _lane_events(timeline: Timeline, lane: Lane, row: int) -> list[dict]:
     pid, tid = lane.tgid, track_id(lane)
     end_ns = lane.end_ns if lane.end_ns is not None else timeline.end_ns
-    args = {"tid": lane.tid, "comm": lane.name,
-            "creator": CREATOR_TITLES.get(lane.creator, lane.creator),
-            "created_by_thread": lane.parent, "alive_at_end": lane.end_ns is None}
+    args = {
+        "tid": lane.tid,
+        "comm": lane.name,
+        "creator": CREATOR_TITLES.get(lane.creator, lane.creator),
+        "created_by_thread": lane.parent,
+        "alive_at_end": lane.end_ns is None,
+    }
     if lane.start_routine:
         args["start_routine"] = f"0x{lane.start_routine:x}"
     site = getattr(lane, "site", "")  # the Python call site, on models that record it
     if site:
         args["site"] = site
     return [
-        {"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
-         "args": {"name": f"{lane.name or '?'} · {lane.short_creator}"
-                  + (f" · {site}" if site else "")}},
-        {"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid,
-         "args": {"sort_index": row}},
-        {"ph": "X", "cat": LANE_CATEGORY, "name": lane.name or "thread", "pid": pid, "tid": tid,
-         "ts": microseconds(timeline, lane.start_ns),
-         "dur": duration(timeline, lane.start_ns, end_ns),
-         "args": args},
+        {
+            "ph": "M",
+            "name": "thread_name",
+            "pid": pid,
+            "tid": tid,
+            "args": {
+                "name": f"{lane.name or '?'} · {lane.short_creator}"
+                + (f" · {site}" if site else "")
+            },
+        },
+        {
+            "ph": "M",
+            "name": "thread_sort_index",
+            "pid": pid,
+            "tid": tid,
+            "args": {"sort_index": row},
+        },
+        {
+            "ph": "X",
+            "cat": LANE_CATEGORY,
+            "name": lane.name or "thread",
+            "pid": pid,
+            "tid": tid,
+            "ts": microseconds(timeline, lane.start_ns),
+            "dur": duration(timeline, lane.start_ns, end_ns),
+            "args": args,
+        },
     ]
 
 
 def _lookup_event(timeline: Timeline, lookup: Lookup) -> dict:
     end_ns = lookup.end_ns if lookup.end_ns is not None else timeline.end_ns
-    args = {"host": lookup.host, "service": lookup.service,
-            "in_progress_at_end": lookup.end_ns is None}
-    event = {"ph": "X", "cat": CALL_CATEGORY,
-             "name": f"getaddrinfo {lookup.host or 'NULL'}", "pid": lookup.tgid,
-             "tid": track_id(lookup), "ts": microseconds(timeline, lookup.start_ns),
-             "dur": duration(timeline, lookup.start_ns, end_ns),
-             "args": args}
+    args = {
+        "host": lookup.host,
+        "service": lookup.service,
+        "in_progress_at_end": lookup.end_ns is None,
+    }
+    event = {
+        "ph": "X",
+        "cat": CALL_CATEGORY,
+        "name": f"getaddrinfo {lookup.host or 'NULL'}",
+        "pid": lookup.tgid,
+        "tid": track_id(lookup),
+        "ts": microseconds(timeline, lookup.start_ns),
+        "dur": duration(timeline, lookup.start_ns, end_ns),
+        "args": args,
+    }
     if lookup.failed:
         args.update(error=lookup.error, rc=lookup.rc)
         event["cname"] = FAILED_COLOUR
