@@ -10,6 +10,7 @@ import sys
 
 from observer import __version__
 from observer.arguments import LOG_LEVELS, add_target_arguments, positive_float
+from observer.kubernetes import PodNames, add_pod_arguments
 
 log = logging.getLogger("observer")
 
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="add a pid label to every per-target series")
     run_parser.add_argument("--interval", type=positive_float, default=0.25, metavar="SECONDS",
                      help="how often new and exited processes are handled (default %(default)s)")
+    add_pod_arguments(run_parser)
 
     run_parser.set_defaults(func=run)
     check = commands.add_parser("check", help="tell what works here and what to fix",
@@ -117,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen)
     observer = make_observer(args)
     try:
-        asyncio.run(serve(observer, host, port, args.label_pid, args.interval))
+        pod_names = PodNames(args.kubelet_log_dir) if args.pod_labels else None
+        asyncio.run(serve(observer, host, port, args.label_pid, args.interval,
+                          pod_names=pod_names))
     except OSError as err:
         observer.close()
         raise CliError(f"cannot listen on {args.listen}: {err.strerror or err}") from None
@@ -145,13 +149,15 @@ def make_observer(args: argparse.Namespace):
         raise CliError(str(err)) from None
     if not regex_targets and not pid_targets:
         raise CliError("nothing to watch: give --target NAME=REGEX or --pid PID")
-    options = (regex_targets, pid_targets, args.allow_non_python)
+    options = {"regex_targets": regex_targets, "pid_targets": pid_targets,
+               "allow_non_python": args.allow_non_python,
+               "containers_apart": getattr(args, "pod_labels", False)}
     if args.backend == "proc":
-        return _started(ProcObserver(*options))
+        return _started(ProcObserver(**options))
     problem = bpf_problem()
     if problem is None:
         try:
-            return _started(BpfObserver(*options))
+            return _started(BpfObserver(**options))
         except BpfUnavailable as err:
             problem = str(err)
     if args.backend == "bpf":
@@ -159,7 +165,7 @@ def make_observer(args: argparse.Namespace):
     log.warning("eBPF unavailable (%s): falling back to the proc backend: live threads and "
                 "processes only; thread creation counts and getaddrinfo are NOT measured",
                 problem)
-    return _started(ProcObserver(*options))
+    return _started(ProcObserver(**options))
 
 
 def _started(observer):

@@ -13,6 +13,7 @@ from prometheus_client.exposition import choose_encoder
 
 from observer.collector import ObserverCollector
 from observer.daemon import ProcObserver
+from observer.kubernetes import PodNames
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +21,12 @@ OBSERVER_KEY = web.AppKey("observer", ProcObserver)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 
 
-def make_app(observer: ProcObserver, label_pid: bool, interval: float) -> web.Application:
+def make_app(observer: ProcObserver, label_pid: bool, interval: float,
+             pod_names: PodNames | None = None) -> web.Application:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ObserverCollector(observer.snapshot, label_pid=label_pid))
+    registry.register(
+        ObserverCollector(observer.snapshot, label_pid=label_pid, pod_names=pod_names)
+    )
     app = web.Application()
     app[OBSERVER_KEY] = observer
     app[REGISTRY_KEY] = registry
@@ -76,10 +80,12 @@ async def index(request: web.Request) -> web.Response:
 
 
 async def start_serving(observer: ProcObserver, host: str, port: int, label_pid: bool,
-                        interval: float) -> tuple[web.AppRunner, list[str]]:
+                        interval: float, pod_names: PodNames | None = None,
+                        ) -> tuple[web.AppRunner, list[str]]:
     """Starts /metrics and the poll loop; returns the runner and the URLs it serves."""
     runner = web.AppRunner(
-        make_app(observer, label_pid, interval), handle_signals=False, access_log=None
+        make_app(observer, label_pid, interval, pod_names), handle_signals=False,
+        access_log=None,
     )
     await runner.setup()
     try:
@@ -102,9 +108,9 @@ async def until_signalled() -> None:
 
 
 async def serve(observer: ProcObserver, host: str, port: int, label_pid: bool,
-                interval: float) -> None:
+                interval: float, pod_names: PodNames | None = None) -> None:
     """Serves until SIGTERM or SIGINT, then detaches the probes and returns."""
-    runner, _ = await start_serving(observer, host, port, label_pid, interval)
+    runner, _ = await start_serving(observer, host, port, label_pid, interval, pod_names)
     try:
         await until_signalled()
         log.info("stopping: detaching probes")
