@@ -326,11 +326,15 @@ def test_observer_container_has_mounts_probes_resources_and_scrape_wiring(name):
             assert mount.get("readOnly") is True, mount
             assert volume["hostPath"]["path"] == mount["mountPath"], mount
             host_paths[mount["mountPath"]] = volume["hostPath"]["type"]
-    assert host_paths == {
+    kernel = {
         "/sys/kernel/tracing": "Directory",
         "/lib/modules": "Directory",
         "/usr/src": "Directory",
     }
+    # Node mode names pods from the kubelet's log directories.
+    kubelet = {"/var/log/pods": "DirectoryOrCreate", "/var/log/containers": "DirectoryOrCreate"}
+    assert host_paths == (kernel | kubelet if arguments.pod_labels else kernel)
+    assert arguments.pod_labels == (name == "daemonset")
     assert "/tmp" in {m["mountPath"] for m in observer["volumeMounts"]}
 
     annotations = template["metadata"]["annotations"]

@@ -12,6 +12,8 @@ from observer import procfs
 from observer.collector import ObserverCollector
 from observer.kubernetes import OUTSIDE, PodContainer, PodNames, parse_container_log, parse_pod_dir
 from observer.model import Counts, ProcessRow, Snapshot
+from tests.kubelet import Pod
+from tests.kubelet import kubelet_logs as write_kubelet_logs
 
 UID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 SYSTEMD_UID = UID.replace("-", "_")
@@ -81,15 +83,9 @@ def test_container_log_names(name, parsed):
 
 
 def kubelet_logs(root: Path, pods: list[tuple[str, str, str, dict[str, str]]]) -> Path:
-    """/var/log/pods and /var/log/containers as the kubelet lays them out."""
     for namespace, pod, uid, containers in pods:
-        pod_dir = root / "pods" / f"{namespace}_{pod}_{uid}"
         for container, container_id in containers.items():
-            (pod_dir / container).mkdir(parents=True)
-            (pod_dir / container / "0.log").write_text("")
-            link = root / "containers" / f"{pod}_{namespace}_{container}-{container_id}.log"
-            link.parent.mkdir(exist_ok=True)
-            link.symlink_to(pod_dir / container / "0.log")
+            write_kubelet_logs(root, [Pod(namespace, pod, container, uid, container_id)])
     return root
 
 
