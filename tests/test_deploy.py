@@ -708,17 +708,47 @@ def query_panels(board: dict) -> list[dict]:
     return [p for p in panels if p["type"] != "row"]
 
 
+# Variables narrowing everything, in this order; each query is narrowed by those before it.
+DASHBOARD_VARIABLES = ["datasource", "cluster", "job", "instance", "namespace", "pod", "target"]
+# What per-target and self metrics are selected by.
+TARGET_SELECTOR = ('cluster=~"$cluster", job=~"$job", instance=~"$instance", '
+                   'namespace=~"$namespace", pod=~"$pod", target=~"$target"')
+SELF_SELECTOR = 'cluster=~"$cluster", job=~"$job", instance=~"$instance"'
+LABEL_VALUES = re.compile(r"^label_values\((\w+)(\{[^}]*\})?, (\w+)\)$")
+
+
+def variable_queries() -> list[tuple[str, str]]:
+    """(variable, PromQL) for each query variable: label_values(M{S}, L) is the values of L
+    in group by (L) (M{S}), with the variables before it at "All"."""
+    board = dashboard()
+    values = {v["name"]: v.get("allValue", ".*") for v in board["templating"]["list"]}
+    queries = []
+    for variable in board["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        metric, selector, label = LABEL_VALUES.match(variable["query"]).groups()
+        expr = f"group by ({label}) ({metric}{selector or ''})"
+        for name, value in values.items():
+            expr = expr.replace(f"${name}", value)
+        queries.append((variable["name"], expr))
+    return queries
+
+
 def test_dashboard_variables():
     variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    assert list(variables) == DASHBOARD_VARIABLES
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    target = variables["target"]
-    assert target["type"] == "query"
-    assert target["query"] == "label_values(thread_observer_threads, target)"
-    assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
-    assert target["multi"] is True
-    assert target["includeAll"] is True
-    assert target["allValue"] == ".*"
+    for name in DASHBOARD_VARIABLES[1:]:
+        variable = variables[name]
+        assert variable["type"] == "query", name
+        assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, name
+        assert variable["multi"] is True, name
+        assert variable["includeAll"] is True, name
+        assert variable["allValue"] == ".*", name
+        earlier = DASHBOARD_VARIABLES[1:DASHBOARD_VARIABLES.index(name)]
+        assert all(f'{e}=~"${e}"' in variable["query"] for e in earlier), name
+    assert variables["target"]["query"].endswith(", target)")
 
 
 def test_every_panel_queries_the_chosen_datasource():
@@ -754,12 +784,12 @@ def test_dashboard_queries_filter_by_target_and_use_the_rate_interval():
             expr = target["expr"]
             assert metric_names(expr) <= PER_TARGET_METRICS | SELF_METRICS, expr
             for name, selector in re.findall(r"\b(thread_observer_\w+)(\{[^}]*\})?", expr):
-                if name in PER_TARGET_METRICS:
-                    assert 'target=~"$target"' in selector, (panel["title"], name)
+                wanted = TARGET_SELECTOR if name in PER_TARGET_METRICS else SELF_SELECTOR
+                assert selector == "{" + wanted + "}", (panel["title"], name)
             # Self metrics have no target: they must still be narrowed to the observers
             # that watch a selected target.
             if metric_names(expr) & SELF_METRICS:
-                assert 'thread_observer_processes{target=~"$target"}' in expr, panel["title"]
+                assert f"thread_observer_processes{{{TARGET_SELECTOR}}}" in expr, panel["title"]
             for window in re.findall(r"\[([^\]]*)\]", expr):
                 assert window == "$__rate_interval", (panel["title"], window)
             # pid is part of what target_info identifies; elsewhere it exists only with
@@ -800,7 +830,7 @@ def test_dashboard_queries_have_every_variable_filled_in():
 def test_dashboard_and_alert_queries_are_valid_promql():
     with start_prometheus([], rule_files=[ALERTS]) as prom:
         # query() raises PromQLError for anything Prometheus refuses; no data is needed.
-        for _, expr in dashboard_queries(DASHBOARD) + alert_rules(ALERTS):
+        for _, expr in dashboard_queries(DASHBOARD) + alert_rules(ALERTS) + variable_queries():
             prom.query(expr)
         loaded = {r["name"] for g in prom.rule_groups() for r in g["rules"]}
         assert loaded == {name for name, _ in alert_rules(ALERTS)}
@@ -849,12 +879,15 @@ class ContractMetrics(http.server.BaseHTTPRequestHandler):
     def page(cls, n: int) -> str:
         lines = []
         uvloop = "loop.cpython-311-x86_64-linux-gnu.so"
-        for target, creator in [("web", "python"), ("fast", uvloop)]:
-            t = f'target="{target}"'
+        # "web" as node mode exports it (--pod-labels), "fast" as a sidecar does.
+        node_mode = 'namespace="shop",pod="checkout-0",container="app"'
+        for target, creator, pod in [("web", "python", node_mode), ("fast", uvloop, "")]:
+            t = f'target="{target}",{pod}'.rstrip(",")
             lines += [
                 f"thread_observer_threads{{{t}}} {4 + n}",
                 f"thread_observer_processes{{{t}}} 1",
                 f"thread_observer_executor_default_max_workers{{{t}}} 8",
+                f'thread_observer_executor_saturation_ratio{{{t},pool="default"}} 0.5',
                 f'thread_observer_target_info{{{t},pid="{100 + len(target)}",container_id="c0ffee",'
                 f'pod_uid="6f1c1c4e-0000-4000-8000-000000000000"}} 1',
                 f'thread_observer_threads_created_total{{{t},creator="{creator}"}} {3 * n}',
@@ -883,6 +916,7 @@ class ContractMetrics(http.server.BaseHTTPRequestHandler):
             f'thread_observer_build_info{{version="{VERSION}",backend="bpf"}} 1',
             "thread_observer_scrape_duration_seconds 0.002",
             "thread_observer_bpf_available 1",
+            "thread_observer_unnamed_pod_processes 0",
         ]
         return "\n".join(lines) + "\n"
 
@@ -906,8 +940,12 @@ def test_every_panel_returns_data_from_contract_shaped_metrics(contract_metrics)
     with start_prometheus([contract_metrics], rule_files=[ALERTS]) as prom:
         prom.wait_for_scrapes(3)
         assert prom.query('up{job="thread-observer"}')[0]["value"][1] == "1"
-        queries = dashboard_queries(DASHBOARD)
+        queries = dashboard_queries(DASHBOARD) + variable_queries()
         assert [(title, expr) for title, expr in queries if not prom.query(expr)] == []
+        # Both modes: "web" is named by pod as node mode does, "fast" is not.
+        pods = {(s["metric"]["target"], s["metric"].get("pod", "")) for s in
+                prom.query("thread_observer_threads")}
+        assert pods == {("web", "checkout-0"), ("fast", "")}
         # Every rule evaluates without error against these series (rules run once a second).
         for _ in range(50):
             rules = [r for g in prom.rule_groups() for r in g["rules"]]
@@ -985,3 +1023,58 @@ def test_kubernetes_pod_job_scrapes_the_observer_port_of_annotated_pods(tmp_path
         ("resolver-demo", "resolver-demo-7d4f9-abcde", "node-a", "thread-observer", url),
         ("thread-observer", "thread-observer-x2k8p", "node-b", "thread-observer", url),
     ]
+
+
+class NodeModePage(http.server.BaseHTTPRequestHandler):
+    """What a node-mode observer exports: a pod's series, a host process's (pod labels empty,
+    as the collector writes them) and a self metric."""
+
+    BODY = (
+        b'thread_observer_threads{target="python",namespace="shop",pod="checkout-0",'
+        b'container="app"} 3\n'
+        b'thread_observer_threads{target="python",namespace="",pod="",container=""} 1\n'
+        b'thread_observer_build_info{version="0.1.0",backend="bpf"} 1\n'
+    )
+
+    def do_GET(self):  # noqa: N802 (the name http.server calls)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(self.BODY)))
+        self.end_headers()
+        self.wfile.write(self.BODY)
+
+    def log_message(self, *args):
+        pass
+
+
+@needs_prometheus
+def test_honor_labels_keeps_the_watched_pod_and_leaves_host_processes_unnamed():
+    """The PodMonitor of node mode honours labels: check what Prometheus makes of them, with
+    the labels the operator gives the DaemonSet pod's target."""
+    (monitor,) = load_documents(KUBERNETES / "base" / "podmonitor.yaml")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NodeModePage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    observer_pod = {"namespace": "thread-observer", "pod": "thread-observer-x2k8p",
+                    "container": "thread-observer"}
+    job = {
+        "job_name": "thread-observer",
+        "honor_labels": endpoint["honorLabels"],
+        "static_configs": [{"targets": [f"127.0.0.1:{server.server_address[1]}"],
+                            "labels": observer_pod}],
+    }
+    try:
+        with start_prometheus([], extra_scrape_configs=[job]) as prom:
+            prom.wait_for_scrapes(2)
+            threads = {
+                tuple(s["metric"].get(k, "") for k in ("namespace", "pod", "container")):
+                s["value"][1] for s in prom.query("thread_observer_threads")
+            }
+            (info,) = prom.query("thread_observer_build_info")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert threads == {("shop", "checkout-0", "app"): "3", ("", "", ""): "1"}
+    assert {k: info["metric"][k] for k in observer_pod} == observer_pod
