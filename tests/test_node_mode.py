@@ -13,13 +13,16 @@ import yaml
 
 from tests.harness import REPO, observer, wait_until, workload
 from tests.kubelet import Pod, kubelet_logs, move, pod_cgroups, writable_hierarchies
+from tests.promtools import PROMETHEUS, alert_rules, dashboard_queries, start_prometheus
 
 pytestmark = [
     pytest.mark.bpf,
     pytest.mark.skipif(not writable_hierarchies(), reason="no cgroup hierarchy mounted"),
 ]
 
-DAEMONSET = REPO / "deploy" / "kubernetes" / "daemonset.yaml"
+DAEMONSET = REPO / "deploy" / "kubernetes" / "base" / "daemonset.yaml"
+ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
+DASHBOARD = REPO / "deploy" / "grafana" / "thread-observer.json"
 MIXED = ["-m", "workloads.mixed", "--threads", "5", "--loop-calls", "7",
          "--blocking-calls", "3", "--failures", "2", "--linger", "60"]
 # Settings of the manifest that only make sense in a cluster, replaced here.
@@ -73,6 +76,12 @@ def test_series_name_each_pod_with_exact_counts(tmp_path):
         wait_until(lambda: running.scrape().value("thread_observer_processes",
                                                   target="python") == 4,
                    10, "every process to be attached")
+        prometheus = None
+        if PROMETHEUS is not None:
+            prometheus = stack.enter_context(start_prometheus(
+                [f"127.0.0.1:{running.port}"], rule_files=[ALERTS]))
+            # Scraped at zero before the work: rate() sees the counters rise.
+            prometheus.wait_for_scrapes(3, timeout=60)
         for target in targets:
             target.go()
         truths = [target.truth() for target in targets]
@@ -118,3 +127,23 @@ def test_series_name_each_pod_with_exact_counts(tmp_path):
         after = wait_until(dropped, 10, "the exited process to be dropped")
         assert per_pod(after, "thread_observer_threads_created_total", target="python") == \
             expected["threads"]
+
+        if prometheus is not None:
+            prometheus.wait_for_scrapes(8, timeout=60)
+            assert_alerts_name_each_pod(prometheus, set(expected["processes"]))
+
+
+def assert_alerts_name_each_pod(prometheus, pods: set[tuple[str, str, str]]) -> None:
+    """Every workload blocks its loop with getaddrinfo and fails 2 of 12 lookups: the rules
+    fire once per pod (and once for the process outside any), each naming its pod."""
+    rules = dict(alert_rules(ALERTS))
+    for alertname in ("GetaddrinfoOnEventLoop", "GetaddrinfoFailing"):
+        found = [tuple(s["metric"].get(k, "") for k in ("namespace", "pod", "container"))
+                 for s in prometheus.query(rules[alertname])]
+        assert sorted(found) == sorted(pods), alertname
+    pending = {tuple(a["labels"].get(k, "") for k in ("namespace", "pod", "container"))
+               for a in prometheus.alerts() if a["labels"]["alertname"] == "GetaddrinfoOnEventLoop"}
+    assert pending == pods
+    empty = [(title, expr) for title, expr in dashboard_queries(DASHBOARD)
+             if not prometheus.query(expr)]
+    assert empty == []
