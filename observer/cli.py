@@ -11,6 +11,7 @@ import sys
 from observer import __version__
 from observer.arguments import LOG_LEVELS, add_target_arguments, positive_float
 from observer.kubernetes import PodNames, add_pod_arguments
+from observer.web_config import WebConfigError, add_web_arguments, load_web_config
 
 log = logging.getLogger("observer")
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--interval", type=positive_float, default=0.25, metavar="SECONDS",
                      help="how often new and exited processes are handled (default %(default)s)")
     add_pod_arguments(run_parser)
+    add_web_arguments(run_parser)
 
     run_parser.set_defaults(func=run)
     check = commands.add_parser("check", help="tell what works here and what to fix",
@@ -117,11 +119,15 @@ def run(args: argparse.Namespace) -> int:
     from observer.server import serve
 
     host, port = parse_listen(args.listen)
+    try:
+        web_config = load_web_config(args)
+    except WebConfigError as err:
+        raise CliError(str(err)) from None
     observer = make_observer(args)
     try:
         pod_names = PodNames(args.kubelet_log_dir) if args.pod_labels else None
         asyncio.run(serve(observer, host, port, args.label_pid, args.interval,
-                          pod_names=pod_names))
+                          pod_names=pod_names, web_config=web_config))
     except OSError as err:
         observer.close()
         raise CliError(f"cannot listen on {args.listen}: {err.strerror or err}") from None
