@@ -558,31 +558,91 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
-def test_image_installs_with_setup_sh_on_debian_12():
-    instructions = dockerfile_instructions()
-    assert instructions[0][0] == "FROM"
-    assert re.fullmatch(r"debian:(12|bookworm)(-slim)?", instructions[0][1])
-    runs = [rest for keyword, rest in instructions if keyword == "RUN"]
-    assert any(f"deploy/setup.sh --venv {VENV}" in run for run in runs)
-    (entrypoint,) = [json.loads(rest) for keyword, rest in instructions if keyword == "ENTRYPOINT"]
-    assert entrypoint == [f"{VENV}/bin/thread-observer"]
-    (command,) = [json.loads(rest) for keyword, rest in instructions if keyword == "CMD"]
-    assert command[0] == "run"
-    assert ("EXPOSE", str(METRICS_PORT)) in instructions
-
-
-def test_image_copies_everything_the_package_build_reads():
-    copied = []
+def stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions, one list per FROM."""
+    found: list[list[tuple[str, str]]] = []
     for keyword, rest in dockerfile_instructions():
+        if keyword == "FROM":
+            found.append([])
+        found[-1].append((keyword, rest))
+    return found
+
+
+def test_image_runs_from_a_final_stage_made_by_setup_sh_runtime():
+    build, final = stages()
+    for stage in (build, final):
+        assert re.fullmatch(r"debian:(12|bookworm)(-slim)?( AS \w+)?", stage[0][1])
+    runs = [rest for keyword, rest in final if keyword == "RUN"]
+    (install,) = [run for run in runs if "setup.sh" in run]
+    assert f"--runtime --venv {VENV}" in install and "--install" in install
+    # The final stage gets the wheel from the build stage, and no source tree.
+    copies = [rest.split()[:-1] for keyword, rest in final if keyword == "COPY"]
+    assert ["--from=build", "/wheels/"] in copies
+    assert ["deploy/setup.sh"] in copies and len(copies) == 2
+    (entrypoint,) = [json.loads(rest) for keyword, rest in final if keyword == "ENTRYPOINT"]
+    assert entrypoint == [f"{VENV}/bin/thread-observer"]
+    (command,) = [json.loads(rest) for keyword, rest in final if keyword == "CMD"]
+    assert command[0] == "run"
+    assert ("EXPOSE", str(METRICS_PORT)) in final
+
+
+def test_build_stage_copies_everything_the_package_build_reads():
+    build, _ = stages()
+    copied = []
+    for keyword, rest in build:
         if keyword == "COPY":
             *sources, _ = rest.split()
             copied += [s.rstrip("/") for s in sources]
     for source in copied:
         assert (ROOT / source).exists(), source
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    needed = {project["project"]["readme"], "pyproject.toml", "deploy/setup.sh"}
+    needed = {project["project"]["readme"], "pyproject.toml"}
     needed |= set(project["tool"]["setuptools"]["package-dir"].values())
     assert needed <= set(copied)
+
+
+def setup_packages(*args: str) -> set[str]:
+    """The Debian packages deploy/setup.sh would install with these options, on amd64."""
+    script = (DEPLOY / "setup.sh").read_text()
+    packages = script[:script.index("install_packages() {")]
+    options = " ".join(args)
+    result = subprocess.run(
+        ["bash", "-c", f'dpkg() {{ echo amd64; }}; set -- {options}; '
+         f'RUNTIME=0; [ "${{1:-}}" = --runtime ] && RUNTIME=1\n'
+         + packages[packages.index("ARCH=$(dpkg"):] + '\necho "$PACKAGES"'],
+        capture_output=True, text=True, timeout=30, check=True)
+    return set(result.stdout.split())
+
+
+def test_runtime_packages_are_bcc_and_python_only():
+    development = setup_packages()
+    assert {"linux-headers-amd64", "prometheus", "redis-server", "musl-tools"} <= development
+    assert setup_packages("--runtime") == {"python3-bpfcc", "python3-venv"}
+
+
+def test_run_imports_none_of_the_extras():
+    """`run` and `check` work with the package's own dependencies: the extras (timeline,
+    workloads) and the test tools are refused on import here."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=\[]", d)[0] for d in project["dependencies"]}
+    assert names == {"aiohttp", "prometheus-client", "psutil", "rich"}
+    extras = project["optional-dependencies"]
+    assert "thread-observer[timeline,workloads]" in extras["test"]
+    code = """
+import sys
+REFUSED = {"matplotlib", "uvloop", "redis", "yaml", "pytest", "kubernetes_validate"}
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in REFUSED:
+            raise ImportError("extra imported by run: " + name)
+sys.meta_path.insert(0, Refuse())
+import observer.server, observer.check, observer.daemon
+from observer.cli import build_parser
+build_parser().parse_args(["run", "--target", "a=b", "--pod-labels"])
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
 
 
 # Prometheus: config and rules
