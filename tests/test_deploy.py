@@ -1062,6 +1062,7 @@ def test_kubernetes_pod_job_scrapes_the_observer_port_of_annotated_pods(tmp_path
     pods_file.write_text(json.dumps(groups))
     config = without_kubernetes_discovery(yaml.safe_load(PROMETHEUS_CONFIG.read_text()), pods_file)
     (job,) = [j for j in config["scrape_configs"] if "file_sd_configs" in j]
+    assert job["honor_labels"] is True  # node mode's pod labels win over the observer pod's
     job["scrape_interval"] = job["scrape_timeout"] = "1s"
 
     with start_prometheus([], extra_scrape_configs=[job]) as prom:
