@@ -195,63 +195,71 @@ _RELABEL_CONFIG = {
         },
     },
 }
-PODMONITOR_SCHEMA = {
+_METADATA = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+        "namespace": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+
+
+def operator_object_schema(kind: str, spec: dict) -> dict:
+    """A monitoring.coreos.com/v1 object of this kind, unknown fields refused."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": kind},
+            "metadata": _METADATA,
+            "spec": spec,
+        },
+    }
+
+
+PODMONITOR_SCHEMA = operator_object_schema("PodMonitor", {
     "type": "object",
     "additionalProperties": False,
-    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "required": ["selector", "podMetricsEndpoints"],
     "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "PodMonitor"},
-        "metadata": {
-            "type": "object",
-            "required": ["name"],
-            "properties": {
-                "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
-                "namespace": {"type": "string"},
-                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-            },
-        },
-        "spec": {
+        "jobLabel": {"type": "string"},
+        "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+        "selector": _LABEL_SELECTOR,
+        "namespaceSelector": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["selector", "podMetricsEndpoints"],
             "properties": {
-                "jobLabel": {"type": "string"},
-                "podTargetLabels": {"type": "array", "items": {"type": "string"}},
-                "selector": _LABEL_SELECTOR,
-                "namespaceSelector": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "any": {"type": "boolean"},
-                        "matchNames": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-                "podMetricsEndpoints": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "anyOf": [{"required": ["port"]}, {"required": ["portNumber"]}],
-                        "properties": {
-                            "port": {"type": "string"},
-                            "portNumber": {"type": "integer"},
-                            "path": {"type": "string", "pattern": "^/"},
-                            "scheme": {"enum": ["http", "https"]},
-                            "interval": {"type": "string", "pattern": _DURATION},
-                            "scrapeTimeout": {"type": "string", "pattern": _DURATION},
-                            "honorLabels": {"type": "boolean"},
-                            "honorTimestamps": {"type": "boolean"},
-                            "relabelings": {"type": "array", "items": _RELABEL_CONFIG},
-                            "metricRelabelings": {"type": "array", "items": _RELABEL_CONFIG},
-                        },
-                    },
+                "any": {"type": "boolean"},
+                "matchNames": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "podMetricsEndpoints": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "anyOf": [{"required": ["port"]}, {"required": ["portNumber"]}],
+                "properties": {
+                    "port": {"type": "string"},
+                    "portNumber": {"type": "integer"},
+                    "path": {"type": "string", "pattern": "^/"},
+                    "scheme": {"enum": ["http", "https"]},
+                    "interval": {"type": "string", "pattern": _DURATION},
+                    "scrapeTimeout": {"type": "string", "pattern": _DURATION},
+                    "honorLabels": {"type": "boolean"},
+                    "honorTimestamps": {"type": "boolean"},
+                    "relabelings": {"type": "array", "items": _RELABEL_CONFIG},
+                    "metricRelabelings": {"type": "array", "items": _RELABEL_CONFIG},
                 },
             },
         },
     },
-}
+})
 
 
 # A PrometheusRule: the part of the operator's CRD it uses, unknown fields refused.
@@ -269,36 +277,26 @@ _RULE = {
         "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
     },
 }
-PROMETHEUSRULE_SCHEMA = {
+PROMETHEUSRULE_SCHEMA = operator_object_schema("PrometheusRule", {
     "type": "object",
     "additionalProperties": False,
-    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "required": ["groups"],
     "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "PrometheusRule"},
-        "metadata": PODMONITOR_SCHEMA["properties"]["metadata"],
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["groups"],
-            "properties": {
-                "groups": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["name", "rules"],
-                        "properties": {
-                            "name": {"type": "string"},
-                            "interval": {"type": "string", "pattern": _DURATION},
-                            "rules": {"type": "array", "items": _RULE},
-                        },
-                    },
+        "groups": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "rules"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "interval": {"type": "string", "pattern": _DURATION},
+                    "rules": {"type": "array", "items": _RULE},
                 },
             },
         },
     },
-}
+})
 OPERATOR_SCHEMAS = {"PodMonitor": PODMONITOR_SCHEMA, "PrometheusRule": PROMETHEUSRULE_SCHEMA}
 
 
