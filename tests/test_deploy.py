@@ -481,6 +481,9 @@ def test_observer_container_has_mounts_probes_resources_and_scrape_wiring(name):
     kubelet = {"/var/log/pods": "DirectoryOrCreate", "/var/log/containers": "DirectoryOrCreate"}
     assert host_paths == (kernel | kubelet if arguments.pod_labels else kernel)
     assert arguments.pod_labels == (name == "daemonset")
+    if arguments.pod_labels:
+        assert {f"{arguments.kubelet_log_dir}/{d}" for d in ("pods", "containers")} == \
+            set(kubelet)
     assert "/tmp" in {m["mountPath"] for m in observer["volumeMounts"]}
 
     annotations = template["metadata"]["annotations"]
