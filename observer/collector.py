@@ -38,6 +38,7 @@ class Series:
         self.threads = 0
         self.counts: Counts | None = None
         self.executor_max_workers: int | None = None
+        self.unnamed = 0  # node mode: its processes in a pod whose names were not found
 
     def add_row(self, row: ProcessRow) -> None:
         self.processes += 1
@@ -68,7 +69,9 @@ class ObserverCollector(Collector):
         # Every family is built before the duration is taken, so that it is this scrape's.
         started = time.perf_counter()
         snapshot = self._read_snapshot()
-        families = [*self._target_metrics(snapshot), *self._self_metrics(snapshot)]
+        groups = self._group(snapshot)
+        families = [*self._target_metrics(snapshot, groups),
+                    *self._self_metrics(snapshot, groups)]
         yield from families
         yield GaugeMetricFamily(
             _name("scrape_duration_seconds"),
@@ -93,13 +96,15 @@ class ObserverCollector(Collector):
         return (*key, str(pid)) if self._label_pid else tuple(key)
 
     def _group(self, snapshot: Snapshot) -> list[Series]:
-        if self._pod_names is not None:
-            self._pod_names.begin_scrape()
         series: dict[tuple[str, ...], Series] = {}
         keys: dict[tuple[str, str, str], tuple[str, ...]] = {}
         for row in snapshot.rows:
             key = self._key(row.target, row.container_id, row.pod_uid, row.pid)
-            series.setdefault(key, Series(list(key))).add_row(row)
+            group = series.setdefault(key, Series(list(key)))
+            group.add_row(row)
+            # In a pod (its cgroup says so) that the kubelet's directories do not name.
+            if self._pod_names is not None and row.pod_uid and not key[3]:
+                group.unnamed += 1
             # The observer keeps containers' exited processes apart in node mode only.
             if self._pod_names is not None:
                 keys[(row.target, row.container_id, row.pod_uid)] = key
@@ -114,9 +119,8 @@ class ObserverCollector(Collector):
             self._pod_names.forget({(row.container_id, row.pod_uid) for row in snapshot.rows})
         return list(series.values())
 
-    def _target_metrics(self, snapshot: Snapshot) -> Iterator[Metric]:
+    def _target_metrics(self, snapshot: Snapshot, groups: list[Series]) -> Iterator[Metric]:
         labels = self._labels()
-        groups = self._group(snapshot)
         yield from _gauges(snapshot, groups, labels, per_pid=self._label_pid)
         yield _target_info(snapshot)
         # The proc backend cannot count: its series are absent, never zeros passed off as
@@ -126,7 +130,7 @@ class ObserverCollector(Collector):
             yield from _thread_counters(counted, labels)
             yield from _getaddrinfo_metrics(counted, labels)
 
-    def _self_metrics(self, snapshot: Snapshot) -> Iterator[Metric]:
+    def _self_metrics(self, snapshot: Snapshot, groups: list[Series]) -> Iterator[Metric]:
         info = GaugeMetricFamily(
             _name("build_info"), "thread-observer version and the backend in use",
             labels=["version", "backend"],
@@ -161,7 +165,7 @@ class ObserverCollector(Collector):
                 _name("unnamed_pod_processes"),
                 "Attached processes in a pod whose pod or container name the kubelet's log "
                 "directories do not give (their namespace, pod or container label is empty)",
-                value=self._pod_names.unnamed,
+                value=sum(g.unnamed for g in groups),
             )
 
 

@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,12 +96,18 @@ class PodNames:
         self._containers: dict[str, PodContainer] = {}
         self._scanned_at: float | None = None
         self._reported: set[tuple[str, str]] = set()
-        self.unnamed = 0  # lookups of the current scrape that found no name
+        # Scrapes may run at once, in several threads.
+        self._lock = threading.Lock()
 
     def name(self, container_id: str, pod_uid: str) -> PodContainer:
-        """The names of a process's container; OUTSIDE when its cgroup names no pod."""
+        """The names of a process's container; OUTSIDE when its cgroup names no pod, and
+        empty names (a container name, or all three) when the directories do not give them."""
         if not pod_uid and not container_id:
             return OUTSIDE
+        with self._lock:
+            return self._name(container_id, pod_uid)
+
+    def _name(self, container_id: str, pod_uid: str) -> PodContainer:
         found = self._lookup(container_id, pod_uid)
         if found is None:
             self._rescan()
@@ -110,9 +117,6 @@ class PodNames:
         if found is None or not found.container:
             self._report_unnamed(container_id, pod_uid, found)
         return found or OUTSIDE
-
-    def begin_scrape(self) -> None:
-        self.unnamed = 0
 
     def _lookup(self, container_id: str, pod_uid: str) -> PodContainer | None:
         if container_id in self._containers:
@@ -140,7 +144,6 @@ class PodNames:
 
     def _report_unnamed(self, container_id: str, pod_uid: str,
                         found: PodContainer | None) -> None:
-        self.unnamed += 1
         key = (container_id, pod_uid)
         if key in self._reported:
             return
@@ -157,9 +160,10 @@ class PodNames:
         """Drops what is known of containers and pods no process is in any more."""
         ids = {container_id for container_id, _ in live}
         uids = {pod_uid for _, pod_uid in live}
-        self._containers = {k: v for k, v in self._containers.items() if k in ids}
-        self._pods = {k: v for k, v in self._pods.items() if k in uids}
-        self._reported &= live
+        with self._lock:
+            self._containers = {k: v for k, v in self._containers.items() if k in ids}
+            self._pods = {k: v for k, v in self._pods.items() if k in uids}
+            self._reported &= live
 
 
 def _list(directory: Path) -> list[str]:

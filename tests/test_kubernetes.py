@@ -97,32 +97,27 @@ def test_names_from_the_kubelet_log_directories(tmp_path, caplog):
     assert names.name("", "") is OUTSIDE
     # A Docker container outside Kubernetes has no pod: no label, no complaint.
     assert names.name(OTHER_CID, "") is OUTSIDE
-    assert names.unnamed == 0
-    # A pod the directories do not know yet: empty names, counted and said once, found as
-    # soon as the kubelet writes its directories (read again at most once a second).
+    assert not caplog.records
+    # A pod the directories do not know yet: empty names, said once, found as soon as the
+    # kubelet writes its directories (read again at most once a second).
     assert names.name(OTHER_CID, OTHER_UID) is OUTSIDE
     assert names.name(OTHER_CID, OTHER_UID) is OUTSIDE
-    assert names.unnamed == 2
     assert len([r for r in caplog.records if OTHER_UID in r.getMessage()]) == 1
     kubelet_logs(tmp_path, [("jobs", "nightly-x", OTHER_UID, {"worker": OTHER_CID})])
     assert names.name(OTHER_CID, OTHER_UID) is OUTSIDE  # not read again within the second
     clock[0] += 1.5
     assert names.name(OTHER_CID, OTHER_UID) == PodContainer("jobs", "nightly-x", "worker")
-    names.begin_scrape()
-    assert names.unnamed == 0
 
 
 def test_a_pod_without_its_container_link_is_named_without_the_container(tmp_path):
     (tmp_path / "pods" / f"shop_checkout-0_{UID}" / "app").mkdir(parents=True)
     names = PodNames(tmp_path)
     assert names.name(CID, UID) == PodContainer("shop", "checkout-0", "")
-    assert names.unnamed == 1
 
 
 def test_missing_directories_name_nothing(tmp_path):
     names = PodNames(tmp_path / "absent")
     assert names.name(CID, UID) is OUTSIDE
-    assert names.unnamed == 1
 
 
 def test_forgets_containers_no_process_is_in(tmp_path):
@@ -155,6 +150,9 @@ def test_node_mode_series_name_each_pod_and_aggregate_its_processes(tmp_path):
             ProcessRow("python", 12, threads=2, counts=counts(7, 0), container_id=OTHER_CID,
                        pod_uid=OTHER_UID),
             ProcessRow("python", 13, threads=1, counts=counts(0, 9)),
+            # A pod the kubelet's directories do not name: empty labels, counted as unnamed.
+            ProcessRow("python", 14, threads=1, counts=counts(0, 0), container_id="d" * 64,
+                       pod_uid="6f1c1c4e-0000-4000-8000-00000000ffff"),
         ],
         # An exited process of the checkout pod, and one of a pod with no process left.
         retired={("python", CID, UID): counts(10, 10),
@@ -175,13 +173,13 @@ def test_node_mode_series_name_each_pod_and_aggregate_its_processes(tmp_path):
     nightly = ("python", "jobs", "nightly-x", "worker")
     host = ("python", "", "", "")
     assert series("thread_observer_processes") == {
-        checkout: 2, nightly: 1, host: 1, ("idle", "", "", ""): 0}
-    assert series("thread_observer_threads") == {checkout: 7, nightly: 2, host: 1}
+        checkout: 2, nightly: 1, host: 2, ("idle", "", "", ""): 0}
+    assert series("thread_observer_threads") == {checkout: 7, nightly: 2, host: 2}
     assert series("thread_observer_threads_created_total") == {
         checkout: 13, nightly: 7, host: 0}
     assert series("thread_observer_getaddrinfo_duration_seconds_count") == {
         checkout: 16, nightly: 0, host: 9}
-    assert registry.get_sample_value("thread_observer_unnamed_pod_processes") == 0
+    assert registry.get_sample_value("thread_observer_unnamed_pod_processes") == 1
     assert registry.get_sample_value("thread_observer_scrape_duration_seconds") > 0
 
 
