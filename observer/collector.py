@@ -122,7 +122,7 @@ class ObserverCollector(Collector):
     def _target_metrics(self, snapshot: Snapshot, groups: list[Series]) -> Iterator[Metric]:
         labels = self._labels()
         yield from _gauges(snapshot, groups, labels, per_pid=self._label_pid)
-        yield _target_info(snapshot)
+        yield _target_info(snapshot, self._pod_names)
         # The proc backend cannot count: its series are absent, never zeros passed off as
         # measurements.
         counted = [g for g in groups if g.counts is not None]
@@ -244,11 +244,16 @@ def _getaddrinfo_metrics(groups: list[Series], labels: list[str]) -> Iterator[Me
     yield from (calls, failures, duration, hosts)
 
 
-def _target_info(snapshot: Snapshot) -> Metric:
+def _target_info(snapshot: Snapshot, pod_names: PodNames | None) -> Metric:
+    # In node mode it names the pod too: honoured labels must not leave the observer's own.
+    names = list(kubernetes.LABELS) if pod_names is not None else []
     info = GaugeMetricFamily(
         _name("target_info"), "Attached processes and the container and pod they run in",
-        labels=["target", "pid", "container_id", "pod_uid"],
+        labels=["target", "pid", "container_id", "pod_uid", *names],
     )
     for row in snapshot.rows:
-        info.add_metric([row.target, str(row.pid), row.container_id, row.pod_uid], 1)
+        labels = [row.target, str(row.pid), row.container_id, row.pod_uid]
+        if pod_names is not None:
+            labels += pod_names.name(row.container_id, row.pod_uid).labels()
+        info.add_metric(labels, 1)
     return info

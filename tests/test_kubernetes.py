@@ -180,6 +180,9 @@ def test_node_mode_series_name_each_pod_and_aggregate_its_processes(tmp_path):
     assert series("thread_observer_getaddrinfo_duration_seconds_count") == {
         checkout: 16, nightly: 0, host: 9}
     assert registry.get_sample_value("thread_observer_unnamed_pod_processes") == 1
+    assert registry.get_sample_value("thread_observer_target_info", {
+        "target": "python", "pid": "12", "container_id": OTHER_CID, "pod_uid": OTHER_UID,
+        "namespace": "jobs", "pod": "nightly-x", "container": "worker"}) == 1
     assert registry.get_sample_value("thread_observer_scrape_duration_seconds") > 0
 
 
