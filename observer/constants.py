@@ -10,6 +10,11 @@ import enum
 METRIC_PREFIX = "thread_observer"
 
 
+def metric_name(name: str) -> str:
+    """The full name of one of this exporter's metrics."""
+    return f"{METRIC_PREFIX}_{name}"
+
+
 class ProcessState(enum.IntEnum):
     """Values of the ``watched_tgids`` map."""
 
@@ -68,6 +73,7 @@ def eai_name(code: int) -> str:
 def bpf_cflags(track_new_processes: bool) -> list[str]:
     flags = [f"-DSTATE_{state.name}={state.value}" for state in ProcessState]
     flags += [f"-DCALLER_{caller.name}={caller.value}" for caller in Caller]
-    flags += [f"-D{size.name}={size.value}" for size in MapSize]
+    # __members__, not iteration: equal sizes are aliases, which iterating an enum skips.
+    flags += [f"-D{name}={size.value}" for name, size in MapSize.__members__.items()]
     flags.append(f"-DTRACK_NEW_PROCESSES={int(track_new_processes)}")
     return flags

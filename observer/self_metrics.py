@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from observer.constants import METRIC_PREFIX
+from observer.constants import metric_name
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class BpfProgramCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         enabled = self._stats_enabled()
         yield GaugeMetricFamily(
-            f"{METRIC_PREFIX}_bpf_stats_enabled",
+            metric_name("bpf_stats_enabled"),
             "1 when kernel.bpf_stats_enabled is on and the BPF programs' run time is counted",
             value=int(enabled),
         )
@@ -76,11 +76,11 @@ class BpfProgramCollector(Collector):
             return
         self._said_off = False
         runs = CounterMetricFamily(
-            f"{METRIC_PREFIX}_bpf_program_runs", "Runs of each BPF program of the observer",
+            metric_name("bpf_program_runs"), "Runs of each BPF program of the observer",
             labels=["program"],
         )
         seconds = CounterMetricFamily(
-            f"{METRIC_PREFIX}_bpf_program_run_seconds",
+            metric_name("bpf_program_run_seconds"),
             "Time spent running each BPF program of the observer", labels=["program"],
         )
         for program, fd in sorted(self._program_fds().items()):

@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from observer.collector import ObserverCollector
-from observer.daemon import ProcObserver
 from observer.kubernetes import PodNames
+from observer.observers import ProcObserver
 from observer.self_metrics import BpfProgramCollector, register_process_metrics
 from observer.web_config import WebConfig
 

@@ -5,24 +5,29 @@
 // counter's key carries it: when a PID is reused, the new process's counts never mix with the
 // old one's, even before user space has noticed the old one is gone.
 //
-// Parameters (-D cflags from observer/constants.py): STATE_PENDING, STATE_WATCHED,
-// STATE_EXITED, MAX_PROCESSES, TRACK_NEW_PROCESSES, and PIDNS_DEV/PIDNS_INO when the observer
-// runs in a PID namespace of its own (a container), so that ids match what it sees in /proc.
+// Parameters (-D cflags): STATE_PENDING, STATE_WATCHED, STATE_EXITED, MAX_PROCESSES and
+// TRACK_NEW_PROCESSES from observer/constants.py (bpf_cflags), and PIDNS_DEV/PIDNS_INO from
+// observer/bpf_backend.py (pid_namespace_cflags) when the observer runs in a PID namespace of
+// its own (a container), so that ids match what it sees in /proc.
 #ifndef THREAD_OBSERVER_WATCHED_H
 #define THREAD_OBSERVER_WATCHED_H
 
 #include <uapi/linux/ptrace.h>
 
 #ifndef MAX_PROCESSES
-#define MAX_PROCESSES 16384
+#error "MAX_PROCESSES must be given as a -D cflag by observer/constants.py"
 #endif
 #ifndef STATE_PENDING
-#define STATE_PENDING 1
-#define STATE_WATCHED 2
-#define STATE_EXITED 3
+#error "STATE_PENDING must be given as a -D cflag by observer/constants.py"
+#endif
+#ifndef STATE_WATCHED
+#error "STATE_WATCHED must be given as a -D cflag by observer/constants.py"
+#endif
+#ifndef STATE_EXITED
+#error "STATE_EXITED must be given as a -D cflag by observer/constants.py"
 #endif
 #ifndef TRACK_NEW_PROCESSES
-#define TRACK_NEW_PROCESSES 0
+#error "TRACK_NEW_PROCESSES must be given as a -D cflag by observer/constants.py"
 #endif
 
 struct watched_process {

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.harness import observer, wait_until, workload
+from tests.harness import exits_settled, observer, workload
 
 MIXED = ["-m", "workloads.mixed", "--threads", "13", "--loop-calls", "7",
          "--blocking-calls", "5", "--linger", "60"]
@@ -30,7 +30,7 @@ def measure(args: list[str], by_pid: bool) -> dict:
 
 def result(target, running) -> dict:
     truth = target.truth()
-    metrics = wait_until(lambda: settled(running, truth), 10, "the exits to be counted")
+    metrics = exits_settled(running, truth["threads_started"], target="ns")
     return {
         "truth": truth,
         "pid": target.pid,
@@ -40,12 +40,6 @@ def result(target, running) -> dict:
                                 target="ns"),
         "info_pids": list(metrics.labels("thread_observer_target_info", "pid", target="ns")),
     }
-
-
-def settled(running, truth):
-    metrics = running.scrape()
-    exited = metrics.value("thread_observer_threads_exited_total", target="ns")
-    return metrics if exited == truth["threads_started"] else None
 
 
 def reuse_pid(args: list[str]) -> dict:
