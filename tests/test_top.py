@@ -263,7 +263,7 @@ def test_logs_to_a_file(tmp_path):
     assert "WARNING observer.test: to the file" in log_file.read_text()
 
 
-# Short jobs under a real observer: each lives ~0.3 s, far less than a frame
+# Short jobs under a real observer: each lives about half a second, less than a frame
 SHORT_JOB = """
 import socket, sys, threading, time
 from workloads.truth import GroundTruth
@@ -276,7 +276,7 @@ for thread in threads:
 for _ in range(int(sys.argv[2])):
     socket.getaddrinfo("localhost", 80)
 truth.emit()
-time.sleep(0.3)
+time.sleep(0.5)
 """
 
 
