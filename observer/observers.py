@@ -81,12 +81,16 @@ class ProcObserver:
         regex_targets: list[RegexTarget],
         pid_targets: list[PidTarget],
         allow_non_python: bool = False,
+        containers_apart: bool = False,
     ) -> None:
         self.regex_targets = regex_targets
         self.pid_targets = {t.pid: t.name for t in pid_targets}
         self.allow_non_python = allow_non_python
         self.procs: dict[int, TrackedProcess] = {}
-        self.retired: dict[str, Counts] = {}
+        self.retired: dict[tuple[str, str, str], Counts] = {}
+        # Node mode: each container's processes are series of their own, and so are the
+        # folded counts of its exited processes.
+        self.containers_apart = containers_apart
         self.host_labels: dict[str, HostLabels] = {}
         # (thread sites, getaddrinfo sites) of each target
         self.site_labels: dict[str, tuple[HostLabels, HostLabels]] = {}
@@ -194,14 +198,21 @@ class ProcObserver:
         log.info("pid %d of target %s is gone", pid, tracked.target)
         # A --pid target ends with its process: a later process with that PID is not it.
         self.pid_targets.pop(pid, None)
+        # Folded counts and host labels live only as long as their processes do.
+        key = self.retire_key(tracked)
+        if not any(self.retire_key(t) == key for t in self.procs.values()):
+            self.retired.pop(key, None)
         if not self._has_processes(tracked.target):
-            # A target's folded counts and host labels live only as long as it has processes.
-            self.retired.pop(tracked.target, None)
             self.host_labels.pop(tracked.target, None)
             self.site_labels.pop(tracked.target, None)
 
     def _has_processes(self, target: str) -> bool:
         return any(tracked.target == target for tracked in self.procs.values())
+
+    def retire_key(self, tracked: TrackedProcess) -> tuple[str, str, str]:
+        if self.containers_apart:
+            return tracked.target, tracked.container_id, tracked.pod_uid
+        return tracked.target, "", ""
 
     # Reading
     def snapshot(self) -> Snapshot:
@@ -353,9 +364,10 @@ class BpfObserver(ProcObserver):
         tracked = self.procs.get(pid)
         if tracked is not None:
             final = self._counts({pid: tracked}).get(pid)
-            others = any(t.target == tracked.target and p != pid for p, t in self.procs.items())
+            key = self.retire_key(tracked)
+            others = any(self.retire_key(t) == key and p != pid for p, t in self.procs.items())
             if final is not None and others:
-                self.retired.setdefault(tracked.target, Counts()).add(final)
+                self.retired.setdefault(key, Counts()).add(final)
         super()._detach(pid)
         if tracked is not None:
             self.probes.forget({pid: tracked.generation})
@@ -380,8 +392,8 @@ class BpfObserver(ProcObserver):
             return Snapshot(
                 backend=self.backend,
                 rows=rows,
-                retired={target: self._bound_hosts(target, counts)
-                         for target, counts in self.retired.items()},
+                retired={key: self._bound_hosts(key[0], counts)
+                         for key, counts in self.retired.items()},
                 targets=self.target_names(),
                 probes_attached=dict(self.probes.probes_attached),
                 attach_errors=dict(self.probes.attach_errors),
