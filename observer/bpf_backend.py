@@ -36,8 +36,8 @@ from observer.labels import host_label
 
 log = logging.getLogger(__name__)
 
-PROBE_FILES = ("watched.h", "caller.h", "threads.bpf.c", "getaddrinfo.bpf.c", "dns.bpf.c",
-               "resolver.bpf.c")
+PROBE_FILES = ("watched.h", "python_stack.h", "threads.bpf.c", "getaddrinfo.bpf.c",
+               "dns.bpf.c", "resolver.bpf.c")
 INIT_PID_NAMESPACE_INO = 0xEFFFFFFC
 EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 # Tracepoints handled by functions that need no tracepoint arguments.
@@ -58,6 +58,11 @@ MAPS = (
     "getaddrinfo_duration_ns_sum", "getaddrinfo_host_calls_total", "getaddrinfo_started",
     "event_loop_threads", "dns_queries_total", "dns_sockets", "dns_socket_calls",
     "dns_send_calls", "resolver_calls_total", "resolver_calls_in_progress",
+)
+SITE_MAPS = (
+    "python_processes", "python_thread_states", "pending_thread_sites", "live_thread_sites",
+    "threads_created_by_site_total", "getaddrinfo_calls_by_site_total",
+    "site_stacks_dropped_total",
 )
 # (symbol, BPF function, on return): the metrics' probes, and the timeline's.
 UPROBES = (
@@ -104,6 +109,30 @@ class RawCounts:
     hosts: Counter[str] = field(default_factory=Counter)
     dns_queries: Counter[str] = field(default_factory=Counter)
     resolver_calls: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # (StackFlag bits, code object addresses innermost first) -> count
+    thread_stacks: Counter[tuple[int, tuple[int, ...]]] = field(default_factory=Counter)
+    call_stacks: Counter[tuple[int, tuple[int, ...]]] = field(default_factory=Counter)
+    # Events counted as <other> because a by-site map was full: None for threads, else caller
+    dropped_sites: Counter[str | None] = field(default_factory=Counter)
+    sites_read: bool = False  # the process has by-site counters (its interpreter was found)
+
+
+def stack_of(key) -> tuple[int, tuple[int, ...]]:
+    codes = tuple(key.code)
+    depth = next((i for i, code in enumerate(codes) if code == 0), len(codes))
+    return key.flags, codes[:depth]
+
+
+def _add_thread_stack(counts: RawCounts, key, value: int) -> None:
+    counts.thread_stacks[stack_of(key)] += value
+
+
+def _add_call_stack(counts: RawCounts, key, value: int) -> None:
+    counts.call_stacks[stack_of(key)] += value
+
+
+def _add_dropped(counts: RawCounts, key, value: int) -> None:
+    counts.dropped_sites[Caller(key.kind - 1).label if key.kind else None] += value
 
 
 def _add_created(counts: RawCounts, key, value: int) -> None:
@@ -154,6 +183,11 @@ COUNTER_MAPS = {
     "dns_queries_total": _add_dns_queries,
     "resolver_calls_total": _add_resolver_call,
 }
+SITE_COUNTER_MAPS = {
+    "threads_created_by_site_total": _add_thread_stack,
+    "getaddrinfo_calls_by_site_total": _add_call_stack,
+    "site_stacks_dropped_total": _add_dropped,
+}
 
 
 def probe_source(files: tuple[str, ...] = PROBE_FILES) -> str:
@@ -202,8 +236,11 @@ def import_bcc():
 
 
 class BpfProbes:
-    def __init__(self, track_new_processes: bool) -> None:
+    def __init__(self, track_new_processes: bool, sites: bool = True) -> None:
         self.track_new_processes = track_new_processes
+        self.sites = sites
+        self.counter_maps = {**COUNTER_MAPS, **(SITE_COUNTER_MAPS if sites else {})}
+        self.maps = (*MAPS, *(SITE_MAPS if sites else ()))
         # Every probe is listed from the start, so one that failed to attach shows 0.
         self.probes_attached: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
         self.attach_errors: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
@@ -213,7 +250,8 @@ class BpfProbes:
 
     # Loading
     def load(self) -> None:
-        self._bpf = compile_probes(PROBE_FILES, bpf_cflags(self.track_new_processes), "probes")
+        cflags = bpf_cflags(self.track_new_processes, self.sites)
+        self._bpf = compile_probes(PROBE_FILES, cflags, "probes")
         for tracepoint in MACRO_TRACEPOINTS:
             self.probes_attached[tracepoint.split(":")[1]] += 1  # attached by bcc on load
         for tracepoint, function in PLAIN_TRACEPOINTS:
@@ -228,6 +266,14 @@ class BpfProbes:
             # epoll_pwait2 is missing on kernels before 5.11: the others still work.
             self.attach_errors[name] += 1
             log.warning("could not attach tracepoint %s: %s", tracepoint, err)
+
+    def program_fds(self) -> dict[str, int]:
+        """File descriptors of the loaded programs by function name: the kernel's run
+        statistics of each are in /proc/self/fdinfo/FD."""
+        if self._bpf is None:
+            return {}
+        return {name.decode() if isinstance(name, bytes) else name: function.fd
+                for name, function in self._bpf.funcs.items()}
 
     def attach_libc(self, path: str, device_inode: tuple[int, int]) -> set[str]:
         """Uprobes on one libc-like object, once per file (uprobes are per inode); returns the
@@ -314,7 +360,12 @@ class BpfProbes:
         for key, value in list(watched.items()):
             if matches(key.value, value.generation):
                 watched.pop(key, None)
-        for name in COUNTER_MAPS:
+        if self.sites:
+            pythons = self._bpf["python_processes"]
+            for key, value in list(pythons.items()):
+                if matches(key.value, value.generation):
+                    pythons.pop(key, None)
+        for name in self.counter_maps:
             table = self._bpf[name]
             for key in [k for k in table if matches(k.tgid, k.generation)]:
                 table.pop(key, None)
@@ -331,7 +382,7 @@ class BpfProbes:
             return key.generation < started and live.get(key.tgid) != key.generation
 
         swept = 0
-        for name in COUNTER_MAPS:
+        for name in self.counter_maps:
             table = self._bpf[name]
             for key in [k for k in table if stale(k)]:
                 table.pop(key, None)
@@ -342,18 +393,48 @@ class BpfProbes:
     def read_counts(self, generations: dict[int, int]) -> dict[int, RawCounts]:
         """Counters of the given processes (tgid -> generation), by tgid."""
         counts: dict[int, RawCounts] = defaultdict(RawCounts)
-        for name, add in COUNTER_MAPS.items():
+        for name, add in self.counter_maps.items():
             for key, value in table_items(self._bpf[name]):
                 if generations.get(key.tgid) == key.generation:
                     add(counts[key.tgid], key, value.value)
+        if self.sites:
+            for tgid, _ in table_items(self._bpf["python_processes"]):
+                if tgid.value in generations:
+                    counts[tgid.value].sites_read = True
         return counts
 
     def dns_unknown_socket_sends(self) -> int:
         return sum(value.value for value in self._bpf["dns_unknown_socket_sends_total"].values())
+    def live_thread_stacks(self, generations: dict[int, int]) -> dict[int, Counter]:
+        """Live threads of the given processes by the stack that created them, by tgid."""
+        stacks: dict[int, Counter] = defaultdict(Counter)
+        if self.sites:
+            for _, key in table_items(self._bpf["live_thread_sites"]):
+                if generations.get(key.tgid) == key.generation:
+                    stacks[key.tgid][stack_of(key)[1]] += 1
+        return stacks
+
+    def set_python_process(self, tgid: int, generation: int, runtime) -> None:
+        """Lets the probes read this process's Python frames (python_stack.h)."""
+        table = self._bpf["python_processes"]
+        offsets = runtime.offsets
+        table[ctypes.c_uint32(tgid)] = table.Leaf(
+            generation, runtime.threads_head, offsets["tstate_next"],
+            offsets["tstate_native_thread_id"], offsets["tstate_frame"],
+            offsets["cframe_current_frame"], offsets["frame_previous"], offsets["frame_code"],
+            offsets["frame_owner"], offsets["code_flags"], offsets["tstate_prev"], 0,
+            frame_read_size(offsets), *runtime.text,
+        )
 
     def map_entries(self) -> dict[str, int]:
         """Entries in each map, to show they stay bounded."""
-        return {name: sum(1 for _ in self._bpf[name]) for name in MAPS}
+        return {name: sum(1 for _ in self._bpf[name]) for name in self.maps}
+
+
+def frame_read_size(offsets: dict[str, int]) -> int:
+    """Bytes of a frame the probes read at once: up to the end of its last field used."""
+    return max(offsets["frame_code"] + 8, offsets["frame_previous"] + 8,
+               offsets["frame_owner"] + 1)
 
 
 def table_items(table) -> list:

@@ -20,6 +20,10 @@ class Counts:
     dns_queries: Counter[str] = field(default_factory=Counter)  # by transport
     # libc resolver calls other than getaddrinfo, by (function, caller)
     resolver_calls: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # By Python call site; None where the process's frames cannot be read (sites unavailable)
+    threads_by_site: Counter[str] | None = None
+    calls_by_site: Counter[tuple[str, str]] | None = None  # (site, caller) -> calls
+    site_stacks_dropped: int = 0  # events counted as <other> because a stack map was full
 
     def add(self, other: Counts) -> None:
         self.threads_created.update(other.threads_created)
@@ -31,6 +35,11 @@ class Counts:
         self.hosts.update(other.hosts)
         self.dns_queries.update(other.dns_queries)
         self.resolver_calls.update(other.resolver_calls)
+        if other.threads_by_site is not None:
+            self.threads_by_site = (self.threads_by_site or Counter()) + other.threads_by_site
+        if other.calls_by_site is not None:
+            self.calls_by_site = (self.calls_by_site or Counter()) + other.calls_by_site
+        self.site_stacks_dropped += other.site_stacks_dropped
 
 
 @dataclass
@@ -42,15 +51,18 @@ class ProcessRow:
     executor_max_workers: int | None = None
     container_id: str = ""
     pod_uid: str = ""
+    executor_threads: Counter[str] | None = None  # live threads by pool; None: unknown
+    sites_unavailable: str | None = None  # why Python frames cannot be read, when they cannot
 
 
 @dataclass
 class Snapshot:
     backend: str
     rows: list[ProcessRow] = field(default_factory=list)
-    # Final counts of exited processes, by target, kept while the target has live processes
-    # so that its counters never go down.
-    retired: dict[str, Counts] = field(default_factory=dict)
+    # Final counts of exited processes, by (target, container id, pod uid), kept while such
+    # processes live so that their counters never go down. The container and pod are empty
+    # unless the observer keeps containers apart (node mode).
+    retired: dict[tuple[str, str, str], Counts] = field(default_factory=dict)
     targets: list[str] = field(default_factory=list)  # configured target names
     probes_attached: dict[str, int] = field(default_factory=dict)
     attach_errors: dict[str, int] = field(default_factory=dict)

@@ -27,13 +27,16 @@ def make_observer(args: argparse.Namespace):
         raise UsageError(str(err)) from None
     if not regex_targets and not pid_targets:
         raise UsageError("nothing to watch: give --target NAME=REGEX or --pid PID")
-    options = (regex_targets, pid_targets, args.allow_non_python)
+    options = {"regex_targets": regex_targets, "pid_targets": pid_targets,
+               "allow_non_python": args.allow_non_python,
+               # Node mode (run --pod-labels) keeps each container's processes apart.
+               "containers_apart": getattr(args, "pod_labels", False)}
     if args.backend == "proc":
-        return started(ProcObserver(*options))
+        return started(ProcObserver(**options))
     problem = bpf_problem()
     if problem is None:
         try:
-            return started(BpfObserver(*options))
+            return started(BpfObserver(**options, sites=getattr(args, "sites", True)))
         except BpfUnavailable as err:
             problem = str(err)
     if args.backend == "bpf":
@@ -41,7 +44,7 @@ def make_observer(args: argparse.Namespace):
     log.warning("eBPF unavailable (%s): falling back to the proc backend: live threads and "
                 "processes only; thread creation counts and getaddrinfo are NOT measured",
                 problem)
-    return started(ProcObserver(*options))
+    return started(ProcObserver(**options))
 
 
 def started(observer):

@@ -1,5 +1,7 @@
-// getaddrinfo: calls, latency (log2 histogram), failures by EAI_* code, and whether the
-// calling thread is an event loop (it has waited in epoll_wait/epoll_pwait/epoll_pwait2).
+// getaddrinfo: calls, latency (log2 histogram), failures by EAI_* code, and whether the call
+// was made on an event loop: a coroutine on the caller's Python stack (python_stack.h), or,
+// where the frames cannot be read, a thread that has waited in epoll_wait/epoll_pwait/
+// epoll_pwait2.
 //
 // Maps become metrics (observer/bpf_backend.py):
 //   getaddrinfo_calls_total       {process, caller} -> count  thread_observer_getaddrinfo_calls_total
@@ -8,8 +10,10 @@
 //   getaddrinfo_duration_ns_sum   {process} -> ns             (its _sum)
 //   getaddrinfo_host_calls_total  {process, host} -> count    thread_observer_getaddrinfo_host_calls_total
 //                                    (bounded: when full, calls still count in the totals above)
+//   getaddrinfo_calls_by_site_total {process, stack, caller} -> count (python_stack.h)
+//                                             thread_observer_getaddrinfo_calls_by_site_total
 #include "watched.h"
-#include "caller.h"
+#include "python_stack.h"
 
 #ifndef MAX_THREADS
 #error "MAX_THREADS must be given as a -D cflag by observer/constants.py"
@@ -22,6 +26,12 @@
 #endif
 #ifndef HOST_LENGTH
 #error "HOST_LENGTH must be given as a -D cflag by observer/constants.py"
+#endif
+#ifndef CALLER_OTHER
+#error "CALLER_OTHER must be given as a -D cflag by observer/constants.py"
+#endif
+#ifndef CALLER_EVENT_LOOP
+#error "CALLER_EVENT_LOOP must be given as a -D cflag by observer/constants.py"
 #endif
 
 struct caller_key {
@@ -51,6 +61,8 @@ struct host_key {
 
 struct call_in_progress {
     u64 started_ns;
+    u32 caller;  // decided at entry, where the frames are read
+    u32 reserved;
     char host[HOST_LENGTH];
 };
 
@@ -61,6 +73,8 @@ BPF_HASH(getaddrinfo_duration_ns_sum, struct process_key, u64, MAX_PROCESSES);
 BPF_HASH(getaddrinfo_host_calls_total, struct host_key, u64, MAX_HOSTS);
 // tid -> the call in progress
 BPF_TABLE("lru_hash", u32, struct call_in_progress, getaddrinfo_started, MAX_THREADS);
+// tids that have waited in epoll: event-loop threads
+BPF_TABLE("lru_hash", u32, u8, event_loop_threads, MAX_THREADS);
 
 // bcc's increment() is not atomic, and two CPUs that find a key missing both store 1:
 // lookup_or_try_init inserts only if absent, then the add is atomic. (It gives NULL when the
@@ -101,6 +115,20 @@ static __always_inline int add_host(struct host_key *key)
     return 0;
 }
 
+int mark_event_loop_thread(void *ctx)
+{
+    u64 id = current_pid_tgid();
+    u32 tid = (u32)id;
+    if (!watched_generation(id >> 32))
+        return 0;
+    // Loops wait thousands of times a second: look before writing.
+    if (event_loop_threads.lookup(&tid))
+        return 0;
+    u8 yes = 1;
+    event_loop_threads.update(&tid, &yes);
+    return 0;
+}
+
 int forget_thread(void *ctx)
 {
     // Thread ids are reused: a new thread must not inherit an old one's event-loop mark.
@@ -111,16 +139,44 @@ int forget_thread(void *ctx)
         event_loop_threads.delete(&tid);
     if (getaddrinfo_started.lookup(&tid))
         getaddrinfo_started.delete(&tid);
+    // Only watched processes have Python thread state here: one lookup for the rest.
+    if (watched_generation(current_pid_tgid() >> 32))
+        forget_python_thread(tid, (u32)bpf_get_current_pid_tgid());
     return 0;
+}
+
+// The caller label of a resolver call this thread makes now (getaddrinfo, and the functions of
+// resolver.bpf.c): a coroutine on its Python stack decides, else its epoll mark. With sites, a
+// stack that was read stays in the scratch key, and *stack_read says so.
+static __always_inline u32 call_caller(u32 tgid, u32 tid, u64 generation, int *stack_read)
+{
+    int epoll_marked = event_loop_threads.lookup(&tid) != NULL;
+    *stack_read = 0;
+#if SITES
+    struct site_key *site = site_scratch_key();
+    if (site && read_python_stack(tgid, tid, generation, site, 1)) {
+        *stack_read = 1;
+        return caller_from_stack(site, epoll_marked);
+    }
+#endif
+    return epoll_marked ? CALLER_EVENT_LOOP : CALLER_OTHER;
 }
 
 int getaddrinfo_entry(struct pt_regs *ctx)
 {
     u64 id = current_pid_tgid();
-    u32 tid = (u32)id;
-    if (!watched_generation(id >> 32))
+    u32 tgid = id >> 32, tid = (u32)id;
+    u64 generation = watched_generation(tgid);
+    if (!generation)
         return 0;
     struct call_in_progress call = {.started_ns = bpf_ktime_get_ns()};
+    int stack_read = 0;
+    call.caller = call_caller(tgid, tid, generation, &stack_read);
+#if SITES
+    struct site_key *site = site_scratch_key();
+    if (site && stack_read)
+        add_call_site(site, call.caller);
+#endif
     // A NULL or unreadable node leaves the name empty.
     bpf_probe_read_user_str(call.host, sizeof(call.host), (void *)PT_REGS_PARM1(ctx));
     getaddrinfo_started.update(&tid, &call);
@@ -154,11 +210,9 @@ int getaddrinfo_return(struct pt_regs *ctx)
     }
     struct host_key host = {.tgid = tgid, .generation = generation};
     __builtin_memcpy(host.host, call->host, sizeof(host.host));
+    struct caller_key calls = {.tgid = tgid, .caller = call->caller, .generation = generation};
     getaddrinfo_started.delete(&tid);
     add_host(&host);
-
-    struct caller_key calls = {.tgid = tgid, .caller = thread_caller(tid),
-                               .generation = generation};
     add_call(&calls);
 
     int rc = PT_REGS_RC(ctx);

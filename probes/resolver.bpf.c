@@ -5,7 +5,8 @@
 // progress is known by the stack pointer it returns to, and an entry below it is a call from
 // within. getaddrinfo is counted by getaddrinfo.bpf.c, whose call-in-progress map
 // (getaddrinfo_started) tells the calls made from within it (glibc's getaddrinfo of an AF_INET
-// name calls gethostbyname2_r): that file comes first.
+// name calls gethostbyname2_r), and whose call_caller() decides the caller label as for
+// getaddrinfo: that file comes first.
 //
 // Both programs are attached with one uprobe_multi link per libc object (Linux 6.6+), each
 // symbol's attach cookie its ResolverFunction value (observer/constants.py): one program for
@@ -17,7 +18,6 @@
 // Maps become metrics (observer/bpf_backend.py):
 //   resolver_calls_total  {process, function, caller} -> count  thread_observer_resolver_calls_total
 #include "watched.h"
-#include "caller.h"
 
 #ifndef MAX_KEYS
 #error "MAX_KEYS comes from observer/constants.py"
@@ -60,8 +60,10 @@ int resolver_entry(struct pt_regs *ctx)
     if (outer && *outer > PT_REGS_SP(ctx))
         return 0;
     resolver_calls_in_progress.update(&tid, &returns_to);
+    int stack_read = 0;
     struct resolver_key key = {.tgid = tgid, .function = bpf_get_attach_cookie(ctx),
-                               .caller = thread_caller(tid), .generation = generation};
+                               .caller = call_caller(tgid, tid, generation, &stack_read),
+                               .generation = generation};
     return add_resolver_call(&key);
 }
 

@@ -5,7 +5,10 @@
 // Maps become metrics (observer/bpf_backend.py):
 //   threads_created_total  {process, start_routine} -> count  thread_observer_threads_created_total
 //   threads_exited_total   {process} -> count                 thread_observer_threads_exited_total
+//   threads_created_by_site_total {process, stack} -> count   (python_stack.h)
+//                                                   thread_observer_threads_created_by_site_total
 #include "watched.h"
+#include "python_stack.h"
 
 #ifndef MAX_THREADS
 #error "MAX_THREADS must be given as a -D cflag by observer/constants.py"
@@ -56,11 +59,13 @@ int pthread_create_entry(struct pt_regs *ctx)
         return 0;
     u64 routine = PT_REGS_PARM3(ctx);
     pending_start_routine.update(&tid, &routine);
+    remember_creating_stack(tgid, tid, watched_generation(tgid), routine);
     return 0;
 }
 
-static __always_inline void count_new_thread(u32 tgid, u32 tid, u64 generation)
+static __always_inline void count_new_thread(u32 tgid, u32 tid, u64 generation, u32 new_tid)
 {
+    count_thread_site(tgid, tid, generation, new_tid);
     struct creator_key key = {.tgid = tgid, .generation = generation};
     u64 *routine = pending_start_routine.lookup(&tid);
     if (routine) {
@@ -78,7 +83,7 @@ TRACEPOINT_PROBE(task, task_newtask)
     if (!generation)
         return 0;
     if (args->clone_flags & CLONE_THREAD)
-        count_new_thread(tgid, tid, generation);
+        count_new_thread(tgid, tid, generation, (u32)args->pid);
 #ifndef PIDNS_INO
     // A fork of a watched process: same command line. (In a PID namespace the child's id
     // here is the host's, so forks are found by the periodic scan instead.)
@@ -91,7 +96,10 @@ TRACEPOINT_PROBE(task, task_newtask)
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
     // A new program: counted from here, classified by its command line in user space.
-    u32 tgid = current_pid_tgid() >> 32;
+    u64 id = current_pid_tgid();
+    u32 tgid = id >> 32;
+    if (watched_generation(tgid))
+        forget_python_process(tgid, (u32)id);
     if (TRACK_NEW_PROCESSES && tgid)
         mark_pending(tgid, 0);
     return 0;

@@ -17,6 +17,7 @@ examples:
 import ipaddress
 import sys
 
+import aiodns
 import aiohttp
 
 from workloads.http_load import http_scenario_parser, run_http_scenario
@@ -31,6 +32,23 @@ def build_parser():
     )
     add_lifecycle_arguments(parser)
     return parser
+
+
+class CountingChannels:
+    """The ground truth of native threads: pycares 5 runs one c-ares event thread per channel
+    made without a socket callback, which aiodns records (privately) as ``_event_thread``."""
+
+    event_threads = 0
+
+    @classmethod
+    def install(cls) -> None:
+        real_init = aiodns.DNSResolver.__init__
+
+        def counting_init(resolver, *args, **kwargs):
+            real_init(resolver, *args, **kwargs)
+            cls.event_threads += int(bool(getattr(resolver, "_event_thread", False)))
+
+        aiodns.DNSResolver.__init__ = counting_init
 
 
 class CountingResolver(aiohttp.AsyncResolver):
@@ -49,11 +67,15 @@ def main(argv=None) -> int:
     if problem:
         print(f"aiohttp_aiodns: {problem}", file=sys.stderr)
         return 2
+    CountingChannels.install()
     return run_http_scenario(
         SCENARIO,
         args,
         fetch_with_new_session,
-        lambda: {"async_resolutions": CountingResolver.resolutions},
+        lambda: {
+            "async_resolutions": CountingResolver.resolutions,
+            "c_ares_threads": CountingChannels.event_threads,
+        },
     )
 
 
