@@ -26,21 +26,25 @@ from benchmarks.storm import bpf_statistics
 
 SOURCE = Path(__file__).with_name("syscalls.c")
 OPERATIONS = ("write", "sendto", "socket_close")
-DNS_TRACEPOINTS = ("socket", "connect", "close", "sendto", "write", "writev", "sendmsg",
-                   "sendmmsg")
+DNS_TRACEPOINTS = ("socket", "connect", "close", "sendto", "write", "writev", "sendmsg", "sendmmsg")
 GOAL = 0.97  # the same bar as the overhead on a watched process
 
 
 def build(folder: Path) -> Path:
     binary = folder / "syscalls"
-    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(SOURCE)], check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-o", str(binary), str(SOURCE)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return binary
 
 
 def timed(binary: Path, count: int) -> dict[str, float]:
-    done = subprocess.run([str(binary), str(count)], capture_output=True, text=True, check=True,
-                          timeout=300)
+    done = subprocess.run(
+        [str(binary), str(count)], capture_output=True, text=True, check=True, timeout=300
+    )
     return json.loads(done.stdout)
 
 
@@ -53,8 +57,11 @@ def running_observer(children: Children, idle: subprocess.Popen) -> Observer:
 
 def program_runs(observer_pid: int) -> dict[str, tuple[int, int]]:
     """Runs and nanoseconds of the DNS probe's programs, by syscall tracepoint."""
-    tracepoints = {entry["prog_id"]: entry.get("tracepoint", "")
-                   for entry in bpftool.attachments() if entry.get("pid") == observer_pid}
+    tracepoints = {
+        entry["prog_id"]: entry.get("tracepoint", "")
+        for entry in bpftool.attachments()
+        if entry.get("pid") == observer_pid
+    }
     runs: dict[str, tuple[int, int]] = {}
     for prog_id, tracepoint in tracepoints.items():
         name = tracepoint.removeprefix("sys_enter_").removeprefix("sys_exit_")
@@ -93,9 +100,16 @@ def measure(children: Children, settings: Settings) -> Section:
             timed(binary, count)
             after = program_runs(observer.pid)
         children.end(idle)
-    rows = [[op, number(median(per_op["without"][op])), number(median(per_op["with"][op])),
-             times(median(ratios[op])), f"{times(min(ratios[op]))} to {times(max(ratios[op]))}"]
-            for op in OPERATIONS]
+    rows = [
+        [
+            op,
+            number(median(per_op["without"][op])),
+            number(median(per_op["with"][op])),
+            times(median(ratios[op])),
+            f"{times(min(ratios[op]))} to {times(max(ratios[op]))}",
+        ]
+        for op in OPERATIONS
+    ]
     section.text(
         f"{rounds} rounds, each timing {count:,} of each operation once without and once with "
         "an observer running (watching a `sleep`), the side that goes first alternating. "
@@ -106,18 +120,21 @@ def measure(children: Children, settings: Settings) -> Section:
     for tracepoint in sorted(after):
         runs = after[tracepoint][0] - before.get(tracepoint, (0, 0))[0]
         ns = after[tracepoint][1] - before.get(tracepoint, (0, 0))[1]
-        program_rows.append([f"`{tracepoint}`", f"{runs:,}",
-                             number(ns / runs, 1) if runs else "-"])
+        program_rows.append([f"`{tracepoint}`", f"{runs:,}", number(ns / runs, 1) if runs else "-"])
     section.text(
         "The kernel's BPF statistics during one more run with the observer (every process on "
         "the machine counts, not only the timed one):"
     )
     section.table(["program on", "runs", "ns per run"], program_rows)
     worst = min(median(ratios[op]) for op in OPERATIONS)
-    section.goals.append(Goal(
-        "unwatched process, DNS probe's syscalls", f">= {GOAL} of the speed without",
-        f"{times(worst)} (worst median)", worst >= GOAL,
-        "every write, send, socket and close of every process on the host runs two programs "
-        "(entry and exit); each returns after one hash lookup, see the BPF statistics",
-    ))
+    section.goals.append(
+        Goal(
+            "unwatched process, DNS probe's syscalls",
+            f">= {GOAL} of the speed without",
+            f"{times(worst)} (worst median)",
+            worst >= GOAL,
+            "every write, send, socket and close of every process on the host runs two programs "
+            "(entry and exit); each returns after one hash lookup, see the BPF statistics",
+        )
+    )
     return section
