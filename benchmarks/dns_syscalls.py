@@ -1,4 +1,4 @@
-"""7. What the DNS probe's syscall tracepoints cost a process the observer does not watch.
+"""6. What the DNS probe's syscall tracepoints cost a process the observer does not watch.
 
 The DNS probe follows ``socket``, ``connect``, ``close`` and the sends (``write``, ``writev``,
 ``sendto``, ``sendmsg``, ``sendmmsg``) of every process on the host, entry and exit, and returns
@@ -75,7 +75,7 @@ def program_runs(observer_pid: int) -> dict[str, tuple[int, int]]:
 def measure(children: Children, settings: Settings) -> Section:
     count = max(20_000, settings.storm_calls // 10)
     rounds = max(3, settings.overhead_rounds // 2)
-    section = Section("The DNS probe's syscall tracepoints on an unwatched process")
+    section = Section("6. The DNS probe's syscall tracepoints on an unwatched process")
     with tempfile.TemporaryDirectory(prefix="syscalls-") as folder:
         binary = build(Path(folder))
         idle = children.spawn(["sleep", "3600"])
@@ -134,7 +134,10 @@ def measure(children: Children, settings: Settings) -> Section:
             f"{times(worst)} (worst median)",
             worst >= GOAL,
             "every write, send, socket and close of every process on the host runs two programs "
-            "(entry and exit); each returns after one hash lookup, see the BPF statistics",
+            "(entry and exit), each through the syscall tracepoint's perf path, which copies the "
+            "arguments into a record before the program runs; each program returns after one "
+            "hash lookup (see its ns per run): the cost is per syscall, so it is largest on the "
+            "cheapest ones (a one-byte write to /dev/null)",
         )
     )
     return section
