@@ -15,22 +15,25 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from observer.constants import Caller, ProcessState, bpf_cflags, eai_name
+from observer.constants import PROCESS_LIMITS, Caller, ProcessState, bpf_cflags, eai_name
 
 log = logging.getLogger(__name__)
 
-PROBE_FILES = ("watched.h", "threads.bpf.c", "getaddrinfo.bpf.c")
+PROBE_FILES = ("watched.h", "processes.bpf.c", "threads.bpf.c", "getaddrinfo.bpf.c")
 INIT_PID_NAMESPACE_INO = 0xEFFFFFFC
 EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 # Tracepoints handled by functions that need no tracepoint arguments.
 PLAIN_TRACEPOINTS = [(f"syscalls:sys_enter_{name}", "mark_event_loop_thread") for name in
                      EPOLL_SYSCALLS] + [("sched:sched_process_exit", "forget_thread")]
-MACRO_TRACEPOINTS = ("task:task_newtask", "sched:sched_process_exec", "sched:sched_process_exit")
+MACRO_TRACEPOINTS = ("task:task_newtask", "sched:sched_process_exec", "sched:sched_process_exit",
+                     "syscalls:sys_enter_execve", "syscalls:sys_enter_execveat")
+# Where a forked child first returns to user space: in a PID namespace it takes its watch there.
+CHILD_RETURNS = tuple(f"syscalls:sys_exit_{name}" for name in ("clone", "clone3", "fork", "vfork"))
 MAPS = (
     "watched_tgids", "threads_created_total", "threads_exited_total", "pending_start_routine",
     "getaddrinfo_calls_total", "getaddrinfo_failures_total", "getaddrinfo_duration_seconds",
     "getaddrinfo_duration_ns_sum", "getaddrinfo_host_calls_total", "getaddrinfo_started",
-    "event_loop_threads",
+    "event_loop_threads", "exec_arguments_by_thread",
 )
 # (symbol, BPF function, on return)
 UPROBES = (
@@ -122,12 +125,13 @@ def compile_probes(files: tuple[str, ...], cflags: list[str], what: str):
     return bpf
 
 
-def watch_process(watched, tgid: int) -> int:
-    """Marks a process watched in a ``watched_tgids`` map; returns its generation, the one
-    the kernel gave it if it has one."""
+def watch_process(watched, tgid: int, target: int = 0) -> int:
+    """Marks a process watched in a ``watched_tgids`` map, with the observer's number for its
+    target (which its children inherit); returns its generation, the one the kernel gave it if
+    it has one."""
     entry = watched.get(ctypes.c_uint32(tgid))
     generation = entry.generation if entry is not None else time.monotonic_ns()
-    watched[ctypes.c_uint32(tgid)] = watched.Leaf(ProcessState.WATCHED, 0, generation)
+    watched[ctypes.c_uint32(tgid)] = watched.Leaf(ProcessState.WATCHED, target, generation)
     return generation
 
 
@@ -150,9 +154,46 @@ def import_bcc():
     return bcc
 
 
+@dataclass(frozen=True)
+class WatchedEntry:
+    """One process of the kernel's watched set."""
+
+    state: ProcessState
+    target: int  # the observer's number for its target, 0 for none yet
+    generation: int
+
+
+@dataclass(frozen=True)
+class ExecReport:
+    """A process that started a program, with the arguments it was given."""
+
+    tgid: int
+    target: int
+    generation: int
+    arguments: list[str]
+
+
+def exec_arguments(raw: bytes, length: int) -> list[str]:
+    """The argument slots of an exec report, up to the first empty one."""
+    arguments = []
+    for start in range(0, len(raw), length):
+        slot = raw[start:start + length].split(b"\0", 1)[0]
+        if not slot:
+            break
+        arguments.append(slot.decode(errors="replace"))
+    return arguments
+
+
+# Counters the kernel keeps about what it could not do: self metrics.
+KERNEL_DROPS = ("children_not_watched_total", "exec_reports_lost_total")
+
+
 class BpfProbes:
-    def __init__(self, track_new_processes: bool) -> None:
+    def __init__(self, track_new_processes: bool, follow_children: bool = True) -> None:
         self.track_new_processes = track_new_processes
+        self.follow_children = follow_children
+        self._exec_reports: list[ExecReport] = []
+        self._in_pid_namespace = False
         # Every probe is listed from the start, so one that failed to attach shows 0.
         self.probes_attached: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
         self.attach_errors: Counter[str] = Counter(dict.fromkeys((*PROBE_NAMES, "libc"), 0))
@@ -161,11 +202,36 @@ class BpfProbes:
 
     # Loading
     def load(self) -> None:
-        self._bpf = compile_probes(PROBE_FILES, bpf_cflags(self.track_new_processes), "probes")
+        cflags = [*bpf_cflags(self.track_new_processes),
+                  f"-DFOLLOW_CHILDREN={int(self.follow_children)}"]
+        self._bpf = compile_probes(PROBE_FILES, cflags, "probes")
         for tracepoint in MACRO_TRACEPOINTS:
             self.probes_attached[tracepoint.split(":")[1]] += 1  # attached by bcc on load
-        for tracepoint, function in PLAIN_TRACEPOINTS:
+        plain = PLAIN_TRACEPOINTS
+        self._in_pid_namespace = bool(pid_namespace_cflags())
+        if self._in_pid_namespace:
+            plain = [*plain, *((name, "adopt_forked_child") for name in CHILD_RETURNS)]
+        for tracepoint, function in plain:
             self._attach_tracepoint(tracepoint, function)
+        self._bpf["exec_reports"].open_ring_buffer(self._keep_exec_report)
+
+    def _keep_exec_report(self, ctx, data, size) -> None:
+        report = self._bpf["exec_reports"].event(data)
+        self._exec_reports.append(ExecReport(
+            report.tgid, report.target, report.generation,
+            exec_arguments(bytes(report.args), PROCESS_LIMITS["ARG_LENGTH"])))
+
+    def exec_reports(self) -> list[ExecReport]:
+        """The programs started since the last call (read after :meth:`states`, every
+        pending process seen there has its report here or in an earlier call)."""
+        self._bpf.ring_buffer_consume()
+        reports, self._exec_reports = self._exec_reports, []
+        return reports
+
+    def kernel_drops(self) -> dict[str, int]:
+        """What the kernel could not do for lack of room, by counter name."""
+        return {name: sum(value.value for value in self._bpf[name].values())
+                for name in KERNEL_DROPS}
 
     def _attach_tracepoint(self, tracepoint: str, function: str) -> None:
         name = tracepoint.split(":")[1].removeprefix("sys_enter_")
@@ -203,17 +269,18 @@ class BpfProbes:
             self._attached_objects.clear()
 
     # The watched set
-    def watch(self, tgid: int) -> int:
-        """Marks a process watched; returns its generation (kept if the kernel has one)."""
-        return watch_process(self._bpf["watched_tgids"], tgid)
+    def watch(self, tgid: int, target: int) -> int:
+        """Marks a process watched with a target number (its children inherit it); returns its
+        generation (kept if the kernel has one)."""
+        return watch_process(self._bpf["watched_tgids"], tgid, target)
 
-    def set_state(self, tgid: int, state: ProcessState, generation: int) -> None:
+    def set_state(self, tgid: int, entry: WatchedEntry) -> None:
         watched = self._bpf["watched_tgids"]
-        watched[ctypes.c_uint32(tgid)] = watched.Leaf(state, 0, generation)
+        watched[ctypes.c_uint32(tgid)] = watched.Leaf(entry.state, entry.target, entry.generation)
 
-    def states(self) -> dict[int, tuple[ProcessState, int]]:
-        """tgid -> (state, generation) of every process in the watched set."""
-        return {key.value: (ProcessState(value.state), value.generation)
+    def states(self) -> dict[int, WatchedEntry]:
+        """tgid -> its entry, for every process in the watched set."""
+        return {key.value: WatchedEntry(ProcessState(value.state), value.target, value.generation)
                 for key, value in table_items(self._bpf["watched_tgids"])}
 
     def forget(self, processes: dict[int, int | None]) -> None:
@@ -265,7 +332,8 @@ class BpfProbes:
 
     def map_entries(self) -> dict[str, int]:
         """Entries in each map, to show they stay bounded."""
-        return {name: sum(1 for _ in self._bpf[name]) for name in MAPS}
+        names = (*MAPS, "forked_children") if self._in_pid_namespace else MAPS
+        return {name: sum(1 for _ in self._bpf[name]) for name in names}
 
 
 def table_items(table) -> list:

@@ -17,6 +17,7 @@ EPILOG_RUN = """examples:
   thread-observer run --target api='python.*server\\.py'          # every matching process
   thread-observer run --pid 4242 --pid worker=4343 --label-pid      # given processes
   thread-observer run --target api='uvicorn' --listen 0.0.0.0:9097 --backend auto
+  thread-observer run --target '{app}=gunicorn: master \\[(?P<app>[^]:]+)'  # a target per app
   curl -s localhost:9097/metrics | grep thread_observer_
 """
 
@@ -146,12 +147,13 @@ def make_observer(args: argparse.Namespace):
     if not regex_targets and not pid_targets:
         raise CliError("nothing to watch: give --target NAME=REGEX or --pid PID")
     options = (regex_targets, pid_targets, args.allow_non_python)
+    children = {"follow_children": not args.no_children}
     if args.backend == "proc":
-        return _started(ProcObserver(*options))
+        return _started(ProcObserver(*options, **children))
     problem = bpf_problem()
     if problem is None:
         try:
-            return _started(BpfObserver(*options))
+            return _started(BpfObserver(*options, **children))
         except BpfUnavailable as err:
             problem = str(err)
     if args.backend == "bpf":
@@ -159,7 +161,7 @@ def make_observer(args: argparse.Namespace):
     log.warning("eBPF unavailable (%s): falling back to the proc backend: live threads and "
                 "processes only; thread creation counts and getaddrinfo are NOT measured",
                 problem)
-    return _started(ProcObserver(*options))
+    return _started(ProcObserver(*options, **children))
 
 
 def _started(observer):

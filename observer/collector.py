@@ -20,6 +20,16 @@ from observer.constants import EAI_NAMES, METRIC_PREFIX
 from observer.histogram import log2_to_buckets
 from observer.model import Counts, ProcessRow, Snapshot
 
+# Self counters of what the observer could not see or name as asked (never a silent zero).
+LOSSES = {
+    "children_not_watched_total": "Children of watched processes the kernel could not watch "
+    "(its watched set was full): their threads and calls are not counted",
+    "exec_reports_lost_total": "Command lines of new programs lost (the ring buffer was "
+    "full): those processes were matched on /proc's command line only",
+    "target_names_overflowed_total": "Processes put under the target <other> because their "
+    "name template had reached its cap of distinct names",
+}
+
 # POSIX's getaddrinfo errors (codes -1 to -12).
 COMMON_EAI_ERRORS = tuple(name for code, name in EAI_NAMES.items() if code >= -12)
 
@@ -124,6 +134,9 @@ class ObserverCollector(Collector):
         for name, count in sorted(snapshot.map_entries.items()):
             entries.add_metric([name], count)
         yield entries
+        for name, count in sorted(snapshot.losses.items()):
+            yield CounterMetricFamily(_name(name.removesuffix("_total")), LOSSES[name],
+                                      value=count)
         yield GaugeMetricFamily(
             _name("scrape_duration_seconds"),
             "Time the previous scrape took to read the probes and /proc",

@@ -38,6 +38,17 @@ class MapSize(enum.IntEnum):
     HOST_LENGTH = 64
 
 
+# Sizes that may equal one another (an IntEnum would make them aliases of one name).
+PROCESS_LIMITS = {
+    # Children forked but not yet running (handed from parent to child in a PID namespace).
+    "MAX_NEW_CHILDREN": 4096,
+    # The command line a process starts with: its first arguments, each truncated.
+    "MAX_ARGS": 16,
+    "ARG_LENGTH": 64,
+    "EXEC_RINGBUF_PAGES": 64,  # the exec reports' ring buffer, in pages (a power of 2)
+}
+
+
 # glibc's and musl's EAI_* codes (netdb.h); both agree on these values.
 EAI_NAMES = {
     -1: "EAI_BADFLAGS",
@@ -66,8 +77,10 @@ def eai_name(code: int) -> str:
 
 
 def bpf_cflags(track_new_processes: bool) -> list[str]:
+    """The shared -D flags; each program adds its own FOLLOW_CHILDREN."""
     flags = [f"-DSTATE_{state.name}={state.value}" for state in ProcessState]
     flags += [f"-DCALLER_{caller.name}={caller.value}" for caller in Caller]
     flags += [f"-D{size.name}={size.value}" for size in MapSize]
+    flags += [f"-D{name}={value}" for name, value in PROCESS_LIMITS.items()]
     flags.append(f"-DTRACK_NEW_PROCESSES={int(track_new_processes)}")
     return flags

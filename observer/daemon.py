@@ -16,11 +16,18 @@ from dataclasses import dataclass, replace
 import psutil
 
 from observer import procfs
-from observer.bpf_backend import UPROBE_NAMES, BpfProbes, RawCounts
+from observer.bpf_backend import UPROBE_NAMES, BpfProbes, RawCounts, WatchedEntry
 from observer.check import CAP_SYS_ADMIN, has_capability
 from observer.constants import ProcessState
 from observer.model import Counts, ProcessRow, Snapshot
-from observer.targets import PidTarget, RegexTarget, cmdline_of, match_target
+from observer.targets import (
+    PidTarget,
+    RegexTarget,
+    TargetNames,
+    TargetNumbers,
+    cmdline_of,
+    first_match,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,7 @@ class TrackedProcess:
     executor_max_workers: int | None = None
     container_id: str = ""
     pod_uid: str = ""
+    inherited: bool = False  # in its target as a descendant, not by its own match
 
     def row(self, counts: Counts | None) -> ProcessRow:
         return ProcessRow(
@@ -99,9 +107,14 @@ class ProcObserver:
         pid_targets: list[PidTarget],
         allow_non_python: bool = False,
         scan_interval: float = 1.0,
+        follow_children: bool = True,
     ) -> None:
         self.regex_targets = regex_targets
         self.pid_targets = {t.pid: t.name for t in pid_targets}
+        self.follow_children = follow_children
+        self.names = TargetNames()
+        # tgid -> (generation, the command line it was started with), from the exec reports
+        self.started_cmdlines: dict[int, tuple[int, str]] = {}
         self.allow_non_python = allow_non_python
         self.scan_interval = scan_interval
         self.procs: dict[int, TrackedProcess] = {}
@@ -149,15 +162,15 @@ class ProcObserver:
 
     # Finding processes
     def classify(self, pid: int) -> str | None:
-        """The target a process belongs to, or None."""
+        """The target a process belongs to by its own match, or None."""
         if pid == self._self_pid:
             return None
         if pid in self.pid_targets:
             return self.pid_targets[pid]
         if not self.regex_targets:
             return None
-        cmdline = cmdline_of(pid)
-        target = match_target(self.regex_targets, cmdline) if cmdline else None
+        started = self.started_cmdlines.get(pid, (0, None))[1]
+        target = self.match_cmdlines(started, cmdline_of(pid))
         if target is None:
             return None
         try:
@@ -165,7 +178,13 @@ class ProcObserver:
                 return None
         except OSError:
             return None
-        return target.name
+        return target
+
+    def match_cmdlines(self, *cmdlines: str | None) -> str | None:
+        """The target name matching the command line a process started with or the one it
+        shows now (tried in that order), or None."""
+        found = first_match(self.regex_targets, cmdlines)
+        return self.names.name(*found) if found else None
 
     def _scan(self) -> None:
         self._last_scan = time.monotonic()
@@ -188,14 +207,16 @@ class ProcObserver:
             return psutil.pids()
         return [pid for pid in self.pid_targets if psutil.pid_exists(pid)]
 
-    def _attach(self, pid: int, target: str) -> TrackedProcess | None:
+    def _attach(self, pid: int, target: str, inherited: bool = False) -> TrackedProcess | None:
         started = create_time(pid)
         if started is None:
             return None
-        tracked = TrackedProcess(pid=pid, target=target, create_time=started)
+        tracked = TrackedProcess(pid=pid, target=target, create_time=started,
+                                 inherited=inherited)
         self._describe(tracked)
         self.procs[pid] = tracked
-        log.info("attached pid %d to target %s", pid, target)
+        log.info("attached pid %d to target %s%s", pid, target,
+                 " (a descendant)" if inherited else "")
         return tracked
 
     def _describe(self, tracked: TrackedProcess) -> None:
@@ -211,10 +232,13 @@ class ProcObserver:
         log.info("pid %d of target %s is gone", pid, tracked.target)
         # A --pid target ends with its process: a later process with that PID is not it.
         self.pid_targets.pop(pid, None)
-        if not self._has_processes(tracked.target):
+        self._forget_target_if_empty(tracked.target)
+
+    def _forget_target_if_empty(self, target: str) -> None:
+        if not self._has_processes(target):
             # A target's folded counts and host labels live only as long as it has processes.
-            self.retired.pop(tracked.target, None)
-            self.host_labels.pop(tracked.target, None)
+            self.retired.pop(target, None)
+            self.host_labels.pop(target, None)
 
     def _has_processes(self, target: str) -> bool:
         return any(tracked.target == target for tracked in self.procs.values())
@@ -229,7 +253,9 @@ class ProcObserver:
             )
 
     def target_names(self) -> list[str]:
-        return sorted({t.name for t in self.regex_targets} | set(self.pid_targets.values()))
+        """The configured names (a name template's names appear with their processes)."""
+        return sorted({t.name for t in self.regex_targets if not t.is_template}
+                      | set(self.pid_targets.values()))
 
 
 def describe(tracked: TrackedProcess) -> None:
@@ -249,13 +275,21 @@ def describe(tracked: TrackedProcess) -> None:
 
 
 class BpfObserver(ProcObserver):
-    """Adds the eBPF probes: counts from the kernel's maps, read at scrape time."""
+    """Adds the eBPF probes: counts from the kernel's maps, read at scrape time.
+
+    A target is a process tree: the kernel watches a watched process's children from their
+    fork, with its parent's target number (:class:`TargetNumbers`); here they are attached
+    when first seen, re-matched when they start a program, and, if they ended unseen, their
+    counts are folded into their target's retired totals.
+    """
 
     backend = "bpf"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.probes = BpfProbes(track_new_processes=bool(self.regex_targets))
+        self.probes = BpfProbes(track_new_processes=bool(self.regex_targets),
+                                follow_children=self.follow_children)
+        self.numbers = TargetNumbers()
         self._remember_rejections = True  # exec marks a process pending again
         # Counted once a scan, not per scrape: walking every map is the costly part of it.
         self.map_entries: dict[str, int] = {}
@@ -272,19 +306,30 @@ class BpfObserver(ProcObserver):
             self.probes.close()
 
     def _poll_locked(self) -> None:
+        states = self.probes.states()
+        # After the states: every pending process seen there has its report by now.
+        for report in self.probes.exec_reports():
+            self.started_cmdlines[report.tgid] = (report.generation, " ".join(report.arguments))
         forget: dict[int, int] = {}
-        for tgid, (state, generation) in self.probes.states().items():
+        for tgid, entry in states.items():
             tracked = self.procs.get(tgid)
-            if tracked is not None and tracked.generation != generation:
+            if tracked is not None and tracked.generation != entry.generation:
                 self._detach(tgid)  # the PID now belongs to another process
                 tracked = None
-            if state == ProcessState.PENDING:
-                self._settle_pending(tgid, generation, forget)
-            elif state == ProcessState.EXITED or tracked is None:
+            if entry.state == ProcessState.PENDING:
+                self._settle_pending(tgid, entry, forget)
+            elif entry.state == ProcessState.EXITED:
                 if tracked is not None:
                     self._detach(tgid)
-                forget[tgid] = generation
+                else:
+                    self._fold_unseen(tgid, entry)
+                forget[tgid] = entry.generation
+            elif tracked is None and not self._adopt(tgid, entry):
+                forget[tgid] = entry.generation
         self.probes.forget(forget)
+        for tgid, generation in forget.items():
+            if self.started_cmdlines.get(tgid, (None,))[0] == generation:
+                del self.started_cmdlines[tgid]
         super()._poll_locked()
 
     def _scan(self) -> None:
@@ -293,29 +338,79 @@ class BpfObserver(ProcObserver):
         if swept:
             log.debug("swept %d counters of processes gone unseen", swept)
         self.map_entries = self.probes.map_entries()
+        # Reports of processes the kernel no longer watches (forgotten before their report).
+        for tgid in [t for t in self.started_cmdlines if t not in self.procs]:
+            if not psutil.pid_exists(tgid):
+                del self.started_cmdlines[tgid]
 
-    def _settle_pending(self, tgid: int, generation: int, forget: dict[int, int]) -> None:
-        """A process that the kernel saw start a program (exec) or fork from a target."""
+    def _inherited_target(self, entry: WatchedEntry) -> str | None:
+        return self.numbers.name(entry.target) if self.follow_children else None
+
+    def _adopt(self, tgid: int, entry: WatchedEntry) -> bool:
+        """A child the kernel watches since its fork: attached to its own match, else to its
+        parent's target. False if it has no target; True if it is attached, or gone (its exit
+        is handled at the next poll)."""
+        inherited = self._inherited_target(entry)
+        if inherited is None:
+            return False
+        own = self.classify(tgid)
+        if self._attach(tgid, own or inherited, inherited=own is None) is None:
+            log.debug("pid %d of target %s ended before it was attached", tgid, inherited)
+        return True
+
+    def _fold_unseen(self, tgid: int, entry: WatchedEntry) -> None:
+        """A process that ended before user space attached it (a child that lived a few
+        milliseconds): its counts go to its target's retired totals."""
+        started = self.started_cmdlines.get(tgid)
+        started_cmdline = started[1] if started and started[0] == entry.generation else None
+        target = self.match_cmdlines(started_cmdline) or self._inherited_target(entry)
+        if target is None or not self._has_processes(target):
+            return
+        # A fork shares its parent's mappings; a new program's are unknown (creator unknown).
+        resolver = None if started_cmdline else self._resolver_of(target)
+        gone = TrackedProcess(pid=tgid, target=target, create_time=0.0,
+                              generation=entry.generation, resolver=resolver)
+        final = self._counts({tgid: gone}).get(tgid)
+        if final is not None:
+            self.retired.setdefault(target, Counts()).add(final)
+
+    def _resolver_of(self, target: str) -> procfs.AddressResolver | None:
+        roots = [t for t in self.procs.values() if t.target == target and not t.inherited]
+        members = roots or [t for t in self.procs.values() if t.target == target]
+        return members[0].resolver if members else None
+
+    def _settle_pending(self, tgid: int, entry: WatchedEntry, forget: dict[int, int]) -> None:
+        """A process that the kernel saw start a program (exec), or fork from a process not
+        yet matched: it belongs to its own match, else (a descendant) to its target so far."""
         self._rejected.discard(tgid)
-        target = self.classify(tgid)
         tracked = self.procs.get(tgid)
-        if tracked is not None and tracked.target != target:
-            self._detach(tgid)  # it became another program
-            tracked = None
+        own = self.classify(tgid)
+        inherited = None
+        if tracked is None or tracked.inherited:
+            inherited = self._inherited_target(entry)
+        target = own or inherited
         if target is None:
-            forget[tgid] = generation
+            if tracked is not None:
+                self._detach(tgid)  # it became another program
+            forget[tgid] = entry.generation
         elif tracked is None:
-            if self._attach(tgid, target) is None:
-                forget[tgid] = generation
+            self._attach(tgid, target, inherited=own is None)  # None: gone, seen exiting next
         else:
-            self.probes.set_state(tgid, ProcessState.WATCHED, generation)
+            if tracked.target != target:
+                # It moves with all its counts: a child that starts another target's program.
+                log.info("pid %d moves from target %s to %s", tgid, tracked.target, target)
+                old, tracked.target = tracked.target, target
+                self._forget_target_if_empty(old)
+            tracked.inherited = own is None
+            self.probes.set_state(tgid, WatchedEntry(
+                ProcessState.WATCHED, self.numbers.number(target), entry.generation))
             self._describe(tracked)  # new program image: new mappings
 
-    def _attach(self, pid: int, target: str) -> TrackedProcess | None:
-        tracked = super()._attach(pid, target)
+    def _attach(self, pid: int, target: str, inherited: bool = False) -> TrackedProcess | None:
+        tracked = super()._attach(pid, target, inherited)
         if tracked is None:
             return None
-        tracked.generation = self.probes.watch(pid)
+        tracked.generation = self.probes.watch(pid, self.numbers.number(target))
         self._attach_libc(pid)
         return tracked
 
@@ -351,6 +446,7 @@ class BpfObserver(ProcObserver):
         super()._detach(pid)
         if tracked is not None:
             self.probes.forget({pid: tracked.generation})
+            self.started_cmdlines.pop(pid, None)
 
     def _counts(self, procs: dict[int, TrackedProcess]) -> dict[int, Counts]:
         raw = self.probes.read_counts({pid: t.generation for pid, t in procs.items()})
@@ -372,8 +468,9 @@ class BpfObserver(ProcObserver):
                 attach_errors=dict(self.probes.attach_errors),
                 bpf_available=True,
                 map_entries=self.map_entries,
+                losses={**self.probes.kernel_drops(),
+                        "target_names_overflowed_total": self.names.overflowed},
             )
-
 
     def _bound_hosts(self, target: str, counts: Counts) -> Counts:
         labels = self.host_labels.setdefault(target, HostLabels())

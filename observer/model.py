@@ -51,3 +51,5 @@ class Snapshot:
     attach_errors: dict[str, int] = field(default_factory=dict)
     bpf_available: bool = False
     map_entries: dict[str, int] = field(default_factory=dict)
+    # What could not be watched or named as asked, by self metric (see collector.LOSSES).
+    losses: dict[str, int] = field(default_factory=dict)

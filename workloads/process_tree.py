@@ -1,0 +1,122 @@
+"""Process tree: a parent whose workers (forked, spawned or pooled) do all the work.
+
+Each worker starts ``--threads`` threads and makes ``--lookups`` calls of
+``socket.getaddrinfo("localhost")``, then ends at once: a worker lives a few milliseconds, as
+pre-fork servers' and task pools' recycled workers may. The parent does no work of its own
+beyond starting them; the ground truth sums what every worker counted itself, plus the
+parent's own threads (a pool's handler threads).
+
+How the workers start (``--start``):
+  fork        os.fork() from the parent, all at once, then waited for
+  spawn       multiprocessing's spawn (a new interpreter whose command line names neither this
+              module nor its options), one task per worker
+  forkserver  multiprocessing's forkserver, one task per worker
+  pool        multiprocessing.Pool(maxtasksperchild=1) (fork) running ``--workers`` tasks
+
+``--rename TITLE`` sets the process title (setproctitle) before anything else, as gunicorn
+does: then no later read of /proc/PID/cmdline shows the command line it was started with.
+
+examples:
+  python -m workloads.process_tree --workers 3 --threads 10 --lookups 7
+  python -m workloads.process_tree --start spawn --workers 2
+  python -m workloads.process_tree --start pool --workers 200 --threads 1 --lookups 1
+"""
+
+import json
+import os
+import socket
+import sys
+import threading
+
+from workloads.lifecycle import add_lifecycle_arguments, begin, finish, scenario_parser
+from workloads.truth import GroundTruth
+
+SCENARIO = "process_tree"
+STARTS = ("fork", "spawn", "forkserver", "pool")
+
+
+def build_parser():
+    parser = scenario_parser(SCENARIO, __doc__)
+    parser.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
+    parser.add_argument("--threads", type=int, default=10, help="threads per worker (default 10)")
+    parser.add_argument("--lookups", type=int, default=7,
+                        help="getaddrinfo('localhost') calls per worker (default 7)")
+    parser.add_argument("--start", choices=STARTS, default="fork",
+                        help="how workers start (default fork)")
+    parser.add_argument("--rename", metavar="TITLE",
+                        help="set this process title first thing (setproctitle)")
+    add_lifecycle_arguments(parser)
+    return parser
+
+
+def work(threads, lookups) -> dict:
+    """One worker's work, counted by itself."""
+    truth = GroundTruth().install()
+    started = [threading.Thread(target=lambda: None) for _ in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join()
+    for _ in range(lookups):
+        socket.getaddrinfo("localhost", 80, socket.AF_INET, socket.SOCK_STREAM)
+    truth.uninstall()
+    return {"threads_started": truth.threads_started, "getaddrinfo_calls": truth.getaddrinfo_calls}
+
+
+def pool_task(sizes) -> dict:
+    return work(*sizes)
+
+
+def forked_workers(args) -> list:
+    """Forks every worker, then collects the counts each one wrote to its pipe."""
+    readers = []
+    for _ in range(args.workers):
+        read_end, write_end = os.pipe()
+        if os.fork() == 0:
+            os.close(read_end)
+            os.write(write_end, json.dumps(work(args.threads, args.lookups)).encode())
+            os._exit(0)
+        os.close(write_end)
+        readers.append(read_end)
+    results = []
+    for read_end in readers:
+        with os.fdopen(read_end, "rb") as reader:
+            results.append(json.loads(reader.read()))
+    for _ in readers:
+        os.wait()
+    return results
+
+
+def pooled_workers(args) -> list:
+    import multiprocessing
+
+    start_method = "fork" if args.start == "pool" else args.start
+    context = multiprocessing.get_context(start_method)
+    tasks = [(args.threads, args.lookups)] * args.workers
+    if args.start == "pool":
+        with context.Pool(2, maxtasksperchild=1) as pool:
+            results = pool.map(pool_task, tasks, chunksize=1)
+    else:
+        with context.Pool(args.workers) as pool:
+            results = pool.map(pool_task, tasks, chunksize=1)
+    return results
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.rename:
+        import setproctitle
+
+        setproctitle.setproctitle(args.rename)
+    parent = GroundTruth().install()
+    begin(args, SCENARIO)
+    results = forked_workers(args) if args.start == "fork" else pooled_workers(args)
+    parent.uninstall()
+    finish(parent, args, scenario=SCENARIO, start=args.start, workers=len(results),
+           worker_threads=sum(r["threads_started"] for r in results),
+           worker_getaddrinfo_calls=sum(r["getaddrinfo_calls"] for r in results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
