@@ -36,6 +36,8 @@ MAX_CREATOR_LENGTH = 96
 HOSTS_PER_TARGET = 20
 MAX_HOST_LENGTH = 128
 OTHER_HOSTS = "<other>"
+# Children attached per poll at most: a fork storm must not hold the scrape's lock for long.
+MAX_ADOPTIONS_PER_POLL = 64
 
 
 class HostLabels:
@@ -311,6 +313,8 @@ class BpfObserver(ProcObserver):
         for report in self.probes.exec_reports():
             self.started_cmdlines[report.tgid] = (report.generation, " ".join(report.arguments))
         forget: dict[int, int] = {}
+        ended: dict[int, TrackedProcess] = {}  # their counts are read in one pass
+        adoptions = 0
         for tgid, entry in states.items():
             tracked = self.procs.get(tgid)
             if tracked is not None and tracked.generation != entry.generation:
@@ -319,13 +323,15 @@ class BpfObserver(ProcObserver):
             if entry.state == ProcessState.PENDING:
                 self._settle_pending(tgid, entry, forget)
             elif entry.state == ProcessState.EXITED:
-                if tracked is not None:
-                    self._detach(tgid)
-                else:
-                    self._fold_unseen(tgid, entry)
+                ended[tgid] = tracked or self._unseen(tgid, entry)
                 forget[tgid] = entry.generation
-            elif tracked is None and not self._adopt(tgid, entry):
-                forget[tgid] = entry.generation
+            elif tracked is None:
+                # Bounded work per poll (a fork storm): the rest are counted meanwhile, and
+                # adopted at the next polls or folded in when they end.
+                adoptions += 1
+                if adoptions <= MAX_ADOPTIONS_PER_POLL and not self._adopt(tgid, entry):
+                    forget[tgid] = entry.generation
+        self._retire(ended)
         self.probes.forget(forget)
         for tgid, generation in forget.items():
             if self.started_cmdlines.get(tgid, (None,))[0] == generation:
@@ -354,25 +360,34 @@ class BpfObserver(ProcObserver):
         if inherited is None:
             return False
         own = self.classify(tgid)
-        if self._attach(tgid, own or inherited, inherited=own is None) is None:
+        # Its libc is its parent's, probed already: a fork has its parent's mappings.
+        if self._attach(tgid, own or inherited, inherited=own is None, probe_libc=False) is None:
             log.debug("pid %d of target %s ended before it was attached", tgid, inherited)
         return True
 
-    def _fold_unseen(self, tgid: int, entry: WatchedEntry) -> None:
+    def _unseen(self, tgid: int, entry: WatchedEntry) -> TrackedProcess | None:
         """A process that ended before user space attached it (a child that lived a few
-        milliseconds): its counts go to its target's retired totals."""
+        milliseconds), as if it had been attached; None if it had no target."""
         started = self.started_cmdlines.get(tgid)
         started_cmdline = started[1] if started and started[0] == entry.generation else None
         target = self.match_cmdlines(started_cmdline) or self._inherited_target(entry)
-        if target is None or not self._has_processes(target):
-            return
+        if target is None:
+            return None
         # A fork shares its parent's mappings; a new program's are unknown (creator unknown).
         resolver = None if started_cmdline else self._resolver_of(target)
-        gone = TrackedProcess(pid=tgid, target=target, create_time=0.0,
+        return TrackedProcess(pid=tgid, target=target, create_time=0.0,
                               generation=entry.generation, resolver=resolver)
-        final = self._counts({tgid: gone}).get(tgid)
-        if final is not None:
-            self.retired.setdefault(target, Counts()).add(final)
+
+    def _retire(self, ended: dict[int, TrackedProcess | None]) -> None:
+        """Processes that ended: their counts go to their target's retired totals (while it
+        has processes), read from the maps in one pass; the kernel forgets them after."""
+        processes = {tgid: tracked for tgid, tracked in ended.items() if tracked is not None}
+        finals = self._counts(processes)
+        for tgid, tracked in processes.items():
+            if tgid in self.procs:
+                self._detach(tgid, finals.get(tgid), forget_in_kernel=False)
+            elif tgid in finals and self._has_processes(tracked.target):
+                self.retired.setdefault(tracked.target, Counts()).add(finals[tgid])
 
     def _resolver_of(self, target: str) -> procfs.AddressResolver | None:
         roots = [t for t in self.procs.values() if t.target == target and not t.inherited]
@@ -406,12 +421,14 @@ class BpfObserver(ProcObserver):
                 ProcessState.WATCHED, self.numbers.number(target), entry.generation))
             self._describe(tracked)  # new program image: new mappings
 
-    def _attach(self, pid: int, target: str, inherited: bool = False) -> TrackedProcess | None:
+    def _attach(self, pid: int, target: str, inherited: bool = False,
+                probe_libc: bool = True) -> TrackedProcess | None:
         tracked = super()._attach(pid, target, inherited)
         if tracked is None:
             return None
         tracked.generation = self.probes.watch(pid, self.numbers.number(target))
-        self._attach_libc(pid)
+        if probe_libc:
+            self._attach_libc(pid)
         return tracked
 
     def _attach_libc(self, pid: int) -> None:
@@ -436,16 +453,19 @@ class BpfObserver(ProcObserver):
                         " (uprobes may need CAP_SYS_ADMIN: perf_event_open of the uprobe PMU "
                         "refuses CAP_PERFMON alone on some kernels)")
 
-    def _detach(self, pid: int) -> None:
+    def _detach(self, pid: int, final: Counts | None = None,
+                forget_in_kernel: bool = True) -> None:
         tracked = self.procs.get(pid)
         if tracked is not None:
-            final = self._counts({pid: tracked}).get(pid)
+            if final is None:
+                final = self._counts({pid: tracked}).get(pid)
             others = any(t.target == tracked.target and p != pid for p, t in self.procs.items())
             if final is not None and others:
                 self.retired.setdefault(tracked.target, Counts()).add(final)
         super()._detach(pid)
         if tracked is not None:
-            self.probes.forget({pid: tracked.generation})
+            if forget_in_kernel:
+                self.probes.forget({pid: tracked.generation})
             self.started_cmdlines.pop(pid, None)
 
     def _counts(self, procs: dict[int, TrackedProcess]) -> dict[int, Counts]:

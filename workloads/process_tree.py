@@ -22,10 +22,12 @@ examples:
   python -m workloads.process_tree --start pool --workers 200 --threads 1 --lookups 1
 """
 
+import contextlib
 import json
 import os
 import socket
 import sys
+import tempfile
 import threading
 
 from workloads.lifecycle import add_lifecycle_arguments, begin, finish, scenario_parser
@@ -43,6 +45,12 @@ def build_parser():
                         help="getaddrinfo('localhost') calls per worker (default 7)")
     parser.add_argument("--start", choices=STARTS, default="fork",
                         help="how workers start (default fork)")
+    parser.add_argument("--concurrency", type=int, default=0,
+                        help="forked workers alive at once (default all)")
+    parser.add_argument("--keep-workers", action="store_true",
+                        help="spawn, forkserver: the workers live until the parent exits")
+    parser.add_argument("--executable", metavar="PATH",
+                        help="spawn, forkserver: the Python that runs the workers")
     parser.add_argument("--rename", metavar="TITLE",
                         help="set this process title first thing (setproctitle)")
     add_lifecycle_arguments(parser)
@@ -67,39 +75,44 @@ def pool_task(sizes) -> dict:
     return work(*sizes)
 
 
-def forked_workers(args) -> list:
-    """Forks every worker, then collects the counts each one wrote to its pipe."""
-    readers = []
-    for _ in range(args.workers):
-        read_end, write_end = os.pipe()
-        if os.fork() == 0:
-            os.close(read_end)
-            os.write(write_end, json.dumps(work(args.threads, args.lookups)).encode())
-            os._exit(0)
-        os.close(write_end)
-        readers.append(read_end)
-    results = []
-    for read_end in readers:
-        with os.fdopen(read_end, "rb") as reader:
-            results.append(json.loads(reader.read()))
-    for _ in readers:
-        os.wait()
-    return results
+def forked_workers(args, stack) -> list:
+    """Forks the workers, at most ``--concurrency`` alive at once; each appends its counts
+    as one line to a shared file (one small O_APPEND write: lines never interleave)."""
+    with tempfile.TemporaryFile("a+b") as results_file:
+        alive = 0
+        for _ in range(args.workers):
+            if alive >= args.concurrency:
+                os.wait()
+                alive -= 1
+            if os.fork() == 0:
+                line = json.dumps(work(args.threads, args.lookups)) + "\n"
+                os.write(results_file.fileno(), line.encode())
+                os._exit(0)
+            alive += 1
+        for _ in range(alive):
+            os.wait()
+        results_file.seek(0)
+        return [json.loads(line) for line in results_file.read().splitlines()]
 
 
-def pooled_workers(args) -> list:
+def pooled_workers(args, stack) -> list:
+    """With ``--keep-workers`` the pool's workers live on until the process exits."""
     import multiprocessing
 
     start_method = "fork" if args.start == "pool" else args.start
     context = multiprocessing.get_context(start_method)
+    if args.executable:
+        context.set_executable(args.executable)
     tasks = [(args.threads, args.lookups)] * args.workers
     if args.start == "pool":
-        with context.Pool(2, maxtasksperchild=1) as pool:
-            results = pool.map(pool_task, tasks, chunksize=1)
+        pool = context.Pool(2, maxtasksperchild=1)
     else:
-        with context.Pool(args.workers) as pool:
-            results = pool.map(pool_task, tasks, chunksize=1)
-    return results
+        pool = context.Pool(args.workers)
+    if args.keep_workers:
+        stack.callback(pool.terminate)
+        return pool.map(pool_task, tasks, chunksize=1)
+    with pool:
+        return pool.map(pool_task, tasks, chunksize=1)
 
 
 def main(argv=None) -> int:
@@ -108,13 +121,15 @@ def main(argv=None) -> int:
         import setproctitle
 
         setproctitle.setproctitle(args.rename)
+    args.concurrency = args.concurrency or args.workers
     parent = GroundTruth().install()
-    begin(args, SCENARIO)
-    results = forked_workers(args) if args.start == "fork" else pooled_workers(args)
-    parent.uninstall()
-    finish(parent, args, scenario=SCENARIO, start=args.start, workers=len(results),
-           worker_threads=sum(r["threads_started"] for r in results),
-           worker_getaddrinfo_calls=sum(r["getaddrinfo_calls"] for r in results))
+    with contextlib.ExitStack() as stack:
+        begin(args, SCENARIO)
+        start_workers = forked_workers if args.start == "fork" else pooled_workers
+        results = start_workers(args, stack)
+        finish(parent, args, scenario=SCENARIO, start=args.start, workers=len(results),
+               worker_threads=sum(r["threads_started"] for r in results),
+               worker_getaddrinfo_calls=sum(r["getaddrinfo_calls"] for r in results))
     return 0
 
 
