@@ -53,3 +53,21 @@ def test_a_reused_pid_starts_from_zero():
     assert found["exited"] == truth["threads_started"]
     assert sum(found["calls"].values()) == truth["getaddrinfo_calls"]
     assert found["info_pids"] == [str(found["pid"])]
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is missing")
+def test_forked_workers_count_in_their_parents_target_inside_a_namespace():
+    result = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m",
+         "tests.in_pid_namespace", "tree"],
+        capture_output=True, text=True, timeout=180, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["init_pid"] == 1
+    for way in ("by_pid", "by_target"):
+        measured = found[way]
+        truth = measured["truth"]
+        assert measured["pid"] < 100, "the parent's PID is the namespace's, not the host's"
+        assert (truth["worker_threads"], truth["worker_getaddrinfo_calls"]) == (30, 21)
+        assert (measured["created"], measured["exited"], measured["calls"]) == (30, 30, 21)
