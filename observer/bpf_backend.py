@@ -217,9 +217,12 @@ class BpfProbes:
 
     def _keep_exec_report(self, ctx, data, size) -> None:
         report = self._bpf["exec_reports"].event(data)
+        # ctypes cuts a char array field at its first NUL: read the slots' bytes whole.
+        field = type(report).args
+        slots = ctypes.string_at(ctypes.addressof(report) + field.offset, field.size)
         self._exec_reports.append(ExecReport(
             report.tgid, report.target, report.generation,
-            exec_arguments(bytes(report.args), PROCESS_LIMITS["ARG_LENGTH"])))
+            exec_arguments(slots, PROCESS_LIMITS["ARG_LENGTH"])))
 
     def exec_reports(self) -> list[ExecReport]:
         """The programs started since the last call (read after :meth:`states`, every

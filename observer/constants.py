@@ -45,7 +45,9 @@ PROCESS_LIMITS = {
     # The command line a process starts with: its first arguments, each truncated.
     "MAX_ARGS": 16,
     "ARG_LENGTH": 64,
-    "EXEC_RINGBUF_PAGES": 64,  # the exec reports' ring buffer, in pages (a power of 2)
+    # The exec reports' ring buffer, in pages (a power of 2): 512 KiB, about 500 reports
+    # between two polls.
+    "EXEC_RINGBUF_PAGES": 128,
 }
 
 

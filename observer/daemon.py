@@ -21,6 +21,7 @@ from observer.check import CAP_SYS_ADMIN, has_capability
 from observer.constants import ProcessState
 from observer.model import Counts, ProcessRow, Snapshot
 from observer.targets import (
+    OTHER_TARGET,
     PidTarget,
     RegexTarget,
     TargetNames,
@@ -115,6 +116,7 @@ class ProcObserver:
         self.pid_targets = {t.pid: t.name for t in pid_targets}
         self.follow_children = follow_children
         self.names = TargetNames()
+        self.overflowed = 0  # processes put under OTHER_TARGET (a name template's cap)
         # tgid -> (generation, the command line it was started with), from the exec reports
         self.started_cmdlines: dict[int, tuple[int, str]] = {}
         self.allow_non_python = allow_non_python
@@ -215,6 +217,7 @@ class ProcObserver:
             return None
         tracked = TrackedProcess(pid=pid, target=target, create_time=started,
                                  inherited=inherited)
+        self.overflowed += target == OTHER_TARGET
         self._describe(tracked)
         self.procs[pid] = tracked
         log.info("attached pid %d to target %s%s", pid, target,
@@ -388,6 +391,7 @@ class BpfObserver(ProcObserver):
                 self._detach(tgid, finals.get(tgid), forget_in_kernel=False)
             elif tgid in finals and self._has_processes(tracked.target):
                 self.retired.setdefault(tracked.target, Counts()).add(finals[tgid])
+                self.overflowed += tracked.target == OTHER_TARGET
 
     def _resolver_of(self, target: str) -> procfs.AddressResolver | None:
         roots = [t for t in self.procs.values() if t.target == target and not t.inherited]
@@ -489,7 +493,7 @@ class BpfObserver(ProcObserver):
                 bpf_available=True,
                 map_entries=self.map_entries,
                 losses={**self.probes.kernel_drops(),
-                        "target_names_overflowed_total": self.names.overflowed},
+                        "target_names_overflowed_total": self.overflowed},
             )
 
     def _bound_hosts(self, target: str, counts: Counts) -> Counts:

@@ -49,7 +49,7 @@ class RegexTarget:
             return self.name
         values = {group: UNSAFE_NAME_CHARACTERS.sub("_", (value or "")[:64])
                   for group, value in found.groupdict().items()}
-        return _sanitize(self.name.format(**values))
+        return self.name.format(**values)[:64] or "<none>"
 
 
 class TargetNames:
@@ -59,7 +59,7 @@ class TargetNames:
     def __init__(self, limit: int = MAX_NAMES_PER_TEMPLATE) -> None:
         self.limit = limit
         self.admitted: dict[str, set[str]] = {}
-        self.overflowed = 0  # processes named OTHER_TARGET
+        self.capped: set[str] = set()  # templates that have reached the cap
 
     def name(self, target: RegexTarget, cmdline: str) -> str | None:
         name = target.name_for(cmdline)
@@ -71,10 +71,10 @@ class TargetNames:
         if len(admitted) < self.limit:
             admitted.add(name)
             return name
-        if not self.overflowed:
+        if target.name not in self.capped:
+            self.capped.add(target.name)
             log.warning("target %s has %d names already: later ones count as %s",
                         target.name, self.limit, OTHER_TARGET)
-        self.overflowed += 1
         return OTHER_TARGET
 
 
