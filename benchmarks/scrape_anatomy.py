@@ -38,7 +38,7 @@ def anatomy(observer) -> dict[str, float | None]:
     from prometheus_client import CollectorRegistry
     from prometheus_client.exposition import generate_latest
 
-    from observer import bpf_backend, daemon
+    from observer import bpf_backend, observers
     from observer.collector import ObserverCollector
 
     registry = CollectorRegistry(auto_describe=False)
@@ -54,7 +54,7 @@ def anatomy(observer) -> dict[str, float | None]:
         "counter_maps_batch": per_call_ms(
             lambda: [list(tables[n].items_lookup_batch()) for n in counters]),
         "map_entries": per_call_ms(observer.probes.map_entries),
-        "threads_status": per_call_ms(lambda: [daemon.live_threads(pid) for pid in pids]),
+        "threads_status": per_call_ms(lambda: [observers.live_threads(pid) for pid in pids]),
         "threads_stat": per_call_ms(lambda: [threads_from_stat(pid) for pid in pids]),
     }
 
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, required=True)
     args = parser.parse_args(argv)
 
-    from observer.cli import build_parser, make_observer
+    from observer.cli import build_parser
+    from observer.startup import make_observer
 
     observer = make_observer(build_parser().parse_args(
         ["run", "--target", args.target, "--log-level", "warning"]))

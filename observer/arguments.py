@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from observer.errors import UsageError
+
 LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """Options every subcommand has, given to each as a parent parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    add_log_level_argument(common, "info")
+    return common
+
+
+def add_log_level_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--log-level", default=default, choices=LOG_LEVELS)
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +35,10 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also watch matching processes that are not Python")
 
 
+def add_backend_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--backend", choices=["auto", "bpf", "proc"], default="auto", help=help)
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -30,3 +47,10 @@ def positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--listen {text!r}: expected HOST:PORT, e.g. 0.0.0.0:9097")
+    return host.strip("[]") or "0.0.0.0", int(port)

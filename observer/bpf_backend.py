@@ -15,7 +15,15 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from observer.constants import PROCESS_LIMITS, Caller, ProcessState, bpf_cflags, eai_name
+from observer import procfs
+from observer.capabilities import (
+    BCC_HINT,
+    Result,
+    headers_hint,
+    uprobe_capability_hint,
+)
+from observer.constants import Caller, MapSize, ProcessState, bpf_cflags, eai_name
+from observer.labels import host_label
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +43,24 @@ MAPS = (
     "getaddrinfo_duration_ns_sum", "getaddrinfo_host_calls_total", "getaddrinfo_started",
     "event_loop_threads", "exec_arguments_by_thread",
 )
-# (symbol, BPF function, on return)
+# (symbol, BPF function, on return): the metrics' probes, and the timeline's.
 UPROBES = (
     ("pthread_create", "pthread_create_entry", False),
     ("getaddrinfo", "getaddrinfo_entry", False),
     ("getaddrinfo", "getaddrinfo_return", True),
 )
+TIMELINE_UPROBES = (
+    ("pthread_create", "timeline_pthread_create", False),
+    ("getaddrinfo", "timeline_getaddrinfo_entry", False),
+    ("getaddrinfo", "timeline_getaddrinfo_return", True),
+)
 
 
-UPROBE_NAMES = tuple(symbol + ("_return" if on_return else "") for symbol, _, on_return in UPROBES)
+def uprobe_name(symbol: str, on_return: bool) -> str:
+    return symbol + ("_return" if on_return else "")
+
+
+UPROBE_NAMES = tuple(uprobe_name(symbol, on_return) for symbol, _, on_return in UPROBES)
 PROBE_NAMES = (*(t.split(":")[1] for t in MACRO_TRACEPOINTS), *EPOLL_SYSCALLS, *UPROBE_NAMES)
 
 
@@ -146,11 +163,7 @@ def import_bcc():
     try:
         import bcc
     except ImportError as err:
-        raise BpfUnavailable(
-            f"bcc is not importable ({err}): apt-get install python3-bpfcc, and run from a "
-            "virtual environment made with --system-site-packages on Debian's python3 "
-            "(make setup does both)"
-        ) from None
+        raise BpfUnavailable(f"bcc is not importable ({err}): {BCC_HINT}") from None
     return bcc
 
 
@@ -196,7 +209,7 @@ class BpfProbes:
         self._in_pid_namespace = False
         # Every probe is listed from the start, so one that failed to attach shows 0.
         self.probes_attached: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
-        self.attach_errors: Counter[str] = Counter(dict.fromkeys((*PROBE_NAMES, "libc"), 0))
+        self.attach_errors: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
         self._bpf = None
         self._attached_objects: dict[tuple[int, int], set[str]] = {}
 
@@ -222,7 +235,7 @@ class BpfProbes:
         slots = ctypes.string_at(ctypes.addressof(report) + field.offset, field.size)
         self._exec_reports.append(ExecReport(
             report.tgid, report.target, report.generation,
-            exec_arguments(slots, PROCESS_LIMITS["ARG_LENGTH"])))
+            exec_arguments(slots, MapSize.ARG_LENGTH)))
 
     def exec_reports(self) -> list[ExecReport]:
         """The programs started since the last call (read after :meth:`states`, every
@@ -251,7 +264,7 @@ class BpfProbes:
         probes attached to it."""
         if device_inode not in self._attached_objects:
             self._attached_objects[device_inode] = {
-                symbol + ("_return" if on_return else "")
+                uprobe_name(symbol, on_return)
                 for symbol, function, on_return in UPROBES
                 if self._attach_uprobe(path, symbol, function, on_return)
             }
@@ -260,7 +273,7 @@ class BpfProbes:
     def _attach_uprobe(self, path: str, symbol: str, function: str, on_return: bool) -> bool:
         if not attach_uprobe(self._bpf, path, symbol, function, on_return):
             return False
-        self.probes_attached[symbol + ("_return" if on_return else "")] += 1
+        self.probes_attached[uprobe_name(symbol, on_return)] += 1
         log.info("attached %s%s in %s", symbol, " (return)" if on_return else "", path)
         return True
 
@@ -372,19 +385,37 @@ def attach_uprobe(bpf, path: str, symbol: str, function: str, on_return: bool) -
     return True
 
 
-def host_label(raw: bytes) -> str:
-    """A host name from a target as a safe label value: decoded with replacement characters,
-    control characters shown as escapes, empty (a NULL node) as ``<none>``."""
-    text = raw.split(b"\0", 1)[0].decode("utf-8", errors="replace")
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-    return text or "<none>"
+def attach_libc_of(probes, pid: int) -> tuple[list[str], set[str]]:
+    """Uprobes on the objects of a process that may hold pthread_create and getaddrinfo (its
+    executable when no libc is mapped, as in a statically linked one), through ``probes``'s
+    ``attach_libc(path, (device, inode))``; returns those objects and the probes attached.
+    Raises OSError when the process is gone."""
+    objects = procfs.libc_objects(pid, procfs.read_maps(pid))
+    attached: set[str] = set()
+    for path in objects:
+        in_root = procfs.path_in_root(pid, path)
+        try:
+            info = os.stat(in_root)
+        except OSError:
+            continue
+        attached |= probes.attach_libc(in_root, (info.st_dev, info.st_ino))
+    return objects, attached
 
 
-def headers_hint() -> str:
-    build = f"/lib/modules/{os.uname().release}/build"
-    if os.path.exists(build):
-        return f"bcc compiled against the headers at {os.path.realpath(build)}"
-    return (
-        f"no kernel headers at {build}: apt-get install linux-headers-{os.uname().release}, or "
-        "link Debian's linux-headers-amd64 there (make setup does this)"
-    )
+def check_probes() -> Result:
+    """Compiles and attaches the real probes on this process's own libc."""
+    probes = BpfProbes(track_new_processes=False)
+    try:
+        probes.load()
+        attach_libc_of(probes, os.getpid())
+        attached = dict(probes.probes_attached)
+    except BpfUnavailable as err:
+        return Result("probes", False, str(err))
+    finally:
+        probes.close()
+    missing = [p for p in ("pthread_create", "getaddrinfo", "getaddrinfo_return", "task_newtask")
+               if not attached.get(p)]
+    if missing:
+        return Result("probes", False,
+                      f"not attached: {', '.join(missing)}{uprobe_capability_hint()}")
+    return Result("probes", True, "compiled and attached: " + ", ".join(sorted(attached)))

@@ -16,7 +16,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from observer import __version__
-from observer.constants import EAI_NAMES, METRIC_PREFIX
+from observer.constants import EAI_NAMES
+from observer.constants import metric_name as _name
 from observer.histogram import log2_to_buckets
 from observer.model import Counts, ProcessRow, Snapshot
 
@@ -32,10 +33,6 @@ LOSSES = {
 
 # POSIX's getaddrinfo errors (codes -1 to -12).
 COMMON_EAI_ERRORS = tuple(name for code, name in EAI_NAMES.items() if code >= -12)
-
-
-def _name(metric: str) -> str:
-    return f"{METRIC_PREFIX}_{metric}"
 
 
 class Series:

@@ -10,6 +10,11 @@ import enum
 METRIC_PREFIX = "thread_observer"
 
 
+def metric_name(name: str) -> str:
+    """The full name of one of this exporter's metrics."""
+    return f"{METRIC_PREFIX}_{name}"
+
+
 class ProcessState(enum.IntEnum):
     """Values of the ``watched_tgids`` map."""
 
@@ -37,18 +42,14 @@ class MapSize(enum.IntEnum):
     MAX_HOSTS = 4096
     HOST_LENGTH = 64
 
-
-# Sizes that may equal one another (an IntEnum would make them aliases of one name).
-PROCESS_LIMITS = {
     # Children forked but not yet running (handed from parent to child in a PID namespace).
-    "MAX_NEW_CHILDREN": 4096,
+    MAX_NEW_CHILDREN = 4096
     # The command line a process starts with: its first arguments, each truncated.
-    "MAX_ARGS": 16,
-    "ARG_LENGTH": 64,
+    MAX_ARGS = 16
+    ARG_LENGTH = 64
     # The exec reports' ring buffer, in pages (a power of 2): 512 KiB, about 500 reports
     # between two polls.
-    "EXEC_RINGBUF_PAGES": 128,
-}
+    EXEC_RINGBUF_PAGES = 128
 
 
 # glibc's and musl's EAI_* codes (netdb.h); both agree on these values.
@@ -82,7 +83,7 @@ def bpf_cflags(track_new_processes: bool) -> list[str]:
     """The shared -D flags; each program adds its own FOLLOW_CHILDREN."""
     flags = [f"-DSTATE_{state.name}={state.value}" for state in ProcessState]
     flags += [f"-DCALLER_{caller.name}={caller.value}" for caller in Caller]
-    flags += [f"-D{size.name}={size.value}" for size in MapSize]
-    flags += [f"-D{name}={value}" for name, value in PROCESS_LIMITS.items()]
+    # __members__, not iteration: equal sizes are aliases, which iterating an enum skips.
+    flags += [f"-D{name}={size.value}" for name, size in MapSize.__members__.items()]
     flags.append(f"-DTRACK_NEW_PROCESSES={int(track_new_processes)}")
     return flags

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 from rich.console import Console
 from rich.table import Table
 
-from observer.arguments import LOG_LEVELS
+from observer.arguments import add_log_level_argument, parse_listen
+from observer.errors import UsageError
 from observer.histogram import log2_to_buckets, quantile
 from observer.model import Counts
 
@@ -53,10 +54,13 @@ class Row:
                 and self.event_loop_calls == self.event_loop_truth)
 
 
-def add_demo_parser(commands) -> None:
+def add_parser(subparsers, parents) -> None:
+    """The ``demo`` subcommand. Not the shared parents: the table is the output, so logs
+    default to warnings here (a parent parser's actions are shared, and so are their
+    defaults)."""
     from workloads.scenarios import SCENARIOS
 
-    demo = commands.add_parser(
+    demo = subparsers.add_parser(
         "demo", help="run the sample workloads next to the observer, as a table",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -70,15 +74,29 @@ def add_demo_parser(commands) -> None:
                       help="keep the observer serving afterwards and print its URL")
     demo.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
                       help="where the observer serves meanwhile (default a free port)")
-    # Its own option rather than the shared one: the table is the output, so logs default to
-    # warnings here (a parent parser's actions are shared, and so are their defaults).
-    demo.add_argument("--log-level", default="warning",
-                      choices=LOG_LEVELS)
+    add_log_level_argument(demo, "warning")
+    demo.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The demo needs eBPF: without it, what to fix instead of a table of zeros."""
+    from observer.bpf_backend import BpfUnavailable
+    from observer.capabilities import bpf_problem
+    from observer.observers import BpfObserver
+    from observer.startup import started
+
+    problem = bpf_problem()
+    if problem is None:
+        try:
+            return run_demo(args, started(BpfObserver([], [])))
+        except BpfUnavailable as err:
+            problem = str(err)
+    raise UsageError(f"the demo needs eBPF, which cannot work here: {problem}. "
+                     "Run 'thread-observer check' to see what to fix ('make setup' installs "
+                     "what is missing; run as root)")
 
 
 def run_demo(args: argparse.Namespace, observer) -> int:
-    from observer.cli import parse_listen
-
     host, port = parse_listen(args.listen)
     return asyncio.run(_demo(args, observer, host, port))
 
@@ -95,8 +113,7 @@ async def _demo(args, observer, host: str, port: int) -> int:
             print(f"observer serving at {' '.join(urls)} (Ctrl-C to stop)", file=sys.stderr)
             await until_signalled()
     finally:
-        await runner.cleanup()
-        await loop.run_in_executor(None, observer.close)
+        await runner.cleanup()  # which closes the observer too
     return 0 if all(row.exact for row in rows) else 1
 
 

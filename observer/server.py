@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from observer.collector import ObserverCollector
-from observer.daemon import ProcObserver
+from observer.observers import ProcObserver
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import select
 import sys
@@ -27,9 +26,11 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from observer.arguments import LOG_LEVELS, add_target_arguments, positive_float
-from observer.constants import METRIC_PREFIX
-from observer.timeline_render import short_creator
+from observer.arguments import add_backend_argument, add_target_arguments, positive_float
+from observer.constants import METRIC_PREFIX, metric_name
+from observer.errors import UsageError
+from observer.histogram import quantile as histogram_quantile
+from observer.labels import short_creator
 
 EPILOG = """examples:
   thread-observer top --url http://127.0.0.1:9097/metrics     # a running observer
@@ -64,10 +65,6 @@ class Sample:
     error: str = ""  # why this sample is empty (the observer did not answer)
 
 
-def _metric(name: str) -> str:
-    return f"{METRIC_PREFIX}_{name}"
-
-
 def _add(values: dict[str, float], key: str, value: float) -> None:
     values[key] = values.get(key, 0.0) + value
 
@@ -78,7 +75,7 @@ def parse_sample(text: str, taken: float, source: str = "") -> Sample:
     targets: dict[str, TargetSample] = defaultdict(TargetSample)
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name == _metric("build_info"):
+            if s.name == metric_name("build_info"):
                 sample.backend = s.labels.get("backend", "")
             elif "target" in s.labels:
                 _add_target_sample(targets[s.labels["target"]], s.name, s.labels, s.value)
@@ -115,20 +112,8 @@ def increase(current: float, previous: float | None) -> float:
 
 
 def quantile(q: float, buckets: dict[float, float]) -> float | None:
-    """Like PromQL's histogram_quantile: linear within the bucket that holds rank q."""
-    bounds = sorted(buckets)
-    if not bounds or buckets[bounds[-1]] <= 0:
-        return None
-    rank = q * buckets[bounds[-1]]
-    lower, below = 0.0, 0.0
-    for bound in bounds:
-        count = buckets[bound]
-        if count >= rank:
-            if math.isinf(bound):
-                return lower  # beyond the last finite bucket: its bound is all we know
-            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
-        lower, below = bound, count
-    return None
+    """Like PromQL's histogram_quantile, over ``{upper bound: cumulative count}``."""
+    return histogram_quantile(q, sorted(buckets.items()))
 
 
 def bucket_increase(current: TargetSample, previous: TargetSample | None) -> dict[float, float]:
@@ -324,8 +309,8 @@ def _quit_pressed(wait: Callable[[float], str], until: float) -> bool:
 
 
 # Command line
-def add_top_parser(subparsers, parents=()) -> argparse.ArgumentParser:
-    """The ``top`` subcommand; ``args.func(args)`` runs it."""
+def add_parser(subparsers, parents) -> None:
+    """The ``top`` subcommand."""
     parser = subparsers.add_parser(
         "top", help="live view of the targets' threads and getaddrinfo calls",
         description="A live terminal view: threads now, creation rate by creator, getaddrinfo "
@@ -336,29 +321,20 @@ def add_top_parser(subparsers, parents=()) -> argparse.ArgumentParser:
     parser.add_argument("--url", metavar="URL",
                         help="an observer's /metrics, e.g. http://127.0.0.1:9097/metrics")
     add_target_arguments(parser)
-    parser.add_argument("--backend", choices=["auto", "bpf", "proc"], default="auto",
-                        help="without --url: the backend of the observer started here")
+    add_backend_argument(parser, "without --url: the backend of the observer started here")
     parser.add_argument("--interval", type=positive_float, default=1.0, metavar="SECONDS",
                         help="refresh period (default %(default)s)")
     parser.add_argument("--count", type=int, metavar="N",
                         help="stop after N frames (default: until q or Ctrl-C)")
-    if not any(action.dest == "log_level" for action in parser._actions):
-        parser.add_argument("--log-level", default="warning",
-                            choices=LOG_LEVELS)
-    parser.set_defaults(func=run_top)
-    return parser
+    parser.set_defaults(func=run)
 
 
-def run_top(args: argparse.Namespace) -> int:
-    from observer.cli import CliError, make_observer
+def run(args: argparse.Namespace) -> int:
+    from observer.startup import make_observer
 
-    try:
-        if args.url and (args.pid or args.target):
-            raise CliError("give either --url or --pid/--target, not both")
-        source = UrlSource(args.url) if args.url else ObserverSource(make_observer(args))
-    except CliError as err:
-        print(f"thread-observer: {err}", file=sys.stderr)
-        return 2
+    if args.url and (args.pid or args.target):
+        raise UsageError("give either --url or --pid/--target, not both")
+    source = UrlSource(args.url) if args.url else ObserverSource(make_observer(args))
     try:
         show(source, args.interval, args.count)
     except KeyboardInterrupt:

@@ -11,20 +11,22 @@
 #include "watched.h"
 
 #ifndef MAX_THREADS
-#define MAX_THREADS 65536
+#error "MAX_THREADS must be given as a -D cflag by observer/constants.py"
 #endif
 #ifndef MAX_KEYS
-#define MAX_KEYS 65536
+#error "MAX_KEYS must be given as a -D cflag by observer/constants.py"
 #endif
 #ifndef MAX_HOSTS
-#define MAX_HOSTS 4096
+#error "MAX_HOSTS must be given as a -D cflag by observer/constants.py"
 #endif
 #ifndef HOST_LENGTH
-#define HOST_LENGTH 64
+#error "HOST_LENGTH must be given as a -D cflag by observer/constants.py"
 #endif
 #ifndef CALLER_OTHER
-#define CALLER_OTHER 0
-#define CALLER_EVENT_LOOP 1
+#error "CALLER_OTHER must be given as a -D cflag by observer/constants.py"
+#endif
+#ifndef CALLER_EVENT_LOOP
+#error "CALLER_EVENT_LOOP must be given as a -D cflag by observer/constants.py"
 #endif
 
 struct caller_key {
@@ -68,9 +70,8 @@ BPF_TABLE("lru_hash", u32, struct call_in_progress, getaddrinfo_started, MAX_THR
 BPF_TABLE("lru_hash", u32, u8, event_loop_threads, MAX_THREADS);
 
 // bcc's increment() is not atomic, and two CPUs that find a key missing both store 1:
-// lookup_or_try_init inserts only if absent, then the add is atomic. (It returns from the
-// function it is in when the map is full, hence a function of its own per map: a full host
-// map must not stop the other counts.)
+// lookup_or_try_init inserts only if absent, then the add is atomic. (It gives NULL when the
+// map is full: that one count is lost, and a full host map does not stop the other counts.)
 static __always_inline int add_call(struct caller_key *key)
 {
     u64 zero = 0, *count = getaddrinfo_calls_total.lookup_or_try_init(key, &zero);

@@ -8,10 +8,10 @@
 #include "watched.h"
 
 #ifndef MAX_THREADS
-#define MAX_THREADS 65536
+#error "MAX_THREADS must be given as a -D cflag by observer/constants.py"
 #endif
 #ifndef MAX_CREATORS
-#define MAX_CREATORS 16384
+#error "MAX_CREATORS must be given as a -D cflag by observer/constants.py"
 #endif
 #ifndef CLONE_THREAD
 #define CLONE_THREAD 0x00010000
@@ -30,8 +30,8 @@ BPF_HASH(threads_exited_total, struct process_key, u64, MAX_PROCESSES);
 BPF_TABLE("lru_hash", u32, u64, pending_start_routine, MAX_THREADS);
 
 // bcc's increment() is not atomic, and two CPUs that find a key missing both store 1:
-// lookup_or_try_init inserts only if absent, then the add is atomic. (It returns from the
-// function it is in when the map is full, hence a function of its own per map.)
+// lookup_or_try_init inserts only if absent, then the add is atomic. (It gives NULL when the
+// map is full: that one count is lost, the other maps still count.)
 static __always_inline int add_created(struct creator_key *key)
 {
     u64 zero = 0, *count = threads_created_total.lookup_or_try_init(key, &zero);

@@ -5,32 +5,49 @@
 // Records go through a BPF ring buffer (timeline_events). When it is full the record is
 // counted in lost_events instead, so the picture can say how much it misses.
 //
-// Parameters (-D cflags from observer/timeline.py): EVENT_* kinds, HOST_LEN, SERVICE_LEN,
-// RINGBUF_PAGES, FOLLOW_CHILDREN, plus watched.h's.
+// Parameters (-D cflags from observer/timeline/recorder.py): EVENT_* kinds, SERVICE_LEN,
+// RINGBUF_PAGES, FOLLOW_CHILDREN; MAX_THREADS and HOST_LENGTH from observer/constants.py, plus
+// watched.h's.
 #include "watched.h"
 
 #ifndef MAX_THREADS
-#define MAX_THREADS 65536
+#error "MAX_THREADS must be given as a -D cflag by observer/constants.py"
+#endif
+#ifndef HOST_LENGTH
+#error "HOST_LENGTH must be given as a -D cflag by observer/constants.py"
 #endif
 #ifndef RINGBUF_PAGES
-#define RINGBUF_PAGES 256
+#error "RINGBUF_PAGES must be given as a -D cflag by observer/timeline/recorder.py"
 #endif
 #ifndef FOLLOW_CHILDREN
-#define FOLLOW_CHILDREN 0
+#error "FOLLOW_CHILDREN must be given as a -D cflag by observer/timeline/recorder.py"
 #endif
-#ifndef HOST_LEN
-#define HOST_LEN 64
-#define SERVICE_LEN 32
+#ifndef SERVICE_LEN
+#error "SERVICE_LEN must be given as a -D cflag by observer/timeline/recorder.py"
 #endif
 #ifndef EVENT_THREAD_CREATED
-#define EVENT_THREAD_CREATED 1
-#define EVENT_THREAD_RENAMED 2
-#define EVENT_THREAD_EXITED 3
-#define EVENT_GETADDRINFO_START 4
-#define EVENT_GETADDRINFO_END 5
-#define EVENT_PROCESS_EXEC 6
-#define EVENT_PROCESS_FORK 7
-#define EVENT_PROCESS_EXIT 8
+#error "EVENT_THREAD_CREATED must be given as a -D cflag by observer/timeline/recorder.py"
+#endif
+#ifndef EVENT_THREAD_RENAMED
+#error "EVENT_THREAD_RENAMED must be given as a -D cflag by observer/timeline/recorder.py"
+#endif
+#ifndef EVENT_THREAD_EXITED
+#error "EVENT_THREAD_EXITED must be given as a -D cflag by observer/timeline/recorder.py"
+#endif
+#ifndef EVENT_GETADDRINFO_START
+#error "EVENT_GETADDRINFO_START must be given as a -D cflag by observer/timeline/recorder.py"
+#endif
+#ifndef EVENT_GETADDRINFO_END
+#error "EVENT_GETADDRINFO_END must be given as a -D cflag by observer/timeline/recorder.py"
+#endif
+#ifndef EVENT_PROCESS_EXEC
+#error "EVENT_PROCESS_EXEC must be given as a -D cflag by observer/timeline/recorder.py"
+#endif
+#ifndef EVENT_PROCESS_FORK
+#error "EVENT_PROCESS_FORK must be given as a -D cflag by observer/timeline/recorder.py"
+#endif
+#ifndef EVENT_PROCESS_EXIT
+#error "EVENT_PROCESS_EXIT must be given as a -D cflag by observer/timeline/recorder.py"
 #endif
 #ifndef CLONE_THREAD
 #define CLONE_THREAD 0x00010000
@@ -46,7 +63,7 @@ struct timeline_event {
     u32 other;     // creating thread (thread created, process fork); old pid (exec)
     u32 reserved;
     char comm[16];
-    char text[HOST_LEN];        // host name (getaddrinfo start), file name (exec)
+    char text[HOST_LENGTH];        // host name (getaddrinfo start), file name (exec)
     char service[SERVICE_LEN];  // service (getaddrinfo start)
 };
 

@@ -10,31 +10,36 @@
 // instruction even if it lives a millisecond. User space keeps the target names; the kernel
 // only hands a target's number down.
 //
-// Parameters (-D cflags from observer/constants.py): STATE_PENDING, STATE_WATCHED,
-// STATE_EXITED, MAX_PROCESSES, MAX_NEW_CHILDREN, TRACK_NEW_PROCESSES, FOLLOW_CHILDREN, and
-// PIDNS_DEV/PIDNS_INO when the observer runs in a PID namespace of its own (a container), so
-// that ids match what it sees in /proc.
+// Parameters (-D cflags): STATE_PENDING, STATE_WATCHED, STATE_EXITED, MAX_PROCESSES,
+// MAX_NEW_CHILDREN and TRACK_NEW_PROCESSES from observer/constants.py (bpf_cflags),
+// FOLLOW_CHILDREN from the program that includes this file, and PIDNS_DEV/PIDNS_INO from
+// observer/bpf_backend.py (pid_namespace_cflags) when the observer runs in a PID namespace of
+// its own (a container), so that ids match what it sees in /proc.
 #ifndef THREAD_OBSERVER_WATCHED_H
 #define THREAD_OBSERVER_WATCHED_H
 
 #include <uapi/linux/ptrace.h>
 
 #ifndef MAX_PROCESSES
-#define MAX_PROCESSES 16384
+#error "MAX_PROCESSES must be given as a -D cflag by observer/constants.py"
 #endif
 #ifndef STATE_PENDING
-#define STATE_PENDING 1
-#define STATE_WATCHED 2
-#define STATE_EXITED 3
+#error "STATE_PENDING must be given as a -D cflag by observer/constants.py"
+#endif
+#ifndef STATE_WATCHED
+#error "STATE_WATCHED must be given as a -D cflag by observer/constants.py"
+#endif
+#ifndef STATE_EXITED
+#error "STATE_EXITED must be given as a -D cflag by observer/constants.py"
 #endif
 #ifndef TRACK_NEW_PROCESSES
-#define TRACK_NEW_PROCESSES 0
+#error "TRACK_NEW_PROCESSES must be given as a -D cflag by observer/constants.py"
 #endif
 #ifndef FOLLOW_CHILDREN
-#error "FOLLOW_CHILDREN must be defined (0 or 1)"
+#error "FOLLOW_CHILDREN must be given as a -D cflag (0 or 1) by the program's loader"
 #endif
 #ifndef MAX_NEW_CHILDREN
-#error "MAX_NEW_CHILDREN must be defined (observer/constants.py)"
+#error "MAX_NEW_CHILDREN must be given as a -D cflag by observer/constants.py"
 #endif
 
 struct watched_process {

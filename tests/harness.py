@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,22 +20,36 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
+PYENV_ROOT = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
 
 
 def bpf_skip_reason() -> str | None:
-    """Why the eBPF tests cannot run here, or None when they can."""
+    """Why the eBPF tests cannot run here, or None when they can: the checks of
+    ``thread-observer check``, and root (the tests also start namespaces and other users)."""
+    from observer.capabilities import check_bcc, check_headers, check_tracefs
+
     if os.geteuid() != 0:
         return "eBPF tests need root (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE)"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "bcc is not importable: apt-get install python3-bpfcc (make setup)"
-    if not os.path.exists(f"/lib/modules/{os.uname().release}/build"):
-        return f"no kernel headers at /lib/modules/{os.uname().release}/build (make setup)"
-    if not any(os.path.exists(p) for p in ("/sys/kernel/tracing/events",
-                                           "/sys/kernel/debug/tracing/events")):
-        return "tracefs is not mounted at /sys/kernel/tracing (make setup)"
+    for check in (check_bcc, check_headers, check_tracefs):
+        result = check()
+        if not result.ok:
+            return f"{result.name}: {result.detail}"
     return None
+
+
+def pyenv_pythons() -> list[str]:
+    """Every CPython 3 that pyenv has here."""
+    return sorted(glob.glob(os.path.join(PYENV_ROOT, "versions", "3.*", "bin", "python3")))
+
+
+def find_python(version: str) -> str | None:
+    """A CPython of that version ("3.6"): this one, pyenv's, else one on PATH; None."""
+    if version == "{}.{}".format(*sys.version_info[:2]):
+        return sys.executable
+    found = sorted(glob.glob(os.path.join(PYENV_ROOT, "versions", f"{version}.*", "bin",
+                                          "python3")))
+    found += filter(None, [shutil.which(f"python{version}")])
+    return found[0] if found else None
 
 
 def free_port() -> int:
@@ -115,6 +132,30 @@ def observer(args: list[str], tmp_path: Path, timeout: float = 30.0):
         running.stop()
 
 
+def settled(running, expected: dict[str, float], timeout: float = 10.0,
+            **labels: str) -> Metrics:
+    """The first scrape in which each metric (summed over the series with these labels) has
+    its expected value: counts catch up with a workload's ground truth shortly after the
+    workload reports it (its threads may still be ending). Times out with what it saw last."""
+    seen: dict[str, float | None] = {}
+
+    def done():
+        metrics = running.scrape()
+        seen.update({name: metrics.value(name, **labels) for name in expected})
+        return metrics if seen == expected else None
+
+    try:
+        return wait_until(done, timeout, f"{expected} with {labels}")
+    except AssertionError as timed_out:
+        raise AssertionError(f"{timed_out}: saw {seen}\n{running.log()}") from None
+
+
+def exits_settled(running, threads: int, timeout: float = 10.0, **labels: str) -> Metrics:
+    """The first scrape in which every one of ``threads`` threads has been counted as ended."""
+    return settled(running, {"thread_observer_threads_exited_total": threads}, timeout,
+                   **labels)
+
+
 class Metrics:
     """Parsed /metrics text with lookups by metric name and labels."""
 
@@ -191,3 +232,95 @@ def workload(args: list[str], **kwargs):
         yield running
     finally:
         running.stop()
+
+
+# Running the command line as another user
+def readable_install(folder: Path) -> Path:
+    """The project and the dependencies it has in this checkout's virtual environment, put
+    where any user can read them (a checkout under a private home is readable by its owner
+    only): returns the folder to put on PYTHONPATH."""
+    site = folder / "site"
+    shutil.copytree(REPO / "observer", site / "observer",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "probes", site / "observer" / "bpf",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "workloads", site / "workloads",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for dist in runtime_distributions(project_dependencies()):
+        root = Path(dist.locate_file(""))
+        if not root.resolve().is_relative_to(REPO):
+            continue  # the system's: readable by everyone already
+        for file in dist.files or []:
+            source = root / file
+            if source.is_file() and source.resolve().is_relative_to(root.resolve()):
+                link_or_copy(source, site / file)
+    for path in [folder, *folder.rglob("*")]:
+        mode = path.stat().st_mode
+        if path.is_dir():
+            path.chmod(0o755)
+        elif not mode & 0o004:  # a linked file is the venv's own: only ever add read bits
+            path.chmod(mode | 0o444)
+    return site
+
+
+def project_dependencies() -> list[str]:
+    """What pyproject.toml says the project needs to run."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return [re.match(r"[A-Za-z0-9._-]+", line)[0] for line in project["dependencies"]]
+
+
+def runtime_distributions(names: list[str]) -> list:
+    """The installed distributions of these names and everything they require to run
+    (extras left out)."""
+    from importlib import metadata
+
+    found: dict[str, object] = {}
+    wanted = list(names)
+    while wanted:
+        requirement = wanted.pop()
+        key = requirement.lower().replace("_", "-")
+        if key in found:
+            continue
+        try:
+            dist = metadata.distribution(requirement)
+        except metadata.PackageNotFoundError:
+            continue
+        found[key] = dist
+        for line in dist.requires or []:
+            if "extra ==" not in line:
+                wanted.append(re.match(r"[A-Za-z0-9._-]+", line)[0])
+    return list(found.values())
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)  # the same file: no copy, and still readable to all
+    except OSError:
+        shutil.copy2(source, target)
+
+
+class Unprivileged:
+    """Commands run as ``nobody`` with a Python it can read (the venv's interpreter is a link
+    to the system's), from a folder it can read."""
+
+    PREFIX = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+              "--inh-caps=-all"]
+
+    def __init__(self, site: Path) -> None:
+        self.site = site
+        self.python = os.path.realpath(sys.executable)
+        self.env = {**os.environ, "PYTHONPATH": str(site)}
+
+    def python_command(self, *args: str) -> list[str]:
+        return [*self.PREFIX, self.python, *args]
+
+    def run(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(self.python_command(*args), cwd=self.site, env=self.env,
+                              **kwargs)
+
+    def popen(self, args: list[str], **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(self.python_command(*args), cwd=self.site, env=self.env,
+                                **kwargs)

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.harness import observer, wait_until, workload
+from tests.harness import exits_settled, observer, wait_until, workload
 
 MIXED = ["-m", "workloads.mixed", "--threads", "13", "--loop-calls", "7",
          "--blocking-calls", "5", "--linger", "60"]
@@ -32,7 +32,7 @@ def measure(args: list[str], by_pid: bool) -> dict:
 
 def result(target, running) -> dict:
     truth = target.truth()
-    metrics = wait_until(lambda: settled(running, truth), 10, "the exits to be counted")
+    metrics = exits_settled(running, truth["threads_started"], target="ns")
     return {
         "truth": truth,
         "pid": target.pid,
@@ -42,12 +42,6 @@ def result(target, running) -> dict:
                                 target="ns"),
         "info_pids": list(metrics.labels("thread_observer_target_info", "pid", target="ns")),
     }
-
-
-def settled(running, truth):
-    metrics = running.scrape()
-    exited = metrics.value("thread_observer_threads_exited_total", target="ns")
-    return metrics if exited == truth["threads_started"] else None
 
 
 def reuse_pid(args: list[str]) -> dict:
@@ -76,8 +70,7 @@ def measure_tree(by_pid: bool) -> dict:
             root.go()
             truth = root.truth()
             threads = truth["threads_started"] + truth["worker_threads"]
-            metrics = wait_until(lambda: settled(running, {"threads_started": threads}), 10,
-                                 "the workers' exits to be counted")
+            metrics = exits_settled(running, threads, target="ns")
             return {
                 "truth": truth,
                 "pid": root.pid,

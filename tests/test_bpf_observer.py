@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import observer, wait_until, workload
+from tests.harness import exits_settled, observer, wait_until, workload
 from workloads.mixed import FAILING_LOOKUPS
 from workloads.servers import http_server
 
@@ -27,17 +27,7 @@ MIXED = ["-m", "workloads.mixed", "--threads", "23", "--loop-calls", "37",
 
 def counts_settled(running, target, truth):
     """The scrape once every thread the workload started has been counted as exited."""
-    seen = []
-
-    def settled():
-        metrics = running.scrape()
-        seen[:] = [metrics.value("thread_observer_threads_exited_total", target=target)]
-        return metrics if seen[0] == truth["threads_started"] else None
-
-    try:
-        return wait_until(settled, 10, "every thread's exit to be counted")
-    except AssertionError as timeout:
-        raise AssertionError(f"{timeout}: exited={seen}, truth={truth}\n{running.log()}") from None
+    return exits_settled(running, truth["threads_started"], target=target)
 
 
 def assert_matches_truth(metrics, target, truth):

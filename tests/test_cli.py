@@ -11,14 +11,14 @@ import pytest
 
 from tests.harness import REPO
 
-AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all"]
 
-
-def run_cli(*args, timeout=60, as_nobody=False):
-    command = [sys.executable, "-m", "observer", *args]
-    if as_nobody:
-        command = [*AS_NOBODY, *command]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+def run_cli(*args, timeout=60, as_nobody=None):
+    """The command line; as_nobody: the ``as_nobody`` fixture, to run it as that user."""
+    if as_nobody is not None:
+        return as_nobody.run(["-m", "observer", *args], capture_output=True, text=True,
+                             timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "observer", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
 
 
 def assert_clear_error(result, message):
@@ -77,8 +77,8 @@ def test_unknown_flag_is_an_argparse_error_without_traceback():
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
                     reason="dropping privileges needs root and setpriv")
-def test_without_privileges_bpf_backend_refuses_clearly():
-    result = run_cli("run", "--target", "a=x", "--backend", "bpf", as_nobody=True)
+def test_without_privileges_bpf_backend_refuses_clearly(as_nobody):
+    result = run_cli("run", "--target", "a=x", "--backend", "bpf", as_nobody=as_nobody)
     assert_clear_error(result, "the bpf backend cannot work here: not root")
 
 
@@ -92,8 +92,8 @@ def test_check_passes_here():
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
                     reason="dropping privileges needs root and setpriv")
-def test_check_names_what_is_missing_without_privileges():
-    result = run_cli("check", as_nobody=True)
+def test_check_names_what_is_missing_without_privileges(as_nobody):
+    result = run_cli("check", as_nobody=as_nobody)
     assert result.returncode == 1
     assert re.search(r"FAIL privileges +not root and no CAP_BPF\+CAP_PERFMON", result.stdout)
     assert re.search(r"FAIL bpf syscall +bpf\(BPF_MAP_CREATE\) failed", result.stdout)
@@ -102,17 +102,17 @@ def test_check_names_what_is_missing_without_privileges():
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
                     reason="dropping privileges needs root and setpriv")
-def test_auto_falls_back_to_proc_and_says_so(tmp_path):
+def test_auto_falls_back_to_proc_and_says_so(tmp_path, as_nobody):
     from tests.harness import RunningObserver, free_port, wait_until
 
     port = free_port()
     log_path = tmp_path / "observer.log"
     # The target runs as nobody too: an unprivileged observer can read only its own users'.
-    sleeper = subprocess.Popen([*AS_NOBODY, sys.executable, "-c", "import time; time.sleep(60)"])
-    command = [*AS_NOBODY, sys.executable, "-m", "observer", "run", "--pid",
-               f"sleeper={sleeper.pid}", "--listen", f"127.0.0.1:{port}"]
+    sleeper = as_nobody.popen(["-c", "import time; time.sleep(60)"])
+    command = ["-m", "observer", "run", "--pid", f"sleeper={sleeper.pid}",
+               "--listen", f"127.0.0.1:{port}"]
     with open(log_path, "w") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
+        process = as_nobody.popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     running = RunningObserver(process, port, log_path)
     try:
         wait_until(running.ready, 30, "the observer to serve")

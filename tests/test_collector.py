@@ -8,6 +8,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families
 
+from observer import __version__
 from observer.collector import ObserverCollector
 from observer.model import Counts, ProcessRow, Snapshot
 
@@ -102,7 +103,7 @@ def test_proc_backend_has_no_counters_at_all():
     text = generate_latest(registry).decode()
     assert registry.get_sample_value("thread_observer_threads", {"target": "api"}) == 4
     assert registry.get_sample_value(
-        "thread_observer_build_info", {"backend": "proc", "version": "0.1.0"}) == 1
+        "thread_observer_build_info", {"backend": "proc", "version": __version__}) == 1
     for absent in ("threads_created_total", "getaddrinfo_calls_total", "threads_exited_total",
                    "getaddrinfo_duration_seconds"):
         assert f"thread_observer_{absent}" not in text

@@ -25,7 +25,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from observer.cli import build_parser, parse_listen
+from observer import __version__
+from observer.arguments import parse_listen
+from observer.cli import build_parser
 from observer.targets import parse_regex_target
 from tests.promtools import (
     PROMETHEUS,
@@ -46,7 +48,7 @@ PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 DASHBOARD = DEPLOY / "grafana" / "thread-observer.json"
 DOCKERFILE = DEPLOY / "Dockerfile"
 
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+VERSION = __version__
 METRICS_PORT = 9097
 VENV = "/opt/thread-observer/venv"
 # What the observer's containers may add to an empty capability set, and no more.

@@ -2,8 +2,18 @@
 
 from collections import Counter
 
-from observer.bpf_backend import host_label
-from observer.daemon import OTHER_HOSTS, HostLabels
+import pytest
+
+from observer.labels import (
+    MAX_CREATORS_PER_PROCESS,
+    OTHER_HOSTS,
+    HostLabels,
+    bounded_creator,
+    creator,
+    host_label,
+    short_creator,
+)
+from observer.procfs import AddressResolver, Mapping
 
 
 def test_host_label_escapes_what_is_not_printable():
@@ -27,3 +37,52 @@ def test_host_labels_truncate_long_names():
     labels = HostLabels(limit=5)
     long_name = "x" * 500
     assert labels.relabel(Counter({long_name: 2})) == Counter({"x" * 128: 2})
+
+
+MAPPINGS = [
+    Mapping(0x1000, 0x2000, "/usr/bin/python3.11", True),
+    Mapping(0x3000, 0x4000, "/usr/lib/libpython3.12.so.1.0", True),
+    Mapping(0x5000, 0x6000, "/site/uvloop/loop.cpython-311-x86_64-linux-gnu.so", True),
+    Mapping(0x7000, 0x8000, "/opt/" + "x" * 200 + ".so", True),
+]
+
+
+class Resolver(AddressResolver):
+    def refresh(self) -> None:  # no /proc behind these mappings
+        pass
+
+
+@pytest.mark.parametrize("routine, expected", [
+    (0x1800, "python"),  # CPython's executable
+    (0x3800, "python"),  # libpython
+    (0x5800, "loop.cpython-311-x86_64-linux-gnu.so"),
+    (0x7800, "x" * 96),  # cut at MAX_CREATOR_LENGTH
+    (0x9000, "unknown"),  # in no mapping
+    (0, "unknown"),  # not made by pthread_create
+])
+def test_creator(routine, expected):
+    resolver = Resolver(1, MAPPINGS, "/usr/bin/python3.11")
+    assert creator(resolver, routine) == expected
+
+
+def test_creator_without_mappings_is_unknown():
+    assert creator(None, 0x1800) == "unknown"
+
+
+@pytest.mark.parametrize("seen, name, expected", [
+    (Counter(), "python", "python"),
+    (Counter({f"lib{i}.so": 1 for i in range(MAX_CREATORS_PER_PROCESS)}), "new.so", "other"),
+    (Counter({f"lib{i}.so": 1 for i in range(MAX_CREATORS_PER_PROCESS)}), "lib3.so", "lib3.so"),
+])
+def test_creators_per_process_are_bounded(seen, name, expected):
+    assert bounded_creator(name, seen) == expected
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("loop.cpython-311-x86_64-linux-gnu.so", "loop.so"),
+    ("_cffi_backend.abi3.so", "_cffi_backend.so"),
+    ("libc.so.6", "libc.so.6"),
+    ("python", "python"),
+])
+def test_short_creator(name, expected):
+    assert short_creator(name) == expected

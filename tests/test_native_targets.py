@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.harness import observer, wait_until, workload
+from observer.timeline.lanes import build_timeline
+from observer.timeline.model import Recording
+from tests.harness import REPO, exits_settled, observer, wait_until, workload
 
 pytestmark = pytest.mark.bpf
 
@@ -45,12 +49,7 @@ def test_native_target_counted_exactly(libc, binaries, tmp_path):
         assert truth == {"threads_started": 17, "getaddrinfo_calls": 29,
                          "getaddrinfo_failures": 0}
 
-        def settled():
-            metrics = running.scrape()
-            done = metrics.value("thread_observer_threads_exited_total", target="native") == 17
-            return metrics if done else None
-
-        metrics = wait_until(settled, 10, "the threads' exits to be counted")
+        metrics = exits_settled(running, 17, target="native")
         created = metrics.labels("thread_observer_threads_created_total", "creator",
                                  target="native")
         # The start routine lies in the program itself: not CPython, so its own name.
@@ -58,3 +57,38 @@ def test_native_target_counted_exactly(libc, binaries, tmp_path):
         assert metrics.value("thread_observer_getaddrinfo_calls_total", target="native") == 29
         assert metrics.value("thread_observer_getaddrinfo_failures_total",
                              target="native") == 0
+
+
+@pytest.mark.parametrize("libc", list(BUILDS))
+def test_native_target_on_the_timeline(libc, binaries, tmp_path):
+    """The timeline probes the same objects as the daemon: a statically linked program's own
+    executable holds pthread_create and getaddrinfo."""
+    if libc not in binaries:
+        pytest.skip(f"{BUILDS[libc][0]} is not installed (apt-get install musl-tools gcc)")
+    out = tmp_path / "native.json"
+    timeline_run = subprocess.Popen(
+        [sys.executable, "-m", "observer", "timeline", "--log-level", "info",
+         "--output", str(out), "--", str(binaries[libc]), "17", "29"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+    )
+    # A libc other than the observer's own is probed once the program has mapped it: the
+    # program waits for a line on stdin until then.
+    marker = {"musl-static": str(binaries[libc]), "musl": "musl"}.get(libc)
+
+    def probed() -> bool:
+        line = timeline_run.stderr.readline()
+        return marker is None or ("probes in" in line and marker in line)
+
+    try:
+        wait_until(probed, 30, "the program's libc to be probed")
+        stdout, stderr = timeline_run.communicate("\n", timeout=60)
+    finally:
+        timeline_run.kill()
+    assert timeline_run.returncode == 0, stderr
+    truth = json.loads(stdout.splitlines()[-1])
+    assert truth == {"threads_started": 17, "getaddrinfo_calls": 29, "getaddrinfo_failures": 0}
+    timeline = build_timeline(Recording.load(out))
+    created = [lane.creator for lane in timeline.lanes if lane.created]
+    assert created == [binaries[libc].name] * 17
+    assert len(timeline.lookups) == 29 and timeline.failures == 0

@@ -12,18 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from observer.timeline import (
-    EXISTING,
-    MAIN,
-    Event,
-    RawEvent,
-    Recording,
-    TimelineError,
-    build_timeline,
-    output_paths,
-)
-from observer.timeline_render import lane_label, nice_ticks, render
-from tests.harness import REPO, observer, wait_until, workload
+from observer.errors import UsageError
+from observer.timeline.command import output_paths
+from observer.timeline.lanes import build_timeline
+from observer.timeline.model import EXISTING, MAIN, Event, Recording
+from observer.timeline.render import lane_label, nice_ticks, render
+from tests.harness import REPO, observer, settled, wait_until, workload
 
 MS = 1_000_000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -115,22 +109,40 @@ def test_recording_survives_json(tmp_path):
 
 def test_not_a_recording_is_a_clear_error(tmp_path):
     (tmp_path / "other.json").write_text('{"events": []}')
-    with pytest.raises(TimelineError, match="not a thread-observer-timeline recording"):
+    with pytest.raises(UsageError, match="not a thread-observer-timeline recording"):
         Recording.load(tmp_path / "other.json")
 
 
-def test_raw_event_matches_the_c_struct():
-    # u64 time_ns, value; six u32; comm[16]; text[HOST_LEN=64]; service[SERVICE_LEN=32]
-    assert RawEvent.text.offset == 56 and RawEvent.service.offset == 120
-    assert RawEvent.comm.offset == 40
+@pytest.mark.bpf
+def test_records_are_decoded_from_the_c_struct():
+    """bcc builds the record type from the compiled C struct: its fields are the ones the
+    decoder reads, with the lengths constants.py gives the C."""
+    import ctypes
+
+    from observer.constants import MapSize
+    from observer.timeline.recorder import SERVICE_LEN, TimelineProbes
+
+    probes = TimelineProbes(follow_children=False, track_new_processes=False)
+    probes.load(lambda event: None)
+    try:
+        table = probes._bpf["timeline_events"]
+        record = type(table.event(ctypes.create_string_buffer(4096)))
+    finally:
+        probes.close()
+    fields = dict(record._fields_)
+    assert list(fields) == ["time_ns", "value", "kind", "tgid", "tid", "task", "other",
+                            "reserved", "comm", "text", "service"]
+    assert ctypes.sizeof(fields["text"]) == MapSize.HOST_LENGTH
+    assert ctypes.sizeof(fields["service"]) == SERVICE_LEN
+    assert ctypes.sizeof(fields["comm"]) == 16
 
 
 def test_output_kinds_by_extension(tmp_path):
     assert output_paths([str(tmp_path / "a.png")], with_json=True) == [
         tmp_path / "a.png", tmp_path / "a.json"]
-    with pytest.raises(TimelineError, match="extension must be one of"):
+    with pytest.raises(UsageError, match="extension must be one of"):
         output_paths([str(tmp_path / "a.gif")], with_json=False)
-    with pytest.raises(TimelineError, match="no such directory"):
+    with pytest.raises(UsageError, match="no such directory"):
         output_paths([str(tmp_path / "missing" / "a.png")], with_json=False)
 
 
@@ -176,8 +188,9 @@ def test_exact_threads_and_lookups_and_the_metrics_agree(tmp_path):
         )
         try:
             truth = json.loads(timeline_run.stdout.readline())  # stdout passes through
-            metrics = wait_until(lambda: settled(running, str(truth["pid"]), 5), 10,
-                                 "the daemon to count the workload's threads")
+            metrics = settled(running, {"thread_observer_threads_created_total": 5,
+                                        "thread_observer_getaddrinfo_calls_total": 5},
+                              pid=str(truth["pid"]))
             timeline_run.stdin.write("\n")  # stdin passes through: the workload ends
             timeline_run.stdin.close()
             assert timeline_run.wait(timeout=60) == 0, timeline_run.stderr.read()
@@ -211,13 +224,6 @@ def test_exact_threads_and_lookups_and_the_metrics_agree(tmp_path):
     assert png.startswith(PNG_MAGIC) and len(png) > 20_000
     assert_one_lane_per_thread(outputs[2], outputs[3], timeline)
     assert len(timeline.lanes) == 1 + truth["threads_started"]
-
-
-def settled(running, pid: str, threads: int):
-    metrics = running.scrape()
-    created = metrics.value("thread_observer_threads_created_total", pid=pid)
-    calls = metrics.value("thread_observer_getaddrinfo_calls_total", pid=pid)
-    return metrics if (created, calls) == (threads, 5) else None
 
 
 @pytest.mark.bpf

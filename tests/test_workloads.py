@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
 import os
 import shutil
 import socket
@@ -18,6 +17,7 @@ import sys
 import psutil
 import pytest
 
+from tests.harness import PYENV_ROOT, find_python
 from workloads.loops import gather_limited, libuv_pool_size, run_event_loop, uvloop_calls_libc
 from workloads.scenarios import SCENARIOS, run_scenario, start_scenario
 from workloads.servers import local_servers
@@ -42,14 +42,10 @@ def redis_servers(servers):
 
 def interpreter(version: str) -> str:
     """A CPython of that version: pyenv's, else one on PATH; the test is skipped without one."""
-    if version == "{}.{}".format(*sys.version_info[:2]):
-        return sys.executable
-    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
-    found = sorted(glob.glob(os.path.join(root, "versions", f"{version}.*", "bin", "python")))
-    found += filter(None, [shutil.which(f"python{version}")])
-    if not found:
-        pytest.skip(f"no CPython {version} here (looked in {root}/versions and PATH)")
-    return found[0]
+    python = find_python(version)
+    if python is None:
+        pytest.skip(f"no CPython {version} here (looked in {PYENV_ROOT}/versions and PATH)")
+    return python
 
 
 def executor_cap(python_version: str) -> int:

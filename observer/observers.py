@@ -15,10 +15,11 @@ from dataclasses import dataclass, replace
 
 import psutil
 
-from observer import procfs
-from observer.bpf_backend import UPROBE_NAMES, BpfProbes, RawCounts, WatchedEntry
-from observer.check import CAP_SYS_ADMIN, has_capability
+from observer import labels, procfs
+from observer.bpf_backend import UPROBE_NAMES, BpfProbes, RawCounts, WatchedEntry, attach_libc_of
+from observer.capabilities import uprobe_capability_hint
 from observer.constants import ProcessState
+from observer.labels import HostLabels
 from observer.model import Counts, ProcessRow, Snapshot
 from observer.targets import (
     OTHER_TARGET,
@@ -32,35 +33,9 @@ from observer.targets import (
 
 log = logging.getLogger(__name__)
 
-MAX_CREATORS_PER_PROCESS = 32  # creator label values are bounded: the rest become "other"
-MAX_CREATOR_LENGTH = 96
-HOSTS_PER_TARGET = 20
-MAX_HOST_LENGTH = 128
-OTHER_HOSTS = "<other>"
+SCAN_INTERVAL = 1.0  # seconds between two full scans of /proc for new and gone processes
 # Children attached per poll at most: a fork storm must not hold the scrape's lock for long.
 MAX_ADOPTIONS_PER_POLL = 64
-
-
-class HostLabels:
-    """Bounds the ``host`` label of one target: the first names it resolves (the most called
-    first) get series of their own for as long as the target lives, later ones count as
-    ``<other>``. Admission never changes afterwards, so every series stays monotonic."""
-
-    def __init__(self, limit: int = HOSTS_PER_TARGET) -> None:
-        self.limit = limit
-        self.admitted: set[str] = set()
-
-    def relabel(self, hosts: Counter[str]) -> Counter[str]:
-        for host, _ in sorted(hosts.items(), key=lambda item: (-item[1], item[0])):
-            if len(self.admitted) >= self.limit:
-                break
-            self.admitted.add(host[:MAX_HOST_LENGTH])
-        relabelled: Counter[str] = Counter()
-        for host, count in hosts.items():
-            label = host[:MAX_HOST_LENGTH]
-            relabelled[label if label in self.admitted else OTHER_HOSTS] += count
-        return relabelled
-
 
 @dataclass
 class TrackedProcess:
@@ -109,7 +84,6 @@ class ProcObserver:
         regex_targets: list[RegexTarget],
         pid_targets: list[PidTarget],
         allow_non_python: bool = False,
-        scan_interval: float = 1.0,
         follow_children: bool = True,
     ) -> None:
         self.regex_targets = regex_targets
@@ -120,7 +94,6 @@ class ProcObserver:
         # tgid -> (generation, the command line it was started with), from the exec reports
         self.started_cmdlines: dict[int, tuple[int, str]] = {}
         self.allow_non_python = allow_non_python
-        self.scan_interval = scan_interval
         self.procs: dict[int, TrackedProcess] = {}
         self.retired: dict[str, Counts] = {}
         self.host_labels: dict[str, HostLabels] = {}
@@ -146,7 +119,7 @@ class ProcObserver:
             self._poll_locked()
 
     def _poll_locked(self) -> None:
-        if time.monotonic() - self._last_scan >= self.scan_interval:
+        if time.monotonic() - self._last_scan >= SCAN_INTERVAL:
             self._scan()
 
     def close(self) -> None:
@@ -437,25 +410,15 @@ class BpfObserver(ProcObserver):
 
     def _attach_libc(self, pid: int) -> None:
         try:
-            objects = procfs.libc_objects(pid, procfs.read_maps(pid))
+            objects, attached = attach_libc_of(self.probes, pid)
         except OSError:
             return
-        attached: set[str] = set()
-        for path in objects:
-            in_root = procfs.path_in_root(pid, path)
-            try:
-                info = os.stat(in_root)
-            except OSError:
-                continue
-            attached |= self.probes.attach_libc(in_root, (info.st_dev, info.st_ino))
         missing = sorted(set(UPROBE_NAMES) - attached)
         for probe in missing:
             self.probes.attach_errors[probe] += 1
         if missing:
             log.warning("pid %d: could not probe %s in %s%s", pid, ", ".join(missing), objects,
-                        "" if has_capability(CAP_SYS_ADMIN) else
-                        " (uprobes may need CAP_SYS_ADMIN: perf_event_open of the uprobe PMU "
-                        "refuses CAP_PERFMON alone on some kernels)")
+                        uprobe_capability_hint())
 
     def _detach(self, pid: int, final: Counts | None = None,
                 forget_in_kernel: bool = True) -> None:
@@ -516,8 +479,5 @@ def resolve_counts(raw: RawCounts, tracked: TrackedProcess) -> Counts:
 
 def creator_label(tracked: TrackedProcess, routine: int, seen: Counter[str]) -> str:
     if tracked.resolver is None:
-        return "unknown"
-    creator = tracked.resolver.creator(routine)[:MAX_CREATOR_LENGTH]
-    if creator not in seen and len(seen) >= MAX_CREATORS_PER_PROCESS:
-        return "other"
-    return creator
+        return labels.UNKNOWN_CREATOR
+    return labels.bounded_creator(labels.creator(tracked.resolver, routine), seen)

@@ -1,4 +1,4 @@
-"""Drawing a :class:`~observer.timeline.Timeline`: PNG and SVG with matplotlib, HTML by hand.
+"""Drawing a :class:`~observer.timeline.model.Timeline`: PNG and SVG with matplotlib, HTML by hand.
 
 One lane per thread, in order of creation, coloured by the code that created it; getaddrinfo
 calls are marks on the lane of the thread that made them, failed ones a red cross. The number
@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import html
 import math
-import re
 from pathlib import Path
 
-from observer.timeline import EXISTING, MAIN, Lane, Lookup, Timeline
+from observer.timeline.model import EXISTING, MAIN, Lane, Lookup, Timeline
 
 FIXED_COLOURS = {MAIN: "#97a3b0", "python": "#3d7cc9", EXISTING: "#aab4bf", "unknown": "#c2c2c2"}
 PALETTE = ("#e8891d", "#3aa655", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
@@ -25,7 +24,6 @@ CREATOR_TITLES = {
 }
 CALL_COLOUR = "#111111"
 FAILED_COLOUR = "#d62728"
-ABI_TAG = re.compile(r"\.cpython-[\w-]+|\.abi3")
 MAX_TITLE = 110
 
 
@@ -47,14 +45,9 @@ def creator_colours(timeline: Timeline) -> dict[str, str]:
     return colours
 
 
-def short_creator(creator: str) -> str:
-    """``loop.so`` for uvloop's ``loop.cpython-311-x86_64-linux-gnu.so``: labels stay short."""
-    return ABI_TAG.sub("", creator)
-
-
 def lane_label(lane: Lane) -> str:
     by = f" ← {lane.parent}" if lane.parent and lane.parent != lane.tid else ""
-    return f"{lane.tid or '?'} {lane.name or '?'} · {short_creator(lane.creator)}{by}"
+    return f"{lane.tid or '?'} {lane.name or '?'} · {lane.short_creator}{by}"
 
 
 def lane_tip(lane: Lane, timeline: Timeline) -> str:

@@ -1,0 +1,174 @@
+"""What the bpf backend needs from this machine, each checked: privileges, the bpf syscall,
+tracefs, tracepoints, uprobes, kernel headers, bcc; and the hint texts telling what to fix.
+
+``thread-observer check`` prints these; the observers and the tests ask the same functions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+
+CAP_SYS_ADMIN = 21
+CAP_SYS_PTRACE = 19
+CAP_PERFMON = 38
+CAP_BPF = 39
+BPF_MAP_CREATE = 0
+BPF_MAP_TYPE_ARRAY = 2
+SYS_BPF = {"x86_64": 321, "aarch64": 280}
+TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+@dataclass
+class Result:
+    name: str
+    ok: bool
+    detail: str
+    required: bool = True
+
+
+def effective_capabilities() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def has_capability(cap: int) -> bool:
+    return bool(effective_capabilities() >> cap & 1)
+
+
+def has_bpf_capabilities() -> bool:
+    return has_capability(CAP_SYS_ADMIN) or (has_capability(CAP_BPF)
+                                             and has_capability(CAP_PERFMON))
+
+
+def check_privileges() -> Result:
+    if os.geteuid() == 0 and has_capability(CAP_SYS_ADMIN):
+        return Result("privileges", True, "root")
+    if has_bpf_capabilities():
+        detail = "CAP_BPF and CAP_PERFMON" if not has_capability(CAP_SYS_ADMIN) else "CAP_SYS_ADMIN"
+        if not has_capability(CAP_SYS_PTRACE):
+            return Result("privileges", False, f"{detail}, but CAP_SYS_PTRACE is missing: "
+                          "needed to read other processes' /proc/PID/maps and root")
+        return Result("privileges", True, detail)
+    return Result("privileges", False, "not root and no CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN): "
+                  "run as root or grant CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE")
+
+
+def check_bpf_syscall() -> Result:
+    number = SYS_BPF.get(platform.machine())
+    if number is None:
+        return Result("bpf syscall", False, f"unknown architecture {platform.machine()}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    # union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries.
+    attr = (ctypes.c_uint32 * 32)(BPF_MAP_TYPE_ARRAY, 4, 4, 1)
+    fd = libc.syscall(number, BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        err = ctypes.get_errno()
+        return Result("bpf syscall", False, f"bpf(BPF_MAP_CREATE) failed: {os.strerror(err)} "
+                      "(needs privileges; kernel.unprivileged_bpf_disabled; seccomp in containers)")
+    os.close(fd)
+    return Result("bpf syscall", True, "bpf(BPF_MAP_CREATE) works")
+
+
+def tracefs_path() -> str | None:
+    return next((p for p in TRACEFS if os.path.exists(f"{p}/events")), None)
+
+
+def check_tracefs() -> Result:
+    path = tracefs_path()
+    if path:
+        return Result("tracefs", True, path)
+    return Result("tracefs", False, "not mounted: mount -t tracefs nodev /sys/kernel/tracing "
+                  "(in a container, mount the host's /sys/kernel/tracing)")
+
+
+def check_tracepoints() -> Result:
+    path = tracefs_path()
+    wanted = ["task/task_newtask", "sched/sched_process_exec", "sched/sched_process_exit",
+              "syscalls/sys_enter_epoll_wait", "syscalls/sys_enter_epoll_pwait"]
+    missing = [t for t in wanted if not path or not os.path.exists(f"{path}/events/{t}")]
+    if missing:
+        return Result("tracepoints", False, f"missing: {', '.join(missing)} "
+                      "(needs CONFIG_FTRACE_SYSCALLS and tracefs)")
+    return Result("tracepoints", True, ", ".join(wanted))
+
+
+def check_uprobes() -> Result:
+    if os.path.exists("/sys/bus/event_source/devices/uprobe"):
+        return Result("uprobes", True, "perf uprobe PMU present")
+    path = tracefs_path()
+    if path and os.path.exists(f"{path}/uprobe_events"):
+        return Result("uprobes", True, f"{path}/uprobe_events")
+    return Result("uprobes", False, "kernel without CONFIG_UPROBES: getaddrinfo and "
+                  "pthread_create cannot be probed")
+
+
+def install_headers_hint() -> str:
+    return (f"apt-get install linux-headers-{os.uname().release}, or link Debian's "
+            "linux-headers-amd64 there (make setup does this)")
+
+
+def headers_hint() -> str:
+    """What bcc compiled against, or what to install: added to a failed compile's message."""
+    build = kernel_build_dir()
+    if os.path.exists(build):
+        return f"bcc compiled against the headers at {os.path.realpath(build)}"
+    return f"no kernel headers at {build}: {install_headers_hint()}"
+
+
+def kernel_build_dir() -> str:
+    return f"/lib/modules/{os.uname().release}/build"
+
+
+def check_headers() -> Result:
+    release = os.uname().release
+    build = kernel_build_dir()
+    if not os.path.exists(build):
+        return Result("kernel headers", False, f"none at {build}: {install_headers_hint()}")
+    target = os.path.realpath(build)
+    note = "" if release in target else f" (for another kernel than {release}: fine for " \
+        "the tracepoint and uprobe programs used here)"
+    return Result("kernel headers", True, f"bcc uses {target}{note}")
+
+
+BCC_HINT = ("apt-get install python3-bpfcc, and run from a virtual environment made with "
+            "--system-site-packages on Debian's python3 (make setup does both)")
+
+
+def check_bcc() -> Result:
+    try:
+        import bcc
+    except ImportError as err:
+        return Result("bcc", False, f"cannot import bcc ({err}): {BCC_HINT}")
+    version = getattr(bcc, "__version__", "?")
+    return Result("bcc", True, f"bcc {version} from {os.path.dirname(bcc.__file__)}")
+
+
+UPROBES_NEED_SYS_ADMIN = ("uprobes may need CAP_SYS_ADMIN: perf_event_open of the uprobe PMU "
+                          "refuses CAP_PERFMON alone on some kernels")
+
+
+def uprobe_capability_hint() -> str:
+    """Added where uprobes failed to attach: empty when CAP_SYS_ADMIN is there."""
+    return "" if has_capability(CAP_SYS_ADMIN) else f" ({UPROBES_NEED_SYS_ADMIN})"
+
+
+CHECKS: list[Callable[[], Result]] = [
+    check_privileges, check_bpf_syscall, check_tracefs, check_tracepoints, check_uprobes,
+    check_headers, check_bcc,
+]
+
+
+def bpf_problem() -> str | None:
+    """Why the bpf backend cannot work, found cheaply before compiling anything."""
+    if os.geteuid() != 0 and not has_bpf_capabilities():
+        return ("not root and without CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN): run as root, "
+                "or grant those capabilities")
+    headers = check_headers()
+    return None if headers.ok else f"kernel headers: {headers.detail}"

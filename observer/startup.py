@@ -1,0 +1,60 @@
+"""Building an observer from the command line's options, and the full check of this machine:
+what the commands share below the command line itself."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from observer.bpf_backend import BpfUnavailable, check_probes
+from observer.capabilities import CHECKS, Result, bpf_problem
+from observer.errors import UsageError
+from observer.observers import BpfObserver, ProcObserver
+from observer.targets import TargetError, parse_pid_target, parse_regex_target, resolve_pid_target
+
+log = logging.getLogger("observer")
+
+
+def make_observer(args: argparse.Namespace):
+    """The observer for the chosen backend, started; falls back to proc under auto."""
+    try:
+        regex_targets = [parse_regex_target(text) for text in args.target]
+        pid_targets = [
+            resolve_pid_target(parse_pid_target(text), args.allow_non_python)
+            for text in args.pid
+        ]
+    except TargetError as err:
+        raise UsageError(str(err)) from None
+    if not regex_targets and not pid_targets:
+        raise UsageError("nothing to watch: give --target NAME=REGEX or --pid PID")
+    options = (regex_targets, pid_targets, args.allow_non_python)
+    children = {"follow_children": not args.no_children}
+    if args.backend == "proc":
+        return started(ProcObserver(*options, **children))
+    problem = bpf_problem()
+    if problem is None:
+        try:
+            return started(BpfObserver(*options, **children))
+        except BpfUnavailable as err:
+            problem = str(err)
+    if args.backend == "bpf":
+        raise UsageError(f"the bpf backend cannot work here: {problem}")
+    log.warning("eBPF unavailable (%s): falling back to the proc backend: live threads and "
+                "processes only; thread creation counts and getaddrinfo are NOT measured",
+                problem)
+    return started(ProcObserver(*options, **children))
+
+
+def started(observer):
+    observer.start()
+    return observer
+
+
+def run_checks() -> list[Result]:
+    """Every check of :mod:`observer.capabilities`, then the probes compiled and attached."""
+    results = [check() for check in CHECKS]
+    if all(r.ok for r in results):
+        results.append(check_probes())
+    else:
+        results.append(Result("probes", False, "not tried: fix the above first"))
+    return results

@@ -1,0 +1,207 @@
+"""``thread-observer timeline``: every thread's life and every getaddrinfo call, as a picture.
+
+The one place where per-event records are right: a lane per thread over time needs each
+creation, exit and call with its instant, not counters. :mod:`observer.timeline.recorder`
+records them, :mod:`observer.timeline.lanes` turns them into lanes and
+:mod:`observer.timeline.render` draws them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from observer.arguments import add_target_arguments, positive_float
+from observer.bpf_backend import BpfUnavailable
+from observer.errors import UsageError
+from observer.targets import TargetError, parse_pid_target, parse_regex_target
+from observer.timeline.lanes import build_timeline
+from observer.timeline.model import EventKind, Recording
+from observer.timeline.recorder import (
+    GatedCommand,
+    Recorder,
+    TimelineProbes,
+    record,
+    stop_on_signals,
+)
+
+OUTPUT_KINDS = (".png", ".svg", ".html", ".json")
+EPILOG = """examples:
+  thread-observer timeline --output run.png -- python3 client.py          # from its start
+  thread-observer timeline -o run.html -o run.png --json -- python3 -m workloads.semaphore_burst
+  thread-observer timeline --output api.svg --pid 4242 --seconds 10       # a running process
+  thread-observer timeline --output api.png --target api='python.*server\\.py' --seconds 30
+  thread-observer timeline --input run.json --output run.svg              # draw a recording again
+
+The output format follows the extension: .png and .svg (a picture), .html (interactive, with
+tooltips, self-contained), .json (the raw events). With -- COMMAND, its stdin, stdout and exit
+status are passed through.
+"""
+
+
+# Command line
+def add_parser(subparsers, parents) -> None:
+    """The ``timeline`` subcommand."""
+    parser = subparsers.add_parser(
+        "timeline", help="draw thread lifetimes and getaddrinfo calls over time",
+        description="Record every thread created and ended and every getaddrinfo call of a "
+        "command or of running processes, and draw them as lanes over time.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=list(parents),
+    )
+    parser.add_argument("--output", "-o", action="append", required=True, metavar="FILE",
+                        help="where to write: .png, .svg, .html or .json (repeatable)")
+    parser.add_argument("--json", action="store_true",
+                        help="also write the raw events to the first FILE with .json")
+    add_target_arguments(parser)
+    parser.add_argument("--input", type=Path, metavar="EVENTS.json",
+                        help="draw a recording saved with --json instead of recording")
+    parser.add_argument("--seconds", type=positive_float, metavar="S",
+                        help="stop recording after S seconds (default: when the command or "
+                        "the processes exit, or on Ctrl-C)")
+    parser.add_argument("--children", action="store_true",
+                        help="also record the processes the command forks")
+    parser.add_argument("--title", help="title of the picture (default: the command line)")
+    parser.add_argument("command", nargs="*", metavar="-- COMMAND ARGS",
+                        help="run this command and record it from its start")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    outputs = output_paths(args.output, args.json)
+    if args.input is not None:
+        if args.command or args.pid or args.target:
+            raise UsageError("--input draws a saved recording: give no command, "
+                             "--pid or --target with it")
+        recording = Recording.load(args.input)
+        recording.command = args.title or recording.command
+        return write_outputs(recording, outputs)
+    return record_and_write(args, outputs)
+
+
+def output_paths(names: list[str], with_json: bool) -> list[Path]:
+    paths = [Path(name) for name in names]
+    for path in paths:
+        if path.suffix.lower() not in OUTPUT_KINDS:
+            raise UsageError(f"--output {path}: the extension must be one of "
+                                f"{', '.join(OUTPUT_KINDS)}")
+        if not path.parent.is_dir():
+            raise UsageError(f"--output {path}: no such directory {path.parent}")
+    if with_json and not any(path.suffix.lower() == ".json" for path in paths):
+        paths.append(paths[0].with_suffix(".json"))
+    return paths
+
+
+def write_outputs(recording: Recording, outputs: list[Path]) -> int:
+    from observer.timeline.render import render
+
+    timeline = build_timeline(recording)
+    for path in outputs:
+        try:
+            if path.suffix.lower() == ".json":
+                recording.save(path)
+            else:
+                render(timeline, path)
+        except OSError as err:
+            raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
+    print(f"thread-observer: {timeline.threads_created} threads created, "
+          f"{len(timeline.lookups)} getaddrinfo calls ({timeline.failures} failed), "
+          f"{timeline.lost_events} events lost: wrote {', '.join(map(str, outputs))}",
+          file=sys.stderr)
+    return 0
+
+
+def record_and_write(args: argparse.Namespace, outputs: list[Path]) -> int:
+    if bool(args.command) == bool(args.pid or args.target):
+        raise UsageError("record either a command (after --) or --pid/--target processes")
+    try:
+        regex_targets = [parse_regex_target(text) for text in args.target]
+        args.pid = [parse_pid_target(text).pid for text in args.pid]
+    except TargetError as err:
+        raise UsageError(str(err)) from None
+    probes = TimelineProbes(args.children or bool(regex_targets), bool(regex_targets))
+    recorder = Recorder(probes, regex_targets, args.allow_non_python)
+    try:
+        probes.load(recorder.handle)
+    except BpfUnavailable as err:
+        raise UsageError(f"eBPF cannot work here: {err}") from None
+    try:
+        # The usual libc, probed before anything runs: a new program's first calls count.
+        recorder.attach_libc_of(os.getpid())
+        if args.command:
+            return record_command(args, probes, recorder, outputs)
+        return record_processes(args, probes, recorder, outputs)
+    finally:
+        probes.close()
+
+
+def record_command(args, probes: TimelineProbes, recorder: Recorder,
+                   outputs: list[Path]) -> int:
+    command = GatedCommand(args.command)
+    try:
+        recorder.watch(command.pid)
+    except Exception:
+        command.abort()
+        raise
+    deadline = _deadline(args.seconds)
+    try:
+        with stop_on_signals() as stopped:
+            # The gate's own exec can reach the probe after its pid was marked watched.
+            recorder.since_ns = start_ns = time.monotonic_ns()
+            command.release()
+            record(probes, recorder, lambda: stopped.set or command.process.poll() is not None
+                   or time.monotonic() > deadline)
+        # The picture starts at the exec, not at the gate's start-up before it.
+        start_ns = min((e.time_ns for e in recorder.events
+                        if e.kind == EventKind.PROCESS_EXEC.label), default=start_ns)
+        status = finish(args, probes, recorder, start_ns, " ".join(args.command), outputs)
+    finally:
+        probes.close()  # the command may run on after --seconds: detach now
+        code = command.wait()
+    return code or status
+
+
+def record_processes(args, probes: TimelineProbes, recorder: Recorder,
+                     outputs: list[Path]) -> int:
+    start_ns = time.monotonic_ns()
+    for pid in args.pid:
+        if not os.path.exists(f"/proc/{pid}"):
+            raise UsageError(f"--pid {pid}: no such process")
+        recorder.watch(pid, existing=True)
+    if recorder.regex_targets:
+        recorder.find_targets()
+    deadline = _deadline(args.seconds)
+    with stop_on_signals() as stopped:
+
+        def done() -> bool:
+            # --pid alone ends with its processes; a --target waits for new ones.
+            gone = not recorder.regex_targets and not any(map(_alive, recorder.alive))
+            return stopped.set or gone or time.monotonic() > deadline
+
+        record(probes, recorder, done)
+    names = [f"pid {pid}" for pid in args.pid] + [f"--target {t}" for t in args.target]
+    return finish(args, probes, recorder, start_ns, ", ".join(names), outputs)
+
+
+def _alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def _deadline(seconds: float | None) -> float:
+    return time.monotonic() + seconds if seconds else float("inf")
+
+
+def finish(args, probes: TimelineProbes, recorder: Recorder, start_ns: int, command: str,
+           outputs: list[Path]) -> int:
+    now = time.monotonic_ns()
+    # When everything recorded has exited, the picture ends there, not at the next poll; a
+    # --target recording runs for as long as it was asked to, quiet or not.
+    done = not recorder.alive and not recorder.regex_targets
+    end_ns = (recorder.last_exit_ns() or now) if done else now
+    recorder.name_live_threads(end_ns)
+    recording = Recording(args.title or command, start_ns, end_ns, probes.lost_events(),
+                          recorder.events)
+    return write_outputs(recording, outputs)

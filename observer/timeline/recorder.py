@@ -1,0 +1,358 @@
+"""Recording: the probe of ``probes/timeline.bpf.c``, the recorder that keeps the watched
+processes' records and names each thread's creator while the process is still alive, and a
+command run under the observer from its first instruction.
+
+A command given after ``--`` starts blocked on a pipe, is put in the watched set, and only then
+allowed to exec.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+
+from observer import labels, procfs
+from observer.bpf_backend import (
+    TIMELINE_UPROBES,
+    UPROBE_NAMES,
+    attach_libc_of,
+    attach_uprobe,
+    compile_probes,
+    uprobe_name,
+    watch_process,
+)
+from observer.constants import bpf_cflags
+from observer.targets import RegexTarget, cmdline_of, match_target
+from observer.timeline.model import Event, EventKind
+
+log = logging.getLogger(__name__)
+
+PROBE_FILES = ("watched.h", "timeline.bpf.c")
+SERVICE_LEN = 32
+RINGBUF_PAGES = 256  # 1 MiB: thousands of records between two polls
+POLL_MS = 100
+REFRESH_SECONDS = 0.1
+# Runs in the child before the command: waits for "go" on a pipe so that the observer can put
+# its pid in the watched set first, then becomes the command (same pid, stdin and stdout).
+GATE = """
+import os, sys
+fd = int(sys.argv[1])
+if os.read(fd, 3) != b"go\\n":
+    sys.exit(125)
+os.close(fd)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as err:
+    print(f"thread-observer: {sys.argv[2]}: {err.strerror}", file=sys.stderr)
+    sys.exit(126 if isinstance(err, PermissionError) else 127)
+"""
+
+
+def timeline_cflags(follow_children: bool) -> list[str]:
+    flags = [f"-DEVENT_{kind.name}={kind.value}" for kind in EventKind if kind.value < 100]
+    flags += [f"-DSERVICE_LEN={SERVICE_LEN}", f"-DRINGBUF_PAGES={RINGBUF_PAGES}",
+              f"-DFOLLOW_CHILDREN={int(follow_children)}"]
+    return flags
+
+
+def event_from_raw(raw) -> Event:
+    """An event from a ``struct timeline_event`` as bcc decodes it from the C struct."""
+    kind = EventKind(raw.kind)
+    event = Event(kind.label, raw.time_ns, raw.tgid, raw.tid, raw.task,
+                  comm=raw.comm.decode(errors="replace"))
+    text = raw.text.decode(errors="replace")
+    if kind in (EventKind.THREAD_CREATED, EventKind.PROCESS_FORK):
+        event.parent = raw.other
+        event.start_routine = raw.value
+    elif kind == EventKind.GETADDRINFO_START:
+        event.host, event.service = text, raw.service.decode(errors="replace")
+    elif kind == EventKind.GETADDRINFO_END:
+        event.rc = ctypes.c_int64(raw.value).value
+    elif kind == EventKind.PROCESS_EXEC:
+        event.filename, event.parent = text, raw.other
+    return event
+
+
+class TimelineProbes:
+    """Compiles and attaches probes/timeline.bpf.c; hands each record to a handler."""
+
+    def __init__(self, follow_children: bool, track_new_processes: bool) -> None:
+        self.follow_children = follow_children
+        self.track_new_processes = track_new_processes
+        self.handler: Callable[[Event], None] = lambda event: None
+        self._bpf = None
+        self._attached_objects: dict[tuple[int, int], set[str]] = {}
+
+    def load(self, handler: Callable[[Event], None]) -> None:
+        self.handler = handler
+        cflags = bpf_cflags(self.track_new_processes) + timeline_cflags(self.follow_children)
+        self._bpf = compile_probes(PROBE_FILES, cflags, "timeline probe")
+        self._bpf["timeline_events"].open_ring_buffer(self._on_record)
+
+    def _on_record(self, _ctx, data, size) -> int:
+        # An exception would be lost in the ctypes callback: log it and keep recording.
+        try:
+            # bcc builds the ctypes struct from the C struct: no mirror here to drift.
+            self.handler(event_from_raw(self._bpf["timeline_events"].event(data)))
+        except Exception:
+            log.exception("could not handle a timeline record")
+        return 0
+
+    def attach_libc(self, path: str, device_inode: tuple[int, int]) -> set[str]:
+        """Uprobes on one libc-like object, once per file; returns the probes attached."""
+        if device_inode not in self._attached_objects:
+            self._attached_objects[device_inode] = {
+                uprobe_name(symbol, on_return)
+                for symbol, function, on_return in TIMELINE_UPROBES
+                if attach_uprobe(self._bpf, path, symbol, function, on_return)
+            }
+        return self._attached_objects[device_inode]
+
+    def watch(self, tgid: int) -> None:
+        """Marks a process watched, keeping the generation the kernel gave it if any."""
+        watch_process(self._bpf["watched_tgids"], tgid)
+
+    def unwatch(self, tgid: int) -> None:
+        self._bpf["watched_tgids"].pop(ctypes.c_uint32(tgid), None)
+
+    def poll(self, timeout_ms: int) -> None:
+        self._bpf.ring_buffer_poll(timeout_ms)
+
+    def drain(self) -> None:
+        self._bpf.ring_buffer_consume()
+
+    def lost_events(self) -> int:
+        return self._bpf["lost_events"][ctypes.c_int(0)].value
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+
+# Keeping the watched processes' records
+class Recorder:
+    """Keeps the records of the watched processes and decides which new ones are watched.
+
+    A start routine is named (``python``, a library's basename, ``unknown``) as its record
+    arrives, from /proc/PID/maps: the process may be gone by the time the picture is drawn.
+    """
+
+    def __init__(self, probes, regex_targets: list[RegexTarget] | None = None,
+                 allow_non_python: bool = False) -> None:
+        self.probes = probes
+        self.regex_targets = regex_targets or []
+        self.allow_non_python = allow_non_python
+        self.events: list[Event] = []
+        self.watched: set[int] = set()
+        self.alive: set[int] = set()
+        self._resolvers: dict[int, procfs.AddressResolver] = {}
+        self._libc_unknown: set[int] = set()
+        self._last_refresh = 0.0
+        self._self_pid = os.getpid()
+        self.since_ns = 0  # records from before are not kept
+
+    def watch(self, pid: int, existing: bool = False) -> None:
+        self.probes.watch(pid)
+        self._adopt(pid)
+        log.info("recording pid %d", pid)
+        if existing:
+            self._add_existing_threads(pid)
+
+    def _adopt(self, pid: int) -> None:
+        self.watched.add(pid)
+        self.alive.add(pid)
+        self._libc_unknown.add(pid)
+
+    def _add_existing_threads(self, pid: int) -> None:
+        now = time.monotonic_ns()
+        for tid in thread_ids(pid):
+            self.events.append(Event(EventKind.THREAD_EXISTING.label, now, pid, tid, tid,
+                                     comm=thread_comm(pid, tid)))
+
+    def handle(self, event: Event) -> None:
+        if event.time_ns < self.since_ns or not self._admit(event):
+            return
+        if event.kind == EventKind.THREAD_CREATED.label:
+            event.creator = self._creator(event.tgid, event.start_routine)
+        elif event.kind == EventKind.PROCESS_EXEC.label:
+            self._resolvers.pop(event.tgid, None)  # a new program image: new mappings
+            self._libc_unknown.add(event.tgid)
+        elif event.kind == EventKind.PROCESS_EXIT.label:
+            self.alive.discard(event.tgid)
+            self._libc_unknown.discard(event.tgid)
+        self.events.append(event)
+
+    def _admit(self, event: Event) -> bool:
+        if event.tgid in self.watched:
+            if event.kind == EventKind.PROCESS_FORK.label:
+                self.watch(event.task)  # recorded since its fork (FOLLOW_CHILDREN)
+            return True
+        if event.kind == EventKind.PROCESS_EXEC.label and self.regex_targets:
+            return self._classify(event.tgid)
+        return False
+
+    def _classify(self, tgid: int) -> bool:
+        """A new program (watched by the kernel as pending): kept if a target matches it."""
+        if self._matches(tgid):
+            self.watch(tgid)
+            return True
+        self.probes.unwatch(tgid)
+        return False
+
+    def _matches(self, pid: int) -> bool:
+        cmdline = cmdline_of(pid)
+        if pid == self._self_pid or not cmdline or not match_target(self.regex_targets, cmdline):
+            return False
+        try:
+            return self.allow_non_python or procfs.is_python(pid)
+        except OSError:
+            return False
+
+    def find_targets(self) -> None:
+        """Processes already running that a --target matches."""
+        import psutil
+
+        for pid in psutil.pids():
+            if pid not in self.watched and self._matches(pid):
+                self.watch(pid, existing=True)
+
+    # Creators
+    def _creator(self, tgid: int, routine: int) -> str:
+        if not routine:
+            return labels.UNKNOWN_CREATOR  # not made by pthread_create
+        return labels.creator(self._resolver(tgid), routine)
+
+    def _resolver(self, tgid: int) -> procfs.AddressResolver | None:
+        resolver = self._resolvers.get(tgid)
+        if resolver is None:
+            try:
+                resolver = procfs.AddressResolver(tgid, procfs.read_maps(tgid),
+                                                  procfs.exe_path(tgid))
+            except OSError:
+                return None
+            self._resolvers[tgid] = resolver
+        return resolver
+
+    def tick(self) -> None:
+        """Now and then: a recent copy of each process's mappings, so that a thread created
+        right before its process exits still gets its creator; and the libc of new programs."""
+        now = time.monotonic()
+        if now - self._last_refresh < REFRESH_SECONDS:
+            return
+        self._last_refresh = now
+        for tgid in list(self.alive):
+            resolver = self._resolver(tgid)
+            if resolver is not None:
+                with suppress(OSError):  # it exited: keep the last copy
+                    resolver.refresh()
+        for tgid in list(self._libc_unknown):
+            self.attach_libc_of(tgid)
+
+    def attach_libc_of(self, tgid: int) -> None:
+        try:
+            objects, attached = attach_libc_of(self.probes, tgid)
+        except OSError:
+            self._libc_unknown.discard(tgid)
+            return
+        # Tried again until every probe is in: right after an exec the dynamic linker may not
+        # have mapped libc yet, and only the executable is there to look in.
+        if attached >= set(UPROBE_NAMES):
+            self._libc_unknown.discard(tgid)
+            log.info("pid %d: probes in %s", tgid, ", ".join(objects))
+
+    def name_live_threads(self, time_ns: int) -> None:
+        """The end: live threads get their names as of now."""
+        for tgid in sorted(self.alive):
+            for tid in thread_ids(tgid):
+                self.events.append(Event(EventKind.THREAD_RENAMED.label, time_ns, tgid, tid,
+                                         tid, comm=thread_comm(tgid, tid)))
+
+    def last_exit_ns(self) -> int | None:
+        exits = [e.time_ns for e in self.events if e.kind == EventKind.PROCESS_EXIT.label]
+        return max(exits) if exits else None
+
+
+def thread_ids(pid: int) -> list[int]:
+    try:
+        return sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return []
+
+
+def thread_comm(pid: int, tid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm", errors="replace") as comm:
+            return comm.read().rstrip("\n")
+    except OSError:
+        return ""
+
+
+# A command run under the observer
+class GatedCommand:
+    """A child that waits before becoming ``argv``, so it is watched from its exec on."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        read_end, self._go = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", GATE, str(read_end), *argv],
+                pass_fds=(read_end,),
+            )
+        finally:
+            os.close(read_end)
+        self.pid = self.process.pid
+
+    def release(self) -> None:
+        os.write(self._go, b"go\n")
+        os.close(self._go)
+
+    def abort(self) -> None:
+        os.close(self._go)  # the gate exits without running the command
+        self.process.wait()
+
+    def wait(self) -> int:
+        """The command's exit status as a shell reports it."""
+        while True:
+            try:
+                code = self.process.wait()
+                break
+            except KeyboardInterrupt:
+                continue  # the command got the same Ctrl-C: wait for it to act on it
+        return 128 - code if code < 0 else code
+
+
+class StopFlag:
+    """Set by SIGINT or SIGTERM: the recording ends, the outputs are still written."""
+
+    def __init__(self) -> None:
+        self.set = False
+
+    def __call__(self, signum, frame) -> None:
+        self.set = True
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    flag = StopFlag()
+    previous = {sig: signal.signal(sig, flag) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def record(probes: TimelineProbes, recorder: Recorder, done: Callable[[], bool]) -> None:
+    while not done():
+        probes.poll(POLL_MS)
+        recorder.tick()
+    probes.drain()
