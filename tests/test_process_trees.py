@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.harness import observer, wait_until, workload
+from tests.harness import observer, settled, wait_until, workload
 
 pytestmark = pytest.mark.bpf
 
@@ -36,20 +36,13 @@ def target_totals(metrics, target: str) -> tuple[float | None, float | None, flo
             metrics.value("thread_observer_getaddrinfo_calls_total", target=target))
 
 
-def settled(running, target: str, threads: int):
-    """The scrape once every thread of the tree has been counted as ended (children that
-    ended before a poll saw them are folded in at the next poll)."""
-    seen = []
-
-    def done():
-        metrics = running.scrape()
-        seen[:] = [target_totals(metrics, target)]
-        return metrics if seen[0][1] == threads else None
-
-    try:
-        return wait_until(done, 15, "every thread's exit to be counted")
-    except AssertionError as timeout:
-        raise AssertionError(f"{timeout}: seen={seen}\n{running.log()[-4000:]}") from None
+def settled_totals(running, target: str, threads: int, calls: int):
+    """The scrape once the target shows the tree's totals (children that ended before a poll
+    saw them are folded in at the next poll)."""
+    return settled(running, {"thread_observer_threads_created_total": threads,
+                             "thread_observer_threads_exited_total": threads,
+                             "thread_observer_getaddrinfo_calls_total": calls}, 15,
+                   target=target)
 
 
 def attached(running, target: str, processes: int = 1) -> None:
@@ -64,9 +57,7 @@ def run_tree(running, command: list[str], target: str) -> dict:
         attached(running, target)
         root.go()
         truth = root.truth()
-        threads, calls = totals(truth)
-        metrics = settled(running, target, threads)
-        assert target_totals(metrics, target) == (threads, threads, calls), truth
+        metrics = settled_totals(running, target, *totals(truth))
         return {"truth": truth, "metrics": metrics, "pid": root.pid}
 
 
@@ -85,8 +76,7 @@ def test_a_pid_target_covers_the_workers_it_forks(tmp_path):
         root.go()
         truth = root.truth()
         assert totals(truth) == (30, 21)
-        metrics = settled(running, "master", 30)
-        assert target_totals(metrics, "master") == (30, 30, 21)
+        settled_totals(running, "master", 30, 21)
 
 
 @pytest.mark.parametrize("start", ["spawn", "forkserver"])
@@ -133,8 +123,7 @@ def test_a_child_matching_another_target_goes_to_that_target(tmp_path):
             root.go()
             truth = root.truth()
             attached(running, "workers", 2)
-            metrics = settled(running, "workers", truth["worker_threads"])
-            assert target_totals(metrics, "workers") == (10, 10, 8)
+            metrics = settled_totals(running, "workers", 10, 8)
             # The parent keeps its own threads (the pool's, alive) and its resource tracker.
             assert target_totals(metrics, "parent") == (truth["threads_started"], 0, 0)
             assert metrics.value("thread_observer_processes", target="parent") == 2
@@ -149,8 +138,7 @@ def test_no_children_leaves_the_workers_out(tmp_path):
             root.go()
             truth = root.truth()
             assert truth["worker_threads"] == 20
-            metrics = settled(running, "alone", truth["threads_started"])
-            assert target_totals(metrics, "alone") == (truth["threads_started"],) * 2 + (0,)
+            metrics = settled_totals(running, "alone", truth["threads_started"], 0)
             assert metrics.value("thread_observer_processes", target="alone") == 1
 
 

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import observer, wait_until, workload
+from tests.harness import observer, settled, wait_until, workload
 
 pytestmark = pytest.mark.bpf
 
 TREE = ["-m", "workloads.process_tree", "--linger", "60"]
 
 
-def target_totals(metrics, target: str) -> tuple:
-    return (metrics.value("thread_observer_threads_created_total", target=target),
-            metrics.value("thread_observer_threads_exited_total", target=target),
-            metrics.value("thread_observer_getaddrinfo_calls_total", target=target))
+def totals_settled(running, target: str, threads: int, calls: int) -> None:
+    settled(running, {"thread_observer_threads_created_total": threads,
+                      "thread_observer_threads_exited_total": threads,
+                      "thread_observer_getaddrinfo_calls_total": calls}, target=target)
 
 
 def processes(running, target: str) -> float | None:
@@ -44,8 +44,8 @@ def test_a_process_that_renames_itself_at_once_is_matched_by_its_original_argume
                            "the renamed process to be matched")
                 root.go()
                 truth = root.truth()
-                wait_until(lambda: target_totals(running.scrape(), "gunicornish")
-                           == (3, 3, 2), 10, f"its workers' counts ({truth})")
+                assert (truth["worker_threads"], truth["worker_getaddrinfo_calls"]) == (3, 2)
+                totals_settled(running, "gunicornish", 3, 2)
             wait_until(lambda: processes(running, "gunicornish") == 0, 10, "it to be dropped")
 
 
@@ -64,8 +64,7 @@ def test_a_name_template_gives_a_target_per_value(tmp_path):
         truths = {app: root.truth() for app, root in roots.items()}
         for app, n in apps.items():
             assert truths[app]["worker_threads"] == n
-            wait_until(lambda app=app, n=n: target_totals(running.scrape(), app) == (n, n, n),
-                       10, f"{app}'s counts")
+            totals_settled(running, app, n, n)
         metrics = running.scrape()
         assert set(metrics.labels("thread_observer_processes", "target")) == set(apps)
 
