@@ -183,10 +183,13 @@ def settled_counts(observer, target: str, truth: dict) -> Counts:
 
 
 def target_counts(snapshot, target: str) -> Counts:
+    """Its processes' counts, and those of its processes that ended (workers)."""
     total = Counts()
     for row in snapshot.rows:
         if row.target == target and row.counts is not None:
             total.add(row.counts)
+    if target in snapshot.retired:
+        total.add(snapshot.retired[target])
     return total
 
 

@@ -69,8 +69,7 @@ def measure_tree(by_pid: bool) -> dict:
                        == 1, 10, "the parent to be attached")
             root.go()
             truth = root.truth()
-            threads = truth["threads_started"] + truth["worker_threads"]
-            metrics = exits_settled(running, threads, target="ns")
+            metrics = exits_settled(running, truth["threads_started"], target="ns")
             return {
                 "truth": truth,
                 "pid": root.pid,

@@ -3,8 +3,9 @@
 Each worker starts ``--threads`` threads and makes ``--lookups`` calls of
 ``socket.getaddrinfo("localhost")``, then ends at once: a worker lives a few milliseconds, as
 pre-fork servers' and task pools' recycled workers may. The parent does no work of its own
-beyond starting them; the ground truth sums what every worker counted itself, plus the
-parent's own threads (a pool's handler threads).
+beyond starting them; the ground truth (``threads_started``, ``getaddrinfo_calls``) sums what
+every worker counted itself and the parent's own threads (a pool's handler threads, also given
+as ``parent_threads_started``).
 
 How the workers start (``--start``):
   fork        os.fork() from the parent, all at once, then waited for
@@ -127,9 +128,14 @@ def main(argv=None) -> int:
         begin(args, SCENARIO)
         start_workers = forked_workers if args.start == "fork" else pooled_workers
         results = start_workers(args, stack)
+        worker_threads = sum(r["threads_started"] for r in results)
+        worker_calls = sum(r["getaddrinfo_calls"] for r in results)
+        # The counts are the whole tree's: the parent's own and every worker's.
         finish(parent, args, scenario=SCENARIO, start=args.start, workers=len(results),
-               worker_threads=sum(r["threads_started"] for r in results),
-               worker_getaddrinfo_calls=sum(r["getaddrinfo_calls"] for r in results))
+               threads_started=parent.threads_started + worker_threads,
+               getaddrinfo_calls=parent.getaddrinfo_calls + worker_calls,
+               parent_threads_started=parent.threads_started,
+               worker_threads=worker_threads, worker_getaddrinfo_calls=worker_calls)
     return 0
 
 

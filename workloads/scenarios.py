@@ -140,6 +140,20 @@ SCENARIOS = _scenarios(
         "the ground truth the observer's own tests compare against",
         ("--threads", "6", "--loop-calls", "4", "--blocking-calls", "2", "--failures", "3"),
     ),
+    Scenario(
+        "prefork_workers",
+        "workloads.process_tree",
+        "a parent forking 3 workers that each make 10 threads and 7 lookups and end at once",
+        "workers that live milliseconds count in their parent's target, from their fork",
+        ("--workers", "3", "--threads", "10", "--lookups", "7"),
+    ),
+    Scenario(
+        "recycled_pool",
+        "workloads.process_tree",
+        "multiprocessing.Pool(maxtasksperchild=1): 20 tasks, a new worker each",
+        "a pool that recycles its workers is counted whole, however short they live",
+        ("--start", "pool", "--workers", "20", "--threads", "1", "--lookups", "1"),
+    ),
 )
 
 
