@@ -68,15 +68,7 @@ def measure_tree(by_pid: bool) -> dict:
             wait_until(lambda: running.scrape().value("thread_observer_processes", target="ns")
                        == 1, 10, "the parent to be attached")
             root.go()
-            truth = root.truth()
-            metrics = exits_settled(running, truth["threads_started"], target="ns")
-            return {
-                "truth": truth,
-                "pid": root.pid,
-                "created": metrics.value("thread_observer_threads_created_total", target="ns"),
-                "exited": metrics.value("thread_observer_threads_exited_total", target="ns"),
-                "calls": metrics.value("thread_observer_getaddrinfo_calls_total", target="ns"),
-            }
+            return result(root, running)
 
 
 def main() -> int:
