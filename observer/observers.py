@@ -174,10 +174,19 @@ class ProcObserver:
             if pid in self.procs or pid in self._rejected:
                 continue
             target = self.classify(pid)
-            if target is not None:
-                self._attach(pid, target)
+            inherited = target is None and self._parent_target(pid)
+            if target or inherited:
+                self._attach(pid, target or inherited, inherited=bool(inherited))
             elif self._remember_rejections:
                 self._rejected.add(pid)
+
+    def _parent_target(self, pid: int) -> str | None:
+        """The target of a process's parent when that one is attached (a child the kernel
+        did not hand a target: forked before its parent was matched)."""
+        if not self.follow_children:
+            return None
+        parent = self.procs.get(procfs.parent_pid(pid) or 0)
+        return parent.target if parent is not None else None
 
     def _candidate_pids(self) -> list[int]:
         if self.regex_targets:
@@ -291,7 +300,8 @@ class BpfObserver(ProcObserver):
         forget: dict[int, int] = {}
         ended: dict[int, TrackedProcess] = {}  # their counts are read in one pass
         adoptions = 0
-        for tgid, entry in states.items():
+        # Ascending, so that a parent matched in this poll is attached before its children.
+        for tgid, entry in sorted(states.items()):
             tracked = self.procs.get(tgid)
             if tracked is not None and tracked.generation != entry.generation:
                 self._detach(tgid)  # the PID now belongs to another process
@@ -379,7 +389,7 @@ class BpfObserver(ProcObserver):
         own = self.classify(tgid)
         inherited = None
         if tracked is None or tracked.inherited:
-            inherited = self._inherited_target(entry)
+            inherited = self._inherited_target(entry) or self._parent_target(tgid)
         target = own or inherited
         if target is None:
             if tracked is not None:

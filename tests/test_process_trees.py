@@ -88,6 +88,21 @@ def test_spawned_children_with_other_command_lines_count_in_the_parents_target(t
         assert (truth["worker_threads"], truth["worker_getaddrinfo_calls"]) == (10, 8)
 
 
+def test_workers_spawned_before_their_parent_is_matched_join_its_target(tmp_path):
+    tag = uuid.uuid4().hex[:12]
+    with observer(["--target", f"early=python.*-X tag={tag}"], tmp_path) as running:
+        # No handshake: the workers start while the parent's command line is still unread.
+        with workload(tagged(tag, "--start", "spawn", "--keep-workers", "--workers", "2",
+                             "--threads", "5", "--lookups", "4"), wait=False) as root:
+            truth = root.truth()
+            assert (truth["worker_threads"], truth["worker_getaddrinfo_calls"]) == (10, 8)
+            # The pool's threads are alive in the parent; the workers' have ended.
+            settled(running, {"thread_observer_threads_created_total": truth["threads_started"],
+                              "thread_observer_threads_exited_total": 10,
+                              "thread_observer_getaddrinfo_calls_total": 8,
+                              "thread_observer_processes": 4}, 15, target="early")
+
+
 def test_a_recycling_pool_is_exact_and_leaves_the_maps_as_they_were(tmp_path):
     tag = uuid.uuid4().hex[:12]
     with observer(["--target", f"pool=python.*-X tag={tag}"], tmp_path) as running:
