@@ -148,7 +148,9 @@ def watch_process(watched, tgid: int, target: int = 0) -> int:
     it has one."""
     entry = watched.get(ctypes.c_uint32(tgid))
     generation = entry.generation if entry is not None else time.monotonic_ns()
-    watched[ctypes.c_uint32(tgid)] = watched.Leaf(ProcessState.WATCHED, target, generation)
+    parent = entry.parent if entry is not None else 0
+    watched[ctypes.c_uint32(tgid)] = watched.Leaf(ProcessState.WATCHED, target, generation,
+                                                  parent)
     return generation
 
 
@@ -174,6 +176,7 @@ class WatchedEntry:
     state: ProcessState
     target: int  # the observer's number for its target, 0 for none yet
     generation: int
+    parent: int = 0  # the parent of a child watched since its fork
 
 
 @dataclass(frozen=True)
@@ -292,11 +295,13 @@ class BpfProbes:
 
     def set_state(self, tgid: int, entry: WatchedEntry) -> None:
         watched = self._bpf["watched_tgids"]
-        watched[ctypes.c_uint32(tgid)] = watched.Leaf(entry.state, entry.target, entry.generation)
+        watched[ctypes.c_uint32(tgid)] = watched.Leaf(entry.state, entry.target, entry.generation,
+                                                      entry.parent)
 
     def states(self) -> dict[int, WatchedEntry]:
         """tgid -> its entry, for every process in the watched set."""
-        return {key.value: WatchedEntry(ProcessState(value.state), value.target, value.generation)
+        return {key.value: WatchedEntry(ProcessState(value.state), value.target, value.generation,
+                                        value.parent)
                 for key, value in table_items(self._bpf["watched_tgids"])}
 
     def forget(self, processes: dict[int, int | None]) -> None:

@@ -360,7 +360,8 @@ class BpfObserver(ProcObserver):
         if target is None:
             return None
         # A fork shares its parent's mappings; a new program's are unknown (creator unknown).
-        resolver = None if started_cmdline else self._resolver_of(target)
+        parent = self.procs.get(entry.parent)
+        resolver = parent.resolver if parent is not None and not started_cmdline else None
         return TrackedProcess(pid=tgid, target=target, create_time=0.0,
                               generation=entry.generation, resolver=resolver)
 
@@ -375,11 +376,6 @@ class BpfObserver(ProcObserver):
             elif tgid in finals and self._has_processes(tracked.target):
                 self.retired.setdefault(tracked.target, Counts()).add(finals[tgid])
                 self.overflowed += tracked.target == OTHER_TARGET
-
-    def _resolver_of(self, target: str) -> procfs.AddressResolver | None:
-        roots = [t for t in self.procs.values() if t.target == target and not t.inherited]
-        members = roots or [t for t in self.procs.values() if t.target == target]
-        return members[0].resolver if members else None
 
     def _settle_pending(self, tgid: int, entry: WatchedEntry, forget: dict[int, int]) -> None:
         """A process that the kernel saw start a program (exec), or fork from a process not
@@ -405,7 +401,7 @@ class BpfObserver(ProcObserver):
                 self._forget_target_if_empty(old)
             tracked.inherited = own is None
             self.probes.set_state(tgid, WatchedEntry(
-                ProcessState.WATCHED, self.numbers.number(target), entry.generation))
+                ProcessState.WATCHED, self.numbers.number(target), entry.generation, entry.parent))
             self._describe(tracked)  # new program image: new mappings
 
     def _attach(self, pid: int, target: str, inherited: bool = False,

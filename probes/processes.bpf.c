@@ -124,6 +124,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         if (old && old->state != STATE_EXITED) {
             process.target = old->target;
             process.generation = old->generation;
+            process.parent = old->parent;
         } else {
             process.generation = bpf_ktime_get_ns();
         }

@@ -79,7 +79,7 @@ TRACEPOINT_PROBE(task, task_newtask)
         return 0;
     if (args->clone_flags & CLONE_THREAD)
         count_new_thread(tgid, tid, process->generation);
-    else if (!inherit_watch(process, (u32)args->pid)) {
+    else if (!inherit_watch(tgid, process, (u32)args->pid)) {
 #ifndef PIDNS_INO
         // A fork of a process not yet matched: same command line, classified in user space.
         // (In a PID namespace the child's id here is the host's: the periodic scan finds it.)

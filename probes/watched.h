@@ -47,6 +47,8 @@ struct watched_process {
                 // line and decided whether a target matches it
     u32 target;  // the observer's number for its target; 0 while none is decided
     u64 generation;
+    u32 parent;  // for a child watched since its fork: its parent's process id, else 0
+    u32 reserved;
 };
 
 // The key of per-process counters.
@@ -114,12 +116,14 @@ static __always_inline void count_child_not_watched(void)
 // first instruction, under a generation of its own. Called in the parent (task:task_newtask),
 // where child_pid is the child's id in the host's PID namespace. Returns 0 when the parent has
 // no target to hand down.
-static __always_inline int inherit_watch(struct watched_process *parent, u32 child_pid)
+static __always_inline int inherit_watch(u32 parent_tgid, struct watched_process *parent,
+                                         u32 child_pid)
 {
     if (!FOLLOW_CHILDREN || !parent->target || parent->state == STATE_EXITED)
         return 0;
     struct watched_process child = {
         .state = STATE_WATCHED, .target = parent->target, .generation = bpf_ktime_get_ns(),
+        .parent = parent_tgid,
     };
 #ifdef PIDNS_INO
     // The child's id in our namespace is not known here: the child takes its watch itself
