@@ -144,3 +144,13 @@ def test_usual_errors_start_at_zero_so_rate_sees_the_first_failure():
                  {"target": "api", "error": "EAI_NONAME"}) == 2
     assert value("thread_observer_getaddrinfo_failures_total",
                  {"target": "api", "error": "EAI_CANCELED"}) is None  # not usual: when seen
+
+
+def test_what_could_not_be_watched_or_named_is_said_in_self_counters():
+    snapshot = Snapshot(backend="bpf", bpf_available=True, losses={
+        "children_not_watched_total": 2, "exec_reports_lost_total": 0,
+        "target_names_overflowed_total": 900})
+    registry = registry_for(snapshot)
+    assert registry.get_sample_value("thread_observer_children_not_watched_total") == 2
+    assert registry.get_sample_value("thread_observer_exec_reports_lost_total") == 0
+    assert registry.get_sample_value("thread_observer_target_names_overflowed_total") == 900

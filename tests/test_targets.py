@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from observer import procfs
+from observer.bpf_backend import exec_arguments
 from observer.targets import (
     OTHER_TARGET,
     TargetError,
@@ -111,3 +112,9 @@ def test_target_numbers_start_at_one_and_stay():
     assert (numbers.number("api"), numbers.number("web"), numbers.number("api")) == (1, 2, 1)
     assert (numbers.name(1), numbers.name(2), numbers.name(0), numbers.name(3)) == \
         ("api", "web", None, None)
+
+
+def test_exec_report_arguments_end_at_the_first_empty_slot():
+    slots = b"python\0\0\0" + b"-m\0\0\0\0\0\0" + b"\0" * 9 + b"stale\0\0\0\0"
+    assert exec_arguments(slots, 9) == ["python", "-m"]
+    assert exec_arguments(b"\xff\xfe\0" + b"\0" * 6, 9) == ["\ufffd\ufffd"]
