@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
 # Installs everything thread-observer needs on a Debian 12 host (or image), idempotently:
-# Debian packages (bcc, kernel headers, redis-server, prometheus, musl-tools), the kernel-header
-# link bcc compiles against, tracefs, and a virtual environment that sees bcc.
+# Debian packages (bcc, kernel headers for this architecture, and for development
+# redis-server, prometheus, musl-tools), the kernel-header link bcc compiles against, tracefs,
+# and a virtual environment that sees bcc.
 #
-#   deploy/setup.sh [--venv DIR] [--extras test] [--no-venv]
+#   deploy/setup.sh [--venv DIR] [--extras test] [--no-venv]       # development (make setup)
+#   deploy/setup.sh --runtime --venv DIR --install WHEEL           # the image's final stage
 #
-# A second run does nothing but checks and takes seconds.
+# --runtime installs only what `thread-observer run` needs: bcc and Python, no headers (a node
+# brings its own: /lib/modules and /usr/src mounted from the host, or the kernel's
+# /sys/kernel/kheaders.tar.xz), no tracefs mount (the host's is mounted), no compilers, servers
+# or test tools. --install puts that package file (a wheel) in the venv instead of this source
+# tree, editable. A second run does nothing but checks and takes seconds.
 set -euo pipefail
 
 VENV=.venv
 EXTRAS=""
 MAKE_VENV=1
+RUNTIME=0
+INSTALL=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --venv) VENV=$2; shift 2 ;;
     --extras) EXTRAS=$2; shift 2 ;;
     --no-venv) MAKE_VENV=0; shift ;;
+    --runtime) RUNTIME=1; shift ;;
+    --install) INSTALL=$2; shift 2 ;;
     *) echo "setup: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -24,7 +34,13 @@ say() { echo "setup: $*" >&2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 # bcc must come from Debian (python3-bpfcc): the PyPI package named "bcc" is unrelated.
-PACKAGES="python3-bpfcc bpfcc-tools bpftool python3-venv linux-headers-amd64 redis-server prometheus musl-tools iproute2 util-linux procps"
+# Kernel headers are Debian's metapackage for this machine's architecture (amd64, arm64).
+ARCH=$(dpkg --print-architecture)
+RUNTIME_PACKAGES="python3-bpfcc python3-venv"
+PACKAGES="$RUNTIME_PACKAGES bpfcc-tools bpftool linux-headers-$ARCH redis-server prometheus musl-tools iproute2 util-linux procps"
+# The tests open the HTML timeline in a real headless browser; a runtime image needs none.
+case ",$EXTRAS," in *,test,*) PACKAGES="$PACKAGES chromium" ;; esac
+[ "$RUNTIME" = 1 ] && PACKAGES="$RUNTIME_PACKAGES"
 
 install_packages() {
   local missing=""
@@ -59,11 +75,11 @@ link_headers() {
     return
   fi
   local arch common
-  arch=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
+  arch=$(ls -d /usr/src/linux-headers-*-"$ARCH" 2>/dev/null | sort -V | tail -n 1)
   if [ -z "$arch" ]; then
-    say "no kernel headers: apt-get install linux-headers-$(uname -r) or linux-headers-amd64"; exit 1
+    say "no kernel headers: apt-get install linux-headers-$(uname -r) or linux-headers-$ARCH"; exit 1
   fi
-  common=${arch%-amd64}-common
+  common=${arch%-"$ARCH"}-common
   mkdir -p "$mod"
   ln -sfn "$arch" "$mod/build"
   [ -d "$common" ] && ln -sfn "$common" "$mod/source"
@@ -87,22 +103,30 @@ make_venv() {
     say "creating $VENV"
     /usr/bin/python3 -m venv --system-site-packages "$VENV"
   fi
-  local spec="$here" stamp="$VENV/.thread-observer-installed"
-  [ -n "$EXTRAS" ] && spec="$here[$EXTRAS]"
+  local stamp="$VENV/.thread-observer-installed" source="$here/pyproject.toml"
+  local -a spec=(-e "$here${EXTRAS:+[$EXTRAS]}")
+  if [ -n "$INSTALL" ]; then
+    spec=("$INSTALL${EXTRAS:+[$EXTRAS]}")
+    source=$INSTALL
+  fi
   local want
-  want=$(cat "$here/pyproject.toml" | sha256sum | cut -c1-16)-$EXTRAS
+  want=$(sha256sum < "$source" | cut -c1-16)-$EXTRAS
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     say "$VENV up to date"
     return
   fi
   say "installing thread-observer into $VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$VENV/bin/python" -m pip install -q -e "$spec"
+  if [ "$RUNTIME" = 0 ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+  fi
+  "$VENV/bin/python" -m pip install -q --no-cache-dir "${spec[@]}"
   echo "$want" > "$stamp"
 }
 
 install_packages
-link_headers
-mount_tracefs
+if [ "$RUNTIME" = 0 ]; then
+  link_headers
+  mount_tracefs
+fi
 [ "$MAKE_VENV" = 1 ] && make_venv
 say "done"

@@ -262,6 +262,14 @@ class BpfProbes:
             self.attach_errors[name] += 1
             log.warning("could not attach tracepoint %s: %s", tracepoint, err)
 
+    def program_fds(self) -> dict[str, int]:
+        """File descriptors of the loaded programs by function name: the kernel's run
+        statistics of each are in /proc/self/fdinfo/FD."""
+        if self._bpf is None:
+            return {}
+        return {name.decode() if isinstance(name, bytes) else name: function.fd
+                for name, function in self._bpf.funcs.items()}
+
     def attach_libc(self, path: str, device_inode: tuple[int, int]) -> set[str]:
         """Uprobes on one libc-like object, once per file (uprobes are per inode); returns the
         probes attached to it."""

@@ -20,7 +20,9 @@ from observer.arguments import (
     positive_float,
 )
 from observer.errors import UsageError
+from observer.kubernetes import PodNames, add_pod_arguments
 from observer.timeline import command as timeline
+from observer.web_config import WebConfigError, add_web_arguments, load_web_config
 
 EPILOG_RUN = """examples:
   thread-observer run --target api='python.*server\\.py'          # every matching process
@@ -63,6 +65,8 @@ def add_run_parser(subparsers, parents) -> None:
     parser.add_argument("--interval", type=positive_float, default=0.25, metavar="SECONDS",
                         help="how often new and exited processes are handled "
                         "(default %(default)s)")
+    add_pod_arguments(parser)
+    add_web_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -86,9 +90,15 @@ def run(args: argparse.Namespace) -> int:
     from observer.startup import make_observer
 
     host, port = parse_listen(args.listen)
-    observer = make_observer(args)
     try:
-        asyncio.run(serve(observer, host, port, args.label_pid, args.interval))
+        web_config = load_web_config(args)
+    except WebConfigError as err:
+        raise UsageError(str(err)) from None
+    observer = make_observer(args)
+    pod_names = PodNames(args.kubelet_log_dir) if args.pod_labels else None
+    try:
+        asyncio.run(serve(observer, host, port, args.label_pid, args.interval,
+                          pod_names=pod_names, web_config=web_config))
     except OSError as err:  # the server's clean-up has closed the observer
         raise UsageError(f"cannot listen on {args.listen}: {err.strerror or err}") from None
     return 0

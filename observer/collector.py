@@ -15,10 +15,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from observer import __version__
+from observer import __version__, kubernetes
 from observer.constants import EAI_NAMES
 from observer.constants import metric_name as _name
 from observer.histogram import log2_to_buckets
+from observer.kubernetes import PodNames
 from observer.model import Counts, ProcessRow, Snapshot
 
 # Self counters of what the observer could not see or name as asked (never a silent zero).
@@ -44,6 +45,7 @@ class Series:
         self.threads = 0
         self.counts: Counts | None = None
         self.executor_max_workers: int | None = None
+        self.unnamed = 0  # node mode: its processes in a pod whose names were not found
 
     def add_row(self, row: ProcessRow) -> None:
         self.processes += 1
@@ -62,38 +64,72 @@ class Series:
 
 
 class ObserverCollector(Collector):
-    def __init__(self, read_snapshot: Callable[[], Snapshot], label_pid: bool = False) -> None:
+    """Per-target series, by pid with ``label_pid``, and by pod with ``pod_names`` (node mode)."""
+
+    def __init__(self, read_snapshot: Callable[[], Snapshot], label_pid: bool = False,
+                 pod_names: PodNames | None = None) -> None:
         self._read_snapshot = read_snapshot
         self._label_pid = label_pid
-        self._last_duration = 0.0
+        self._pod_names = pod_names
 
     def collect(self) -> Iterator[Metric]:
+        # Every family is built before the duration is taken, so that it is this scrape's.
         started = time.perf_counter()
         snapshot = self._read_snapshot()
-        yield from self._target_metrics(snapshot)
-        yield from self._self_metrics(snapshot)
-        self._last_duration = time.perf_counter() - started
+        groups = self._group(snapshot)
+        families = [*self._target_metrics(snapshot, groups),
+                    *self._self_metrics(snapshot, groups)]
+        yield from families
+        yield GaugeMetricFamily(
+            _name("scrape_duration_seconds"),
+            "Time this scrape took to read the probes and /proc and build its series",
+            value=time.perf_counter() - started,
+        )
 
     def describe(self) -> list[Metric]:
         return []  # dynamic families: do not collect at registration
 
     # Per target
+    def _labels(self) -> list[str]:
+        labels = ["target"]
+        if self._pod_names is not None:
+            labels += kubernetes.LABELS
+        return [*labels, "pid"] if self._label_pid else labels
+
+    def _key(self, target: str, container_id: str, pod_uid: str, pid: int) -> tuple[str, ...]:
+        key = [target]
+        if self._pod_names is not None:
+            key += self._pod_names.name(container_id, pod_uid).labels()
+        return (*key, str(pid)) if self._label_pid else tuple(key)
+
     def _group(self, snapshot: Snapshot) -> list[Series]:
         series: dict[tuple[str, ...], Series] = {}
+        keys: dict[tuple[str, str, str], tuple[str, ...]] = {}
         for row in snapshot.rows:
-            key = (row.target, str(row.pid)) if self._label_pid else (row.target,)
-            series.setdefault(key, Series(list(key))).add_row(row)
+            key = self._key(row.target, row.container_id, row.pod_uid, row.pid)
+            group = series.setdefault(key, Series(list(key)))
+            group.add_row(row)
+            # In a pod (its cgroup says so) that the kubelet's directories do not name.
+            if self._pod_names is not None and row.pod_uid and not key[3]:
+                group.unnamed += 1
+            # The observer keeps containers' exited processes apart in node mode only.
+            if self._pod_names is not None:
+                keys[(row.target, row.container_id, row.pod_uid)] = key
+            else:
+                keys[(row.target, "", "")] = key
         if not self._label_pid:
-            for target, counts in snapshot.retired.items():
-                if (target,) in series:
-                    series[(target,)].add_counts(counts)
+            # Folded counts of exited processes join the series their live processes are in.
+            for retire_key, counts in snapshot.retired.items():
+                if retire_key in keys:
+                    series[keys[retire_key]].add_counts(counts)
+        if self._pod_names is not None:
+            self._pod_names.forget({(row.container_id, row.pod_uid) for row in snapshot.rows})
         return list(series.values())
 
-    def _target_metrics(self, snapshot: Snapshot) -> Iterator[Metric]:
-        labels = ["target", "pid"] if self._label_pid else ["target"]
-        groups = self._group(snapshot)
-        yield from _gauges(snapshot, groups, labels)
-        yield _target_info(snapshot)
+    def _target_metrics(self, snapshot: Snapshot, groups: list[Series]) -> Iterator[Metric]:
+        labels = self._labels()
+        yield from _gauges(snapshot, groups, labels, per_pid=self._label_pid)
+        yield _target_info(snapshot, self._pod_names)
         # The proc backend cannot count: its series are absent, never zeros passed off as
         # measurements.
         counted = [g for g in groups if g.counts is not None]
@@ -101,7 +137,7 @@ class ObserverCollector(Collector):
             yield from _thread_counters(counted, labels)
             yield from _getaddrinfo_metrics(counted, labels)
 
-    def _self_metrics(self, snapshot: Snapshot) -> Iterator[Metric]:
+    def _self_metrics(self, snapshot: Snapshot, groups: list[Series]) -> Iterator[Metric]:
         info = GaugeMetricFamily(
             _name("build_info"), "thread-observer version and the backend in use",
             labels=["version", "backend"],
@@ -134,14 +170,17 @@ class ObserverCollector(Collector):
         for name, count in sorted(snapshot.losses.items()):
             yield CounterMetricFamily(_name(name.removesuffix("_total")), LOSSES[name],
                                       value=count)
-        yield GaugeMetricFamily(
-            _name("scrape_duration_seconds"),
-            "Time the previous scrape took to read the probes and /proc",
-            value=self._last_duration,
-        )
+        if self._pod_names is not None:
+            yield GaugeMetricFamily(
+                _name("unnamed_pod_processes"),
+                "Attached processes in a pod whose pod or container name the kubelet's log "
+                "directories do not give (their namespace, pod or container label is empty)",
+                value=sum(g.unnamed for g in groups),
+            )
 
 
-def _gauges(snapshot: Snapshot, groups: list[Series], labels: list[str]) -> Iterator[Metric]:
+def _gauges(snapshot: Snapshot, groups: list[Series], labels: list[str],
+            per_pid: bool) -> Iterator[Metric]:
     processes = GaugeMetricFamily(
         _name("processes"), "Processes of the target attached now", labels=labels
     )
@@ -158,12 +197,12 @@ def _gauges(snapshot: Snapshot, groups: list[Series], labels: list[str]) -> Iter
         threads.add_metric(group.labels, group.threads)
         if group.executor_max_workers is not None:
             cap.add_metric(group.labels, group.executor_max_workers)
-    if len(labels) == 1:
+    if not per_pid:
         # A configured target with nothing attached still says so: 0 processes.
         present = {group.labels[0] for group in groups}
         for target in snapshot.targets:
             if target not in present:
-                processes.add_metric([target], 0)
+                processes.add_metric([target, *[""] * (len(labels) - 1)], 0)
     yield from (processes, threads, cap)
 
 
@@ -215,11 +254,16 @@ def _getaddrinfo_metrics(groups: list[Series], labels: list[str]) -> Iterator[Me
     yield from (calls, failures, duration, hosts)
 
 
-def _target_info(snapshot: Snapshot) -> Metric:
+def _target_info(snapshot: Snapshot, pod_names: PodNames | None) -> Metric:
+    # In node mode it names the pod too: honoured labels must not leave the observer's own.
+    names = list(kubernetes.LABELS) if pod_names is not None else []
     info = GaugeMetricFamily(
         _name("target_info"), "Attached processes and the container and pod they run in",
-        labels=["target", "pid", "container_id", "pod_uid"],
+        labels=["target", "pid", "container_id", "pod_uid", *names],
     )
     for row in snapshot.rows:
-        info.add_metric([row.target, str(row.pid), row.container_id, row.pod_uid], 1)
+        labels = [row.target, str(row.pid), row.container_id, row.pod_uid]
+        if pod_names is not None:
+            labels += pod_names.name(row.container_id, row.pod_uid).labels()
+        info.add_metric(labels, 1)
     return info

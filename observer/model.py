@@ -43,9 +43,10 @@ class ProcessRow:
 class Snapshot:
     backend: str
     rows: list[ProcessRow] = field(default_factory=list)
-    # Final counts of exited processes, by target, kept while the target has live processes
-    # so that its counters never go down.
-    retired: dict[str, Counts] = field(default_factory=dict)
+    # Final counts of exited processes, by (target, container id, pod uid), kept while such
+    # processes live so that their counters never go down. The container and pod are empty
+    # unless the observer keeps containers apart (node mode).
+    retired: dict[tuple[str, str, str], Counts] = field(default_factory=dict)
     targets: list[str] = field(default_factory=list)  # configured target names
     probes_attached: dict[str, int] = field(default_factory=dict)
     attach_errors: dict[str, int] = field(default_factory=dict)

@@ -84,6 +84,7 @@ class ProcObserver:
         regex_targets: list[RegexTarget],
         pid_targets: list[PidTarget],
         allow_non_python: bool = False,
+        containers_apart: bool = False,
         follow_children: bool = True,
     ) -> None:
         self.regex_targets = regex_targets
@@ -95,7 +96,10 @@ class ProcObserver:
         self.started_cmdlines: dict[int, tuple[int, str]] = {}
         self.allow_non_python = allow_non_python
         self.procs: dict[int, TrackedProcess] = {}
-        self.retired: dict[str, Counts] = {}
+        self.retired: dict[tuple[str, str, str], Counts] = {}
+        # Node mode: each container's processes are series of their own, and so are the
+        # folded counts of its exited processes.
+        self.containers_apart = containers_apart
         self.host_labels: dict[str, HostLabels] = {}
         self._lock = threading.Lock()
         self._last_scan = 0.0
@@ -219,16 +223,26 @@ class ProcObserver:
         log.info("pid %d of target %s is gone", pid, tracked.target)
         # A --pid target ends with its process: a later process with that PID is not it.
         self.pid_targets.pop(pid, None)
-        self._forget_target_if_empty(tracked.target)
+        self._forget_target_if_empty(tracked)
 
-    def _forget_target_if_empty(self, target: str) -> None:
-        if not self._has_processes(target):
-            # A target's folded counts and host labels live only as long as it has processes.
-            self.retired.pop(target, None)
-            self.host_labels.pop(target, None)
+    def _forget_target_if_empty(self, tracked: TrackedProcess) -> None:
+        # Folded counts and host labels live only as long as their processes do.
+        key = self.retire_key(tracked)
+        if not self._has_key(key):
+            self.retired.pop(key, None)
+        if not self._has_processes(tracked.target):
+            self.host_labels.pop(tracked.target, None)
+
+    def _has_key(self, key: tuple[str, str, str]) -> bool:
+        return any(self.retire_key(t) == key for t in self.procs.values())
 
     def _has_processes(self, target: str) -> bool:
         return any(tracked.target == target for tracked in self.procs.values())
+
+    def retire_key(self, tracked: TrackedProcess) -> tuple[str, str, str]:
+        if self.containers_apart:
+            return tracked.target, tracked.container_id, tracked.pod_uid
+        return tracked.target, "", ""
 
     # Reading
     def snapshot(self) -> Snapshot:
@@ -359,11 +373,15 @@ class BpfObserver(ProcObserver):
         target = self.match_cmdlines(started_cmdline) or self._inherited_target(entry)
         if target is None:
             return None
-        # A fork shares its parent's mappings; a new program's are unknown (creator unknown).
+        # A fork shares its parent's mappings (a new program's are unknown: creator unknown)
+        # and its container.
         parent = self.procs.get(entry.parent)
-        resolver = parent.resolver if parent is not None and not started_cmdline else None
-        return TrackedProcess(pid=tgid, target=target, create_time=0.0,
-                              generation=entry.generation, resolver=resolver)
+        gone = TrackedProcess(pid=tgid, target=target, create_time=0.0,
+                              generation=entry.generation)
+        if parent is not None:
+            gone.resolver = None if started_cmdline else parent.resolver
+            gone.container_id, gone.pod_uid = parent.container_id, parent.pod_uid
+        return gone
 
     def _retire(self, ended: dict[int, TrackedProcess | None]) -> None:
         """Processes that ended: their counts go to their target's retired totals (while it
@@ -373,8 +391,8 @@ class BpfObserver(ProcObserver):
         for tgid, tracked in processes.items():
             if tgid in self.procs:
                 self._detach(tgid, finals.get(tgid), forget_in_kernel=False)
-            elif tgid in finals and self._has_processes(tracked.target):
-                self.retired.setdefault(tracked.target, Counts()).add(finals[tgid])
+            elif tgid in finals and self._has_key(self.retire_key(tracked)):
+                self.retired.setdefault(self.retire_key(tracked), Counts()).add(finals[tgid])
                 self.overflowed += tracked.target == OTHER_TARGET
 
     def _settle_pending(self, tgid: int, entry: WatchedEntry, forget: dict[int, int]) -> None:
@@ -397,7 +415,8 @@ class BpfObserver(ProcObserver):
             if tracked.target != target:
                 # It moves with all its counts: a child that starts another target's program.
                 log.info("pid %d moves from target %s to %s", tgid, tracked.target, target)
-                old, tracked.target = tracked.target, target
+                old = replace(tracked)
+                tracked.target = target
                 self._forget_target_if_empty(old)
             tracked.inherited = own is None
             self.probes.set_state(tgid, WatchedEntry(
@@ -432,9 +451,10 @@ class BpfObserver(ProcObserver):
         if tracked is not None:
             if final is None:
                 final = self._counts({pid: tracked}).get(pid)
-            others = any(t.target == tracked.target and p != pid for p, t in self.procs.items())
+            key = self.retire_key(tracked)
+            others = any(self.retire_key(t) == key and p != pid for p, t in self.procs.items())
             if final is not None and others:
-                self.retired.setdefault(tracked.target, Counts()).add(final)
+                self.retired.setdefault(key, Counts()).add(final)
         super()._detach(pid)
         if tracked is not None:
             if forget_in_kernel:
@@ -454,8 +474,8 @@ class BpfObserver(ProcObserver):
             return Snapshot(
                 backend=self.backend,
                 rows=rows,
-                retired={target: self._bound_hosts(target, counts)
-                         for target, counts in self.retired.items()},
+                retired={key: self._bound_hosts(key[0], counts)
+                         for key, counts in self.retired.items()},
                 targets=self.target_names(),
                 probes_attached=dict(self.probes.probes_attached),
                 attach_errors=dict(self.probes.attach_errors),

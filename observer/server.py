@@ -12,7 +12,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from observer.collector import ObserverCollector
+from observer.kubernetes import PodNames
 from observer.observers import ProcObserver
+from observer.self_metrics import BpfProgramCollector, register_process_metrics
+from observer.web_config import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +23,17 @@ OBSERVER_KEY = web.AppKey("observer", ProcObserver)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 
 
-def make_app(observer: ProcObserver, label_pid: bool, interval: float) -> web.Application:
+def make_app(observer: ProcObserver, label_pid: bool, interval: float,
+             pod_names: PodNames | None = None, web_config: WebConfig | None = None,
+             ) -> web.Application:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ObserverCollector(observer.snapshot, label_pid=label_pid))
-    app = web.Application()
+    registry.register(
+        ObserverCollector(observer.snapshot, label_pid=label_pid, pod_names=pod_names)
+    )
+    register_process_metrics(registry)
+    if observer.backend == "bpf":
+        registry.register(BpfProgramCollector(observer.probes.program_fds))
+    app = web.Application(middlewares=(web_config or WebConfig()).middlewares())
     app[OBSERVER_KEY] = observer
     app[REGISTRY_KEY] = registry
     app.router.add_get("/metrics", metrics)
@@ -76,18 +86,23 @@ async def index(request: web.Request) -> web.Response:
 
 
 async def start_serving(observer: ProcObserver, host: str, port: int, label_pid: bool,
-                        interval: float) -> tuple[web.AppRunner, list[str]]:
+                        interval: float, pod_names: PodNames | None = None,
+                        web_config: WebConfig | None = None,
+                        ) -> tuple[web.AppRunner, list[str]]:
     """Starts /metrics and the poll loop; returns the runner and the URLs it serves."""
+    web_config = web_config or WebConfig()
     runner = web.AppRunner(
-        make_app(observer, label_pid, interval), handle_signals=False, access_log=None
+        make_app(observer, label_pid, interval, pod_names, web_config), handle_signals=False,
+        access_log=None,
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=web_config.ssl_context).start()
     except BaseException:
         await runner.cleanup()
         raise
-    urls = [f"http://{address[0]}:{address[1]}/metrics" for address in runner.addresses]
+    urls = [f"{web_config.scheme}://{address[0]}:{address[1]}/metrics"
+            for address in runner.addresses]
     for url in urls:
         log.info("serving %s (backend %s)", url, observer.backend)
     return runner, urls
@@ -102,9 +117,11 @@ async def until_signalled() -> None:
 
 
 async def serve(observer: ProcObserver, host: str, port: int, label_pid: bool,
-                interval: float) -> None:
+                interval: float, pod_names: PodNames | None = None,
+                web_config: WebConfig | None = None) -> None:
     """Serves until SIGTERM or SIGINT, then detaches the probes and returns."""
-    runner, _ = await start_serving(observer, host, port, label_pid, interval)
+    runner, _ = await start_serving(observer, host, port, label_pid, interval, pod_names,
+                                    web_config)
     try:
         await until_signalled()
         log.info("stopping: detaching probes")

@@ -27,14 +27,16 @@ def make_observer(args: argparse.Namespace):
         raise UsageError(str(err)) from None
     if not regex_targets and not pid_targets:
         raise UsageError("nothing to watch: give --target NAME=REGEX or --pid PID")
-    options = (regex_targets, pid_targets, args.allow_non_python)
-    children = {"follow_children": not args.no_children}
+    options = {"regex_targets": regex_targets, "pid_targets": pid_targets,
+               "allow_non_python": args.allow_non_python,
+               # Node mode (run --pod-labels) keeps each container's processes apart.
+               "containers_apart": getattr(args, "pod_labels", False)}
     if args.backend == "proc":
-        return started(ProcObserver(*options, **children))
+        return started(ProcObserver(**options))
     problem = bpf_problem()
     if problem is None:
         try:
-            return started(BpfObserver(*options, **children))
+            return started(BpfObserver(**options))
         except BpfUnavailable as err:
             problem = str(err)
     if args.backend == "bpf":
@@ -42,7 +44,7 @@ def make_observer(args: argparse.Namespace):
     log.warning("eBPF unavailable (%s): falling back to the proc backend: live threads and "
                 "processes only; thread creation counts and getaddrinfo are NOT measured",
                 problem)
-    return started(ProcObserver(*options, **children))
+    return started(ProcObserver(**options))
 
 
 def started(observer):

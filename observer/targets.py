@@ -7,6 +7,7 @@ A target's name may take values from the regex's named groups (``{app}=gunicorn:
 from __future__ import annotations
 
 import logging
+import os
 import re
 import string
 from collections.abc import Iterable
@@ -165,10 +166,83 @@ def resolve_pid_target(target: PidTarget, allow_non_python: bool) -> PidTarget:
     except psutil.NoSuchProcess:
         raise TargetError(f"--pid {target.pid}: no such process") from None
     except (psutil.AccessDenied, PermissionError):
-        raise TargetError(
-            f"--pid {target.pid}: permission denied reading /proc/{target.pid} (run as root)"
-        ) from None
+        raise TargetError(f"--pid {target.pid}: {denied_text(access_facts(target.pid))}") \
+            from None
     return PidTarget(name, target.pid)
+
+
+# Why the kernel refuses to show a process's executable and mappings
+CAP_SYS_PTRACE = 19
+FULL_UID_MAP = "0 0 4294967295"  # the map of the initial user namespace
+
+
+@dataclass(frozen=True)
+class AccessFacts:
+    """What decides whether this process may read another's /proc/PID/exe and maps (a
+    ptrace "read" check): who each one is, and which namespace and security modules apply."""
+
+    pid: int
+    euid: int
+    target_uid: int | None  # None: gone, or its status unreadable too
+    sys_ptrace: bool  # CAP_SYS_PTRACE is in our effective set
+    own_uid_map: str
+    target_uid_map: str | None
+    security_modules: str | None  # /sys/kernel/security/lsm; None when not readable
+
+
+def access_facts(pid: int) -> AccessFacts:
+    status = _status_fields(f"/proc/{pid}/status")
+    own = _status_fields("/proc/self/status")
+    uid = status.get("Uid")
+    return AccessFacts(
+        pid=pid, euid=os.geteuid(), target_uid=int(uid.split()[0]) if uid else None,
+        sys_ptrace=bool(int(own.get("CapEff", "0"), 16) >> CAP_SYS_PTRACE & 1),
+        own_uid_map=_read_squeezed("/proc/self/uid_map") or FULL_UID_MAP,
+        target_uid_map=_read_squeezed(f"/proc/{pid}/uid_map"),
+        security_modules=_read_squeezed("/sys/kernel/security/lsm"),
+    )
+
+
+def denied_text(facts: AccessFacts) -> str:
+    """What is in the way of reading a process, and what to do about it."""
+    pid = facts.pid
+    head = f"the kernel denies reading /proc/{pid}/exe and /proc/{pid}/maps"
+    if facts.target_uid_map is not None and facts.target_uid_map != facts.own_uid_map:
+        return (f"{head}: it is outside this observer's user namespace (its uid_map reads "
+                f"\"{facts.target_uid_map}\" from here, this one's \"{facts.own_uid_map}\"), "
+                "and capabilities count only inside. Run the observer in the process's user "
+                "namespace or an ancestor of it (on the host, or a container sharing the "
+                "host's)")
+    if not facts.sys_ptrace:
+        if facts.target_uid is not None and facts.target_uid != facts.euid:
+            return (f"{head}: it belongs to uid {facts.target_uid} and this runs as uid "
+                    f"{facts.euid} without CAP_SYS_PTRACE. Run as root (sudo), or as uid "
+                    f"{facts.target_uid}")
+        return (f"{head}: it is yours but not dumpable (setuid, file capabilities or "
+                "prctl(PR_SET_DUMPABLE, 0)), and this runs without CAP_SYS_PTRACE. Run as root")
+    modules = f"active modules: {facts.security_modules}" if facts.security_modules else \
+        "which modules are active is unknown: /sys/kernel/security/lsm is not readable"
+    init = ", as the first process of a VM or container often is" if pid == 1 else ""
+    return (f"{head} although this runs with CAP_SYS_PTRACE: a security module protects the "
+            f"process{init} ({modules}). Watch another process, or allow this one in that "
+            "module's policy (AppArmor or SELinux profile, Landlock domain)")
+
+
+def _status_fields(path: str) -> dict[str, str]:
+    try:
+        with open(path) as status:
+            return dict(line.rstrip("\n").split(":\t", 1) for line in status if ":\t" in line)
+    except OSError:
+        return {}
+
+
+def _read_squeezed(path: str) -> str | None:
+    """The file's words joined by single spaces, or None if it cannot be read."""
+    try:
+        with open(path) as file:
+            return " ".join(file.read().split())
+    except OSError:
+        return None
 
 
 def _sanitize(name: str) -> str:

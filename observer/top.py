@@ -1,13 +1,18 @@
 """``thread-observer top``: the targets' threads and getaddrinfo calls, live in a terminal.
 
 Every second it takes a sample of the metrics, from an observer's /metrics URL or from an
-observer started in this process, and shows rates between the last two samples. A sample is
+observer started in this process, and shows rates between the last two frames. A sample is
 parsed from the exposition text in both cases, so what top shows is what Prometheus scrapes.
+
+Counters are kept per series for the whole session (a :class:`Session`): a process that exits
+takes its series with it, but not what it did, so a "since start" view still shows short jobs
+long gone, and rates never jump when one leaves.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import select
@@ -36,10 +41,15 @@ EPILOG = """examples:
   thread-observer top --url http://127.0.0.1:9097/metrics     # a running observer
   thread-observer top --target api='python.*server\\.py'        # an observer of its own
   thread-observer top --pid 4242 --interval 2
+  thread-observer top --target batch='python.*job\\.py' --since-start --log-file top.log
 
-Keys: q quits (Ctrl-C too, and without a terminal only Ctrl-C).
+Keys: q quits (Ctrl-C too, and without a terminal only Ctrl-C); s switches between rates now
+and totals since start (every process seen, gone ones included).
 """
 NO_VALUE = "—"
+# An observer of this process is read this often between frames: a process seen alive once is
+# counted whole, up to its exit (its series is read before the observer forgets it).
+OWN_OBSERVER_PERIOD = 0.1
 
 
 @dataclass
@@ -60,6 +70,7 @@ class TargetSample:
 class Sample:
     time: float  # time.monotonic() when taken
     targets: dict[str, TargetSample] = field(default_factory=dict)
+    series: dict[tuple[str, str], TargetSample] = field(default_factory=dict)  # (target, pid)
     backend: str = ""
     source: str = ""
     error: str = ""  # why this sample is empty (the observer did not answer)
@@ -73,13 +84,17 @@ def parse_sample(text: str, taken: float, source: str = "") -> Sample:
     """A sample from /metrics text; series with a ``pid`` label are summed by target."""
     sample = Sample(taken, source=source)
     targets: dict[str, TargetSample] = defaultdict(TargetSample)
+    series: dict[tuple[str, str], TargetSample] = defaultdict(TargetSample)
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == metric_name("build_info"):
                 sample.backend = s.labels.get("backend", "")
             elif "target" in s.labels:
                 _add_target_sample(targets[s.labels["target"]], s.name, s.labels, s.value)
+                key = (s.labels["target"], s.labels.get("pid", ""))
+                _add_target_sample(series[key], s.name, s.labels, s.value)
     sample.targets = dict(sorted(targets.items()))
+    sample.series = dict(series)
     return sample
 
 
@@ -101,6 +116,50 @@ def _add_target_sample(target: TargetSample, name: str, labels: dict, value: flo
     elif name == "getaddrinfo_duration_seconds_bucket":
         bound = float(labels["le"])
         target.buckets[bound] = target.buckets.get(bound, 0.0) + value
+
+
+# The session: every series' increases, summed by target
+COUNTER_MAPS = ("created", "calls", "failures", "buckets")
+
+
+class Session:
+    """What the processes seen since top started did, gone ones included, by target.
+
+    Each series (a target, or a target and a pid) adds its increase between two samples; one
+    that went down was reset. A series that disappears keeps what it added.
+    """
+
+    def __init__(self) -> None:
+        self.totals: dict[str, TargetSample] = {}
+        self._last: dict[tuple[str, str], TargetSample] = {}
+
+    def update(self, sample: Sample) -> None:
+        if sample.error:
+            return
+        for key, series in sample.series.items():
+            total = self.totals.setdefault(key[0], TargetSample())
+            _accumulate(total, series, self._last.get(key))
+        self._last = sample.series
+
+    def view(self, sample: Sample) -> Sample:
+        """``sample`` with the session's counters, and the targets gone since listed too."""
+        targets = {}
+        for name in sorted(set(self.totals) | set(sample.targets)):
+            now = sample.targets.get(name, TargetSample())
+            total = copy.deepcopy(self.totals.get(name, now))
+            total.processes, total.threads = now.processes, now.threads
+            targets[name] = total
+        return Sample(sample.time, targets, sample.series, sample.backend, sample.source,
+                      sample.error)
+
+
+def _accumulate(total: TargetSample, current: TargetSample, last: TargetSample | None) -> None:
+    total.counted = total.counted or current.counted
+    total.exited += increase(current.exited, last.exited if last else None)
+    for name in COUNTER_MAPS:
+        added, old = getattr(total, name), getattr(last, name) if last else {}
+        for key, value in getattr(current, name).items():
+            added[key] = added.get(key, 0.0) + increase(value, old.get(key))
 
 
 # Between two samples
@@ -145,7 +204,9 @@ def _rates(current: dict[str, float], previous: dict[str, float] | None,
 
 def _breakdown(current: dict[str, float], previous: dict[str, float] | None,
                interval: float) -> Text:
-    """``rate name (total)`` per key, one a line, busiest first."""
+    """``rate name (total)`` per key that ever counted, one a line, busiest first; a single
+    ``0`` when none did (ten lines of zero failures say nothing)."""
+    current = {key: value for key, value in current.items() if value}
     if not current:
         return Text("0")
     rates = _rates(current, previous, interval)
@@ -158,26 +219,54 @@ def _breakdown(current: dict[str, float], previous: dict[str, float] | None,
     return text
 
 
-def render_frame(previous: Sample | None, current: Sample, interval: float) -> RenderableType:
-    """One screen: a row per target, rates over the ``interval`` seconds between samples."""
+def render_frame(previous: Sample | None, current: Sample, interval: float,
+                 since_start: float | None = None, status: str = "") -> RenderableType:
+    """One screen: a row per target, busiest first. Rates over the ``interval`` seconds
+    between samples or, with ``since_start`` (the session's length in seconds), totals."""
+    view = (f"totals since start ({format_seconds(since_start)} ago) · s: rates now"
+            if since_start is not None else f"every {interval:.1f} s · s: since start")
     header = Text(f"thread-observer top · {current.source or 'in-process observer'}"
-                  f" · backend {current.backend or '?'} · every {interval:.1f} s · q quits")
+                  f" · backend {current.backend or '?'} · {view} · q quits")
+    footer = Text(status, style="dim", overflow="ellipsis")
     if current.error:
-        return Group(header, Text(current.error, style="bold red"))
+        return Group(header, Text(current.error, style="bold red"), footer)
     if not current.targets:
-        return Group(header, Text("no targets yet", style="dim"))
+        return Group(header, Text("no targets yet", style="dim"), footer)
     table = Table(expand=True, header_style="bold")
-    for column, justify in COLUMNS:
+    for column, justify in TOTAL_COLUMNS if since_start is not None else COLUMNS:
         # One line per creator or error: cut long names rather than wrap them.
         table.add_column(column, justify=justify, no_wrap=True, overflow="ellipsis")
-    for name, target in current.targets.items():
-        table.add_row(name, *_target_cells(target, _previous(previous, name), interval))
-    return Group(header, table)
+    for name in by_activity(previous, current, since_start is not None):
+        target = current.targets[name]
+        cells = _total_cells(target) if since_start is not None else \
+            _target_cells(target, _previous(previous, name), interval)
+        table.add_row(name, *cells)
+    return Group(header, table, footer)
 
 
 COLUMNS = (("target", "left"), ("procs", "right"), ("threads", "right"),
            ("created (total)", "left"), ("exited", "right"), ("getaddrinfo", "right"),
            ("on event loop", "right"), ("p99", "right"), ("failures (total)", "left"))
+TOTAL_COLUMNS = (("target", "left"), ("procs", "right"), ("threads", "right"),
+                 ("created", "left"), ("exited", "right"), ("getaddrinfo", "right"),
+                 ("on event loop", "right"), ("p99", "right"), ("failures", "left"))
+
+
+def activity(target: TargetSample) -> float:
+    """Threads created and ended and getaddrinfo calls: what a busy target does."""
+    return sum(target.created.values()) + target.exited + sum(target.calls.values())
+
+
+def by_activity(previous: Sample | None, current: Sample, totals: bool) -> list[str]:
+    """Target names, the busiest first: over the last interval, or since start; ties by
+    their totals, then by name."""
+    def key(name: str) -> tuple[float, float, str]:
+        total = activity(current.targets[name])
+        last = _previous(previous, name)
+        recent = total if totals or last is None else total - activity(last)
+        return -recent, -total, name
+
+    return sorted(current.targets, key=key)
 
 
 def _previous(sample: Sample | None, name: str) -> TargetSample | None:
@@ -205,8 +294,31 @@ def _target_cells(target: TargetSample, previous: TargetSample | None,
     ]
 
 
+def _total_cells(target: TargetSample) -> list[RenderableType]:
+    cells: list[RenderableType] = [f"{target.processes:.0f}", f"{target.threads:.0f}"]
+    if not target.counted:
+        return cells + [NO_VALUE] * (len(TOTAL_COLUMNS) - 3)
+    on_loop = target.calls.get("event_loop", 0)
+    return cells + [
+        _counts_text(target.created), f"{target.exited:.0f}",
+        f"{sum(target.calls.values()):.0f}",
+        Text(f"{on_loop:.0f}", style="bold red" if on_loop else ""),
+        format_seconds(quantile(0.99, target.buckets)),
+        _counts_text(target.failures),
+    ]
+
+
+def _counts_text(counts: dict[str, float]) -> Text:
+    """``count name`` per key that counted, largest first; a single ``0`` when none did."""
+    nonzero = sorted(((value, key) for key, value in counts.items() if value),
+                     key=lambda item: (-item[0], item[1]))
+    return Text("\n".join(f"{value:.0f} {short_creator(key)}" for value, key in nonzero) or "0")
+
+
 # Where samples come from
 class UrlSource:
+    period: float | None = None  # read once a frame
+
     def __init__(self, url: str) -> None:
         self.url = url
 
@@ -226,6 +338,8 @@ class UrlSource:
 class ObserverSource:
     """An observer in this process, read through the same collector /metrics uses."""
 
+    period = OWN_OBSERVER_PERIOD
+
     def __init__(self, observer) -> None:
         from prometheus_client import CollectorRegistry
 
@@ -233,14 +347,17 @@ class ObserverSource:
 
         self.observer = observer
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ObserverCollector(observer.snapshot))
+        # By pid: the session keeps each process's counts after it is gone.
+        self.registry.register(ObserverCollector(observer.snapshot, label_pid=True))
 
     def sample(self) -> Sample:
         from prometheus_client import generate_latest
 
-        self.observer.poll()
+        # Read before the poll, which forgets the processes that exited and their counts.
         taken = time.monotonic()
-        return parse_sample(generate_latest(self.registry).decode(), taken)
+        text = generate_latest(self.registry).decode()
+        self.observer.poll()
+        return parse_sample(text, taken)
 
     def close(self) -> None:
         self.observer.close()
@@ -267,45 +384,115 @@ def key_reader() -> Iterator[Callable[[float], str]]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def show(source, interval: float, count: int | None) -> None:
+class Screen:
+    """What is on screen: the session, the last frame's view, and which view is shown."""
+
+    def __init__(self, source, interval: float, since_start: bool,
+                 status: StatusLine) -> None:
+        self.source = source
+        self.interval = interval
+        self.since_start = since_start
+        self.session = Session()
+        self.status = status
+        self.started = time.monotonic()
+        self.latest = self._sample()
+        self.previous: Sample | None = None
+        self.shown = self.session.view(self.latest)
+
+    def _sample(self) -> Sample:
+        sample = self.source.sample()
+        self.session.update(sample)
+        return sample
+
+    def frame(self) -> RenderableType:
+        elapsed = self.shown.time - self.started
+        return render_frame(self.previous, self.shown,
+                            self.shown.time - self.previous.time if self.previous else
+                            self.interval, elapsed if self.since_start else None,
+                            self.status.text)
+
+    def wait_for_frame(self, wait: Callable[[float], str], on_key: Callable[[], None]) -> bool:
+        """Samples until the next frame is due; False when q was pressed."""
+        due = self.shown.time + self.interval
+        while True:
+            now = time.monotonic()
+            if now >= due:
+                break
+            next_sample = min(due, self.latest.time + (self.source.period or self.interval))
+            key = wait(next_sample - now)
+            if key in ("q", "Q"):
+                return False
+            if key in ("s", "S"):
+                self.since_start = not self.since_start
+                on_key()
+            elif not key and time.monotonic() < due:
+                self.latest = self._sample()
+        self.latest = self._sample()
+        self.previous, self.shown = self.shown, self.session.view(self.latest)
+        return True
+
+
+def show(source, interval: float, count: int | None, since_start: bool,
+         status: StatusLine) -> None:
     from rich.console import Console
     from rich.live import Live
 
-    console = Console()
-    previous = source.sample()
+    screen = Screen(source, interval, since_start, status)
     frames = 1
-    with Live(render_frame(None, previous, interval), console=console,
-              auto_refresh=False) as live, logs_through(console), key_reader() as wait:
+    with Live(screen.frame(), console=Console(), auto_refresh=False) as live, \
+            key_reader() as wait:
+
+        def redraw() -> None:
+            live.update(screen.frame(), refresh=True)
+
         while count is None or frames < count:
-            if _quit_pressed(wait, previous.time + interval):
+            if not screen.wait_for_frame(wait, redraw):
                 return
-            current = source.sample()
-            live.update(render_frame(previous, current, current.time - previous.time),
-                        refresh=True)
-            previous, frames = current, frames + 1
+            redraw()
+            frames += 1
+
+
+class StatusLine(logging.Handler):
+    """The last log record, shown under the table rather than printed over it; the last
+    warning stays there too, so that an INFO line cannot push it out of sight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = ""
+        self.warning = ""
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s",
+                                            "%H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = " ".join(self.format(record).split())  # one line, whatever the message
+        if record.levelno >= logging.WARNING:
+            self.warning = line
+        self.last = line
+
+    @property
+    def text(self) -> str:
+        return "\n".join(dict.fromkeys(line for line in (self.warning, self.last) if line))
 
 
 @contextmanager
-def logs_through(console) -> Iterator[None]:
-    """Log records printed above the live view rather than through it."""
-    from rich.logging import RichHandler
-
+def logs_elsewhere(status: StatusLine, log_file: str | None) -> Iterator[None]:
+    """While the table is live, log records go to the status line, and to ``log_file``
+    if given; never to the terminal, where they would scroll through the table."""
     root = logging.getLogger()
     saved = root.handlers[:]
-    root.handlers = [RichHandler(console=console, show_path=False)]
+    handlers: list[logging.Handler] = [status]
+    if log_file:
+        to_file = logging.FileHandler(log_file)
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
+                                               "%(message)s"))
+        handlers.append(to_file)
+    root.handlers = handlers
     try:
         yield
     finally:
         root.handlers = saved
-
-
-def _quit_pressed(wait: Callable[[float], str], until: float) -> bool:
-    while True:
-        key = wait(until - time.monotonic())
-        if key in ("q", "Q"):
-            return True
-        if not key:
-            return False
+        for handler in handlers[1:]:
+            handler.close()
 
 
 # Command line
@@ -326,6 +513,12 @@ def add_parser(subparsers, parents) -> None:
                         help="refresh period (default %(default)s)")
     parser.add_argument("--count", type=int, metavar="N",
                         help="stop after N frames (default: until q or Ctrl-C)")
+    parser.add_argument("--since-start", action="store_true",
+                        help="start with the totals since start, gone processes included "
+                        "(key s switches)")
+    parser.add_argument("--log-file", metavar="FILE",
+                        help="also write log records to FILE (while the table is on screen, "
+                        "the last one shows under it)")
     parser.set_defaults(func=run)
 
 
@@ -334,11 +527,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.url and (args.pid or args.target):
         raise UsageError("give either --url or --pid/--target, not both")
-    source = UrlSource(args.url) if args.url else ObserverSource(make_observer(args))
-    try:
-        show(source, args.interval, args.count)
-    except KeyboardInterrupt:
-        pass  # the way to quit without a terminal
-    finally:
-        source.close()
+    if args.log_file:
+        try:
+            open(args.log_file, "a").close()
+        except OSError as err:
+            raise UsageError(f"--log-file {args.log_file}: {err.strerror or err}") from None
+    status = StatusLine()
+    with logs_elsewhere(status, args.log_file):
+        source = UrlSource(args.url) if args.url else ObserverSource(make_observer(args))
+        try:
+            show(source, args.interval, args.count, args.since_start, status)
+        except KeyboardInterrupt:
+            pass  # the way to quit without a terminal
+        finally:
+            source.close()
     return 0

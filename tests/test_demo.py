@@ -38,6 +38,8 @@ def test_every_scenario_is_exact(demo_rows):
         assert row["exact"], row
         assert row["getaddrinfo_calls"] == row["getaddrinfo_truth"], name
         assert row["event_loop_calls"] == row["event_loop_truth"], name
+        assert row["threads_created"] == row["threads_truth"], name
+        assert row["threads_created"] == sum(row["native_threads_created"].values()), name
 
 
 def test_unix_socket_and_ip_literal_resolve_nothing_and_start_no_thread(demo_rows):

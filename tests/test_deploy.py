@@ -14,7 +14,9 @@ import copy
 import http.server
 import json
 import re
+import shutil
 import subprocess
+import sys
 import threading
 import time
 import tomllib
@@ -69,20 +71,30 @@ PER_TARGET_METRICS = {
     "thread_observer_getaddrinfo_duration_seconds_count",
     "thread_observer_processes",
     "thread_observer_executor_default_max_workers",
+    # The fullest process's default executor: live workers / max_workers.
+    "thread_observer_executor_saturation_ratio",
     "thread_observer_target_info",
 }
+# Node mode adds these to every per-target series (--pod-labels).
+POD_LABELS = ("namespace", "pod", "container")
 SELF_METRICS = {
     "thread_observer_build_info",
     "thread_observer_probes_attached",
     "thread_observer_attach_errors_total",
     "thread_observer_scrape_duration_seconds",
     "thread_observer_bpf_available",
+    "thread_observer_unnamed_pod_processes",
 }
 
 needs_prometheus = pytest.mark.skipif(
     PROMETHEUS is None,
     reason="Debian's prometheus binary is not on PATH (apt-get install prometheus; "
     "deploy/setup.sh installs it)",
+)
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(
+    KUBECTL is None, reason="kubectl is not on PATH (its `kubectl kustomize` renders the "
+    "kustomizations offline)",
 )
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
@@ -95,10 +107,14 @@ def load_documents(path: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
+def manifest_files() -> list[Path]:
+    return sorted(p for p in KUBERNETES.rglob("*.yaml") if p.name != "kustomization.yaml")
+
+
 def all_documents() -> list[tuple[str, dict]]:
     return [
-        (f"{path.name}:{doc['kind']}/{doc['metadata']['name']}", doc)
-        for path in sorted(KUBERNETES.glob("*.yaml"))
+        (f"{path.relative_to(KUBERNETES)}:{doc['kind']}/{doc['metadata']['name']}", doc)
+        for path in manifest_files()
         for doc in load_documents(path)
     ]
 
@@ -123,9 +139,15 @@ def target_regexes(container: dict) -> dict[str, re.Pattern]:
     return {target.name: target.pattern for target in targets}
 
 
-SIDECAR = workload(KUBERNETES / "sidecar.yaml", "Deployment")
-DAEMONSET = workload(KUBERNETES / "daemonset.yaml", "DaemonSet")
+WORKLOAD_FILES = {
+    "sidecar": KUBERNETES / "sidecar" / "sidecar.yaml",
+    "daemonset": KUBERNETES / "base" / "daemonset.yaml",
+}
+SIDECAR = workload(WORKLOAD_FILES["sidecar"], "Deployment")
+DAEMONSET = workload(WORKLOAD_FILES["daemonset"], "DaemonSet")
 WORKLOADS = {"sidecar": SIDECAR, "daemonset": DAEMONSET}
+# Each kustomization and the workload it deploys.
+KUSTOMIZATIONS = {"base": "daemonset", "sidecar": "sidecar"}
 
 
 # Kubernetes manifests
@@ -175,73 +197,125 @@ _RELABEL_CONFIG = {
         },
     },
 }
-PODMONITOR_SCHEMA = {
+_METADATA = {
     "type": "object",
-    "additionalProperties": False,
-    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "required": ["name"],
     "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "PodMonitor"},
-        "metadata": {
-            "type": "object",
-            "required": ["name"],
-            "properties": {
-                "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
-                "namespace": {"type": "string"},
-                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-            },
-        },
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["selector", "podMetricsEndpoints"],
-            "properties": {
-                "jobLabel": {"type": "string"},
-                "podTargetLabels": {"type": "array", "items": {"type": "string"}},
-                "selector": _LABEL_SELECTOR,
-                "namespaceSelector": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "any": {"type": "boolean"},
-                        "matchNames": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-                "podMetricsEndpoints": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "anyOf": [{"required": ["port"]}, {"required": ["portNumber"]}],
-                        "properties": {
-                            "port": {"type": "string"},
-                            "portNumber": {"type": "integer"},
-                            "path": {"type": "string", "pattern": "^/"},
-                            "scheme": {"enum": ["http", "https"]},
-                            "interval": {"type": "string", "pattern": _DURATION},
-                            "scrapeTimeout": {"type": "string", "pattern": _DURATION},
-                            "honorLabels": {"type": "boolean"},
-                            "honorTimestamps": {"type": "boolean"},
-                            "relabelings": {"type": "array", "items": _RELABEL_CONFIG},
-                            "metricRelabelings": {"type": "array", "items": _RELABEL_CONFIG},
-                        },
-                    },
-                },
-            },
-        },
+        "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+        "namespace": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
     },
 }
 
 
+def operator_object_schema(kind: str, spec: dict) -> dict:
+    """A monitoring.coreos.com/v1 object of this kind, unknown fields refused."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": kind},
+            "metadata": _METADATA,
+            "spec": spec,
+        },
+    }
+
+
+PODMONITOR_SCHEMA = operator_object_schema("PodMonitor", {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["selector", "podMetricsEndpoints"],
+    "properties": {
+        "jobLabel": {"type": "string"},
+        "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+        "selector": _LABEL_SELECTOR,
+        "namespaceSelector": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "any": {"type": "boolean"},
+                "matchNames": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "podMetricsEndpoints": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "anyOf": [{"required": ["port"]}, {"required": ["portNumber"]}],
+                "properties": {
+                    "port": {"type": "string"},
+                    "portNumber": {"type": "integer"},
+                    "path": {"type": "string", "pattern": "^/"},
+                    "scheme": {"enum": ["http", "https"]},
+                    "interval": {"type": "string", "pattern": _DURATION},
+                    "scrapeTimeout": {"type": "string", "pattern": _DURATION},
+                    "honorLabels": {"type": "boolean"},
+                    "honorTimestamps": {"type": "boolean"},
+                    "relabelings": {"type": "array", "items": _RELABEL_CONFIG},
+                    "metricRelabelings": {"type": "array", "items": _RELABEL_CONFIG},
+                },
+            },
+        },
+    },
+})
+
+
+# A PrometheusRule: the part of the operator's CRD it uses, unknown fields refused.
+_RULE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["expr"],
+    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+    "properties": {
+        "alert": {"type": "string"},
+        "record": {"type": "string"},
+        "expr": {"type": "string", "minLength": 1},
+        "for": {"type": "string", "pattern": _DURATION},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+PROMETHEUSRULE_SCHEMA = operator_object_schema("PrometheusRule", {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["groups"],
+    "properties": {
+        "groups": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "rules"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "interval": {"type": "string", "pattern": _DURATION},
+                    "rules": {"type": "array", "items": _RULE},
+                },
+            },
+        },
+    },
+})
+OPERATOR_SCHEMAS = {"PodMonitor": PODMONITOR_SCHEMA, "PrometheusRule": PROMETHEUSRULE_SCHEMA}
+
+
+def validate(document: dict, version: str) -> None:
+    """Against the Kubernetes API's schema, or the operator's CRD for its kinds."""
+    if document["kind"] in OPERATOR_SCHEMAS:
+        jsonschema.validate(document, OPERATOR_SCHEMAS[document["kind"]])
+    else:
+        kubernetes_validate.validate(document, version, strict=True)
+
+
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize(
-    "name,document",
-    [(name, doc) for name, doc in all_documents() if doc["kind"] != "PodMonitor"],
-    ids=lambda value: value if isinstance(value, str) else "",
+    "name,document", all_documents(), ids=lambda value: value if isinstance(value, str) else "",
 )
 def test_manifest_fits_the_kubernetes_api(name, document, version):
-    kubernetes_validate.validate(document, version, strict=True)
+    validate(document, version)
 
 
 def test_strict_validation_refuses_a_misspelt_field():
@@ -252,41 +326,113 @@ def test_strict_validation_refuses_a_misspelt_field():
         kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[-1], strict=True)
 
 
-def test_podmonitor_fits_the_operator_crd_and_selects_both_workloads():
-    (monitor,) = [doc for _, doc in all_documents() if doc["kind"] == "PodMonitor"]
+def kustomize(directory: str) -> list[dict]:
+    """`kubectl kustomize` of deploy/kubernetes/DIRECTORY: what `kubectl apply -k` sends."""
+    result = subprocess.run([KUBECTL, "kustomize", str(KUBERNETES / directory)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS)
+def test_kustomization_renders_valid_objects_with_the_image_it_sets(directory):
+    documents = kustomize(directory)
+    for document in documents:
+        validate(document, KUBERNETES_VERSIONS[-1])
+    kustomization = yaml.safe_load((KUBERNETES / directory / "kustomization.yaml").read_text())
+    (image,) = kustomization["images"]
+    assert image["name"] == "thread-observer" and image["newTag"] == VERSION
+    # Every manifest file of the directory is applied.
+    rendered = {(d["kind"], d["metadata"]["name"]) for d in documents}
+    listed = {(d["kind"], d["metadata"]["name"]) for _, d in all_documents()
+              if _.startswith(f"{directory}/")}
+    assert listed <= rendered
+    (work,) = [d for d in documents if d["kind"] in ("DaemonSet", "Deployment")]
+    observer = observer_container(work["spec"]["template"]["spec"])
+    assert observer["image"] == f"{image['newName']}:{VERSION}"
+    namespaced = [d for d in documents if d["kind"] not in ("Namespace", "PriorityClass")]
+    assert {d["metadata"]["namespace"] for d in namespaced} == {kustomization["namespace"]}
+    # Prometheus may list the pods its PodMonitor selects there.
+    (binding,) = [d for d in documents if d["kind"] == "RoleBinding"]
+    (role,) = [d for d in documents if d["kind"] == "Role"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    (rule,) = [r for r in role["rules"] if "pods" in r["resources"]]
+    assert {"list", "watch"} <= set(rule["verbs"])
+
+
+@pytest.mark.parametrize("directory,workload_name", KUSTOMIZATIONS.items())
+def test_each_podmonitor_selects_its_workload(directory, workload_name):
+    (monitor,) = load_documents(KUBERNETES / directory / "podmonitor.yaml")
     jsonschema.validate(monitor, PODMONITOR_SCHEMA)
+    # No namespaceSelector: the PodMonitor reads its own namespace, which rbac.yaml opens.
+    assert "namespaceSelector" not in monitor["spec"]
+    work = WORKLOADS[workload_name]
     wanted = monitor["spec"]["selector"]["matchLabels"]
-    for name, work in WORKLOADS.items():
-        labels = work["spec"]["template"]["metadata"]["labels"]
-        assert wanted.items() <= labels.items(), name
-        ports = observer_container(work["spec"]["template"]["spec"])["ports"]
-        endpoints = monitor["spec"]["podMetricsEndpoints"]
-        assert {p["name"] for p in ports} >= {e["port"] for e in endpoints}, name
-    relabelled = {
-        r.get("targetLabel"): r.get("replacement")
-        for e in monitor["spec"]["podMetricsEndpoints"]
-        for r in e.get("relabelings", [])
-    }
+    labels = work["spec"]["template"]["metadata"]["labels"]
+    assert wanted.items() <= labels.items()
+    ports = observer_container(work["spec"]["template"]["spec"])["ports"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in {p["name"] for p in ports}
+    relabelled = {r.get("targetLabel"): r.get("replacement") for r in endpoint["relabelings"]}
     assert relabelled["job"] == "thread-observer"
+    # Node mode exports the watched pod's namespace, pod and container: they must win over
+    # the observer's own pod's. A sidecar exports none and needs no honouring.
+    pod_labels = observer_arguments(observer_container(work["spec"]["template"]["spec"])
+                                    ).pod_labels
+    assert endpoint.get("honorLabels", False) is pod_labels
 
 
 def test_podmonitor_schema_refuses_a_misspelt_field():
-    (monitor,) = [doc for _, doc in all_documents() if doc["kind"] == "PodMonitor"]
+    (monitor,) = [doc for _, doc in all_documents() if doc["kind"] == "PodMonitor"][:1]
     broken = copy.deepcopy(monitor)
     broken["spec"]["podMetricsEndpoints"][0]["intreval"] = "15s"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, PODMONITOR_SCHEMA)
 
 
+def test_generated_objects_are_up_to_date():
+    result = subprocess.run([sys.executable, str(DEPLOY / "render.py"), "--check"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_prometheus_rule_holds_the_rule_file_and_the_configmap_the_dashboard():
+    (rule,) = load_documents(KUBERNETES / "base" / "prometheusrule.yaml")
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]
+    (config_map,) = load_documents(KUBERNETES / "base" / "grafana-dashboard.yaml")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(config_map["data"][DASHBOARD.name]) == dashboard()
+
+
+def test_render_adapts_the_job_selector_and_runbook_links(tmp_path):
+    rules_file, object_file = tmp_path / "alerts.yml", tmp_path / "rule.yaml"
+    result = subprocess.run(
+        [sys.executable, str(DEPLOY / "render.py"), "--job-selector", 'job=~"a|b"',
+         "--runbook-url-base", "https://runbooks.example/", "--rules-out", str(rules_file),
+         "--prometheus-rule-out", str(object_file)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    for name, expr in alert_rules(rules_file):
+        assert 'job="thread-observer"' not in expr and 'job=~"a|b"' in expr, name
+    (rule,) = load_documents(object_file)
+    assert rule["spec"]["groups"] == yaml.safe_load(rules_file.read_text())["groups"]
+    links = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert all(link.startswith("https://runbooks.example/docs/runbook.md#") for link in links)
+
+
 @pytest.mark.parametrize("name", WORKLOADS)
 def test_observer_runs_with_two_capabilities_each_explained(name):
-    path = KUBERNETES / f"{name}.yaml"
+    path = WORKLOAD_FILES[name]
     observer = observer_container(WORKLOADS[name]["spec"]["template"]["spec"])
     context = observer["securityContext"]
     assert context["capabilities"]["drop"] == ["ALL"]
     assert set(context["capabilities"]["add"]) == CAPABILITIES
     assert context["privileged"] is False
-    assert context["allowPrivilegeEscalation"] is False
+    # false would promise a bound that SYS_ADMIN does not keep (and the API server refuses it
+    # next to CAP_SYS_ADMIN): the manifest says true, with the reason above it.
+    assert context["allowPrivilegeEscalation"] is True
+    assert "no_new_privs" in path.read_text()
     assert context["readOnlyRootFilesystem"] is True
     assert context["seccompProfile"]["type"] == "RuntimeDefault"
     # Each added capability sits right under a comment that starts with its name.
@@ -328,11 +474,18 @@ def test_observer_container_has_mounts_probes_resources_and_scrape_wiring(name):
             assert mount.get("readOnly") is True, mount
             assert volume["hostPath"]["path"] == mount["mountPath"], mount
             host_paths[mount["mountPath"]] = volume["hostPath"]["type"]
-    assert host_paths == {
+    kernel = {
         "/sys/kernel/tracing": "Directory",
         "/lib/modules": "Directory",
         "/usr/src": "Directory",
     }
+    # Node mode names pods from the kubelet's log directories.
+    kubelet = {"/var/log/pods": "DirectoryOrCreate", "/var/log/containers": "DirectoryOrCreate"}
+    assert host_paths == (kernel | kubelet if arguments.pod_labels else kernel)
+    assert arguments.pod_labels == (name == "daemonset")
+    if arguments.pod_labels:
+        assert {f"{arguments.kubelet_log_dir}/{d}" for d in ("pods", "containers")} == \
+            set(kubelet)
     assert "/tmp" in {m["mountPath"] for m in observer["volumeMounts"]}
 
     annotations = template["metadata"]["annotations"]
@@ -357,7 +510,7 @@ def test_sidecar_shares_the_process_namespace_and_targets_only_the_service():
 
 
 def test_sidecar_service_script_is_valid_python():
-    config_map = workload(KUBERNETES / "sidecar.yaml", "ConfigMap")
+    config_map = workload(WORKLOAD_FILES["sidecar"], "ConfigMap")
     app = next(c for c in SIDECAR["spec"]["template"]["spec"]["containers"] if c["name"] == "app")
     script = Path(app["command"][-1])
     volume = next(m for m in app["volumeMounts"] if script.is_relative_to(m["mountPath"]))
@@ -408,31 +561,91 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
-def test_image_installs_with_setup_sh_on_debian_12():
-    instructions = dockerfile_instructions()
-    assert instructions[0][0] == "FROM"
-    assert re.fullmatch(r"debian:(12|bookworm)(-slim)?", instructions[0][1])
-    runs = [rest for keyword, rest in instructions if keyword == "RUN"]
-    assert any(f"deploy/setup.sh --venv {VENV}" in run for run in runs)
-    (entrypoint,) = [json.loads(rest) for keyword, rest in instructions if keyword == "ENTRYPOINT"]
-    assert entrypoint == [f"{VENV}/bin/thread-observer"]
-    (command,) = [json.loads(rest) for keyword, rest in instructions if keyword == "CMD"]
-    assert command[0] == "run"
-    assert ("EXPOSE", str(METRICS_PORT)) in instructions
-
-
-def test_image_copies_everything_the_package_build_reads():
-    copied = []
+def stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions, one list per FROM."""
+    found: list[list[tuple[str, str]]] = []
     for keyword, rest in dockerfile_instructions():
+        if keyword == "FROM":
+            found.append([])
+        found[-1].append((keyword, rest))
+    return found
+
+
+def test_image_runs_from_a_final_stage_made_by_setup_sh_runtime():
+    build, final = stages()
+    for stage in (build, final):
+        assert re.fullmatch(r"debian:(12|bookworm)(-slim)?( AS \w+)?", stage[0][1])
+    runs = [rest for keyword, rest in final if keyword == "RUN"]
+    (install,) = [run for run in runs if "setup.sh" in run]
+    assert f"--runtime --venv {VENV}" in install and "--install" in install
+    # The final stage gets the wheel from the build stage, and no source tree.
+    copies = [rest.split()[:-1] for keyword, rest in final if keyword == "COPY"]
+    assert ["--from=build", "/wheels/"] in copies
+    assert ["deploy/setup.sh"] in copies and len(copies) == 2
+    (entrypoint,) = [json.loads(rest) for keyword, rest in final if keyword == "ENTRYPOINT"]
+    assert entrypoint == [f"{VENV}/bin/thread-observer"]
+    (command,) = [json.loads(rest) for keyword, rest in final if keyword == "CMD"]
+    assert command[0] == "run"
+    assert ("EXPOSE", str(METRICS_PORT)) in final
+
+
+def test_build_stage_copies_everything_the_package_build_reads():
+    build, _ = stages()
+    copied = []
+    for keyword, rest in build:
         if keyword == "COPY":
             *sources, _ = rest.split()
             copied += [s.rstrip("/") for s in sources]
     for source in copied:
         assert (ROOT / source).exists(), source
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    needed = {project["project"]["readme"], "pyproject.toml", "deploy/setup.sh"}
+    needed = {project["project"]["readme"], "pyproject.toml"}
     needed |= set(project["tool"]["setuptools"]["package-dir"].values())
     assert needed <= set(copied)
+
+
+def setup_packages(*args: str) -> set[str]:
+    """The Debian packages deploy/setup.sh would install with these options, on amd64."""
+    script = (DEPLOY / "setup.sh").read_text()
+    packages = script[:script.index("install_packages() {")]
+    options = " ".join(args)
+    result = subprocess.run(
+        ["bash", "-c", f'dpkg() {{ echo amd64; }}; set -- {options}; '
+         f'RUNTIME=0; [ "${{1:-}}" = --runtime ] && RUNTIME=1\n'
+         + packages[packages.index("ARCH=$(dpkg"):] + '\necho "$PACKAGES"'],
+        capture_output=True, text=True, timeout=30, check=True)
+    return set(result.stdout.split())
+
+
+def test_runtime_packages_are_bcc_and_python_only():
+    development = setup_packages()
+    assert {"linux-headers-amd64", "prometheus", "redis-server", "musl-tools"} <= development
+    assert setup_packages("--runtime") == {"python3-bpfcc", "python3-venv"}
+
+
+def test_run_imports_none_of_the_extras():
+    """`run` and `check` work with the package's own dependencies: the extras (timeline,
+    workloads) and the test tools are refused on import here."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=\[]", d)[0] for d in project["dependencies"]}
+    assert names == {"aiohttp", "prometheus-client", "psutil", "rich"}
+    extras = project["optional-dependencies"]
+    assert "thread-observer[timeline,workloads]" in extras["test"]
+    code = """
+import sys
+REFUSED = {"matplotlib", "uvloop", "redis", "yaml", "pytest", "kubernetes_validate"}
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in REFUSED:
+            raise ImportError("extra imported by run: " + name)
+sys.meta_path.insert(0, Refuse())
+import observer.server, observer.check, observer.observers
+from observer.cli import build_parser
+build_parser().parse_args(["run", "--target", "a=b", "--pod-labels"])
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
 
 
 # Prometheus: config and rules
@@ -497,6 +710,42 @@ def test_every_alert_has_tests_that_fire_it_and_tests_that_must_not():
     assert (fired | quiet) <= names, "tests of alerts that do not exist"
 
 
+def rule_documents() -> list[dict]:
+    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"]
+            for rule in group["rules"]]
+
+
+def test_rules_follow_the_mixin_conventions():
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    anchors = {line[3:].strip().lower().replace(" ", "-") for line in runbook.splitlines()
+               if line.startswith("## ")}
+    for rule in rule_documents():
+        name, expr = rule["alert"], rule["expr"]
+        # Every selector of every metric names the job, so that render.py can change it.
+        for metric, selector in re.findall(r"\b(thread_observer_\w+|up)(\{[^}]*\})?", expr):
+            assert 'job="thread-observer"' in selector, (name, metric)
+        # Aggregations keep cluster, namespace, pod, instance...: only `without`, or `by`
+        # lists that keep cluster, job and instance.
+        for clause in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+            kept = set(re.split(r"\s*,\s*", clause.strip()))
+            assert {"cluster", "job", "instance"} <= kept, (name, clause)
+        annotations = rule["annotations"]
+        assert "{{" not in annotations["summary"], name
+        assert annotations["runbook_url"] == f"docs/runbook.md#{name.lower()}", name
+        assert name.lower() in anchors, name
+        assert rule["labels"]["severity"] in {"info", "warning", "critical"}, name
+
+
+def test_detached_rule_covers_every_probe():
+    from observer.bpf_backend import PROBE_NAMES
+
+    (rule,) = [r for r in rule_documents() if r["alert"] == "ThreadObserverProbeDetached"]
+    # Every probe the observer exports, but for the one older kernels lack, is judged.
+    excluded = set(re.findall(r'probe!="(\w+)"', rule["expr"]))
+    assert excluded == {"epoll_pwait2"}
+    assert {"getaddrinfo", "getaddrinfo_return", "pthread_create"} <= set(PROBE_NAMES)
+
+
 def metric_names(expr: str) -> set[str]:
     return set(re.findall(r"\bthread_observer_\w+", expr))
 
@@ -522,17 +771,47 @@ def query_panels(board: dict) -> list[dict]:
     return [p for p in panels if p["type"] != "row"]
 
 
+# Variables narrowing everything, in this order; each query is narrowed by those before it.
+DASHBOARD_VARIABLES = ["datasource", "cluster", "job", "instance", "namespace", "pod", "target"]
+# What per-target and self metrics are selected by.
+TARGET_SELECTOR = ('cluster=~"$cluster", job=~"$job", instance=~"$instance", '
+                   'namespace=~"$namespace", pod=~"$pod", target=~"$target"')
+SELF_SELECTOR = 'cluster=~"$cluster", job=~"$job", instance=~"$instance"'
+LABEL_VALUES = re.compile(r"^label_values\((\w+)(\{[^}]*\})?, (\w+)\)$")
+
+
+def variable_queries() -> list[tuple[str, str]]:
+    """(variable, PromQL) for each query variable: label_values(M{S}, L) is the values of L
+    in group by (L) (M{S}), with the variables before it at "All"."""
+    board = dashboard()
+    values = {v["name"]: v.get("allValue", ".*") for v in board["templating"]["list"]}
+    queries = []
+    for variable in board["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        metric, selector, label = LABEL_VALUES.match(variable["query"]).groups()
+        expr = f"group by ({label}) ({metric}{selector or ''})"
+        for name, value in values.items():
+            expr = expr.replace(f"${name}", value)
+        queries.append((variable["name"], expr))
+    return queries
+
+
 def test_dashboard_variables():
     variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    assert list(variables) == DASHBOARD_VARIABLES
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    target = variables["target"]
-    assert target["type"] == "query"
-    assert target["query"] == "label_values(thread_observer_threads, target)"
-    assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
-    assert target["multi"] is True
-    assert target["includeAll"] is True
-    assert target["allValue"] == ".*"
+    for name in DASHBOARD_VARIABLES[1:]:
+        variable = variables[name]
+        assert variable["type"] == "query", name
+        assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, name
+        assert variable["multi"] is True, name
+        assert variable["includeAll"] is True, name
+        assert variable["allValue"] == ".*", name
+        earlier = DASHBOARD_VARIABLES[1:DASHBOARD_VARIABLES.index(name)]
+        assert all(f'{e}=~"${e}"' in variable["query"] for e in earlier), name
+    assert variables["target"]["query"].endswith(", target)")
 
 
 def test_every_panel_queries_the_chosen_datasource():
@@ -568,12 +847,12 @@ def test_dashboard_queries_filter_by_target_and_use_the_rate_interval():
             expr = target["expr"]
             assert metric_names(expr) <= PER_TARGET_METRICS | SELF_METRICS, expr
             for name, selector in re.findall(r"\b(thread_observer_\w+)(\{[^}]*\})?", expr):
-                if name in PER_TARGET_METRICS:
-                    assert 'target=~"$target"' in selector, (panel["title"], name)
+                wanted = TARGET_SELECTOR if name in PER_TARGET_METRICS else SELF_SELECTOR
+                assert selector == "{" + wanted + "}", (panel["title"], name)
             # Self metrics have no target: they must still be narrowed to the observers
             # that watch a selected target.
             if metric_names(expr) & SELF_METRICS:
-                assert 'thread_observer_processes{target=~"$target"}' in expr, panel["title"]
+                assert f"thread_observer_processes{{{TARGET_SELECTOR}}}" in expr, panel["title"]
             for window in re.findall(r"\[([^\]]*)\]", expr):
                 assert window == "$__rate_interval", (panel["title"], window)
             # pid is part of what target_info identifies; elsewhere it exists only with
@@ -589,6 +868,10 @@ def test_dashboard_covers_the_contract():
     assert used >= (PER_TARGET_METRICS | SELF_METRICS) - {
         "thread_observer_getaddrinfo_duration_seconds_sum",
         "thread_observer_getaddrinfo_duration_seconds_count",
+        # Its alert watches it; the observer that exports it gets its panel along with it.
+        "thread_observer_executor_saturation_ratio",
+        # Node mode only; its alert says when pods go unnamed.
+        "thread_observer_unnamed_pod_processes",
     }
     assert any("histogram_quantile(0.5," in e for e in queries)
     assert any("histogram_quantile(0.99," in e for e in queries)
@@ -610,7 +893,7 @@ def test_dashboard_queries_have_every_variable_filled_in():
 def test_dashboard_and_alert_queries_are_valid_promql():
     with start_prometheus([], rule_files=[ALERTS]) as prom:
         # query() raises PromQLError for anything Prometheus refuses; no data is needed.
-        for _, expr in dashboard_queries(DASHBOARD) + alert_rules(ALERTS):
+        for _, expr in dashboard_queries(DASHBOARD) + alert_rules(ALERTS) + variable_queries():
             prom.query(expr)
         loaded = {r["name"] for g in prom.rule_groups() for r in g["rules"]}
         assert loaded == {name for name, _ in alert_rules(ALERTS)}
@@ -659,12 +942,15 @@ class ContractMetrics(http.server.BaseHTTPRequestHandler):
     def page(cls, n: int) -> str:
         lines = []
         uvloop = "loop.cpython-311-x86_64-linux-gnu.so"
-        for target, creator in [("web", "python"), ("fast", uvloop)]:
-            t = f'target="{target}"'
+        # "web" as node mode exports it (--pod-labels), "fast" as a sidecar does.
+        node_mode = 'namespace="shop",pod="checkout-0",container="app"'
+        for target, creator, pod in [("web", "python", node_mode), ("fast", uvloop, "")]:
+            t = f'target="{target}",{pod}'.rstrip(",")
             lines += [
                 f"thread_observer_threads{{{t}}} {4 + n}",
                 f"thread_observer_processes{{{t}}} 1",
                 f"thread_observer_executor_default_max_workers{{{t}}} 8",
+                f'thread_observer_executor_saturation_ratio{{{t},pool="default"}} 0.5',
                 f'thread_observer_target_info{{{t},pid="{100 + len(target)}",container_id="c0ffee",'
                 f'pod_uid="6f1c1c4e-0000-4000-8000-000000000000"}} 1',
                 f'thread_observer_threads_created_total{{{t},creator="{creator}"}} {3 * n}',
@@ -693,6 +979,7 @@ class ContractMetrics(http.server.BaseHTTPRequestHandler):
             f'thread_observer_build_info{{version="{VERSION}",backend="bpf"}} 1',
             "thread_observer_scrape_duration_seconds 0.002",
             "thread_observer_bpf_available 1",
+            "thread_observer_unnamed_pod_processes 0",
         ]
         return "\n".join(lines) + "\n"
 
@@ -716,8 +1003,12 @@ def test_every_panel_returns_data_from_contract_shaped_metrics(contract_metrics)
     with start_prometheus([contract_metrics], rule_files=[ALERTS]) as prom:
         prom.wait_for_scrapes(3)
         assert prom.query('up{job="thread-observer"}')[0]["value"][1] == "1"
-        queries = dashboard_queries(DASHBOARD)
+        queries = dashboard_queries(DASHBOARD) + variable_queries()
         assert [(title, expr) for title, expr in queries if not prom.query(expr)] == []
+        # Both modes: "web" is named by pod as node mode does, "fast" is not.
+        pods = {(s["metric"]["target"], s["metric"].get("pod", "")) for s in
+                prom.query("thread_observer_threads")}
+        assert pods == {("web", "checkout-0"), ("fast", "")}
         # Every rule evaluates without error against these series (rules run once a second).
         for _ in range(50):
             rules = [r for g in prom.rule_groups() for r in g["rules"]]
@@ -774,6 +1065,7 @@ def test_kubernetes_pod_job_scrapes_the_observer_port_of_annotated_pods(tmp_path
     pods_file.write_text(json.dumps(groups))
     config = without_kubernetes_discovery(yaml.safe_load(PROMETHEUS_CONFIG.read_text()), pods_file)
     (job,) = [j for j in config["scrape_configs"] if "file_sd_configs" in j]
+    assert job["honor_labels"] is True  # node mode's pod labels win over the observer pod's
     job["scrape_interval"] = job["scrape_timeout"] = "1s"
 
     with start_prometheus([], extra_scrape_configs=[job]) as prom:
@@ -795,3 +1087,58 @@ def test_kubernetes_pod_job_scrapes_the_observer_port_of_annotated_pods(tmp_path
         ("resolver-demo", "resolver-demo-7d4f9-abcde", "node-a", "thread-observer", url),
         ("thread-observer", "thread-observer-x2k8p", "node-b", "thread-observer", url),
     ]
+
+
+class NodeModePage(http.server.BaseHTTPRequestHandler):
+    """What a node-mode observer exports: a pod's series, a host process's (pod labels empty,
+    as the collector writes them) and a self metric."""
+
+    BODY = (
+        b'thread_observer_threads{target="python",namespace="shop",pod="checkout-0",'
+        b'container="app"} 3\n'
+        b'thread_observer_threads{target="python",namespace="",pod="",container=""} 1\n'
+        b'thread_observer_build_info{version="0.1.0",backend="bpf"} 1\n'
+    )
+
+    def do_GET(self):  # noqa: N802 (the name http.server calls)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(self.BODY)))
+        self.end_headers()
+        self.wfile.write(self.BODY)
+
+    def log_message(self, *args):
+        pass
+
+
+@needs_prometheus
+def test_honor_labels_keeps_the_watched_pod_and_leaves_host_processes_unnamed():
+    """The PodMonitor of node mode honours labels: check what Prometheus makes of them, with
+    the labels the operator gives the DaemonSet pod's target."""
+    (monitor,) = load_documents(KUBERNETES / "base" / "podmonitor.yaml")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NodeModePage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    observer_pod = {"namespace": "thread-observer", "pod": "thread-observer-x2k8p",
+                    "container": "thread-observer"}
+    job = {
+        "job_name": "thread-observer",
+        "honor_labels": endpoint["honorLabels"],
+        "static_configs": [{"targets": [f"127.0.0.1:{server.server_address[1]}"],
+                            "labels": observer_pod}],
+    }
+    try:
+        with start_prometheus([], extra_scrape_configs=[job]) as prom:
+            prom.wait_for_scrapes(2)
+            threads = {
+                tuple(s["metric"].get(k, "") for k in ("namespace", "pod", "container")):
+                s["value"][1] for s in prom.query("thread_observer_threads")
+            }
+            (info,) = prom.query("thread_observer_build_info")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert threads == {("shop", "checkout-0", "app"): "3", ("", "", ""): "1"}
+    assert {k: info["metric"][k] for k in observer_pod} == observer_pod

@@ -234,7 +234,8 @@ def test_libc_at_another_path_and_inode_is_found_through_proc_root(tmp_path):
 def manifest_capabilities() -> list[str]:
     import yaml
 
-    for document in yaml.safe_load_all((REPO / "deploy/kubernetes/sidecar.yaml").read_text()):
+    manifest = REPO / "deploy" / "kubernetes" / "sidecar" / "sidecar.yaml"
+    for document in yaml.safe_load_all(manifest.read_text()):
         if document and document.get("kind") == "Deployment":
             for container in document["spec"]["template"]["spec"]["containers"]:
                 if container["name"] == "thread-observer":

@@ -17,7 +17,8 @@ COMMANDS = {"observer.cli", "observer.__main__", "observer.check", "observer.dem
 MIDDLE = {"observer.observers", "observer.collector", "observer.server", "observer.startup"}
 LOWER = {"observer.bpf_backend", "observer.procfs", "observer.labels", "observer.capabilities",
          "observer.targets", "observer.arguments", "observer.model", "observer.constants",
-         "observer.errors", "observer.histogram"}
+         "observer.errors", "observer.histogram", "observer.kubernetes", "observer.web_config",
+         "observer.self_metrics"}
 
 
 def module_name(path: Path) -> str:

@@ -1,4 +1,7 @@
 import os
+import pwd
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -6,16 +9,20 @@ import pytest
 from observer import procfs
 from observer.bpf_backend import exec_arguments
 from observer.targets import (
+    FULL_UID_MAP,
     OTHER_TARGET,
+    AccessFacts,
     TargetError,
     TargetNames,
     TargetNumbers,
+    denied_text,
     first_match,
     match_target,
     parse_pid_target,
     parse_regex_target,
     resolve_pid_target,
 )
+from tests.harness import REPO
 
 
 def test_regex_target_matches_full_command_line():
@@ -118,3 +125,62 @@ def test_exec_report_arguments_end_at_the_first_empty_slot():
     slots = b"python\0\0\0" + b"-m\0\0\0\0\0\0" + b"\0" * 9 + b"stale\0\0\0\0"
     assert exec_arguments(slots, 9) == ["python", "-m"]
     assert exec_arguments(b"\xff\xfe\0" + b"\0" * 6, 9) == ["\ufffd\ufffd"]
+
+
+# Why a process cannot be read: what is in the way, and what to do
+def facts(**changes) -> AccessFacts:
+    root = dict(pid=1, euid=0, target_uid=0, sys_ptrace=True, own_uid_map=FULL_UID_MAP,
+                target_uid_map=FULL_UID_MAP, security_modules=None)
+    return AccessFacts(**{**root, **changes})
+
+
+@pytest.mark.parametrize(("changes", "says", "advice"), [
+    ({}, "although this runs with CAP_SYS_PTRACE: a security module protects the process, "
+     "as the first process of a VM or container often is (which modules are active is "
+     "unknown", "Watch another process, or allow this one in that module's policy"),
+    ({"pid": 42, "security_modules": "lockdown,capability,landlock,apparmor"},
+     "protects the process (active modules: lockdown,capability,landlock,apparmor)",
+     "AppArmor or SELinux profile"),
+    ({"euid": 65534, "sys_ptrace": False},
+     "it belongs to uid 0 and this runs as uid 65534 without CAP_SYS_PTRACE",
+     "Run as root (sudo), or as uid 0"),
+    ({"euid": 1000, "target_uid": 1000, "sys_ptrace": False},
+     "it is yours but not dumpable", "Run as root"),
+    ({"own_uid_map": "0 1000 1"},
+     "outside this observer's user namespace (its uid_map reads \"0 0 4294967295\" from "
+     "here, this one's \"0 1000 1\")", "Run the observer in the process's user namespace"),
+])
+def test_denied_says_what_is_in_the_way(changes, says, advice):
+    text = denied_text(facts(**changes))
+    assert says in text and advice in text
+    assert "(run as root)" not in text
+
+
+def test_denied_as_root_never_advises_running_as_root():
+    assert "Run as root" not in denied_text(facts())
+
+
+def test_denied_for_another_user(as_nobody):
+    """A real denial: nobody, without capabilities, asks for a process of root's."""
+    result = as_nobody.run(["-m", "observer", "run", "--pid", str(os.getpid())],
+                           capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"thread-observer: --pid {os.getpid()}: the kernel denies reading /proc/{os.getpid()}"
+        f"/exe and /proc/{os.getpid()}/maps: it belongs to uid 0 and this runs as uid "
+        f"{pwd.getpwnam('nobody').pw_uid} without CAP_SYS_PTRACE. Run as root (sudo), or as "
+        "uid 0")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root and unshare(1) to make a user namespace")
+def test_denied_from_inside_a_user_namespace():
+    """A real denial: root inside a new user namespace asks for a process outside it."""
+    result = subprocess.run(
+        ["unshare", "--user", "--map-root-user", sys.executable, "-m", "observer", "run",
+         "--pid", str(os.getpid())], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 2, result.stderr
+    assert (f"--pid {os.getpid()}: the kernel denies reading /proc/{os.getpid()}/exe and "
+            f"/proc/{os.getpid()}/maps: it is outside this observer's user namespace (its "
+            "uid_map reads \"0 0 4294967295\" from here, this one's \"0 0 1\")") \
+        in result.stderr

@@ -16,8 +16,11 @@ from observer.errors import UsageError
 from observer.timeline.command import output_paths
 from observer.timeline.lanes import build_timeline
 from observer.timeline.model import EXISTING, MAIN, Event, Recording
-from observer.timeline.render import lane_label, nice_ticks, render
+from observer.timeline.outputs import render
+from observer.timeline.render import lane_label
+from observer.timeline.trace import chrome_trace
 from tests.harness import REPO, observer, settled, wait_until, workload
+from tests.trace_format import check_trace
 
 MS = 1_000_000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -140,18 +143,12 @@ def test_records_are_decoded_from_the_c_struct():
 def test_output_kinds_by_extension(tmp_path):
     assert output_paths([str(tmp_path / "a.png")], with_json=True) == [
         tmp_path / "a.png", tmp_path / "a.json"]
+    assert output_paths([str(tmp_path / "a.trace.json")], with_json=True) == [
+        tmp_path / "a.trace.json", tmp_path / "a.json"]
     with pytest.raises(UsageError, match="extension must be one of"):
         output_paths([str(tmp_path / "a.gif")], with_json=False)
     with pytest.raises(UsageError, match="no such directory"):
         output_paths([str(tmp_path / "missing" / "a.png")], with_json=False)
-
-
-@pytest.mark.parametrize(("total", "ticks"), [
-    (10, [0, 2, 4, 6, 8, 10]), (1.0, [0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]),
-    (730, [0, 100, 200, 300, 400, 500, 600, 700]), (0, [0.0]),
-])
-def test_nice_ticks(total, ticks):
-    assert nice_ticks(total) == pytest.approx(ticks)
 
 
 def test_pictures_of_a_synthetic_recording(tmp_path):
@@ -163,6 +160,55 @@ def test_pictures_of_a_synthetic_recording(tmp_path):
     html = (tmp_path / "t.html").read_text()
     assert "lost events: 2" in html and "EAI_SERVICE" in html
     assert not re.search(r"(src|href)=\"https?:", html)  # self-contained
+
+
+def test_chrome_trace_of_a_synthetic_recording(tmp_path):
+    timeline = build_timeline(synthetic_recording())
+    trace = chrome_trace(timeline)
+    check_trace(trace, timeline)
+    calls = [e for e in trace["traceEvents"] if e.get("cat") == "getaddrinfo"]
+    assert [(e["name"], e["tid"], e["ts"], e["dur"], e.get("cname")) for e in calls] == [
+        ("getaddrinfo localhost", 101, 4000, 1000, None),
+        ("getaddrinfo localhost failed: EAI_SERVICE", 102, 6000, 1000, "terrible"),
+        ("getaddrinfo example.invalid", 102, 9000, 1000, None)]
+    assert calls[1]["args"] == {"host": "localhost", "service": "no-such-service",
+                                "in_progress_at_end": False, "error": "EAI_SERVICE", "rc": -8}
+    assert calls[2]["args"]["in_progress_at_end"] is True
+    names = {e["tid"]: e["args"]["name"] for e in trace["traceEvents"]
+             if e["name"] == "thread_name"}
+    assert names == {103: "seen-dying · existing", 100: "python3 · main",
+                     101: "python3 · python", 102: "libuv-worker · loop.so"}
+    assert trace["otherData"]["lost_events"] == 2
+
+
+def test_a_failed_command_says_so_on_the_picture(tmp_path):
+    recording = synthetic_recording()
+    recording.exit_status = 1
+    timeline = build_timeline(recording)
+    for name in ("t.svg", "t.html"):
+        render(timeline, tmp_path / name)
+        assert "the command FAILED: exit status 1 after 10.00 ms" in \
+            (tmp_path / name).read_text()
+    recording.exit_status = 0
+    render(build_timeline(recording), tmp_path / "ok.html")
+    assert "FAILED" not in (tmp_path / "ok.html").read_text()
+
+
+def test_from_and_to_crop_the_picture(tmp_path):
+    recording = synthetic_recording()
+    recording.save(tmp_path / "events.json")
+    result = run_timeline(["--input", str(tmp_path / "events.json"), "-o",
+                           str(tmp_path / "crop.svg"), "--from", "0.0085", "--to", "0.01"])
+    assert result.returncode == 0, result.stderr
+    svg = (tmp_path / "crop.svg").read_text()
+    # The worker thread ended at 8 ms: not in the window.
+    assert sorted(map(int, re.findall(r'id="lane-(\d+)"', svg))) == [100, 102, 103]
+    assert "showing +8.50 ms to +10.00 ms of 10.00 ms" in svg
+    empty = run_timeline(["--input", str(tmp_path / "events.json"), "-o",
+                          str(tmp_path / "none.png"), "--from", "0.5"])
+    assert (empty.returncode, empty.stderr) == (2, "thread-observer: --from 0.5 --to 0.01: "
+                                                "nothing to show (the recording lasts "
+                                                "0.010 s)\n")
 
 
 def assert_one_lane_per_thread(svg: Path, html: Path, timeline) -> None:
@@ -177,7 +223,7 @@ def assert_one_lane_per_thread(svg: Path, html: Path, timeline) -> None:
 @pytest.mark.bpf
 def test_exact_threads_and_lookups_and_the_metrics_agree(tmp_path):
     marker = f"timeline-{uuid.uuid4().hex[:12]}"  # -X option, ignored by CPython
-    outputs = [tmp_path / f"run.{kind}" for kind in ("json", "png", "svg", "html")]
+    outputs = [tmp_path / f"run.{kind}" for kind in ("json", "png", "svg", "html", "trace.json")]
     with observer(["--target", f"workload={marker}", "--label-pid"], tmp_path) as running:
         timeline_run = subprocess.Popen(
             [sys.executable, "-m", "observer", "timeline",
@@ -224,6 +270,7 @@ def test_exact_threads_and_lookups_and_the_metrics_agree(tmp_path):
     assert png.startswith(PNG_MAGIC) and len(png) > 20_000
     assert_one_lane_per_thread(outputs[2], outputs[3], timeline)
     assert len(timeline.lanes) == 1 + truth["threads_started"]
+    check_trace(json.loads(outputs[4].read_text()), timeline)
 
 
 @pytest.mark.bpf
@@ -256,7 +303,10 @@ def test_stdin_stdout_and_exit_status_pass_through(tmp_path):
     result = run_timeline(["--output", str(out), "--", "sh", "-c",
                            "read x; echo got $x; exit 3"], input="hello\n")
     assert (result.returncode, result.stdout) == (3, "got hello\n"), result.stderr
+    assert re.search(r"the command FAILED: exit status 3 after [\d.]+ .s: the picture is of "
+                     "a failed run", result.stderr), result.stderr
     recording = Recording.load(out)
+    assert recording.exit_status == 3
     kinds = [e.kind for e in recording.events if e.kind != "thread_renamed"]
     assert kinds == ["process_exec", "thread_exited", "process_exit"]
     assert build_timeline(recording).lanes[0].name == "sh"
@@ -282,3 +332,17 @@ def test_a_running_process_given_by_pid(tmp_path):
     assert len(timeline.lookups) == truth["getaddrinfo_calls"] == 6
     existing = [lane for lane in timeline.lanes if not lane.created]
     assert [lane.tid for lane in existing if lane.main] == [target.pid]
+
+
+def test_a_pid_is_checked_as_the_daemon_checks_it(tmp_path):
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        result = run_timeline(["-o", str(tmp_path / "x.json"), "--pid", str(sleeper.pid),
+                               "--seconds", "1"])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert (result.returncode, result.stderr) == (
+        2, f"thread-observer: --pid {sleeper.pid}: 'sleep' is not a Python process (use "
+        "--allow-non-python to watch it anyway)\n")
+    assert not (tmp_path / "x.json").exists()

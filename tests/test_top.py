@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import math
 import os
 import subprocess
 import sys
+import time
+import uuid
 from collections import Counter
 
 import pytest
@@ -14,8 +19,16 @@ from rich.console import Console
 
 from observer.collector import ObserverCollector
 from observer.model import Counts, ProcessRow, Snapshot
-from observer.top import increase, parse_sample, quantile, render_frame
-from tests.harness import REPO, observer
+from observer.top import (
+    Session,
+    StatusLine,
+    increase,
+    logs_elsewhere,
+    parse_sample,
+    quantile,
+    render_frame,
+)
+from tests.harness import REPO, observer, wait_until
 
 LOOP_SO = "loop.cpython-311-x86_64-linux-gnu.so"
 
@@ -159,3 +172,152 @@ def test_top_scraping_a_running_observer(three_threads, tmp_path):
     assert result.returncode == 0, result.stderr
     assert last_row(result.stdout, "sleeper")[:3] == ["sleeper", "1", "3"]
     assert "backend proc" in result.stdout
+
+
+# The session: what gone processes did stays on screen
+def batch_row(pid, python, calls, noname, slots) -> ProcessRow:
+    counts = Counts(threads_created=Counter({"python": python}), threads_exited=python,
+                    getaddrinfo_calls=Counter(other=calls),
+                    getaddrinfo_failures=Counter(EAI_NONAME=noname),
+                    duration_slots=Counter(slots))
+    return ProcessRow("batch", pid, 1, counts)
+
+
+def test_short_jobs_stay_in_the_totals_since_start():
+    """Three short jobs of target "batch" come and go between samples while "api" runs on:
+    since start, batch shows every job's threads and calls with no process left, and the
+    rates never count a job twice."""
+    session = Session()
+    samples = [
+        parse_sample(exposition(api_row(10, 3, 1, 0, 0, 0, 1, 0, {14: 1}),
+                                batch_row(20, 2, 3, 0, {14: 3})), 1.0),
+        parse_sample(exposition(api_row(10, 3, 1, 0, 0, 0, 2, 0, {14: 2}),
+                                batch_row(20, 4, 5, 1, {14: 5}),
+                                batch_row(21, 1, 1, 0, {14: 1})), 2.0),
+        parse_sample(exposition(api_row(10, 3, 1, 0, 0, 0, 2, 0, {14: 2}),
+                                batch_row(22, 3, 2, 0, {20: 2})), 3.0),
+        parse_sample(exposition(api_row(10, 3, 1, 0, 0, 0, 3, 0, {14: 3})), 4.0),
+    ]
+    views = []
+    for sample in samples:
+        session.update(sample)
+        views.append(session.view(sample))
+    assert "batch" not in samples[-1].targets  # every job is gone
+    text = frame_text_since(views[-2], views[-1], since_start=3.0)
+    assert "totals since start (3.00 s ago)" in text
+    lines = text.splitlines()
+    batch = row_of(text, "batch")
+    cells = [cell.strip() for cell in batch.split("│")[1:-1]]
+    # 4 + 1 + 3 threads, 5 + 1 + 2 calls, one EAI_NONAME, p99 of 7 fast and 2 slow calls.
+    assert cells == ["batch", "0", "0", "8 python", "8", "8", "0", "1.0 ms", "1 EAI_NONAME"]
+    api = [cell.strip() for cell in row_of(text, "api").split("│")[1:-1]]
+    assert api[:6] == ["api", "1", "3", "1 python", "0", "3"]
+    assert api[8] == "0"  # no failures: one 0, not a line per EAI_* code
+    assert lines.index(batch) < lines.index(row_of(text, "api"))  # the busiest first
+
+    # Rates now: batch's jobs ended, api made one call in the last second: api first.
+    now = frame_text(views[-2], views[-1], 1.0)
+    assert [cell.strip() for cell in row_of(now, "batch").split("│")[1:-1]][3:6] == [
+        "0 python (8)", "0", "0"]
+    assert now.splitlines().index(row_of(now, "api")) < \
+        now.splitlines().index(row_of(now, "batch"))
+
+
+def frame_text_since(previous, current, since_start) -> str:
+    console = Console(record=True, width=120)
+    console.print(render_frame(previous, current, 1.0, since_start=since_start,
+                               status="12:00:00 INFO pid 22 of target batch is gone"))
+    return console.export_text()
+
+
+def test_zero_failures_show_one_zero():
+    sample = parse_sample(exposition(api_row(10, 5, 10, 0, 6, 2, 10, 0, {14: 12})), 1.0)
+    failures = sample.targets["api"].failures
+    assert len(failures) > 1 and not any(failures.values())  # the usual codes, all zero
+    cells = [cell.strip() for cell in row_of(frame_text(sample, sample, 1.0), "api")
+             .split("│")[1:-1]]
+    assert cells[8] == "0"
+
+
+def test_logs_go_under_the_table_never_over_it():
+    status = StatusLine()
+    log = logging.getLogger("observer.test")
+    log.setLevel(logging.INFO)
+    with logs_elsewhere(status, None):
+        log.warning("eBPF unavailable")
+        log.info("attached pid 1\nto target x")
+    assert status.text.endswith("WARNING eBPF unavailable\n" + status.last)
+    assert status.last.endswith("INFO attached pid 1 to target x")
+    sample = parse_sample(exposition(api_row(10, 5, 10, 0, 6, 2, 10, 0, {})), 1.0)
+    console = Console(record=True, width=120)
+    console.print(render_frame(None, sample, 1.0, status=status.text))
+    lines = console.export_text().splitlines()
+    assert lines[-1].endswith("INFO attached pid 1 to target x")
+    assert lines[-3].startswith("└")  # the table, then the status lines
+
+
+def test_logs_to_a_file(tmp_path):
+    log_file = tmp_path / "top.log"
+    with logs_elsewhere(StatusLine(), str(log_file)):
+        logging.getLogger("observer.test").warning("to the file")
+    assert "WARNING observer.test: to the file" in log_file.read_text()
+
+
+# Short jobs under a real observer: each lives about half a second, less than a frame
+SHORT_JOB = """
+import socket, sys, threading, time
+from workloads.truth import GroundTruth
+truth = GroundTruth().install()
+threads = [threading.Thread(target=int) for _ in range(int(sys.argv[1]))]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+for _ in range(int(sys.argv[2])):
+    socket.getaddrinfo("localhost", 80)
+truth.emit()
+time.sleep(0.5)
+"""
+
+
+@pytest.mark.bpf
+def test_short_jobs_under_a_real_observer():
+    from observer.startup import make_observer
+    from observer.top import ObserverSource
+
+    marker = f"top-job-{uuid.uuid4().hex[:12]}"  # -X option, ignored by CPython
+    args = argparse.Namespace(target=[f"batch={marker}"], pid=[], allow_non_python=False,
+                              backend="bpf")
+    source = ObserverSource(make_observer(args))
+    session = Session()
+    truths = []
+    try:
+        session.update(source.sample())
+        for threads, calls in ((2, 1), (3, 2), (1, 4)):
+            job = subprocess.Popen([sys.executable, "-X", marker, "-c", SHORT_JOB,
+                                    str(threads), str(calls)], stdout=subprocess.PIPE,
+                                   text=True, cwd=REPO)
+            while job.poll() is None:  # what top does between two frames
+                session.update(source.sample())
+                time.sleep(source.period)
+            truths.append(json.loads(job.stdout.read()))
+            job.stdout.close()
+        samples: list = []
+
+        def forgotten() -> bool:
+            samples.append(source.sample())
+            session.update(samples[-1])
+            return "batch" not in samples[-1].targets
+
+        wait_until(forgotten, what="the observer to forget the jobs")
+        last = samples[-1]
+    finally:
+        source.close()
+    console = Console(record=True, width=140)
+    console.print(render_frame(None, session.view(last), 1.0, since_start=2.0))
+    cells = [cell.strip() for cell in row_of(console.export_text(), "batch").split("│")[1:-1]]
+    threads = sum(truth["threads_started"] for truth in truths)
+    calls = sum(truth["getaddrinfo_calls"] for truth in truths)
+    assert (threads, calls) == (6, 7)
+    assert cells[:7] == ["batch", "0", "0", f"{threads} python", str(threads), str(calls), "0"]
+    assert cells[8] == "0"

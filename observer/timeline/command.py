@@ -17,9 +17,14 @@ from pathlib import Path
 from observer.arguments import add_target_arguments, positive_float
 from observer.bpf_backend import BpfUnavailable
 from observer.errors import UsageError
-from observer.targets import TargetError, parse_pid_target, parse_regex_target
+from observer.targets import (
+    TargetError,
+    parse_pid_target,
+    parse_regex_target,
+    resolve_pid_target,
+)
 from observer.timeline.lanes import build_timeline
-from observer.timeline.model import EventKind, Recording
+from observer.timeline.model import EventKind, Recording, window_of
 from observer.timeline.recorder import (
     GatedCommand,
     Recorder,
@@ -27,6 +32,8 @@ from observer.timeline.recorder import (
     record,
     stop_on_signals,
 )
+from observer.timeline.trace import SUFFIX as TRACE_SUFFIX
+from observer.timeline.trace import is_trace_path
 
 OUTPUT_KINDS = (".png", ".svg", ".html", ".json")
 EPILOG = """examples:
@@ -35,10 +42,14 @@ EPILOG = """examples:
   thread-observer timeline --output api.svg --pid 4242 --seconds 10       # a running process
   thread-observer timeline --output api.png --target api='python.*server\\.py' --seconds 30
   thread-observer timeline --input run.json --output run.svg              # draw a recording again
+  thread-observer timeline --input run.json -o zoom.png --from 0.55 --to 0.7   # a part of it
+  thread-observer timeline -o run.trace.json -- python3 client.py   # for ui.perfetto.dev
 
 The output format follows the extension: .png and .svg (a picture), .html (interactive, with
-tooltips, self-contained), .json (the raw events). With -- COMMAND, its stdin, stdout and exit
-status are passed through.
+tooltips, zoom and pan, self-contained), .trace.json (Chrome Trace Event format: open it in
+ui.perfetto.dev, chrome://tracing or speedscope), .json (the raw events). With -- COMMAND, its
+stdin, stdout and exit status are passed through; a command that fails is said so on the
+picture.
 """
 
 
@@ -53,7 +64,8 @@ def add_parser(subparsers, parents) -> None:
         parents=list(parents),
     )
     parser.add_argument("--output", "-o", action="append", required=True, metavar="FILE",
-                        help="where to write: .png, .svg, .html or .json (repeatable)")
+                        help="where to write: .png, .svg, .html, .trace.json (Chrome trace) "
+                        "or .json (repeatable)")
     parser.add_argument("--json", action="store_true",
                         help="also write the raw events to the first FILE with .json")
     add_target_arguments(parser)
@@ -66,9 +78,26 @@ def add_parser(subparsers, parents) -> None:
                         help="also record the processes the command forks (--pid and "
                         "--target processes' children are recorded unless --no-children)")
     parser.add_argument("--title", help="title of the picture (default: the command line)")
+    parser.add_argument("--from", dest="from_seconds", type=non_negative_float, metavar="S",
+                        help="show from S seconds after the start (the HTML page opens "
+                        "there and zooms out; PNG and SVG are cropped)")
+    parser.add_argument("--to", dest="to_seconds", type=positive_float, metavar="S",
+                        help="show up to S seconds after the start")
     parser.add_argument("command", nargs="*", metavar="-- COMMAND ARGS",
                         help="run this command and record it from its start")
     parser.set_defaults(func=run)
+
+
+def non_negative_float(text: str) -> float:
+    """0 or more: where ``--from`` starts."""
+    return 0.0 if _is_zero(text) else positive_float(text)
+
+
+def _is_zero(text: str) -> bool:
+    try:
+        return float(text) == 0
+    except ValueError:
+        return False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                              "--pid or --target with it")
         recording = Recording.load(args.input)
         recording.command = args.title or recording.command
-        return write_outputs(recording, outputs)
+        return write_outputs(recording, outputs, args)
     return record_and_write(args, outputs)
 
 
@@ -91,27 +120,35 @@ def output_paths(names: list[str], with_json: bool) -> list[Path]:
                                 f"{', '.join(OUTPUT_KINDS)}")
         if not path.parent.is_dir():
             raise UsageError(f"--output {path}: no such directory {path.parent}")
-    if with_json and not any(path.suffix.lower() == ".json" for path in paths):
-        paths.append(paths[0].with_suffix(".json"))
+    raw = [path for path in paths if path.suffix.lower() == ".json" and not is_trace_path(path)]
+    if with_json and not raw:
+        first = paths[0]
+        stem = first.name[: -len(TRACE_SUFFIX)] if is_trace_path(first) else first.stem
+        paths.append(first.with_name(stem + ".json"))
     return paths
 
 
-def write_outputs(recording: Recording, outputs: list[Path]) -> int:
-    from observer.timeline.render import render
+def write_outputs(recording: Recording, outputs: list[Path], args) -> int:
+    from observer.timeline.outputs import render
+    from observer.timeline.render import outcome_text
 
     timeline = build_timeline(recording)
+    window = window_of(timeline, args.from_seconds, args.to_seconds)
     for path in outputs:
         try:
-            if path.suffix.lower() == ".json":
+            if path.suffix.lower() == ".json" and not is_trace_path(path):
                 recording.save(path)
             else:
-                render(timeline, path)
+                render(timeline, path, window)
         except OSError as err:
             raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
     print(f"thread-observer: {timeline.threads_created} threads created, "
           f"{len(timeline.lookups)} getaddrinfo calls ({timeline.failures} failed), "
           f"{timeline.lost_events} events lost: wrote {', '.join(map(str, outputs))}",
           file=sys.stderr)
+    if timeline.failed:
+        print(f"thread-observer: {outcome_text(timeline)}: the picture is of a failed run",
+              file=sys.stderr)
     return 0
 
 
@@ -120,7 +157,9 @@ def record_and_write(args: argparse.Namespace, outputs: list[Path]) -> int:
         raise UsageError("record either a command (after --) or --pid/--target processes")
     try:
         regex_targets = [parse_regex_target(text) for text in args.target]
-        args.pid = [parse_pid_target(text).pid for text in args.pid]
+        # What the metrics daemon checks too: there, Python, and readable (or why not).
+        args.pid = [resolve_pid_target(parse_pid_target(text), args.allow_non_python).pid
+                    for text in args.pid]
     except TargetError as err:
         raise UsageError(str(err)) from None
     # --pid and --target processes are trees, as for the observer; a command's children on ask.
@@ -160,7 +199,9 @@ def record_command(args, probes: TimelineProbes, recorder: Recorder,
         # The picture starts at the exec, not at the gate's start-up before it.
         start_ns = min((e.time_ns for e in recorder.events
                         if e.kind == EventKind.PROCESS_EXEC.label), default=start_ns)
-        status = finish(args, probes, recorder, start_ns, " ".join(args.command), outputs)
+        recording = finish(args, probes, recorder, start_ns, " ".join(args.command))
+        recording.exit_status = command.status()  # None: still running (--seconds, Ctrl-C)
+        status = write_outputs(recording, outputs, args)
     finally:
         probes.close()  # the command may run on after --seconds: detach now
         code = command.wait()
@@ -186,7 +227,8 @@ def record_processes(args, probes: TimelineProbes, recorder: Recorder,
 
         record(probes, recorder, done)
     names = [f"pid {pid}" for pid in args.pid] + [f"--target {t}" for t in args.target]
-    return finish(args, probes, recorder, start_ns, ", ".join(names), outputs)
+    recording = finish(args, probes, recorder, start_ns, ", ".join(names))
+    return write_outputs(recording, outputs, args)
 
 
 def _alive(pid: int) -> bool:
@@ -197,14 +239,13 @@ def _deadline(seconds: float | None) -> float:
     return time.monotonic() + seconds if seconds else float("inf")
 
 
-def finish(args, probes: TimelineProbes, recorder: Recorder, start_ns: int, command: str,
-           outputs: list[Path]) -> int:
+def finish(args, probes: TimelineProbes, recorder: Recorder, start_ns: int,
+           command: str) -> Recording:
     now = time.monotonic_ns()
     # When everything recorded has exited, the picture ends there, not at the next poll; a
     # --target recording runs for as long as it was asked to, quiet or not.
     done = not recorder.alive and not recorder.regex_targets
     end_ns = (recorder.last_exit_ns() or now) if done else now
     recorder.name_live_threads(end_ns)
-    recording = Recording(args.title or command, start_ns, end_ns, probes.lost_events(),
-                          recorder.events)
-    return write_outputs(recording, outputs)
+    return Recording(args.title or command, start_ns, end_ns, probes.lost_events(),
+                     recorder.events)

@@ -108,4 +108,4 @@ def build_timeline(recording: Recording) -> Timeline:
         builder.add(event)
     lanes, lookups = builder.finish()
     return Timeline(recording.command, recording.start_ns, recording.end_ns,
-                    recording.lost_events, lanes, lookups)
+                    recording.lost_events, lanes, lookups, recording.exit_status)

@@ -63,11 +63,13 @@ class Recording:
     end_ns: int
     lost_events: int
     events: list[Event] = field(default_factory=list)
+    exit_status: int | None = None  # of the command after --, as a shell reports it
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "version": 1, "command": self.command,
                 "start_ns": self.start_ns, "end_ns": self.end_ns,
-                "lost_events": self.lost_events, "events": [asdict(e) for e in self.events]}
+                "lost_events": self.lost_events, "exit_status": self.exit_status,
+                "events": [asdict(e) for e in self.events]}
 
     @classmethod
     def from_json(cls, data: dict) -> Recording:
@@ -78,7 +80,7 @@ class Recording:
         if unknown:
             raise UsageError(f"unknown event kinds {sorted(unknown)}: a newer recording?")
         return cls(data["command"], data["start_ns"], data["end_ns"], data["lost_events"],
-                   events)
+                   events, data.get("exit_status"))
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
@@ -150,6 +152,12 @@ class Timeline:
     lost_events: int
     lanes: list[Lane]
     lookups: list[Lookup]
+    exit_status: int | None = None
+
+    @property
+    def failed(self) -> bool:
+        """The command recorded exited with a non-zero status."""
+        return bool(self.exit_status)
 
     @property
     def threads_created(self) -> int:
@@ -164,3 +172,29 @@ class Timeline:
         return sorted({lane.tgid for lane in self.lanes})
 
 
+@dataclass(frozen=True)
+class Window:
+    """The part of a recording shown, in ns since its start."""
+
+    start: int
+    end: int
+
+    @property
+    def span(self) -> int:
+        return max(self.end - self.start, 1)
+
+    @property
+    def whole(self) -> bool:
+        return self.start == 0
+
+
+def window_of(timeline: Timeline, from_seconds: float | None = None,
+              to_seconds: float | None = None) -> Window:
+    """``--from``/``--to`` (seconds since the start) as a window within the recording."""
+    total = timeline.end_ns - timeline.start_ns
+    start = 0 if from_seconds is None else round(from_seconds * 1e9)
+    end = total if to_seconds is None else min(round(to_seconds * 1e9), total)
+    if start >= end:
+        raise UsageError(f"--from {start / 1e9:g} --to {end / 1e9:g}: nothing to show (the "
+                         f"recording lasts {total / 1e9:.3f} s)")
+    return Window(start, end)

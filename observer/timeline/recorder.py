@@ -41,16 +41,20 @@ POLL_MS = 100
 REFRESH_SECONDS = 0.1
 # Runs in the child before the command: waits for "go" on a pipe so that the observer can put
 # its pid in the watched set first, then becomes the command (same pid, stdin and stdout).
+# It says "up" first: the exec that started it is over by then (the kernel reports an exec
+# after closing the descriptors that Popen waits on, so Popen can return before that report).
 GATE = """
 import os, sys
-fd = int(sys.argv[1])
+ready, fd = int(sys.argv[1]), int(sys.argv[2])
+os.write(ready, b"up")
+os.close(ready)
 if os.read(fd, 3) != b"go\\n":
     sys.exit(125)
 os.close(fd)
 try:
-    os.execvp(sys.argv[2], sys.argv[2:])
+    os.execvp(sys.argv[3], sys.argv[3:])
 except OSError as err:
-    print(f"thread-observer: {sys.argv[2]}: {err.strerror}", file=sys.stderr)
+    print(f"thread-observer: {sys.argv[3]}: {err.strerror}", file=sys.stderr)
     sys.exit(126 if isinstance(err, PermissionError) else 127)
 """
 
@@ -302,13 +306,19 @@ class GatedCommand:
     def __init__(self, argv: list[str]) -> None:
         self.argv = argv
         read_end, self._go = os.pipe()
+        up_read, up_write = os.pipe()
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", GATE, str(read_end), *argv],
-                pass_fds=(read_end,),
+                [sys.executable, "-I", "-S", "-c", GATE, str(up_write), str(read_end), *argv],
+                pass_fds=(read_end, up_write),
             )
         finally:
             os.close(read_end)
+            os.close(up_write)
+        try:
+            os.read(up_read, 2)  # "" if the gate died: the command's status will say
+        finally:
+            os.close(up_read)
         self.pid = self.process.pid
 
     def release(self) -> None:
@@ -327,7 +337,17 @@ class GatedCommand:
                 break
             except KeyboardInterrupt:
                 continue  # the command got the same Ctrl-C: wait for it to act on it
-        return 128 - code if code < 0 else code
+        return shell_status(code)
+
+    def status(self) -> int | None:
+        """The exit status if the command has ended, else None."""
+        code = self.process.poll()
+        return None if code is None else shell_status(code)
+
+
+def shell_status(code: int) -> int:
+    """A returncode as a shell reports it: 128 + N for a death by signal N."""
+    return 128 - code if code < 0 else code
 
 
 class StopFlag:

@@ -1,4 +1,5 @@
-"""Drawing a :class:`~observer.timeline.model.Timeline`: PNG and SVG with matplotlib, HTML by hand.
+"""Drawing a :class:`~observer.timeline.model.Timeline`: PNG and SVG with matplotlib (and what
+every kind of picture says; the HTML page is :mod:`observer.timeline.html`).
 
 One lane per thread, in order of creation, coloured by the code that created it; getaddrinfo
 calls are marks on the lane of the thread that made them, failed ones a red cross. The number
@@ -8,11 +9,10 @@ not pass for a quiet moment.
 
 from __future__ import annotations
 
-import html
-import math
+import dataclasses
 from pathlib import Path
 
-from observer.timeline.model import EXISTING, MAIN, Lane, Lookup, Timeline
+from observer.timeline.model import EXISTING, MAIN, Lane, Lookup, Timeline, Window
 
 FIXED_COLOURS = {MAIN: "#97a3b0", "python": "#3d7cc9", EXISTING: "#aab4bf", "unknown": "#c2c2c2"}
 PALETTE = ("#e8891d", "#3aa655", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
@@ -27,11 +27,25 @@ FAILED_COLOUR = "#d62728"
 MAX_TITLE = 110
 
 
-def render(timeline: Timeline, path: Path) -> None:
-    if path.suffix.lower() == ".html":
-        path.write_text(render_html(timeline))
-    else:
-        render_picture(timeline, path)
+def visible(timeline: Timeline, window: Window) -> Timeline:
+    """The lanes alive during the window and the calls made in it."""
+    def overlaps(start_ns: int, end_ns: int | None) -> bool:
+        end = timeline.end_ns if end_ns is None else end_ns
+        return start_ns - timeline.start_ns <= window.end and \
+            end - timeline.start_ns >= window.start
+
+    lanes = [lane for lane in timeline.lanes if overlaps(lane.start_ns, lane.end_ns)]
+    shown = {lane.task for lane in lanes}
+    lookups = [lookup for lookup in timeline.lookups
+               if lookup.task in shown and overlaps(lookup.start_ns, lookup.end_ns)]
+    return dataclasses.replace(timeline, lanes=lanes, lookups=lookups)
+
+
+def window_text(timeline: Timeline, window: Window) -> str:
+    if window.whole and window.end == timeline.end_ns - timeline.start_ns:
+        return ""
+    return (f"showing {format_offset(window.start)} to {format_offset(window.end)} of "
+            f"{format_duration(timeline.end_ns - timeline.start_ns)}")
 
 
 # What both kinds of picture say
@@ -84,6 +98,18 @@ def summary(timeline: Timeline) -> str:
             f"in {format_duration(timeline.end_ns - timeline.start_ns)}")
 
 
+def outcome_text(timeline: Timeline) -> str:
+    """How the command recorded ended; "" when it did not end during the recording."""
+    if timeline.exit_status is None:
+        return ""
+    ran = format_duration(timeline.end_ns - timeline.start_ns)
+    if timeline.exit_status > 128:
+        return f"the command was killed by signal {timeline.exit_status - 128} after {ran}"
+    if timeline.exit_status:
+        return f"the command FAILED: exit status {timeline.exit_status} after {ran}"
+    return f"the command exited with status 0 after {ran}"
+
+
 def lost_text(timeline: Timeline) -> str:
     if timeline.lost_events:
         return f"lost events: {timeline.lost_events} (the ring buffer was full: the picture " \
@@ -96,10 +122,10 @@ def title(timeline: Timeline) -> str:
     return text if len(text) <= MAX_TITLE else text[: MAX_TITLE - 1] + "…"
 
 
-def bunches(timeline: Timeline, fraction: float = 0.01) -> list[list[Lookup]]:
-    """Calls of one thread closer together than ``fraction`` of the recording: drawn on top
-    of each other, so the picture says how many there are."""
-    window = (timeline.end_ns - timeline.start_ns) * fraction
+def bunches(timeline: Timeline, span_ns: int, fraction: float = 0.01) -> list[list[Lookup]]:
+    """Calls of one thread closer together than ``fraction`` of the ``span_ns`` shown: drawn
+    on top of each other, so the picture says how many there are."""
+    window = span_ns * fraction
     found: list[list[Lookup]] = []
     last: dict[int, list[Lookup]] = {}
     for lookup in timeline.lookups:  # in order of start
@@ -129,36 +155,36 @@ def format_offset(ns: int) -> str:
     return f"+{format_duration(max(ns, 0))}"
 
 
-def time_unit(timeline: Timeline) -> tuple[float, str]:
-    """Nanoseconds per axis unit, and its name: ms for short recordings, else s."""
-    total = timeline.end_ns - timeline.start_ns
+def time_unit(timeline: Timeline, window: Window | None = None) -> tuple[float, str]:
+    """Nanoseconds per axis unit, and its name: ms for short spans, else s."""
+    total = window.span if window else timeline.end_ns - timeline.start_ns
     return (1e6, "ms") if total < 5e9 else (1e9, "s")
 
 
 # PNG and SVG
-def render_picture(timeline: Timeline, path: Path) -> None:
+def render_picture(timeline: Timeline, path: Path, window: Window) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    whole, timeline = timeline, visible(timeline, window)
     lanes = max(len(timeline.lanes), 1)
     # Lanes get thinner as they grow in number, and the picture stays within what Agg draws.
     per_lane = min(0.28 if lanes <= 60 else max(0.1, 17 / lanes), 150 / lanes)
     fig, ax = plt.subplots(figsize=(12, 1.9 + per_lane * lanes), dpi=110)
     try:
-        _draw(ax, timeline)
+        _draw(ax, timeline, window)
         _label_lanes(ax, timeline, per_lane)
-        _titles(ax, timeline)
+        _titles(ax, whole, window)
         fig.savefig(path, bbox_inches="tight", format=path.suffix.lower().lstrip("."))
     finally:
         plt.close(fig)
 
 
-def _draw(ax, timeline: Timeline) -> None:
-    scale, unit = time_unit(timeline)
-    total = (timeline.end_ns - timeline.start_ns) / scale
-    shortest = max(total * 0.002, 1e-9)  # a thread of a few µs stays visible
+def _draw(ax, timeline: Timeline, window: Window) -> None:
+    scale, unit = time_unit(timeline, window)
+    shortest = max(window.span / scale * 0.002, 1e-9)  # a thread of a few µs stays visible
 
     def at(ns: int | None) -> float:
         return ((ns or timeline.end_ns) - timeline.start_ns) / scale
@@ -171,8 +197,9 @@ def _draw(ax, timeline: Timeline) -> None:
                    color=[colours[lane.creator] for lane in lanes], edgecolor="none")
     for bar, lane in zip(bars, lanes, strict=True):
         bar.set_gid(f"lane-{lane.task}")
-    _draw_lookups(ax, timeline, at, shortest)
-    ax.set_xlim(0, total * 1.01 or 1)
+    _draw_lookups(ax, timeline, at, shortest, window)
+    margin = window.span * 0.01 if window.whole else 0
+    ax.set_xlim(window.start / scale, (window.end + margin) / scale)
     ax.set_xlabel(f"time since the start ({unit})")
     ax.grid(axis="x", color="#dddddd", linestyle="--", linewidth=0.6)
     ax.set_axisbelow(True)
@@ -182,7 +209,7 @@ def _draw(ax, timeline: Timeline) -> None:
               bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
 
-def _draw_lookups(ax, timeline: Timeline, at, shortest: float) -> None:
+def _draw_lookups(ax, timeline: Timeline, at, shortest: float, window: Window) -> None:
     """All calls in three artists, however many there are."""
     rows = {lane.task: row for row, lane in enumerate(timeline.lanes)}
     done = [lookup for lookup in timeline.lookups if not lookup.failed]
@@ -197,7 +224,7 @@ def _draw_lookups(ax, timeline: Timeline, at, shortest: float) -> None:
         ax.plot([at(c.start_ns) for c in failed], [rows[c.task] for c in failed],
                 linestyle="none", marker="x", color=FAILED_COLOUR, markersize=8,
                 markeredgewidth=2)
-    for bunch in bunches(timeline):
+    for bunch in bunches(timeline, window.span):
         ax.annotate(bunch_text(bunch), (at(bunch[0].start_ns), rows[bunch[0].task]),
                     xytext=(6, 5), textcoords="offset points", fontsize=7)
 
@@ -213,15 +240,21 @@ def _label_lanes(ax, timeline: Timeline, per_lane: float) -> None:
                        fontsize=8 if per_lane >= 0.2 else 6, family="monospace")
 
 
-def _titles(ax, timeline: Timeline) -> None:
+def _titles(ax, timeline: Timeline, window: Window) -> None:
     # Offsets in points, so that title and summary never overlap whatever the height.
     ax.annotate(title(timeline), xy=(0, 1), xycoords="axes fraction", xytext=(0, 24),
                 textcoords="offset points", fontsize=11, fontweight="bold", family="monospace")
-    ax.annotate(summary(timeline), xy=(0, 1), xycoords="axes fraction", xytext=(0, 10),
+    shown = window_text(timeline, window)
+    ax.annotate(summary(timeline) + (f" · {shown}" if shown else ""), xy=(0, 1),
+                xycoords="axes fraction", xytext=(0, 10),
                 textcoords="offset points", fontsize=9, color="#333333")
     ax.annotate(lost_text(timeline), xy=(1, 1), xycoords="axes fraction", xytext=(0, 10),
                 textcoords="offset points", fontsize=9, ha="right",
                 color=FAILED_COLOUR if timeline.lost_events else "#333333")
+    if timeline.failed:
+        ax.annotate(outcome_text(timeline), xy=(0, 1), xycoords="axes fraction",
+                    xytext=(0, 42), textcoords="offset points", fontsize=10,
+                    fontweight="bold", color=FAILED_COLOUR)
 
 
 def _legend_handles(timeline: Timeline, colours: dict[str, str]) -> list:
@@ -238,135 +271,3 @@ def _legend_handles(timeline: Timeline, colours: dict[str, str]) -> list:
                               markersize=8, markeredgewidth=2,
                               label=f"getaddrinfo failed ({', '.join(errors)})"))
     return handles
-
-
-# HTML: an inline SVG with tooltips, no external resources
-LABEL_WIDTH = 360
-PLOT_WIDTH = 860
-LANE_HEIGHT = 20
-TOP = 34
-BOTTOM = 40
-
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font: 13px system-ui, sans-serif; margin: 16px; color: #222; }}
-h1 {{ font-size: 16px; margin: 0 0 4px; font-family: monospace; }}
-.lost {{ color: {lost_colour}; }}
-.legend span {{ display: inline-block; margin-right: 14px; }}
-.legend i {{ display: inline-block; width: 12px; height: 12px; vertical-align: -1px;
-  margin-right: 4px; }}
-svg text {{ font: 11px monospace; fill: #333; }}
-svg [data-tip]:hover {{ stroke: #000; stroke-width: 1; }}
-#tip {{ position: fixed; display: none; pointer-events: none; white-space: pre;
-  background: #fffff0; border: 1px solid #999; padding: 4px 6px; font: 12px monospace; }}
-</style></head><body>
-<h1>{title}</h1>
-<p>{summary} &middot; <span class="lost">{lost}</span></p>
-<p class="legend">{legend}</p>
-{svg}
-<div id="tip"></div>
-<script>
-const tip = document.getElementById("tip");
-document.querySelectorAll("[data-tip]").forEach(el => {{
-  el.addEventListener("mousemove", ev => {{
-    tip.textContent = el.dataset.tip;
-    tip.style.display = "block";
-    tip.style.left = (ev.clientX + 14) + "px";
-    tip.style.top = (ev.clientY + 10) + "px";
-  }});
-  el.addEventListener("mouseleave", () => {{ tip.style.display = "none"; }});
-}});
-</script>
-</body></html>
-"""
-
-
-def render_html(timeline: Timeline) -> str:
-    colours = creator_colours(timeline)
-    legend = "".join(
-        f'<span><i style="background:{colour}"></i>'
-        f"{html.escape(CREATOR_TITLES.get(creator, creator))}</span>"
-        for creator, colour in colours.items()
-    ) + (f'<span><i style="background:{CALL_COLOUR}"></i>getaddrinfo call</span>'
-         f'<span style="color:{FAILED_COLOUR}">&#x2716; getaddrinfo failed</span>')
-    return PAGE.format(
-        title=html.escape(title(timeline)), summary=html.escape(summary(timeline)),
-        lost=html.escape(lost_text(timeline)),
-        lost_colour=FAILED_COLOUR if timeline.lost_events else "#333",
-        legend=legend, svg=svg_timeline(timeline, colours),
-    )
-
-
-def svg_timeline(timeline: Timeline, colours: dict[str, str]) -> str:
-    total = max(timeline.end_ns - timeline.start_ns, 1)
-    height = TOP + LANE_HEIGHT * len(timeline.lanes) + BOTTOM
-
-    def x(ns: int) -> float:
-        return LABEL_WIDTH + PLOT_WIDTH * (ns - timeline.start_ns) / total
-
-    rows = {lane.task: row for row, lane in enumerate(timeline.lanes)}
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{LABEL_WIDTH + PLOT_WIDTH + 20}" '
-             f'height="{height}">']
-    parts += _svg_axis(timeline, x, height)
-    for row, lane in enumerate(timeline.lanes):
-        parts.append(_svg_lane(timeline, lane, row, x, colours[lane.creator]))
-    for lookup in timeline.lookups:
-        parts.append(_svg_lookup(timeline, lookup, rows[lookup.task], x))
-    for bunch in bunches(timeline):
-        y = TOP + rows[bunch[0].task] * LANE_HEIGHT
-        parts.append(f'<text x="{x(bunch[0].start_ns) + 5:.2f}" y="{y + 2}" '
-                     f'style="font-size:9px">{html.escape(bunch_text(bunch))}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
-
-
-def _svg_axis(timeline: Timeline, x, height: int) -> list[str]:
-    scale, unit = time_unit(timeline)
-    total = (timeline.end_ns - timeline.start_ns) / scale
-    parts = []
-    for tick in nice_ticks(total):
-        at = x(timeline.start_ns + int(tick * scale))
-        parts.append(f'<line x1="{at:.1f}" y1="{TOP - 6}" x2="{at:.1f}" y2="{height - BOTTOM}" '
-                     'stroke="#ddd" stroke-dasharray="3,3"/>')
-        parts.append(f'<text x="{at:.1f}" y="{height - BOTTOM + 14}" text-anchor="middle">'
-                     f"{tick:g}</text>")
-    parts.append(f'<text x="{LABEL_WIDTH + PLOT_WIDTH / 2}" y="{height - 6}" '
-                 f'text-anchor="middle">time since the start ({unit})</text>')
-    return parts
-
-
-def _svg_lane(timeline: Timeline, lane: Lane, row: int, x, colour: str) -> str:
-    y = TOP + row * LANE_HEIGHT
-    start, end = x(lane.start_ns), x(lane.end_ns or timeline.end_ns)
-    tip = html.escape(lane_tip(lane, timeline), quote=True)
-    return (
-        f'<g class="lane" id="lane-{lane.task}" data-tid="{lane.tid}">'
-        f'<text x="{LABEL_WIDTH - 8}" y="{y + 14}" text-anchor="end">'
-        f"{html.escape(lane_label(lane))}</text>"
-        f'<rect x="{start:.2f}" y="{y + 3}" width="{max(end - start, 2):.2f}" '
-        f'height="{LANE_HEIGHT - 6}" fill="{colour}" data-tip="{tip}"/></g>'
-    )
-
-
-def _svg_lookup(timeline: Timeline, lookup: Lookup, row: int, x) -> str:
-    y = TOP + row * LANE_HEIGHT
-    start = x(lookup.start_ns)
-    tip = html.escape(lookup_tip(lookup, timeline), quote=True)
-    if lookup.failed:
-        return (f'<text class="call failed" x="{start:.2f}" y="{y + 15}" text-anchor="middle" '
-                f'style="fill:{FAILED_COLOUR};font-size:14px;font-weight:bold" '
-                f'data-tip="{tip}">&#x2716;</text>')
-    width = max(x(lookup.end_ns or timeline.end_ns) - start, 2)
-    return (f'<rect class="call" x="{start:.2f}" y="{y + 6}" width="{width:.2f}" '
-            f'height="{LANE_HEIGHT - 12}" fill="{CALL_COLOUR}" data-tip="{tip}"/>')
-
-
-def nice_ticks(total: float, count: int = 8) -> list[float]:
-    """Round tick values (1, 2 or 5 times a power of ten apart) from 0 to ``total``."""
-    if total <= 0:
-        return [0.0]
-    raw = total / count
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    return [i * step for i in range(int(total / step) + 1)]

@@ -1,0 +1,22 @@
+"""Writing a timeline: what is written follows the file's name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from observer.timeline.html import render_html
+from observer.timeline.model import Timeline, Window, window_of
+from observer.timeline.render import render_picture
+from observer.timeline.trace import is_trace_path, write_trace
+
+
+def render(timeline: Timeline, path: Path, window: Window | None = None) -> None:
+    """A picture (.png, .svg), the interactive page (.html) or a Chrome trace (.trace.json);
+    ``window`` is the part shown (the trace always holds everything)."""
+    window = window or window_of(timeline)
+    if is_trace_path(path):
+        write_trace(timeline, path)
+    elif path.suffix.lower() == ".html":
+        path.write_text(render_html(timeline, window))
+    else:
+        render_picture(timeline, path, window)
