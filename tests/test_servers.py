@@ -87,7 +87,9 @@ def assert_exact(running, port: int, counts: Path, processes: int) -> dict:
         raise AssertionError(f"{timeout}: {seen}\n{running.log()[-3000:]}") from None
     # One lookup per request: these and the one answering() got through.
     assert truth["getaddrinfo"] == REQUESTS + 1
-    assert running.scrape().value("thread_observer_processes", target="web") == processes
+    # A worker recycled by the last requests is replaced within a poll or two.
+    wait_until(lambda: running.scrape().value("thread_observer_processes", target="web")
+               == processes, 10, f"{processes} processes in the target")
     return truth
 
 
