@@ -95,6 +95,15 @@ def wait_answering(port, server) -> None:
             time.sleep(0.1)
 
 
+def end_with_parent() -> None:
+    """In the server's process before it runs: SIGTERM when this workload dies, even killed
+    (the server has a session of its own, out of reach of the workload's process group)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def stop(server) -> None:
     """SIGTERM to the server's process group: its workers end with it."""
     with contextlib.suppress(ProcessLookupError):
@@ -130,7 +139,8 @@ def main(argv=None) -> int:
         port = free_tcp_port()
         server = subprocess.Popen(server_command(args.stack, port, folder), cwd=folder,
                                   env=server_environment(counts, backend),
-                                  start_new_session=True, stdout=sys.stderr)  # the truth's own
+                                  start_new_session=True, stdout=sys.stderr,  # the truth's own
+                                  preexec_fn=end_with_parent)
         try:
             wait_answering(port, server)
             ok = sum(get(port) == 200 for _ in range(args.requests))
