@@ -27,7 +27,8 @@ from observer.labels import host_label
 
 log = logging.getLogger(__name__)
 
-PROBE_FILES = ("watched.h", "processes.bpf.c", "threads.bpf.c", "getaddrinfo.bpf.c")
+PROBE_FILES = ("watched.h", "python_stack.h", "processes.bpf.c", "threads.bpf.c",
+               "getaddrinfo.bpf.c")
 INIT_PID_NAMESPACE_INO = 0xEFFFFFFC
 EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 # Tracepoints handled by functions that need no tracepoint arguments.
@@ -42,6 +43,11 @@ MAPS = (
     "getaddrinfo_calls_total", "getaddrinfo_failures_total", "getaddrinfo_duration_seconds",
     "getaddrinfo_duration_ns_sum", "getaddrinfo_host_calls_total", "getaddrinfo_started",
     "event_loop_threads", "exec_arguments_by_thread",
+)
+SITE_MAPS = (
+    "python_processes", "python_thread_states", "pending_thread_sites", "live_thread_sites",
+    "threads_created_by_site_total", "getaddrinfo_calls_by_site_total",
+    "site_stacks_dropped_total",
 )
 # (symbol, BPF function, on return): the metrics' probes, and the timeline's.
 UPROBES = (
@@ -79,6 +85,30 @@ class RawCounts:
     duration_slots: Counter[int] = field(default_factory=Counter)
     duration_sum_ns: int = 0
     hosts: Counter[str] = field(default_factory=Counter)
+    # (StackFlag bits, code object addresses innermost first) -> count
+    thread_stacks: Counter[tuple[int, tuple[int, ...]]] = field(default_factory=Counter)
+    call_stacks: Counter[tuple[int, tuple[int, ...]]] = field(default_factory=Counter)
+    # Events counted as <other> because a by-site map was full: None for threads, else caller
+    dropped_sites: Counter[str | None] = field(default_factory=Counter)
+    sites_read: bool = False  # the process has by-site counters (its interpreter was found)
+
+
+def stack_of(key) -> tuple[int, tuple[int, ...]]:
+    codes = tuple(key.code)
+    depth = next((i for i, code in enumerate(codes) if code == 0), len(codes))
+    return key.flags, codes[:depth]
+
+
+def _add_thread_stack(counts: RawCounts, key, value: int) -> None:
+    counts.thread_stacks[stack_of(key)] += value
+
+
+def _add_call_stack(counts: RawCounts, key, value: int) -> None:
+    counts.call_stacks[stack_of(key)] += value
+
+
+def _add_dropped(counts: RawCounts, key, value: int) -> None:
+    counts.dropped_sites[Caller(key.kind - 1).label if key.kind else None] += value
 
 
 def _add_created(counts: RawCounts, key, value: int) -> None:
@@ -118,6 +148,11 @@ COUNTER_MAPS = {
     "getaddrinfo_duration_seconds": _add_slot,
     "getaddrinfo_duration_ns_sum": _add_sum,
     "getaddrinfo_host_calls_total": _add_host,
+}
+SITE_COUNTER_MAPS = {
+    "threads_created_by_site_total": _add_thread_stack,
+    "getaddrinfo_calls_by_site_total": _add_call_stack,
+    "site_stacks_dropped_total": _add_dropped,
 }
 
 
@@ -205,11 +240,14 @@ KERNEL_DROPS = ("children_not_watched_total", "exec_reports_lost_total")
 
 
 class BpfProbes:
-    def __init__(self, track_new_processes: bool, follow_children: bool = True) -> None:
+    def __init__(self, track_new_processes: bool, sites: bool = True,
+                 follow_children: bool = True) -> None:
         self.track_new_processes = track_new_processes
+        self.sites = sites
         self.follow_children = follow_children
+        self.counter_maps = {**COUNTER_MAPS, **(SITE_COUNTER_MAPS if sites else {})}
+        self.maps = (*MAPS, *(SITE_MAPS if sites else ()))
         self._exec_reports: list[ExecReport] = []
-        self._in_pid_namespace = False
         # Every probe is listed from the start, so one that failed to attach shows 0.
         self.probes_attached: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
         self.attach_errors: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
@@ -218,14 +256,14 @@ class BpfProbes:
 
     # Loading
     def load(self) -> None:
-        cflags = [*bpf_cflags(self.track_new_processes),
+        cflags = [*bpf_cflags(self.track_new_processes, self.sites),
                   f"-DFOLLOW_CHILDREN={int(self.follow_children)}"]
         self._bpf = compile_probes(PROBE_FILES, cflags, "probes")
         for tracepoint in MACRO_TRACEPOINTS:
             self.probes_attached[tracepoint.split(":")[1]] += 1  # attached by bcc on load
         plain = PLAIN_TRACEPOINTS
-        self._in_pid_namespace = bool(pid_namespace_cflags())
-        if self._in_pid_namespace:
+        if pid_namespace_cflags():
+            self.maps = (*self.maps, "forked_children")
             plain = [*plain, *((name, "adopt_forked_child") for name in CHILD_RETURNS)]
         for tracepoint, function in plain:
             self._attach_tracepoint(tracepoint, function)
@@ -325,7 +363,12 @@ class BpfProbes:
         for key, value in list(watched.items()):
             if matches(key.value, value.generation):
                 watched.pop(key, None)
-        for name in COUNTER_MAPS:
+        if self.sites:
+            pythons = self._bpf["python_processes"]
+            for key, value in list(pythons.items()):
+                if matches(key.value, value.generation):
+                    pythons.pop(key, None)
+        for name in self.counter_maps:
             table = self._bpf[name]
             for key in [k for k in table if matches(k.tgid, k.generation)]:
                 table.pop(key, None)
@@ -342,7 +385,7 @@ class BpfProbes:
             return key.generation < started and live.get(key.tgid) != key.generation
 
         swept = 0
-        for name in COUNTER_MAPS:
+        for name in self.counter_maps:
             table = self._bpf[name]
             for key in [k for k in table if stale(k)]:
                 table.pop(key, None)
@@ -353,16 +396,46 @@ class BpfProbes:
     def read_counts(self, generations: dict[int, int]) -> dict[int, RawCounts]:
         """Counters of the given processes (tgid -> generation), by tgid."""
         counts: dict[int, RawCounts] = defaultdict(RawCounts)
-        for name, add in COUNTER_MAPS.items():
+        for name, add in self.counter_maps.items():
             for key, value in table_items(self._bpf[name]):
                 if generations.get(key.tgid) == key.generation:
                     add(counts[key.tgid], key, value.value)
+        if self.sites:
+            for tgid, _ in table_items(self._bpf["python_processes"]):
+                if tgid.value in generations:
+                    counts[tgid.value].sites_read = True
         return counts
+
+    def live_thread_stacks(self, generations: dict[int, int]) -> dict[int, Counter]:
+        """Live threads of the given processes by the stack that created them, by tgid."""
+        stacks: dict[int, Counter] = defaultdict(Counter)
+        if self.sites:
+            for _, key in table_items(self._bpf["live_thread_sites"]):
+                if generations.get(key.tgid) == key.generation:
+                    stacks[key.tgid][stack_of(key)[1]] += 1
+        return stacks
+
+    def set_python_process(self, tgid: int, generation: int, runtime) -> None:
+        """Lets the probes read this process's Python frames (python_stack.h)."""
+        table = self._bpf["python_processes"]
+        offsets = runtime.offsets
+        table[ctypes.c_uint32(tgid)] = table.Leaf(
+            generation, runtime.threads_head, offsets["tstate_next"],
+            offsets["tstate_native_thread_id"], offsets["tstate_frame"],
+            offsets["cframe_current_frame"], offsets["frame_previous"], offsets["frame_code"],
+            offsets["frame_owner"], offsets["code_flags"], offsets["tstate_prev"], 0,
+            frame_read_size(offsets), *runtime.text,
+        )
 
     def map_entries(self) -> dict[str, int]:
         """Entries in each map, to show they stay bounded."""
-        names = (*MAPS, "forked_children") if self._in_pid_namespace else MAPS
-        return {name: sum(1 for _ in self._bpf[name]) for name in names}
+        return {name: sum(1 for _ in self._bpf[name]) for name in self.maps}
+
+
+def frame_read_size(offsets: dict[str, int]) -> int:
+    """Bytes of a frame the probes read at once: up to the end of its last field used."""
+    return max(offsets["frame_code"] + 8, offsets["frame_previous"] + 8,
+               offsets["frame_owner"] + 1)
 
 
 def table_items(table) -> list:

@@ -62,6 +62,9 @@ def add_run_parser(subparsers, parents) -> None:
                          "auto: bpf, or proc when eBPF cannot work here (default)")
     parser.add_argument("--label-pid", action="store_true",
                         help="add a pid label to every per-target series")
+    parser.add_argument("--no-sites", dest="sites", action="store_false",
+                        help="do not read Python frames: no call sites, no executor threads, "
+                        "caller=event_loop from the epoll mark alone")
     parser.add_argument("--interval", type=positive_float, default=0.25, metavar="SECONDS",
                         help="how often new and exited processes are handled "
                         "(default %(default)s)")

@@ -45,11 +45,21 @@ class Series:
         self.threads = 0
         self.counts: Counts | None = None
         self.executor_max_workers: int | None = None
+        self.executor_threads: Counter[str] | None = None  # by pool, summed
+        self.default_executor_saturation: float | None = None  # the fullest process's
         self.unnamed = 0  # node mode: its processes in a pod whose names were not found
 
     def add_row(self, row: ProcessRow) -> None:
         self.processes += 1
         self.threads += row.threads
+        if row.executor_threads is not None:
+            self.executor_threads = (self.executor_threads or Counter()) + row.executor_threads
+            for pool in row.executor_threads:
+                self.executor_threads.setdefault(pool, 0)
+            if row.executor_max_workers:
+                ratio = row.executor_threads["default"] / row.executor_max_workers
+                self.default_executor_saturation = max(self.default_executor_saturation or 0.0,
+                                                       ratio)
         if row.executor_max_workers is not None:
             self.executor_max_workers = max(
                 self.executor_max_workers or 0, row.executor_max_workers
@@ -136,6 +146,7 @@ class ObserverCollector(Collector):
         if counted:
             yield from _thread_counters(counted, labels)
             yield from _getaddrinfo_metrics(counted, labels)
+            yield from _site_metrics(counted, labels)
 
     def _self_metrics(self, snapshot: Snapshot, groups: list[Series]) -> Iterator[Metric]:
         info = GaugeMetricFamily(
@@ -170,6 +181,7 @@ class ObserverCollector(Collector):
         for name, count in sorted(snapshot.losses.items()):
             yield CounterMetricFamily(_name(name.removesuffix("_total")), LOSSES[name],
                                       value=count)
+        yield from _site_self_metrics(snapshot)
         if self._pod_names is not None:
             yield GaugeMetricFamily(
                 _name("unnamed_pod_processes"),
@@ -252,6 +264,61 @@ def _getaddrinfo_metrics(groups: list[Series], labels: list[str]) -> Iterator[Me
         for host, count in sorted(counts.hosts.items()):
             hosts.add_metric([*group.labels, host], count)
     yield from (calls, failures, duration, hosts)
+
+
+def _site_metrics(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
+    """By Python call site, and executor threads: only where the frames can be read."""
+    threads = CounterMetricFamily(
+        _name("threads_created_by_site"),
+        "Threads created, by the Python code that started them (<native>: no Python frame)",
+        labels=[*labels, "site"],
+    )
+    calls = CounterMetricFamily(
+        _name("getaddrinfo_calls_by_site"),
+        "getaddrinfo calls, by the Python code that made them and whether a coroutine was "
+        "running (caller=event_loop)", labels=[*labels, "site", "caller"],
+    )
+    pools = GaugeMetricFamily(
+        _name("executor_threads"),
+        "Live threads of thread pools: the loop's default executor, other ThreadPoolExecutors, "
+        "AnyIO's workers", labels=[*labels, "pool"],
+    )
+    saturation = GaugeMetricFamily(
+        _name("executor_saturation_ratio"),
+        "Live default-executor threads over its max_workers, in the fullest process",
+        labels=[*labels, "pool"],
+    )
+    for group in groups:
+        counts = group.counts
+        for site, count in sorted((counts.threads_by_site or {}).items()):
+            threads.add_metric([*group.labels, site], count)
+        for (site, caller), count in sorted((counts.calls_by_site or {}).items()):
+            calls.add_metric([*group.labels, site, caller], count)
+        for pool, count in sorted((group.executor_threads or {}).items()):
+            pools.add_metric([*group.labels, pool], count)
+        if group.default_executor_saturation is not None:
+            saturation.add_metric([*group.labels, "default"], group.default_executor_saturation)
+    yield from (threads, calls, pools, saturation)
+
+
+def _site_self_metrics(snapshot: Snapshot) -> Iterator[Metric]:
+    unavailable = GaugeMetricFamily(
+        _name("sites_unavailable"),
+        "Attached processes whose Python frames cannot be read, by reason (their sites and "
+        "executor threads are absent; caller falls back to the epoll mark)", labels=["reason"],
+    )
+    reasons = Counter(row.sites_unavailable for row in snapshot.rows if row.sites_unavailable)
+    for reason, count in sorted(reasons.items()):
+        unavailable.add_metric([reason], count)
+    yield unavailable
+    counted = [row.counts for row in snapshot.rows if row.counts is not None]
+    counted += list(snapshot.retired.values())
+    if counted:
+        yield CounterMetricFamily(
+            _name("site_stacks_dropped"),
+            "Events counted under site=\"<other>\" because a by-site map was full",
+            value=sum(counts.site_stacks_dropped for counts in counted),
+        )
 
 
 def _target_info(snapshot: Snapshot, pod_names: PodNames | None) -> Metric:

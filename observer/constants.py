@@ -52,6 +52,30 @@ class MapSize(enum.IntEnum):
     EXEC_RINGBUF_PAGES = 128
 
 
+class SiteLimit(enum.IntEnum):
+    """Bounds of the Python stack reading in the kernel (probes/python_stack.h)."""
+
+    STACK_DEPTH = 16  # code objects kept per stack (a power of two)
+    MAX_FRAMES_WALKED = 64  # frames looked at for a coroutine before giving up
+    MAX_THREADS_WALKED = 256  # thread states looked at to find the caller's
+    MAX_SITE_STACKS = 16384  # distinct (process, stack) keys per by-site map
+    MAX_LIVE_THREADS = 16384  # threads remembered with the stack that created them
+    FRAME_HEADER_SIZE = 128  # the buffer a frame's header is read into (a power of two)
+    FRAME_READ_SIZE = 80  # bytes of a frame read at once: previous, code and owner lie inside
+    FRAME_OWNED_BY_CSTACK = 3  # an entry frame of the C stack (3.12+): no code of its own
+    # CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR
+    CO_COROUTINE_FLAGS = 0x80 | 0x100 | 0x200
+
+
+class StackFlag(enum.IntFlag):
+    """The ``flags`` of a by-site key: what was learnt reading the stack."""
+
+    FRAMES_READ = 1  # the thread has a PyThreadState and its frames were read
+    COROUTINE = 2  # a coroutine or async generator frame is on the stack
+    TRUNCATED = 4  # MAX_FRAMES_WALKED reached before the outermost frame
+    EVENT_LOOP = 8  # getaddrinfo: the call was counted caller=event_loop
+
+
 # glibc's and musl's EAI_* codes (netdb.h); both agree on these values.
 EAI_NAMES = {
     -1: "EAI_BADFLAGS",
@@ -79,11 +103,15 @@ def eai_name(code: int) -> str:
     return EAI_NAMES.get(code, "EAI_OTHER")
 
 
-def bpf_cflags(track_new_processes: bool) -> list[str]:
+def bpf_cflags(track_new_processes: bool, sites: bool = False) -> list[str]:
     """The shared -D flags; each program adds its own FOLLOW_CHILDREN."""
     flags = [f"-DSTATE_{state.name}={state.value}" for state in ProcessState]
     flags += [f"-DCALLER_{caller.name}={caller.value}" for caller in Caller]
     # __members__, not iteration: equal sizes are aliases, which iterating an enum skips.
     flags += [f"-D{name}={size.value}" for name, size in MapSize.__members__.items()]
     flags.append(f"-DTRACK_NEW_PROCESSES={int(track_new_processes)}")
+    flags.append(f"-DSITES={int(sites)}")
+    if sites:
+        flags += [f"-D{name}={limit.value}" for name, limit in SiteLimit.__members__.items()]
+        flags += [f"-DSTACK_{flag.name}={flag.value}" for flag in StackFlag]
     return flags

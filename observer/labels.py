@@ -37,14 +37,31 @@ class HostLabels:
         self.admitted: set[str] = set()
 
     def relabel(self, hosts: Counter[str]) -> Counter[str]:
+        self.admit(hosts)
+        relabelled: Counter[str] = Counter()
+        for host, count in hosts.items():
+            relabelled[self.label(host)] += count
+        return relabelled
+
+    def admit(self, hosts: Counter[str]) -> None:
         for host, _ in sorted(hosts.items(), key=lambda item: (-item[1], item[0])):
             if len(self.admitted) >= self.limit:
                 break
             self.admitted.add(host[:MAX_HOST_LENGTH])
-        relabelled: Counter[str] = Counter()
-        for host, count in hosts.items():
-            label = host[:MAX_HOST_LENGTH]
-            relabelled[label if label in self.admitted else OTHER_HOSTS] += count
+
+    def label(self, host: str) -> str:
+        label = host[:MAX_HOST_LENGTH]
+        return label if label in self.admitted else OTHER_HOSTS
+
+    def relabel_calls(self, calls: Counter[tuple[str, str]]) -> Counter[tuple[str, str]]:
+        """The same bound for (site, caller) keys, admitted by site: the ``site`` label."""
+        by_site: Counter[str] = Counter()
+        for (site, _), count in calls.items():
+            by_site[site] += count
+        self.admit(by_site)
+        relabelled: Counter[tuple[str, str]] = Counter()
+        for (site, caller), count in calls.items():
+            relabelled[(self.label(site), caller)] += count
         return relabelled
 
 

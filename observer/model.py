@@ -17,6 +17,10 @@ class Counts:
     duration_slots: Counter[int] = field(default_factory=Counter)  # log2 ns slot -> calls
     duration_sum_ns: int = 0
     hosts: Counter[str] = field(default_factory=Counter)  # getaddrinfo calls by host label
+    # By Python call site; None where the process's frames cannot be read (sites unavailable)
+    threads_by_site: Counter[str] | None = None
+    calls_by_site: Counter[tuple[str, str]] | None = None  # (site, caller) -> calls
+    site_stacks_dropped: int = 0  # events counted as <other> because a stack map was full
 
     def add(self, other: Counts) -> None:
         self.threads_created.update(other.threads_created)
@@ -26,6 +30,11 @@ class Counts:
         self.duration_slots.update(other.duration_slots)
         self.duration_sum_ns += other.duration_sum_ns
         self.hosts.update(other.hosts)
+        if other.threads_by_site is not None:
+            self.threads_by_site = (self.threads_by_site or Counter()) + other.threads_by_site
+        if other.calls_by_site is not None:
+            self.calls_by_site = (self.calls_by_site or Counter()) + other.calls_by_site
+        self.site_stacks_dropped += other.site_stacks_dropped
 
 
 @dataclass
@@ -37,6 +46,8 @@ class ProcessRow:
     executor_max_workers: int | None = None
     container_id: str = ""
     pod_uid: str = ""
+    executor_threads: Counter[str] | None = None  # live threads by pool; None: unknown
+    sites_unavailable: str | None = None  # why Python frames cannot be read, when they cannot
 
 
 @dataclass

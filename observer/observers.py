@@ -15,12 +15,13 @@ from dataclasses import dataclass, replace
 
 import psutil
 
-from observer import labels, procfs
+from observer import labels, procfs, pyruntime
 from observer.bpf_backend import UPROBE_NAMES, BpfProbes, RawCounts, WatchedEntry, attach_libc_of
 from observer.capabilities import uprobe_capability_hint
-from observer.constants import ProcessState
-from observer.labels import HostLabels
+from observer.constants import ProcessState, StackFlag
+from observer.labels import OTHER_HOSTS, HostLabels
 from observer.model import Counts, ProcessRow, Snapshot
+from observer.sites import SITES_PER_TARGET, ProcessSites
 from observer.targets import (
     OTHER_TARGET,
     PidTarget,
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 SCAN_INTERVAL = 1.0  # seconds between two full scans of /proc for new and gone processes
 # Children attached per poll at most: a fork storm must not hold the scrape's lock for long.
 MAX_ADOPTIONS_PER_POLL = 64
+# Polls a process caught before its interpreter is initialised is looked at again (at the
+# default interval, 10 s).
+SITE_TRIES = 40
 
 @dataclass
 class TrackedProcess:
@@ -48,12 +52,16 @@ class TrackedProcess:
     container_id: str = ""
     pod_uid: str = ""
     inherited: bool = False  # in its target as a descendant, not by its own match
+    sites: ProcessSites | None = None  # its Python frames can be read
+    sites_unavailable: str | None = None  # else why not (None while still looking)
+    site_tries: int = 0
 
     def row(self, counts: Counts | None) -> ProcessRow:
         return ProcessRow(
             target=self.target, pid=self.pid, threads=live_threads(self.pid), counts=counts,
             executor_max_workers=self.executor_max_workers,
             container_id=self.container_id, pod_uid=self.pod_uid,
+            sites_unavailable=self.sites_unavailable,
         )
 
 
@@ -101,6 +109,8 @@ class ProcObserver:
         # folded counts of its exited processes.
         self.containers_apart = containers_apart
         self.host_labels: dict[str, HostLabels] = {}
+        # (thread sites, getaddrinfo sites) of each target
+        self.site_labels: dict[str, tuple[HostLabels, HostLabels]] = {}
         self._lock = threading.Lock()
         self._last_scan = 0.0
         self._self_pid = os.getpid()
@@ -232,6 +242,7 @@ class ProcObserver:
             self.retired.pop(key, None)
         if not self._has_processes(tracked.target):
             self.host_labels.pop(tracked.target, None)
+            self.site_labels.pop(tracked.target, None)
 
     def _has_key(self, key: tuple[str, str, str]) -> bool:
         return any(self.retire_key(t) == key for t in self.procs.values())
@@ -286,9 +297,9 @@ class BpfObserver(ProcObserver):
 
     backend = "bpf"
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, sites: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.probes = BpfProbes(track_new_processes=bool(self.regex_targets),
+        self.probes = BpfProbes(track_new_processes=bool(self.regex_targets), sites=sites,
                                 follow_children=self.follow_children)
         self.numbers = TargetNumbers()
         self._remember_rejections = True  # exec marks a process pending again
@@ -336,6 +347,9 @@ class BpfObserver(ProcObserver):
         for tgid, generation in forget.items():
             if self.started_cmdlines.get(tgid, (None,))[0] == generation:
                 del self.started_cmdlines[tgid]
+        for tracked in self.procs.values():
+            if tracked.sites is None and tracked.sites_unavailable is None:
+                self._find_python(tracked)
         super()._poll_locked()
 
     def _scan(self) -> None:
@@ -422,6 +436,8 @@ class BpfObserver(ProcObserver):
             self.probes.set_state(tgid, WatchedEntry(
                 ProcessState.WATCHED, self.numbers.number(target), entry.generation, entry.parent))
             self._describe(tracked)  # new program image: new mappings
+            tracked.sites, tracked.sites_unavailable, tracked.site_tries = None, None, 0
+            self._find_python(tracked)
 
     def _attach(self, pid: int, target: str, inherited: bool = False,
                 probe_libc: bool = True) -> TrackedProcess | None:
@@ -431,7 +447,36 @@ class BpfObserver(ProcObserver):
         tracked.generation = self.probes.watch(pid, self.numbers.number(target))
         if probe_libc:
             self._attach_libc(pid)
+        self._find_python(tracked)
         return tracked
+
+    def _find_python(self, tracked: TrackedProcess) -> None:
+        """Lets the probes read the process's Python frames, once its offsets check out."""
+        if not self.probes.sites:
+            tracked.sites_unavailable = "disabled"
+            return
+        tracked.site_tries += 1
+        try:
+            runtime = pyruntime.locate(tracked.pid, procfs.read_maps(tracked.pid))
+        except pyruntime.NotReadyYet as err:
+            if tracked.site_tries >= SITE_TRIES:
+                self._no_sites(tracked, err.reason, str(err))
+            return
+        except pyruntime.SitesUnavailable as err:
+            self._no_sites(tracked, err.reason, str(err))
+            return
+        except OSError as err:
+            log.debug("process %d went away while reading its interpreter: %s", tracked.pid, err)
+            return
+        self.probes.set_python_process(tracked.pid, tracked.generation, runtime)
+        tracked.sites = ProcessSites(pyruntime.CodeReader(tracked.pid, runtime).code)
+        log.info("pid %d: Python %d.%d call sites read from its frames", tracked.pid,
+                 *runtime.version)
+
+    def _no_sites(self, tracked: TrackedProcess, reason: str, detail: str) -> None:
+        tracked.sites_unavailable = reason
+        log.warning("pid %d: Python call sites unavailable (%s): %s; caller=event_loop falls "
+                    "back to the epoll mark", tracked.pid, reason, detail)
 
     def _attach_libc(self, pid: int) -> None:
         try:
@@ -465,12 +510,19 @@ class BpfObserver(ProcObserver):
         raw = self.probes.read_counts({pid: t.generation for pid, t in procs.items()})
         return {pid: resolve_counts(raw_counts, procs[pid]) for pid, raw_counts in raw.items()}
 
+    def _executor_threads(self) -> dict[int, Counter[str]]:
+        live = self.probes.live_thread_stacks({p: t.generation for p, t in self.procs.items()})
+        return {pid: tracked.sites.executor_threads(live.get(pid, Counter()))
+                for pid, tracked in self.procs.items() if tracked.sites is not None}
+
     def snapshot(self) -> Snapshot:
         with self._lock:
             counts = self._counts(self.procs)
-            rows = [t.row(counts.get(pid, Counts())) for pid, t in self.procs.items()]
+            pools = self._executor_threads()
+            rows = [t.row(counts.get(pid, empty_counts(t))) for pid, t in self.procs.items()]
             for row in rows:
                 row.counts = self._bound_hosts(row.target, row.counts)
+                row.executor_threads = pools.get(row.pid)
             return Snapshot(
                 backend=self.backend,
                 rows=rows,
@@ -486,21 +538,44 @@ class BpfObserver(ProcObserver):
             )
 
     def _bound_hosts(self, target: str, counts: Counts) -> Counts:
-        labels = self.host_labels.setdefault(target, HostLabels())
-        return replace(counts, hosts=labels.relabel(counts.hosts))
+        """Host and site labels bounded per target (the most counted first)."""
+        hosts = self.host_labels.setdefault(target, HostLabels())
+        counts = replace(counts, hosts=hosts.relabel(counts.hosts))
+        threads, calls = self.site_labels.setdefault(
+            target, (HostLabels(SITES_PER_TARGET), HostLabels(SITES_PER_TARGET)))
+        if counts.threads_by_site is not None:
+            counts.threads_by_site = threads.relabel(counts.threads_by_site)
+        if counts.calls_by_site is not None:
+            counts.calls_by_site = calls.relabel_calls(counts.calls_by_site)
+        return counts
+
+
+def empty_counts(tracked: TrackedProcess) -> Counts:
+    """Counts of a process that has counted nothing yet."""
+    return resolve_counts(RawCounts(), tracked)
 
 
 def resolve_counts(raw: RawCounts, tracked: TrackedProcess) -> Counts:
-    """Kernel counts with start routines turned into creator labels."""
+    """Kernel counts with start routines turned into creator labels, and stacks into sites."""
     created: Counter[str] = Counter()
     for routine, count in raw.created_by_routine.items():
         created[creator_label(tracked, routine, created)] += count
-    return Counts(
+    counts = Counts(
         threads_created=created, threads_exited=raw.threads_exited,
         getaddrinfo_calls=raw.calls, getaddrinfo_failures=raw.failures,
         duration_slots=raw.duration_slots, duration_sum_ns=raw.duration_sum_ns,
         hosts=raw.hosts,
     )
+    if tracked.sites is not None:
+        counts.threads_by_site = tracked.sites.threads_by_site(raw.thread_stacks)
+        counts.calls_by_site = tracked.sites.calls_by_site(raw.call_stacks, StackFlag.EVENT_LOOP)
+        for caller, dropped in raw.dropped_sites.items():
+            if caller is None:
+                counts.threads_by_site[OTHER_HOSTS] += dropped
+            else:
+                counts.calls_by_site[(OTHER_HOSTS, caller)] += dropped
+            counts.site_stacks_dropped += dropped
+    return counts
 
 
 def creator_label(tracked: TrackedProcess, routine: int, seen: Counter[str]) -> str:

@@ -36,7 +36,7 @@ def make_observer(args: argparse.Namespace):
     problem = bpf_problem()
     if problem is None:
         try:
-            return started(BpfObserver(**options))
+            return started(BpfObserver(**options, sites=getattr(args, "sites", True)))
         except BpfUnavailable as err:
             problem = str(err)
     if args.backend == "bpf":

@@ -1,5 +1,7 @@
-// getaddrinfo: calls, latency (log2 histogram), failures by EAI_* code, and whether the
-// calling thread is an event loop (it has waited in epoll_wait/epoll_pwait/epoll_pwait2).
+// getaddrinfo: calls, latency (log2 histogram), failures by EAI_* code, and whether the call
+// was made on an event loop: a coroutine on the caller's Python stack (python_stack.h), or,
+// where the frames cannot be read, a thread that has waited in epoll_wait/epoll_pwait/
+// epoll_pwait2.
 //
 // Maps become metrics (observer/bpf_backend.py):
 //   getaddrinfo_calls_total       {process, caller} -> count  thread_observer_getaddrinfo_calls_total
@@ -8,7 +10,10 @@
 //   getaddrinfo_duration_ns_sum   {process} -> ns             (its _sum)
 //   getaddrinfo_host_calls_total  {process, host} -> count    thread_observer_getaddrinfo_host_calls_total
 //                                    (bounded: when full, calls still count in the totals above)
+//   getaddrinfo_calls_by_site_total {process, stack, caller} -> count (python_stack.h)
+//                                             thread_observer_getaddrinfo_calls_by_site_total
 #include "watched.h"
+#include "python_stack.h"
 
 #ifndef MAX_THREADS
 #error "MAX_THREADS must be given as a -D cflag by observer/constants.py"
@@ -56,6 +61,8 @@ struct host_key {
 
 struct call_in_progress {
     u64 started_ns;
+    u32 caller;  // decided at entry, where the frames are read
+    u32 reserved;
     char host[HOST_LENGTH];
 };
 
@@ -132,16 +139,29 @@ int forget_thread(void *ctx)
         event_loop_threads.delete(&tid);
     if (getaddrinfo_started.lookup(&tid))
         getaddrinfo_started.delete(&tid);
+    // Only watched processes have Python thread state here: one lookup for the rest.
+    if (watched_generation(current_pid_tgid() >> 32))
+        forget_python_thread(tid, (u32)bpf_get_current_pid_tgid());
     return 0;
 }
 
 int getaddrinfo_entry(struct pt_regs *ctx)
 {
     u64 id = current_pid_tgid();
-    u32 tid = (u32)id;
-    if (!watched_generation(id >> 32))
+    u32 tgid = id >> 32, tid = (u32)id;
+    u64 generation = watched_generation(tgid);
+    if (!generation)
         return 0;
     struct call_in_progress call = {.started_ns = bpf_ktime_get_ns()};
+    int epoll_marked = event_loop_threads.lookup(&tid) != NULL;
+    call.caller = epoll_marked ? CALLER_EVENT_LOOP : CALLER_OTHER;
+#if SITES
+    struct site_key *site = site_scratch_key();
+    if (site && read_python_stack(tgid, tid, generation, site, 1)) {
+        call.caller = caller_from_stack(site, epoll_marked);
+        add_call_site(site, call.caller);
+    }
+#endif
     // A NULL or unreadable node leaves the name empty.
     bpf_probe_read_user_str(call.host, sizeof(call.host), (void *)PT_REGS_PARM1(ctx));
     getaddrinfo_started.update(&tid, &call);
@@ -175,12 +195,9 @@ int getaddrinfo_return(struct pt_regs *ctx)
     }
     struct host_key host = {.tgid = tgid, .generation = generation};
     __builtin_memcpy(host.host, call->host, sizeof(host.host));
+    struct caller_key calls = {.tgid = tgid, .caller = call->caller, .generation = generation};
     getaddrinfo_started.delete(&tid);
     add_host(&host);
-
-    struct caller_key calls = {.tgid = tgid, .caller = CALLER_OTHER, .generation = generation};
-    if (event_loop_threads.lookup(&tid))
-        calls.caller = CALLER_EVENT_LOOP;
     add_call(&calls);
 
     int rc = PT_REGS_RC(ctx);

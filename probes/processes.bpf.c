@@ -14,6 +14,7 @@
 // Parameters (-D cflags from observer/constants.py): MAX_ARGS, ARG_LENGTH,
 // EXEC_RINGBUF_PAGES, MAX_THREADS, plus watched.h's.
 #include "watched.h"
+#include "python_stack.h"
 
 #ifndef MAX_ARGS
 #error "MAX_ARGS must be defined (observer/constants.py MapSize)"
@@ -115,10 +116,13 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     // A new program: counted from here, classified by its command line in user space. A
     // watched process keeps its target (a child stays in its parent's) and its generation
     // until user space has seen what it became.
-    u32 tgid = current_pid_tgid() >> 32;
+    u64 id = current_pid_tgid();
+    u32 tgid = id >> 32;
     u32 old_tid = args->old_pid;  // the host's id of the thread that called execve
     struct exec_arguments *arguments = exec_arguments_by_thread.lookup(&old_tid);
     struct watched_process *old = tgid ? watched_tgids.lookup(&tgid) : 0;
+    if (old)
+        forget_python_process(tgid, (u32)id);  // a new image: its interpreter is found again
     if (tgid && (old || TRACK_NEW_PROCESSES)) {
         struct watched_process process = {.state = STATE_PENDING};
         if (old && old->state != STATE_EXITED) {

@@ -5,7 +5,10 @@
 // Maps become metrics (observer/bpf_backend.py):
 //   threads_created_total  {process, start_routine} -> count  thread_observer_threads_created_total
 //   threads_exited_total   {process} -> count                 thread_observer_threads_exited_total
+//   threads_created_by_site_total {process, stack} -> count   (python_stack.h)
+//                                                   thread_observer_threads_created_by_site_total
 #include "watched.h"
+#include "python_stack.h"
 
 #ifndef MAX_THREADS
 #error "MAX_THREADS must be given as a -D cflag by observer/constants.py"
@@ -56,11 +59,13 @@ int pthread_create_entry(struct pt_regs *ctx)
         return 0;
     u64 routine = PT_REGS_PARM3(ctx);
     pending_start_routine.update(&tid, &routine);
+    remember_creating_stack(tgid, tid, watched_generation(tgid), routine);
     return 0;
 }
 
-static __always_inline void count_new_thread(u32 tgid, u32 tid, u64 generation)
+static __always_inline void count_new_thread(u32 tgid, u32 tid, u64 generation, u32 new_tid)
 {
+    count_thread_site(tgid, tid, generation, new_tid);
     struct creator_key key = {.tgid = tgid, .generation = generation};
     u64 *routine = pending_start_routine.lookup(&tid);
     if (routine) {
@@ -78,7 +83,7 @@ TRACEPOINT_PROBE(task, task_newtask)
     if (!process)
         return 0;
     if (args->clone_flags & CLONE_THREAD)
-        count_new_thread(tgid, tid, process->generation);
+        count_new_thread(tgid, tid, process->generation, (u32)args->pid);
     else if (!inherit_watch(tgid, process, (u32)args->pid)) {
 #ifndef PIDNS_INO
         // A fork of a process not yet matched: same command line, classified in user space.

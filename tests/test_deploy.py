@@ -628,7 +628,7 @@ def test_run_imports_none_of_the_extras():
     workloads) and the test tools are refused on import here."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {re.split(r"[<>=\[]", d)[0] for d in project["dependencies"]}
-    assert names == {"aiohttp", "prometheus-client", "psutil", "rich"}
+    assert names == {"aiohttp", "prometheus-client", "psutil", "rich", "pyelftools"}
     extras = project["optional-dependencies"]
     assert "thread-observer[timeline,workloads]" in extras["test"]
     code = """

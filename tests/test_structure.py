@@ -18,7 +18,7 @@ MIDDLE = {"observer.observers", "observer.collector", "observer.server", "observ
 LOWER = {"observer.bpf_backend", "observer.procfs", "observer.labels", "observer.capabilities",
          "observer.targets", "observer.arguments", "observer.model", "observer.constants",
          "observer.errors", "observer.histogram", "observer.kubernetes", "observer.web_config",
-         "observer.self_metrics"}
+         "observer.self_metrics", "observer.pyruntime", "observer.pyoffsets", "observer.sites"}
 
 
 def module_name(path: Path) -> str:

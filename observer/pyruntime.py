@@ -1,0 +1,309 @@
+"""Finding a target's CPython interpreter from outside, and reading its code objects.
+
+The probes read frames in the kernel (probes/python_stack.h) with the offsets found here: the
+interpreter's ``_PyRuntime`` symbol (pyelftools, in the executable or ``libpythonX.Y``), its
+load address from ``/proc/PID/maps``, and the struct offsets: published by the interpreter
+itself in ``_Py_DebugOffsets`` (3.13+), or generated per version from CPython's headers
+(``observer/pyoffsets.py``, by ``tools/gen_pyoffsets.py``). Offsets are checked against live
+memory before use: the main thread must be found in the interpreter's thread list, and its
+current frame must point at a code object. Anything else means "sites unavailable" for the
+process, never a guess.
+
+Code objects are decoded from ``/proc/PID/mem`` in user space and cached; a cached entry is
+used only while the object at that address still is a code object with the same name and file
+pointers (a freed object's address may hold another one).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from observer import procfs
+from observer.constants import SiteLimit
+from observer.pyoffsets import OFFSETS
+
+DEBUG_COOKIE = b"xdebugpy"
+MAX_THREADS = 4096  # thread states looked at when checking the offsets
+MAX_NAME_CHARS = 256  # of a qualname or file name read from a target
+CODE_CACHE_SIZE = 4096  # code objects remembered per process
+
+
+class SitesUnavailable(Exception):
+    """Python frames cannot be read in this process; ``reason`` is the metric's label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class NotReadyYet(SitesUnavailable):
+    """The interpreter is not initialised yet (a process caught at exec): try again later."""
+
+
+@dataclass(frozen=True)
+class PythonRuntime:
+    version: tuple[int, int]
+    threads_head: int  # address of the main interpreter's threads.head
+    code_type: int  # address of PyCode_Type
+    offsets: dict[str, int]
+    text: tuple[int, int]  # the interpreter's executable mapping: Python threads start there
+
+
+@dataclass(frozen=True)
+class CodeInfo:
+    filename: str
+    qualname: str
+    flags: int
+
+
+class Memory:
+    """Reads another process's memory through /proc/PID/mem."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def read(self, address: int, size: int) -> bytes:
+        fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)
+        try:
+            data = os.pread(fd, size, address)
+        finally:
+            os.close(fd)
+        if len(data) != size:
+            raise OSError(f"short read at {address:#x}")
+        return data
+
+    def pointer(self, address: int) -> int:
+        return struct.unpack("<Q", self.read(address, 8))[0]
+
+
+def elf_symbols(path: str, names: tuple[str, ...]) -> tuple[dict[str, int], int]:
+    """Addresses of symbols in an ELF file (as linked) and the load bias's reference: the
+    lowest PT_LOAD address, page aligned (0 for a fixed-address executable)."""
+    found: dict[str, int] = {}
+    with open(path, "rb") as file:
+        elf = ELFFile(file)
+        for section_name in (".dynsym", ".symtab"):
+            section = elf.get_section_by_name(section_name)
+            if section is None:
+                continue
+            for name in names:
+                if name not in found:
+                    symbols = section.get_symbol_by_name(name)
+                    if symbols:
+                        found[name] = symbols[0]["st_value"]
+        if elf["e_type"] != "ET_DYN":
+            return found, -1
+        lowest = min(seg["p_vaddr"] for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD")
+    return found, lowest & ~0xFFF
+
+
+def interpreter_object(pid: int, mappings: list[procfs.Mapping]) -> str:
+    """The object that holds the interpreter: libpythonX.Y when mapped, else the executable."""
+    for mapping in mappings:
+        if procfs.LIBPYTHON.match(os.path.basename(mapping.path)):
+            return mapping.path
+    return procfs.exe_path(pid)
+
+
+def namespace_pid(pid: int) -> int:
+    """The process's id in its own PID namespace (what native_thread_id holds)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+    return pid
+
+
+def locate(pid: int, mappings: list[procfs.Mapping]) -> PythonRuntime:
+    """The interpreter of a process, its offsets checked; raises SitesUnavailable."""
+    if namespace_pid(pid) != pid:
+        raise SitesUnavailable(
+            "pid_namespace",
+            "the process runs in another PID namespace, "
+            "where its thread ids differ from the kernel's here",
+        )
+    path = interpreter_object(pid, mappings)
+    try:
+        symbols, lowest = elf_symbols(procfs.path_in_root(pid, path), ("_PyRuntime", "PyCode_Type"))
+    except (OSError, ELFError) as err:
+        raise SitesUnavailable("no_interpreter", f"cannot read {path}: {err}") from None
+    if len(symbols) < 2:
+        raise SitesUnavailable("no_interpreter", f"no _PyRuntime/PyCode_Type symbol in {path}")
+    bias = 0
+    if lowest >= 0:
+        starts = [m.start for m in mappings if m.path == path]
+        if not starts:
+            raise SitesUnavailable("no_interpreter", f"{path} is not mapped")
+        bias = min(starts) - lowest
+    memory = Memory(pid)
+    runtime = bias + symbols["_PyRuntime"]
+    version, offsets = interpreter_offsets(memory, runtime, procfs.python_version(pid, mappings))
+    check_frame_layout(offsets)
+    threads_head = check_offsets(memory, pid, runtime, offsets, bias + symbols["PyCode_Type"])
+    text = [(m.start, m.end) for m in mappings if m.path == path and m.executable]
+    text_range = (min(s for s, _ in text), max(e for _, e in text)) if text else (0, 0)
+    return PythonRuntime(version, threads_head, bias + symbols["PyCode_Type"], offsets, text_range)
+
+
+def interpreter_offsets(memory: Memory, runtime: int, version: tuple[int, int] | None):
+    """(version, offsets): from _Py_DebugOffsets when the interpreter publishes them."""
+    try:
+        head = memory.read(runtime, 16)
+    except OSError as err:
+        raise SitesUnavailable("unreadable", f"cannot read _PyRuntime: {err}") from None
+    if head[:8] == DEBUG_COOKIE:
+        hex_version = struct.unpack_from("<Q", head, 8)[0]
+        published = (hex_version >> 24, (hex_version >> 16) & 0xFF)
+        if published != (3, 13):
+            raise SitesUnavailable(
+                "unsupported_version", f"_Py_DebugOffsets of {published} has an unknown layout"
+            )
+        return published, debug_offsets_3_13(memory.read(runtime, 512))
+    if version not in OFFSETS or version >= (3, 13):
+        raise SitesUnavailable(
+            "unsupported_version", f"no struct offsets for Python {version} (3.11 to 3.13 are read)"
+        )
+    return version, dict(OFFSETS[version])
+
+
+# Field positions (in uint64 words) of CPython 3.13's _Py_DebugOffsets
+# (Include/internal/pycore_runtime.h): cookie, version, free_threaded, then sections that each
+# start with their size.
+DEBUG_FIELDS_3_13 = {
+    "runtime_interpreters_head": 3 + 2,
+    "interp_threads_head": 6 + 3,
+    "tstate_prev": 19 + 1,
+    "tstate_next": 19 + 2,
+    "tstate_native_thread_id": 19 + 6,
+    "tstate_frame": 19 + 4,
+    "frame_previous": 28 + 1,
+    "frame_code": 28 + 2,
+    "frame_owner": 28 + 5,
+    "code_filename": 34 + 1,
+    "code_name": 34 + 2,
+    "code_qualname": 34 + 3,
+    "code_firstlineno": 34 + 5,
+    "object_type": 44 + 1,
+}
+
+
+def debug_offsets_3_13(raw: bytes) -> dict[str, int]:
+    words = struct.unpack_from("<64Q", raw)
+    offsets = dict(OFFSETS[(3, 13)])  # co_flags and str layout are not published
+    offsets.update({name: words[index] for name, index in DEBUG_FIELDS_3_13.items()})
+    offsets["cframe_current_frame"] = -1
+    return offsets
+
+
+def check_frame_layout(offsets: dict[str, int]) -> None:
+    """The probes read a frame's header at once (FRAME_READ_SIZE bytes): its fields must lie
+    inside, pointers 8-aligned."""
+    size = SiteLimit.FRAME_READ_SIZE
+    pointers = (offsets["frame_code"], offsets["frame_previous"])
+    if any(p % 8 or p > size - 8 for p in pointers) or offsets["frame_owner"] >= size:
+        raise SitesUnavailable("offsets_mismatch", f"frame fields beyond {size} bytes: {offsets}")
+
+
+def check_offsets(
+    memory: Memory, pid: int, runtime: int, offsets: dict[str, int], code_type: int
+) -> int:
+    """The address of the main interpreter's thread list head, once the offsets have found
+    the main thread (native_thread_id == pid) and its frame holds a code object."""
+    try:
+        interp = memory.pointer(runtime + offsets["runtime_interpreters_head"])
+        if interp == 0:
+            raise NotReadyYet("not_ready", "the interpreter is not initialised yet")
+        head = interp + offsets["interp_threads_head"]
+        tstate = memory.pointer(head)
+        for _ in range(MAX_THREADS):
+            if tstate == 0:
+                break
+            if memory.pointer(tstate + offsets["tstate_native_thread_id"]) == pid:
+                check_frame(memory, tstate, offsets, code_type)
+                return head
+            tstate = memory.pointer(tstate + offsets["tstate_next"])
+    except OSError as err:
+        raise SitesUnavailable(
+            "offsets_mismatch", f"reading the thread list failed: {err}"
+        ) from None
+    if memory.pointer(head) == 0:
+        raise NotReadyYet("not_ready", "no thread state yet")
+    raise SitesUnavailable(
+        "offsets_mismatch",
+        "the main thread is not in the interpreter's thread list at the expected offsets",
+    )
+
+
+def check_frame(memory: Memory, tstate: int, offsets: dict[str, int], code_type: int) -> None:
+    frame = memory.pointer(tstate + offsets["tstate_frame"])
+    if offsets["cframe_current_frame"] >= 0 and frame:
+        frame = memory.pointer(frame + offsets["cframe_current_frame"])
+    if frame == 0:
+        return  # not running Python code now: nothing to check the frame offsets with
+    code = memory.pointer(frame + offsets["frame_code"])
+    if memory.pointer(code + offsets["object_type"]) != code_type:
+        raise SitesUnavailable("offsets_mismatch", "the main thread's frame holds no code object")
+
+
+class CodeReader:
+    """Decodes code objects of one process, with a bounded cache checked on every use."""
+
+    def __init__(self, pid: int, runtime: PythonRuntime) -> None:
+        self.memory = Memory(pid)
+        self.runtime = runtime
+        self._cache: OrderedDict[int, tuple[bytes, CodeInfo]] = OrderedDict()
+        offsets = runtime.offsets
+        self._header_size = (
+            max(offsets["code_qualname"], offsets["code_filename"], offsets["code_flags"]) + 8
+        )
+
+    def code(self, address: int) -> CodeInfo | None:
+        """The code object at an address, or None when there is none (freed, or not code)."""
+        offsets = self.runtime.offsets
+        try:
+            header = self.memory.read(address, self._header_size)
+        except OSError:
+            return None
+        if struct.unpack_from("<Q", header, offsets["object_type"])[0] != self.runtime.code_type:
+            return None
+        identity = (
+            header[offsets["code_filename"] : offsets["code_filename"] + 8]
+            + header[offsets["code_qualname"] : offsets["code_qualname"] + 8]
+        )
+        cached = self._cache.get(address)
+        if cached is not None and cached[0] == identity:
+            self._cache.move_to_end(address)
+            return cached[1]
+        info = CodeInfo(
+            filename=self.string(struct.unpack_from("<Q", header, offsets["code_filename"])[0]),
+            qualname=self.string(struct.unpack_from("<Q", header, offsets["code_qualname"])[0]),
+            flags=struct.unpack_from("<I", header, offsets["code_flags"])[0],
+        )
+        self._cache[address] = (identity, info)
+        if len(self._cache) > CODE_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return info
+
+    def string(self, address: int) -> str:
+        """A str object's text, at most MAX_NAME_CHARS characters; "?" when unreadable."""
+        offsets = self.runtime.offsets
+        try:
+            header = self.memory.read(address, offsets["unicode_compact_size"])
+            length = struct.unpack_from("<q", header, offsets["unicode_length"])[0]
+            state = struct.unpack_from("<I", header, offsets["unicode_state"])[0]
+            kind, compact, ascii_only = (state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1
+            if not compact or kind not in (1, 2, 4) or length < 0:
+                return "?"
+            start = offsets["unicode_ascii_size" if ascii_only else "unicode_compact_size"]
+            count = min(length, MAX_NAME_CHARS)
+            data = self.memory.read(address + start, count * kind)
+        except OSError:
+            return "?"
+        encoding = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}[kind]
+        return data.decode(encoding, errors="replace")

@@ -1,0 +1,135 @@
+"""Python stacks read by the probes turned into labels: the ``site`` of a thread's creation or
+of a getaddrinfo call, and the thread ``pool`` an executor thread belongs to.
+
+A site is the first frame (innermost first) outside the plumbing that every call goes through
+(``threading``, ``socket``, ``asyncio``, ``concurrent.futures``, ``selectors``; for threads
+also AnyIO's worker machinery), written ``path/to/file.py:qualname`` with the path relative to
+site-packages or the standard library. ``<native>``: no Python frame (a thread made by native
+code, such as libuv's pool). When every frame read is plumbing (a lookup inside an executor
+worker, whose stack is only the worker's loop), the innermost frame outside ``socket`` and
+``threading`` names it: ``concurrent/futures/thread.py:_WorkItem.run``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable
+
+from observer.pyruntime import CodeInfo
+
+SITES_PER_TARGET = 30  # site label values of a target with series of their own
+NATIVE = "<native>"
+UNKNOWN_FRAME = "<unknown>"  # a code object that could not be read (freed since)
+MAX_SITE_LENGTH = 128  # as host labels (HostLabels cuts there too)
+
+# site-packages / dist-packages, or the standard library (lib/python3.X/).
+LIBRARY_PREFIX = re.compile(r"^.*/(?:site|dist)-packages/|^.*/lib/python\d+\.\d+/")
+PLUMBING = ("threading.py", "socket.py", "selectors.py", "asyncio/", "concurrent/futures/")
+THREAD_PLUMBING = (*PLUMBING, "anyio/_backends/", "anyio/to_thread.py")
+ENTRY_PLUMBING = ("threading.py", "socket.py")
+
+POOLS = ("default", "thread_pool", "anyio")
+
+
+def short_path(filename: str) -> str:
+    return LIBRARY_PREFIX.sub("", filename, count=1)
+
+
+def printable(text: str) -> str:
+    """Untrusted names as label text: control characters as escapes."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def frame_label(code: CodeInfo | None) -> str:
+    if code is None:
+        return UNKNOWN_FRAME
+    label = printable(f"{short_path(code.filename)}:{code.qualname}")
+    if len(label) > MAX_SITE_LENGTH:
+        label = label[: MAX_SITE_LENGTH - 3] + "..."
+    return label
+
+
+def is_plumbing(code: CodeInfo | None, plumbing: tuple[str, ...]) -> bool:
+    return code is not None and short_path(code.filename).startswith(plumbing)
+
+
+def site_label(frames: list[CodeInfo | None], thread: bool = False) -> str:
+    """The site of a stack (innermost frame first)."""
+    if not frames:
+        return NATIVE
+    plumbing = THREAD_PLUMBING if thread else PLUMBING
+    for code in frames:
+        if not is_plumbing(code, plumbing):
+            return frame_label(code)
+    for code in frames:
+        if not is_plumbing(code, ENTRY_PLUMBING):
+            return frame_label(code)
+    return frame_label(frames[0])
+
+
+def pool_of(frames: list[CodeInfo | None]) -> str | None:
+    """The thread pool a thread belongs to, from the stack that created it; None for none.
+
+    ``default``: grown by asyncio's ``run_in_executor`` (the loop's default executor; an
+    executor passed to ``run_in_executor`` explicitly cannot be told apart from it by the
+    frames); ``thread_pool``: any other ``ThreadPoolExecutor``; ``anyio``: AnyIO's workers.
+    """
+    paths = [(short_path(c.filename), c.qualname) for c in frames if c is not None]
+    if any(path.startswith("anyio/") for path, _ in paths):
+        return "anyio"
+    if not any(
+        path == "concurrent/futures/thread.py" and name.endswith("_adjust_thread_count")
+        for path, name in paths
+    ):
+        return None
+    if any(
+        path == "asyncio/base_events.py" and name.endswith("run_in_executor")
+        for path, name in paths
+    ):
+        return "default"
+    return "thread_pool"
+
+
+class ProcessSites:
+    """One process's stacks as labels, each stack decoded once (while its code objects are
+    most likely alive) and remembered, within a bound."""
+
+    MAX_STACKS = 20000
+
+    def __init__(self, read: Callable[[int], CodeInfo | None]) -> None:
+        self._read = read
+        self._stacks: dict[tuple[bool, tuple[int, ...]], tuple[str, str | None]] = {}
+
+    def describe(self, codes: tuple[int, ...], thread: bool) -> tuple[str, str | None]:
+        """(site, pool) of a stack; the pool only for a thread's creation."""
+        key = (thread, codes)
+        found = self._stacks.get(key)
+        if found is None:
+            if len(self._stacks) >= self.MAX_STACKS:
+                self._stacks.clear()
+            frames = [self._read(address) for address in codes]
+            found = (site_label(frames, thread), pool_of(frames) if thread else None)
+            self._stacks[key] = found
+        return found
+
+    def threads_by_site(self, stacks: Counter) -> Counter[str]:
+        sites: Counter[str] = Counter()
+        for (_, codes), count in stacks.items():
+            sites[self.describe(codes, thread=True)[0]] += count
+        return sites
+
+    def calls_by_site(self, stacks: Counter, event_loop_flag: int) -> Counter[tuple[str, str]]:
+        sites: Counter[tuple[str, str]] = Counter()
+        for (flags, codes), count in stacks.items():
+            caller = "event_loop" if flags & event_loop_flag else "other"
+            sites[(self.describe(codes, thread=False)[0], caller)] += count
+        return sites
+
+    def executor_threads(self, live: Counter) -> Counter[str]:
+        pools: Counter[str] = Counter(dict.fromkeys(POOLS, 0))
+        for codes, count in live.items():
+            pool = self.describe(codes, thread=True)[1]
+            if pool is not None:
+                pools[pool] += count
+        return pools

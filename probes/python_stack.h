@@ -1,0 +1,320 @@
+// Python call sites: the code objects on the calling thread's CPython frame chain, read at the
+// call (pthread_create runs with the GIL held; getaddrinfo with it released, but the caller's
+// frames stay put until it returns, which is what sys._current_frames relies on too).
+//
+// User space finds the interpreter (_PyRuntime), checks the offsets against live memory, and
+// writes one python_processes entry per process: where the thread list starts and the struct
+// offsets of that interpreter version. Without that entry nothing here runs for the process.
+//
+// Layouts read (CPython 3.11-3.13; offsets come from the entry, never from here):
+//   PyThreadState      prev, next, native_thread_id (the kernel tid, in the target's PID namespace),
+//                      cframe (3.11-3.12) -> _PyCFrame.current_frame, or current_frame (3.13+)
+//   _PyInterpreterFrame previous, f_code (3.13+: f_executable), owner (3 = entry frame owned by
+//                      the C stack, 3.12+: holds no Python code of its own)
+//   PyCodeObject       co_flags (CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR)
+//
+// Parameters (-D cflags from observer/constants.py): SITES, STACK_DEPTH, MAX_FRAMES_WALKED,
+// MAX_THREADS_WALKED, MAX_SITE_STACKS, MAX_LIVE_THREADS, FRAME_HEADER_SIZE, FRAME_READ_SIZE,
+// FRAME_OWNED_BY_CSTACK,
+// CO_COROUTINE_FLAGS, STACK_FRAMES_READ, STACK_COROUTINE, STACK_TRUNCATED, STACK_EVENT_LOOP.
+#ifndef THREAD_OBSERVER_PYTHON_STACK_H
+#define THREAD_OBSERVER_PYTHON_STACK_H
+
+#include "watched.h"
+
+#ifndef SITES
+#error "SITES must be defined (observer/constants.py bpf_cflags)"
+#endif
+#if SITES
+#if !defined(STACK_DEPTH) || !defined(MAX_FRAMES_WALKED) || !defined(MAX_THREADS_WALKED) || \
+    !defined(MAX_SITE_STACKS) || !defined(MAX_LIVE_THREADS) || \
+    !defined(FRAME_OWNED_BY_CSTACK) || !defined(CO_COROUTINE_FLAGS) || \
+    !defined(STACK_FRAMES_READ) || !defined(STACK_COROUTINE) || !defined(STACK_TRUNCATED) || \
+    !defined(STACK_EVENT_LOOP) || !defined(CALLER_EVENT_LOOP) || !defined(FRAME_HEADER_SIZE) || \
+    !defined(FRAME_READ_SIZE)
+#error "python_stack.h needs the SITES parameters from observer/constants.py"
+#endif
+#if (FRAME_HEADER_SIZE & (FRAME_HEADER_SIZE - 1)) != 0
+#error "FRAME_HEADER_SIZE must be a power of two (it masks offsets for the verifier)"
+#endif
+#if (STACK_DEPTH & (STACK_DEPTH - 1)) != 0
+#error "STACK_DEPTH must be a power of two (it masks the index for the verifier)"
+#endif
+
+struct python_process {
+    u64 generation;    // the watched generation this entry was written for
+    u64 threads_head;  // address of interp->threads.head
+    u16 tstate_next;
+    u16 tstate_native_thread_id;
+    u16 tstate_frame;          // cframe (3.11-3.12) or current_frame (3.13+)
+    s16 cframe_current_frame;  // -1: tstate_frame is the frame itself
+    u16 frame_previous;
+    u16 frame_code;
+    u16 frame_owner;
+    u16 code_flags;
+    u16 tstate_prev;
+    u16 reserved;
+    u32 frame_read_size;  // bytes of a frame up to its last field read
+    u64 text_start;  // the interpreter's code (executable or libpython): a start routine
+    u64 text_end;    // outside it is not a Python thread's, whoever asked for it
+};
+
+// A stack with what was learnt reading it: the key of the by-site counters.
+struct site_key {
+    u32 tgid;
+    u32 flags;   // STACK_* bits; in the getaddrinfo map also STACK_EVENT_LOOP, the caller
+    u64 generation;
+    u32 depth;   // code objects kept (at most STACK_DEPTH)
+    u32 reserved;
+    u64 code[STACK_DEPTH];  // code objects, innermost first; 0 past the last frame
+};
+
+BPF_HASH(python_processes, u32, struct python_process, MAX_PROCESSES);
+// tid -> its PyThreadState, found once by walking the interpreter's thread list.
+BPF_TABLE("lru_hash", u32, u64, python_thread_states, MAX_THREADS);
+// Creating tid -> the stack at pthread_create, until its clone happens.
+BPF_TABLE("lru_hash", u32, struct site_key, pending_thread_sites, MAX_LIVE_THREADS);
+// Live thread (host tid) -> the stack that created it: executor threads are told apart by it.
+BPF_TABLE("lru_hash", u32, struct site_key, live_thread_sites, MAX_LIVE_THREADS);
+BPF_HASH(threads_created_by_site_total, struct site_key, u64, MAX_SITE_STACKS);
+BPF_HASH(getaddrinfo_calls_by_site_total, struct site_key, u64, MAX_SITE_STACKS);
+// Events whose stack found the by-site map full, counted as <other>: kind 0 for threads,
+// 1 + caller for getaddrinfo calls.
+struct dropped_key {
+    u32 tgid;
+    u32 kind;
+    u64 generation;
+};
+BPF_HASH(site_stacks_dropped_total, struct dropped_key, u64, MAX_PROCESSES);
+// A stack is too big for the BPF stack next to the rest: built here, one per CPU.
+BPF_PERCPU_ARRAY(site_scratch, struct site_key, 1);
+
+static __always_inline u64 read_u64(u64 address)
+{
+    u64 value = 0;
+    bpf_probe_read_user(&value, sizeof(value), (void *)address);
+    return value;
+}
+
+// The innermost frame of a thread state (0: none).
+static __always_inline u64 current_frame(struct python_process *py, u64 tstate)
+{
+    u64 frame = read_u64(tstate + py->tstate_frame);
+    if (py->cframe_current_frame >= 0 && frame)
+        frame = read_u64(frame + py->cframe_current_frame);
+    return frame;
+}
+
+// The calling thread's PyThreadState, or 0 when it has none (a native thread).
+static __always_inline u64 find_thread_state(struct python_process *py, u32 tid)
+{
+    u64 *cached = python_thread_states.lookup(&tid);
+    // The cached state is checked: still this thread's, and still linked in the list (a
+    // thread may delete a thread state and go on with another: freed memory keeps its
+    // thread id, but its neighbour no longer points at it).
+    if (cached) {
+        u64 tstate = *cached;
+        u64 prev = read_u64(tstate + py->tstate_prev);
+        u64 linked = prev ? read_u64(prev + py->tstate_next) : read_u64(py->threads_head);
+        if (linked == tstate && read_u64(tstate + py->tstate_native_thread_id) == tid)
+            return tstate;
+    }
+    // Two states may carry this thread's id: _thread.start_new_thread allocates the new
+    // thread's state in the parent, with the parent's id, just before pthread_create (the
+    // child puts its own id in once it runs). That one has no frame yet: the state with a
+    // frame is the caller's. A thread whose states have no frame has no Python caller:
+    // treated as native (0).
+    u64 tstate = read_u64(py->threads_head);
+    for (int i = 0; i < MAX_THREADS_WALKED && tstate; i++) {
+        if (read_u64(tstate + py->tstate_native_thread_id) == tid && current_frame(py, tstate)) {
+            python_thread_states.update(&tid, &tstate);
+            return tstate;
+        }
+        tstate = read_u64(tstate + py->tstate_next);
+    }
+    return 0;
+}
+
+static __always_inline void clear_stack(struct site_key *key, u32 tgid, u64 generation)
+{
+    key->tgid = tgid;
+    key->generation = generation;
+    key->flags = 0;
+    key->depth = 0;
+    key->reserved = 0;
+    __builtin_memset(key->code, 0, sizeof(key->code));
+}
+
+// Fills key->code and key->flags from the calling thread's frames; 0 when the process has no
+// interpreter entry (sites unavailable: nothing is counted by site). Only a lookup's caller
+// needs the coroutine search: a thread's creation stops at STACK_DEPTH frames.
+static __always_inline int read_python_stack(u32 tgid, u32 tid, u64 generation,
+                                             struct site_key *key, int find_coroutine)
+{
+    struct python_process *py = python_processes.lookup(&tgid);
+    if (!py || py->generation != generation)
+        return 0;
+    clear_stack(key, tgid, generation);
+    u64 tstate = find_thread_state(py, tid);
+    if (!tstate)
+        return 1;  // no Python frame: <native>
+    key->flags |= STACK_FRAMES_READ;
+    u64 frame = current_frame(py, tstate);
+    // The depth and flags live in the map value, not in registers: the verifier then does
+    // not tell apart the paths of each frame (shim or not, coroutine or not) at every step,
+    // which would multiply its states past its 1M-instruction limit (E2BIG).
+    volatile u32 *depth = &key->depth;
+    volatile u32 *flags = &key->flags;
+    *depth = 0;
+    for (int i = 0; i < MAX_FRAMES_WALKED; i++) {
+        if (!frame)
+            return 1;
+        if (*depth >= STACK_DEPTH && (!find_coroutine || (*flags & STACK_COROUTINE)))
+            return 1;  // nothing more to learn
+        // One read for the frame's header rather than one per field. Offsets were checked
+        // by user space (pointer fields 8-aligned, all within FRAME_READ_SIZE); the masks
+        // restate it for the verifier. The read stops at the last field: the page after a
+        // frame at the top of the data stack may not be present, and the read cannot fault
+        // it in.
+        u64 header[FRAME_HEADER_SIZE / 8] = {};
+        u32 size = py->frame_read_size & (FRAME_HEADER_SIZE - 1);
+        if (size == 0 || size > FRAME_READ_SIZE)
+            break;
+        if (bpf_probe_read_user(header, size, (void *)frame))
+            break;
+        u8 owner = ((u8 *)header)[py->frame_owner & (FRAME_HEADER_SIZE - 1)];
+        if (owner != FRAME_OWNED_BY_CSTACK) {
+            u64 code = header[(py->frame_code >> 3) & (FRAME_HEADER_SIZE / 8 - 1)];
+            u32 at = *depth;
+            if (at < STACK_DEPTH) {
+                key->code[at & (STACK_DEPTH - 1)] = code;
+                *depth = at + 1;
+            }
+            if (find_coroutine && !(*flags & STACK_COROUTINE)) {
+                u32 co_flags = 0;
+                bpf_probe_read_user(&co_flags, sizeof(co_flags), (void *)(code + py->code_flags));
+                if (co_flags & CO_COROUTINE_FLAGS)
+                    *flags |= STACK_COROUTINE;
+            }
+        }
+        frame = header[(py->frame_previous >> 3) & (FRAME_HEADER_SIZE / 8 - 1)];
+    }
+    if (frame)
+        key->flags |= STACK_TRUNCATED;
+    return 1;
+}
+
+static __always_inline struct site_key *site_scratch_key(void)
+{
+    int zero = 0;
+    return site_scratch.lookup(&zero);
+}
+
+static __always_inline int add_dropped_site(u32 tgid, u64 generation, u32 kind)
+{
+    struct dropped_key key = {.tgid = tgid, .kind = kind, .generation = generation};
+    u64 zero = 0, *count = site_stacks_dropped_total.lookup_or_try_init(&key, &zero);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    return 0;
+}
+
+static __always_inline int add_thread_site(struct site_key *key)
+{
+    u64 zero = 0, *count = threads_created_by_site_total.lookup_or_try_init(key, &zero);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    else
+        add_dropped_site(key->tgid, key->generation, 0);
+    return 0;
+}
+
+static __always_inline int add_call_site(struct site_key *key, u32 caller)
+{
+    if (caller == CALLER_EVENT_LOOP)
+        key->flags |= STACK_EVENT_LOOP;
+    u64 zero = 0, *count = getaddrinfo_calls_by_site_total.lookup_or_try_init(key, &zero);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    else
+        add_dropped_site(key->tgid, key->generation, 1 + caller);
+    return 0;
+}
+
+// pthread_create: the creating thread's stack, kept until the clone it leads to. A thread
+// whose start routine is not the interpreter's (libuv's pool, started while Python code
+// called into uvloop) is native: <native>, whatever Python frames asked for it.
+static __always_inline void remember_creating_stack(u32 tgid, u32 tid, u64 generation,
+                                                    u64 routine)
+{
+    struct python_process *py = python_processes.lookup(&tgid);
+    struct site_key *key = site_scratch_key();
+    if (!py || !key || py->generation != generation)
+        return;
+    if (routine < py->text_start || routine >= py->text_end)
+        clear_stack(key, tgid, generation);
+    else if (!read_python_stack(tgid, tid, generation, key, 0))
+        return;
+    pending_thread_sites.update(&tid, key);
+}
+
+// task_newtask: the new thread's site counted, and remembered while it lives.
+static __always_inline void count_thread_site(u32 tgid, u32 tid, u64 generation, u32 new_tid)
+{
+    struct python_process *py = python_processes.lookup(&tgid);
+    if (!py || py->generation != generation)
+        return;
+    struct site_key *key = pending_thread_sites.lookup(&tid);
+    if (key && key->tgid == tgid && key->generation == generation) {
+        add_thread_site(key);
+        if (key->flags & STACK_FRAMES_READ)
+            live_thread_sites.update(&new_tid, key);
+        pending_thread_sites.delete(&tid);
+        return;
+    }
+    // Not made by pthread_create (or made before the interpreter was found): no frames.
+    struct site_key *native = site_scratch_key();
+    if (!native)
+        return;
+    clear_stack(native, tgid, generation);
+    add_thread_site(native);
+}
+
+// The caller of a getaddrinfo call: a coroutine on the stack decides; where the frames could
+// not be read to the end without finding one, the thread's epoll mark does.
+static __always_inline u32 caller_from_stack(struct site_key *key, int epoll_marked)
+{
+    if (key->flags & STACK_COROUTINE)
+        return CALLER_EVENT_LOOP;
+    if ((key->flags & STACK_FRAMES_READ) && !(key->flags & STACK_TRUNCATED))
+        return CALLER_OTHER;
+    return epoll_marked ? CALLER_EVENT_LOOP : CALLER_OTHER;
+}
+
+static __always_inline void forget_python_thread(u32 tid, u32 host_tid)
+{
+    if (python_thread_states.lookup(&tid))
+        python_thread_states.delete(&tid);
+    if (pending_thread_sites.lookup(&tid))
+        pending_thread_sites.delete(&tid);
+    if (live_thread_sites.lookup(&host_tid))
+        live_thread_sites.delete(&host_tid);
+}
+
+// exec: a new program image, whose interpreter (if any) user space has yet to find.
+static __always_inline void forget_python_process(u32 tgid, u32 tid)
+{
+    python_processes.delete(&tgid);
+    python_thread_states.delete(&tid);
+}
+
+#else  // !SITES
+
+static __always_inline void remember_creating_stack(u32 tgid, u32 tid, u64 generation,
+                                                    u64 routine) {}
+static __always_inline void count_thread_site(u32 tgid, u32 tid, u64 generation, u32 new_tid) {}
+static __always_inline void forget_python_thread(u32 tid, u32 host_tid) {}
+static __always_inline void forget_python_process(u32 tgid, u32 tid) {}
+
+#endif  // SITES
+#endif

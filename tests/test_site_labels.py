@@ -1,0 +1,220 @@
+"""Stacks to site and pool labels, and the by-site metrics, fed plain data: no root, no BPF."""
+
+from collections import Counter
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from observer.collector import ObserverCollector
+from observer.labels import HostLabels
+from observer.model import Counts, ProcessRow, Snapshot
+from observer.pyruntime import CodeInfo
+from observer.sites import (
+    MAX_SITE_LENGTH,
+    NATIVE,
+    UNKNOWN_FRAME,
+    ProcessSites,
+    pool_of,
+    short_path,
+    site_label,
+)
+
+STDLIB = "/usr/lib/python3.11/"
+PYENV_STDLIB = "/root/.pyenv/versions/3.12.1/lib/python3.12/"
+PACKAGES = "/srv/app/.venv/lib/python3.11/site-packages/"
+
+
+def code(path: str, qualname: str, flags: int = 0) -> CodeInfo:
+    return CodeInfo(path, qualname, flags)
+
+
+THREAD_START = code(STDLIB + "threading.py", "Thread.start")
+ADJUST = code(STDLIB + "concurrent/futures/thread.py", "ThreadPoolExecutor._adjust_thread_count")
+SUBMIT = code(STDLIB + "concurrent/futures/thread.py", "ThreadPoolExecutor.submit")
+RUN_IN_EXECUTOR = code(STDLIB + "asyncio/base_events.py", "BaseEventLoop.run_in_executor")
+LOOP_GETADDRINFO = code(STDLIB + "asyncio/base_events.py", "BaseEventLoop.getaddrinfo", 0x80)
+RESOLVER = code(PACKAGES + "aiohttp/resolver.py", "ThreadedResolver.resolve", 0x80)
+SOCKET = code(STDLIB + "socket.py", "getaddrinfo")
+WORK_ITEM = code(STDLIB + "concurrent/futures/thread.py", "_WorkItem.run")
+WORKER = code(STDLIB + "concurrent/futures/thread.py", "_worker")
+THREAD_RUN = code(STDLIB + "threading.py", "Thread.run")
+ANYIO = code(PACKAGES + "anyio/_backends/_asyncio.py", "run_sync_in_worker_thread", 0x80)
+ANYIO_API = code(PACKAGES + "anyio/to_thread.py", "run_sync", 0x80)
+ENDPOINT = code(PACKAGES + "fastapi/routing.py", "run_endpoint_function", 0x80)
+
+
+@pytest.mark.parametrize(
+    "filename, expected",
+    [
+        (STDLIB + "threading.py", "threading.py"),
+        (PYENV_STDLIB + "asyncio/events.py", "asyncio/events.py"),
+        (PACKAGES + "aiohttp/resolver.py", "aiohttp/resolver.py"),
+        ("/usr/lib/python3/dist-packages/redis/connection.py", "redis/connection.py"),
+        ("/srv/app/server.py", "/srv/app/server.py"),
+        ("<frozen runpy>", "<frozen runpy>"),
+    ],
+)
+def test_short_path(filename, expected):
+    assert short_path(filename) == expected
+
+
+@pytest.mark.parametrize(
+    "frames, thread, expected",
+    [
+        ([], False, NATIVE),
+        (
+            [SOCKET, RESOLVER, LOOP_GETADDRINFO],
+            False,
+            "aiohttp/resolver.py:ThreadedResolver.resolve",
+        ),
+        # An executor worker's own lookup: only plumbing, named after the work item.
+        (
+            [SOCKET, WORK_ITEM, WORKER, THREAD_RUN],
+            False,
+            "concurrent/futures/thread.py:_WorkItem.run",
+        ),
+        (
+            [THREAD_START, ADJUST, SUBMIT, RUN_IN_EXECUTOR, LOOP_GETADDRINFO, RESOLVER],
+            True,
+            "aiohttp/resolver.py:ThreadedResolver.resolve",
+        ),
+        (
+            [THREAD_START, ANYIO, ANYIO_API, ENDPOINT],
+            True,
+            "fastapi/routing.py:run_endpoint_function",
+        ),
+        ([None, SOCKET], False, UNKNOWN_FRAME),
+        ([SOCKET, code("/app/x.py", "f\n\x00\u2603")], False, "/app/x.py:f\\x0a\\x00\u2603"),
+    ],
+)
+def test_site_label(frames, thread, expected):
+    assert site_label(frames, thread) == expected
+
+
+def test_site_labels_are_bounded():
+    label = site_label([code("/app/" + "d/" * 200 + "x.py", "q" * 300)])
+    assert len(label) == MAX_SITE_LENGTH and label.endswith("...")
+
+
+@pytest.mark.parametrize(
+    "frames, pool",
+    [
+        ([THREAD_START, ADJUST, SUBMIT, RUN_IN_EXECUTOR, LOOP_GETADDRINFO, RESOLVER], "default"),
+        ([THREAD_START, ADJUST, SUBMIT, code("/app/x.py", "use_pool")], "thread_pool"),
+        ([THREAD_START, ANYIO, ANYIO_API, ENDPOINT], "anyio"),
+        ([THREAD_START, code("/app/x.py", "main")], None),
+        ([], None),
+    ],
+)
+def test_pool_of(frames, pool):
+    assert pool_of(frames) == pool
+
+
+def test_process_sites_decode_each_stack_once_and_count_pools():
+    codes = {
+        1: THREAD_START,
+        2: ADJUST,
+        3: SUBMIT,
+        4: RUN_IN_EXECUTOR,
+        5: RESOLVER,
+        6: code("/app/x.py", "use_pool"),
+        7: SOCKET,
+    }
+    reads = Counter()
+
+    def read(address):
+        reads[address] += 1
+        return codes.get(address)
+
+    sites = ProcessSites(read)
+    default, named = (1, 2, 3, 4, 5), (1, 2, 3, 6)
+    assert sites.threads_by_site(Counter({(1, default): 3, (1, named): 2, (0, ()): 4})) == {
+        "aiohttp/resolver.py:ThreadedResolver.resolve": 3,
+        "/app/x.py:use_pool": 2,
+        NATIVE: 4,
+    }
+    assert sites.executor_threads(Counter({default: 2, named: 1, (): 4})) == {
+        "default": 2,
+        "thread_pool": 1,
+        "anyio": 0,
+    }
+    assert sites.calls_by_site(Counter({(1 | 8, (7, 5)): 2, (1, (7, 5)): 1}), 8) == {
+        ("aiohttp/resolver.py:ThreadedResolver.resolve", "event_loop"): 2,
+        ("aiohttp/resolver.py:ThreadedResolver.resolve", "other"): 1,
+    }
+    assert max(reads.values()) == 2  # once as a thread's stack, once as a lookup's
+
+
+def test_call_sites_bounded_per_site_whatever_the_caller():
+    labels = HostLabels(limit=2)
+    calls = Counter(
+        {("a", "other"): 5, ("a", "event_loop"): 1, ("b", "other"): 4, ("c", "other"): 1}
+    )
+    assert labels.relabel_calls(calls) == {
+        ("a", "other"): 5,
+        ("a", "event_loop"): 1,
+        ("b", "other"): 4,
+        ("<other>", "other"): 1,
+    }
+
+
+def row(pid, default, cap, target="api", unavailable=None):
+    executor = None if unavailable else Counter({"default": default, "thread_pool": 0, "anyio": 0})
+    counts = Counts(
+        threads_by_site=None if unavailable else Counter({"a.py:f": default}),
+        calls_by_site=None if unavailable else Counter({("a.py:g", "other"): 1}),
+    )
+    return ProcessRow(
+        target,
+        pid,
+        threads=default + 1,
+        counts=counts,
+        executor_max_workers=cap,
+        executor_threads=executor,
+        sites_unavailable=unavailable,
+    )
+
+
+def test_saturation_is_the_fullest_process_never_an_average():
+    snapshot = Snapshot(
+        backend="bpf",
+        rows=[
+            row(1, 9, 10),
+            row(2, 0, 10),
+            row(3, 0, 10),
+            row(4, 0, 5, unavailable="unsupported_version"),
+        ],
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ObserverCollector(lambda: snapshot))
+    value = registry.get_sample_value
+    assert (
+        value("thread_observer_executor_saturation_ratio", {"target": "api", "pool": "default"})
+        == 0.9
+    )
+    assert value("thread_observer_executor_threads", {"target": "api", "pool": "default"}) == 9
+    assert (
+        value("thread_observer_threads_created_by_site_total", {"target": "api", "site": "a.py:f"})
+        == 9
+    )
+    assert (
+        value(
+            "thread_observer_getaddrinfo_calls_by_site_total",
+            {"target": "api", "site": "a.py:g", "caller": "other"},
+        )
+        == 3
+    )
+    assert value("thread_observer_sites_unavailable", {"reason": "unsupported_version"}) == 1
+    text = generate_latest(registry).decode()
+    assert list(text_string_to_metric_families(text))  # valid exposition
+
+
+def test_no_site_series_where_no_process_can_be_read():
+    snapshot = Snapshot(backend="bpf", rows=[row(4, 0, 5, unavailable="pid_namespace")])
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ObserverCollector(lambda: snapshot))
+    text = generate_latest(registry).decode()
+    assert "executor_threads{" not in text
+    assert "saturation_ratio{" not in text
+    assert "by_site_total{" not in text

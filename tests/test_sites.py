@@ -1,0 +1,229 @@
+"""Python call sites read from outside, exact against the stacks the workload records itself
+at the same C calls (its profiler hook), on every interpreter the observer reads."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from observer.pyruntime import CodeInfo
+from observer.sites import MAX_SITE_LENGTH, NATIVE, site_label
+from tests.harness import observer, wait_until, workload
+from workloads.servers import http_server
+
+pytestmark = pytest.mark.bpf
+
+PYENV = Path("/root/.pyenv/versions")
+PYTHONS = {
+    "debian-3.11": "/usr/bin/python3.11",
+    **{f"pyenv-{v}": str(PYENV / v / "bin" / "python") for v in ("3.11.7", "3.12.1", "3.13.0")},
+}
+UNSUPPORTED = {f"pyenv-{v}": str(PYENV / v / "bin" / "python") for v in ("3.7.16", "3.10.13")}
+WORKLOAD = ["-m", "workloads.call_sites", "--linger", "60"]
+
+
+def frames_of(event) -> list[CodeInfo]:
+    return [CodeInfo(filename, qualname, flags) for filename, qualname, flags in event["frames"]]
+
+
+def expected_threads(truth) -> Counter:
+    sites = Counter(
+        site_label(frames_of(e), thread=True) for e in truth["events"] if e["event"] == "thread"
+    )
+    return sites
+
+
+def expected_calls(truth) -> Counter:
+    calls = Counter(
+        (site_label(frames_of(e)), "event_loop" if e["on_loop"] else "other")
+        for e in truth["events"]
+        if e["event"] == "getaddrinfo"
+    )
+    if truth["native_getaddrinfo_calls"]:
+        calls[(NATIVE, "other")] += truth["native_getaddrinfo_calls"]
+    return calls
+
+
+def settled(running, target, truth):
+    calls = (
+        sum(e["event"] == "getaddrinfo" for e in truth["events"])
+        + truth["native_getaddrinfo_calls"]
+    )
+
+    def done():
+        metrics = running.scrape()
+        seen = metrics.value("thread_observer_getaddrinfo_calls_by_site_total", target=target)
+        return metrics if seen == calls else None
+
+    try:
+        return wait_until(done, 10, "every lookup to be counted by site")
+    except AssertionError as timeout:
+        raise AssertionError(f"{timeout}\n{running.log()}") from None
+
+
+def site_series(metrics, target):
+    threads = Counter(
+        metrics.labels("thread_observer_threads_created_by_site_total", "site", target=target)
+    )
+    calls = Counter(
+        {
+            (s.labels["site"], s.labels["caller"]): s.value
+            for s in metrics.samples
+            if s.name == "thread_observer_getaddrinfo_calls_by_site_total"
+            and s.labels["target"] == target
+        }
+    )
+    return threads, calls
+
+
+@contextmanager
+def watched_run(
+    args: list[str], target: str, tmp_path, python: str = sys.executable, observer_args: tuple = ()
+):
+    """The workload run to its end under an observer: (observer, ground truth)."""
+    if not os.path.exists(python):
+        pytest.skip(f"{python} is not installed")
+    with (
+        workload(args, python=python) as running_workload,
+        observer(
+            ["--pid", f"{target}={running_workload.pid}", *observer_args], tmp_path
+        ) as running,
+    ):
+        running_workload.go()
+        yield running, running_workload.truth()
+
+
+def threads_counted(running, target, truth):
+    """The scrape once every thread has been counted (by-site or not)."""
+    return wait_until(
+        lambda: (
+            (m := running.scrape()).value("thread_observer_threads_created_total", target=target)
+            == truth["threads_started"]
+            and m
+        ),
+        10,
+        "the threads to be counted",
+    )
+
+
+def here(qualname: str) -> str:
+    return f"{Path(__file__).resolve().parent.parent}/workloads/call_sites.py:{qualname}"
+
+
+@pytest.mark.parametrize("python", sorted(PYTHONS))
+def test_sites_equal_the_stacks_the_workload_records(python, tmp_path):
+    with watched_run(WORKLOAD, "sites", tmp_path, PYTHONS[python]) as (running, truth):
+        metrics = settled(running, "sites", truth)
+        threads, calls = site_series(metrics, "sites")
+        assert threads == expected_threads(truth)
+        assert calls == expected_calls(truth)
+        # The known answers, spelled out.
+        assert threads[here("spawn_plain_threads")] == 5
+        assert threads[here("main")] == 1  # the selecting thread
+        assert threads[here("keep_idle_threads")] == 8
+        assert threads[here("grow_default_executor")] == truth["executor_threads"]["default"]
+        assert threads[here("use_named_pool")] == 3
+        assert calls[(here("blocking_lookup_in_coroutine"), "event_loop")] == 3
+        assert calls[(here("sync_lookups_after_asyncio_run"), "other")] == 4
+        assert calls[(here("lookups_between_selects"), "other")] == 3
+        assert calls[("concurrent/futures/thread.py:_WorkItem.run", "other")] == 6
+        # The caller split of the plain counter follows the frames too.
+        assert metrics.labels(
+            "thread_observer_getaddrinfo_calls_total", "caller", target="sites"
+        ) == {"event_loop": 3, "other": 13}
+        pools = metrics.labels("thread_observer_executor_threads", "pool", target="sites")
+        assert pools == {
+            "default": truth["executor_threads"]["default"],
+            "thread_pool": truth["executor_threads"]["thread_pool"],
+            "anyio": 0,
+        }
+        assert (
+            metrics.value(
+                "thread_observer_executor_saturation_ratio", target="sites", pool="default"
+            )
+            == truth["executor_threads"]["default"] / truth["executor_max_workers"]
+        )
+        assert metrics.value("thread_observer_sites_unavailable") is None
+
+
+def test_uvloop_libuv_threads_are_native_and_a_blocking_coroutine_is_on_the_loop(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("UV_THREADPOOL_SIZE", "4")
+    with watched_run([*WORKLOAD, "--loop", "uvloop"], "uv", tmp_path) as (running, truth):
+        metrics = settled(running, "uv", truth)
+        threads, calls = site_series(metrics, "uv")
+        assert threads == expected_threads(truth) + Counter({NATIVE: 4})
+        assert calls == expected_calls(truth)
+        assert calls[(here("blocking_lookup_in_coroutine"), "event_loop")] == 3
+        assert calls[(NATIVE, "other")] == 3
+
+
+def test_hostile_stacks_stay_bounded_and_exact(tmp_path):
+    with watched_run([*WORKLOAD, "--hostile"], "hostile", tmp_path, PYTHONS["pyenv-3.12.1"]) as (
+        running,
+        truth,
+    ):
+        metrics = settled(running, "hostile", truth)
+        threads, calls = site_series(metrics, "hostile")
+        assert sum(threads.values()) == truth["threads_started"]
+        assert threads[here("recurse")] == 1
+        assert threads[here("q" * 300)[: MAX_SITE_LENGTH - 3] + "..."] == 1, threads
+        assert all(len(site) <= MAX_SITE_LENGTH for site in threads)
+        assert all(len(site) <= MAX_SITE_LENGTH for site, _ in calls)
+        # Under 1,000 frames no coroutine is found within reach: the epoll mark decides, and
+        # that thread never waited in epoll.
+        assert calls[(here("recurse"), "other")] == 1
+        weird = [site for site in threads if "na\u00efve" in site]
+        assert weird == [here('na\u00efve_\u2603_\\x0a"\\_\\x7f')]
+
+
+@pytest.mark.parametrize("python", sorted(UNSUPPORTED))
+def test_unsupported_interpreters_say_so(python, tmp_path):
+    with watched_run(WORKLOAD, "old", tmp_path, UNSUPPORTED[python]) as (running, truth):
+        metrics = threads_counted(running, "old", truth)
+        assert metrics.labels("thread_observer_sites_unavailable", "reason") == {
+            "unsupported_version": 1
+        }
+        assert metrics.value("thread_observer_threads_created_by_site_total", target="old") is None
+        assert metrics.value("thread_observer_executor_threads", target="old") is None
+        assert "Python call sites unavailable (unsupported_version)" in running.log()
+
+
+def test_no_sites_flag_reads_no_frames(tmp_path):
+    with watched_run(WORKLOAD, "plain", tmp_path, observer_args=("--no-sites",)) as (
+        running,
+        truth,
+    ):
+        metrics = threads_counted(running, "plain", truth)
+        assert metrics.value("thread_observer_threads_created_by_site_total") is None
+        assert metrics.labels("thread_observer_sites_unavailable", "reason") == {"disabled": 1}
+        # Without frames the selecting thread's lookups fall back to its epoll mark.
+        assert metrics.labels(
+            "thread_observer_getaddrinfo_calls_total", "caller", target="plain"
+        ) == {"event_loop": 3 + 4 + 3, "other": 6}
+
+
+def test_aiohttp_executor_threads_and_lookups_are_read_through_its_stack(tmp_path):
+    args = ["-m", "workloads.aiohttp_client", "--requests", "8", "--concurrency", "3"]
+    with (
+        http_server() as port,
+        watched_run([*args, "--port", str(port), "--linger", "60"], "aio", tmp_path) as (
+            running,
+            truth,
+        ),
+    ):
+        metrics = threads_counted(running, "aio", truth)
+        threads, calls = site_series(metrics, "aio")
+        # This workload counts its own threads and lookups by wrapping Thread.start and
+        # socket.getaddrinfo (workloads/truth.py): those wrappers are the first code outside
+        # the plumbing, above aiohttp's resolver. The loop itself never blocked.
+        truth_py = Path(__file__).resolve().parent.parent / "workloads" / "truth.py"
+        wrapper = f"{truth_py}:GroundTruth.install.<locals>"
+        assert threads == {f"{wrapper}.counting_start": truth["executor_threads"]}
+        assert calls == {(f"{wrapper}.counting_getaddrinfo", "other"): truth["getaddrinfo_calls"]}
