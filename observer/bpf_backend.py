@@ -26,6 +26,7 @@ from observer.capabilities import (
 from observer.constants import (
     PROBED_RESOLVER_FUNCTIONS,
     Caller,
+    MapSize,
     ProcessState,
     ResolverFunction,
     Transport,
@@ -36,8 +37,8 @@ from observer.labels import host_label
 
 log = logging.getLogger(__name__)
 
-PROBE_FILES = ("watched.h", "python_stack.h", "threads.bpf.c", "getaddrinfo.bpf.c",
-               "dns.bpf.c", "resolver.bpf.c")
+PROBE_FILES = ("watched.h", "python_stack.h", "processes.bpf.c", "threads.bpf.c",
+               "getaddrinfo.bpf.c", "dns.bpf.c", "resolver.bpf.c")
 INIT_PID_NAMESPACE_INO = 0xEFFFFFFC
 EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 # Tracepoints handled by functions that need no tracepoint arguments.
@@ -49,15 +50,18 @@ DNS_SYSCALLS = ("socket", "connect", "close", "sendto", "write", "writev", "send
 DNS_SYSCALL_EXITS = ("socket", "sendto", "write", "writev", "sendmsg", "sendmmsg")
 MACRO_TRACEPOINTS = (
     "task:task_newtask", "sched:sched_process_exec", "sched:sched_process_exit",
+    "syscalls:sys_enter_execve", "syscalls:sys_enter_execveat",
     *(f"syscalls:sys_enter_{name}" for name in DNS_SYSCALLS),
     *(f"syscalls:sys_exit_{name}" for name in DNS_SYSCALL_EXITS),
 )
+# Where a forked child first returns to user space: in a PID namespace it takes its watch there.
+CHILD_RETURNS = tuple(f"syscalls:sys_exit_{name}" for name in ("clone", "clone3", "fork", "vfork"))
 MAPS = (
     "watched_tgids", "threads_created_total", "threads_exited_total", "pending_start_routine",
     "getaddrinfo_calls_total", "getaddrinfo_failures_total", "getaddrinfo_duration_seconds",
     "getaddrinfo_duration_ns_sum", "getaddrinfo_host_calls_total", "getaddrinfo_started",
-    "event_loop_threads", "dns_queries_total", "dns_sockets", "dns_socket_calls",
-    "dns_send_calls", "resolver_calls_total", "resolver_calls_in_progress",
+    "event_loop_threads", "exec_arguments_by_thread", "dns_queries_total", "dns_sockets",
+    "dns_socket_calls", "dns_send_calls", "resolver_calls_total", "resolver_calls_in_progress",
 )
 SITE_MAPS = (
     "python_processes", "python_thread_states", "pending_thread_sites", "live_thread_sites",
@@ -211,12 +215,15 @@ def compile_probes(files: tuple[str, ...], cflags: list[str], what: str):
     return bpf
 
 
-def watch_process(watched, tgid: int) -> int:
-    """Marks a process watched in a ``watched_tgids`` map; returns its generation, the one
-    the kernel gave it if it has one."""
+def watch_process(watched, tgid: int, target: int = 0) -> int:
+    """Marks a process watched in a ``watched_tgids`` map, with the observer's number for its
+    target (which its children inherit); returns its generation, the one the kernel gave it if
+    it has one."""
     entry = watched.get(ctypes.c_uint32(tgid))
     generation = entry.generation if entry is not None else time.monotonic_ns()
-    watched[ctypes.c_uint32(tgid)] = watched.Leaf(ProcessState.WATCHED, 0, generation)
+    parent = entry.parent if entry is not None else 0
+    watched[ctypes.c_uint32(tgid)] = watched.Leaf(ProcessState.WATCHED, target, generation,
+                                                  parent)
     return generation
 
 
@@ -235,12 +242,51 @@ def import_bcc():
     return bcc
 
 
+@dataclass(frozen=True)
+class WatchedEntry:
+    """One process of the kernel's watched set."""
+
+    state: ProcessState
+    target: int  # the observer's number for its target, 0 for none yet
+    generation: int
+    parent: int = 0  # the parent of a child watched since its fork
+
+
+@dataclass(frozen=True)
+class ExecReport:
+    """A process that started a program, with the arguments it was given."""
+
+    tgid: int
+    target: int
+    generation: int
+    arguments: list[str]
+
+
+def exec_arguments(raw: bytes, length: int) -> list[str]:
+    """The argument slots of an exec report, up to the first empty one."""
+    arguments = []
+    for start in range(0, len(raw), length):
+        slot = raw[start:start + length].split(b"\0", 1)[0]
+        if not slot:
+            break
+        arguments.append(slot.decode(errors="replace"))
+    return arguments
+
+
+# Counters the kernel keeps about what it could not do: self metrics.
+KERNEL_DROPS = ("children_not_watched_total", "exec_reports_lost_total",
+                "dns_unknown_socket_sends_total")
+
+
 class BpfProbes:
-    def __init__(self, track_new_processes: bool, sites: bool = True) -> None:
+    def __init__(self, track_new_processes: bool, sites: bool = True,
+                 follow_children: bool = True) -> None:
         self.track_new_processes = track_new_processes
         self.sites = sites
+        self.follow_children = follow_children
         self.counter_maps = {**COUNTER_MAPS, **(SITE_COUNTER_MAPS if sites else {})}
         self.maps = (*MAPS, *(SITE_MAPS if sites else ()))
+        self._exec_reports: list[ExecReport] = []
         # Every probe is listed from the start, so one that failed to attach shows 0.
         self.probes_attached: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
         self.attach_errors: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
@@ -250,12 +296,39 @@ class BpfProbes:
 
     # Loading
     def load(self) -> None:
-        cflags = bpf_cflags(self.track_new_processes, self.sites)
+        cflags = [*bpf_cflags(self.track_new_processes, self.sites),
+                  f"-DFOLLOW_CHILDREN={int(self.follow_children)}"]
         self._bpf = compile_probes(PROBE_FILES, cflags, "probes")
         for tracepoint in MACRO_TRACEPOINTS:
             self.probes_attached[tracepoint.split(":")[1]] += 1  # attached by bcc on load
-        for tracepoint, function in PLAIN_TRACEPOINTS:
+        plain = PLAIN_TRACEPOINTS
+        if pid_namespace_cflags():
+            self.maps = (*self.maps, "forked_children")
+            plain = [*plain, *((name, "adopt_forked_child") for name in CHILD_RETURNS)]
+        for tracepoint, function in plain:
             self._attach_tracepoint(tracepoint, function)
+        self._bpf["exec_reports"].open_ring_buffer(self._keep_exec_report)
+
+    def _keep_exec_report(self, ctx, data, size) -> None:
+        report = self._bpf["exec_reports"].event(data)
+        # ctypes cuts a char array field at its first NUL: read the slots' bytes whole.
+        field = type(report).args
+        slots = ctypes.string_at(ctypes.addressof(report) + field.offset, field.size)
+        self._exec_reports.append(ExecReport(
+            report.tgid, report.target, report.generation,
+            exec_arguments(slots, MapSize.ARG_LENGTH)))
+
+    def exec_reports(self) -> list[ExecReport]:
+        """The programs started since the last call (read after :meth:`states`, every
+        pending process seen there has its report here or in an earlier call)."""
+        self._bpf.ring_buffer_consume()
+        reports, self._exec_reports = self._exec_reports, []
+        return reports
+
+    def kernel_drops(self) -> dict[str, int]:
+        """What the kernel could not do for lack of room, by counter name."""
+        return {name: sum(value.value for value in self._bpf[name].values())
+                for name in KERNEL_DROPS}
 
     def _attach_tracepoint(self, tracepoint: str, function: str) -> None:
         name = tracepoint.split(":")[1].removeprefix("sys_enter_")
@@ -334,17 +407,20 @@ class BpfProbes:
             self._attached_objects.clear()
 
     # The watched set
-    def watch(self, tgid: int) -> int:
-        """Marks a process watched; returns its generation (kept if the kernel has one)."""
-        return watch_process(self._bpf["watched_tgids"], tgid)
+    def watch(self, tgid: int, target: int) -> int:
+        """Marks a process watched with a target number (its children inherit it); returns its
+        generation (kept if the kernel has one)."""
+        return watch_process(self._bpf["watched_tgids"], tgid, target)
 
-    def set_state(self, tgid: int, state: ProcessState, generation: int) -> None:
+    def set_state(self, tgid: int, entry: WatchedEntry) -> None:
         watched = self._bpf["watched_tgids"]
-        watched[ctypes.c_uint32(tgid)] = watched.Leaf(state, 0, generation)
+        watched[ctypes.c_uint32(tgid)] = watched.Leaf(entry.state, entry.target, entry.generation,
+                                                      entry.parent)
 
-    def states(self) -> dict[int, tuple[ProcessState, int]]:
-        """tgid -> (state, generation) of every process in the watched set."""
-        return {key.value: (ProcessState(value.state), value.generation)
+    def states(self) -> dict[int, WatchedEntry]:
+        """tgid -> its entry, for every process in the watched set."""
+        return {key.value: WatchedEntry(ProcessState(value.state), value.target, value.generation,
+                                        value.parent)
                 for key, value in table_items(self._bpf["watched_tgids"])}
 
     def forget(self, processes: dict[int, int | None]) -> None:
@@ -403,8 +479,6 @@ class BpfProbes:
                     counts[tgid.value].sites_read = True
         return counts
 
-    def dns_unknown_socket_sends(self) -> int:
-        return sum(value.value for value in self._bpf["dns_unknown_socket_sends_total"].values())
     def live_thread_stacks(self, generations: dict[int, int]) -> dict[int, Counter]:
         """Live threads of the given processes by the stack that created them, by tgid."""
         stacks: dict[int, Counter] = defaultdict(Counter)

@@ -28,6 +28,7 @@ EPILOG_RUN = """examples:
   thread-observer run --target api='python.*server\\.py'          # every matching process
   thread-observer run --pid 4242 --pid worker=4343 --label-pid      # given processes
   thread-observer run --target api='uvicorn' --listen 0.0.0.0:9097 --backend auto
+  thread-observer run --target '{app}=gunicorn: master \\[(?P<app>[^]:]+)'  # a target per app
   curl -s localhost:9097/metrics | grep thread_observer_
 """
 

@@ -22,6 +22,18 @@ from observer.histogram import log2_to_buckets
 from observer.kubernetes import PodNames
 from observer.model import Counts, ProcessRow, Snapshot
 
+# Self counters of what the observer could not see or name as asked (never a silent zero).
+LOSSES = {
+    "children_not_watched_total": "Children of watched processes the kernel could not watch "
+    "(its watched set was full): their threads and calls are not counted",
+    "exec_reports_lost_total": "Command lines of new programs lost (the ring buffer was "
+    "full): those processes were matched on /proc's command line only",
+    "target_names_overflowed_total": "Processes put under the target <other> because their "
+    "name template had reached its cap of distinct names",
+    "dns_unknown_socket_sends_total": "Sends to port 53 on sockets opened before their process "
+    "was watched (transport unknown): not counted in dns_queries_total",
+}
+
 # POSIX's getaddrinfo errors (codes -1 to -12).
 COMMON_EAI_ERRORS = tuple(name for code, name in EAI_NAMES.items() if code >= -12)
 
@@ -169,13 +181,9 @@ class ObserverCollector(Collector):
         for name, count in sorted(snapshot.map_entries.items()):
             entries.add_metric([name], count)
         yield entries
-        if snapshot.dns_unknown_socket_sends is not None:
-            yield CounterMetricFamily(
-                _name("dns_unknown_socket_sends"),
-                "Sends to port 53 on sockets opened before their process was watched: "
-                "not counted in dns_queries_total",
-                value=snapshot.dns_unknown_socket_sends,
-            )
+        for name, count in sorted(snapshot.losses.items()):
+            yield CounterMetricFamily(_name(name.removesuffix("_total")), LOSSES[name],
+                                      value=count)
         yield from _site_self_metrics(snapshot)
         if self._pod_names is not None:
             yield GaugeMetricFamily(

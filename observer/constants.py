@@ -85,6 +85,15 @@ class MapSize(enum.IntEnum):
     HOST_LENGTH = 64
     MAX_SOCKETS = 32768
 
+    # Children forked but not yet running (handed from parent to child in a PID namespace).
+    MAX_NEW_CHILDREN = 4096
+    # The command line a process starts with: its first arguments, each truncated.
+    MAX_ARGS = 16
+    ARG_LENGTH = 64
+    # The exec reports' ring buffer, in pages (a power of 2): 512 KiB, about 500 reports
+    # between two polls.
+    EXEC_RINGBUF_PAGES = 128
+
 
 class SiteLimit(enum.IntEnum):
     """Bounds of the Python stack reading in the kernel (probes/python_stack.h)."""
@@ -138,6 +147,7 @@ def eai_name(code: int) -> str:
 
 
 def bpf_cflags(track_new_processes: bool, sites: bool = False) -> list[str]:
+    """The shared -D flags; each program adds its own FOLLOW_CHILDREN."""
     flags = [f"-DSTATE_{state.name}={state.value}" for state in ProcessState]
     flags += [f"-DCALLER_{caller.name}={caller.value}" for caller in Caller]
     # __members__, not iteration: equal sizes are aliases, which iterating an enum skips.

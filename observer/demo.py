@@ -208,10 +208,14 @@ def threads_truth(truth: dict) -> int:
 
 
 def target_counts(snapshot, target: str) -> Counts:
+    """Its processes' counts, and those of its processes that ended (workers)."""
     total = Counts()
     for row in snapshot.rows:
         if row.target == target and row.counts is not None:
             total.add(row.counts)
+    for (name, *_), counts in snapshot.retired.items():
+        if name == target:
+            total.add(counts)
     return total
 
 

@@ -68,6 +68,5 @@ class Snapshot:
     attach_errors: dict[str, int] = field(default_factory=dict)
     bpf_available: bool = False
     map_entries: dict[str, int] = field(default_factory=dict)
-    # Sends to port 53 on sockets opened before their process was watched (not counted as
-    # queries); None when not measured.
-    dns_unknown_socket_sends: int | None = None
+    # What could not be watched or named as asked, by self metric (see collector.LOSSES).
+    losses: dict[str, int] = field(default_factory=dict)

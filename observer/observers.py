@@ -21,6 +21,7 @@ from observer.bpf_backend import (
     UPROBE_NAMES,
     BpfProbes,
     RawCounts,
+    WatchedEntry,
     attach_libc_of,
 )
 from observer.capabilities import uprobe_capability_hint
@@ -28,11 +29,21 @@ from observer.constants import ProcessState, StackFlag
 from observer.labels import OTHER_HOSTS, HostLabels
 from observer.model import Counts, ProcessRow, Snapshot
 from observer.sites import SITES_PER_TARGET, ProcessSites
-from observer.targets import PidTarget, RegexTarget, cmdline_of, match_target
+from observer.targets import (
+    OTHER_TARGET,
+    PidTarget,
+    RegexTarget,
+    TargetNames,
+    TargetNumbers,
+    cmdline_of,
+    first_match,
+)
 
 log = logging.getLogger(__name__)
 
 SCAN_INTERVAL = 1.0  # seconds between two full scans of /proc for new and gone processes
+# Children attached per poll at most: a fork storm must not hold the scrape's lock for long.
+MAX_ADOPTIONS_PER_POLL = 64
 # Polls a process caught before its interpreter is initialised is looked at again (at the
 # default interval, 10 s).
 SITE_TRIES = 40
@@ -47,6 +58,7 @@ class TrackedProcess:
     executor_max_workers: int | None = None
     container_id: str = ""
     pod_uid: str = ""
+    inherited: bool = False  # in its target as a descendant, not by its own match
     sites: ProcessSites | None = None  # its Python frames can be read
     sites_unavailable: str | None = None  # else why not (None while still looking)
     site_tries: int = 0
@@ -88,9 +100,15 @@ class ProcObserver:
         pid_targets: list[PidTarget],
         allow_non_python: bool = False,
         containers_apart: bool = False,
+        follow_children: bool = True,
     ) -> None:
         self.regex_targets = regex_targets
         self.pid_targets = {t.pid: t.name for t in pid_targets}
+        self.follow_children = follow_children
+        self.names = TargetNames()
+        self.overflowed = 0  # processes put under OTHER_TARGET (a name template's cap)
+        # tgid -> (generation, the command line it was started with), from the exec reports
+        self.started_cmdlines: dict[int, tuple[int, str]] = {}
         self.allow_non_python = allow_non_python
         self.procs: dict[int, TrackedProcess] = {}
         self.retired: dict[tuple[str, str, str], Counts] = {}
@@ -142,15 +160,15 @@ class ProcObserver:
 
     # Finding processes
     def classify(self, pid: int) -> str | None:
-        """The target a process belongs to, or None."""
+        """The target a process belongs to by its own match, or None."""
         if pid == self._self_pid:
             return None
         if pid in self.pid_targets:
             return self.pid_targets[pid]
         if not self.regex_targets:
             return None
-        cmdline = cmdline_of(pid)
-        target = match_target(self.regex_targets, cmdline) if cmdline else None
+        started = self.started_cmdlines.get(pid, (0, None))[1]
+        target = self.match_cmdlines(started, cmdline_of(pid))
         if target is None:
             return None
         try:
@@ -158,7 +176,13 @@ class ProcObserver:
                 return None
         except OSError:
             return None
-        return target.name
+        return target
+
+    def match_cmdlines(self, *cmdlines: str | None) -> str | None:
+        """The target name matching the command line a process started with or the one it
+        shows now (tried in that order), or None."""
+        found = first_match(self.regex_targets, cmdlines)
+        return self.names.name(*found) if found else None
 
     def _scan(self) -> None:
         self._last_scan = time.monotonic()
@@ -171,24 +195,36 @@ class ProcObserver:
             if pid in self.procs or pid in self._rejected:
                 continue
             target = self.classify(pid)
-            if target is not None:
-                self._attach(pid, target)
+            inherited = target is None and self._parent_target(pid)
+            if target or inherited:
+                self._attach(pid, target or inherited, inherited=bool(inherited))
             elif self._remember_rejections:
                 self._rejected.add(pid)
+
+    def _parent_target(self, pid: int) -> str | None:
+        """The target of a process's parent when that one is attached (a child the kernel
+        did not hand a target: forked before its parent was matched)."""
+        if not self.follow_children:
+            return None
+        parent = self.procs.get(procfs.parent_pid(pid) or 0)
+        return parent.target if parent is not None else None
 
     def _candidate_pids(self) -> list[int]:
         if self.regex_targets:
             return psutil.pids()
         return [pid for pid in self.pid_targets if psutil.pid_exists(pid)]
 
-    def _attach(self, pid: int, target: str) -> TrackedProcess | None:
+    def _attach(self, pid: int, target: str, inherited: bool = False) -> TrackedProcess | None:
         started = create_time(pid)
         if started is None:
             return None
-        tracked = TrackedProcess(pid=pid, target=target, create_time=started)
+        tracked = TrackedProcess(pid=pid, target=target, create_time=started,
+                                 inherited=inherited)
+        self.overflowed += target == OTHER_TARGET
         self._describe(tracked)
         self.procs[pid] = tracked
-        log.info("attached pid %d to target %s", pid, target)
+        log.info("attached pid %d to target %s%s", pid, target,
+                 " (a descendant)" if inherited else "")
         return tracked
 
     def _describe(self, tracked: TrackedProcess) -> None:
@@ -204,13 +240,19 @@ class ProcObserver:
         log.info("pid %d of target %s is gone", pid, tracked.target)
         # A --pid target ends with its process: a later process with that PID is not it.
         self.pid_targets.pop(pid, None)
+        self._forget_target_if_empty(tracked)
+
+    def _forget_target_if_empty(self, tracked: TrackedProcess) -> None:
         # Folded counts and host labels live only as long as their processes do.
         key = self.retire_key(tracked)
-        if not any(self.retire_key(t) == key for t in self.procs.values()):
+        if not self._has_key(key):
             self.retired.pop(key, None)
         if not self._has_processes(tracked.target):
             self.host_labels.pop(tracked.target, None)
             self.site_labels.pop(tracked.target, None)
+
+    def _has_key(self, key: tuple[str, str, str]) -> bool:
+        return any(self.retire_key(t) == key for t in self.procs.values())
 
     def _has_processes(self, target: str) -> bool:
         return any(tracked.target == target for tracked in self.procs.values())
@@ -230,7 +272,9 @@ class ProcObserver:
             )
 
     def target_names(self) -> list[str]:
-        return sorted({t.name for t in self.regex_targets} | set(self.pid_targets.values()))
+        """The configured names (a name template's names appear with their processes)."""
+        return sorted({t.name for t in self.regex_targets if not t.is_template}
+                      | set(self.pid_targets.values()))
 
 
 def describe(tracked: TrackedProcess) -> None:
@@ -250,13 +294,21 @@ def describe(tracked: TrackedProcess) -> None:
 
 
 class BpfObserver(ProcObserver):
-    """Adds the eBPF probes: counts from the kernel's maps, read at scrape time."""
+    """Adds the eBPF probes: counts from the kernel's maps, read at scrape time.
+
+    A target is a process tree: the kernel watches a watched process's children from their
+    fork, with its parent's target number (:class:`TargetNumbers`); here they are attached
+    when first seen, re-matched when they start a program, and, if they ended unseen, their
+    counts are folded into their target's retired totals.
+    """
 
     backend = "bpf"
 
     def __init__(self, *args, sites: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.probes = BpfProbes(track_new_processes=bool(self.regex_targets), sites=sites)
+        self.probes = BpfProbes(track_new_processes=bool(self.regex_targets), sites=sites,
+                                follow_children=self.follow_children)
+        self.numbers = TargetNumbers()
         self._remember_rejections = True  # exec marks a process pending again
         # Counted once a scan, not per scrape: walking every map is the costly part of it.
         self.map_entries: dict[str, int] = {}
@@ -274,19 +326,35 @@ class BpfObserver(ProcObserver):
             self.probes.close()
 
     def _poll_locked(self) -> None:
+        states = self.probes.states()
+        # After the states: every pending process seen there has its report by now.
+        for report in self.probes.exec_reports():
+            self.started_cmdlines[report.tgid] = (report.generation, " ".join(report.arguments))
         forget: dict[int, int] = {}
-        for tgid, (state, generation) in self.probes.states().items():
+        ended: dict[int, TrackedProcess] = {}  # their counts are read in one pass
+        adoptions = 0
+        # Ascending, so that a parent matched in this poll is attached before its children.
+        for tgid, entry in sorted(states.items()):
             tracked = self.procs.get(tgid)
-            if tracked is not None and tracked.generation != generation:
+            if tracked is not None and tracked.generation != entry.generation:
                 self._detach(tgid)  # the PID now belongs to another process
                 tracked = None
-            if state == ProcessState.PENDING:
-                self._settle_pending(tgid, generation, forget)
-            elif state == ProcessState.EXITED or tracked is None:
-                if tracked is not None:
-                    self._detach(tgid)
-                forget[tgid] = generation
+            if entry.state == ProcessState.PENDING:
+                self._settle_pending(tgid, entry, forget)
+            elif entry.state == ProcessState.EXITED:
+                ended[tgid] = tracked or self._unseen(tgid, entry)
+                forget[tgid] = entry.generation
+            elif tracked is None:
+                # Bounded work per poll (a fork storm): the rest are counted meanwhile, and
+                # adopted at the next polls or folded in when they end.
+                adoptions += 1
+                if adoptions <= MAX_ADOPTIONS_PER_POLL and not self._adopt(tgid, entry):
+                    forget[tgid] = entry.generation
+        self._retire(ended)
         self.probes.forget(forget)
+        for tgid, generation in forget.items():
+            if self.started_cmdlines.get(tgid, (None,))[0] == generation:
+                del self.started_cmdlines[tgid]
         for tracked in self.procs.values():
             if tracked.sites is None and tracked.sites_unavailable is None:
                 self._find_python(tracked)
@@ -298,32 +366,95 @@ class BpfObserver(ProcObserver):
         if swept:
             log.debug("swept %d counters of processes gone unseen", swept)
         self.map_entries = self.probes.map_entries()
+        # Reports of processes the kernel no longer watches (forgotten before their report).
+        for tgid in [t for t in self.started_cmdlines if t not in self.procs]:
+            if not psutil.pid_exists(tgid):
+                del self.started_cmdlines[tgid]
 
-    def _settle_pending(self, tgid: int, generation: int, forget: dict[int, int]) -> None:
-        """A process that the kernel saw start a program (exec) or fork from a target."""
-        self._rejected.discard(tgid)
-        target = self.classify(tgid)
-        tracked = self.procs.get(tgid)
-        if tracked is not None and tracked.target != target:
-            self._detach(tgid)  # it became another program
-            tracked = None
+    def _inherited_target(self, entry: WatchedEntry) -> str | None:
+        return self.numbers.name(entry.target) if self.follow_children else None
+
+    def _adopt(self, tgid: int, entry: WatchedEntry) -> bool:
+        """A child the kernel watches since its fork: attached to its own match, else to its
+        parent's target. False if it has no target; True if it is attached, or gone (its exit
+        is handled at the next poll)."""
+        inherited = self._inherited_target(entry)
+        if inherited is None:
+            return False
+        own = self.classify(tgid)
+        # Its libc is its parent's, probed already: a fork has its parent's mappings.
+        if self._attach(tgid, own or inherited, inherited=own is None, probe_libc=False) is None:
+            log.debug("pid %d of target %s ended before it was attached", tgid, inherited)
+        return True
+
+    def _unseen(self, tgid: int, entry: WatchedEntry) -> TrackedProcess | None:
+        """A process that ended before user space attached it (a child that lived a few
+        milliseconds), as if it had been attached; None if it had no target."""
+        started = self.started_cmdlines.get(tgid)
+        started_cmdline = started[1] if started and started[0] == entry.generation else None
+        target = self.match_cmdlines(started_cmdline) or self._inherited_target(entry)
         if target is None:
-            forget[tgid] = generation
+            return None
+        # A fork shares its parent's mappings (a new program's are unknown: creator unknown)
+        # and its container.
+        parent = self.procs.get(entry.parent)
+        gone = TrackedProcess(pid=tgid, target=target, create_time=0.0,
+                              generation=entry.generation)
+        if parent is not None:
+            gone.resolver = None if started_cmdline else parent.resolver
+            gone.container_id, gone.pod_uid = parent.container_id, parent.pod_uid
+        return gone
+
+    def _retire(self, ended: dict[int, TrackedProcess | None]) -> None:
+        """Processes that ended: their counts go to their target's retired totals (while it
+        has processes), read from the maps in one pass; the kernel forgets them after."""
+        processes = {tgid: tracked for tgid, tracked in ended.items() if tracked is not None}
+        finals = self._counts(processes)
+        for tgid, tracked in processes.items():
+            if tgid in self.procs:
+                self._detach(tgid, finals.get(tgid), forget_in_kernel=False)
+            elif tgid in finals and self._has_key(self.retire_key(tracked)):
+                self.retired.setdefault(self.retire_key(tracked), Counts()).add(finals[tgid])
+                self.overflowed += tracked.target == OTHER_TARGET
+
+    def _settle_pending(self, tgid: int, entry: WatchedEntry, forget: dict[int, int]) -> None:
+        """A process that the kernel saw start a program (exec), or fork from a process not
+        yet matched: it belongs to its own match, else (a descendant) to its target so far."""
+        self._rejected.discard(tgid)
+        tracked = self.procs.get(tgid)
+        own = self.classify(tgid)
+        inherited = None
+        if tracked is None or tracked.inherited:
+            inherited = self._inherited_target(entry) or self._parent_target(tgid)
+        target = own or inherited
+        if target is None:
+            if tracked is not None:
+                self._detach(tgid)  # it became another program
+            forget[tgid] = entry.generation
         elif tracked is None:
-            if self._attach(tgid, target) is None:
-                forget[tgid] = generation
+            self._attach(tgid, target, inherited=own is None)  # None: gone, seen exiting next
         else:
-            self.probes.set_state(tgid, ProcessState.WATCHED, generation)
+            if tracked.target != target:
+                # It moves with all its counts: a child that starts another target's program.
+                log.info("pid %d moves from target %s to %s", tgid, tracked.target, target)
+                old = replace(tracked)
+                tracked.target = target
+                self._forget_target_if_empty(old)
+            tracked.inherited = own is None
+            self.probes.set_state(tgid, WatchedEntry(
+                ProcessState.WATCHED, self.numbers.number(target), entry.generation, entry.parent))
             self._describe(tracked)  # new program image: new mappings
             tracked.sites, tracked.sites_unavailable, tracked.site_tries = None, None, 0
             self._find_python(tracked)
 
-    def _attach(self, pid: int, target: str) -> TrackedProcess | None:
-        tracked = super()._attach(pid, target)
+    def _attach(self, pid: int, target: str, inherited: bool = False,
+                probe_libc: bool = True) -> TrackedProcess | None:
+        tracked = super()._attach(pid, target, inherited)
         if tracked is None:
             return None
-        tracked.generation = self.probes.watch(pid)
-        self._attach_libc(pid)
+        tracked.generation = self.probes.watch(pid, self.numbers.number(target))
+        if probe_libc:
+            self._attach_libc(pid)
         self._find_python(tracked)
         return tracked
 
@@ -373,17 +504,21 @@ class BpfObserver(ProcObserver):
             log.warning("pid %d: could not probe %s in %s%s", pid, ", ".join(missing), objects,
                         uprobe_capability_hint())
 
-    def _detach(self, pid: int) -> None:
+    def _detach(self, pid: int, final: Counts | None = None,
+                forget_in_kernel: bool = True) -> None:
         tracked = self.procs.get(pid)
         if tracked is not None:
-            final = self._counts({pid: tracked}).get(pid)
+            if final is None:
+                final = self._counts({pid: tracked}).get(pid)
             key = self.retire_key(tracked)
             others = any(self.retire_key(t) == key and p != pid for p, t in self.procs.items())
             if final is not None and others:
                 self.retired.setdefault(key, Counts()).add(final)
         super()._detach(pid)
         if tracked is not None:
-            self.probes.forget({pid: tracked.generation})
+            if forget_in_kernel:
+                self.probes.forget({pid: tracked.generation})
+            self.started_cmdlines.pop(pid, None)
 
     def _counts(self, procs: dict[int, TrackedProcess]) -> dict[int, Counts]:
         raw = self.probes.read_counts({pid: t.generation for pid, t in procs.items()})
@@ -412,16 +547,18 @@ class BpfObserver(ProcObserver):
                 attach_errors=dict(self.probes.attach_errors),
                 bpf_available=True,
                 map_entries=self.map_entries,
-                dns_unknown_socket_sends=self._dns_unknown_socket_sends(),
+                losses=self._said({**self.probes.kernel_drops(),
+                                   "target_names_overflowed_total": self.overflowed}),
             )
 
-    def _dns_unknown_socket_sends(self) -> int:
-        sends = self.probes.dns_unknown_socket_sends()
+    def _said(self, losses: dict[str, int]) -> dict[str, int]:
+        """Losses, with a warning when DNS sends went uncounted since the last one."""
+        sends = losses.get("dns_unknown_socket_sends_total", 0)
         if sends > self._unknown_sends_logged:
             log.warning("%d sends to port 53 on sockets opened before their process was watched:"
                         " not counted in dns_queries_total", sends)
             self._unknown_sends_logged = sends
-        return sends
+        return losses
 
     def _bound_hosts(self, target: str, counts: Counts) -> Counts:
         """Host and site labels bounded per target (the most counted first)."""

@@ -53,6 +53,15 @@ def read_maps(pid: int) -> list[Mapping]:
     return mappings
 
 
+def parent_pid(pid: int) -> int | None:
+    """The parent's PID from /proc/PID/stat, or None if the process is gone."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_bytes()
+        return int(stat.rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def exe_path(pid: int) -> str:
     return os.readlink(PROC / str(pid) / "exe").removesuffix(" (deleted)")
 

@@ -1,16 +1,28 @@
-"""Which processes are watched: ``--pid [NAME=]PID`` and ``--target NAME=REGEX``."""
+"""Which processes are watched: ``--pid [NAME=]PID`` and ``--target NAME=REGEX``.
+
+A target's name may take values from the regex's named groups (``{app}=gunicorn: \\w+
+\\[(?P<app>[^]:]+)``): one target per value, up to :data:`MAX_NAMES_PER_TEMPLATE` of them.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from dataclasses import dataclass
+import string
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import psutil
 
 from observer import procfs
 
+log = logging.getLogger(__name__)
+
 TARGET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
+MAX_NAMES_PER_TEMPLATE = 100
+UNSAFE_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9_.:-]")
+OTHER_TARGET = "<other>"  # the processes of a template's names beyond its cap
 
 
 class TargetError(ValueError):
@@ -19,11 +31,70 @@ class TargetError(ValueError):
 
 @dataclass(frozen=True)
 class RegexTarget:
-    name: str
+    name: str  # a name, or a template such as "{app}" naming groups of the pattern
     pattern: re.Pattern[str]
 
     def matches(self, cmdline: str) -> bool:
         return self.pattern.search(cmdline) is not None
+
+    @property
+    def is_template(self) -> bool:
+        return "{" in self.name
+
+    def name_for(self, cmdline: str) -> str | None:
+        """The target name for a command line (a template filled in), or None."""
+        found = self.pattern.search(cmdline)
+        if found is None:
+            return None
+        if not self.is_template:
+            return self.name
+        values = {group: UNSAFE_NAME_CHARACTERS.sub("_", (value or "")[:64])
+                  for group, value in found.groupdict().items()}
+        return self.name.format(**values)[:64] or "<none>"
+
+
+class TargetNames:
+    """Target names taken from processes: bounded per template, the rest under
+    :data:`OTHER_TARGET`. Admission never changes afterwards."""
+
+    def __init__(self, limit: int = MAX_NAMES_PER_TEMPLATE) -> None:
+        self.limit = limit
+        self.admitted: dict[str, set[str]] = {}
+        self.capped: set[str] = set()  # templates that have reached the cap
+
+    def name(self, target: RegexTarget, cmdline: str) -> str | None:
+        name = target.name_for(cmdline)
+        if name is None or not target.is_template:
+            return name
+        admitted = self.admitted.setdefault(target.name, set())
+        if name in admitted:
+            return name
+        if len(admitted) < self.limit:
+            admitted.add(name)
+            return name
+        if target.name not in self.capped:
+            self.capped.add(target.name)
+            log.warning("target %s has %d names already: later ones count as %s",
+                        target.name, self.limit, OTHER_TARGET)
+        return OTHER_TARGET
+
+
+@dataclass
+class TargetNumbers:
+    """The kernel's numbers for target names (a child inherits its parent's number); 0 is
+    none."""
+
+    names: list[str] = field(default_factory=lambda: [""])
+    numbers: dict[str, int] = field(default_factory=dict)
+
+    def number(self, name: str) -> int:
+        if name not in self.numbers:
+            self.numbers[name] = len(self.names)
+            self.names.append(name)
+        return self.numbers[name]
+
+    def name(self, number: int) -> str | None:
+        return self.names[number] if 0 < number < len(self.names) else None
 
 
 @dataclass(frozen=True)
@@ -36,12 +107,32 @@ def parse_regex_target(text: str) -> RegexTarget:
     name, sep, regex = text.partition("=")
     if not sep or not regex:
         raise TargetError(f"--target {text!r}: expected NAME=REGEX, e.g. api='python.*server\\.py'")
-    _check_name(name, "--target")
     try:
         pattern = re.compile(regex)
     except re.error as err:
         raise TargetError(f"--target {name}: bad regular expression {regex!r}: {err}") from None
+    _check_template(name, pattern)
     return RegexTarget(name, pattern)
+
+
+def _check_template(name: str, pattern: re.Pattern[str]) -> None:
+    """A plain name, or a template whose fields are named groups of the pattern."""
+    try:
+        fields = [(text, group) for text, group, spec, conversion
+                  in string.Formatter().parse(name)]
+    except ValueError as err:
+        raise TargetError(f"--target {name!r}: bad name template: {err}") from None
+    groups = [group for _, group in fields if group is not None]
+    if not groups:
+        _check_name(name, "--target")
+        return
+    for group in groups:
+        if group not in pattern.groupindex:
+            raise TargetError(f"--target {name!r}: {{{group}}} is not a named group of the "
+                              "regex (write one as (?P<NAME>...))")
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]*", "".join(text for text, _ in fields)):
+        raise TargetError(f"--target {name!r}: outside its {{fields}}, a name template uses "
+                          "only letters, digits, _ . : -")
 
 
 def parse_pid_target(text: str) -> PidTarget:
@@ -155,7 +246,7 @@ def _read_squeezed(path: str) -> str | None:
 
 
 def _sanitize(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9_.:-]", "_", name)[:64] or "process"
+    cleaned = UNSAFE_NAME_CHARACTERS.sub("_", name)[:64] or "process"
     return cleaned if cleaned[0].isalpha() or cleaned[0] == "_" else f"_{cleaned}"
 
 
@@ -175,4 +266,16 @@ def match_target(targets: list[RegexTarget], cmdline: str) -> RegexTarget | None
     for target in targets:
         if target.matches(cmdline):
             return target
+    return None
+
+
+def first_match(targets: list[RegexTarget],
+                cmdlines: Iterable[str | None]) -> tuple[RegexTarget, str] | None:
+    """The first target (in the order given) whose regex matches one of the command lines
+    (tried in the order given), with the command line it matched."""
+    lines = [line for line in cmdlines if line]
+    for target in targets:
+        for line in lines:
+            if target.matches(line):
+                return target, line
     return None

@@ -79,29 +79,19 @@ TRACEPOINT_PROBE(task, task_newtask)
 {
     u64 id = current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
-    u64 generation = watched_generation(tgid);
-    if (!generation)
+    struct watched_process *process = watched_tgids.lookup(&tgid);
+    if (!process)
         return 0;
     if (args->clone_flags & CLONE_THREAD)
-        count_new_thread(tgid, tid, generation, (u32)args->pid);
+        count_new_thread(tgid, tid, process->generation, (u32)args->pid);
+    else if (!inherit_watch(tgid, process, (u32)args->pid)) {
 #ifndef PIDNS_INO
-    // A fork of a watched process: same command line. (In a PID namespace the child's id
-    // here is the host's, so forks are found by the periodic scan instead.)
-    else if (TRACK_NEW_PROCESSES)
-        mark_pending((u32)args->pid, 1);
+        // A fork of a process not yet matched: same command line, classified in user space.
+        // (In a PID namespace the child's id here is the host's: the periodic scan finds it.)
+        if (TRACK_NEW_PROCESSES)
+            mark_pending((u32)args->pid, 1);
 #endif
-    return 0;
-}
-
-TRACEPOINT_PROBE(sched, sched_process_exec)
-{
-    // A new program: counted from here, classified by its command line in user space.
-    u64 id = current_pid_tgid();
-    u32 tgid = id >> 32;
-    if (watched_generation(tgid))
-        forget_python_process(tgid, (u32)id);
-    if (TRACK_NEW_PROCESSES && tgid)
-        mark_pending(tgid, 0);
+    }
     return 0;
 }
 

@@ -5,8 +5,14 @@
 // counter's key carries it: when a PID is reused, the new process's counts never mix with the
 // old one's, even before user space has noticed the old one is gone.
 //
-// Parameters (-D cflags): STATE_PENDING, STATE_WATCHED, STATE_EXITED, MAX_PROCESSES and
-// TRACK_NEW_PROCESSES from observer/constants.py (bpf_cflags), and PIDNS_DEV/PIDNS_INO from
+// A target is a process tree: a process forked by a watched one is watched at once, in the
+// kernel, with its parent's target (FOLLOW_CHILDREN), so that it is counted from its first
+// instruction even if it lives a millisecond. User space keeps the target names; the kernel
+// only hands a target's number down.
+//
+// Parameters (-D cflags): STATE_PENDING, STATE_WATCHED, STATE_EXITED, MAX_PROCESSES,
+// MAX_NEW_CHILDREN and TRACK_NEW_PROCESSES from observer/constants.py (bpf_cflags),
+// FOLLOW_CHILDREN from the program that includes this file, and PIDNS_DEV/PIDNS_INO from
 // observer/bpf_backend.py (pid_namespace_cflags) when the observer runs in a PID namespace of
 // its own (a container), so that ids match what it sees in /proc.
 #ifndef THREAD_OBSERVER_WATCHED_H
@@ -29,12 +35,20 @@
 #ifndef TRACK_NEW_PROCESSES
 #error "TRACK_NEW_PROCESSES must be given as a -D cflag by observer/constants.py"
 #endif
+#ifndef FOLLOW_CHILDREN
+#error "FOLLOW_CHILDREN must be given as a -D cflag (0 or 1) by the program's loader"
+#endif
+#ifndef MAX_NEW_CHILDREN
+#error "MAX_NEW_CHILDREN must be given as a -D cflag by observer/constants.py"
+#endif
 
 struct watched_process {
     u32 state;  // PENDING: counted from its start, until user space has read its command
                 // line and decided whether a target matches it
-    u32 reserved;
+    u32 target;  // the observer's number for its target; 0 while none is decided
     u64 generation;
+    u32 parent;  // for a child watched since its fork: its parent's process id, else 0
+    u32 reserved;
 };
 
 // The key of per-process counters.
@@ -45,6 +59,12 @@ struct process_key {
 };
 
 BPF_HASH(watched_tgids, u32, struct watched_process, MAX_PROCESSES);
+#ifdef PIDNS_INO
+// Host id of a forked child -> the watch it inherits, until the child runs.
+BPF_TABLE("lru_hash", u32, struct watched_process, forked_children, MAX_NEW_CHILDREN);
+#endif
+// Children of watched processes that could not be watched (the watched set was full).
+BPF_ARRAY(children_not_watched_total, u64, 1);
 
 // Process and thread ids as the observer sees them: 0 for tasks outside its PID namespace.
 static __always_inline u64 current_pid_tgid(void)
@@ -82,6 +102,38 @@ static __always_inline void mark_pending(u32 tgid, int new_process)
     else
         process.generation = bpf_ktime_get_ns();
     watched_tgids.update(&tgid, &process);
+}
+
+static __always_inline void count_child_not_watched(void)
+{
+    u32 zero = 0;
+    u64 *count = children_not_watched_total.lookup(&zero);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+}
+
+// A fork of a watched process with a target: the child is watched with that target from its
+// first instruction, under a generation of its own. Called in the parent (task:task_newtask),
+// where child_pid is the child's id in the host's PID namespace. Returns 0 when the parent has
+// no target to hand down.
+static __always_inline int inherit_watch(u32 parent_tgid, struct watched_process *parent,
+                                         u32 child_pid)
+{
+    if (!FOLLOW_CHILDREN || !parent->target || parent->state == STATE_EXITED)
+        return 0;
+    struct watched_process child = {
+        .state = STATE_WATCHED, .target = parent->target, .generation = bpf_ktime_get_ns(),
+        .parent = parent_tgid,
+    };
+#ifdef PIDNS_INO
+    // The child's id in our namespace is not known here: the child takes its watch itself
+    // when it first returns to user space (adopt_forked_child), before any code of its own.
+    if (forked_children.update(&child_pid, &child))
+#else
+    if (watched_tgids.update(&child_pid, &child))
+#endif
+        count_child_not_watched();
+    return 1;
 }
 
 #endif

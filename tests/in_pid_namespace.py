@@ -10,10 +10,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.harness import exits_settled, observer, workload
+from tests.harness import exits_settled, observer, wait_until, workload
 
 MIXED = ["-m", "workloads.mixed", "--threads", "13", "--loop-calls", "7",
          "--blocking-calls", "5", "--linger", "60"]
+TREE = ["-m", "workloads.process_tree", "--workers", "3", "--threads", "10", "--lookups", "7",
+        "--linger", "60"]
 
 
 def measure(args: list[str], by_pid: bool) -> dict:
@@ -58,9 +60,23 @@ def reuse_pid(args: list[str]) -> dict:
         return found
 
 
+def measure_tree(by_pid: bool) -> dict:
+    """A parent that forks 3 short workers, given by PID or matched by a target."""
+    with tempfile.TemporaryDirectory() as folder, workload(TREE) as root:
+        args = ["--pid", f"ns={root.pid}"] if by_pid else ["--target", "ns=workloads\\.process"]
+        with observer(args, Path(folder)) as running:
+            wait_until(lambda: running.scrape().value("thread_observer_processes", target="ns")
+                       == 1, 10, "the parent to be attached")
+            root.go()
+            return result(root, running)
+
+
 def main() -> int:
     if sys.argv[1:] == ["pid-reuse"]:
         results = {"init_pid": os.getpid(), "reuse": reuse_pid(MIXED)}
+    elif sys.argv[1:] == ["tree"]:
+        results = {"init_pid": os.getpid(), "by_pid": measure_tree(True),
+                   "by_target": measure_tree(False)}
     else:
         results = {"init_pid": os.getpid(), "by_pid": measure(MIXED, True),
                    "by_target": measure(MIXED, False)}

@@ -157,7 +157,7 @@ def test_dns_queries_and_resolver_calls_add_up_per_target():
                                   ("getnameinfo", "event_loop"): 5})
     snapshot = Snapshot(backend="bpf", rows=[ProcessRow("api", 1, 1, first),
                                              ProcessRow("api", 2, 1, second)],
-                        dns_unknown_socket_sends=4)
+                        losses={"dns_unknown_socket_sends_total": 4})
     value = registry_for(snapshot).get_sample_value
     assert value("thread_observer_dns_queries_total", {"target": "api", "transport": "udp"}) == 7
     assert value("thread_observer_dns_queries_total", {"target": "api", "transport": "tcp"}) == 2
@@ -180,3 +180,13 @@ def test_dns_series_start_at_zero_and_are_absent_with_the_proc_backend():
     text = generate_latest(registry_for(proc)).decode()
     assert "dns_queries_total" not in text and "resolver_calls_total" not in text
     assert "dns_unknown_socket_sends" not in text
+
+
+def test_what_could_not_be_watched_or_named_is_said_in_self_counters():
+    snapshot = Snapshot(backend="bpf", bpf_available=True, losses={
+        "children_not_watched_total": 2, "exec_reports_lost_total": 0,
+        "target_names_overflowed_total": 900})
+    registry = registry_for(snapshot)
+    assert registry.get_sample_value("thread_observer_children_not_watched_total") == 2
+    assert registry.get_sample_value("thread_observer_exec_reports_lost_total") == 0
+    assert registry.get_sample_value("thread_observer_target_names_overflowed_total") == 900

@@ -14,15 +14,20 @@ from tests.harness import REPO
 pytestmark = pytest.mark.bpf
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is missing")
-def test_counts_stay_exact_when_pids_are_those_of_a_namespace():
+def in_pid_namespace(*mode: str) -> dict:
+    """What tests/in_pid_namespace.py measured inside a new PID namespace."""
     result = subprocess.run(
         ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m",
-         "tests.in_pid_namespace"],
+         "tests.in_pid_namespace", *mode],
         capture_output=True, text=True, timeout=180, cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    found = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is missing")
+def test_counts_stay_exact_when_pids_are_those_of_a_namespace():
+    found = in_pid_namespace()
     assert found["init_pid"] == 1  # really in a new PID namespace
     for way in ("by_pid", "by_target"):
         measured = found[way]
@@ -39,13 +44,7 @@ def test_counts_stay_exact_when_pids_are_those_of_a_namespace():
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is missing")
 def test_a_reused_pid_starts_from_zero():
-    result = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m",
-         "tests.in_pid_namespace", "pid-reuse"],
-        capture_output=True, text=True, timeout=180, cwd=REPO,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    found = json.loads(result.stdout.strip().splitlines()[-1])["reuse"]
+    found = in_pid_namespace("pid-reuse")["reuse"]
     assert found["pid"] == found["old_pid"], "the new target should have the old one's PID"
     truth = found["truth"]
     # Only the new process's own work: nothing of the old one merged in.
@@ -53,3 +52,16 @@ def test_a_reused_pid_starts_from_zero():
     assert found["exited"] == truth["threads_started"]
     assert sum(found["calls"].values()) == truth["getaddrinfo_calls"]
     assert found["info_pids"] == [str(found["pid"])]
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is missing")
+def test_forked_workers_count_in_their_parents_target_inside_a_namespace():
+    found = in_pid_namespace("tree")
+    assert found["init_pid"] == 1
+    for way in ("by_pid", "by_target"):
+        measured = found[way]
+        truth = measured["truth"]
+        assert measured["pid"] < 100, "the parent's PID is the namespace's, not the host's"
+        assert (truth["worker_threads"], truth["worker_getaddrinfo_calls"]) == (30, 21)
+        assert (measured["created"], measured["exited"]) == (30, 30)
+        assert sum(measured["calls"].values()) == 21

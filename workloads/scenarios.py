@@ -156,6 +156,41 @@ SCENARIOS = _scenarios(
         "the ground truth the observer's own tests compare against",
         ("--threads", "6", "--loop-calls", "4", "--blocking-calls", "2", "--failures", "3"),
     ),
+    Scenario(
+        "prefork_workers",
+        "workloads.process_tree",
+        "a parent forking 3 workers that each make 10 threads and 7 lookups and end at once",
+        "workers that live milliseconds count in their parent's target, from their fork",
+        ("--workers", "3", "--threads", "10", "--lookups", "7"),
+    ),
+    Scenario(
+        "recycled_pool",
+        "workloads.process_tree",
+        "multiprocessing.Pool(maxtasksperchild=1): 20 tasks, a new worker each",
+        "a pool that recycles its workers is counted whole, however short they live",
+        ("--start", "pool", "--workers", "20", "--threads", "1", "--lookups", "1"),
+    ),
+    Scenario(
+        "uvicorn_workers",
+        "workloads.web_server",
+        "uvicorn --workers 2 serving 20 requests, each fetching localhost with aiohttp",
+        "spawned workers do all the lookups, under command lines that name neither uvicorn "
+        "nor the app: they count in the server's target",
+        ("--stack", "uvicorn_workers", "--requests", "20"),
+        server="http",
+        min_python=(3, 11),
+        requires=("uvicorn", "aiohttp"),
+    ),
+    Scenario(
+        "gunicorn_sync",
+        "workloads.web_server",
+        "gunicorn, 2 sync workers recycled every 7 requests, serving 20 requests with Flask",
+        "forked workers that are recycled keep their lookups in the target's totals",
+        ("--stack", "gunicorn_sync", "--requests", "20"),
+        server="http",
+        min_python=(3, 11),
+        requires=("gunicorn", "flask", "requests"),
+    ),
 )
 
 

@@ -75,7 +75,8 @@ def add_parser(subparsers, parents) -> None:
                         help="stop recording after S seconds (default: when the command or "
                         "the processes exit, or on Ctrl-C)")
     parser.add_argument("--children", action="store_true",
-                        help="also record the processes the command forks")
+                        help="also record the processes the command forks (--pid and "
+                        "--target processes' children are recorded unless --no-children)")
     parser.add_argument("--title", help="title of the picture (default: the command line)")
     parser.add_argument("--from", dest="from_seconds", type=non_negative_float, metavar="S",
                         help="show from S seconds after the start (the HTML page opens "
@@ -161,7 +162,9 @@ def record_and_write(args: argparse.Namespace, outputs: list[Path]) -> int:
                     for text in args.pid]
     except TargetError as err:
         raise UsageError(str(err)) from None
-    probes = TimelineProbes(args.children or bool(regex_targets), bool(regex_targets))
+    # --pid and --target processes are trees, as for the observer; a command's children on ask.
+    follow_children = (args.children or bool(args.pid or regex_targets)) and not args.no_children
+    probes = TimelineProbes(follow_children, bool(regex_targets))
     recorder = Recorder(probes, regex_targets, args.allow_non_python)
     try:
         probes.load(recorder.handle)
