@@ -279,9 +279,15 @@ KERNEL_DROPS = ("children_not_watched_total", "exec_reports_lost_total",
 
 
 class BpfProbes:
+    """The probes. With ``per_process`` the uprobes are attached for each watched process (a
+    perf event with its pid), so that no other process ever hits them: only where no process
+    can join the watched set without being attached first (``--pid`` targets without their
+    children). Otherwise they sit on the file for every process, and the programs filter."""
+
     def __init__(self, track_new_processes: bool, sites: bool = True,
-                 follow_children: bool = True) -> None:
+                 follow_children: bool = True, per_process: bool = False) -> None:
         self.track_new_processes = track_new_processes
+        self.per_process = per_process
         self.sites = sites
         self.follow_children = follow_children
         self.counter_maps = {**COUNTER_MAPS, **(SITE_COUNTER_MAPS if sites else {})}
@@ -291,11 +297,21 @@ class BpfProbes:
         self.probes_attached: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
         self.attach_errors: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
         self._bpf = None
-        self._attached_objects: dict[tuple[int, int], set[str]] = {}
+        # (device, inode), or with per_process (device, inode, pid) -> the probes on it
+        self._attached_objects: dict[tuple[int, ...], set[str]] = {}
         self._links: list[int] = []  # uprobe_multi link fds
+        # per_process: pid -> its uprobes' event names and its uprobe_multi link fds
+        self._process_events: dict[int, list[str]] = defaultdict(list)
+        self._process_links: dict[int, list[int]] = defaultdict(list)
+        self._detacher: ThreadPoolExecutor | None = None
 
     # Loading
     def load(self) -> None:
+        if self.per_process:
+            # bcc refuses a 1,001st probe by default; here there are 3 per process.
+            os.environ.setdefault("BCC_PROBE_LIMIT", str(4 * MapSize.MAX_PROCESSES))
+            self._detacher = ThreadPoolExecutor(max_workers=1,
+                                                thread_name_prefix="uprobe-detach")
         cflags = [*bpf_cflags(self.track_new_processes, self.sites),
                   f"-DFOLLOW_CHILDREN={int(self.follow_children)}"]
         self._bpf = compile_probes(PROBE_FILES, cflags, "probes")
@@ -348,18 +364,41 @@ class BpfProbes:
         return {name.decode() if isinstance(name, bytes) else name: function.fd
                 for name, function in self._bpf.funcs.items()}
 
-    def attach_libc(self, path: str, device_inode: tuple[int, int]) -> set[str]:
-        """Uprobes on one libc-like object, once per file (uprobes are per inode); returns the
-        probes attached to it."""
-        if device_inode not in self._attached_objects:
-            self._attached_objects[device_inode] = {
+    def attach_libc(self, path: str, device_inode: tuple[int, int], pid: int = -1) -> set[str]:
+        """Uprobes on one libc-like object, once per file (uprobes are per inode), or with
+        per_process once per file and process; returns the probes attached to it."""
+        pid = pid if self.per_process else -1
+        key = (*device_inode, pid) if self.per_process else device_inode
+        if key not in self._attached_objects:
+            self._attached_objects[key] = {
                 uprobe_name(symbol, on_return)
                 for symbol, function, on_return in UPROBES
-                if self._attach_uprobe(path, symbol, function, on_return)
-            } | self._attach_resolvers(path)
-        return self._attached_objects[device_inode]
+                if self._attach_uprobe(path, symbol, function, on_return, pid)
+            } | self._attach_resolvers(path, pid)
+        return self._attached_objects[key]
 
-    def _attach_resolvers(self, path: str) -> set[str]:
+    def detach_process(self, pid: int) -> None:
+        """With per_process, takes a process's uprobes away (in the background: each detach
+        waits for RCU grace periods, which must not hold up a poll)."""
+        if not self.per_process or self._bpf is None:
+            return
+        for key in [k for k in self._attached_objects if k[-1] == pid]:
+            del self._attached_objects[key]
+        events = self._process_events.pop(pid, [])
+        links = self._process_links.pop(pid, [])
+        for link in links:
+            self._links.remove(link)
+        if events or links:
+            self._detacher.submit(self._detach_events, events, links)
+
+    def _detach_events(self, events: list[str], links: list[int]) -> None:
+        for name in events:
+            with contextlib.suppress(Exception):  # bcc raises bare Exception
+                self._bpf.detach_uprobe_event(name)
+        for link in links:
+            os.close(link)
+
+    def _attach_resolvers(self, path: str, pid: int = -1) -> set[str]:
         """resolver.bpf.c on every resolver function the object has, one link per program."""
         offsets: dict[ResolverFunction, int] = {}
         for function in PROBED_RESOLVER_FUNCTIONS:
@@ -373,14 +412,16 @@ class BpfProbes:
         for function, on_return in RESOLVER_PROGRAMS:
             names = [uprobe_name(f.label, on_return) for f in offsets]
             try:
-                self._links.append(attach_uprobe_multi(self._bpf, function, path, offsets,
-                                                       on_return))
+                link = attach_uprobe_multi(self._bpf, function, path, offsets, on_return, pid)
             except OSError as err:
                 for name in names:
                     self.attach_errors[name] += 1
                 log.warning("could not attach %s in %s (uprobe_multi links need Linux 6.6+): "
                             "%s", function, path, err)
                 continue
+            self._links.append(link)
+            if pid > 0:
+                self._process_links[pid].append(link)
             for name in names:
                 self.probes_attached[name] += 1
             attached.update(names)
@@ -388,15 +429,24 @@ class BpfProbes:
                      ", ".join(f.label for f in offsets))
         return attached
 
-    def _attach_uprobe(self, path: str, symbol: str, function: str, on_return: bool) -> bool:
-        if not attach_uprobe(self._bpf, path, symbol, function, on_return):
+    def _attach_uprobe(self, path: str, symbol: str, function: str, on_return: bool,
+                       pid: int = -1) -> bool:
+        before = set(self._bpf.uprobe_fds)
+        if not attach_uprobe(self._bpf, path, symbol, function, on_return, pid):
             return False
+        if pid > 0:
+            self._process_events[pid].extend(set(self._bpf.uprobe_fds) - before)
         self.probes_attached[uprobe_name(symbol, on_return)] += 1
         log.info("attached %s%s in %s", symbol, " (return)" if on_return else "", path)
         return True
 
     def close(self) -> None:
+        if self._detacher is not None:
+            self._detacher.shutdown(wait=True)
+            self._detacher = None
         if self._bpf is not None:
+            self._process_events.clear()
+            self._process_links.clear()
             for link in self._links:
                 os.close(link)
             self._links.clear()
@@ -568,10 +618,11 @@ def symbol_offset(path: str, symbol: str) -> int | None:
         return None
 
 
-def attach_uprobe_multi(bpf, function: str, path: str, offsets: dict, on_return: bool) -> int:
+def attach_uprobe_multi(bpf, function: str, path: str, offsets: dict, on_return: bool,
+                        pid: int = -1) -> int:
     """Attaches ``function`` to each symbol in ``offsets`` ({ResolverFunction: file offset}),
-    with the function's value as the cookie, for every process that maps the file; returns the
-    link's fd. Raises OSError when the kernel refuses."""
+    with the function's value as the cookie, for every process that maps the file (or only
+    process ``pid``); returns the link's fd. Raises OSError when the kernel refuses."""
     program = bpf.load_func(function, BPF_PROG_TYPE_KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
     count = len(offsets)
     raw_path = ctypes.create_string_buffer(path.encode())
@@ -580,7 +631,7 @@ def attach_uprobe_multi(bpf, function: str, path: str, offsets: dict, on_return:
     attr = UprobeMultiLink(
         prog_fd=program.fd, attach_type=BPF_TRACE_UPROBE_MULTI, path=ctypes.addressof(raw_path),
         offsets=ctypes.addressof(addresses), cookies=ctypes.addressof(cookies), cnt=count,
-        flags=BPF_F_UPROBE_MULTI_RETURN if on_return else 0,
+        flags=BPF_F_UPROBE_MULTI_RETURN if on_return else 0, pid=max(pid, 0),
     )
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
@@ -601,12 +652,14 @@ def release_free_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
-def attach_uprobe(bpf, path: str, symbol: str, function: str, on_return: bool) -> bool:
-    """A uprobe (or uretprobe) for every process that maps the file; False if the file has
-    no such symbol or the kernel refuses."""
+def attach_uprobe(bpf, path: str, symbol: str, function: str, on_return: bool,
+                  pid: int = -1) -> bool:
+    """A uprobe (or uretprobe) for every process that maps the file, or only for process
+    ``pid`` (the kernel then plants no breakpoint in any other); False if the file has no such
+    symbol or the kernel refuses."""
     attach = bpf.attach_uretprobe if on_return else bpf.attach_uprobe
     try:
-        attach(name=path, sym=symbol, fn_name=function, pid=-1)
+        attach(name=path, sym=symbol, fn_name=function, pid=pid)
     except Exception as err:  # bcc raises bare Exception
         # glibc >= 2.34 keeps a libpthread.so.0 stub without pthread_create: not an error
         # unless no object of the process has the symbol (see BpfObserver._attach_libc).
@@ -628,7 +681,7 @@ def attach_libc_of(probes, pid: int) -> tuple[list[str], set[str]]:
             info = os.stat(in_root)
         except OSError:
             continue
-        attached |= probes.attach_libc(in_root, (info.st_dev, info.st_ino))
+        attached |= probes.attach_libc(in_root, (info.st_dev, info.st_ino), pid)
     return objects, attached
 
 

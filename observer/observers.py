@@ -306,8 +306,11 @@ class BpfObserver(ProcObserver):
 
     def __init__(self, *args, sites: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        # Uprobes for the watched processes only, where every one of them is attached before
+        # it is watched: --pid targets without their children.
+        per_process = not self.regex_targets and not self.follow_children
         self.probes = BpfProbes(track_new_processes=bool(self.regex_targets), sites=sites,
-                                follow_children=self.follow_children)
+                                follow_children=self.follow_children, per_process=per_process)
         self.numbers = TargetNumbers()
         self._remember_rejections = True  # exec marks a process pending again
         # Counted once a scan, not per scrape: walking every map is the costly part of it.
@@ -515,6 +518,7 @@ class BpfObserver(ProcObserver):
             if final is not None and others:
                 self.retired.setdefault(key, Counts()).add(final)
         super()._detach(pid)
+        self.probes.detach_process(pid)
         if tracked is not None:
             if forget_in_kernel:
                 self.probes.forget({pid: tracked.generation})

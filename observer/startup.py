@@ -29,6 +29,7 @@ def make_observer(args: argparse.Namespace):
         raise UsageError("nothing to watch: give --target NAME=REGEX or --pid PID")
     options = {"regex_targets": regex_targets, "pid_targets": pid_targets,
                "allow_non_python": args.allow_non_python,
+               "follow_children": not getattr(args, "no_children", False),
                # Node mode (run --pod-labels) keeps each container's processes apart.
                "containers_apart": getattr(args, "pod_labels", False)}
     if args.backend == "proc":

@@ -109,8 +109,9 @@ class TimelineProbes:
             log.exception("could not handle a timeline record")
         return 0
 
-    def attach_libc(self, path: str, device_inode: tuple[int, int]) -> set[str]:
-        """Uprobes on one libc-like object, once per file; returns the probes attached."""
+    def attach_libc(self, path: str, device_inode: tuple[int, int], pid: int = -1) -> set[str]:
+        """Uprobes on one libc-like object, once per file, for every process (the timeline
+        follows new processes: ``pid`` is not used); returns the probes attached."""
         if device_inode not in self._attached_objects:
             self._attached_objects[device_inode] = {
                 uprobe_name(symbol, on_return)
