@@ -13,7 +13,16 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import accuracy, dns_syscalls, overhead, scale, soak, startup, storm
+from benchmarks import (
+    accuracy,
+    dns_syscalls,
+    overhead,
+    scale,
+    soak,
+    startup,
+    storm,
+    unwatched,
+)
 from benchmarks.children import REPO, Children
 from benchmarks.environment import cpu_times, describe, load_average
 from benchmarks.report import Section, render
@@ -32,6 +41,7 @@ SECTIONS: dict[str, Callable[[Children, Settings], Section]] = {
     "scale": scale.measure,
     "startup": startup.measure,
     "dns_syscalls": dns_syscalls.measure,
+    "unwatched": unwatched.measure,
 }
 TOOLS = ("bpftool", "gcc", "gethostlatency-bpfcc", "threadsnoop-bpfcc")
 
