@@ -45,9 +45,12 @@ def uprobe_runs(observer_pid: int) -> dict[str, tuple[int, int]]:
             continue
         for line in text.splitlines():
             if line.startswith("prog_id:"):
-                prog = ids.get(int(line.split()[1]))
-                if prog and prog.get("name") in (p[:15] for p in UPROBE_PROGRAMS):
-                    found[prog["name"]] = (prog.get("run_cnt", 0), prog.get("run_time_ns", 0))
+                prog = ids.get(int(line.split()[1]), {})
+                # The kernel keeps 15 characters of a name; bpftool shows BTF's whole name.
+                name = next((n for n in UPROBE_PROGRAMS if n.startswith(prog.get("name", "-"))),
+                            None)
+                if name:
+                    found[name] = (prog.get("run_cnt", 0), prog.get("run_time_ns", 0))
     return found
 
 
@@ -86,7 +89,7 @@ def measure(children: Children, settings: Settings) -> Section:
             per_call = 100_000 * sum(v for n, v in added.items()
                                      if n.startswith(("getaddrinfo", "resolver"))) / \
                 done["getaddrinfo_calls"]
-            per_thread = 100_000 * added.get("pthread_create_", 0) / done["threads_created"]
+            per_thread = 100_000 * added.get("pthread_create_entry", 0) / done["threads_created"]
             figures[label] = per_call
             rows.append([label, f"{done['getaddrinfo_calls']:,}", f"{per_call:,.0f}",
                          f"{done['threads_created']:,}", f"{per_thread:,.0f}",
