@@ -15,6 +15,7 @@ from pathlib import Path
 
 from benchmarks import (
     accuracy,
+    bpf_time,
     dns_syscalls,
     overhead,
     scale,
@@ -42,6 +43,7 @@ SECTIONS: dict[str, Callable[[Children, Settings], Section]] = {
     "startup": startup.measure,
     "dns_syscalls": dns_syscalls.measure,
     "unwatched": unwatched.measure,
+    "bpf_time": bpf_time.measure,
 }
 TOOLS = ("bpftool", "gcc", "gethostlatency-bpfcc", "threadsnoop-bpfcc")
 

@@ -185,14 +185,18 @@ int getaddrinfo_entry(struct pt_regs *ctx)
 
 static __always_inline u32 log2_slot(u64 ns)
 {
-    // Smallest slot with ns <= 2^slot.
-    u32 slot = 0;
-    for (int i = 0; i < 64; i++) {
-        if ((1ULL << slot) >= ns)
-            break;
-        slot++;
-    }
-    return slot;
+    // Smallest slot with ns <= 2^slot: the bit length of ns - 1, found in six steps rather
+    // than a loop of up to 64 (0 and 1 ns are slot 0).
+    if (ns <= 1)
+        return 0;
+    u64 v = ns - 1;
+    u32 slot = 0, shift;
+    shift = (v > 0xFFFFFFFFULL) << 5; v >>= shift; slot |= shift;
+    shift = (v > 0xFFFF) << 4; v >>= shift; slot |= shift;
+    shift = (v > 0xFF) << 3; v >>= shift; slot |= shift;
+    shift = (v > 0xF) << 2; v >>= shift; slot |= shift;
+    shift = (v > 0x3) << 1; v >>= shift; slot |= shift;
+    return (slot | (u32)(v >> 1)) + 1;
 }
 
 int getaddrinfo_return(struct pt_regs *ctx)

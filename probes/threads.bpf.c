@@ -55,11 +55,12 @@ int pthread_create_entry(struct pt_regs *ctx)
 {
     u64 id = current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
-    if (!watched_generation(tgid))
+    u64 generation = watched_generation(tgid);
+    if (!generation)
         return 0;
     u64 routine = PT_REGS_PARM3(ctx);
     pending_start_routine.update(&tid, &routine);
-    remember_creating_stack(tgid, tid, watched_generation(tgid), routine);
+    remember_creating_stack(tgid, tid, generation, routine);
     return 0;
 }
 
