@@ -119,6 +119,8 @@ def measure(children: Children, settings: Settings) -> Section:
     section.goals.append(Goal(
         "unwatched process, uprobe runs per 100,000 calls, `--target`", "as close to 0 as the "
         "design allows", f"{target:,.0f}", False,
-        "uprobes for every process that maps the library (pid -1): an entry and a return "
-        "program per call, each returning after one hash lookup"))
+        "uprobes for every process that maps the library (pid -1) so that a new process is "
+        "counted from its first instruction: an entry and a return program per call; with "
+        "`--target` a process that starts a program is counted (pending) until the observer "
+        "has read its command line, hence more BPF time there"))
     return section
