@@ -17,6 +17,7 @@ from benchmarks import (
     accuracy,
     bpf_time,
     dns_syscalls,
+    floor,
     overhead,
     scale,
     soak,
@@ -44,6 +45,7 @@ SECTIONS: dict[str, Callable[[Children, Settings], Section]] = {
     "dns_syscalls": dns_syscalls.measure,
     "unwatched": unwatched.measure,
     "bpf_time": bpf_time.measure,
+    "floor": floor.measure,
 }
 TOOLS = ("bpftool", "gcc", "gethostlatency-bpfcc", "threadsnoop-bpfcc")
 
