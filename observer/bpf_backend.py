@@ -304,6 +304,8 @@ class BpfProbes:
         self._process_events: dict[int, list[str]] = defaultdict(list)
         self._process_links: dict[int, list[int]] = defaultdict(list)
         self._detacher: ThreadPoolExecutor | None = None
+        self.in_pid_namespace = bool(pid_namespace_cflags())
+        self._entries_seen: dict[str, int] = {}  # counter maps' entries after the last sweep
 
     # Loading
     def load(self) -> None:
@@ -508,12 +510,24 @@ class BpfProbes:
             return key.generation < started and live.get(key.tgid) != key.generation
 
         swept = 0
+        self._entries_seen = {}
         for name in self.counter_maps:
             table = self._bpf[name]
-            for key in [k for k in table if stale(k)]:
+            keys = list(table)
+            for key in [k for k in keys if stale(k)]:
                 table.pop(key, None)
                 swept += 1
+                keys.remove(key)
+            self._entries_seen[name] = len(keys)
         return swept
+
+    def sweep_and_count(self) -> tuple[int, dict[str, int]]:
+        """:meth:`sweep`, then :meth:`map_entries` without walking the counter maps again
+        (each key read is a syscall: once a second, next to idle targets, it adds up)."""
+        swept = self.sweep()
+        seen = self._entries_seen
+        return swept, {name: seen[name] if name in seen else sum(1 for _ in self._bpf[name])
+                       for name in self.maps}
 
     # Reading
     def read_counts(self, generations: dict[int, int]) -> dict[int, RawCounts]:
