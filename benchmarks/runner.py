@@ -19,6 +19,7 @@ from benchmarks import (
     dns_syscalls,
     floor,
     overhead,
+    rest,
     scale,
     soak,
     startup,
@@ -46,6 +47,7 @@ SECTIONS: dict[str, Callable[[Children, Settings], Section]] = {
     "unwatched": unwatched.measure,
     "bpf_time": bpf_time.measure,
     "floor": floor.measure,
+    "rest": rest.measure,
 }
 TOOLS = ("bpftool", "gcc", "gethostlatency-bpfcc", "threadsnoop-bpfcc")
 
