@@ -301,6 +301,21 @@ static __always_inline void forget_python_thread(u32 tid, u32 host_tid)
         live_thread_sites.delete(&host_tid);
 }
 
+// fork: the child's address space is its parent's, and so is its interpreter, at the same
+// addresses (CPython sets the child's native_thread_id after the fork). Inherited here, a
+// child that lives milliseconds (a worker recycled by its server) has its frames read, and
+// its caller told from them, before user space could find its interpreter. exec forgets it.
+static __always_inline void inherit_python_process(u32 parent_tgid, u64 parent_generation,
+                                                   u32 child_tgid, u64 child_generation)
+{
+    struct python_process *parent = python_processes.lookup(&parent_tgid);
+    if (!parent || parent->generation != parent_generation)
+        return;
+    struct python_process child = *parent;
+    child.generation = child_generation;
+    python_processes.update(&child_tgid, &child);
+}
+
 // exec: a new program image, whose interpreter (if any) user space has yet to find.
 static __always_inline void forget_python_process(u32 tgid, u32 tid)
 {
@@ -315,6 +330,8 @@ static __always_inline void remember_creating_stack(u32 tgid, u32 tid, u64 gener
 static __always_inline void count_thread_site(u32 tgid, u32 tid, u64 generation, u32 new_tid) {}
 static __always_inline void forget_python_thread(u32 tid, u32 host_tid) {}
 static __always_inline void forget_python_process(u32 tgid, u32 tid) {}
+static __always_inline void inherit_python_process(u32 parent_tgid, u64 parent_generation,
+                                                   u32 child_tgid, u64 child_generation) {}
 
 #endif  // SITES
 #endif

@@ -20,7 +20,14 @@ import threading
 
 
 class GroundTruth:
-    def __init__(self) -> None:
+    def __init__(self, on_count=None) -> None:
+        """``on_count(truth)`` is called after each thread or lookup counted, under the lock."""
+        self._on_count = on_count
+        self._previous_tracers = None
+        self.restart()
+
+    def restart(self) -> None:
+        """From zero, with a new lock: in a forked child, which counts under its own PID."""
         self._lock = threading.Lock()
         self.getaddrinfo_calls = 0
         self.getaddrinfo_on_loop = 0
@@ -28,7 +35,6 @@ class GroundTruth:
         self.getaddrinfo_errors = {}
         self.threads_started = 0
         self.python_threads_peak = threading.active_count()
-        self._previous_tracers = None
 
     def install(self) -> "GroundTruth":
         """Count through a trace function on every thread; returns self for chaining.
@@ -73,7 +79,12 @@ class GroundTruth:
                 self.python_threads_peak = max(
                     self.python_threads_peak, threading.active_count()
                 )
+                self._counted()
         return self._trace_start
+
+    def _counted(self) -> None:
+        if self._on_count is not None:
+            self._on_count(self)
 
     def count_native_getaddrinfo(self, calls: int = 1, failures: int = 0, error=None) -> None:
         """For resolutions made below Python (libuv), which the wrapper cannot see.
@@ -90,6 +101,7 @@ class GroundTruth:
         with self._lock:
             self.getaddrinfo_calls += 1
             self.getaddrinfo_on_loop += int(on_loop)
+            self._counted()
 
     def as_dict(self, **extra) -> dict:
         with self._lock:
@@ -110,6 +122,26 @@ class GroundTruth:
     def emit(self, stream=None, **extra) -> None:
         """Print the ground truth as one JSON line (the last line a workload prints)."""
         print(json.dumps(self.as_dict(**extra)), file=stream or sys.stdout, flush=True)
+
+
+def count_into_folder(folder) -> GroundTruth:
+    """Counts this process's threads and lookups into ``FOLDER/PID.json``, rewritten at each
+    one; a forked child starts again from zero under its own PID."""
+
+    def write(truth):
+        counts = {
+            "threads": truth.threads_started,
+            "getaddrinfo": truth.getaddrinfo_calls,
+            "getaddrinfo_on_loop": truth.getaddrinfo_on_loop,
+        }
+        path = os.path.join(folder, f"{os.getpid()}.json")
+        with open(path + ".tmp", "w") as out:
+            json.dump(counts, out)
+        os.replace(path + ".tmp", path)
+
+    truth = GroundTruth(on_count=write).install()
+    os.register_at_fork(after_in_child=truth.restart)
+    return truth
 
 
 def eai_name(code) -> str:
