@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from observer.constants import SiteLimit
 from observer.pyruntime import CodeInfo
-from observer.sites import MAX_SITE_LENGTH, NATIVE, site_label
+from observer.sites import MAX_SITE_LENGTH, NATIVE, site_label, under_asyncio_loop
 from tests.harness import observer, wait_until, workload
 from workloads.servers import http_server
 
@@ -38,9 +39,20 @@ def expected_threads(truth) -> Counter:
     return sites
 
 
+def expected_caller(event) -> str:
+    """The workload's own answer (a loop was running on the thread), where the frames can
+    tell: a coroutine on the stack, or asyncio's loop frames under a plain callback. A plain
+    callback of uvloop, whose loop is C code, has neither: other (README)."""
+    frames = frames_of(event)
+    coroutine = any(code.flags & SiteLimit.CO_COROUTINE_FLAGS for code in frames)
+    if event["on_loop"] and (coroutine or under_asyncio_loop(frames)):
+        return "event_loop"
+    return "other"
+
+
 def expected_calls(truth) -> Counter:
     calls = Counter(
-        (site_label(frames_of(e)), "event_loop" if e["on_loop"] else "other")
+        (site_label(frames_of(e)), expected_caller(e))
         for e in truth["events"]
         if e["event"] == "getaddrinfo"
     )
@@ -129,13 +141,14 @@ def test_sites_equal_the_stacks_the_workload_records(python, tmp_path):
         assert threads[here("grow_default_executor")] == truth["executor_threads"]["default"]
         assert threads[here("use_named_pool")] == 3
         assert calls[(here("blocking_lookup_in_coroutine"), "event_loop")] == 3
+        assert calls[(here("lookups_in_callback"), "event_loop")] == 2
         assert calls[(here("sync_lookups_after_asyncio_run"), "other")] == 4
         assert calls[(here("lookups_between_selects"), "other")] == 3
         assert calls[("concurrent/futures/thread.py:_WorkItem.run", "other")] == 6
         # The caller split of the plain counter follows the frames too.
         assert metrics.labels(
             "thread_observer_getaddrinfo_calls_total", "caller", target="sites"
-        ) == {"event_loop": 3, "other": 13}
+        ) == {"event_loop": 3 + 2, "other": 13}
         pools = metrics.labels("thread_observer_executor_threads", "pool", target="sites")
         assert pools == {
             "default": truth["executor_threads"]["default"],
@@ -161,6 +174,8 @@ def test_uvloop_libuv_threads_are_native_and_a_blocking_coroutine_is_on_the_loop
         assert threads == expected_threads(truth) + Counter({NATIVE: 4})
         assert calls == expected_calls(truth)
         assert calls[(here("blocking_lookup_in_coroutine"), "event_loop")] == 3
+        # uvloop runs a plain callback from C: no coroutine, no loop frame to tell by.
+        assert calls[(here("lookups_in_callback"), "other")] == 2
         assert calls[(NATIVE, "other")] == 3
 
 
@@ -206,7 +221,7 @@ def test_no_sites_flag_reads_no_frames(tmp_path):
         # Without frames the selecting thread's lookups fall back to its epoll mark.
         assert metrics.labels(
             "thread_observer_getaddrinfo_calls_total", "caller", target="plain"
-        ) == {"event_loop": 3 + 4 + 3, "other": 6}
+        ) == {"event_loop": 3 + 2 + 4 + 3, "other": 6}
 
 
 def test_aiohttp_executor_threads_and_lookups_are_read_through_its_stack(tmp_path):

@@ -7,7 +7,8 @@ thread (``sync_lookups_after_asyncio_run``: not on an event loop); 5 short threa
 (``lookups_between_selects``, as gunicorn's gthread workers do); 8 idle threads from
 ``keep_idle_threads`` (alive until exit); then on ``--loop``: blocking lookups inside a
 coroutine (``blocking_lookup_in_coroutine``), the default executor grown from a coroutine
-(``grow_default_executor``), on uvloop also ``loop.getaddrinfo`` (libuv's native threads); a
+(``grow_default_executor``), a plain callback run by the loop making blocking lookups
+(``lookups_in_callback``), on uvloop also ``loop.getaddrinfo`` (libuv's native threads); a
 named ThreadPoolExecutor grown from ``use_named_pool``; with ``--hostile``: a thread and a
 lookup under a 1,000-deep recursion, and under a function whose qualname is 300 characters long
 or holds non-ASCII and unprintable characters. The default executor and the named pool stay
@@ -123,6 +124,20 @@ async def blocking_lookup_in_coroutine(times=3):
         socket.getaddrinfo(HOST, 80)
 
 
+def lookups_in_callback(done, times=2):
+    """A plain callback the loop runs (no coroutine on the stack): it blocks the loop too."""
+    for _ in range(times):
+        socket.getaddrinfo(HOST, 80)
+    done.set_result(times)
+
+
+async def run_plain_callback():
+    loop = asyncio.get_event_loop()
+    done = loop.create_future()
+    loop.call_soon(lookups_in_callback, done)
+    await done
+
+
 async def grow_default_executor(times=6):
     loop = asyncio.get_event_loop()
     lookups = []
@@ -217,6 +232,7 @@ def main(argv=None) -> int:
     loop.set_default_executor(default)
     asyncio.set_event_loop(loop)
     loop.run_until_complete(blocking_lookup_in_coroutine())
+    loop.run_until_complete(run_plain_callback())
     loop.run_until_complete(grow_default_executor())
     native_calls = 0
     if args.loop == "uvloop":
