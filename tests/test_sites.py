@@ -15,6 +15,7 @@ from observer.constants import SiteLimit
 from observer.pyruntime import CodeInfo
 from observer.sites import MAX_SITE_LENGTH, NATIVE, site_label, under_asyncio_loop
 from tests.harness import observer, wait_until, workload
+from workloads.call_sites import ANYIO_WORKERS
 from workloads.servers import http_server
 
 pytestmark = pytest.mark.bpf
@@ -140,6 +141,7 @@ def test_sites_equal_the_stacks_the_workload_records(python, tmp_path):
         assert threads[here("keep_idle_threads")] == 8
         assert threads[here("grow_default_executor")] == truth["executor_threads"]["default"]
         assert threads[here("use_named_pool")] == 3
+        assert threads[here("block_in_anyio_worker")] == truth["executor_threads"]["anyio"]
         assert calls[(here("blocking_lookup_in_coroutine"), "event_loop")] == 3
         assert calls[(here("lookups_in_callback"), "event_loop")] == 2
         assert calls[(here("sync_lookups_after_asyncio_run"), "other")] == 4
@@ -150,11 +152,7 @@ def test_sites_equal_the_stacks_the_workload_records(python, tmp_path):
             "thread_observer_getaddrinfo_calls_total", "caller", target="sites"
         ) == {"event_loop": 3 + 2, "other": 13}
         pools = metrics.labels("thread_observer_executor_threads", "pool", target="sites")
-        assert pools == {
-            "default": truth["executor_threads"]["default"],
-            "thread_pool": truth["executor_threads"]["thread_pool"],
-            "anyio": 0,
-        }
+        assert pools == truth["executor_threads"]
         assert (
             metrics.value(
                 "thread_observer_executor_saturation_ratio", target="sites", pool="default"
@@ -177,6 +175,15 @@ def test_uvloop_libuv_threads_are_native_and_a_blocking_coroutine_is_on_the_loop
         # uvloop runs a plain callback from C: no coroutine, no loop frame to tell by.
         assert calls[(here("lookups_in_callback"), "other")] == 2
         assert calls[(NATIVE, "other")] == 3
+        # AnyIO's workers (installed with this interpreter), told apart by their stack.
+        assert truth["executor_threads"]["anyio"] == ANYIO_WORKERS
+        assert threads[here("block_in_anyio_worker")] == ANYIO_WORKERS
+        pools = metrics.labels("thread_observer_executor_threads", "pool", target="uv")
+        # uvloop's run_in_executor is C code, no frame: its default executor's threads look
+        # like any other ThreadPoolExecutor's (README).
+        executors = truth["executor_threads"]
+        assert pools == {"default": 0, "thread_pool": executors["default"]
+                         + executors["thread_pool"], "anyio": executors["anyio"]}
 
 
 def test_hostile_stacks_stay_bounded_and_exact(tmp_path):

@@ -9,7 +9,8 @@ thread (``sync_lookups_after_asyncio_run``: not on an event loop); 5 short threa
 coroutine (``blocking_lookup_in_coroutine``), the default executor grown from a coroutine
 (``grow_default_executor``), a plain callback run by the loop making blocking lookups
 (``lookups_in_callback``), on uvloop also ``loop.getaddrinfo`` (libuv's native threads); a
-named ThreadPoolExecutor grown from ``use_named_pool``; with ``--hostile``: a thread and a
+named ThreadPoolExecutor grown from ``use_named_pool``; AnyIO's worker threads grown by
+``to_thread.run_sync`` from ``block_in_anyio_worker`` (when AnyIO is installed); with ``--hostile``: a thread and a
 lookup under a 1,000-deep recursion, and under a function whose qualname is 300 characters long
 or holds non-ASCII and unprintable characters. The default executor and the named pool stay
 alive while the process lingers.
@@ -163,6 +164,42 @@ def use_named_pool(pool, workers=3):
         future.result()
 
 
+ANYIO_WORKERS = 4
+ANYIO_WORKER_NAME = "AnyIO worker thread"
+
+
+async def block_in_anyio_worker(stop):
+    """AnyIO's to_thread.run_sync, as FastAPI's sync endpoints use it: the worker stays busy
+    (alive) until the process ends."""
+    import anyio
+
+    await anyio.to_thread.run_sync(stop.wait)
+
+
+async def use_anyio_pool(stop, ready, workers=ANYIO_WORKERS):
+    import anyio
+
+    async with anyio.create_task_group() as group:
+        for _ in range(workers):
+            group.start_soon(block_in_anyio_worker, stop)
+        while len([t for t in threading.enumerate() if t.name == ANYIO_WORKER_NAME]) < workers:
+            await anyio.sleep(0.01)
+        ready.set()
+
+
+def start_anyio_pool(stop):
+    """AnyIO's workers, made from a loop of their own on a thread; None without AnyIO."""
+    try:
+        import anyio
+    except ImportError:
+        return None
+    ready = threading.Event()
+    thread = threading.Thread(target=anyio.run, args=(use_anyio_pool, stop, ready), daemon=True)
+    thread.start()
+    ready.wait()
+    return thread
+
+
 def recurse(depth):
     if depth:
         return recurse(depth - 1)
@@ -239,6 +276,7 @@ def main(argv=None) -> int:
         native_calls = loop.run_until_complete(resolve_with_libuv())
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=3, thread_name_prefix="named")
     use_named_pool(pool)
+    start_anyio_pool(stop)
     if args.hostile:
         hostile()
     recorder.uninstall()
@@ -254,6 +292,7 @@ def main(argv=None) -> int:
                 "executor_threads": {
                     "default": len(default._threads),
                     "thread_pool": len(pool._threads),
+                    "anyio": sum(t.name == ANYIO_WORKER_NAME for t in threading.enumerate()),
                 },
                 "executor_max_workers": default._max_workers,
                 "native_getaddrinfo_calls": native_calls,
