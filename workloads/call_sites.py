@@ -10,8 +10,8 @@ coroutine (``blocking_lookup_in_coroutine``), the default executor grown from a 
 (``grow_default_executor``), a plain callback run by the loop making blocking lookups
 (``lookups_in_callback``), on uvloop also ``loop.getaddrinfo`` (libuv's native threads); a
 named ThreadPoolExecutor grown from ``use_named_pool``; AnyIO's worker threads grown by
-``to_thread.run_sync`` from ``block_in_anyio_worker`` (when AnyIO is installed); with ``--hostile``: a thread and a
-lookup under a 1,000-deep recursion, and under a function whose qualname is 300 characters long
+``to_thread.run_sync`` from ``block_in_anyio_worker`` (when AnyIO is installed); with
+``--hostile``: a thread and a lookup under a 1,000-deep recursion, and under a function whose qualname is 300 characters long
 or holds non-ASCII and unprintable characters. The default executor and the named pool stay
 alive while the process lingers.
 
