@@ -11,9 +11,9 @@ coroutine (``blocking_lookup_in_coroutine``), the default executor grown from a 
 (``lookups_in_callback``), on uvloop also ``loop.getaddrinfo`` (libuv's native threads); a
 named ThreadPoolExecutor grown from ``use_named_pool``; AnyIO's worker threads grown by
 ``to_thread.run_sync`` from ``block_in_anyio_worker`` (when AnyIO is installed); with
-``--hostile``: a thread and a lookup under a 1,000-deep recursion, and under a function whose qualname is 300 characters long
-or holds non-ASCII and unprintable characters. The default executor and the named pool stay
-alive while the process lingers.
+``--hostile``: a thread and a lookup under a 1,000-deep recursion, and under a function whose
+qualname is 300 characters long or holds non-ASCII and unprintable characters. The default
+executor, the named pool and AnyIO's workers stay alive while the process lingers.
 
 The last line is the ground truth: every ``thread`` (at the ``start_new_thread`` call) and
 ``getaddrinfo`` (at ``_socket.getaddrinfo``) event with its Python stack (file, qualname,
