@@ -423,7 +423,8 @@ class BpfProbes:
             generation, runtime.threads_head, offsets["tstate_next"],
             offsets["tstate_native_thread_id"], offsets["tstate_frame"],
             offsets["cframe_current_frame"], offsets["frame_previous"], offsets["frame_code"],
-            offsets["frame_owner"], offsets["code_flags"], offsets["tstate_prev"], 0,
+            offsets["frame_owner"], offsets["code_flags"], offsets["tstate_prev"],
+            offsets["pthread_tid"],
             frame_read_size(offsets), *runtime.text,
         )
 

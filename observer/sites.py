@@ -30,10 +30,13 @@ THREAD_PLUMBING = (*PLUMBING, "anyio/_backends/", "anyio/to_thread.py")
 ENTRY_PLUMBING = ("threading.py", "socket.py")
 
 POOLS = ("default", "thread_pool", "anyio")
-# asyncio's own loop frames: a plain callback (no coroutine) runs under them.
+# asyncio's own loop frames: a plain callback (no coroutine) runs under them (by co_name
+# before 3.11, which has no co_qualname).
 LOOP_FRAMES = {
     ("asyncio/events.py", "Handle._run"),
     ("asyncio/base_events.py", "BaseEventLoop._run_once"),
+    ("asyncio/events.py", "_run"),
+    ("asyncio/base_events.py", "_run_once"),
 }
 EVENT_LOOP, OTHER = "event_loop", "other"
 

@@ -53,7 +53,9 @@ struct python_process {
     u16 frame_owner;
     u16 code_flags;
     u16 tstate_prev;
-    u16 reserved;
+    // -1: tstate_native_thread_id is the kernel's tid (3.11+). Else (3.8-3.10) that field is
+    // thread_id, a pthread_t: the address of glibc's struct pthread, whose tid lies here.
+    s16 pthread_tid;
     u32 frame_read_size;  // bytes of a frame up to its last field read
     u64 text_start;  // the interpreter's code (executable or libpython): a start routine
     u64 text_end;    // outside it is not a Python thread's, whoever asked for it
@@ -105,6 +107,17 @@ static __always_inline u64 current_frame(struct python_process *py, u64 tstate)
     return frame;
 }
 
+// A thread state's kernel thread id.
+static __always_inline u64 thread_tid(struct python_process *py, u64 tstate)
+{
+    u64 id = read_u64(tstate + py->tstate_native_thread_id);
+    if (py->pthread_tid < 0 || !id)
+        return id;
+    u32 tid = 0;
+    bpf_probe_read_user(&tid, sizeof(tid), (void *)(id + py->pthread_tid));
+    return tid;
+}
+
 // The calling thread's PyThreadState, or 0 when it has none (a native thread).
 static __always_inline u64 find_thread_state(struct python_process *py, u32 tid)
 {
@@ -116,7 +129,7 @@ static __always_inline u64 find_thread_state(struct python_process *py, u32 tid)
         u64 tstate = *cached;
         u64 prev = read_u64(tstate + py->tstate_prev);
         u64 linked = prev ? read_u64(prev + py->tstate_next) : read_u64(py->threads_head);
-        if (linked == tstate && read_u64(tstate + py->tstate_native_thread_id) == tid)
+        if (linked == tstate && thread_tid(py, tstate) == tid)
             return tstate;
     }
     // Two states may carry this thread's id: _thread.start_new_thread allocates the new
@@ -126,7 +139,7 @@ static __always_inline u64 find_thread_state(struct python_process *py, u32 tid)
     // treated as native (0).
     u64 tstate = read_u64(py->threads_head);
     for (int i = 0; i < MAX_THREADS_WALKED && tstate; i++) {
-        if (read_u64(tstate + py->tstate_native_thread_id) == tid && current_frame(py, tstate)) {
+        if (thread_tid(py, tstate) == tid && current_frame(py, tstate)) {
             python_thread_states.update(&tid, &tstate);
             return tstate;
         }
