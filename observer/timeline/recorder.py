@@ -272,19 +272,20 @@ class Recorder:
 
     def tick(self) -> None:
         """Now and then: a recent copy of each process's mappings, so that a thread created
-        right before its process exits still gets its creator; and the libc of new programs."""
-        self.stacks.find()
+        right before its process exits still gets its creator; the libc of new programs; and the
+        interpreters not found yet."""
         now = time.monotonic()
-        if now - self._last_refresh < REFRESH_SECONDS:
-            return
-        self._last_refresh = now
-        for tgid in list(self.alive):
-            resolver = self._resolver(tgid)
-            if resolver is not None:
-                with suppress(OSError):  # it exited: keep the last copy
-                    resolver.refresh()
-        for tgid in list(self._libc_unknown):
-            self.attach_libc_of(tgid)
+        if now - self._last_refresh >= REFRESH_SECONDS:
+            self._last_refresh = now
+            for tgid in list(self.alive):
+                resolver = self._resolver(tgid)
+                if resolver is not None:
+                    with suppress(OSError):  # it exited: keep the last copy
+                        resolver.refresh()
+            for tgid in list(self._libc_unknown):
+                self.attach_libc_of(tgid)
+        # After the probes: reading an interpreter's symbols takes a while.
+        self.stacks.find()
 
     def attach_libc_of(self, tgid: int) -> None:
         try:

@@ -51,7 +51,7 @@ class ProcessStacks:
                     del self._looking[tgid]
                 continue
             except (pyruntime.SitesUnavailable, OSError) as err:
-                log.info("pid %d: no Python stacks in the timeline: %s", tgid, err)
+                log.debug("pid %d: no Python stacks in the timeline: %s", tgid, err)
                 del self._looking[tgid]
                 continue
             del self._looking[tgid]
