@@ -40,6 +40,11 @@ def foreign_attachments(ours: set[int]) -> dict[str, int]:
     return kinds
 
 
+def program(prog_id: int) -> dict:
+    """``bpftool prog show`` of one program (``run_cnt``, ``run_time_ns`` with BPF stats on)."""
+    return _bpftool("prog", "show", "id", str(prog_id))
+
+
 def programs_of(pid: int) -> list[dict]:
     """``bpftool prog show`` of each program that ``pid`` attached (once per program)."""
     ids = sorted({entry["prog_id"] for entry in attachments() if entry.get("pid") == pid})

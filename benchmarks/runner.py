@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import accuracy, overhead, scale, soak, startup, storm
+from benchmarks import accuracy, dns_syscalls, overhead, scale, soak, startup, storm
 from benchmarks.children import REPO, Children
 from benchmarks.environment import cpu_times, describe, load_average
 from benchmarks.report import Section, render
@@ -31,6 +31,7 @@ SECTIONS: dict[str, Callable[[Children, Settings], Section]] = {
     "accuracy": accuracy.measure,
     "scale": scale.measure,
     "startup": startup.measure,
+    "dns_syscalls": dns_syscalls.measure,
 }
 TOOLS = ("bpftool", "gcc", "gethostlatency-bpfcc", "threadsnoop-bpfcc")
 

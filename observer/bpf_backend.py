@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from observer import procfs
@@ -22,27 +23,45 @@ from observer.capabilities import (
     headers_hint,
     uprobe_capability_hint,
 )
-from observer.constants import Caller, MapSize, ProcessState, bpf_cflags, eai_name
+from observer.constants import (
+    PROBED_RESOLVER_FUNCTIONS,
+    Caller,
+    MapSize,
+    ProcessState,
+    ResolverFunction,
+    Transport,
+    bpf_cflags,
+    eai_name,
+)
 from observer.labels import host_label
 
 log = logging.getLogger(__name__)
 
 PROBE_FILES = ("watched.h", "python_stack.h", "processes.bpf.c", "threads.bpf.c",
-               "getaddrinfo.bpf.c")
+               "getaddrinfo.bpf.c", "dns.bpf.c", "resolver.bpf.c")
 INIT_PID_NAMESPACE_INO = 0xEFFFFFFC
 EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 # Tracepoints handled by functions that need no tracepoint arguments.
 PLAIN_TRACEPOINTS = [(f"syscalls:sys_enter_{name}", "mark_event_loop_thread") for name in
-                     EPOLL_SYSCALLS] + [("sched:sched_process_exit", "forget_thread")]
-MACRO_TRACEPOINTS = ("task:task_newtask", "sched:sched_process_exec", "sched:sched_process_exit",
-                     "syscalls:sys_enter_execve", "syscalls:sys_enter_execveat")
+                     EPOLL_SYSCALLS] + [("sched:sched_process_exit", "forget_thread"),
+                                     ("sched:sched_process_exit", "forget_resolver_thread")]
+# Syscalls whose tracepoints dns.bpf.c uses (on entry, and on exit where it says so).
+DNS_SYSCALLS = ("socket", "connect", "close", "sendto", "write", "writev", "sendmsg", "sendmmsg")
+DNS_SYSCALL_EXITS = ("socket", "sendto", "write", "writev", "sendmsg", "sendmmsg")
+MACRO_TRACEPOINTS = (
+    "task:task_newtask", "sched:sched_process_exec", "sched:sched_process_exit",
+    "syscalls:sys_enter_execve", "syscalls:sys_enter_execveat",
+    *(f"syscalls:sys_enter_{name}" for name in DNS_SYSCALLS),
+    *(f"syscalls:sys_exit_{name}" for name in DNS_SYSCALL_EXITS),
+)
 # Where a forked child first returns to user space: in a PID namespace it takes its watch there.
 CHILD_RETURNS = tuple(f"syscalls:sys_exit_{name}" for name in ("clone", "clone3", "fork", "vfork"))
 MAPS = (
     "watched_tgids", "threads_created_total", "threads_exited_total", "pending_start_routine",
     "getaddrinfo_calls_total", "getaddrinfo_failures_total", "getaddrinfo_duration_seconds",
     "getaddrinfo_duration_ns_sum", "getaddrinfo_host_calls_total", "getaddrinfo_started",
-    "event_loop_threads", "exec_arguments_by_thread",
+    "event_loop_threads", "exec_arguments_by_thread", "dns_queries_total", "dns_sockets",
+    "dns_socket_calls", "dns_send_calls", "resolver_calls_total", "resolver_calls_in_progress",
 )
 SITE_MAPS = (
     "python_processes", "python_thread_states", "pending_thread_sites", "live_thread_sites",
@@ -55,6 +74,10 @@ UPROBES = (
     ("getaddrinfo", "getaddrinfo_entry", False),
     ("getaddrinfo", "getaddrinfo_return", True),
 )
+# resolver.bpf.c's programs, attached with a uprobe_multi link per object: (BPF function, on
+# return). Resolver functions a libc lacks (a static program holds only those it calls) are
+# nothing to count, not an attach error.
+RESOLVER_PROGRAMS = (("resolver_entry", False), ("resolver_return", True))
 TIMELINE_UPROBES = (
     ("pthread_create", "timeline_pthread_create", False),
     ("getaddrinfo", "timeline_getaddrinfo_entry", False),
@@ -67,7 +90,10 @@ def uprobe_name(symbol: str, on_return: bool) -> str:
 
 
 UPROBE_NAMES = tuple(uprobe_name(symbol, on_return) for symbol, _, on_return in UPROBES)
-PROBE_NAMES = (*(t.split(":")[1] for t in MACRO_TRACEPOINTS), *EPOLL_SYSCALLS, *UPROBE_NAMES)
+RESOLVER_UPROBE_NAMES = tuple(uprobe_name(f.label, on_return) for _, on_return in RESOLVER_PROGRAMS
+                              for f in PROBED_RESOLVER_FUNCTIONS)
+PROBE_NAMES = (*(t.split(":")[1] for t in MACRO_TRACEPOINTS), *EPOLL_SYSCALLS, *UPROBE_NAMES,
+               *RESOLVER_UPROBE_NAMES)
 
 
 class BpfUnavailable(RuntimeError):
@@ -85,6 +111,8 @@ class RawCounts:
     duration_slots: Counter[int] = field(default_factory=Counter)
     duration_sum_ns: int = 0
     hosts: Counter[str] = field(default_factory=Counter)
+    dns_queries: Counter[str] = field(default_factory=Counter)
+    resolver_calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     # (StackFlag bits, code object addresses innermost first) -> count
     thread_stacks: Counter[tuple[int, tuple[int, ...]]] = field(default_factory=Counter)
     call_stacks: Counter[tuple[int, tuple[int, ...]]] = field(default_factory=Counter)
@@ -139,6 +167,14 @@ def _add_host(counts: RawCounts, key, value: int) -> None:
     counts.hosts[host_label(bytes(key.host))] += value
 
 
+def _add_dns_queries(counts: RawCounts, key, value: int) -> None:
+    counts.dns_queries[Transport(key.transport).label] += value
+
+
+def _add_resolver_call(counts: RawCounts, key, value: int) -> None:
+    counts.resolver_calls[ResolverFunction(key.function).label, Caller(key.caller).label] += value
+
+
 # Every map keyed by (tgid, generation, ...), and how its values add to a process's counts.
 COUNTER_MAPS = {
     "threads_created_total": _add_created,
@@ -148,6 +184,8 @@ COUNTER_MAPS = {
     "getaddrinfo_duration_seconds": _add_slot,
     "getaddrinfo_duration_ns_sum": _add_sum,
     "getaddrinfo_host_calls_total": _add_host,
+    "dns_queries_total": _add_dns_queries,
+    "resolver_calls_total": _add_resolver_call,
 }
 SITE_COUNTER_MAPS = {
     "threads_created_by_site_total": _add_thread_stack,
@@ -236,7 +274,8 @@ def exec_arguments(raw: bytes, length: int) -> list[str]:
 
 
 # Counters the kernel keeps about what it could not do: self metrics.
-KERNEL_DROPS = ("children_not_watched_total", "exec_reports_lost_total")
+KERNEL_DROPS = ("children_not_watched_total", "exec_reports_lost_total",
+                "dns_unknown_socket_sends_total")
 
 
 class BpfProbes:
@@ -253,6 +292,7 @@ class BpfProbes:
         self.attach_errors: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
         self._bpf = None
         self._attached_objects: dict[tuple[int, int], set[str]] = {}
+        self._links: list[int] = []  # uprobe_multi link fds
 
     # Loading
     def load(self) -> None:
@@ -316,8 +356,37 @@ class BpfProbes:
                 uprobe_name(symbol, on_return)
                 for symbol, function, on_return in UPROBES
                 if self._attach_uprobe(path, symbol, function, on_return)
-            }
+            } | self._attach_resolvers(path)
         return self._attached_objects[device_inode]
+
+    def _attach_resolvers(self, path: str) -> set[str]:
+        """resolver.bpf.c on every resolver function the object has, one link per program."""
+        offsets: dict[ResolverFunction, int] = {}
+        for function in PROBED_RESOLVER_FUNCTIONS:
+            offset = symbol_offset(path, function.label)
+            # Two names of one function (musl's res_search is res_query): the first names it.
+            if offset is not None and offset not in offsets.values():
+                offsets[function] = offset
+        attached: set[str] = set()
+        if not offsets:
+            return attached
+        for function, on_return in RESOLVER_PROGRAMS:
+            names = [uprobe_name(f.label, on_return) for f in offsets]
+            try:
+                self._links.append(attach_uprobe_multi(self._bpf, function, path, offsets,
+                                                       on_return))
+            except OSError as err:
+                for name in names:
+                    self.attach_errors[name] += 1
+                log.warning("could not attach %s in %s (uprobe_multi links need Linux 6.6+): "
+                            "%s", function, path, err)
+                continue
+            for name in names:
+                self.probes_attached[name] += 1
+            attached.update(names)
+            log.info("attached %s in %s to %s", function, path,
+                     ", ".join(f.label for f in offsets))
+        return attached
 
     def _attach_uprobe(self, path: str, symbol: str, function: str, on_return: bool) -> bool:
         if not attach_uprobe(self._bpf, path, symbol, function, on_return):
@@ -328,6 +397,10 @@ class BpfProbes:
 
     def close(self) -> None:
         if self._bpf is not None:
+            for link in self._links:
+                os.close(link)
+            self._links.clear()
+            detach_all(self._bpf)
             self._bpf.cleanup()
             self._bpf = None
             self.probes_attached = Counter(dict.fromkeys(PROBE_NAMES, 0))
@@ -452,6 +525,77 @@ def table_items(table) -> list:
     # The batch path gives scalars as plain ints, items() as ctypes: keep one shape.
     return [(table.Key(k) if isinstance(k, int) else k, table.Leaf(v) if isinstance(v, int) else v)
             for k, v in items]
+
+
+def detach_all(bpf) -> None:
+    """Detaches every uprobe and tracepoint at once: each detach waits for RCU grace periods
+    (0.1 to 0.2 s apiece on this kernel), and detaches in flight together share them, which
+    keeps SIGTERM quick with some forty attach points."""
+    detaches = [(bpf.detach_uprobe_event, name) for name in list(bpf.uprobe_fds)]
+    detaches += [(bpf.detach_tracepoint, name) for name in list(bpf.tracepoint_fds)]
+    if not detaches:
+        return
+    with ThreadPoolExecutor(max_workers=len(detaches)) as pool:
+        for future in [pool.submit(detach, name) for detach, name in detaches]:
+            with contextlib.suppress(Exception):  # bcc raises bare Exception; cleanup() retries
+                future.result()
+
+
+# bpf(2) for what bcc 0.26 lacks: a uprobe_multi link (Linux 6.6+), whose per-symbol cookies
+# the program reads with bpf_get_attach_cookie.
+SYS_BPF = {"x86_64": 321, "aarch64": 280}
+BPF_LINK_CREATE = 28
+BPF_TRACE_UPROBE_MULTI = 48
+BPF_F_UPROBE_MULTI_RETURN = 1
+BPF_PROG_TYPE_KPROBE = 2
+
+
+class UprobeMultiLink(ctypes.Structure):
+    """``union bpf_attr``'s link_create with its uprobe_multi member (include/uapi/linux/bpf.h);
+    the kernel zero-fills the rest of the union."""
+
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32), ("target_fd", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32), ("link_flags", ctypes.c_uint32),
+        ("path", ctypes.c_uint64), ("offsets", ctypes.c_uint64),
+        ("ref_ctr_offsets", ctypes.c_uint64), ("cookies", ctypes.c_uint64),
+        ("cnt", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("pid", ctypes.c_uint32),
+    ]
+
+
+def symbol_offset(path: str, symbol: str) -> int | None:
+    """The file offset of a symbol, as uprobes take it (bcc's own resolution), or None."""
+    bcc = import_bcc()
+    try:
+        return bcc.BPF._check_path_symbol(path.encode(), symbol.encode(), None, -1)[1]
+    except Exception:  # bcc raises bare Exception for a missing symbol
+        return None
+
+
+def attach_uprobe_multi(bpf, function: str, path: str, offsets: dict, on_return: bool) -> int:
+    """Attaches ``function`` to each symbol in ``offsets`` ({ResolverFunction: file offset}),
+    with the function's value as the cookie, for every process that maps the file; returns the
+    link's fd. Raises OSError when the kernel refuses."""
+    program = bpf.load_func(function, BPF_PROG_TYPE_KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
+    count = len(offsets)
+    raw_path = ctypes.create_string_buffer(path.encode())
+    addresses = (ctypes.c_uint64 * count)(*offsets.values())
+    cookies = (ctypes.c_uint64 * count)(*(int(f) for f in offsets))
+    attr = UprobeMultiLink(
+        prog_fd=program.fd, attach_type=BPF_TRACE_UPROBE_MULTI, path=ctypes.addressof(raw_path),
+        offsets=ctypes.addressof(addresses), cookies=ctypes.addressof(cookies), cnt=count,
+        flags=BPF_F_UPROBE_MULTI_RETURN if on_return else 0,
+    )
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    number = SYS_BPF.get(os.uname().machine)
+    if number is None:
+        raise OSError(f"no bpf syscall number known for {os.uname().machine}")
+    fd = libc.syscall(number, BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+    return fd
 
 
 def release_free_memory() -> None:

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from observer import __version__, kubernetes
-from observer.constants import EAI_NAMES
+from observer.constants import EAI_NAMES, Transport
 from observer.constants import metric_name as _name
 from observer.histogram import log2_to_buckets
 from observer.kubernetes import PodNames
@@ -30,6 +30,8 @@ LOSSES = {
     "full): those processes were matched on /proc's command line only",
     "target_names_overflowed_total": "Processes put under the target <other> because their "
     "name template had reached its cap of distinct names",
+    "dns_unknown_socket_sends_total": "Sends to port 53 on sockets opened before their process "
+    "was watched (transport unknown): not counted in dns_queries_total",
 }
 
 # POSIX's getaddrinfo errors (codes -1 to -12).
@@ -146,6 +148,7 @@ class ObserverCollector(Collector):
         if counted:
             yield from _thread_counters(counted, labels)
             yield from _getaddrinfo_metrics(counted, labels)
+            yield from _resolution_metrics(counted, labels)
             yield from _site_metrics(counted, labels)
 
     def _self_metrics(self, snapshot: Snapshot, groups: list[Series]) -> Iterator[Metric]:
@@ -264,6 +267,30 @@ def _getaddrinfo_metrics(groups: list[Series], labels: list[str]) -> Iterator[Me
         for host, count in sorted(counts.hosts.items()):
             hosts.add_metric([*group.labels, host], count)
     yield from (calls, failures, duration, hosts)
+
+
+def _resolution_metrics(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
+    queries = CounterMetricFamily(
+        _name("dns_queries"),
+        "DNS queries the target's processes sent to port 53, whoever sent them",
+        labels=[*labels, "transport"],
+    )
+    calls = CounterMetricFamily(
+        _name("resolver_calls"), "libc resolver calls by entry point and caller",
+        labels=[*labels, "function", "caller"],
+    )
+    for group in groups:
+        counts = group.counts
+        for transport in Transport:
+            queries.add_metric([*group.labels, transport.label],
+                               counts.dns_queries.get(transport.label, 0))
+        # getaddrinfo has its own probe; the other functions appear once called.
+        by_function = Counter({("getaddrinfo", caller): counts.getaddrinfo_calls.get(caller, 0)
+                               for caller in ("event_loop", "other")})
+        by_function.update(counts.resolver_calls)
+        for (function, caller), count in sorted(by_function.items()):
+            calls.add_metric([*group.labels, function, caller], count)
+    yield from (queries, calls)
 
 
 def _site_metrics(groups: list[Series], labels: list[str]) -> Iterator[Metric]:

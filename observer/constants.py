@@ -23,15 +23,57 @@ class ProcessState(enum.IntEnum):
     EXITED = 3  # its last thread ended; user space folds its counts and forgets it
 
 
-class Caller(enum.IntEnum):
+class LabelEnum(enum.IntEnum):
+    """A kernel value whose label value is its lower-case name."""
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class Caller(LabelEnum):
     """Who called getaddrinfo: the ``caller`` label."""
 
     OTHER = 0
     EVENT_LOOP = 1
 
-    @property
-    def label(self) -> str:
-        return self.name.lower()
+
+class Transport(LabelEnum):
+    """How a DNS query went: the ``transport`` label of ``dns_queries_total``."""
+
+    UDP = 1
+    TCP = 2
+
+
+class ResolverFunction(LabelEnum):
+    """libc resolver entry points: the ``function`` label of ``resolver_calls_total``.
+
+    getaddrinfo is counted by its own probe; the others are probed where the libc has them
+    (musl has no getaddrinfo_a and no res_n* functions, and its res_search is res_query), the
+    value being each uprobe's attach cookie.
+    """
+
+    GETADDRINFO = 0
+    GETHOSTBYNAME = 1
+    GETHOSTBYNAME_R = 2
+    GETHOSTBYNAME2 = 3
+    GETHOSTBYNAME2_R = 4
+    GETHOSTBYADDR = 5
+    GETHOSTBYADDR_R = 6
+    GETNAMEINFO = 7
+    GETADDRINFO_A = 8
+    RES_QUERY = 9
+    RES_SEARCH = 10
+    RES_QUERYDOMAIN = 11
+    RES_SEND = 12
+    RES_NQUERY = 13
+    RES_NSEARCH = 14
+    RES_NQUERYDOMAIN = 15
+    RES_NSEND = 16
+
+
+# Probed by resolver.bpf.c (getaddrinfo has its own probe).
+PROBED_RESOLVER_FUNCTIONS = tuple(f for f in ResolverFunction if f != ResolverFunction.GETADDRINFO)
 
 
 class MapSize(enum.IntEnum):
@@ -41,6 +83,7 @@ class MapSize(enum.IntEnum):
     MAX_KEYS = 65536
     MAX_HOSTS = 4096
     HOST_LENGTH = 64
+    MAX_SOCKETS = 32768
 
     # Children forked but not yet running (handed from parent to child in a PID namespace).
     MAX_NEW_CHILDREN = 4096
@@ -110,6 +153,7 @@ def bpf_cflags(track_new_processes: bool, sites: bool = False) -> list[str]:
     flags += [f"-DCALLER_{caller.name}={caller.value}" for caller in Caller]
     # __members__, not iteration: equal sizes are aliases, which iterating an enum skips.
     flags += [f"-D{name}={size.value}" for name, size in MapSize.__members__.items()]
+    flags += [f"-DTRANSPORT_{transport.name}={transport.value}" for transport in Transport]
     flags.append(f"-DTRACK_NEW_PROCESSES={int(track_new_processes)}")
     flags.append(f"-DSITES={int(sites)}")
     if sites:

@@ -49,12 +49,15 @@ class Row:
     p50_seconds: float | None
     p99_seconds: float | None
     teaches: str
+    dns_queries: int = 0
+    dns_truth: int | None = None  # what a private responder received, when there is one
 
     @property
     def exact(self) -> bool:
         return (self.threads_created == self.threads_truth
                 and self.getaddrinfo_calls == self.getaddrinfo_truth
-                and self.event_loop_calls == self.event_loop_truth)
+                and self.event_loop_calls == self.event_loop_truth
+                and self.dns_truth in (None, self.dns_queries))
 
 
 def add_parser(subparsers, parents) -> None:
@@ -165,13 +168,22 @@ def run_one(observer, scenario, python: str, servers, extra_args=()) -> Row:
         try:
             child.go()
             truth = child.truth()
-            counts = settled_counts(observer, scenario.name, truth)
+            received = dns_received(child.dns)
+            counts = settled_counts(observer, scenario.name, truth, received)
+            dns_truth = received() if received else None
         finally:
             observer.unwatch_pid(child.pid)
-    return make_row(scenario, truth, counts)
+    return make_row(scenario, truth, counts, dns_truth)
 
 
-def settled_counts(observer, target: str, truth: dict) -> Counts:
+def dns_received(responder):
+    """A function giving the queries a scenario's private responder received, or None."""
+    if responder is None:
+        return None
+    return lambda: sum(responder.received().values())
+
+
+def settled_counts(observer, target: str, truth: dict, dns_received=None) -> Counts:
     """The target's counts once they have caught up with the ground truth (threads may still
     be ending when the truth is printed), or as they are after SETTLE_SECONDS."""
     deadline = time.monotonic() + SETTLE_SECONDS
@@ -180,6 +192,8 @@ def settled_counts(observer, target: str, truth: dict) -> Counts:
         calls = sum(counts.getaddrinfo_calls.values())
         threads = sum(counts.threads_created.values())
         caught_up = calls == truth["getaddrinfo_calls"] and threads == threads_truth(truth)
+        if dns_received is not None:
+            caught_up = caught_up and sum(counts.dns_queries.values()) == dns_received()
         if caught_up or time.monotonic() > deadline:
             return counts
         time.sleep(0.05)
@@ -187,9 +201,10 @@ def settled_counts(observer, target: str, truth: dict) -> Counts:
 
 def threads_truth(truth: dict) -> int:
     """The threads a workload knows it started: every ``Thread.start`` (executor workers
-    included, however many the pool's timing made it start), and libuv's native pool, whole
-    from its first job."""
-    return truth["threads_started"] + truth.get("libuv_threads", 0)
+    included, however many the pool's timing made it start), libuv's native pool, whole
+    from its first job, and c-ares's event threads (one per channel)."""
+    native = truth.get("libuv_threads", 0) + truth.get("c_ares_threads", 0)
+    return truth["threads_started"] + native
 
 
 def target_counts(snapshot, target: str) -> Counts:
@@ -204,7 +219,7 @@ def target_counts(snapshot, target: str) -> Counts:
     return total
 
 
-def make_row(scenario, truth: dict, counts: Counts) -> Row:
+def make_row(scenario, truth: dict, counts: Counts, dns_truth: int | None = None) -> Row:
     buckets = log2_to_buckets(counts.duration_slots)
     return Row(
         scenario=scenario.name,
@@ -220,6 +235,8 @@ def make_row(scenario, truth: dict, counts: Counts) -> Row:
         p50_seconds=quantile(0.5, buckets),
         p99_seconds=quantile(0.99, buckets),
         teaches=scenario.teaches,
+        dns_queries=sum(counts.dns_queries.values()),
+        dns_truth=dns_truth,
     )
 
 
@@ -246,7 +263,8 @@ def table(rows: list[Row]) -> Table:
                             ("threads created (observer / truth)", "right"),
                             ("getaddrinfo calls (observer / truth)", "right"),
                             ("on the event loop (observer / truth)", "right"),
-                            ("p50 / p99 latency", "right")]:
+                            ("p50 / p99 latency", "right"),
+                            ("DNS queries on the wire (observer / responder)", "right")]:
         # Headers may wrap; values may not (a library name cut in two reads as two).
         result.add_column(column, justify=justify,
                           no_wrap=column.startswith(("native", "scenario")), max_width=44)
@@ -257,6 +275,7 @@ def table(rows: list[Row]) -> Table:
             versus(row.getaddrinfo_calls, row.getaddrinfo_truth),
             versus(row.event_loop_calls, row.event_loop_truth),
             latency_text(row.p50_seconds, row.p99_seconds),
+            dns_text(row.dns_queries, row.dns_truth),
         )
     return result
 
@@ -267,6 +286,11 @@ def versus(observed: int, truth: int) -> str:
 
 def creators_text(created: dict[str, int]) -> str:
     return ", ".join(f"{count} {creator}" for creator, count in created.items()) or "0"
+
+
+def dns_text(queries: int, received: int | None) -> str:
+    """Names from /etc/hosts cost no packet: no responder to compare with, the count alone."""
+    return str(queries) if received is None else versus(queries, received)
 
 
 def latency_text(p50: float | None, p99: float | None) -> str:

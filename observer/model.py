@@ -17,6 +17,9 @@ class Counts:
     duration_slots: Counter[int] = field(default_factory=Counter)  # log2 ns slot -> calls
     duration_sum_ns: int = 0
     hosts: Counter[str] = field(default_factory=Counter)  # getaddrinfo calls by host label
+    dns_queries: Counter[str] = field(default_factory=Counter)  # by transport
+    # libc resolver calls other than getaddrinfo, by (function, caller)
+    resolver_calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     # By Python call site; None where the process's frames cannot be read (sites unavailable)
     threads_by_site: Counter[str] | None = None
     calls_by_site: Counter[tuple[str, str]] | None = None  # (site, caller) -> calls
@@ -30,6 +33,8 @@ class Counts:
         self.duration_slots.update(other.duration_slots)
         self.duration_sum_ns += other.duration_sum_ns
         self.hosts.update(other.hosts)
+        self.dns_queries.update(other.dns_queries)
+        self.resolver_calls.update(other.resolver_calls)
         if other.threads_by_site is not None:
             self.threads_by_site = (self.threads_by_site or Counter()) + other.threads_by_site
         if other.calls_by_site is not None:

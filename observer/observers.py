@@ -16,7 +16,14 @@ from dataclasses import dataclass, replace
 import psutil
 
 from observer import labels, procfs, pyruntime
-from observer.bpf_backend import UPROBE_NAMES, BpfProbes, RawCounts, WatchedEntry, attach_libc_of
+from observer.bpf_backend import (
+    RESOLVER_UPROBE_NAMES,
+    UPROBE_NAMES,
+    BpfProbes,
+    RawCounts,
+    WatchedEntry,
+    attach_libc_of,
+)
 from observer.capabilities import uprobe_capability_hint
 from observer.constants import ProcessState, StackFlag
 from observer.labels import OTHER_HOSTS, HostLabels
@@ -305,6 +312,7 @@ class BpfObserver(ProcObserver):
         self._remember_rejections = True  # exec marks a process pending again
         # Counted once a scan, not per scrape: walking every map is the costly part of it.
         self.map_entries: dict[str, int] = {}
+        self._unknown_sends_logged = 0
 
     def start(self) -> None:
         self.probes.load()
@@ -484,6 +492,12 @@ class BpfObserver(ProcObserver):
         except OSError:
             return
         missing = sorted(set(UPROBE_NAMES) - attached)
+        # Resolver functions a libc lacks (a static program holds only those it calls) are
+        # nothing to count, not an attach error.
+        absent = sorted(set(RESOLVER_UPROBE_NAMES) - attached)
+        if absent:
+            log.info("pid %d: no %s in %s (nothing to count there)", pid, ", ".join(absent),
+                     objects)
         for probe in missing:
             self.probes.attach_errors[probe] += 1
         if missing:
@@ -533,9 +547,18 @@ class BpfObserver(ProcObserver):
                 attach_errors=dict(self.probes.attach_errors),
                 bpf_available=True,
                 map_entries=self.map_entries,
-                losses={**self.probes.kernel_drops(),
-                        "target_names_overflowed_total": self.overflowed},
+                losses=self._said({**self.probes.kernel_drops(),
+                                   "target_names_overflowed_total": self.overflowed}),
             )
+
+    def _said(self, losses: dict[str, int]) -> dict[str, int]:
+        """Losses, with a warning when DNS sends went uncounted since the last one."""
+        sends = losses.get("dns_unknown_socket_sends_total", 0)
+        if sends > self._unknown_sends_logged:
+            log.warning("%d sends to port 53 on sockets opened before their process was watched:"
+                        " not counted in dns_queries_total", sends)
+            self._unknown_sends_logged = sends
+        return losses
 
     def _bound_hosts(self, target: str, counts: Counts) -> Counts:
         """Host and site labels bounded per target (the most counted first)."""
@@ -564,7 +587,7 @@ def resolve_counts(raw: RawCounts, tracked: TrackedProcess) -> Counts:
         threads_created=created, threads_exited=raw.threads_exited,
         getaddrinfo_calls=raw.calls, getaddrinfo_failures=raw.failures,
         duration_slots=raw.duration_slots, duration_sum_ns=raw.duration_sum_ns,
-        hosts=raw.hosts,
+        hosts=raw.hosts, dns_queries=raw.dns_queries, resolver_calls=raw.resolver_calls,
     )
     if tracked.sites is not None:
         counts.threads_by_site = tracked.sites.threads_by_site(raw.thread_stacks)

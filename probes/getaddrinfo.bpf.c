@@ -145,6 +145,23 @@ int forget_thread(void *ctx)
     return 0;
 }
 
+// The caller label of a resolver call this thread makes now (getaddrinfo, and the functions of
+// resolver.bpf.c): a coroutine on its Python stack decides, else its epoll mark. With sites, a
+// stack that was read stays in the scratch key, and *stack_read says so.
+static __always_inline u32 call_caller(u32 tgid, u32 tid, u64 generation, int *stack_read)
+{
+    int epoll_marked = event_loop_threads.lookup(&tid) != NULL;
+    *stack_read = 0;
+#if SITES
+    struct site_key *site = site_scratch_key();
+    if (site && read_python_stack(tgid, tid, generation, site, 1)) {
+        *stack_read = 1;
+        return caller_from_stack(site, epoll_marked);
+    }
+#endif
+    return epoll_marked ? CALLER_EVENT_LOOP : CALLER_OTHER;
+}
+
 int getaddrinfo_entry(struct pt_regs *ctx)
 {
     u64 id = current_pid_tgid();
@@ -153,14 +170,12 @@ int getaddrinfo_entry(struct pt_regs *ctx)
     if (!generation)
         return 0;
     struct call_in_progress call = {.started_ns = bpf_ktime_get_ns()};
-    int epoll_marked = event_loop_threads.lookup(&tid) != NULL;
-    call.caller = epoll_marked ? CALLER_EVENT_LOOP : CALLER_OTHER;
+    int stack_read = 0;
+    call.caller = call_caller(tgid, tid, generation, &stack_read);
 #if SITES
     struct site_key *site = site_scratch_key();
-    if (site && read_python_stack(tgid, tid, generation, site, 1)) {
-        call.caller = caller_from_stack(site, epoll_marked);
+    if (site && stack_read)
         add_call_site(site, call.caller);
-    }
 #endif
     // A NULL or unreadable node leaves the name empty.
     bpf_probe_read_user_str(call.host, sizeof(call.host), (void *)PT_REGS_PARM1(ctx));

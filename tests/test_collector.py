@@ -147,6 +147,41 @@ def test_usual_errors_start_at_zero_so_rate_sees_the_first_failure():
                  {"target": "api", "error": "EAI_CANCELED"}) is None  # not usual: when seen
 
 
+def test_dns_queries_and_resolver_calls_add_up_per_target():
+    first = counts(calls={"event_loop": 2, "other": 1})
+    first.dns_queries.update({"udp": 6})
+    first.resolver_calls.update({("gethostbyname_r", "other"): 3})
+    second = counts(calls={"other": 4})
+    second.dns_queries.update({"udp": 1, "tcp": 2})
+    second.resolver_calls.update({("gethostbyname_r", "other"): 1,
+                                  ("getnameinfo", "event_loop"): 5})
+    snapshot = Snapshot(backend="bpf", rows=[ProcessRow("api", 1, 1, first),
+                                             ProcessRow("api", 2, 1, second)],
+                        losses={"dns_unknown_socket_sends_total": 4})
+    value = registry_for(snapshot).get_sample_value
+    assert value("thread_observer_dns_queries_total", {"target": "api", "transport": "udp"}) == 7
+    assert value("thread_observer_dns_queries_total", {"target": "api", "transport": "tcp"}) == 2
+    calls = {(f, c): value("thread_observer_resolver_calls_total",
+                           {"target": "api", "function": f, "caller": c})
+             for f, c in [("getaddrinfo", "event_loop"), ("getaddrinfo", "other"),
+                          ("gethostbyname_r", "other"), ("getnameinfo", "event_loop")]}
+    # getaddrinfo's come from its own probe, the same counts as getaddrinfo_calls_total.
+    assert calls == {("getaddrinfo", "event_loop"): 2, ("getaddrinfo", "other"): 5,
+                     ("gethostbyname_r", "other"): 4, ("getnameinfo", "event_loop"): 5}
+    assert value("thread_observer_dns_unknown_socket_sends_total") == 4
+
+
+def test_dns_series_start_at_zero_and_are_absent_with_the_proc_backend():
+    snapshot = Snapshot(backend="bpf", rows=[ProcessRow("idle", 1, 1, counts())])
+    value = registry_for(snapshot).get_sample_value
+    assert value("thread_observer_dns_queries_total", {"target": "idle", "transport": "udp"}) == 0
+    assert value("thread_observer_dns_queries_total", {"target": "idle", "transport": "tcp"}) == 0
+    proc = Snapshot(backend="proc", rows=[ProcessRow("idle", 1, 1, None)])
+    text = generate_latest(registry_for(proc)).decode()
+    assert "dns_queries_total" not in text and "resolver_calls_total" not in text
+    assert "dns_unknown_socket_sends" not in text
+
+
 def test_what_could_not_be_watched_or_named_is_said_in_self_counters():
     snapshot = Snapshot(backend="bpf", bpf_available=True, losses={
         "children_not_watched_total": 2, "exec_reports_lost_total": 0,

@@ -60,6 +60,15 @@ def test_uvloop_shows_native_threads_while_python_sees_one(demo_rows):
         assert next(iter(creators)).startswith("loop.cpython-")
 
 
+def test_aiohttp_with_aiodns_makes_no_libc_lookup_but_queries_on_the_wire(demo_rows):
+    row = demo_rows["aiohttp_aiodns"]
+    assert row["getaddrinfo_calls"] == row["getaddrinfo_truth"] == 0
+    assert row["dns_queries"] == row["dns_truth"] > 0  # the private responder's count
+    # Names from /etc/hosts: lookups, and not one packet.
+    assert demo_rows["aiohttp_client"]["dns_queries"] == 0
+    assert demo_rows["aiohttp_client"]["getaddrinfo_calls"] > 0
+
+
 def test_blocking_dns_is_on_the_event_loop(demo_rows):
     row = demo_rows["blocking_dns"]
     assert row["event_loop_calls"] == row["getaddrinfo_calls"] == 10

@@ -35,6 +35,9 @@ class Scenario:
     server: str | None = None  # "http", "redis_unix" or "redis_tcp": what it connects to
     min_python: tuple = (3, 6)
     requires: tuple = ()  # third-party modules the child imports
+    # Run in a network namespace of its own whose resolv.conf names a private responder
+    # (workloads.private_dns), which answers PRIVATE_NAME: its queries never leave the machine.
+    private_dns: bool = False
 
     def runs_on(self, version_info=sys.version_info) -> bool:
         """Whether the scenario supports that interpreter (the modules must be installed too)."""
@@ -50,6 +53,8 @@ def _scenarios(*scenarios):
     return {scenario.name: scenario for scenario in scenarios}
 
 
+PRIVATE_NAME = "service.test"  # what the private responder answers (127.0.0.1)
+
 SCENARIOS = _scenarios(
     Scenario(
         "aiohttp_client",
@@ -60,6 +65,17 @@ SCENARIOS = _scenarios(
         server="http",
         min_python=(3, 11),
         requires=("aiohttp",),
+    ),
+    Scenario(
+        "aiohttp_aiodns",
+        "workloads.aiohttp_aiodns",
+        "aiohttp client with AsyncResolver (aiodns, c-ares), a new ClientSession per request",
+        "c-ares resolves on the wire: no executor thread, no libc lookup, yet DNS queries (A "
+        "and AAAA) for every new session; only pycares's own threads hint at it",
+        ("--requests", "10", "--concurrency", "3", "--host", PRIVATE_NAME),
+        min_python=(3, 11),
+        requires=("aiohttp", "aiodns", "dnslib"),
+        private_dns=True,
     ),
     Scenario(
         "aiohttp_client_uvloop",
@@ -204,6 +220,7 @@ class ScenarioProcess:
         self._stack = stack
         self._buffer = b""
         self._started = False
+        self.dns = None  # the private responder (workloads.private_dns) it resolves through
         ready = self._read_json_line(time.monotonic() + READY_TIMEOUT)
         if not ready.get("ready"):
             raise ScenarioError(f"{scenario.name}: expected a ready line, got {ready}")
@@ -291,6 +308,9 @@ def start_scenario(name, python=sys.executable, servers=None, extra_args=()) -> 
         command = [python, "-m", scenario.module, *scenario.default_args]
         command += _server_args(scenario, servers, stack)
         command += [*extra_args, "--wait-stdin"]
+        dns = _private_dns(scenario, stack)
+        if dns is not None:
+            command = dns.command(command)
         # A file, not a pipe: a child with much to say on stderr must never block on it.
         errors = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115
         child = subprocess.Popen(
@@ -301,7 +321,9 @@ def start_scenario(name, python=sys.executable, servers=None, extra_args=()) -> 
             env=child_environment(),
         )
         stack.callback(_reap, child)
-        return ScenarioProcess(scenario, child, stack, errors)
+        process = ScenarioProcess(scenario, child, stack, errors)
+        process.dns = dns
+        return process
     except BaseException:
         stack.close()
         raise
@@ -322,6 +344,16 @@ def run_scenario(
         if code != 0:
             raise ScenarioError(f"{name} exited with {code}:\n{process.stderr()}")
         return truth
+
+
+def _private_dns(scenario, stack):
+    """The private responder a scenario resolves through, started into ``stack``, or None."""
+    if not scenario.private_dns:
+        return None
+    from workloads.private_dns import PrivateDns  # Python 3.7+, like the scenarios that use it
+
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="thread-observer-dns-"))
+    return stack.enter_context(PrivateDns(folder, {PRIVATE_NAME: "127.0.0.1"}))
 
 
 def _server_args(scenario, servers, stack) -> list:

@@ -1,0 +1,143 @@
+"""6. What the DNS probe's syscall tracepoints cost a process the observer does not watch.
+
+The DNS probe follows ``socket``, ``connect``, ``close`` and the sends (``write``, ``writev``,
+``sendto``, ``sendmsg``, ``sendmmsg``) of every process on the host, entry and exit, and returns
+after one hash lookup for a process it does not watch. A small C program (``syscalls.c``), not
+watched, times one-byte ``write``s to /dev/null, UDP ``sendto``s to a closed loopback port and
+``socket`` + ``close`` pairs, with an observer running (watching another process) and without,
+alternating. One more run with the kernel's BPF statistics gives each program's runs and time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import bpftool
+from benchmarks.children import Children
+from benchmarks.observer_process import Observer
+from benchmarks.report import Goal, Section
+from benchmarks.settings import Settings
+from benchmarks.stats import median, number, ratio, times
+from benchmarks.storm import bpf_statistics
+
+SOURCE = Path(__file__).with_name("syscalls.c")
+OPERATIONS = ("write", "sendto", "socket_close")
+DNS_TRACEPOINTS = ("socket", "connect", "close", "sendto", "write", "writev", "sendmsg", "sendmmsg")
+GOAL = 0.97  # the same bar as the overhead on a watched process
+
+
+def build(folder: Path) -> Path:
+    binary = folder / "syscalls"
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-o", str(binary), str(SOURCE)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return binary
+
+
+def timed(binary: Path, count: int) -> dict[str, float]:
+    done = subprocess.run(
+        [str(binary), str(count)], capture_output=True, text=True, check=True, timeout=300
+    )
+    return json.loads(done.stdout)
+
+
+def running_observer(children: Children, idle: subprocess.Popen) -> Observer:
+    observer = Observer(children, ["--pid", f"idle={idle.pid}", "--allow-non-python"])
+    observer.wait_ready()
+    time.sleep(0.5)  # let the compile's aftermath pass
+    return observer
+
+
+def program_runs(observer_pid: int) -> dict[str, tuple[int, int]]:
+    """Runs and nanoseconds of the DNS probe's programs, by syscall tracepoint."""
+    tracepoints = {
+        entry["prog_id"]: entry.get("tracepoint", "")
+        for entry in bpftool.attachments()
+        if entry.get("pid") == observer_pid
+    }
+    runs: dict[str, tuple[int, int]] = {}
+    for prog_id, tracepoint in tracepoints.items():
+        name = tracepoint.removeprefix("sys_enter_").removeprefix("sys_exit_")
+        if not tracepoint.startswith("sys_") or name not in DNS_TRACEPOINTS:
+            continue
+        info = bpftool.program(prog_id)
+        runs[tracepoint] = (info.get("run_cnt", 0), info.get("run_time_ns", 0))
+    return runs
+
+
+def measure(children: Children, settings: Settings) -> Section:
+    count = max(20_000, settings.storm_calls // 10)
+    rounds = max(3, settings.overhead_rounds // 2)
+    section = Section("6. The DNS probe's syscall tracepoints on an unwatched process")
+    with tempfile.TemporaryDirectory(prefix="syscalls-") as folder:
+        binary = build(Path(folder))
+        idle = children.spawn(["sleep", "3600"])
+        ratios: dict[str, list[float]] = {op: [] for op in OPERATIONS}
+        per_op: dict[str, dict[str, list[float]]] = {"with": {}, "without": {}}
+        for index in range(rounds):
+            sides = ("without", "with") if index % 2 == 0 else ("with", "without")
+            figures = {}
+            for side in sides:
+                if side == "with":
+                    with running_observer(children, idle):
+                        figures[side] = timed(binary, count)
+                else:
+                    figures[side] = timed(binary, count)
+                for op in OPERATIONS:
+                    per_op[side].setdefault(op, []).append(figures[side][op])
+            for op in OPERATIONS:
+                # Throughput ratio: with / without, as for the watched process's overhead.
+                ratios[op].append(ratio(figures["without"][op], figures["with"][op]))
+        with running_observer(children, idle) as observer, bpf_statistics():
+            before = program_runs(observer.pid)
+            timed(binary, count)
+            after = program_runs(observer.pid)
+        children.end(idle)
+    rows = [
+        [
+            op,
+            number(median(per_op["without"][op])),
+            number(median(per_op["with"][op])),
+            times(median(ratios[op])),
+            f"{times(min(ratios[op]))} to {times(max(ratios[op]))}",
+        ]
+        for op in OPERATIONS
+    ]
+    section.text(
+        f"{rounds} rounds, each timing {count:,} of each operation once without and once with "
+        "an observer running (watching a `sleep`), the side that goes first alternating. "
+        "Throughput ratio with / without: 1.0 means no cost."
+    )
+    section.table(["operation", "ns without", "ns with", "ratio (median)", "range"], rows)
+    program_rows = []
+    for tracepoint in sorted(after):
+        runs = after[tracepoint][0] - before.get(tracepoint, (0, 0))[0]
+        ns = after[tracepoint][1] - before.get(tracepoint, (0, 0))[1]
+        program_rows.append([f"`{tracepoint}`", f"{runs:,}", number(ns / runs, 1) if runs else "-"])
+    section.text(
+        "The kernel's BPF statistics during one more run with the observer (every process on "
+        "the machine counts, not only the timed one):"
+    )
+    section.table(["program on", "runs", "ns per run"], program_rows)
+    worst = min(median(ratios[op]) for op in OPERATIONS)
+    section.goals.append(
+        Goal(
+            "unwatched process, DNS probe's syscalls",
+            f">= {GOAL} of the speed without",
+            f"{times(worst)} (worst median)",
+            worst >= GOAL,
+            "every write, send, socket and close of every process on the host runs two programs "
+            "(entry and exit), each through the syscall tracepoint's perf path, which copies the "
+            "arguments into a record before the program runs; each program returns after one "
+            "hash lookup (see its ns per run): the cost is per syscall, so it is largest on the "
+            "cheapest ones (a one-byte write to /dev/null)",
+        )
+    )
+    return section
