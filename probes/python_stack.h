@@ -6,11 +6,14 @@
 // writes one python_processes entry per process: where the thread list starts and the struct
 // offsets of that interpreter version. Without that entry nothing here runs for the process.
 //
-// Layouts read (CPython 3.11-3.13; offsets come from the entry, never from here):
-//   PyThreadState      prev, next, native_thread_id (the kernel tid, in the target's PID namespace),
-//                      cframe (3.11-3.12) -> _PyCFrame.current_frame, or current_frame (3.13+)
+// Layouts read (CPython 3.8-3.13; offsets come from the entry, never from here):
+//   PyThreadState      prev, next, native_thread_id (the kernel tid, in the target's PID namespace;
+//                      3.8-3.10: thread_id, a pthread_t, whose struct pthread holds the tid),
+//                      cframe (3.11-3.12) -> _PyCFrame.current_frame, or current_frame (3.13+),
+//                      or frame (3.8-3.10)
 //   _PyInterpreterFrame previous, f_code (3.13+: f_executable), owner (3 = entry frame owned by
-//                      the C stack, 3.12+: holds no Python code of its own)
+//                      the C stack, 3.12+: holds no Python code of its own); 3.8-3.10:
+//                      PyFrameObject f_back, f_code (owner: the low byte of the aligned f_code)
 //   PyCodeObject       co_flags (CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR)
 //
 // Parameters (-D cflags from observer/constants.py): SITES, STACK_DEPTH, MAX_FRAMES_WALKED,

@@ -87,7 +87,7 @@ class GroundTruth:
             self._on_count(self)
 
     def count_native_getaddrinfo(self, calls: int = 1, failures: int = 0, error=None) -> None:
-        """For resolutions made below Python (libuv), which the wrapper cannot see.
+        """For resolutions made below Python (libuv), which the trace function cannot see.
 
         ``error`` names the ``EAI_*`` code of the failures, when known.
         """
