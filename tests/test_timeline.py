@@ -358,7 +358,9 @@ def test_a_running_process_given_by_pid(tmp_path):
         assert recorder.wait(timeout=30) == 0
         recorder.stderr.close()
     timeline = load_timeline(out)
-    assert len(created_lanes(timeline)) == truth["threads_started"] == 3
+    # 3 in flight: 3 executor threads, or 4 when a worker had not yet marked itself idle at
+    # the next submit (README, the demo's notes): the truth says which.
+    assert len(created_lanes(timeline)) == truth["threads_started"] in (3, 4)
     assert len(timeline.lookups) == truth["getaddrinfo_calls"] == 6
     existing = [lane for lane in timeline.lanes if not lane.created]
     assert [lane.tid for lane in existing if lane.main] == [target.pid]
