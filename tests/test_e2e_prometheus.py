@@ -121,20 +121,29 @@ def test_the_unix_socket_scenario_fires_nothing(running_prometheus):
     assert not [a for a in running_prometheus.alerts() if a["labels"].get("target") == "unix"]
 
 
+def queries_by_transport(prometheus, target: str) -> dict[str, int]:
+    expr = f'sum by (transport) (thread_observer_dns_queries_total{{target="{target}"}})'
+    return {s["metric"]["transport"]: int(float(s["value"][1])) for s in prometheus.query(expr)}
+
+
 def test_queries_on_the_wire_are_what_the_responders_received(running_prometheus):
     for name, dns in running_prometheus.responders.items():
         received = dns.received()
-        expr = f'sum by (transport) (thread_observer_dns_queries_total{{target="{name}"}})'
+        seen = []
 
-        def seen(expr=expr):
-            return {s["metric"]["transport"]: int(float(s["value"][1]))
-                    for s in running_prometheus.query(expr)}
+        def equal(name=name, received=received, seen=seen):
+            seen[:] = [queries_by_transport(running_prometheus, name)]
+            return seen[0] == received
 
-        wait_until(lambda: seen() == received, 10, f"{name}: {seen()} == {received}")
-    calls = running_prometheus.query(
-        'sum by (target, function) (thread_observer_resolver_calls_total{target=~"resolving|truncated"})')
-    assert {(s["metric"]["target"], s["metric"]["function"], float(s["value"][1]))
-            for s in calls} == {(name, "getaddrinfo", n) for name, (_, n, _) in RESOLVERS.items()}
+        try:
+            wait_until(equal, 10, f"{name}'s queries in Prometheus")
+        except AssertionError as timeout:
+            raise AssertionError(f"{timeout}: responder {received}, Prometheus {seen}") from None
+    expr = ('sum by (target, function) '
+            '(thread_observer_resolver_calls_total{target=~"resolving|truncated"})')
+    calls = {(s["metric"]["target"], s["metric"]["function"], float(s["value"][1]))
+             for s in running_prometheus.query(expr)}
+    assert calls == {(name, "getaddrinfo", n) for name, (_, n, _) in RESOLVERS.items()}
 
 
 def test_name_resolution_panels_show_the_resolving_target(running_prometheus):
