@@ -173,14 +173,18 @@ def renamed(function, qualname):
     return function
 
 
+KEPT_ALIVE: list = []  # code objects the observer may still read
+
+
 def hostile():
     """Deep and badly named stacks, run on a thread that never waits in epoll."""
-    # Kept alive: a freed code object's address may be reused by the next one before the
-    # observer reads it, and the stack would then be named after the later one.
+    # Kept alive for the process's life: the observer names stacks when it reads them, and a
+    # freed code object's memory may by then hold something else (it is named <unknown>).
     renamed_functions = [
         renamed(_copy(start_and_resolve), "q" * 300),
         renamed(_copy(start_and_resolve), 'na\u00efve_\u2603_\n"\\_\x7f'),
     ]
+    KEPT_ALIVE.extend(renamed_functions)
 
     def run():
         recurse(1000)
