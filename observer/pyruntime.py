@@ -84,9 +84,27 @@ class Memory:
         return struct.unpack("<Q", self.read(address, 8))[0]
 
 
+# (device, inode, size, mtime, names) -> elf_symbols' answer. Parsing an interpreter's symbol
+# table takes tens of milliseconds, and every forked worker of a server maps the same file.
+_ELF_SYMBOLS_CACHE: dict[tuple, tuple[dict[str, int], int]] = {}
+ELF_SYMBOLS_CACHE_SIZE = 64
+
+
 def elf_symbols(path: str, names: tuple[str, ...]) -> tuple[dict[str, int], int]:
     """Addresses of symbols in an ELF file (as linked) and the load bias's reference: the
-    lowest PT_LOAD address, page aligned (0 for a fixed-address executable)."""
+    lowest PT_LOAD address, page aligned (0 for a fixed-address executable). Remembered per
+    file (by device, inode, size and modification time), whatever path it is reached by."""
+    info = os.stat(path)
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, names)
+    found = _ELF_SYMBOLS_CACHE.get(key)
+    if found is None:
+        if len(_ELF_SYMBOLS_CACHE) >= ELF_SYMBOLS_CACHE_SIZE:
+            _ELF_SYMBOLS_CACHE.clear()
+        found = _ELF_SYMBOLS_CACHE[key] = read_elf_symbols(path, names)
+    return dict(found[0]), found[1]
+
+
+def read_elf_symbols(path: str, names: tuple[str, ...]) -> tuple[dict[str, int], int]:
     found: dict[str, int] = {}
     with open(path, "rb") as file:
         elf = ELFFile(file)
