@@ -554,19 +554,23 @@ class BpfProbes:
 
     def set_python_process(self, tgid: int, generation: int, runtime) -> None:
         """Lets the probes read this process's Python frames (python_stack.h)."""
-        table = self._bpf["python_processes"]
-        offsets = runtime.offsets
-        table[ctypes.c_uint32(tgid)] = table.Leaf(
-            generation, runtime.threads_head, offsets["tstate_next"],
-            offsets["tstate_native_thread_id"], offsets["tstate_frame"],
-            offsets["cframe_current_frame"], offsets["frame_previous"], offsets["frame_code"],
-            offsets["frame_owner"], offsets["code_flags"], offsets["tstate_prev"], 0,
-            frame_read_size(offsets), *runtime.text,
-        )
+        write_python_process(self._bpf["python_processes"], tgid, generation, runtime)
 
     def map_entries(self) -> dict[str, int]:
         """Entries in each map, to show they stay bounded."""
         return {name: sum(1 for _ in self._bpf[name]) for name in self.maps}
+
+
+def write_python_process(table, tgid: int, generation: int, runtime) -> None:
+    """A ``python_processes`` entry (python_stack.h): where and how to read its frames."""
+    offsets = runtime.offsets
+    table[ctypes.c_uint32(tgid)] = table.Leaf(
+        generation, runtime.threads_head, offsets["tstate_next"],
+        offsets["tstate_native_thread_id"], offsets["tstate_frame"],
+        offsets["cframe_current_frame"], offsets["frame_previous"], offsets["frame_code"],
+        offsets["frame_owner"], offsets["code_flags"], offsets["tstate_prev"],
+        offsets["pthread_tid"], frame_read_size(offsets), *runtime.text,
+    )
 
 
 def frame_read_size(offsets: dict[str, int]) -> int:

@@ -117,6 +117,7 @@ class StackFlag(enum.IntFlag):
     COROUTINE = 2  # a coroutine or async generator frame is on the stack
     TRUNCATED = 4  # MAX_FRAMES_WALKED reached before the outermost frame
     EVENT_LOOP = 8  # getaddrinfo: the call was counted caller=event_loop
+    PROCESS_READ = 16  # timeline: the process's frames are read (no frame: a native caller)
 
 
 # glibc's and musl's EAI_* codes (netdb.h); both agree on these values.

@@ -28,7 +28,7 @@ from observer.capabilities import uprobe_capability_hint
 from observer.constants import ProcessState, StackFlag
 from observer.labels import OTHER_HOSTS, HostLabels
 from observer.model import Counts, ProcessRow, Snapshot
-from observer.sites import SITES_PER_TARGET, ProcessSites
+from observer.sites import EVENT_LOOP, OTHER, SITES_PER_TARGET, ProcessSites
 from observer.targets import (
     OTHER_TARGET,
     PidTarget,
@@ -618,6 +618,12 @@ def resolve_counts(raw: RawCounts, tracked: TrackedProcess) -> Counts:
     if tracked.sites is not None:
         counts.threads_by_site = tracked.sites.threads_by_site(raw.thread_stacks)
         counts.calls_by_site = tracked.sites.calls_by_site(raw.call_stacks, StackFlag.EVENT_LOOP)
+        # The plain counter agrees with the by-site one: plain asyncio callbacks moved over.
+        moved = tracked.sites.callbacks_on_loop(raw.call_stacks, StackFlag.EVENT_LOOP)
+        if moved:
+            counts.getaddrinfo_calls = Counter(raw.calls)
+            counts.getaddrinfo_calls[EVENT_LOOP] += moved
+            counts.getaddrinfo_calls[OTHER] -= moved
         for caller, dropped in raw.dropped_sites.items():
             if caller is None:
                 counts.threads_by_site[OTHER_HOSTS] += dropped

@@ -30,6 +30,8 @@ from observer.pyoffsets import OFFSETS
 
 DEBUG_COOKIE = b"xdebugpy"
 MAX_THREADS = 4096  # thread states looked at when checking the offsets
+# Bytes of glibc's struct pthread searched for its tid (0x2d0 on glibc 2.36 x86-64).
+PTHREAD_SEARCHED = 2048
 MAX_NAME_CHARS = 256  # of a qualname or file name read from a target
 CODE_CACHE_SIZE = 4096  # code objects remembered per process
 
@@ -82,9 +84,27 @@ class Memory:
         return struct.unpack("<Q", self.read(address, 8))[0]
 
 
+# (device, inode, size, mtime, names) -> elf_symbols' answer. Parsing an interpreter's symbol
+# table takes tens of milliseconds, and every forked worker of a server maps the same file.
+_ELF_SYMBOLS_CACHE: dict[tuple, tuple[dict[str, int], int]] = {}
+ELF_SYMBOLS_CACHE_SIZE = 64
+
+
 def elf_symbols(path: str, names: tuple[str, ...]) -> tuple[dict[str, int], int]:
     """Addresses of symbols in an ELF file (as linked) and the load bias's reference: the
-    lowest PT_LOAD address, page aligned (0 for a fixed-address executable)."""
+    lowest PT_LOAD address, page aligned (0 for a fixed-address executable). Remembered per
+    file (by device, inode, size and modification time), whatever path it is reached by."""
+    info = os.stat(path)
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, names)
+    found = _ELF_SYMBOLS_CACHE.get(key)
+    if found is None:
+        if len(_ELF_SYMBOLS_CACHE) >= ELF_SYMBOLS_CACHE_SIZE:
+            _ELF_SYMBOLS_CACHE.clear()
+        found = _ELF_SYMBOLS_CACHE[key] = read_elf_symbols(path, names)
+    return dict(found[0]), found[1]
+
+
+def read_elf_symbols(path: str, names: tuple[str, ...]) -> tuple[dict[str, int], int]:
     found: dict[str, int] = {}
     with open(path, "rb") as file:
         elf = ELFFile(file)
@@ -129,6 +149,11 @@ def locate(pid: int, mappings: list[procfs.Mapping]) -> PythonRuntime:
             "where its thread ids differ from the kernel's here",
         )
     path = interpreter_object(pid, mappings)
+    version = procfs.python_version(pid, mappings)
+    if version is not None and version < (3, 8):
+        raise SitesUnavailable(
+            "unsupported_version", f"Python {version} (3.8 to 3.13 are read)"
+        )
     try:
         symbols, lowest = elf_symbols(procfs.path_in_root(pid, path), ("_PyRuntime", "PyCode_Type"))
     except (OSError, ELFError) as err:
@@ -143,7 +168,7 @@ def locate(pid: int, mappings: list[procfs.Mapping]) -> PythonRuntime:
         bias = min(starts) - lowest
     memory = Memory(pid)
     runtime = bias + symbols["_PyRuntime"]
-    version, offsets = interpreter_offsets(memory, runtime, procfs.python_version(pid, mappings))
+    version, offsets = interpreter_offsets(memory, runtime, version)
     check_frame_layout(offsets)
     threads_head = check_offsets(memory, pid, runtime, offsets, bias + symbols["PyCode_Type"])
     text = [(m.start, m.end) for m in mappings if m.path == path and m.executable]
@@ -167,7 +192,7 @@ def interpreter_offsets(memory: Memory, runtime: int, version: tuple[int, int] |
         return published, debug_offsets_3_13(memory.read(runtime, 512))
     if version not in OFFSETS or version >= (3, 13):
         raise SitesUnavailable(
-            "unsupported_version", f"no struct offsets for Python {version} (3.11 to 3.13 are read)"
+            "unsupported_version", f"no struct offsets for Python {version} (3.8 to 3.13 are read)"
         )
     return version, dict(OFFSETS[version])
 
@@ -220,14 +245,14 @@ def check_offsets(
         if interp == 0:
             raise NotReadyYet("not_ready", "the interpreter is not initialised yet")
         head = interp + offsets["interp_threads_head"]
-        tstate = memory.pointer(head)
-        for _ in range(MAX_THREADS):
-            if tstate == 0:
-                break
-            if memory.pointer(tstate + offsets["tstate_native_thread_id"]) == pid:
+        states = thread_states(memory, head, offsets)
+        offsets["pthread_tid"] = -1
+        if offsets.get("thread_id_is_pthread"):
+            offsets["pthread_tid"] = pthread_tid_offset(memory, pid, states, offsets)
+        for tstate in states:
+            if thread_tid(memory, tstate, offsets) == pid:
                 check_frame(memory, tstate, offsets, code_type)
                 return head
-            tstate = memory.pointer(tstate + offsets["tstate_next"])
     except OSError as err:
         raise SitesUnavailable(
             "offsets_mismatch", f"reading the thread list failed: {err}"
@@ -238,6 +263,45 @@ def check_offsets(
         "offsets_mismatch",
         "the main thread is not in the interpreter's thread list at the expected offsets",
     )
+
+
+def thread_states(memory: Memory, head: int, offsets: dict[str, int]) -> list[int]:
+    states, tstate = [], memory.pointer(head)
+    while tstate and len(states) < MAX_THREADS:
+        states.append(tstate)
+        tstate = memory.pointer(tstate + offsets["tstate_next"])
+    return states
+
+
+def thread_tid(memory: Memory, tstate: int, offsets: dict[str, int]) -> int:
+    """A thread state's kernel thread id: native_thread_id (3.11+), else the tid in the
+    glibc struct pthread that its thread_id (a pthread_t) points at."""
+    thread_id = memory.pointer(tstate + offsets["tstate_native_thread_id"])
+    if offsets["pthread_tid"] < 0 or thread_id == 0:
+        return thread_id
+    return struct.unpack("<I", memory.read(thread_id + offsets["pthread_tid"], 4))[0]
+
+
+def pthread_tid_offset(memory: Memory, pid: int, states: list[int], offsets: dict) -> int:
+    """Where glibc's struct pthread keeps the thread's tid: the offset at which the main
+    thread's (tid == pid) holds the pid, checked on every other thread state (each must name
+    a thread of the process). As pystack reads it; glibc does not publish it."""
+    tasks = {int(name) for name in os.listdir(f"/proc/{pid}/task")}
+    for tstate in states:
+        thread_id = memory.pointer(tstate + offsets["tstate_native_thread_id"])
+        if not thread_id:
+            continue
+        data = memory.read(thread_id, PTHREAD_SEARCHED)
+        for at in range(0, PTHREAD_SEARCHED, 4):
+            if struct.unpack_from("<I", data, at)[0] != pid:
+                continue
+            trial = {**offsets, "pthread_tid": at}
+            others = [thread_tid(memory, t, trial) for t in states if t != tstate]
+            if all(tid in tasks or tid == 0 for tid in others):
+                return at
+    if not states:
+        raise NotReadyYet("not_ready", "no thread state yet")
+    raise SitesUnavailable("offsets_mismatch", "no thread's struct pthread holds its tid")
 
 
 def check_frame(memory: Memory, tstate: int, offsets: dict[str, int], code_type: int) -> None:

@@ -30,6 +30,15 @@ THREAD_PLUMBING = (*PLUMBING, "anyio/_backends/", "anyio/to_thread.py")
 ENTRY_PLUMBING = ("threading.py", "socket.py")
 
 POOLS = ("default", "thread_pool", "anyio")
+# asyncio's own loop frames: a plain callback (no coroutine) runs under them (by co_name
+# before 3.11, which has no co_qualname).
+LOOP_FRAMES = {
+    ("asyncio/events.py", "Handle._run"),
+    ("asyncio/base_events.py", "BaseEventLoop._run_once"),
+    ("asyncio/events.py", "_run"),
+    ("asyncio/base_events.py", "_run_once"),
+}
+EVENT_LOOP, OTHER = "event_loop", "other"
 
 
 def short_path(filename: str) -> str:
@@ -68,6 +77,14 @@ def site_label(frames: list[CodeInfo | None], thread: bool = False) -> str:
     return frame_label(frames[0])
 
 
+def under_asyncio_loop(frames: list[CodeInfo | None]) -> bool:
+    """Whether asyncio's loop frames are among the frames kept: a plain callback it runs."""
+    return any(
+        code is not None and (short_path(code.filename), code.qualname) in LOOP_FRAMES
+        for code in frames
+    )
+
+
 def pool_of(frames: list[CodeInfo | None]) -> str | None:
     """The thread pool a thread belongs to, from the stack that created it; None for none.
 
@@ -99,19 +116,27 @@ class ProcessSites:
 
     def __init__(self, read: Callable[[int], CodeInfo | None]) -> None:
         self._read = read
-        self._stacks: dict[tuple[bool, tuple[int, ...]], tuple[str, str | None]] = {}
+        self._stacks: dict[tuple[bool, tuple[int, ...]], tuple[str, str | None | bool]] = {}
 
-    def describe(self, codes: tuple[int, ...], thread: bool) -> tuple[str, str | None]:
-        """(site, pool) of a stack; the pool only for a thread's creation."""
+    def describe(self, codes: tuple[int, ...], thread: bool) -> tuple[str, str | None | bool]:
+        """(site, pool) of a thread's creation; (site, under asyncio's loop) of a lookup."""
         key = (thread, codes)
         found = self._stacks.get(key)
         if found is None:
             if len(self._stacks) >= self.MAX_STACKS:
                 self._stacks.clear()
             frames = [self._read(address) for address in codes]
-            found = (site_label(frames, thread), pool_of(frames) if thread else None)
+            detail = pool_of(frames) if thread else under_asyncio_loop(frames)
+            found = (site_label(frames, thread), detail)
             self._stacks[key] = found
         return found
+
+    def caller(self, flags: int, codes: tuple[int, ...], event_loop_flag: int) -> str:
+        """The kernel's caller (a coroutine on the stack, or the epoll mark where the frames
+        could not be read), or event_loop where asyncio's loop frames run a plain callback."""
+        if flags & event_loop_flag or self.describe(codes, thread=False)[1]:
+            return EVENT_LOOP
+        return OTHER
 
     def threads_by_site(self, stacks: Counter) -> Counter[str]:
         sites: Counter[str] = Counter()
@@ -122,9 +147,18 @@ class ProcessSites:
     def calls_by_site(self, stacks: Counter, event_loop_flag: int) -> Counter[tuple[str, str]]:
         sites: Counter[tuple[str, str]] = Counter()
         for (flags, codes), count in stacks.items():
-            caller = "event_loop" if flags & event_loop_flag else "other"
+            caller = self.caller(flags, codes, event_loop_flag)
             sites[(self.describe(codes, thread=False)[0], caller)] += count
         return sites
+
+    def callbacks_on_loop(self, stacks: Counter, event_loop_flag: int) -> int:
+        """Calls the kernel counted as other that asyncio's loop frames show on the loop."""
+        return sum(
+            count
+            for (flags, codes), count in stacks.items()
+            if not flags & event_loop_flag
+            and self.caller(flags, codes, event_loop_flag) == EVENT_LOOP
+        )
 
     def executor_threads(self, live: Counter) -> Counter[str]:
         pools: Counter[str] = Counter(dict.fromkeys(POOLS, 0))

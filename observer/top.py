@@ -63,6 +63,8 @@ class TargetSample:
     calls: dict[str, float] = field(default_factory=dict)  # by caller
     failures: dict[str, float] = field(default_factory=dict)  # by EAI_* name
     buckets: dict[float, float] = field(default_factory=dict)  # upper bound -> cumulative
+    thread_sites: dict[str, float] = field(default_factory=dict)  # threads created by site
+    call_sites: dict[str, float] = field(default_factory=dict)  # getaddrinfo calls by site
     counted: bool = False  # the backend counts (bpf): the counters exist
 
 
@@ -113,13 +115,17 @@ def _add_target_sample(target: TargetSample, name: str, labels: dict, value: flo
         _add(target.calls, labels["caller"], value)
     elif name == "getaddrinfo_failures_total":
         _add(target.failures, labels["error"], value)
+    elif name == "threads_created_by_site_total":
+        _add(target.thread_sites, labels["site"], value)
+    elif name == "getaddrinfo_calls_by_site_total":
+        _add(target.call_sites, labels["site"], value)
     elif name == "getaddrinfo_duration_seconds_bucket":
         bound = float(labels["le"])
         target.buckets[bound] = target.buckets.get(bound, 0.0) + value
 
 
 # The session: every series' increases, summed by target
-COUNTER_MAPS = ("created", "calls", "failures", "buckets")
+COUNTER_MAPS = ("created", "calls", "failures", "buckets", "thread_sites", "call_sites")
 
 
 class Session:
@@ -241,7 +247,37 @@ def render_frame(previous: Sample | None, current: Sample, interval: float,
         cells = _total_cells(target) if since_start is not None else \
             _target_cells(target, _previous(previous, name), interval)
         table.add_row(name, *cells)
-    return Group(header, table, footer)
+    sites = sites_table(current)
+    return Group(header, table, *([sites] if sites else []), footer)
+
+
+SITES_SHOWN = 3  # call sites listed per target
+
+
+def top_sites(target: TargetSample) -> list[tuple[str, float, float]]:
+    """(site, threads created, getaddrinfo calls) of the target's busiest sites."""
+    names = {site for site, value in [*target.thread_sites.items(), *target.call_sites.items()]
+             if value}
+    rows = [(site, target.thread_sites.get(site, 0.0), target.call_sites.get(site, 0.0))
+            for site in names]
+    rows.sort(key=lambda row: (-(row[1] + row[2]), row[0]))
+    return rows[:SITES_SHOWN]
+
+
+def sites_table(sample: Sample) -> Table | None:
+    """The Python code that created the threads and made the lookups (counted so far), under
+    the targets' table; None when no target's frames are read."""
+    rows = [(name, *site) for name, target in sample.targets.items() for site in top_sites(target)]
+    if not rows:
+        return None
+    table = Table(expand=True, header_style="bold", title="top call sites (counted so far)")
+    table.add_column("target", no_wrap=True)
+    table.add_column("site", no_wrap=True, overflow="ellipsis", ratio=1)
+    table.add_column("threads created", justify="right")
+    table.add_column("getaddrinfo", justify="right")
+    for name, site, threads, calls in rows:
+        table.add_row(name, site, f"{threads:.0f}", f"{calls:.0f}")
+    return table
 
 
 COLUMNS = (("target", "left"), ("procs", "right"), ("threads", "right"),

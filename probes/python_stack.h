@@ -6,11 +6,14 @@
 // writes one python_processes entry per process: where the thread list starts and the struct
 // offsets of that interpreter version. Without that entry nothing here runs for the process.
 //
-// Layouts read (CPython 3.11-3.13; offsets come from the entry, never from here):
-//   PyThreadState      prev, next, native_thread_id (the kernel tid, in the target's PID namespace),
-//                      cframe (3.11-3.12) -> _PyCFrame.current_frame, or current_frame (3.13+)
+// Layouts read (CPython 3.8-3.13; offsets come from the entry, never from here):
+//   PyThreadState      prev, next, native_thread_id (the kernel tid, in the target's PID namespace;
+//                      3.8-3.10: thread_id, a pthread_t, whose struct pthread holds the tid),
+//                      cframe (3.11-3.12) -> _PyCFrame.current_frame, or current_frame (3.13+),
+//                      or frame (3.8-3.10)
 //   _PyInterpreterFrame previous, f_code (3.13+: f_executable), owner (3 = entry frame owned by
-//                      the C stack, 3.12+: holds no Python code of its own)
+//                      the C stack, 3.12+: holds no Python code of its own); 3.8-3.10:
+//                      PyFrameObject f_back, f_code (owner: the low byte of the aligned f_code)
 //   PyCodeObject       co_flags (CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR)
 //
 // Parameters (-D cflags from observer/constants.py): SITES, STACK_DEPTH, MAX_FRAMES_WALKED,
@@ -53,7 +56,9 @@ struct python_process {
     u16 frame_owner;
     u16 code_flags;
     u16 tstate_prev;
-    u16 reserved;
+    // -1: tstate_native_thread_id is the kernel's tid (3.11+). Else (3.8-3.10) that field is
+    // thread_id, a pthread_t: the address of glibc's struct pthread, whose tid lies here.
+    s16 pthread_tid;
     u32 frame_read_size;  // bytes of a frame up to its last field read
     u64 text_start;  // the interpreter's code (executable or libpython): a start routine
     u64 text_end;    // outside it is not a Python thread's, whoever asked for it
@@ -105,6 +110,17 @@ static __always_inline u64 current_frame(struct python_process *py, u64 tstate)
     return frame;
 }
 
+// A thread state's kernel thread id.
+static __always_inline u64 thread_tid(struct python_process *py, u64 tstate)
+{
+    u64 id = read_u64(tstate + py->tstate_native_thread_id);
+    if (py->pthread_tid < 0 || !id)
+        return id;
+    u32 tid = 0;
+    bpf_probe_read_user(&tid, sizeof(tid), (void *)(id + py->pthread_tid));
+    return tid;
+}
+
 // The calling thread's PyThreadState, or 0 when it has none (a native thread).
 static __always_inline u64 find_thread_state(struct python_process *py, u32 tid)
 {
@@ -116,7 +132,7 @@ static __always_inline u64 find_thread_state(struct python_process *py, u32 tid)
         u64 tstate = *cached;
         u64 prev = read_u64(tstate + py->tstate_prev);
         u64 linked = prev ? read_u64(prev + py->tstate_next) : read_u64(py->threads_head);
-        if (linked == tstate && read_u64(tstate + py->tstate_native_thread_id) == tid)
+        if (linked == tstate && thread_tid(py, tstate) == tid)
             return tstate;
     }
     // Two states may carry this thread's id: _thread.start_new_thread allocates the new
@@ -126,7 +142,7 @@ static __always_inline u64 find_thread_state(struct python_process *py, u32 tid)
     // treated as native (0).
     u64 tstate = read_u64(py->threads_head);
     for (int i = 0; i < MAX_THREADS_WALKED && tstate; i++) {
-        if (read_u64(tstate + py->tstate_native_thread_id) == tid && current_frame(py, tstate)) {
+        if (thread_tid(py, tstate) == tid && current_frame(py, tstate)) {
             python_thread_states.update(&tid, &tstate);
             return tstate;
         }
@@ -301,6 +317,21 @@ static __always_inline void forget_python_thread(u32 tid, u32 host_tid)
         live_thread_sites.delete(&host_tid);
 }
 
+// fork: the child's address space is its parent's, and so is its interpreter, at the same
+// addresses (CPython sets the child's native_thread_id after the fork). Inherited here, a
+// child that lives milliseconds (a worker recycled by its server) has its frames read, and
+// its caller told from them, before user space could find its interpreter. exec forgets it.
+static __always_inline void inherit_python_process(u32 parent_tgid, u64 parent_generation,
+                                                   u32 child_tgid, u64 child_generation)
+{
+    struct python_process *parent = python_processes.lookup(&parent_tgid);
+    if (!parent || parent->generation != parent_generation)
+        return;
+    struct python_process child = *parent;
+    child.generation = child_generation;
+    python_processes.update(&child_tgid, &child);
+}
+
 // exec: a new program image, whose interpreter (if any) user space has yet to find.
 static __always_inline void forget_python_process(u32 tgid, u32 tid)
 {
@@ -315,6 +346,8 @@ static __always_inline void remember_creating_stack(u32 tgid, u32 tid, u64 gener
 static __always_inline void count_thread_site(u32 tgid, u32 tid, u64 generation, u32 new_tid) {}
 static __always_inline void forget_python_thread(u32 tid, u32 host_tid) {}
 static __always_inline void forget_python_process(u32 tgid, u32 tid) {}
+static __always_inline void inherit_python_process(u32 parent_tgid, u64 parent_generation,
+                                                   u32 child_tgid, u64 child_generation) {}
 
 #endif  // SITES
 #endif

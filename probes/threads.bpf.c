@@ -83,16 +83,24 @@ TRACEPOINT_PROBE(task, task_newtask)
     struct watched_process *process = watched_tgids.lookup(&tgid);
     if (!process)
         return 0;
+    u32 child = (u32)args->pid;
     if (args->clone_flags & CLONE_THREAD)
-        count_new_thread(tgid, tid, process->generation, (u32)args->pid);
-    else if (!inherit_watch(tgid, process, (u32)args->pid)) {
+        count_new_thread(tgid, tid, process->generation, child);
+    else if (!inherit_watch(tgid, process, child)) {
 #ifndef PIDNS_INO
         // A fork of a process not yet matched: same command line, classified in user space.
         // (In a PID namespace the child's id here is the host's: the periodic scan finds it.)
         if (TRACK_NEW_PROCESSES)
-            mark_pending((u32)args->pid, 1);
+            mark_pending(child, 1);
 #endif
     }
+#ifndef PIDNS_INO
+    else {
+        struct watched_process *watched_child = watched_tgids.lookup(&child);
+        if (watched_child)
+            inherit_python_process(tgid, process->generation, child, watched_child->generation);
+    }
+#endif
     return 0;
 }
 

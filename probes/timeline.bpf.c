@@ -7,8 +7,13 @@
 //
 // Parameters (-D cflags from observer/timeline/recorder.py): EVENT_* kinds, SERVICE_LEN,
 // RINGBUF_PAGES, FOLLOW_CHILDREN; MAX_THREADS and HOST_LENGTH from observer/constants.py, plus
-// watched.h's.
+// watched.h's, and python_stack.h's (SITES=1): a thread's creation and a lookup carry the
+// Python stack at the call, its code objects decoded in user space.
 #include "watched.h"
+#include "python_stack.h"
+#if !SITES
+#error "the timeline reads Python stacks: SITES=1"
+#endif
 
 #ifndef MAX_THREADS
 #error "MAX_THREADS must be given as a -D cflag by observer/constants.py"
@@ -65,6 +70,9 @@ struct timeline_event {
     char comm[16];
     char text[HOST_LENGTH];        // host name (getaddrinfo start), file name (exec)
     char service[SERVICE_LEN];  // service (getaddrinfo start)
+    u32 stack_depth;            // code objects in stack (thread created, getaddrinfo start)
+    u32 stack_flags;            // STACK_* bits
+    u64 stack[STACK_DEPTH];     // the caller's code objects, innermost first
 };
 
 BPF_RINGBUF_OUTPUT(timeline_events, RINGBUF_PAGES);
@@ -94,7 +102,22 @@ static __always_inline struct timeline_event *new_event(u32 kind, u64 id)
     __builtin_memset(event->comm, 0, sizeof(event->comm));
     event->text[0] = 0;
     event->service[0] = 0;
+    event->stack_depth = 0;
+    event->stack_flags = 0;
+    __builtin_memset(event->stack, 0, sizeof(event->stack));
     return event;
+}
+
+// The calling thread's Python stack into the event, where the process's frames are read.
+static __always_inline void add_python_stack(struct timeline_event *event, u64 id)
+{
+    u32 tgid = id >> 32;
+    struct site_key *key = site_scratch_key();
+    if (!key || !read_python_stack(tgid, (u32)id, watched_generation(tgid), key, 0))
+        return;
+    event->stack_depth = key->depth;
+    event->stack_flags = key->flags | STACK_PROCESS_READ;
+    __builtin_memcpy(event->stack, key->code, sizeof(event->stack));
 }
 
 int timeline_pthread_create(struct pt_regs *ctx)
@@ -127,6 +150,8 @@ static __always_inline void thread_created(u64 id, u32 new_task, char *comm)
 #endif
     event->other = creator;
     bpf_probe_read_kernel(event->comm, sizeof(event->comm), comm);
+    // In the creator's clone: the frames that asked for the thread (Thread.start holds the GIL).
+    add_python_stack(event, id);
     timeline_events.ringbuf_submit(event, 0);
 }
 
@@ -191,6 +216,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         // A new program: recorded from here, kept or dropped by its command line in user space.
         mark_pending(tgid, 0);
     }
+    forget_python_process(tgid, (u32)id);  // a new image: its interpreter is found again
     struct timeline_event *event = new_event(EVENT_PROCESS_EXEC, id);
     if (!event)
         return 0;
@@ -244,6 +270,7 @@ int timeline_getaddrinfo_entry(struct pt_regs *ctx)
     if (!service || bpf_probe_read_user_str(event->service, sizeof(event->service), service) < 0)
         event->service[0] = 0;
     bpf_get_current_comm(event->comm, sizeof(event->comm));
+    add_python_stack(event, id);
     timeline_events.ringbuf_submit(event, 0);
     return 0;
 }

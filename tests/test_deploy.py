@@ -73,6 +73,8 @@ PER_TARGET_METRICS = {
     "thread_observer_executor_default_max_workers",
     # The fullest process's default executor: live workers / max_workers.
     "thread_observer_executor_saturation_ratio",
+    "thread_observer_dns_queries_total",
+    "thread_observer_resolver_calls_total",
     "thread_observer_target_info",
 }
 # Node mode adds these to every per-target series (--pod-labels).
@@ -84,6 +86,7 @@ SELF_METRICS = {
     "thread_observer_scrape_duration_seconds",
     "thread_observer_bpf_available",
     "thread_observer_unnamed_pod_processes",
+    "thread_observer_dns_unknown_socket_sends_total",
 }
 
 needs_prometheus = pytest.mark.skipif(
@@ -958,6 +961,14 @@ class ContractMetrics(http.server.BaseHTTPRequestHandler):
                 f'thread_observer_getaddrinfo_calls_total{{{t},caller="other"}} {10 * n}',
                 f'thread_observer_getaddrinfo_calls_total{{{t},caller="event_loop"}} {n}',
                 f'thread_observer_getaddrinfo_failures_total{{{t},error="EAI_NONAME"}} {n}',
+                f'thread_observer_dns_queries_total{{{t},transport="udp"}} {22 * n}',
+                f'thread_observer_dns_queries_total{{{t},transport="tcp"}} {n}',
+                f'thread_observer_resolver_calls_total{{{t},function="getaddrinfo",'
+                f'caller="other"}} {10 * n}',
+                f'thread_observer_resolver_calls_total{{{t},function="getaddrinfo",'
+                f'caller="event_loop"}} {n}',
+                f'thread_observer_resolver_calls_total{{{t},function="gethostbyname_r",'
+                f'caller="other"}} {n}',
             ]
             cumulative = 0
             for i, bound in enumerate(cls.BUCKETS):
@@ -980,6 +991,7 @@ class ContractMetrics(http.server.BaseHTTPRequestHandler):
             "thread_observer_scrape_duration_seconds 0.002",
             "thread_observer_bpf_available 1",
             "thread_observer_unnamed_pod_processes 0",
+            f"thread_observer_dns_unknown_socket_sends_total {n}",
         ]
         return "\n".join(lines) + "\n"
 

@@ -1,9 +1,11 @@
 """Node mode end to end: the DaemonSet's own arguments, real target processes in pod cgroups laid
 out as the kubelet's systemd driver makes them, and the kubelet's log directories. Every pod's
-series name it, with the exact counts of its processes."""
+series name it, with the exact counts of its processes. A process in each pod resolves through a
+private responder (workloads.private_dns): its queries on the wire are the responder's count."""
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections import Counter
 from contextlib import ExitStack
@@ -14,6 +16,7 @@ import yaml
 from tests.harness import REPO, observer, wait_until, workload
 from tests.kubelet import Pod, kubelet_logs, move, pod_cgroups, writable_hierarchies
 from tests.promtools import PROMETHEUS, alert_rules, dashboard_queries, start_prometheus
+from workloads.private_dns import PrivateDns
 
 pytestmark = [
     pytest.mark.bpf,
@@ -25,6 +28,9 @@ ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "thread-observer.json"
 MIXED = ["-m", "workloads.mixed", "--threads", "5", "--loop-calls", "7",
          "--blocking-calls", "3", "--failures", "2", "--linger", "60"]
+# A pod's resolving process: getaddrinfo of a name only its private responder answers.
+RESOLVER_CALLS = 4
+RESOLVING = ["-m", "tests.targets.dns_client", "getaddrinfo", str(RESOLVER_CALLS), "service.test"]
 # Settings of the manifest that only make sense in a cluster, replaced here.
 OVERRIDDEN = ("--listen", "--kubelet-log-dir", "--target")
 
@@ -57,6 +63,21 @@ def per_pod(metrics, name: str, **match: str) -> Counter:
     return found
 
 
+def start_resolving(stack: ExitStack, tmp_path, tag: str, cgroups: dict, pods: list) -> dict:
+    """A resolving process in each pod, each with a responder of its own: {pod: (process,
+    responder)}."""
+    started = {}
+    for pod in pods:
+        folder = tmp_path / f"dns-{pod.name}"
+        folder.mkdir()
+        dns = stack.enter_context(PrivateDns(folder, {"service.test": "127.0.0.2"}))
+        argv = [sys.executable, "-X", f"tag={tag}", *RESOLVING]
+        client = stack.enter_context(workload(dns.command(argv), native=True))
+        move(client.pid, cgroups[pod])
+        started[pod] = (client, dns)
+    return started
+
+
 def test_series_name_each_pod_with_exact_counts(tmp_path):
     tag = uuid.uuid4().hex[:12]
     checkout = Pod.new("shop", "checkout-7d4f9-abcde", "app")
@@ -71,10 +92,11 @@ def test_series_name_each_pod_with_exact_counts(tmp_path):
         for target, pod in zip(targets, placement, strict=True):
             if pod is not None:
                 move(target.pid, cgroups[pod])
+        resolving = start_resolving(stack, tmp_path, tag, cgroups, [checkout, nightly])
         running = stack.enter_context(
             observer(daemonset_arguments(tag, log_dir), tmp_path))
         wait_until(lambda: running.scrape().value("thread_observer_processes",
-                                                  target="python") == 4,
+                                                  target="python") == 6,
                    10, "every process to be attached")
         prometheus = None
         if PROMETHEUS is not None:
@@ -82,9 +104,12 @@ def test_series_name_each_pod_with_exact_counts(tmp_path):
                 [f"127.0.0.1:{running.port}"], rule_files=[ALERTS]))
             # Scraped at zero before the work: rate() sees the counters rise.
             prometheus.wait_for_scrapes(3, timeout=60)
-        for target in targets:
+        clients = [client for client, _ in resolving.values()]
+        for target in [*targets, *clients]:
             target.go()
         truths = [target.truth() for target in targets]
+        for client in clients:
+            client.truth()
 
         expected = {"threads": Counter(), "calls": Counter(), "on_loop": Counter(),
                     "processes": Counter()}
@@ -94,6 +119,10 @@ def test_series_name_each_pod_with_exact_counts(tmp_path):
             expected["calls"][key] += truth["getaddrinfo_calls"]
             expected["on_loop"][key] += truth["getaddrinfo_on_loop"]
             expected["processes"][key] += 1
+        for pod in resolving:
+            key = (pod.namespace, pod.name, pod.container)
+            expected["processes"][key] += 1
+            expected["calls"][key] += RESOLVER_CALLS
 
         def settled():
             metrics = running.scrape()
@@ -122,7 +151,7 @@ def test_series_name_each_pod_with_exact_counts(tmp_path):
         def dropped():
             metrics = running.scrape()
             processes = per_pod(metrics, "thread_observer_processes", target="python")
-            return metrics if processes[key] == 1 else None
+            return metrics if processes[key] == 2 else None
 
         after = wait_until(dropped, 10, "the exited process to be dropped")
         assert per_pod(after, "thread_observer_threads_created_total", target="python") == \
@@ -130,12 +159,45 @@ def test_series_name_each_pod_with_exact_counts(tmp_path):
 
         if prometheus is not None:
             prometheus.wait_for_scrapes(8, timeout=60)
+            assert_queries_name_each_pod(prometheus, resolving)
             assert_alerts_name_each_pod(prometheus, set(expected["processes"]))
 
 
+def assert_queries_name_each_pod(prometheus, resolving: dict) -> None:
+    """Each pod's queries on the wire, in Prometheus, are what its responder received."""
+    expr = ('sum by (namespace, pod, transport) '
+            '(thread_observer_dns_queries_total{target="python"})')
+
+    def per_pod() -> dict:
+        found = {}
+        for sample in prometheus.query(expr):
+            labels = sample["metric"]
+            key = (labels.get("namespace", ""), labels.get("pod", ""))  # empty: not kept
+            found.setdefault(key, {})[labels["transport"]] = \
+                int(float(sample["value"][1]))
+        return found
+
+    received = {(pod.namespace, pod.name): dns.received() for pod, (_, dns) in resolving.items()}
+    received[("", "")] = {"udp": 0, "tcp": 0}  # the process outside any pod resolves nothing
+    seen = []
+
+    def equal():
+        seen[:] = [per_pod()]
+        return seen[0] == received
+
+    try:
+        wait_until(equal, 10, "each pod's queries in Prometheus")
+    except AssertionError as timeout:
+        raise AssertionError(f"{timeout}: responders {received}, Prometheus {seen}") from None
+    # Not a comparison of zeros: glibc asks A and AAAA (one sendmmsg) for each lookup.
+    assert [received[pod.namespace, pod.name] for pod in resolving] == \
+        [{"udp": 2 * RESOLVER_CALLS, "tcp": 0}] * len(resolving)
+
+
 def assert_alerts_name_each_pod(prometheus, pods: set[tuple[str, str, str]]) -> None:
-    """Every workload blocks its loop with getaddrinfo and fails 2 of 12 lookups: the rules
-    fire once per pod (and once for the process outside any), each naming its pod."""
+    """Every mixed workload blocks its loop with getaddrinfo and fails 2 of its 12 lookups (with
+    a pod's resolving process, still more than 5 % of the pod's): the rules fire once per pod
+    (and once for the process outside any), each naming its pod."""
     rules = dict(alert_rules(ALERTS))
     for alertname in ("GetaddrinfoOnEventLoop", "GetaddrinfoFailing"):
         found = [tuple(s["metric"].get(k, "") for k in ("namespace", "pod", "container"))

@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from observer.collector import ObserverCollector
+from observer.constants import StackFlag
 from observer.labels import HostLabels
 from observer.model import Counts, ProcessRow, Snapshot
 from observer.pyruntime import CodeInfo
@@ -18,6 +19,7 @@ from observer.sites import (
     pool_of,
     short_path,
     site_label,
+    under_asyncio_loop,
 )
 
 STDLIB = "/usr/lib/python3.11/"
@@ -157,6 +159,32 @@ def test_call_sites_bounded_per_site_whatever_the_caller():
         ("b", "other"): 4,
         ("<other>", "other"): 1,
     }
+
+
+def test_plain_asyncio_callbacks_are_on_the_loop():
+    """The kernel finds coroutines; asyncio's loop frames under a plain callback are found
+    here, and the calls they hold move from other to event_loop."""
+    callback = code("/srv/app/jobs.py", "refresh")
+    frames = {
+        1: callback,
+        2: code(STDLIB + "asyncio/events.py", "Handle._run"),
+        3: code(STDLIB + "asyncio/base_events.py", "BaseEventLoop._run_once"),
+        4: code("/srv/app/main.py", "main"),
+        5: code("/srv/app/sync.py", "fetch"),
+    }
+    sites = ProcessSites(frames.get)
+    event_loop = StackFlag.EVENT_LOOP
+    read = StackFlag.FRAMES_READ
+    stacks = Counter({(read, (1, 2, 3, 4)): 2, (read, (5, 4)): 3,
+                      (read | StackFlag.COROUTINE | event_loop, (5, 4)): 4})
+    assert sites.calls_by_site(stacks, event_loop) == {
+        ("/srv/app/jobs.py:refresh", "event_loop"): 2,
+        ("/srv/app/sync.py:fetch", "other"): 3,
+        ("/srv/app/sync.py:fetch", "event_loop"): 4,
+    }
+    assert sites.callbacks_on_loop(stacks, event_loop) == 2
+    # A callback whose loop frames are past the 16 kept, or run by uvloop's C loop: other.
+    assert not under_asyncio_loop([callback, frames[4]])
 
 
 def row(pid, default, cap, target="api", unavailable=None):

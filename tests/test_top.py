@@ -97,6 +97,32 @@ def test_first_frame_shows_totals_and_no_rates():
     assert cells[5:9] == ["—"] * 4
 
 
+def test_top_sites_per_target_under_the_table():
+    """The busiest call sites of each target (threads created and lookups), at most
+    SITES_SHOWN, summed over the target's processes and callers."""
+    def sited(pid, spawn, fetch, loop_fetch):
+        row = api_row(pid, 5, spawn, 0, 0, loop_fetch, fetch, 0, {})
+        row.counts.threads_by_site = Counter({"app/jobs.py:spawn": spawn, "app/idle.py:keep": 1})
+        row.counts.calls_by_site = Counter({("app/client.py:fetch", "other"): fetch,
+                                            ("app/client.py:fetch", "event_loop"): loop_fetch,
+                                            ("app/rare.py:once", "other"): 0})
+        row.executor_threads = Counter(default=0, thread_pool=0, anyio=0)
+        return row
+
+    sample = parse_sample(exposition(sited(10, 4, 6, 1), sited(11, 2, 3, 0)), 1.0)
+    assert sample.targets["api"].call_sites == {"app/client.py:fetch": 10}
+    text = frame_text(None, sample, 1.0)
+    assert "top call sites" in text
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines()
+            if "app/" in line]
+    assert rows == [["api", "app/client.py:fetch", "0", "10"],
+                    ["api", "app/jobs.py:spawn", "6", "0"],
+                    ["api", "app/idle.py:keep", "2", "0"]]
+    # Without by-site series (no frames read) there is no sites table.
+    assert "top call sites" not in frame_text(None, parse_sample(exposition(
+        api_row(10, 5, 10, 0, 6, 2, 10, 0, {})), 1.0), 1.0)
+
+
 def test_proc_backend_has_no_counts_to_show():
     sample = parse_sample(exposition(ProcessRow("web", 7, 3, None), backend="proc"), 1.0)
     text = frame_text(sample, sample, 1.0)

@@ -13,6 +13,8 @@ import os
 import shutil
 import socket
 import sys
+import threading
+import traceback
 
 import psutil
 import pytest
@@ -361,3 +363,28 @@ def test_gather_limited_keeps_the_order_and_never_runs_more_than_the_limit_at_on
                                            ({"UV_THREADPOOL_SIZE": "5000"}, 1024)])
 def test_libuv_pool_size_follows_libuv(environ, size):
     assert libuv_pool_size(environ) == size
+
+
+def test_ground_truth_is_no_frame_at_the_calls_it_counts():
+    """The observer names the first frame outside the plumbing: the truth's own code must not
+    be on the stack at the C calls, or it would be named instead of the workload's."""
+    stacks = []
+
+    def at_c_calls(frame, event, arg):
+        starters = ("getaddrinfo", "start_new_thread", "start_joinable_thread")
+        if event == "c_call" and getattr(arg, "__name__", "") in starters:
+            stacks.append([f.f_code.co_filename for f, _ in traceback.walk_stack(frame)])
+
+    truth = GroundTruth().install()
+    sys.setprofile(at_c_calls)
+    try:
+        socket.getaddrinfo("127.0.0.1", 80)
+        thread = threading.Thread(target=lambda: None)
+        thread.start()
+        thread.join()
+    finally:
+        sys.setprofile(None)
+        truth.uninstall()
+    assert len(stacks) == 2
+    assert not [name for stack in stacks for name in stack if name.endswith("truth.py")]
+    assert (truth.getaddrinfo_calls, truth.threads_started) == (1, 1)

@@ -2,8 +2,9 @@
 C file against each interpreter's own installed headers (``offsetof``, so nothing is copied by
 hand).
 
-    python tools/gen_pyoffsets.py /root/.pyenv/versions/3.11.7 /root/.pyenv/versions/3.12.1 \
-        /root/.pyenv/versions/3.13.0 > observer/pyoffsets.py
+    python tools/gen_pyoffsets.py /root/.pyenv/versions/3.8.18 /root/.pyenv/versions/3.9.18 \
+        /root/.pyenv/versions/3.10.13 /root/.pyenv/versions/3.11.7 \
+        /root/.pyenv/versions/3.12.1 /root/.pyenv/versions/3.13.0 > observer/pyoffsets.py
 
 Each PREFIX is an installation (``PREFIX/include/pythonX.Y`` holds the headers, internal ones
 included). 3.13 and later publish their layout in ``_Py_DebugOffsets`` and the observer reads
@@ -42,6 +43,26 @@ FIELDS_3_11 = [
     ("unicode_ascii_size", "sizeof(PyASCIIObject)"),
     ("unicode_compact_size", "sizeof(PyCompactUnicodeObject)"),
 ]
+# 3.8-3.10: PyFrameObject (f_back, f_code), the thread list at tstate_head, and the
+# thread's pthread_t in thread_id (its kernel tid is read out of glibc's struct pthread); no
+# co_qualname (co_name stands in).
+FIELDS_3_8 = [
+    (name, expression)
+    for name, expression in FIELDS_3_11
+    if name not in ("cframe_current_frame", "frame_owner")
+]
+FIELDS_3_8 = [
+    (
+        name,
+        expression.replace("threads.head", "tstate_head")
+        .replace("native_thread_id", "thread_id")
+        .replace("cframe)", "frame)")
+        .replace("_PyInterpreterFrame, previous", "PyFrameObject, f_back")
+        .replace("_PyInterpreterFrame", "PyFrameObject")
+        .replace("co_qualname", "co_name"),
+    )
+    for name, expression in FIELDS_3_8
+]
 FIELDS_3_13 = [
     (name, expression.replace("cframe)", "current_frame)").replace("f_code)", "f_executable)"))
     for name, expression in FIELDS_3_11
@@ -51,11 +72,10 @@ FIELDS_3_13 = [
 PROGRAM = """
 #define Py_BUILD_CORE 1
 #include <Python.h>
+#include <frameobject.h>
 #include <stddef.h>
 #include <stdio.h>
-#include "internal/pycore_runtime.h"
-#include "internal/pycore_interp.h"
-#include "internal/pycore_frame.h"
+%s
 int main(void) {
 %s
     return 0;
@@ -78,18 +98,32 @@ def version_of(include: str) -> tuple[int, int]:
 def offsets(prefix: str) -> tuple[tuple[int, int], dict[str, int]]:
     include = include_dir(prefix)
     version = version_of(include)
-    fields = FIELDS_3_13 if version >= (3, 13) else FIELDS_3_11
+    fields = (
+        FIELDS_3_13 if version >= (3, 13) else FIELDS_3_11 if version >= (3, 11) else FIELDS_3_8
+    )
+    internal = [
+        name
+        for name in ("pycore_runtime.h", "pycore_pystate.h", "pycore_interp.h", "pycore_frame.h")
+        if os.path.exists(os.path.join(include, "internal", name))
+    ]
+    includes = "\n".join(f'#include "internal/{name}"' for name in internal)
     lines = "\n".join(f'    printf("{name} %zu\\n", (size_t){expr});' for name, expr in fields)
     with tempfile.TemporaryDirectory() as folder:
         source, binary = os.path.join(folder, "o.c"), os.path.join(folder, "o")
         with open(source, "w") as out:
-            out.write(PROGRAM % lines)
+            out.write(PROGRAM % (includes, lines))
         subprocess.run(
             ["gcc", f"-I{include}", f"-I{include}/internal", source, "-o", binary], check=True
         )
         output = subprocess.run([binary], check=True, capture_output=True, text=True).stdout
     table = {name: int(value) for name, value in (line.split() for line in output.splitlines())}
     table.setdefault("cframe_current_frame", -1)  # 3.13+: the frame hangs off the thread
+    if version < (3, 11):
+        # A PyFrameObject always has code: the owner byte read is the low byte of its 8-aligned
+        # f_code pointer, never FRAME_OWNED_BY_CSTACK. thread_id is a pthread_t: the tid in
+        # glibc's struct pthread is found at attach (observer/pyruntime.py).
+        table["frame_owner"] = table["frame_code"]
+        table["thread_id_is_pthread"] = 1
     return version, table
 
 

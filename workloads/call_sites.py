@@ -7,11 +7,13 @@ thread (``sync_lookups_after_asyncio_run``: not on an event loop); 5 short threa
 (``lookups_between_selects``, as gunicorn's gthread workers do); 8 idle threads from
 ``keep_idle_threads`` (alive until exit); then on ``--loop``: blocking lookups inside a
 coroutine (``blocking_lookup_in_coroutine``), the default executor grown from a coroutine
-(``grow_default_executor``), on uvloop also ``loop.getaddrinfo`` (libuv's native threads); a
-named ThreadPoolExecutor grown from ``use_named_pool``; with ``--hostile``: a thread and a
-lookup under a 1,000-deep recursion, and under a function whose qualname is 300 characters long
-or holds non-ASCII and unprintable characters. The default executor and the named pool stay
-alive while the process lingers.
+(``grow_default_executor``), a plain callback run by the loop making blocking lookups
+(``lookups_in_callback``), on uvloop also ``loop.getaddrinfo`` (libuv's native threads); a
+named ThreadPoolExecutor grown from ``use_named_pool``; AnyIO's worker threads grown by
+``to_thread.run_sync`` from ``block_in_anyio_worker`` (when AnyIO is installed); with
+``--hostile``: a thread and a lookup under a 1,000-deep recursion, and under a function whose
+qualname is 300 characters long or holds non-ASCII and unprintable characters. The default
+executor, the named pool and AnyIO's workers stay alive while the process lingers.
 
 The last line is the ground truth: every ``thread`` (at the ``start_new_thread`` call) and
 ``getaddrinfo`` (at ``_socket.getaddrinfo``) event with its Python stack (file, qualname,
@@ -123,6 +125,20 @@ async def blocking_lookup_in_coroutine(times=3):
         socket.getaddrinfo(HOST, 80)
 
 
+def lookups_in_callback(done, times=2):
+    """A plain callback the loop runs (no coroutine on the stack): it blocks the loop too."""
+    for _ in range(times):
+        socket.getaddrinfo(HOST, 80)
+    done.set_result(times)
+
+
+async def run_plain_callback():
+    loop = asyncio.get_event_loop()
+    done = loop.create_future()
+    loop.call_soon(lookups_in_callback, done)
+    await done
+
+
 async def grow_default_executor(times=6):
     loop = asyncio.get_event_loop()
     lookups = []
@@ -146,6 +162,42 @@ def use_named_pool(pool, workers=3):
     release.set()
     for future in futures:
         future.result()
+
+
+ANYIO_WORKERS = 4
+ANYIO_WORKER_NAME = "AnyIO worker thread"
+
+
+async def block_in_anyio_worker(stop):
+    """AnyIO's to_thread.run_sync, as FastAPI's sync endpoints use it: the worker stays busy
+    (alive) until the process ends."""
+    import anyio
+
+    await anyio.to_thread.run_sync(stop.wait)
+
+
+async def use_anyio_pool(stop, ready, workers=ANYIO_WORKERS):
+    import anyio
+
+    async with anyio.create_task_group() as group:
+        for _ in range(workers):
+            group.start_soon(block_in_anyio_worker, stop)
+        while len([t for t in threading.enumerate() if t.name == ANYIO_WORKER_NAME]) < workers:
+            await anyio.sleep(0.01)
+        ready.set()
+
+
+def start_anyio_pool(stop):
+    """AnyIO's workers, made from a loop of their own on a thread; None without AnyIO."""
+    try:
+        import anyio
+    except ImportError:
+        return None
+    ready = threading.Event()
+    thread = threading.Thread(target=anyio.run, args=(use_anyio_pool, stop, ready), daemon=True)
+    thread.start()
+    ready.wait()
+    return thread
 
 
 def recurse(depth):
@@ -173,14 +225,18 @@ def renamed(function, qualname):
     return function
 
 
+KEPT_ALIVE: list = []  # code objects the observer may still read
+
+
 def hostile():
     """Deep and badly named stacks, run on a thread that never waits in epoll."""
-    # Kept alive: a freed code object's address may be reused by the next one before the
-    # observer reads it, and the stack would then be named after the later one.
+    # Kept alive for the process's life: the observer names stacks when it reads them, and a
+    # freed code object's memory may by then hold something else (it is named <unknown>).
     renamed_functions = [
         renamed(_copy(start_and_resolve), "q" * 300),
         renamed(_copy(start_and_resolve), 'na\u00efve_\u2603_\n"\\_\x7f'),
     ]
+    KEPT_ALIVE.extend(renamed_functions)
 
     def run():
         recurse(1000)
@@ -217,12 +273,14 @@ def main(argv=None) -> int:
     loop.set_default_executor(default)
     asyncio.set_event_loop(loop)
     loop.run_until_complete(blocking_lookup_in_coroutine())
+    loop.run_until_complete(run_plain_callback())
     loop.run_until_complete(grow_default_executor())
     native_calls = 0
     if args.loop == "uvloop":
         native_calls = loop.run_until_complete(resolve_with_libuv())
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=3, thread_name_prefix="named")
     use_named_pool(pool)
+    start_anyio_pool(stop)
     if args.hostile:
         hostile()
     recorder.uninstall()
@@ -238,6 +296,7 @@ def main(argv=None) -> int:
                 "executor_threads": {
                     "default": len(default._threads),
                     "thread_pool": len(pool._threads),
+                    "anyio": sum(t.name == ANYIO_WORKER_NAME for t in threading.enumerate()),
                 },
                 "executor_max_workers": default._max_workers,
                 "native_getaddrinfo_calls": native_calls,

@@ -71,8 +71,8 @@ def _counting_uvloop(truth):
     import uvloop
 
     class CountingLoop(uvloop.Loop):
-        # libuv calls libc's getaddrinfo from its own native pool, where the Python wrapper
-        # in GroundTruth never runs: count here every lookup that will reach libc.
+        # libuv calls libc's getaddrinfo from its own native pool, where GroundTruth's tracer
+        # never runs: count here every lookup that will reach libc.
         libuv_lookups = 0
 
         async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):

@@ -191,6 +191,18 @@ SCENARIOS = _scenarios(
         min_python=(3, 11),
         requires=("gunicorn", "flask", "requests"),
     ),
+    Scenario(
+        "gunicorn_gthread",
+        "workloads.web_server",
+        "gunicorn, 2 gthread workers of 4 threads recycled every 7 requests, serving 20 "
+        "requests with Flask",
+        "workers whose main thread waits in a selectors epoll make their lookups from pool "
+        "threads, none on an event loop: every one is caller=other",
+        ("--stack", "gunicorn_gthread", "--requests", "20", "--fork"),
+        server="http",
+        min_python=(3, 11),
+        requires=("gunicorn", "flask", "requests"),
+    ),
 )
 
 

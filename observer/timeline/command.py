@@ -35,7 +35,7 @@ from observer.timeline.recorder import (
 from observer.timeline.trace import SUFFIX as TRACE_SUFFIX
 from observer.timeline.trace import is_trace_path
 
-OUTPUT_KINDS = (".png", ".svg", ".html", ".json")
+OUTPUT_KINDS = (".png", ".svg", ".html", ".json", ".folded")
 EPILOG = """examples:
   thread-observer timeline --output run.png -- python3 client.py          # from its start
   thread-observer timeline -o run.html -o run.png --json -- python3 -m workloads.semaphore_burst
@@ -47,9 +47,10 @@ EPILOG = """examples:
 
 The output format follows the extension: .png and .svg (a picture), .html (interactive, with
 tooltips, zoom and pan, self-contained), .trace.json (Chrome Trace Event format: open it in
-ui.perfetto.dev, chrome://tracing or speedscope), .json (the raw events). With -- COMMAND, its
-stdin, stdout and exit status are passed through; a command that fails is said so on the
-picture.
+ui.perfetto.dev, chrome://tracing or speedscope), .json (the raw events, each thread creation
+and lookup with its Python site and stack), .folded (flame-graph folded stacks). With
+-- COMMAND, its stdin, stdout and exit status are passed through; a command that fails is said
+so on the picture.
 """
 
 
@@ -64,10 +65,13 @@ def add_parser(subparsers, parents) -> None:
         parents=list(parents),
     )
     parser.add_argument("--output", "-o", action="append", required=True, metavar="FILE",
-                        help="where to write: .png, .svg, .html, .trace.json (Chrome trace) "
-                        "or .json (repeatable)")
+                        help="where to write: .png, .svg, .html, .trace.json (Chrome trace), "
+                        ".json or .folded (repeatable)")
     parser.add_argument("--json", action="store_true",
                         help="also write the raw events to the first FILE with .json")
+    parser.add_argument("--folded", action="store_true",
+                        help="also write flame-graph folded stacks (the Python stacks of "
+                        "threads created and lookups) to the first FILE with .folded")
     add_target_arguments(parser)
     parser.add_argument("--input", type=Path, metavar="EVENTS.json",
                         help="draw a recording saved with --json instead of recording")
@@ -101,7 +105,7 @@ def _is_zero(text: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    outputs = output_paths(args.output, args.json)
+    outputs = output_paths(args.output, args.json, args.folded)
     if args.input is not None:
         if args.command or args.pid or args.target:
             raise UsageError("--input draws a saved recording: give no command, "
@@ -112,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     return record_and_write(args, outputs)
 
 
-def output_paths(names: list[str], with_json: bool) -> list[Path]:
+def output_paths(names: list[str], with_json: bool, with_folded: bool = False) -> list[Path]:
     paths = [Path(name) for name in names]
     for path in paths:
         if path.suffix.lower() not in OUTPUT_KINDS:
@@ -120,11 +124,13 @@ def output_paths(names: list[str], with_json: bool) -> list[Path]:
                                 f"{', '.join(OUTPUT_KINDS)}")
         if not path.parent.is_dir():
             raise UsageError(f"--output {path}: no such directory {path.parent}")
+    first = paths[0]
+    stem = first.name[: -len(TRACE_SUFFIX)] if is_trace_path(first) else first.stem
     raw = [path for path in paths if path.suffix.lower() == ".json" and not is_trace_path(path)]
     if with_json and not raw:
-        first = paths[0]
-        stem = first.name[: -len(TRACE_SUFFIX)] if is_trace_path(first) else first.stem
         paths.append(first.with_name(stem + ".json"))
+    if with_folded and not [path for path in paths if path.suffix.lower() == ".folded"]:
+        paths.append(first.with_name(stem + ".folded"))
     return paths
 
 

@@ -45,7 +45,8 @@ class _LaneBuilder:
         return lane
 
     def _thread_created(self, event: Event) -> None:
-        self._start(event, event.creator or "unknown")
+        lane = self._start(event, event.creator or "unknown")
+        lane.site, lane.stack = event.site, event.stack
 
     def _thread_existing(self, event: Event) -> None:
         self._start(event, MAIN if event.tid == event.tgid else EXISTING)
@@ -82,7 +83,8 @@ class _LaneBuilder:
         if not lane.name:
             lane.name = event.comm
         self.calls[event.task] = Lookup(event.tgid, event.task, lane.tid, event.time_ns,
-                                        event.host, event.service)
+                                        event.host, event.service, site=event.site,
+                                        stack=event.stack)
 
     def _getaddrinfo_end(self, event: Event) -> None:
         self._end_call(event.task, event.time_ns, event.rc)

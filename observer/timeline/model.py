@@ -51,6 +51,10 @@ class Event:
     service: str = ""
     rc: int = 0
     filename: str = ""
+    # Python call site and stack (innermost first) of a thread's creation or a lookup; "" and
+    # [] where the process's frames are not read
+    site: str = ""
+    stack: list[str] = field(default_factory=list)
 
 
 
@@ -107,6 +111,8 @@ class Lane:
     start_ns: int
     end_ns: int | None = None  # None: alive when the recording ended
     start_routine: int = 0
+    site: str = ""  # the Python code that created it ("" where frames are not read)
+    stack: list[str] = field(default_factory=list)  # its frames, innermost first
 
     @property
     def main(self) -> bool:
@@ -134,6 +140,8 @@ class Lookup:
     service: str
     end_ns: int | None = None  # None: still in progress when the recording ended
     rc: int = 0
+    site: str = ""  # the Python code that made it ("" where frames are not read)
+    stack: list[str] = field(default_factory=list)  # its frames, innermost first
 
     @property
     def failed(self) -> bool:

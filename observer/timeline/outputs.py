@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from observer.timeline.folded import SUFFIX as FOLDED_SUFFIX
+from observer.timeline.folded import write_folded
 from observer.timeline.html import render_html
 from observer.timeline.model import Timeline, Window, window_of
 from observer.timeline.render import render_picture
@@ -11,11 +13,14 @@ from observer.timeline.trace import is_trace_path, write_trace
 
 
 def render(timeline: Timeline, path: Path, window: Window | None = None) -> None:
-    """A picture (.png, .svg), the interactive page (.html) or a Chrome trace (.trace.json);
-    ``window`` is the part shown (the trace always holds everything)."""
+    """A picture (.png, .svg), the interactive page (.html), a Chrome trace (.trace.json) or
+    folded stacks (.folded); ``window`` is the part shown (the trace and the stacks always hold
+    everything)."""
     window = window or window_of(timeline)
     if is_trace_path(path):
         write_trace(timeline, path)
+    elif path.suffix.lower() == FOLDED_SUFFIX:
+        write_folded(timeline, path)
     elif path.suffix.lower() == ".html":
         path.write_text(render_html(timeline, window))
     else:

@@ -27,17 +27,20 @@ from observer.bpf_backend import (
     compile_probes,
     uprobe_name,
     watch_process,
+    write_python_process,
 )
 from observer.constants import bpf_cflags
 from observer.targets import RegexTarget, cmdline_of, match_target
 from observer.timeline.model import Event, EventKind
+from observer.timeline.stacks import ProcessStacks
 
 log = logging.getLogger(__name__)
 
-PROBE_FILES = ("watched.h", "timeline.bpf.c")
+PROBE_FILES = ("watched.h", "python_stack.h", "timeline.bpf.c")
 SERVICE_LEN = 32
 RINGBUF_PAGES = 256  # 1 MiB: thousands of records between two polls
 POLL_MS = 100
+STACK_KINDS = (EventKind.THREAD_CREATED.label, EventKind.GETADDRINFO_START.label)
 REFRESH_SECONDS = 0.1
 # Runs in the child before the command: waits for "go" on a pipe so that the observer can put
 # its pid in the watched set first, then becomes the command (same pid, stdin and stdout).
@@ -64,6 +67,11 @@ def timeline_cflags(follow_children: bool) -> list[str]:
     flags += [f"-DSERVICE_LEN={SERVICE_LEN}", f"-DRINGBUF_PAGES={RINGBUF_PAGES}",
               f"-DFOLLOW_CHILDREN={int(follow_children)}"]
     return flags
+
+
+def stack_of_raw(raw) -> tuple[int, tuple[int, ...]]:
+    """(STACK_* flags, code objects innermost first) of a record."""
+    return raw.stack_flags, tuple(raw.stack[: min(raw.stack_depth, len(raw.stack))])
 
 
 def event_from_raw(raw) -> Event:
@@ -96,7 +104,8 @@ class TimelineProbes:
 
     def load(self, handler: Callable[[Event], None]) -> None:
         self.handler = handler
-        cflags = bpf_cflags(self.track_new_processes) + timeline_cflags(self.follow_children)
+        cflags = (bpf_cflags(self.track_new_processes, sites=True)
+                  + timeline_cflags(self.follow_children))
         self._bpf = compile_probes(PROBE_FILES, cflags, "timeline probe")
         self._bpf["timeline_events"].open_ring_buffer(self._on_record)
 
@@ -104,7 +113,8 @@ class TimelineProbes:
         # An exception would be lost in the ctypes callback: log it and keep recording.
         try:
             # bcc builds the ctypes struct from the C struct: no mirror here to drift.
-            self.handler(event_from_raw(self._bpf["timeline_events"].event(data)))
+            raw = self._bpf["timeline_events"].event(data)
+            self.handler(event_from_raw(raw), stack_of_raw(raw))
         except Exception:
             log.exception("could not handle a timeline record")
         return 0
@@ -126,6 +136,12 @@ class TimelineProbes:
 
     def unwatch(self, tgid: int) -> None:
         self._bpf["watched_tgids"].pop(ctypes.c_uint32(tgid), None)
+
+    def set_python_process(self, tgid: int, runtime) -> None:
+        """Lets the probe read a watched process's Python frames."""
+        entry = self._bpf["watched_tgids"].get(ctypes.c_uint32(tgid))
+        if entry is not None:
+            write_python_process(self._bpf["python_processes"], tgid, entry.generation, runtime)
 
     def poll(self, timeout_ms: int) -> None:
         self._bpf.ring_buffer_poll(timeout_ms)
@@ -163,6 +179,7 @@ class Recorder:
         self._last_refresh = 0.0
         self._self_pid = os.getpid()
         self.since_ns = 0  # records from before are not kept
+        self.stacks = ProcessStacks(probes)
 
     def watch(self, pid: int, existing: bool = False) -> None:
         self.probes.watch(pid)
@@ -175,6 +192,7 @@ class Recorder:
         self.watched.add(pid)
         self.alive.add(pid)
         self._libc_unknown.add(pid)
+        self.stacks.look_for(pid)
 
     def _add_existing_threads(self, pid: int) -> None:
         now = time.monotonic_ns()
@@ -182,7 +200,8 @@ class Recorder:
             self.events.append(Event(EventKind.THREAD_EXISTING.label, now, pid, tid, tid,
                                      comm=thread_comm(pid, tid)))
 
-    def handle(self, event: Event) -> None:
+    def handle(self, event: Event, stack: tuple[int, tuple[int, ...]] | None = None) -> None:
+        """A record, with its Python stack ((flags, code objects)) when the probe read one."""
         if event.time_ns < self.since_ns or not self._admit(event):
             return
         if event.kind == EventKind.THREAD_CREATED.label:
@@ -190,9 +209,15 @@ class Recorder:
         elif event.kind == EventKind.PROCESS_EXEC.label:
             self._resolvers.pop(event.tgid, None)  # a new program image: new mappings
             self._libc_unknown.add(event.tgid)
+            self.stacks.look_for(event.tgid, exec_ns=event.time_ns)
         elif event.kind == EventKind.PROCESS_EXIT.label:
             self.alive.discard(event.tgid)
             self._libc_unknown.discard(event.tgid)
+            self.stacks.forget(event.tgid)
+        if stack is not None and event.kind in STACK_KINDS:
+            flags, codes = stack
+            event.site, event.stack = self.stacks.describe(
+                event.tgid, codes, flags, thread=event.kind == EventKind.THREAD_CREATED.label)
         self.events.append(event)
 
     def _admit(self, event: Event) -> bool:
@@ -248,18 +273,20 @@ class Recorder:
 
     def tick(self) -> None:
         """Now and then: a recent copy of each process's mappings, so that a thread created
-        right before its process exits still gets its creator; and the libc of new programs."""
+        right before its process exits still gets its creator; the libc of new programs; and the
+        interpreters not found yet."""
         now = time.monotonic()
-        if now - self._last_refresh < REFRESH_SECONDS:
-            return
-        self._last_refresh = now
-        for tgid in list(self.alive):
-            resolver = self._resolver(tgid)
-            if resolver is not None:
-                with suppress(OSError):  # it exited: keep the last copy
-                    resolver.refresh()
-        for tgid in list(self._libc_unknown):
-            self.attach_libc_of(tgid)
+        if now - self._last_refresh >= REFRESH_SECONDS:
+            self._last_refresh = now
+            for tgid in list(self.alive):
+                resolver = self._resolver(tgid)
+                if resolver is not None:
+                    with suppress(OSError):  # it exited: keep the last copy
+                        resolver.refresh()
+            for tgid in list(self._libc_unknown):
+                self.attach_libc_of(tgid)
+        # After the probes: reading an interpreter's symbols takes a while.
+        self.stacks.find()
 
     def attach_libc_of(self, tgid: int) -> None:
         try:

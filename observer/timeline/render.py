@@ -59,9 +59,20 @@ def creator_colours(timeline: Timeline) -> dict[str, str]:
     return colours
 
 
+SITE_LABEL_LENGTH = 40  # a lane's label names its site in short, where there is room
+
+
+def short_site(site: str) -> str:
+    """``call_sites.py:spawn`` for ``/srv/app/call_sites.py:spawn``, at most 40 characters."""
+    path, _, name = site.rpartition(":")
+    text = f"{path.rsplit('/', 1)[-1]}:{name}" if path else site
+    return text if len(text) <= SITE_LABEL_LENGTH else text[: SITE_LABEL_LENGTH - 3] + "..."
+
+
 def lane_label(lane: Lane) -> str:
     by = f" ← {lane.parent}" if lane.parent and lane.parent != lane.tid else ""
-    return f"{lane.tid or '?'} {lane.name or '?'} · {lane.short_creator}{by}"
+    site = f" · {short_site(lane.site)}" if lane.site else ""
+    return f"{lane.tid or '?'} {lane.name or '?'} · {lane.short_creator}{by}{site}"
 
 
 def lane_tip(lane: Lane, timeline: Timeline) -> str:
@@ -74,6 +85,8 @@ def lane_tip(lane: Lane, timeline: Timeline) -> str:
         parts.append(f"created by thread {lane.parent}")
     if lane.start_routine:
         parts.append(f"start routine 0x{lane.start_routine:x}")
+    if lane.site:
+        parts.append(f"started from {lane.site}")
     parts.append(f"started at {format_offset(lane.start_ns - timeline.start_ns)}, {end}, "
                  f"lived {format_duration(lived)}")
     return "\n".join(parts)
@@ -86,7 +99,8 @@ def lookup_tip(lookup: Lookup, timeline: Timeline) -> str:
     else:
         outcome = f"took {format_duration(lookup.end_ns - lookup.start_ns)}, " + (
             f"failed: {lookup.error} ({lookup.rc})" if lookup.failed else "ok")
-    return (f"getaddrinfo({target}) on thread {lookup.tid} at "
+    site = f", from {lookup.site}" if lookup.site else ""
+    return (f"getaddrinfo({target}) on thread {lookup.tid}{site} at "
             f"{format_offset(lookup.start_ns - timeline.start_ns)}: {outcome}")
 
 

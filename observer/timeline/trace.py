@@ -89,7 +89,7 @@ def _lane_events(timeline: Timeline, lane: Lane, row: int) -> list[dict]:
     }
     if lane.start_routine:
         args["start_routine"] = f"0x{lane.start_routine:x}"
-    site = getattr(lane, "site", "")  # the Python call site, on models that record it
+    site = lane.site
     if site:
         args["site"] = site
     return [
@@ -140,6 +140,8 @@ def _lookup_event(timeline: Timeline, lookup: Lookup) -> dict:
         "dur": duration(timeline, lookup.start_ns, end_ns),
         "args": args,
     }
+    if lookup.site:
+        args["site"] = lookup.site
     if lookup.failed:
         args.update(error=lookup.error, rc=lookup.rc)
         event["cname"] = FAILED_COLOUR
