@@ -304,7 +304,6 @@ class BpfProbes:
         self._process_events: dict[int, list[str]] = defaultdict(list)
         self._process_links: dict[int, list[int]] = defaultdict(list)
         self._detacher: ThreadPoolExecutor | None = None
-        self.in_pid_namespace = bool(pid_namespace_cflags())
         self._entries_seen: dict[str, int] = {}  # counter maps' entries after the last sweep
 
     # Loading

@@ -42,9 +42,6 @@ from observer.targets import (
 log = logging.getLogger(__name__)
 
 SCAN_INTERVAL = 1.0  # seconds between two full scans of /proc for new and gone processes
-# With the bpf backend the kernel reports new programs (exec), forks of watched processes and
-# exits in the watched set: the /proc scan is only a safety net, this often.
-SAFETY_SCAN_INTERVAL = 10.0
 # Children attached per poll at most: a fork storm must not hold the scrape's lock for long.
 MAX_ADOPTIONS_PER_POLL = 64
 # Polls a process caught before its interpreter is initialised is looked at again (at the
@@ -143,11 +140,8 @@ class ProcObserver:
             self._poll_locked()
 
     def _poll_locked(self) -> None:
-        if time.monotonic() - self._last_scan >= self.scan_interval():
+        if time.monotonic() - self._last_scan >= SCAN_INTERVAL:
             self._scan()
-
-    def scan_interval(self) -> float:
-        return SCAN_INTERVAL
 
     def close(self) -> None:
         pass
@@ -322,7 +316,6 @@ class BpfObserver(ProcObserver):
         # Counted once a scan, not per scrape: walking every map is the costly part of it.
         self.map_entries: dict[str, int] = {}
         self._unknown_sends_logged = 0
-        self._last_housekeeping = 0.0
 
     def start(self) -> None:
         self.probes.load()
@@ -369,25 +362,9 @@ class BpfObserver(ProcObserver):
             if tracked.sites is None and tracked.sites_unavailable is None:
                 self._find_python(tracked)
         super()._poll_locked()
-        self._poll_locked_housekeeping()
-
-    def scan_interval(self) -> float:
-        # In a PID namespace a fork of a process not yet matched is not reported by the
-        # kernel (its id there is unknown to the parent's tracepoint): the scan finds it.
-        return SCAN_INTERVAL if self.probes.in_pid_namespace else SAFETY_SCAN_INTERVAL
-
-    def _poll_locked_housekeeping(self) -> None:
-        if time.monotonic() - self._last_housekeeping >= SCAN_INTERVAL:
-            self._housekeeping()
 
     def _scan(self) -> None:
         super()._scan()
-        self._housekeeping()
-
-    def _housekeeping(self) -> None:
-        """Once a second: counters of processes gone unseen, the maps' entry counts, and
-        command lines of processes no longer watched."""
-        self._last_housekeeping = time.monotonic()
         swept, self.map_entries = self.probes.sweep_and_count()
         if swept:
             log.debug("swept %d counters of processes gone unseen", swept)
