@@ -568,7 +568,7 @@ def write_python_process(table, tgid: int, generation: int, runtime) -> None:
         offsets["tstate_native_thread_id"], offsets["tstate_frame"],
         offsets["cframe_current_frame"], offsets["frame_previous"], offsets["frame_code"],
         offsets["frame_owner"], offsets["code_flags"], offsets["tstate_prev"],
-        offsets["pthread_tid"], frame_read_size(offsets), *runtime.text,
+        offsets["pthread_tid"], frame_read_size(offsets), *runtime.text, *runtime.pidns,
     )
 
 

@@ -16,6 +16,7 @@ pointers (a freed object's address may hold another one).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections import OrderedDict
@@ -55,6 +56,9 @@ class PythonRuntime:
     code_type: int  # address of PyCode_Type
     offsets: dict[str, int]
     text: tuple[int, int]  # the interpreter's executable mapping: Python threads start there
+    # (st_dev, st_ino) of the process's PID namespace when it is not the observer's, where its
+    # thread states hold other ids than the observer sees; (0, 0) in the observer's own.
+    pidns: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -131,23 +135,31 @@ def interpreter_object(pid: int, mappings: list[procfs.Mapping]) -> str:
     return procfs.exe_path(pid)
 
 
-def namespace_pid(pid: int) -> int:
-    """The process's id in its own PID namespace (what native_thread_id holds)."""
-    with open(f"/proc/{pid}/status") as status:
+def namespace_pid(pid: int, tid: int | None = None) -> int:
+    """A process's (or one of its threads') id in its own PID namespace: what
+    native_thread_id holds."""
+    task = f"/proc/{pid}/task/{tid}" if tid is not None else f"/proc/{pid}"
+    with open(f"{task}/status") as status:
         for line in status:
             if line.startswith("NSpid:"):
                 return int(line.split()[-1])
-    return pid
+    return pid if tid is None else tid
+
+
+def pid_namespace(pid: int) -> tuple[int, int]:
+    """(st_dev, st_ino) of the process's PID namespace; (0, 0) when it is the observer's."""
+    theirs, ours = os.stat(f"/proc/{pid}/ns/pid"), os.stat("/proc/self/ns/pid")
+    if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+        return (0, 0)
+    return (theirs.st_dev, theirs.st_ino)
 
 
 def locate(pid: int, mappings: list[procfs.Mapping]) -> PythonRuntime:
     """The interpreter of a process, its offsets checked; raises SitesUnavailable."""
-    if namespace_pid(pid) != pid:
-        raise SitesUnavailable(
-            "pid_namespace",
-            "the process runs in another PID namespace, "
-            "where its thread ids differ from the kernel's here",
-        )
+    try:
+        pidns, ns_pid = pid_namespace(pid), namespace_pid(pid)
+    except OSError as err:
+        raise SitesUnavailable("unreadable", f"cannot read its PID namespace: {err}") from None
     path = interpreter_object(pid, mappings)
     version = procfs.python_version(pid, mappings)
     if version is not None and version < (3, 8):
@@ -170,10 +182,14 @@ def locate(pid: int, mappings: list[procfs.Mapping]) -> PythonRuntime:
     runtime = bias + symbols["_PyRuntime"]
     version, offsets = interpreter_offsets(memory, runtime, version)
     check_frame_layout(offsets)
-    threads_head = check_offsets(memory, pid, runtime, offsets, bias + symbols["PyCode_Type"])
+    threads_head = check_offsets(
+        memory, pid, ns_pid, runtime, offsets, bias + symbols["PyCode_Type"]
+    )
     text = [(m.start, m.end) for m in mappings if m.path == path and m.executable]
     text_range = (min(s for s, _ in text), max(e for _, e in text)) if text else (0, 0)
-    return PythonRuntime(version, threads_head, bias + symbols["PyCode_Type"], offsets, text_range)
+    return PythonRuntime(
+        version, threads_head, bias + symbols["PyCode_Type"], offsets, text_range, pidns
+    )
 
 
 def interpreter_offsets(memory: Memory, runtime: int, version: tuple[int, int] | None):
@@ -236,10 +252,11 @@ def check_frame_layout(offsets: dict[str, int]) -> None:
 
 
 def check_offsets(
-    memory: Memory, pid: int, runtime: int, offsets: dict[str, int], code_type: int
+    memory: Memory, pid: int, ns_pid: int, runtime: int, offsets: dict[str, int], code_type: int
 ) -> int:
     """The address of the main interpreter's thread list head, once the offsets have found
-    the main thread (native_thread_id == pid) and its frame holds a code object."""
+    the main thread (native_thread_id == ns_pid, its id in its own PID namespace) and its
+    frame holds a code object."""
     try:
         interp = memory.pointer(runtime + offsets["runtime_interpreters_head"])
         if interp == 0:
@@ -248,9 +265,9 @@ def check_offsets(
         states = thread_states(memory, head, offsets)
         offsets["pthread_tid"] = -1
         if offsets.get("thread_id_is_pthread"):
-            offsets["pthread_tid"] = pthread_tid_offset(memory, pid, states, offsets)
+            offsets["pthread_tid"] = pthread_tid_offset(memory, pid, ns_pid, states, offsets)
         for tstate in states:
-            if thread_tid(memory, tstate, offsets) == pid:
+            if thread_tid(memory, tstate, offsets) == ns_pid:
                 check_frame(memory, tstate, offsets, code_type)
                 return head
     except OSError as err:
@@ -282,18 +299,21 @@ def thread_tid(memory: Memory, tstate: int, offsets: dict[str, int]) -> int:
     return struct.unpack("<I", memory.read(thread_id + offsets["pthread_tid"], 4))[0]
 
 
-def pthread_tid_offset(memory: Memory, pid: int, states: list[int], offsets: dict) -> int:
+def pthread_tid_offset(
+    memory: Memory, pid: int, ns_pid: int, states: list[int], offsets: dict
+) -> int:
     """Where glibc's struct pthread keeps the thread's tid: the offset at which the main
-    thread's (tid == pid) holds the pid, checked on every other thread state (each must name
-    a thread of the process). As pystack reads it; glibc does not publish it."""
-    tasks = {int(name) for name in os.listdir(f"/proc/{pid}/task")}
+    thread's (tid == ns_pid) holds it, checked on every other thread state (each must name
+    a thread of the process, ids as its PID namespace sees them). As pystack reads it; glibc
+    does not publish it."""
+    tasks = set(namespace_tids(pid))
     for tstate in states:
         thread_id = memory.pointer(tstate + offsets["tstate_native_thread_id"])
         if not thread_id:
             continue
         data = memory.read(thread_id, PTHREAD_SEARCHED)
         for at in range(0, PTHREAD_SEARCHED, 4):
-            if struct.unpack_from("<I", data, at)[0] != pid:
+            if struct.unpack_from("<I", data, at)[0] != ns_pid:
                 continue
             trial = {**offsets, "pthread_tid": at}
             others = [thread_tid(memory, t, trial) for t in states if t != tstate]
@@ -302,6 +322,15 @@ def pthread_tid_offset(memory: Memory, pid: int, states: list[int], offsets: dic
     if not states:
         raise NotReadyYet("not_ready", "no thread state yet")
     raise SitesUnavailable("offsets_mismatch", "no thread's struct pthread holds its tid")
+
+
+def namespace_tids(pid: int) -> list[int]:
+    """The process's live threads, as ids of its own PID namespace."""
+    tids = []
+    for name in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):  # a thread that exits meanwhile
+            tids.append(namespace_pid(pid, int(name)))
+    return tids
 
 
 def check_frame(memory: Memory, tstate: int, offsets: dict[str, int], code_type: int) -> None:

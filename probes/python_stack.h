@@ -62,6 +62,10 @@ struct python_process {
     u32 frame_read_size;  // bytes of a frame up to its last field read
     u64 text_start;  // the interpreter's code (executable or libpython): a start routine
     u64 text_end;    // outside it is not a Python thread's, whoever asked for it
+    // The target's PID namespace (st_dev, st_ino of /proc/PID/ns/pid) when it differs from the
+    // observer's: its thread states hold ids of that namespace. 0: the observer's own.
+    u64 pidns_dev;
+    u64 pidns_ino;
 };
 
 // A stack with what was learnt reading it: the key of the by-site counters.
@@ -121,8 +125,21 @@ static __always_inline u64 thread_tid(struct python_process *py, u64 tstate)
     return tid;
 }
 
-// The calling thread's PyThreadState, or 0 when it has none (a native thread).
-static __always_inline u64 find_thread_state(struct python_process *py, u32 tid)
+// The calling thread's id as its own PID namespace sees it (what its thread state holds);
+// 0 when the namespace is not the thread's (never a thread state's id).
+static __always_inline u32 target_tid(struct python_process *py, u32 tid)
+{
+    if (!py->pidns_ino)
+        return tid;
+    struct bpf_pidns_info ns = {};
+    if (bpf_get_ns_current_pid_tgid(py->pidns_dev, py->pidns_ino, &ns, sizeof(ns)))
+        return 0;
+    return ns.pid;
+}
+
+// The calling thread's PyThreadState, or 0 when it has none (a native thread). tid keys the
+// cache (the observer's id); ns_tid is matched against the thread states.
+static __always_inline u64 find_thread_state(struct python_process *py, u32 tid, u32 ns_tid)
 {
     u64 *cached = python_thread_states.lookup(&tid);
     // The cached state is checked: still this thread's, and still linked in the list (a
@@ -132,7 +149,7 @@ static __always_inline u64 find_thread_state(struct python_process *py, u32 tid)
         u64 tstate = *cached;
         u64 prev = read_u64(tstate + py->tstate_prev);
         u64 linked = prev ? read_u64(prev + py->tstate_next) : read_u64(py->threads_head);
-        if (linked == tstate && thread_tid(py, tstate) == tid)
+        if (linked == tstate && thread_tid(py, tstate) == ns_tid)
             return tstate;
     }
     // Two states may carry this thread's id: _thread.start_new_thread allocates the new
@@ -140,9 +157,11 @@ static __always_inline u64 find_thread_state(struct python_process *py, u32 tid)
     // child puts its own id in once it runs). That one has no frame yet: the state with a
     // frame is the caller's. A thread whose states have no frame has no Python caller:
     // treated as native (0).
+    if (!ns_tid)
+        return 0;
     u64 tstate = read_u64(py->threads_head);
     for (int i = 0; i < MAX_THREADS_WALKED && tstate; i++) {
-        if (thread_tid(py, tstate) == tid && current_frame(py, tstate)) {
+        if (thread_tid(py, tstate) == ns_tid && current_frame(py, tstate)) {
             python_thread_states.update(&tid, &tstate);
             return tstate;
         }
@@ -171,7 +190,7 @@ static __always_inline int read_python_stack(u32 tgid, u32 tid, u64 generation,
     if (!py || py->generation != generation)
         return 0;
     clear_stack(key, tgid, generation);
-    u64 tstate = find_thread_state(py, tid);
+    u64 tstate = find_thread_state(py, tid, target_tid(py, tid));
     if (!tstate)
         return 1;  // no Python frame: <native>
     key->flags |= STACK_FRAMES_READ;

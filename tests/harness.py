@@ -19,6 +19,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from observer.pyruntime import namespace_pid
+
 REPO = Path(__file__).resolve().parent.parent
 PYENV_ROOT = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
 
@@ -189,16 +191,20 @@ class Workload:
     """A workload child process with the ready/go handshake and its ground-truth line."""
 
     def __init__(self, args: list[str], python: str = sys.executable, wait: bool = True,
-                 native: bool = False) -> None:
+                 native: bool = False, own_pid_namespace: bool = False) -> None:
         # A native target (tests/native/target.c) always does the handshake by itself.
         command = list(args) if native else [python, *args] + (["--wait-stdin"] if wait else [])
+        if own_pid_namespace:
+            command = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *command]
         self.process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
         )
         self.pid = self.process.pid
         if wait:
             ready = json.loads(self._line())
-            assert ready["ready"] and ready["pid"] == self.pid, ready
+            if own_pid_namespace:  # the workload is unshare's child, pid 1 in its namespace
+                self.pid = int(Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text())
+            assert ready["ready"] and ready["pid"] == namespace_pid(self.pid), ready
 
     def _line(self) -> str:
         line = self.process.stdout.readline()

@@ -83,11 +83,13 @@ def test_series_name_each_pod_with_exact_counts(tmp_path):
     checkout = Pod.new("shop", "checkout-7d4f9-abcde", "app")
     nightly = Pod.new("jobs", "nightly-29123-x2k8p", "worker")
     log_dir = kubelet_logs(tmp_path / "log", [checkout, nightly])
-    # Two processes in the checkout pod's container, one in the nightly pod, one outside any.
+    # Two processes in the checkout pod's container, one in the nightly pod, one outside any;
+    # each in a PID namespace of its own, as a pod's process is seen from a hostPID DaemonSet.
     placement = [checkout, checkout, nightly, None]
     with ExitStack() as stack:
         cgroups = stack.enter_context(pod_cgroups([checkout, nightly]))
-        targets = [stack.enter_context(workload(["-X", f"tag={tag}", *MIXED]))
+        targets = [stack.enter_context(workload(["-X", f"tag={tag}", *MIXED],
+                                                own_pid_namespace=True))
                    for _ in placement]
         for target, pod in zip(targets, placement, strict=True):
             if pod is not None:
@@ -112,10 +114,12 @@ def test_series_name_each_pod_with_exact_counts(tmp_path):
             client.truth()
 
         expected = {"threads": Counter(), "calls": Counter(), "on_loop": Counter(),
-                    "processes": Counter()}
+                    "processes": Counter(), "executor": Counter(), "plain": Counter()}
         for truth, pod in zip(truths, placement, strict=True):
             key = (pod.namespace, pod.name, pod.container) if pod else ("", "", "")
             expected["threads"][key] += truth["threads_started"]
+            expected["executor"][key] += truth["executor_threads"]
+            expected["plain"][key] += truth["threads_requested"]
             expected["calls"][key] += truth["getaddrinfo_calls"]
             expected["on_loop"][key] += truth["getaddrinfo_on_loop"]
             expected["processes"][key] += 1
@@ -143,6 +147,17 @@ def test_series_name_each_pod_with_exact_counts(tmp_path):
         assert len(threads) == 3
         assert all("pid" not in s.labels for s in threads)
         assert metrics.value("thread_observer_unnamed_pod_processes") == 0
+        # Python frames are read in each pod's own PID namespace: every thread is named after
+        # the code that started it, the default executor's after the lookup that grew it
+        # (asyncio.run has shut that executor down by now: no live executor_threads to show).
+        def by_site(function: str) -> Counter:
+            return per_pod(metrics, "thread_observer_threads_created_by_site_total",
+                           target="python", site=f"{REPO}/workloads/mixed.py:{function}")
+
+        assert by_site("look_up") == expected["executor"]
+        assert by_site("start_and_join_threads") == expected["plain"]
+        assert metrics.value("thread_observer_sites_unavailable") is None
+        assert metrics.value("thread_observer_sites_unavailable") is None
 
         # One of the checkout processes exits: its pod's counters stay where they were.
         targets[0].stop()

@@ -99,13 +99,14 @@ def site_series(metrics, target):
 
 @contextmanager
 def watched_run(
-    args: list[str], target: str, tmp_path, python: str = sys.executable, observer_args: tuple = ()
+    args: list[str], target: str, tmp_path, python: str = sys.executable, observer_args: tuple = (),
+    own_pid_namespace: bool = False,
 ):
     """The workload run to its end under an observer: (observer, ground truth)."""
     if not os.path.exists(python):
         pytest.skip(f"{python} is not installed")
     with (
-        workload(args, python=python) as running_workload,
+        workload(args, python=python, own_pid_namespace=own_pid_namespace) as running_workload,
         observer(
             ["--pid", f"{target}={running_workload.pid}", *observer_args], tmp_path
         ) as running,
@@ -165,6 +166,29 @@ def test_sites_equal_the_stacks_the_workload_records(python, tmp_path):
             )
             == truth["executor_threads"]["default"] / truth["executor_max_workers"]
         )
+        assert metrics.value("thread_observer_sites_unavailable") is None
+
+
+@pytest.mark.parametrize("python", ["debian-3.11", "pyenv-3.9.18", "pyenv-3.13.0"])
+def test_a_target_in_its_own_pid_namespace_has_its_sites_read(python, tmp_path):
+    # Its thread states hold the ids of its namespace (the main thread's is 1), not the
+    # observer's: the probes ask the kernel for the calling thread's id there. 3.9 reads the
+    # tid in glibc's struct pthread, 3.13 its published offsets.
+    with watched_run(WORKLOAD, "ns", tmp_path, PYTHONS[python], own_pid_namespace=True) as (
+        running,
+        truth,
+    ):
+        assert truth["pid"] == 1
+        metrics = settled(running, "ns", truth)
+        threads, calls = site_series(metrics, "ns")
+        assert threads == expected_threads(truth)
+        assert calls == expected_calls(truth)
+        assert threads[here("spawn_plain_threads")] == 5
+        assert metrics.labels(
+            "thread_observer_getaddrinfo_calls_total", "caller", target="ns"
+        ) == {"event_loop": 3 + 2, "other": 13}
+        pools = metrics.labels("thread_observer_executor_threads", "pool", target="ns")
+        assert pools == truth["executor_threads"]
         assert metrics.value("thread_observer_sites_unavailable") is None
 
 
