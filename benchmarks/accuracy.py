@@ -56,8 +56,10 @@ class Phase:
 
 def _observed(observer: Observer) -> tuple[int, int]:
     metrics = observer.scrape()
-    return (int(metrics.value("thread_observer_threads_created_total", target=TARGET)),
-            int(metrics.value("thread_observer_threads_exited_total", target=TARGET)))
+    return (
+        int(metrics.value("thread_observer_threads_created_total", target=TARGET)),
+        int(metrics.value("thread_observer_threads_exited_total", target=TARGET)),
+    )
 
 
 def _phase(observer: Observer, target: TargetProcess, kind: str, op: str, **params) -> Phase:
@@ -67,11 +69,15 @@ def _phase(observer: Observer, target: TargetProcess, kind: str, op: str, **para
     reply = target.call(op, **params)
     polled = poller.new_threads()
     created_after, exited_after = _observed(observer)
-    detail = (f"start to join: median {reply['median'] * 1000:.2f} ms, longest "
-              f"{reply['longest'] * 1000:.2f} ms" if "longest" in reply
-              else f"each lived {params['lifetime']:g} s")
-    return Phase(kind, reply["started"], created_after - created, exited_after - exited,
-                 polled, detail)
+    detail = (
+        f"start to join: median {reply['median'] * 1000:.2f} ms, longest "
+        f"{reply['longest'] * 1000:.2f} ms"
+        if "longest" in reply
+        else f"each lived {params['lifetime']:g} s"
+    )
+    return Phase(
+        kind, reply["started"], created_after - created, exited_after - exited, polled, detail
+    )
 
 
 def measure(children: Children, settings: Settings) -> Section:
@@ -79,11 +85,23 @@ def measure(children: Children, settings: Settings) -> Section:
     with Observer(children, ["--pid", f"{TARGET}={target.pid}"]) as observer:
         observer.wait_ready()
         phases = [
-            _phase(observer, target, "long-lived (seconds)", "long_threads",
-                   count=settings.long_threads, lifetime=settings.long_lifetime,
-                   spacing=LONG_SPACING),
-            _phase(observer, target, "short-lived (< 1 ms)", "short_threads",
-                   count=settings.short_threads, spacing=SHORT_SPACING),
+            _phase(
+                observer,
+                target,
+                "long-lived (seconds)",
+                "long_threads",
+                count=settings.long_threads,
+                lifetime=settings.long_lifetime,
+                spacing=LONG_SPACING,
+            ),
+            _phase(
+                observer,
+                target,
+                "short-lived (< 1 ms)",
+                "short_threads",
+                count=settings.short_threads,
+                spacing=SHORT_SPACING,
+            ),
         ]
     return _section(phases)
 
@@ -96,14 +114,30 @@ def _section(phases: list[Phase]) -> Section:
         "counts the distinct thread ids it has seen, which is all a /proc-based exporter "
         "(process-exporter, for one) can know."
     )
-    rows = [[p.kind, f"{p.truth:,}", f"**{p.observed_created:,}** (exited {p.observed_exited:,})",
-             f"{p.polled:,} ({100 * p.polled / p.truth:.0f} %)", p.detail] for p in phases]
-    section.table(["threads", "created (ground truth)", "observer", "/proc poller at 1 s",
-                   "lifetime"], rows)
+    rows = [
+        [
+            p.kind,
+            f"{p.truth:,}",
+            f"**{p.observed_created:,}** (exited {p.observed_exited:,})",
+            f"{p.polled:,} ({100 * p.polled / p.truth:.0f} %)",
+            p.detail,
+        ]
+        for p in phases
+    ]
+    section.table(
+        ["threads", "created (ground truth)", "observer", "/proc poller at 1 s", "lifetime"], rows
+    )
     exact = all(p.observed_created == p.truth == p.observed_exited for p in phases)
-    measured = "exact" if exact else "; ".join(
-        f"{p.kind}: {p.observed_created}/{p.truth}" for p in phases)
-    section.goals.append(Goal("accuracy: threads created and exited", "= ground truth",
-                              measured, exact,
-                              "" if exact else "see the accuracy section's table."))
+    measured = (
+        "exact" if exact else "; ".join(f"{p.kind}: {p.observed_created}/{p.truth}" for p in phases)
+    )
+    section.goals.append(
+        Goal(
+            "accuracy: threads created and exited",
+            "= ground truth",
+            measured,
+            exact,
+            "" if exact else "see the accuracy section's table.",
+        )
+    )
     return section

@@ -21,16 +21,16 @@ from benchmarks.stats import median
 
 CALL_PROGRAMS = ("getaddrinfo_entry", "getaddrinfo_return")
 CREATE_PROGRAMS = ("pthread_create_entry", "tracepoint__task__task_newtask")
-EXIT_PROGRAMS = ("tracepoint__sched__sched_process_exit", "forget_thread",
-                 "forget_resolver_thread")
+EXIT_PROGRAMS = ("tracepoint__sched__sched_process_exit", "forget_thread", "forget_resolver_thread")
 CALL_GOAL_NS = 400
 THREAD_GOAL_NS = 300
 
 
 class NoSitesWatcher(storm.ObserverWatcher):
     def start(self, children: Children, storm_pid: int) -> None:
-        self.observer = Observer(children, ["--pid", f"storm={storm_pid}",
-                                                  "--allow-non-python", "--no-sites"])
+        self.observer = Observer(
+            children, ["--pid", f"storm={storm_pid}", "--allow-non-python", "--no-sites"]
+        )
         self.observer.wait_ready(storm.ATTACH_TIMEOUT)
         self.pid = self.observer.pid
 
@@ -40,22 +40,28 @@ def ns_per(run, programs: tuple[str, ...], events: int) -> float:
 
 
 def measure(children: Children, settings: Settings) -> Section:
-    settings = replace(settings, storm_calls=max(30_000, settings.storm_calls // 10),
-                       storm_threads=max(3_000, settings.storm_threads // 10))
+    settings = replace(
+        settings,
+        storm_calls=max(30_000, settings.storm_calls // 10),
+        storm_threads=max(3_000, settings.storm_threads // 10),
+    )
     repeats = 3
     figures: dict[str, list[float]] = {"call": [], "create": [], "exit": []}
     with tempfile.TemporaryDirectory(prefix="bpf-time-") as folder:
         binary = storm.build(Path(folder))
         for _ in range(repeats):
             watcher = NoSitesWatcher()
-            with storm.watched_storm(children, binary, watcher, settings) as process, \
-                    storm.bpf_statistics():
+            with (
+                storm.watched_storm(children, binary, watcher, settings) as process,
+                storm.bpf_statistics(),
+            ):
                 before = storm._program_stats(watcher.pid)
                 run = storm._storm(process, watcher)
                 after = storm._program_stats(watcher.pid)
-            run.programs = {name: (runs - before.get(name, (0, 0))[0],
-                                   ns - before.get(name, (0, 0))[1])
-                            for name, (runs, ns) in after.items()}
+            run.programs = {
+                name: (runs - before.get(name, (0, 0))[0], ns - before.get(name, (0, 0))[1])
+                for name, (runs, ns) in after.items()
+            }
             figures["call"].append(ns_per(run, CALL_PROGRAMS, run.storm.calls))
             figures["create"].append(ns_per(run, CREATE_PROGRAMS, run.storm.threads))
             figures["exit"].append(ns_per(run, EXIT_PROGRAMS, run.storm.threads))
@@ -66,22 +72,40 @@ def measure(children: Children, settings: Settings) -> Section:
         "`--no-sites`; the kernel's run time of each program (kernel.bpf_stats_enabled=1) "
         "divided by the storm's own counts."
     )
-    rows = [[what, ", ".join(f"`{p}`" for p in programs), f"{median(figures[key]):.0f}",
-             f"{min(figures[key]):.0f} to {max(figures[key]):.0f}"]
-            for what, key, programs in (("getaddrinfo call", "call", CALL_PROGRAMS),
-                                        ("thread created", "create", CREATE_PROGRAMS),
-                                        ("thread ended", "exit", EXIT_PROGRAMS))]
+    rows = [
+        [
+            what,
+            ", ".join(f"`{p}`" for p in programs),
+            f"{median(figures[key]):.0f}",
+            f"{min(figures[key]):.0f} to {max(figures[key]):.0f}",
+        ]
+        for what, key, programs in (
+            ("getaddrinfo call", "call", CALL_PROGRAMS),
+            ("thread created", "create", CREATE_PROGRAMS),
+            ("thread ended", "exit", EXIT_PROGRAMS),
+        )
+    ]
     section.table(["event", "programs", "ns (median)", "range"], rows)
     call, create = median(figures["call"]), median(figures["create"])
-    section.goals.append(Goal(
-        "BPF time per watched getaddrinfo call, without sites", f"<= {CALL_GOAL_NS} ns",
-        f"{call:.0f} ns", call <= CALL_GOAL_NS,
-        "each program costs 100 to 300 ns on this VM even for one hash lookup; entry and "
-        "return together touch seven maps (process, epoll mark, call in progress, host, "
-        "calls, histogram slot, sum)"))
-    section.goals.append(Goal(
-        "BPF time per thread created", f"<= {THREAD_GOAL_NS} ns", f"{create:.0f} ns",
-        create <= THREAD_GOAL_NS,
-        "pthread_create_entry stores the start routine and task_newtask finds it and adds "
-        "to the creators' map: four map operations at 100 to 150 ns each here"))
+    section.goals.append(
+        Goal(
+            "BPF time per watched getaddrinfo call, without sites",
+            f"<= {CALL_GOAL_NS} ns",
+            f"{call:.0f} ns",
+            call <= CALL_GOAL_NS,
+            "each program costs 100 to 300 ns on this VM even for one hash lookup; entry and "
+            "return together touch seven maps (process, epoll mark, call in progress, host, "
+            "calls, histogram slot, sum)",
+        )
+    )
+    section.goals.append(
+        Goal(
+            "BPF time per thread created",
+            f"<= {THREAD_GOAL_NS} ns",
+            f"{create:.0f} ns",
+            create <= THREAD_GOAL_NS,
+            "pthread_create_entry stores the start routine and task_newtask finds it and adds "
+            "to the creators' map: four map operations at 100 to 150 ns each here",
+        )
+    )
     return section

@@ -69,6 +69,9 @@ def maps_of(pid: int, prefixes: tuple[str, ...]) -> list[MapEntries]:
         if not info["name"].startswith(prefixes):
             continue
         dump = _bpftool("map", "dump", "id", str(map_id)) or []
-        found.append(MapEntries(info["name"], info["type"], info["bytes_key"],
-                                info["max_entries"], len(dump)))
+        found.append(
+            MapEntries(
+                info["name"], info["type"], info["bytes_key"], info["max_entries"], len(dump)
+            )
+        )
     return sorted(found, key=lambda m: (m.name, m.key_bytes))

@@ -23,8 +23,7 @@ def cpu_times() -> CpuTimes:
     with open("/proc/stat") as stat:
         values = [int(v) for v in stat.readline().split()[1:]]
     idle = values[3] + values[4]
-    return CpuTimes(busy=sum(values[:8]) - idle - values[7], steal=values[7],
-                    total=sum(values[:8]))
+    return CpuTimes(busy=sum(values[:8]) - idle - values[7], steal=values[7], total=sum(values[:8]))
 
 
 def _command(*command: str) -> str:
@@ -49,11 +48,18 @@ def describe() -> list[tuple[str, str]]:
         ("kernel", f"{platform.system()} {platform.release()} {platform.machine()}"),
         ("CPUs", f"{os.cpu_count()} x {_cpu_model()}"),
         ("memory", f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB"),
-        ("Python", f"{platform.python_implementation()} {platform.python_version()} "
-                   "(observer and Python targets)"),
-        ("bcc", _command("dpkg-query", "-W", "-f", "${Version}", "python3-bpfcc")
-         + " (Debian python3-bpfcc; bpfcc-tools "
-         + _command("dpkg-query", "-W", "-f", "${Version}", "bpfcc-tools") + ")"),
+        (
+            "Python",
+            f"{platform.python_implementation()} {platform.python_version()} "
+            "(observer and Python targets)",
+        ),
+        (
+            "bcc",
+            _command("dpkg-query", "-W", "-f", "${Version}", "python3-bpfcc")
+            + " (Debian python3-bpfcc; bpfcc-tools "
+            + _command("dpkg-query", "-W", "-f", "${Version}", "bpfcc-tools")
+            + ")",
+        ),
         ("bpftool", _command("bpftool", "version").splitlines()[0]),
         ("gcc", _command("gcc", "-dumpfullversion")),
         ("observer", "git " + _command("git", "describe", "--always", "--dirty")),

@@ -51,8 +51,9 @@ def attached(side: str, children: Children, pid: int):
         with empty_pair(pid):
             yield
     elif side == "observer":
-        with Observer(children, ["--pid", f"storm={pid}", "--allow-non-python", "--no-children",
-                                 "--no-sites"]) as observer:
+        with Observer(
+            children, ["--pid", f"storm={pid}", "--allow-non-python", "--no-children", "--no-sites"]
+        ) as observer:
             observer.wait_ready(storm.ATTACH_TIMEOUT)
             time.sleep(0.3)  # the compile's aftermath
             yield
@@ -61,8 +62,12 @@ def attached(side: str, children: Children, pid: int):
 
 
 def ns_per_call(children: Children, binary: Path, calls: int, side: str) -> float:
-    process = children.spawn([str(binary), str(calls), "1", "1", "1"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    process = children.spawn(
+        [str(binary), str(calls), "1", "1", "1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         pid = json.loads(process.stdout.readline())["pid"]
         with attached(side, children, pid):
@@ -96,25 +101,42 @@ def measure(children: Children, settings: Settings) -> Section:
     overall = added_observer / added_floor if added_floor > 0 else float("nan")
     section = Section("9. Added time per getaddrinfo call against the floor")
     section.text(
-        f"{rounds} rounds, each timing a storm of {calls:,} getaddrinfo(\"localhost\") calls "
+        f'{rounds} rounds, each timing a storm of {calls:,} getaddrinfo("localhost") calls '
         "with nothing attached, with an empty uprobe+uretprobe pair (the floor: two traps and "
         "two empty programs) and with the observer, both attached for the storm's pid only; "
         "the order rotates each round."
     )
-    section.table(["side", "ns per call (median)", "range", "added (median)"], [
-        [side, f"{medians[side]:,.0f}",
-         f"{min(times[side]):,.0f} to {max(times[side]):,.0f}",
-         f"{medians[side] - medians['nothing']:,.0f}"] for side in SIDES])
-    spread = (f"{min(ratios):.2f} to {max(ratios):.2f} over {len(ratios)} rounds"
-              if ratios else "no round with a positive floor")
+    section.table(
+        ["side", "ns per call (median)", "range", "added (median)"],
+        [
+            [
+                side,
+                f"{medians[side]:,.0f}",
+                f"{min(times[side]):,.0f} to {max(times[side]):,.0f}",
+                f"{medians[side] - medians['nothing']:,.0f}",
+            ]
+            for side in SIDES
+        ],
+    )
+    spread = (
+        f"{min(ratios):.2f} to {max(ratios):.2f} over {len(ratios)} rounds"
+        if ratios
+        else "no round with a positive floor"
+    )
     section.text(
         f"Observer / floor of the added time: {overall:.2f} from the medians; per round "
-        f"{spread} (median {median(ratios):.2f})." if ratios else
-        f"Observer / floor of the added time: {overall:.2f} from the medians; {spread}."
+        f"{spread} (median {median(ratios):.2f})."
+        if ratios
+        else f"Observer / floor of the added time: {overall:.2f} from the medians; {spread}."
     )
-    section.goals.append(Goal(
-        "added time per getaddrinfo call, observer / floor", f"<= {GOAL}x", f"{overall:.2f}x",
-        overall <= GOAL,
-        "the observer's two programs take about 900 ns per call (section 8) where the empty "
-        "pair's take a few tens: the rest of the floor is the traps themselves"))
+    section.goals.append(
+        Goal(
+            "added time per getaddrinfo call, observer / floor",
+            f"<= {GOAL}x",
+            f"{overall:.2f}x",
+            overall <= GOAL,
+            "the observer's two programs take about 900 ns per call (section 8) where the empty "
+            "pair's take a few tens: the rest of the floor is the traps themselves",
+        )
+    )
     return section

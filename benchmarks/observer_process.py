@@ -37,13 +37,15 @@ class Metrics:
     def value(self, name: str, **labels: str) -> float:
         """Sum of the samples of that name whose labels include ``labels`` (0 when none)."""
         return sum(
-            s.value for s in self.samples
+            s.value
+            for s in self.samples
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
         )
 
     def pids(self, target: str) -> set[int]:
         return {
-            int(s.labels["pid"]) for s in self.samples
+            int(s.labels["pid"])
+            for s in self.samples
             if s.name == "thread_observer_target_info" and s.labels.get("target") == target
         }
 

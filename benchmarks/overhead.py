@@ -33,21 +33,39 @@ class Benchmark:
 
 
 BENCHMARKS = (
-    Benchmark("getaddrinfo", "`socket.getaddrinfo('localhost', 80)` loop", "calls/s", 0.97,
-              "a uprobe on libc's getaddrinfo entry and a uretprobe on its return: two traps "
-              "into the kernel and two BPF programs per call"),
-    Benchmark("threads", "`threading.Thread` start + join loop", "threads/s", 0.97,
-              "a uprobe on pthread_create plus the task_newtask and sched_process_exit "
-              "programs per thread"),
-    Benchmark("http", "aiohttp GET `http://localhost:PORT/`, new connection per request, "
-              "4 at a time", "requests/s", 0.99,
-              "one getaddrinfo (uprobe and uretprobe) and one executor hand-off per request, "
-              "plus the epoll syscall tracepoints"),
-    Benchmark("bystander", "the same getaddrinfo loop in another process, **not** watched",
-              "calls/s", None,
-              "the observer attaches its uprobes to the libc file for every process (pid -1), "
-              "so a process it does not watch still hits them (their BPF programs return "
-              "after one map lookup); this row shows what that costs such a process"),
+    Benchmark(
+        "getaddrinfo",
+        "`socket.getaddrinfo('localhost', 80)` loop",
+        "calls/s",
+        0.97,
+        "a uprobe on libc's getaddrinfo entry and a uretprobe on its return: two traps "
+        "into the kernel and two BPF programs per call",
+    ),
+    Benchmark(
+        "threads",
+        "`threading.Thread` start + join loop",
+        "threads/s",
+        0.97,
+        "a uprobe on pthread_create plus the task_newtask and sched_process_exit "
+        "programs per thread",
+    ),
+    Benchmark(
+        "http",
+        "aiohttp GET `http://localhost:PORT/`, new connection per request, 4 at a time",
+        "requests/s",
+        0.99,
+        "one getaddrinfo (uprobe and uretprobe) and one executor hand-off per request, "
+        "plus the epoll syscall tracepoints",
+    ),
+    Benchmark(
+        "bystander",
+        "the same getaddrinfo loop in another process, **not** watched",
+        "calls/s",
+        None,
+        "the observer attaches its uprobes to the libc file for every process (pid -1), "
+        "so a process it does not watch still hits them (their BPF programs return "
+        "after one map lookup); this row shows what that costs such a process",
+    ),
 )
 
 
@@ -93,8 +111,9 @@ def _run_all(targets, port, settings, rounds: Rounds, attached: bool) -> None:
     replies = {
         "getaddrinfo": target.call("getaddrinfo", seconds=settings.micro_seconds),
         "threads": target.call("threads", seconds=settings.micro_seconds),
-        "http": target.call("http", seconds=settings.http_seconds, port=port,
-                            concurrency=settings.http_concurrency),
+        "http": target.call(
+            "http", seconds=settings.http_seconds, port=port, concurrency=settings.http_concurrency
+        ),
         "bystander": bystander.call("getaddrinfo", seconds=settings.micro_seconds),
     }
     for key, reply in replies.items():
@@ -103,8 +122,11 @@ def _run_all(targets, port, settings, rounds: Rounds, attached: bool) -> None:
         rounds.samples[(key, attached)].append(
             Sample(reply["ops"] / reply["wall"], reply["ops"] / reply["cpu"])
         )
-    progress = "  ".join(f"{key} {s[-1].rate:,.0f}/s" for (key, side), s in
-                         rounds.samples.items() if side == attached)
+    progress = "  ".join(
+        f"{key} {s[-1].rate:,.0f}/s"
+        for (key, side), s in rounds.samples.items()
+        if side == attached
+    )
     print(f"  {'with' if attached else 'without'}: {progress}", file=sys.stderr, flush=True)
 
 
@@ -141,17 +163,33 @@ def _section(rounds: Rounds, settings: Settings) -> Section:
     rows = []
     for bench in BENCHMARKS:
         outcome = _outcome(rounds, bench.key)
-        rows.append([
-            bench.label, f"{number(outcome.without)} {bench.unit}",
-            f"{number(outcome.with_)} {bench.unit}", f"**{times(median(outcome.ratios))}**",
-            f"{times(min(outcome.ratios))} - {times(max(outcome.ratios))}",
-            times(outcome.cpu_ratio), f"{outcome.added_us:+.2f} µs",
-            "-" if bench.goal is None else f">= {bench.goal}",
-        ])
+        rows.append(
+            [
+                bench.label,
+                f"{number(outcome.without)} {bench.unit}",
+                f"{number(outcome.with_)} {bench.unit}",
+                f"**{times(median(outcome.ratios))}**",
+                f"{times(min(outcome.ratios))} - {times(max(outcome.ratios))}",
+                times(outcome.cpu_ratio),
+                f"{outcome.added_us:+.2f} µs",
+                "-" if bench.goal is None else f">= {bench.goal}",
+            ]
+        )
         if bench.goal is not None:
             section.goals.append(_goal(bench, outcome))
-    section.table(["benchmark", "without", "with", "median ratio", "ratio range",
-                   "per CPU-second", "added per op", "goal"], rows)
+    section.table(
+        [
+            "benchmark",
+            "without",
+            "with",
+            "median ratio",
+            "ratio range",
+            "per CPU-second",
+            "added per op",
+            "goal",
+        ],
+        rows,
+    )
     bystander = next(b for b in BENCHMARKS if b.key == "bystander")
     section.text(f"The last row: {bystander.per_op}.")
     _foreign_note(section, rounds.foreign)
@@ -164,24 +202,34 @@ def _goal(bench: Benchmark, outcome: Outcome) -> Goal:
     why = ""
     if not met:
         # The median of paired ratios and the ratio of median rates can disagree in sign.
-        cost = (f"with the observer each operation took {outcome.added_us:.2f} µs longer "
-                "(from the median rates)" if outcome.added_us > 0 else
-                "the median rates show no added time per operation, while the median of the "
-                "paired rounds' ratios is below the goal")
-        why = (f"{cost} ({bench.per_op}; section 2 splits the probes' cost into the BPF "
-               "programs' own time and the rest).")
+        cost = (
+            f"with the observer each operation took {outcome.added_us:.2f} µs longer "
+            "(from the median rates)"
+            if outcome.added_us > 0
+            else "the median rates show no added time per operation, while the median of the "
+            "paired rounds' ratios is below the goal"
+        )
+        why = (
+            f"{cost} ({bench.per_op}; section 2 splits the probes' cost into the BPF "
+            "programs' own time and the rest)."
+        )
         if min(outcome.ratios) <= 1.0 <= max(outcome.ratios) or max(outcome.ratios) >= bench.goal:
-            why += (f" The round ratios spread from {min(outcome.ratios):.3f} to "
-                    f"{max(outcome.ratios):.3f}, so part of the shortfall may be noise.")
-    return Goal(f"overhead: {bench.key} (with/without)", f">= {bench.goal}",
-                times(middle), met, why)
+            why += (
+                f" The round ratios spread from {min(outcome.ratios):.3f} to "
+                f"{max(outcome.ratios):.3f}, so part of the shortfall may be noise."
+            )
+    return Goal(
+        f"overhead: {bench.key} (with/without)", f">= {bench.goal}", times(middle), met, why
+    )
 
 
 def _foreign_note(section: Section, foreign: list[dict[str, int]]) -> None:
     busy = [kinds for kinds in foreign if kinds]
     if not busy:
-        section.text("No other process had BPF programs attached through perf events (uprobes, "
-                     "tracepoints) during any *without* run: the baseline was clean.")
+        section.text(
+            "No other process had BPF programs attached through perf events (uprobes, "
+            "tracepoints) during any *without* run: the baseline was clean."
+        )
         return
     kinds = sorted({kind for found in busy for kind in found})
     section.text(

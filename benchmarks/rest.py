@@ -26,8 +26,10 @@ SCRAPE_P99_GOAL = 20.0  # ms
 
 def at_rest(children: Children, count: int) -> dict[str, float]:
     tag = uuid.uuid4().hex[:8]
-    targets = [children.spawn([sys.executable, "-S", "-c", "import time; time.sleep(3600)",
-                               f"rest{tag}"]) for _ in range(count)]
+    targets = [
+        children.spawn([sys.executable, "-S", "-c", "import time; time.sleep(3600)", f"rest{tag}"])
+        for _ in range(count)
+    ]
     try:
         observer = Observer(children, ["--target", f"rest=python.*rest{tag}"])
         with observer:
@@ -35,8 +37,9 @@ def at_rest(children: Children, count: int) -> dict[str, float]:
             deadline = time.monotonic() + 300
             while observer.health()["processes"] < count:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"only {observer.health()['processes']} of {count} "
-                                       "targets attached")
+                    raise RuntimeError(
+                        f"only {observer.health()['processes']} of {count} targets attached"
+                    )
                 time.sleep(0.5)
             time.sleep(3)  # the sites' first reads are done
             cpu, started = observer.cpu_seconds(), time.monotonic()
@@ -49,10 +52,13 @@ def at_rest(children: Children, count: int) -> dict[str, float]:
                 durations.append(time.monotonic() - begun)
             spent = observer.cpu_seconds() - cpu - quiet * (time.monotonic() - started)
             durations.sort()
-            return {"quiet": 100 * quiet, "scrape_cpu": 1000 * spent / SCRAPES,
-                    "p50": 1000 * durations[SCRAPES // 2],
-                    "p99": 1000 * durations[int(SCRAPES * 0.99) - 1],
-                    "rss": observer.memory_mib().get("rss", 0.0)}
+            return {
+                "quiet": 100 * quiet,
+                "scrape_cpu": 1000 * spent / SCRAPES,
+                "p50": 1000 * durations[SCRAPES // 2],
+                "p99": 1000 * durations[int(SCRAPES * 0.99) - 1],
+                "rss": observer.memory_mib().get("rss", 0.0),
+            }
     finally:
         for target in targets:
             children.end(target, grace=1.0)
@@ -65,22 +71,51 @@ def measure(children: Children, settings: Settings) -> Section:
         f"Idle Python processes matched by one `--target`; the observer's CPU over "
         f"{QUIET_SECONDS:.0f} s without scrapes, then {SCRAPES} sequential scrapes."
     )
-    section.table(["targets", "CPU at rest (% of one CPU)", "CPU per scrape", "scrape p50",
-                   "scrape p99", "RSS"], [
-        [f"{count:,}", f"{f['quiet']:.2f}", f"{f['scrape_cpu']:.1f} ms", f"{f['p50']:.1f} ms",
-         f"{f['p99']:.1f} ms", f"{f['rss']:.0f} MiB"] for count, f in figures.items()])
+    section.table(
+        [
+            "targets",
+            "CPU at rest (% of one CPU)",
+            "CPU per scrape",
+            "scrape p50",
+            "scrape p99",
+            "RSS",
+        ],
+        [
+            [
+                f"{count:,}",
+                f"{f['quiet']:.2f}",
+                f"{f['scrape_cpu']:.1f} ms",
+                f"{f['p50']:.1f} ms",
+                f"{f['p99']:.1f} ms",
+                f"{f['rss']:.0f} MiB",
+            ]
+            for count, f in figures.items()
+        ],
+    )
     hundred = figures[100]
     section.goals += [
-        Goal("at rest next to 100 idle targets", f"<= {REST_GOAL} % of one CPU",
-             f"{hundred['quiet']:.2f} %", hundred["quiet"] <= REST_GOAL,
-             "every --interval (0.25 s) the poll reads the watched set and the exec reports; "
-             "once a second every map is walked key by key (a syscall a key) to sweep counters "
-             "and count entries"),
-        Goal("CPU per scrape at 100 targets", f"<= {SCRAPE_CPU_GOAL:.0f} ms",
-             f"{hundred['scrape_cpu']:.1f} ms", hundred["scrape_cpu"] <= SCRAPE_CPU_GOAL,
-             "each scrape reads every counter map and each process's live threads from /proc"),
-        Goal("scrape p99 at 100 targets", f"<= {SCRAPE_P99_GOAL:.0f} ms",
-             f"{hundred['p99']:.1f} ms", hundred["p99"] <= SCRAPE_P99_GOAL,
-             "the p99 follows the machine's other load (2 shared cores)"),
+        Goal(
+            "at rest next to 100 idle targets",
+            f"<= {REST_GOAL} % of one CPU",
+            f"{hundred['quiet']:.2f} %",
+            hundred["quiet"] <= REST_GOAL,
+            "every --interval (0.25 s) the poll reads the watched set and the exec reports; "
+            "once a second every map is walked key by key (a syscall a key) to sweep counters "
+            "and count entries",
+        ),
+        Goal(
+            "CPU per scrape at 100 targets",
+            f"<= {SCRAPE_CPU_GOAL:.0f} ms",
+            f"{hundred['scrape_cpu']:.1f} ms",
+            hundred["scrape_cpu"] <= SCRAPE_CPU_GOAL,
+            "each scrape reads every counter map and each process's live threads from /proc",
+        ),
+        Goal(
+            "scrape p99 at 100 targets",
+            f"<= {SCRAPE_P99_GOAL:.0f} ms",
+            f"{hundred['p99']:.1f} ms",
+            hundred["p99"] <= SCRAPE_P99_GOAL,
+            "the p99 follows the machine's other load (2 shared cores)",
+        ),
     ]
     return section

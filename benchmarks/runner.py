@@ -57,13 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks",
         description="Measure what thread-observer costs, how exact it is and how far it "
         "scales, side by side in one run, and write BENCHMARKS.md.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="a shorter run (about 3 minutes)")
-    parser.add_argument("--only", action="append", choices=list(SECTIONS), default=[],
-                        help="run only this section (repeatable)")
-    parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md",
-                        help="where to write the report (default %(default)s)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=list(SECTIONS),
+        default=[],
+        help="run only this section (repeatable)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=REPO / "BENCHMARKS.md",
+        help="where to write the report (default %(default)s)",
+    )
     return parser
 
 
@@ -91,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 def kept_soak_section(path: Path) -> str:
     """The soak run's section (``python -m benchmarks.soak``), which this run does not redo."""
     try:
-        found = re.search(re.escape(soak.BEGIN) + ".*?" + re.escape(soak.END), path.read_text(),
-                          flags=re.S)
+        found = re.search(
+            re.escape(soak.BEGIN) + ".*?" + re.escape(soak.END), path.read_text(), flags=re.S
+        )
     except OSError:
         return ""
     return f"\n{found[0]}\n" if found else ""
@@ -120,8 +131,11 @@ def run_section(name: str, children: Children, settings: Settings) -> Section:
     finally:
         children.close()  # whatever the section left running ends here
     section.lines.append(f"_Section time: {time.monotonic() - started:.0f} s._")
-    print(f"benchmarks: {name} done in {time.monotonic() - started:.0f} s",
-          file=sys.stderr, flush=True)
+    print(
+        f"benchmarks: {name} done in {time.monotonic() - started:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
     return section
 
 
@@ -133,7 +147,8 @@ def _preamble(settings: Settings, elapsed: float, before, load_before: str) -> l
         f"(`make bench`): the {settings.name} run, every figure below measured in this one "
         f"run of {elapsed / 60:.1f} minutes, side by side.",
         "",
-        "| machine | |", "|---|---|",
+        "| machine | |",
+        "|---|---|",
         *[f"| {key} | {value} |" for key, value in describe()],
         f"| load average (1/5/15 min) | {load_before} before, {load_average()} after |",
         f"| machine CPU busy during the run | {100 * (after.busy - before.busy) / total:.0f} % "

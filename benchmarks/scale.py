@@ -29,8 +29,17 @@ MAP_PREFIXES = ("watched_tgids", "threads_created", "threads_exited", "getaddrin
 
 
 def _target_command(marker: str, role: str, index: int) -> list[str]:
-    return [PYTHON, "-m", "benchmarks.scale_target", "--run", marker, f"--{role}", str(index),
-            "--period", str(MEMBER_PERIOD)]
+    return [
+        PYTHON,
+        "-m",
+        "benchmarks.scale_target",
+        "--run",
+        marker,
+        f"--{role}",
+        str(index),
+        "--period",
+        str(MEMBER_PERIOD),
+    ]
 
 
 def _regex(marker: str, role: str, index: int | None = None) -> str:
@@ -59,15 +68,24 @@ class Attach:
 def _attach_one(children: Children, observer: Observer, marker: str, index: int) -> Attach:
     before = observer.health()["processes"]
     launched = time.monotonic()
-    newcomer = children.spawn(_target_command(marker, "newcomer", index),
-                              stdout=subprocess.PIPE, text=True)
+    newcomer = children.spawn(
+        _target_command(marker, "newcomer", index), stdout=subprocess.PIPE, text=True
+    )
     try:
         _wait(lambda: observer.health()["processes"] > before, 30, "the newcomer's attach")
         attached = time.monotonic()
         first_thread = json.loads(newcomer.stdout.readline())["first_thread"]
-        _wait(lambda: observer.scrape().value("thread_observer_threads_created_total",
-                                              target=f"newcomer{index}") >= 1,
-              30, "the newcomer's first thread", step=0)
+        _wait(
+            lambda: (
+                observer.scrape().value(
+                    "thread_observer_threads_created_total", target=f"newcomer{index}"
+                )
+                >= 1
+            ),
+            30,
+            "the newcomer's first thread",
+            step=0,
+        )
         counted = time.monotonic()
     finally:
         children.end(newcomer)
@@ -94,8 +112,9 @@ def measure(children: Children, settings: Settings) -> Section:
     marker = f"bench{os.getpid()}x{int(time.time())}"
     for index in range(settings.scale_processes):
         children.spawn(_target_command(marker, "member", index))
-    newcomers = [f"newcomer{k}={_regex(marker, 'newcomer', k)}"
-                 for k in range(settings.attach_samples)]
+    newcomers = [
+        f"newcomer{k}={_regex(marker, 'newcomer', k)}" for k in range(settings.attach_samples)
+    ]
     args = ["--target", f"scale={_regex(marker, 'member')}"]
     for newcomer in newcomers:
         args += ["--target", newcomer]
@@ -108,8 +127,17 @@ def measure(children: Children, settings: Settings) -> Section:
 def _anatomy(children: Children, marker: str, count: int) -> dict[str, float | None] | None:
     """The scrape path timed piece by piece (benchmarks.scrape_anatomy), None if it failed."""
     child = children.spawn(
-        [PYTHON, "-m", "benchmarks.scrape_anatomy", "--target", f"scale={_regex(marker, 'member')}",
-         "--processes", str(count)], stdout=subprocess.PIPE, text=True,
+        [
+            PYTHON,
+            "-m",
+            "benchmarks.scrape_anatomy",
+            "--target",
+            f"scale={_regex(marker, 'member')}",
+            "--processes",
+            str(count),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         out, _ = child.communicate(timeout=180)
@@ -134,9 +162,14 @@ def _measure(children: Children, observer: Observer, marker: str, settings: Sett
     if metrics.value("thread_observer_processes", target="scale") != count:
         raise RuntimeError("the observer lost some of the scale processes")
     return Scale(
-        count, ready, all_attached, idle_cpu, scrapes,
+        count,
+        ready,
+        all_attached,
+        idle_cpu,
+        scrapes,
         max(scrape_cpu - idle_cpu * sum(scrapes), 0) / len(scrapes),
-        metrics.value("thread_observer_scrape_duration_seconds"), observer.memory_mib(),
+        metrics.value("thread_observer_scrape_duration_seconds"),
+        observer.memory_mib(),
         bpftool.maps_of(observer.pid, MAP_PREFIXES),
         [_attach_one(children, observer, marker, k) for k in range(settings.attach_samples)],
     )
@@ -168,31 +201,52 @@ def _section(scale: Scale, settings: Settings) -> Section:
     p50, p99 = percentile(scale.scrapes, 0.50), percentile(scale.scrapes, 0.99)
     attached = [a.to_attached for a in scale.attaches]
     counted = [a.to_counted for a in scale.attaches]
-    section.table(["measure", "value"], [
-        ["observer launch to /healthz", seconds(scale.ready)],
-        [f"observer launch to all {scale.processes} attached", seconds(scale.all_attached)],
-        ["new process: exec to attached (median / max)",
-         f"{seconds(median(attached))} / **{seconds(max(attached))}**"],
-        ["new process: exec to first thread counted (median / max)",
-         f"{seconds(median(counted))} / **{seconds(max(counted))}**"],
-        ["new process: first thread created to counted (median)",
-         seconds(median([a.thread_to_counted for a in scale.attaches]))],
-        [f"/metrics scrape, {len(scale.scrapes)} sequential (p50 / p99 / max)",
-         f"{seconds(p50)} / **{seconds(p99)}** / {seconds(max(scale.scrapes))}"],
-        ["observer's own `scrape_duration_seconds` (last scrape)", seconds(scale.self_reported)],
-        ["observer CPU per scrape (beyond idle)", seconds(scale.scrape_cpu)],
-        ["observer CPU when idle (no scrapes)", f"{100 * scale.idle_cpu:.1f} % of one CPU"],
-        ["observer RSS now / peak", f"{scale.memory.get('rss', 0):.0f} / "
-                                    f"{scale.memory.get('peak', 0):.0f} MiB"],
-    ])
+    section.table(
+        ["measure", "value"],
+        [
+            ["observer launch to /healthz", seconds(scale.ready)],
+            [f"observer launch to all {scale.processes} attached", seconds(scale.all_attached)],
+            [
+                "new process: exec to attached (median / max)",
+                f"{seconds(median(attached))} / **{seconds(max(attached))}**",
+            ],
+            [
+                "new process: exec to first thread counted (median / max)",
+                f"{seconds(median(counted))} / **{seconds(max(counted))}**",
+            ],
+            [
+                "new process: first thread created to counted (median)",
+                seconds(median([a.thread_to_counted for a in scale.attaches])),
+            ],
+            [
+                f"/metrics scrape, {len(scale.scrapes)} sequential (p50 / p99 / max)",
+                f"{seconds(p50)} / **{seconds(p99)}** / {seconds(max(scale.scrapes))}",
+            ],
+            [
+                "observer's own `scrape_duration_seconds` (last scrape)",
+                seconds(scale.self_reported),
+            ],
+            ["observer CPU per scrape (beyond idle)", seconds(scale.scrape_cpu)],
+            ["observer CPU when idle (no scrapes)", f"{100 * scale.idle_cpu:.1f} % of one CPU"],
+            [
+                "observer RSS now / peak",
+                f"{scale.memory.get('rss', 0):.0f} / {scale.memory.get('peak', 0):.0f} MiB",
+            ],
+        ],
+    )
     _anatomy_table(section, scale)
-    section.text("Kernel maps of the observer (`bpftool map dump`; the kernel keeps 15 "
-                 "characters of a name, so both `getaddrinfo_duration_*` maps show as "
-                 "`getaddrinfo_dur`):")
-    section.table(["map", "type", "key bytes", "entries", "max entries"], [
-        [f"`{m.name}`", m.kind, str(m.key_bytes), f"{m.entries:,}", f"{m.max_entries:,}"]
-        for m in scale.maps
-    ])
+    section.text(
+        "Kernel maps of the observer (`bpftool map dump`; the kernel keeps 15 "
+        "characters of a name, so both `getaddrinfo_duration_*` maps show as "
+        "`getaddrinfo_dur`):"
+    )
+    section.table(
+        ["map", "type", "key bytes", "entries", "max entries"],
+        [
+            [f"`{m.name}`", m.kind, str(m.key_bytes), f"{m.entries:,}", f"{m.max_entries:,}"]
+            for m in scale.maps
+        ],
+    )
     section.goals += [
         _goal("scale: /metrics scrape p99", SCRAPE_GOAL, p99, _scrape_why(scale)),
         _goal("scale: exec to attached (max)", ATTACH_GOAL, max(attached)),
@@ -202,8 +256,13 @@ def _section(scale: Scale, settings: Settings) -> Section:
 
 
 def _goal(what: str, limit: float, value: float, why: str = "") -> Goal:
-    return Goal(what, f"< {seconds(limit)}", seconds(value), value < limit,
-                "" if value < limit else why or "see the scale section.")
+    return Goal(
+        what,
+        f"< {seconds(limit)}",
+        seconds(value),
+        value < limit,
+        "" if value < limit else why or "see the scale section.",
+    )
 
 
 ANATOMY_ROWS = (
@@ -212,8 +271,10 @@ ANATOMY_ROWS = (
     ("counter_maps_items", "reading the counter maps with bcc `items()` (two bpf() calls a key)"),
     ("counter_maps_batch", "the same maps with bcc `items_lookup_batch()`"),
     ("map_entries", "`map_entries()`: every map walked again for the entry-count metric"),
-    ("threads_status", "live threads of each process, as the observer reads them "
-                       "(`daemon.live_threads`)"),
+    (
+        "threads_status",
+        "live threads of each process, as the observer reads them (`daemon.live_threads`)",
+    ),
     ("threads_stat", "the same from `/proc/PID/stat` (field 20)"),
 )
 
@@ -231,14 +292,18 @@ def _anatomy_table(section: Section, scale: Scale) -> None:
         "as the CLI builds it, in one process (`benchmarks.scrape_anatomy`), each piece timed "
         "over 20 calls, next to a cheaper way to read the same data:"
     )
-    section.table(["piece", "per scrape"],
-                  [[label, _ms(scale.anatomy.get(key))] for key, label in ANATOMY_ROWS])
+    section.table(
+        ["piece", "per scrape"],
+        [[label, _ms(scale.anatomy.get(key))] for key, label in ANATOMY_ROWS],
+    )
 
 
 def _scrape_why(scale: Scale) -> str:
-    why = (f"each scrape costs the observer {seconds(scale.scrape_cpu)} of CPU at "
-           f"{scale.processes} processes, and on 2 shared cores the slowest scrapes also wait "
-           "for a CPU.")
+    why = (
+        f"each scrape costs the observer {seconds(scale.scrape_cpu)} of CPU at "
+        f"{scale.processes} processes, and on 2 shared cores the slowest scrapes also wait "
+        "for a CPU."
+    )
     part = scale.anatomy or {}
     if part.get("counter_maps_items") is not None and part.get("scrape") is not None:
         why += (

@@ -52,7 +52,8 @@ def anatomy(observer) -> dict[str, float | None]:
         "snapshot": per_call_ms(observer.snapshot),
         "counter_maps_items": per_call_ms(lambda: [list(tables[n].items()) for n in counters]),
         "counter_maps_batch": per_call_ms(
-            lambda: [list(tables[n].items_lookup_batch()) for n in counters]),
+            lambda: [list(tables[n].items_lookup_batch()) for n in counters]
+        ),
         "map_entries": per_call_ms(observer.probes.map_entries),
         "threads_status": per_call_ms(lambda: [observers.live_threads(pid) for pid in pids]),
         "threads_stat": per_call_ms(lambda: [threads_from_stat(pid) for pid in pids]),
@@ -68,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     from observer.cli import build_parser
     from observer.startup import make_observer
 
-    observer = make_observer(build_parser().parse_args(
-        ["run", "--target", args.target, "--log-level", "warning"]))
+    observer = make_observer(
+        build_parser().parse_args(["run", "--target", args.target, "--log-level", "warning"])
+    )
     try:
         if len(observer.procs) < args.processes:
             raise SystemExit(f"attached {len(observer.procs)} of {args.processes} processes")

@@ -30,7 +30,10 @@ TAG = "soak-target"
 
 # Threads and lookups at a steady pace until a line on stdin, then the counts as JSON; it
 # lives on (to be scraped) until stdin closes.
-LONG_LIVED = "# " + TAG + """
+LONG_LIVED = (
+    "# "
+    + TAG
+    + """
 import json, socket, sys, threading, time, select
 threads = calls = 0
 while not select.select([sys.stdin], [], [], 0.02)[0]:
@@ -40,13 +43,18 @@ sys.stdin.readline()
 print(json.dumps({"threads": threads, "calls": calls}), flush=True)
 sys.stdin.read()
 """
-SHORT_LIVED = "# " + TAG + """
+)
+SHORT_LIVED = (
+    "# "
+    + TAG
+    + """
 import socket, threading, time
 for _ in range(3):
     t = threading.Thread(target=lambda: None); t.start(); t.join()
     socket.getaddrinfo("localhost", 80)
 time.sleep(1.5)
 """
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,9 +73,21 @@ def soak(seconds: float, sample_every: float) -> dict:
     port = free_port()
     with tempfile.TemporaryFile() as log:
         observer = subprocess.Popen(
-            [sys.executable, "-m", "observer", "run", "--listen", f"127.0.0.1:{port}",
-             "--label-pid", "--target", f"soak=-c # {TAG}"], stdout=log, stderr=log,
-            cwd=REPO)
+            [
+                sys.executable,
+                "-m",
+                "observer",
+                "run",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--label-pid",
+                "--target",
+                f"soak=-c # {TAG}",
+            ],
+            stdout=log,
+            stderr=log,
+            cwd=REPO,
+        )
         url = f"http://127.0.0.1:{port}/metrics"
         try:
             wait_for(url)
@@ -78,15 +98,15 @@ def soak(seconds: float, sample_every: float) -> dict:
 
 
 def drive(observer_pid: int, url: str, seconds: float, sample_every: float) -> dict:
-    long_lived = subprocess.Popen([sys.executable, "-c", LONG_LIVED],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    long_lived = subprocess.Popen(
+        [sys.executable, "-c", LONG_LIVED], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     samples, short_lived = [], []
     started = time.monotonic()
     next_sample = started
     try:
         while time.monotonic() - started < seconds:
-            short_lived.append(subprocess.Popen(
-                [sys.executable, "-c", SHORT_LIVED]))
+            short_lived.append(subprocess.Popen([sys.executable, "-c", SHORT_LIVED]))
             short_lived = [p for p in short_lived if p.poll() is None]
             if time.monotonic() >= next_sample:
                 samples.append(sample(observer_pid, url, time.monotonic() - started))
@@ -124,11 +144,19 @@ def summarize(samples: list[dict], truth: dict, metrics: dict, seconds: float) -
 
 def sample(observer_pid: int, url: str, elapsed: float) -> dict:
     text = urllib.request.urlopen(url, timeout=10).read().decode()
-    entries = {s.labels["map"]: s.value for f in text_string_to_metric_families(text)
-               for s in f.samples if s.name == "thread_observer_bpf_map_entries"}
-    return {"elapsed": round(elapsed), "rss_kib": rss_kib(observer_pid, "VmRSS"),
-            "anon_kib": rss_kib(observer_pid, "RssAnon"),
-            "map_entries": int(sum(entries.values())), "watched": int(entries["watched_tgids"])}
+    entries = {
+        s.labels["map"]: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "thread_observer_bpf_map_entries"
+    }
+    return {
+        "elapsed": round(elapsed),
+        "rss_kib": rss_kib(observer_pid, "VmRSS"),
+        "anon_kib": rss_kib(observer_pid, "RssAnon"),
+        "map_entries": int(sum(entries.values())),
+        "watched": int(entries["watched_tgids"]),
+    }
 
 
 def scrape(url: str, pid: int) -> dict:
@@ -165,8 +193,11 @@ def render(result: dict) -> str:
         "| elapsed (s) | observer RSS (MiB) | of which anonymous (MiB) | BPF map entries "
         "| watched processes |",
         "|---|---|---|---|---|",
-        *(f"| {s['elapsed']} | {s['rss_kib'] / 1024:.1f} | {s['anon_kib'] / 1024:.1f} | "
-          f"{s['map_entries']} | {s['watched']} |" for s in samples),
+        *(
+            f"| {s['elapsed']} | {s['rss_kib'] / 1024:.1f} | {s['anon_kib'] / 1024:.1f} | "
+            f"{s['map_entries']} | {s['watched']} |"
+            for s in samples
+        ),
         "",
         f"RSS from the second sample to the last: {rss[1] / 1024:.1f} -> {rss[-1] / 1024:.1f} MiB "
         f"({(rss[-1] - rss[1]) / max(rss[1], 1):+.1%}), between {min(rss[1:]) / 1024:.1f} and "
@@ -184,8 +215,9 @@ def render(result: dict) -> str:
 def write_section(path: Path, section: str) -> None:
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text,
-                      flags=re.S)
+        text = re.sub(
+            re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S
+        )
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)

@@ -35,8 +35,9 @@ def _first_event(observer: Observer) -> float:
     deadline = time.monotonic() + FIRST_EVENT_TIMEOUT
     while time.monotonic() < deadline:
         metrics = observer.scrape()
-        if (metrics.value("thread_observer_getaddrinfo_calls_total")
-                or metrics.value("thread_observer_threads_created_total")):
+        if metrics.value("thread_observer_getaddrinfo_calls_total") or metrics.value(
+            "thread_observer_threads_created_total"
+        ):
             return time.monotonic() - observer.launched
     raise RuntimeError(f"no event counted within {FIRST_EVENT_TIMEOUT:.0f} s")
 
@@ -57,8 +58,11 @@ def measure(children: Children, settings: Settings) -> Section:
         "`--pid`": ["--pid", f"startup={target.pid}"],
         "`--target`": ["--target", rf"startup=benchmarks\.target --label {label}$"],
     }
-    launches = [_launch(children, mode, args)
-                for _ in range(settings.startup_samples) for mode, args in modes.items()]
+    launches = [
+        _launch(children, mode, args)
+        for _ in range(settings.startup_samples)
+        for mode, args in modes.items()
+    ]
     return _section(launches, list(modes))
 
 
@@ -74,15 +78,27 @@ def _section(launches: list[Launch], modes: list[str]) -> Section:
     rows = []
     for mode in modes:
         mine = [launch for launch in launches if launch.mode == mode]
-        rows.append([
-            mode, str(len(mine)),
-            f"{seconds(median([m.ready for m in mine]))} / {seconds(max(m.ready for m in mine))}",
-            f"{seconds(median([m.first_event for m in mine]))} / "
-            f"{seconds(max(m.first_event for m in mine))}",
-            seconds(median([m.cpu_at_ready for m in mine])),
-            f"{max(m.peak_mib for m in mine):.0f} MiB",
-        ])
-    section.table(["mode", "launches", "to /healthz (median / max)",
-                   "to first event counted (median / max)", "CPU used by /healthz",
-                   "peak RSS"], rows)
+        rows.append(
+            [
+                mode,
+                str(len(mine)),
+                f"{seconds(median([m.ready for m in mine]))} / "
+                f"{seconds(max(m.ready for m in mine))}",
+                f"{seconds(median([m.first_event for m in mine]))} / "
+                f"{seconds(max(m.first_event for m in mine))}",
+                seconds(median([m.cpu_at_ready for m in mine])),
+                f"{max(m.peak_mib for m in mine):.0f} MiB",
+            ]
+        )
+    section.table(
+        [
+            "mode",
+            "launches",
+            "to /healthz (median / max)",
+            "to first event counted (median / max)",
+            "CPU used by /healthz",
+            "peak RSS",
+        ],
+        rows,
+    )
     return section

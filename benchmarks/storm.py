@@ -38,8 +38,12 @@ LOST = re.compile(r"[Ll]ost (\d+) samples")
 
 def build(folder: Path) -> Path:
     binary = folder / "storm"
-    subprocess.run(["gcc", "-O2", "-Wall", "-pthread", "-o", str(binary), str(SOURCE)],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-pthread", "-o", str(binary), str(SOURCE)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return binary
 
 
@@ -107,8 +111,9 @@ class ObserverWatcher(Watcher):
 
 
 class BccToolWatcher(Watcher):
-    def __init__(self, name: str, handles: tuple[str, ...], attach_points: int,
-                 per_pid: bool) -> None:
+    def __init__(
+        self, name: str, handles: tuple[str, ...], attach_points: int, per_pid: bool
+    ) -> None:
         self.name, self.handles = name, handles
         self.attach_points, self.per_pid = attach_points, per_pid
 
@@ -149,7 +154,9 @@ def watched_storm(children: Children, binary: Path, watcher: Watcher, settings: 
     """A storm process, ready and waiting, with the watcher started on it; both ended after."""
     storm = children.spawn(
         [str(binary), str(settings.storm_calls), str(settings.storm_threads), "1", "1"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         storm_pid = json.loads(storm.stdout.readline())["pid"]
@@ -176,8 +183,13 @@ def _storm(storm: subprocess.Popen, watcher: Watcher) -> Run:
     if not line:
         raise RuntimeError(f"the storm exited with status {storm.wait()}")
     done = json.loads(line)
-    counts = StormCounts(done["getaddrinfo_calls"], done["getaddrinfo_seconds"],
-                         done["threads_created"], done["threads_seconds"], done["failures"])
+    counts = StormCounts(
+        done["getaddrinfo_calls"],
+        done["getaddrinfo_seconds"],
+        done["threads_created"],
+        done["threads_seconds"],
+        done["failures"],
+    )
     run = Run(watcher.name, counts, cpu_seconds(storm.pid))
     watcher.finish(run)
     if watcher.pid:
@@ -225,8 +237,10 @@ def profiled_run(children: Children, binary: Path, settings: Settings) -> Run:
         before = _program_stats(watcher.pid)
         run = _storm(storm, watcher)
         after = _program_stats(watcher.pid)
-    run.programs = {name: (runs - before.get(name, (0, 0))[0], ns - before.get(name, (0, 0))[1])
-                    for name, (runs, ns) in after.items()}
+    run.programs = {
+        name: (runs - before.get(name, (0, 0))[0], ns - before.get(name, (0, 0))[1])
+        for name, (runs, ns) in after.items()
+    }
     return run
 
 
@@ -263,9 +277,12 @@ def _summary(name: str, runs: list[Run], handles: tuple[str, ...]) -> ToolSummar
     handled = [sum(getattr(r.storm, kind) for kind in handles) for r in mine]
     cpu = [r.tool_cpu or 0.0 for r in mine]
     return ToolSummary(
-        name, int(median(handled)) if handles else 0, median(cpu),
+        name,
+        int(median(handled)) if handles else 0,
+        median(cpu),
         median([ratio(c, h) * 1e6 for c, h in zip(cpu, handled, strict=True)])
-        if handles else float("nan"),
+        if handles
+        else float("nan"),
         max((r.memory.get("peak", 0) for r in mine), default=0),
         median([r.memory.get("rss", 0) for r in mine]),
         max(r.lost for r in mine),
@@ -281,7 +298,7 @@ def _section(runs: list[Run], profiled: Run, settings: Settings) -> Section:
     summaries = {name: _summary(name, runs, w.handles) for name, w in tools.items()}
     base = summaries["none"]
     section.text(
-        f"Storm: {settings.storm_calls:,} `getaddrinfo(\"localhost\")` calls on one thread and "
+        f'Storm: {settings.storm_calls:,} `getaddrinfo("localhost")` calls on one thread and '
         f"{settings.storm_threads:,} `pthread_create`+`pthread_join` pairs on another, in one C "
         f"process; {settings.storm_repeats} run(s) per tool, tools in rotating order, medians. "
         "*CPU per million* counts the events the tool handles (both kinds for the observer). "
@@ -290,17 +307,31 @@ def _section(runs: list[Run], profiled: Run, settings: Settings) -> Section:
     rows = []
     for s in summaries.values():
         added = _added_per_event(s, base, settings)
-        rows.append([
-            s.name, f"{number(s.call_rate)} / {number(s.thread_rate)}",
-            "-" if s.name == "none" else f"{s.cpu:.2f} s",
-            "-" if s.name == "none" else f"**{s.per_million:.3f} s**",
-            "-" if s.name == "none" else f"{s.peak_mib:.0f} / {s.rss_mib:.0f} MiB",
-            f"{s.storm_cpu:.2f} s", "-" if s.name == "none" else f"{added:+.2f} µs",
-            "-" if s.name == "none" or not s.lost else f"{s.lost:,}",
-        ])
-    section.table(["tool", "storm rate (calls/s / threads/s)", "tool CPU", "CPU per million",
-                   "peak / final RSS", "storm CPU", "storm CPU added per event", "lost events"],
-                  rows)
+        rows.append(
+            [
+                s.name,
+                f"{number(s.call_rate)} / {number(s.thread_rate)}",
+                "-" if s.name == "none" else f"{s.cpu:.2f} s",
+                "-" if s.name == "none" else f"**{s.per_million:.3f} s**",
+                "-" if s.name == "none" else f"{s.peak_mib:.0f} / {s.rss_mib:.0f} MiB",
+                f"{s.storm_cpu:.2f} s",
+                "-" if s.name == "none" else f"{added:+.2f} µs",
+                "-" if s.name == "none" or not s.lost else f"{s.lost:,}",
+            ]
+        )
+    section.table(
+        [
+            "tool",
+            "storm rate (calls/s / threads/s)",
+            "tool CPU",
+            "CPU per million",
+            "peak / final RSS",
+            "storm CPU",
+            "storm CPU added per event",
+            "lost events",
+        ],
+        rows,
+    )
     _ratios(section, summaries)
     _exactness(section, runs)
     _rates(section, summaries["thread-observer"])
@@ -318,27 +349,43 @@ def _ratios(section: Section, summaries: dict[str, ToolSummary]) -> None:
     host, snoop = summaries["gethostlatency-bpfcc"], summaries["threadsnoop-bpfcc"]
     both = ratio(host.cpu + snoop.cpu, host.handled + snoop.handled) * 1e6
     lines = []
-    for name, per_million in ((host.name, host.per_million), (snoop.name, snoop.per_million),
-                              ("both bcc tools (one storm each)", both)):
+    for name, per_million in (
+        (host.name, host.per_million),
+        (snoop.name, snoop.per_million),
+        ("both bcc tools (one storm each)", both),
+    ):
         factor = ratio(per_million, ours.per_million)
-        lines.append(f"- {name}: {per_million:.3f} s per million events, "
-                     f"**{factor:.0f} times** the observer's {ours.per_million:.3f} s")
-        section.goals.append(Goal(
-            f"storm: observer CPU per event vs {name}", f">= {GOAL_FACTOR}x less",
-            f"{factor:.0f}x less", factor >= GOAL_FACTOR,
-            "" if factor >= GOAL_FACTOR else
-            f"the observer used {ours.per_million:.3f} CPU s per million events "
-            f"({ours.cpu:.2f} s a run), against {per_million:.3f} s.",
-        ))
-    section.lines += ["CPU per million events, per-event tools against the observer:", "",
-                      *lines, ""]
+        lines.append(
+            f"- {name}: {per_million:.3f} s per million events, "
+            f"**{factor:.0f} times** the observer's {ours.per_million:.3f} s"
+        )
+        section.goals.append(
+            Goal(
+                f"storm: observer CPU per event vs {name}",
+                f">= {GOAL_FACTOR}x less",
+                f"{factor:.0f}x less",
+                factor >= GOAL_FACTOR,
+                ""
+                if factor >= GOAL_FACTOR
+                else f"the observer used {ours.per_million:.3f} CPU s per million events "
+                f"({ours.cpu:.2f} s a run), against {per_million:.3f} s.",
+            )
+        )
+    section.lines += [
+        "CPU per million events, per-event tools against the observer:",
+        "",
+        *lines,
+        "",
+    ]
 
 
 def _exactness(section: Section, runs: list[Run]) -> None:
     ours = [r for r in runs if r.observed is not None]
     exact = all(r.observed == (r.storm.calls, r.storm.threads) for r in ours)
-    worst = max(ours, key=lambda r: abs(r.observed[0] - r.storm.calls)
-                + abs(r.observed[1] - r.storm.threads))
+    worst = max(
+        ours,
+        key=lambda r: abs(r.observed[0] - r.storm.calls) + abs(r.observed[1] - r.storm.threads),
+    )
     section.text(
         f"Counts: in {len(ours)} observer run(s) the observer counted "
         f"{worst.observed[0]:,} getaddrinfo calls and {worst.observed[1]:,} threads created "
@@ -347,12 +394,23 @@ def _exactness(section: Section, runs: list[Run]) -> None:
         "two workers). The per-event tools' *lost events* are what bcc reported as lost "
         "from its perf buffers."
     )
-    measured = "exact" if exact else (
-        f"{worst.observed[0]:,}/{worst.storm.calls:,} calls, "
-        f"{worst.observed[1]:,}/{worst.storm.threads:,} threads")
-    section.goals.append(Goal("storm: exact counts", "observer = storm's own counts",
-                              measured, exact,
-                              "" if exact else "see the counts under the storm section."))
+    measured = (
+        "exact"
+        if exact
+        else (
+            f"{worst.observed[0]:,}/{worst.storm.calls:,} calls, "
+            f"{worst.observed[1]:,}/{worst.storm.threads:,} threads"
+        )
+    )
+    section.goals.append(
+        Goal(
+            "storm: exact counts",
+            "observer = storm's own counts",
+            measured,
+            exact,
+            "" if exact else "see the counts under the storm section.",
+        )
+    )
 
 
 def _rates(section: Section, ours: ToolSummary) -> None:
@@ -369,8 +427,7 @@ def _programs(section: Section, run: Run, added_us: float) -> None:
         return
     rows = []
     for name, (runs, ns) in sorted(run.programs.items(), key=lambda item: -item[1][1]):
-        rows.append([f"`{name}`", f"{runs:,}", f"{ratio(ns, runs):.0f} ns",
-                     f"{ns / 1e9:.3f} s"])
+        rows.append([f"`{name}`", f"{runs:,}", f"{ratio(ns, runs):.0f} ns", f"{ns / 1e9:.3f} s"])
     total_ns = sum(ns for _, ns in run.programs.values())
     lookup_ns = sum(ns for name, (_, ns) in run.programs.items() if "getaddrinfo" in name)
     per_event = total_ns / run.storm.events / 1000

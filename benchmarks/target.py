@@ -120,8 +120,12 @@ def short_threads(count: int, spacing: float) -> dict:
         lifetimes.append(time.perf_counter() - began)
         time.sleep(spacing)
     lifetimes.sort()
-    return {"started": count, "median": lifetimes[len(lifetimes) // 2],
-            "longest": lifetimes[-1], "wall": time.perf_counter() - started}
+    return {
+        "started": count,
+        "median": lifetimes[len(lifetimes) // 2],
+        "longest": lifetimes[-1],
+        "wall": time.perf_counter() - started,
+    }
 
 
 def steady(interval: float) -> dict:
@@ -141,8 +145,12 @@ def run(command: dict) -> dict:
         return timed_loop(lookup_localhost, command["seconds"])
     if op == "threads":
         return timed_loop(start_and_join, command["seconds"])
-    operations = {"http": http, "long_threads": long_threads,
-                  "short_threads": short_threads, "steady": steady}
+    operations = {
+        "http": http,
+        "long_threads": long_threads,
+        "short_threads": short_threads,
+        "steady": steady,
+    }
     return operations[op](**command)
 
 

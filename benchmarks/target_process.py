@@ -15,7 +15,9 @@ class TargetProcess:
         label_args = ["--label", label] if label else []
         self.process = children.spawn(
             [PYTHON, "-m", "benchmarks.target", *label_args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self.pid = json.loads(self._line())["pid"]
 
@@ -38,7 +40,9 @@ def start_http_server(children: Children) -> int:
     """workloads.http_server on a free loopback port (it ends when its stdin closes)."""
     server = children.spawn(
         [PYTHON, "-m", "workloads.http_server", "--port", "0", "--exit-on-stdin-eof"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     line = server.stdout.readline()
     if not line:

@@ -22,8 +22,13 @@ from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
 from benchmarks.storm import bpf_statistics
 
-UPROBE_PROGRAMS = ("pthread_create_entry", "getaddrinfo_entry", "getaddrinfo_return",
-                   "resolver_entry", "resolver_return")
+UPROBE_PROGRAMS = (
+    "pthread_create_entry",
+    "getaddrinfo_entry",
+    "getaddrinfo_return",
+    "resolver_entry",
+    "resolver_return",
+)
 # (row, observer arguments with {pid} for the watched sleep)
 MODES = (
     ("`--pid`, `--no-children`", ["--pid", "idle={pid}", "--no-children"]),
@@ -34,9 +39,18 @@ MODES = (
 
 def uprobe_runs(observer_pid: int) -> dict[str, tuple[int, int]]:
     """Runs and nanoseconds of the observer's uprobe programs, by program name."""
-    ids = {prog["id"]: prog for prog in json.loads(subprocess.run(
-        ["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True,
-        timeout=60).stdout)}
+    ids = {
+        prog["id"]: prog
+        for prog in json.loads(
+            subprocess.run(
+                ["bpftool", "-j", "prog", "show"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            ).stdout
+        )
+    }
     found: dict[str, tuple[int, int]] = {}
     for fd_info in Path(f"/proc/{observer_pid}/fdinfo").iterdir():
         try:
@@ -47,16 +61,21 @@ def uprobe_runs(observer_pid: int) -> dict[str, tuple[int, int]]:
             if line.startswith("prog_id:"):
                 prog = ids.get(int(line.split()[1]), {})
                 # The kernel keeps 15 characters of a name; bpftool shows BTF's whole name.
-                name = next((n for n in UPROBE_PROGRAMS if n.startswith(prog.get("name", "-"))),
-                            None)
+                name = next(
+                    (n for n in UPROBE_PROGRAMS if n.startswith(prog.get("name", "-"))), None
+                )
                 if name:
                     found[name] = (prog.get("run_cnt", 0), prog.get("run_time_ns", 0))
     return found
 
 
 def storm_once(children: Children, binary: Path, calls: int, threads: int) -> dict:
-    process = children.spawn([str(binary), str(calls), str(threads), "1", "1"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    process = children.spawn(
+        [str(binary), str(calls), str(threads), "1", "1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         json.loads(process.stdout.readline())
         process.stdin.write("go\n")
@@ -75,8 +94,9 @@ def measure(children: Children, settings: Settings) -> Section:
         binary = storm.build(Path(folder))
         idle = children.spawn(["sleep", "3601"])
         for label, args in MODES:
-            observer = Observer(children, [a.replace("{pid}", str(idle.pid)) for a in args]
-                                + ["--allow-non-python"])
+            observer = Observer(
+                children, [a.replace("{pid}", str(idle.pid)) for a in args] + ["--allow-non-python"]
+            )
             with observer:
                 observer.wait_ready()
                 time.sleep(0.5)
@@ -86,14 +106,23 @@ def measure(children: Children, settings: Settings) -> Section:
                     after = uprobe_runs(observer.pid)
             added = {name: after[name][0] - before.get(name, (0, 0))[0] for name in after}
             ns = sum(after[n][1] - before.get(n, (0, 0))[1] for n in after)
-            per_call = 100_000 * sum(v for n, v in added.items()
-                                     if n.startswith(("getaddrinfo", "resolver"))) / \
-                done["getaddrinfo_calls"]
+            per_call = (
+                100_000
+                * sum(v for n, v in added.items() if n.startswith(("getaddrinfo", "resolver")))
+                / done["getaddrinfo_calls"]
+            )
             per_thread = 100_000 * added.get("pthread_create_entry", 0) / done["threads_created"]
             figures[label] = per_call
-            rows.append([label, f"{done['getaddrinfo_calls']:,}", f"{per_call:,.0f}",
-                         f"{done['threads_created']:,}", f"{per_thread:,.0f}",
-                         f"{ns / 1e6:.1f}"])
+            rows.append(
+                [
+                    label,
+                    f"{done['getaddrinfo_calls']:,}",
+                    f"{per_call:,.0f}",
+                    f"{done['threads_created']:,}",
+                    f"{per_thread:,.0f}",
+                    f"{ns / 1e6:.1f}",
+                ]
+            )
         children.end(idle)
     section.text(
         f"An unwatched storm of {calls:,} getaddrinfo calls and {threads:,} thread create+join "
@@ -102,8 +131,17 @@ def measure(children: Children, settings: Settings) -> Section:
         "pthread_create) by the kernel's counters, per 100,000 events of the unwatched process "
         "(any other process on the machine that calls them meanwhile counts too)."
     )
-    section.table(["targets", "calls", "getaddrinfo/resolver runs per 100,000 calls",
-                   "threads", "pthread_create runs per 100,000 threads", "ms of BPF time"], rows)
+    section.table(
+        [
+            "targets",
+            "calls",
+            "getaddrinfo/resolver runs per 100,000 calls",
+            "threads",
+            "pthread_create runs per 100,000 threads",
+            "ms of BPF time",
+        ],
+        rows,
+    )
     section.text(
         "With `--pid` and `--no-children` the uprobes are perf events of the watched processes "
         "(their pid): the kernel plants no breakpoint in any other process. Following children, "
@@ -112,15 +150,25 @@ def measure(children: Children, settings: Settings) -> Section:
         "process, and the programs return after one lookup: an entry and a return run per call."
     )
     pid_only = figures[MODES[0][0]]
-    section.goals.append(Goal(
-        "unwatched process, uprobe runs per 100,000 calls, `--pid`", "0", f"{pid_only:,.0f}",
-        pid_only == 0))
+    section.goals.append(
+        Goal(
+            "unwatched process, uprobe runs per 100,000 calls, `--pid`",
+            "0",
+            f"{pid_only:,.0f}",
+            pid_only == 0,
+        )
+    )
     target = figures[MODES[2][0]]
-    section.goals.append(Goal(
-        "unwatched process, uprobe runs per 100,000 calls, `--target`", "as close to 0 as the "
-        "design allows", f"{target:,.0f}", False,
-        "uprobes for every process that maps the library (pid -1) so that a new process is "
-        "counted from its first instruction: an entry and a return program per call; with "
-        "`--target` a process that starts a program is counted (pending) until the observer "
-        "has read its command line, hence more BPF time there"))
+    section.goals.append(
+        Goal(
+            "unwatched process, uprobe runs per 100,000 calls, `--target`",
+            "as close to 0 as the design allows",
+            f"{target:,.0f}",
+            False,
+            "uprobes for every process that maps the library (pid -1) so that a new process is "
+            "counted from its first instruction: an entry and a return program per call; with "
+            "`--target` a process that starts a program is counted (pending) until the observer "
+            "has read its command line, hence more BPF time there",
+        )
+    )
     return section

@@ -100,16 +100,35 @@ def outputs() -> dict[Path, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="only say whether the files in deploy/kubernetes/base are up to date")
-    parser.add_argument("--job-selector", default=JOB_SELECTOR, metavar="MATCHER",
-                        help="label matcher that replaces %(default)s in every rule")
-    parser.add_argument("--runbook-url-base", default="", metavar="URL",
-                        help="prefix of docs/runbook.md in every runbook_url")
-    parser.add_argument("--rules-out", type=Path, metavar="FILE",
-                        help="write the adapted rule file (for plain Prometheus) here")
-    parser.add_argument("--prometheus-rule-out", type=Path, metavar="FILE",
-                        help="write the adapted PrometheusRule here")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only say whether the files in deploy/kubernetes/base are up to date",
+    )
+    parser.add_argument(
+        "--job-selector",
+        default=JOB_SELECTOR,
+        metavar="MATCHER",
+        help="label matcher that replaces %(default)s in every rule",
+    )
+    parser.add_argument(
+        "--runbook-url-base",
+        default="",
+        metavar="URL",
+        help="prefix of docs/runbook.md in every runbook_url",
+    )
+    parser.add_argument(
+        "--rules-out",
+        type=Path,
+        metavar="FILE",
+        help="write the adapted rule file (for plain Prometheus) here",
+    )
+    parser.add_argument(
+        "--prometheus-rule-out",
+        type=Path,
+        metavar="FILE",
+        help="write the adapted PrometheusRule here",
+    )
     args = parser.parse_args(argv)
     if args.rules_out or args.prometheus_rule_out:
         adapted = rules(args.job_selector, args.runbook_url_base)
@@ -118,12 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.prometheus_rule_out:
             args.prometheus_rule_out.write_text(prometheus_rule(adapted))
         return 0
-    stale = [path for path, text in outputs().items()
-             if not path.exists() or path.read_text() != text]
+    stale = [
+        path for path, text in outputs().items() if not path.exists() or path.read_text() != text
+    ]
     if args.check:
         for path in stale:
-            print(f"render: {path.relative_to(DEPLOY.parent)} is out of date: run "
-                  f"deploy/render.py", file=sys.stderr)
+            print(
+                f"render: {path.relative_to(DEPLOY.parent)} is out of date: run deploy/render.py",
+                file=sys.stderr,
+            )
         return 1 if stale else 0
     for path in stale:
         path.write_text(outputs()[path])

@@ -23,11 +23,31 @@ def main() -> int:
         for loop in ("asyncio", "uvloop"):
             output = ROOT / "docs" / f"timeline-{loop}.png"
             subprocess.run(
-                [sys.executable, "-m", "observer", "timeline", "--output", str(output),
-                 "--title", TITLE.format(loop=loop), "--", sys.executable, "-m",
-                 "workloads.semaphore_burst", "--loop", loop, "--requests", "30",
-                 "--concurrency", "3", "--port", str(port)],
-                cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "observer",
+                    "timeline",
+                    "--output",
+                    str(output),
+                    "--title",
+                    TITLE.format(loop=loop),
+                    "--",
+                    sys.executable,
+                    "-m",
+                    "workloads.semaphore_burst",
+                    "--loop",
+                    loop,
+                    "--requests",
+                    "30",
+                    "--concurrency",
+                    "3",
+                    "--port",
+                    str(port),
+                ],
+                cwd=ROOT,
+                check=True,
+                stdout=subprocess.DEVNULL,
             )
     return 0
 

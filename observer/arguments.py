@@ -21,18 +21,34 @@ def add_log_level_argument(parser: argparse.ArgumentParser, default: str) -> Non
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pid", action="append", default=[], metavar="[NAME=]PID",
-                        help="watch this process (repeatable)")
-    parser.add_argument("--target", action="append", default=[], metavar="NAME=REGEX",
-                        help="watch processes whose command line (as started, or as shown now) "
-                        "matches REGEX, including ones that start later (repeatable); NAME may "
-                        "be a template of the regex's named groups, e.g. '{app}'")
-    parser.add_argument("--no-children", action="store_true",
-                        help="watch only the matched processes, not their descendants (by "
-                        "default a process forked or spawned by a watched one belongs to its "
-                        "target)")
-    parser.add_argument("--allow-non-python", action="store_true",
-                        help="also watch matching processes that are not Python")
+    parser.add_argument(
+        "--pid",
+        action="append",
+        default=[],
+        metavar="[NAME=]PID",
+        help="watch this process (repeatable)",
+    )
+    parser.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="NAME=REGEX",
+        help="watch processes whose command line (as started, or as shown now) "
+        "matches REGEX, including ones that start later (repeatable); NAME may "
+        "be a template of the regex's named groups, e.g. '{app}'",
+    )
+    parser.add_argument(
+        "--no-children",
+        action="store_true",
+        help="watch only the matched processes, not their descendants (by "
+        "default a process forked or spawned by a watched one belongs to its "
+        "target)",
+    )
+    parser.add_argument(
+        "--allow-non-python",
+        action="store_true",
+        help="also watch matching processes that are not Python",
+    )
 
 
 def add_backend_argument(parser: argparse.ArgumentParser, help: str) -> None:

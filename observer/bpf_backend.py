@@ -37,35 +37,65 @@ from observer.labels import host_label
 
 log = logging.getLogger(__name__)
 
-PROBE_FILES = ("watched.h", "python_stack.h", "processes.bpf.c", "threads.bpf.c",
-               "getaddrinfo.bpf.c", "dns.bpf.c", "resolver.bpf.c")
+PROBE_FILES = (
+    "watched.h",
+    "python_stack.h",
+    "processes.bpf.c",
+    "threads.bpf.c",
+    "getaddrinfo.bpf.c",
+    "dns.bpf.c",
+    "resolver.bpf.c",
+)
 INIT_PID_NAMESPACE_INO = 0xEFFFFFFC
 EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 # Tracepoints handled by functions that need no tracepoint arguments.
-PLAIN_TRACEPOINTS = [(f"syscalls:sys_enter_{name}", "mark_event_loop_thread") for name in
-                     EPOLL_SYSCALLS] + [("sched:sched_process_exit", "forget_thread"),
-                                     ("sched:sched_process_exit", "forget_resolver_thread")]
+PLAIN_TRACEPOINTS = [
+    (f"syscalls:sys_enter_{name}", "mark_event_loop_thread") for name in EPOLL_SYSCALLS
+] + [
+    ("sched:sched_process_exit", "forget_thread"),
+    ("sched:sched_process_exit", "forget_resolver_thread"),
+]
 # Syscalls whose tracepoints dns.bpf.c uses (on entry, and on exit where it says so).
 DNS_SYSCALLS = ("socket", "connect", "close", "sendto", "write", "writev", "sendmsg", "sendmmsg")
 DNS_SYSCALL_EXITS = ("socket", "sendto", "write", "writev", "sendmsg", "sendmmsg")
 MACRO_TRACEPOINTS = (
-    "task:task_newtask", "sched:sched_process_exec", "sched:sched_process_exit",
-    "syscalls:sys_enter_execve", "syscalls:sys_enter_execveat",
+    "task:task_newtask",
+    "sched:sched_process_exec",
+    "sched:sched_process_exit",
+    "syscalls:sys_enter_execve",
+    "syscalls:sys_enter_execveat",
     *(f"syscalls:sys_enter_{name}" for name in DNS_SYSCALLS),
     *(f"syscalls:sys_exit_{name}" for name in DNS_SYSCALL_EXITS),
 )
 # Where a forked child first returns to user space: in a PID namespace it takes its watch there.
 CHILD_RETURNS = tuple(f"syscalls:sys_exit_{name}" for name in ("clone", "clone3", "fork", "vfork"))
 MAPS = (
-    "watched_tgids", "threads_created_total", "threads_exited_total", "pending_start_routine",
-    "getaddrinfo_calls_total", "getaddrinfo_failures_total", "getaddrinfo_duration_seconds",
-    "getaddrinfo_duration_ns_sum", "getaddrinfo_host_calls_total", "getaddrinfo_started",
-    "event_loop_threads", "exec_arguments_by_thread", "dns_queries_total", "dns_sockets",
-    "dns_socket_calls", "dns_send_calls", "resolver_calls_total", "resolver_calls_in_progress",
+    "watched_tgids",
+    "threads_created_total",
+    "threads_exited_total",
+    "pending_start_routine",
+    "getaddrinfo_calls_total",
+    "getaddrinfo_failures_total",
+    "getaddrinfo_duration_seconds",
+    "getaddrinfo_duration_ns_sum",
+    "getaddrinfo_host_calls_total",
+    "getaddrinfo_started",
+    "event_loop_threads",
+    "exec_arguments_by_thread",
+    "dns_queries_total",
+    "dns_sockets",
+    "dns_socket_calls",
+    "dns_send_calls",
+    "resolver_calls_total",
+    "resolver_calls_in_progress",
 )
 SITE_MAPS = (
-    "python_processes", "python_thread_states", "pending_thread_sites", "live_thread_sites",
-    "threads_created_by_site_total", "getaddrinfo_calls_by_site_total",
+    "python_processes",
+    "python_thread_states",
+    "pending_thread_sites",
+    "live_thread_sites",
+    "threads_created_by_site_total",
+    "getaddrinfo_calls_by_site_total",
     "site_stacks_dropped_total",
 )
 # (symbol, BPF function, on return): the metrics' probes, and the timeline's.
@@ -90,10 +120,17 @@ def uprobe_name(symbol: str, on_return: bool) -> str:
 
 
 UPROBE_NAMES = tuple(uprobe_name(symbol, on_return) for symbol, _, on_return in UPROBES)
-RESOLVER_UPROBE_NAMES = tuple(uprobe_name(f.label, on_return) for _, on_return in RESOLVER_PROGRAMS
-                              for f in PROBED_RESOLVER_FUNCTIONS)
-PROBE_NAMES = (*(t.split(":")[1] for t in MACRO_TRACEPOINTS), *EPOLL_SYSCALLS, *UPROBE_NAMES,
-               *RESOLVER_UPROBE_NAMES)
+RESOLVER_UPROBE_NAMES = tuple(
+    uprobe_name(f.label, on_return)
+    for _, on_return in RESOLVER_PROGRAMS
+    for f in PROBED_RESOLVER_FUNCTIONS
+)
+PROBE_NAMES = (
+    *(t.split(":")[1] for t in MACRO_TRACEPOINTS),
+    *EPOLL_SYSCALLS,
+    *UPROBE_NAMES,
+    *RESOLVER_UPROBE_NAMES,
+)
 
 
 class BpfUnavailable(RuntimeError):
@@ -222,8 +259,7 @@ def watch_process(watched, tgid: int, target: int = 0) -> int:
     entry = watched.get(ctypes.c_uint32(tgid))
     generation = entry.generation if entry is not None else time.monotonic_ns()
     parent = entry.parent if entry is not None else 0
-    watched[ctypes.c_uint32(tgid)] = watched.Leaf(ProcessState.WATCHED, target, generation,
-                                                  parent)
+    watched[ctypes.c_uint32(tgid)] = watched.Leaf(ProcessState.WATCHED, target, generation, parent)
     return generation
 
 
@@ -266,7 +302,7 @@ def exec_arguments(raw: bytes, length: int) -> list[str]:
     """The argument slots of an exec report, up to the first empty one."""
     arguments = []
     for start in range(0, len(raw), length):
-        slot = raw[start:start + length].split(b"\0", 1)[0]
+        slot = raw[start : start + length].split(b"\0", 1)[0]
         if not slot:
             break
         arguments.append(slot.decode(errors="replace"))
@@ -274,8 +310,11 @@ def exec_arguments(raw: bytes, length: int) -> list[str]:
 
 
 # Counters the kernel keeps about what it could not do: self metrics.
-KERNEL_DROPS = ("children_not_watched_total", "exec_reports_lost_total",
-                "dns_unknown_socket_sends_total")
+KERNEL_DROPS = (
+    "children_not_watched_total",
+    "exec_reports_lost_total",
+    "dns_unknown_socket_sends_total",
+)
 
 
 class BpfProbes:
@@ -284,8 +323,13 @@ class BpfProbes:
     can join the watched set without being attached first (``--pid`` targets without their
     children). Otherwise they sit on the file for every process, and the programs filter."""
 
-    def __init__(self, track_new_processes: bool, sites: bool = True,
-                 follow_children: bool = True, per_process: bool = False) -> None:
+    def __init__(
+        self,
+        track_new_processes: bool,
+        sites: bool = True,
+        follow_children: bool = True,
+        per_process: bool = False,
+    ) -> None:
         self.track_new_processes = track_new_processes
         self.per_process = per_process
         self.sites = sites
@@ -311,10 +355,11 @@ class BpfProbes:
         if self.per_process:
             # bcc refuses a 1,001st probe by default; here there are 3 per process.
             os.environ.setdefault("BCC_PROBE_LIMIT", str(4 * MapSize.MAX_PROCESSES))
-            self._detacher = ThreadPoolExecutor(max_workers=1,
-                                                thread_name_prefix="uprobe-detach")
-        cflags = [*bpf_cflags(self.track_new_processes, self.sites),
-                  f"-DFOLLOW_CHILDREN={int(self.follow_children)}"]
+            self._detacher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uprobe-detach")
+        cflags = [
+            *bpf_cflags(self.track_new_processes, self.sites),
+            f"-DFOLLOW_CHILDREN={int(self.follow_children)}",
+        ]
         self._bpf = compile_probes(PROBE_FILES, cflags, "probes")
         for tracepoint in MACRO_TRACEPOINTS:
             self.probes_attached[tracepoint.split(":")[1]] += 1  # attached by bcc on load
@@ -331,9 +376,14 @@ class BpfProbes:
         # ctypes cuts a char array field at its first NUL: read the slots' bytes whole.
         field = type(report).args
         slots = ctypes.string_at(ctypes.addressof(report) + field.offset, field.size)
-        self._exec_reports.append(ExecReport(
-            report.tgid, report.target, report.generation,
-            exec_arguments(slots, MapSize.ARG_LENGTH)))
+        self._exec_reports.append(
+            ExecReport(
+                report.tgid,
+                report.target,
+                report.generation,
+                exec_arguments(slots, MapSize.ARG_LENGTH),
+            )
+        )
 
     def exec_reports(self) -> list[ExecReport]:
         """The programs started since the last call (read after :meth:`states`, every
@@ -344,8 +394,9 @@ class BpfProbes:
 
     def kernel_drops(self) -> dict[str, int]:
         """What the kernel could not do for lack of room, by counter name."""
-        return {name: sum(value.value for value in self._bpf[name].values())
-                for name in KERNEL_DROPS}
+        return {
+            name: sum(value.value for value in self._bpf[name].values()) for name in KERNEL_DROPS
+        }
 
     def _attach_tracepoint(self, tracepoint: str, function: str) -> None:
         name = tracepoint.split(":")[1].removeprefix("sys_enter_")
@@ -362,8 +413,10 @@ class BpfProbes:
         statistics of each are in /proc/self/fdinfo/FD."""
         if self._bpf is None:
             return {}
-        return {name.decode() if isinstance(name, bytes) else name: function.fd
-                for name, function in self._bpf.funcs.items()}
+        return {
+            name.decode() if isinstance(name, bytes) else name: function.fd
+            for name, function in self._bpf.funcs.items()
+        }
 
     def attach_libc(self, path: str, device_inode: tuple[int, int], pid: int = -1) -> set[str]:
         """Uprobes on one libc-like object, once per file (uprobes are per inode), or with
@@ -417,8 +470,12 @@ class BpfProbes:
             except OSError as err:
                 for name in names:
                     self.attach_errors[name] += 1
-                log.warning("could not attach %s in %s (uprobe_multi links need Linux 6.6+): "
-                            "%s", function, path, err)
+                log.warning(
+                    "could not attach %s in %s (uprobe_multi links need Linux 6.6+): %s",
+                    function,
+                    path,
+                    err,
+                )
                 continue
             self._links.append(link)
             if pid > 0:
@@ -426,12 +483,12 @@ class BpfProbes:
             for name in names:
                 self.probes_attached[name] += 1
             attached.update(names)
-            log.info("attached %s in %s to %s", function, path,
-                     ", ".join(f.label for f in offsets))
+            log.info("attached %s in %s to %s", function, path, ", ".join(f.label for f in offsets))
         return attached
 
-    def _attach_uprobe(self, path: str, symbol: str, function: str, on_return: bool,
-                       pid: int = -1) -> bool:
+    def _attach_uprobe(
+        self, path: str, symbol: str, function: str, on_return: bool, pid: int = -1
+    ) -> bool:
         before = set(self._bpf.uprobe_fds)
         if not attach_uprobe(self._bpf, path, symbol, function, on_return, pid):
             return False
@@ -465,14 +522,18 @@ class BpfProbes:
 
     def set_state(self, tgid: int, entry: WatchedEntry) -> None:
         watched = self._bpf["watched_tgids"]
-        watched[ctypes.c_uint32(tgid)] = watched.Leaf(entry.state, entry.target, entry.generation,
-                                                      entry.parent)
+        watched[ctypes.c_uint32(tgid)] = watched.Leaf(
+            entry.state, entry.target, entry.generation, entry.parent
+        )
 
     def states(self) -> dict[int, WatchedEntry]:
         """tgid -> its entry, for every process in the watched set."""
-        return {key.value: WatchedEntry(ProcessState(value.state), value.target, value.generation,
-                                        value.parent)
-                for key, value in table_items(self._bpf["watched_tgids"])}
+        return {
+            key.value: WatchedEntry(
+                ProcessState(value.state), value.target, value.generation, value.parent
+            )
+            for key, value in table_items(self._bpf["watched_tgids"])
+        }
 
     def forget(self, processes: dict[int, int | None]) -> None:
         """Removes processes (tgid -> generation, None for any) from the watched set and
@@ -525,8 +586,10 @@ class BpfProbes:
         (each key read is a syscall: once a second, next to idle targets, it adds up)."""
         swept = self.sweep()
         seen = self._entries_seen
-        return swept, {name: seen[name] if name in seen else sum(1 for _ in self._bpf[name])
-                       for name in self.maps}
+        return swept, {
+            name: seen[name] if name in seen else sum(1 for _ in self._bpf[name])
+            for name in self.maps
+        }
 
     # Reading
     def read_counts(self, generations: dict[int, int]) -> dict[int, RawCounts]:
@@ -564,18 +627,27 @@ def write_python_process(table, tgid: int, generation: int, runtime) -> None:
     """A ``python_processes`` entry (python_stack.h): where and how to read its frames."""
     offsets = runtime.offsets
     table[ctypes.c_uint32(tgid)] = table.Leaf(
-        generation, runtime.threads_head, offsets["tstate_next"],
-        offsets["tstate_native_thread_id"], offsets["tstate_frame"],
-        offsets["cframe_current_frame"], offsets["frame_previous"], offsets["frame_code"],
-        offsets["frame_owner"], offsets["code_flags"], offsets["tstate_prev"],
-        offsets["pthread_tid"], frame_read_size(offsets), *runtime.text, *runtime.pidns,
+        generation,
+        runtime.threads_head,
+        offsets["tstate_next"],
+        offsets["tstate_native_thread_id"],
+        offsets["tstate_frame"],
+        offsets["cframe_current_frame"],
+        offsets["frame_previous"],
+        offsets["frame_code"],
+        offsets["frame_owner"],
+        offsets["code_flags"],
+        offsets["tstate_prev"],
+        offsets["pthread_tid"],
+        frame_read_size(offsets),
+        *runtime.text,
+        *runtime.pidns,
     )
 
 
 def frame_read_size(offsets: dict[str, int]) -> int:
     """Bytes of a frame the probes read at once: up to the end of its last field used."""
-    return max(offsets["frame_code"] + 8, offsets["frame_previous"] + 8,
-               offsets["frame_owner"] + 1)
+    return max(offsets["frame_code"] + 8, offsets["frame_previous"] + 8, offsets["frame_owner"] + 1)
 
 
 def table_items(table) -> list:
@@ -586,8 +658,10 @@ def table_items(table) -> list:
     except Exception:  # bcc raises bare Exception when the kernel refuses
         return list(table.items())
     # The batch path gives scalars as plain ints, items() as ctypes: keep one shape.
-    return [(table.Key(k) if isinstance(k, int) else k, table.Leaf(v) if isinstance(v, int) else v)
-            for k, v in items]
+    return [
+        (table.Key(k) if isinstance(k, int) else k, table.Leaf(v) if isinstance(v, int) else v)
+        for k, v in items
+    ]
 
 
 def detach_all(bpf) -> None:
@@ -618,11 +692,17 @@ class UprobeMultiLink(ctypes.Structure):
     the kernel zero-fills the rest of the union."""
 
     _fields_ = [
-        ("prog_fd", ctypes.c_uint32), ("target_fd", ctypes.c_uint32),
-        ("attach_type", ctypes.c_uint32), ("link_flags", ctypes.c_uint32),
-        ("path", ctypes.c_uint64), ("offsets", ctypes.c_uint64),
-        ("ref_ctr_offsets", ctypes.c_uint64), ("cookies", ctypes.c_uint64),
-        ("cnt", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("pid", ctypes.c_uint32),
+        ("prog_fd", ctypes.c_uint32),
+        ("target_fd", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("link_flags", ctypes.c_uint32),
+        ("path", ctypes.c_uint64),
+        ("offsets", ctypes.c_uint64),
+        ("ref_ctr_offsets", ctypes.c_uint64),
+        ("cookies", ctypes.c_uint64),
+        ("cnt", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("pid", ctypes.c_uint32),
     ]
 
 
@@ -635,8 +715,9 @@ def symbol_offset(path: str, symbol: str) -> int | None:
         return None
 
 
-def attach_uprobe_multi(bpf, function: str, path: str, offsets: dict, on_return: bool,
-                        pid: int = -1) -> int:
+def attach_uprobe_multi(
+    bpf, function: str, path: str, offsets: dict, on_return: bool, pid: int = -1
+) -> int:
     """Attaches ``function`` to each symbol in ``offsets`` ({ResolverFunction: file offset}),
     with the function's value as the cookie, for every process that maps the file (or only
     process ``pid``); returns the link's fd. Raises OSError when the kernel refuses."""
@@ -646,9 +727,14 @@ def attach_uprobe_multi(bpf, function: str, path: str, offsets: dict, on_return:
     addresses = (ctypes.c_uint64 * count)(*offsets.values())
     cookies = (ctypes.c_uint64 * count)(*(int(f) for f in offsets))
     attr = UprobeMultiLink(
-        prog_fd=program.fd, attach_type=BPF_TRACE_UPROBE_MULTI, path=ctypes.addressof(raw_path),
-        offsets=ctypes.addressof(addresses), cookies=ctypes.addressof(cookies), cnt=count,
-        flags=BPF_F_UPROBE_MULTI_RETURN if on_return else 0, pid=max(pid, 0),
+        prog_fd=program.fd,
+        attach_type=BPF_TRACE_UPROBE_MULTI,
+        path=ctypes.addressof(raw_path),
+        offsets=ctypes.addressof(addresses),
+        cookies=ctypes.addressof(cookies),
+        cnt=count,
+        flags=BPF_F_UPROBE_MULTI_RETURN if on_return else 0,
+        pid=max(pid, 0),
     )
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
@@ -669,8 +755,9 @@ def release_free_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
-def attach_uprobe(bpf, path: str, symbol: str, function: str, on_return: bool,
-                  pid: int = -1) -> bool:
+def attach_uprobe(
+    bpf, path: str, symbol: str, function: str, on_return: bool, pid: int = -1
+) -> bool:
     """A uprobe (or uretprobe) for every process that maps the file, or only for process
     ``pid`` (the kernel then plants no breakpoint in any other); False if the file has no such
     symbol or the kernel refuses."""
@@ -713,9 +800,13 @@ def check_probes() -> Result:
         return Result("probes", False, str(err))
     finally:
         probes.close()
-    missing = [p for p in ("pthread_create", "getaddrinfo", "getaddrinfo_return", "task_newtask")
-               if not attached.get(p)]
+    missing = [
+        p
+        for p in ("pthread_create", "getaddrinfo", "getaddrinfo_return", "task_newtask")
+        if not attached.get(p)
+    ]
     if missing:
-        return Result("probes", False,
-                      f"not attached: {', '.join(missing)}{uprobe_capability_hint()}")
+        return Result(
+            "probes", False, f"not attached: {', '.join(missing)}{uprobe_capability_hint()}"
+        )
     return Result("probes", True, "compiled and attached: " + ", ".join(sorted(attached)))

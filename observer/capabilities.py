@@ -43,8 +43,9 @@ def has_capability(cap: int) -> bool:
 
 
 def has_bpf_capabilities() -> bool:
-    return has_capability(CAP_SYS_ADMIN) or (has_capability(CAP_BPF)
-                                             and has_capability(CAP_PERFMON))
+    return has_capability(CAP_SYS_ADMIN) or (
+        has_capability(CAP_BPF) and has_capability(CAP_PERFMON)
+    )
 
 
 def check_privileges() -> Result:
@@ -53,11 +54,19 @@ def check_privileges() -> Result:
     if has_bpf_capabilities():
         detail = "CAP_BPF and CAP_PERFMON" if not has_capability(CAP_SYS_ADMIN) else "CAP_SYS_ADMIN"
         if not has_capability(CAP_SYS_PTRACE):
-            return Result("privileges", False, f"{detail}, but CAP_SYS_PTRACE is missing: "
-                          "needed to read other processes' /proc/PID/maps and root")
+            return Result(
+                "privileges",
+                False,
+                f"{detail}, but CAP_SYS_PTRACE is missing: "
+                "needed to read other processes' /proc/PID/maps and root",
+            )
         return Result("privileges", True, detail)
-    return Result("privileges", False, "not root and no CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN): "
-                  "run as root or grant CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE")
+    return Result(
+        "privileges",
+        False,
+        "not root and no CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN): "
+        "run as root or grant CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE",
+    )
 
 
 def check_bpf_syscall() -> Result:
@@ -70,8 +79,12 @@ def check_bpf_syscall() -> Result:
     fd = libc.syscall(number, BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
     if fd < 0:
         err = ctypes.get_errno()
-        return Result("bpf syscall", False, f"bpf(BPF_MAP_CREATE) failed: {os.strerror(err)} "
-                      "(needs privileges; kernel.unprivileged_bpf_disabled; seccomp in containers)")
+        return Result(
+            "bpf syscall",
+            False,
+            f"bpf(BPF_MAP_CREATE) failed: {os.strerror(err)} "
+            "(needs privileges; kernel.unprivileged_bpf_disabled; seccomp in containers)",
+        )
     os.close(fd)
     return Result("bpf syscall", True, "bpf(BPF_MAP_CREATE) works")
 
@@ -84,18 +97,30 @@ def check_tracefs() -> Result:
     path = tracefs_path()
     if path:
         return Result("tracefs", True, path)
-    return Result("tracefs", False, "not mounted: mount -t tracefs nodev /sys/kernel/tracing "
-                  "(in a container, mount the host's /sys/kernel/tracing)")
+    return Result(
+        "tracefs",
+        False,
+        "not mounted: mount -t tracefs nodev /sys/kernel/tracing "
+        "(in a container, mount the host's /sys/kernel/tracing)",
+    )
 
 
 def check_tracepoints() -> Result:
     path = tracefs_path()
-    wanted = ["task/task_newtask", "sched/sched_process_exec", "sched/sched_process_exit",
-              "syscalls/sys_enter_epoll_wait", "syscalls/sys_enter_epoll_pwait"]
+    wanted = [
+        "task/task_newtask",
+        "sched/sched_process_exec",
+        "sched/sched_process_exit",
+        "syscalls/sys_enter_epoll_wait",
+        "syscalls/sys_enter_epoll_pwait",
+    ]
     missing = [t for t in wanted if not path or not os.path.exists(f"{path}/events/{t}")]
     if missing:
-        return Result("tracepoints", False, f"missing: {', '.join(missing)} "
-                      "(needs CONFIG_FTRACE_SYSCALLS and tracefs)")
+        return Result(
+            "tracepoints",
+            False,
+            f"missing: {', '.join(missing)} (needs CONFIG_FTRACE_SYSCALLS and tracefs)",
+        )
     return Result("tracepoints", True, ", ".join(wanted))
 
 
@@ -105,13 +130,18 @@ def check_uprobes() -> Result:
     path = tracefs_path()
     if path and os.path.exists(f"{path}/uprobe_events"):
         return Result("uprobes", True, f"{path}/uprobe_events")
-    return Result("uprobes", False, "kernel without CONFIG_UPROBES: getaddrinfo and "
-                  "pthread_create cannot be probed")
+    return Result(
+        "uprobes",
+        False,
+        "kernel without CONFIG_UPROBES: getaddrinfo and pthread_create cannot be probed",
+    )
 
 
 def install_headers_hint() -> str:
-    return (f"apt-get install linux-headers-{os.uname().release}, or link Debian's "
-            "linux-headers-amd64 there (make setup does this)")
+    return (
+        f"apt-get install linux-headers-{os.uname().release}, or link Debian's "
+        "linux-headers-amd64 there (make setup does this)"
+    )
 
 
 def headers_hint() -> str:
@@ -132,13 +162,19 @@ def check_headers() -> Result:
     if not os.path.exists(build):
         return Result("kernel headers", False, f"none at {build}: {install_headers_hint()}")
     target = os.path.realpath(build)
-    note = "" if release in target else f" (for another kernel than {release}: fine for " \
+    note = (
+        ""
+        if release in target
+        else f" (for another kernel than {release}: fine for "
         "the tracepoint and uprobe programs used here)"
+    )
     return Result("kernel headers", True, f"bcc uses {target}{note}")
 
 
-BCC_HINT = ("apt-get install python3-bpfcc, and run from a virtual environment made with "
-            "--system-site-packages on Debian's python3 (make setup does both)")
+BCC_HINT = (
+    "apt-get install python3-bpfcc, and run from a virtual environment made with "
+    "--system-site-packages on Debian's python3 (make setup does both)"
+)
 
 
 def check_bcc() -> Result:
@@ -150,8 +186,10 @@ def check_bcc() -> Result:
     return Result("bcc", True, f"bcc {version} from {os.path.dirname(bcc.__file__)}")
 
 
-UPROBES_NEED_SYS_ADMIN = ("uprobes may need CAP_SYS_ADMIN: perf_event_open of the uprobe PMU "
-                          "refuses CAP_PERFMON alone on some kernels")
+UPROBES_NEED_SYS_ADMIN = (
+    "uprobes may need CAP_SYS_ADMIN: perf_event_open of the uprobe PMU "
+    "refuses CAP_PERFMON alone on some kernels"
+)
 
 
 def uprobe_capability_hint() -> str:
@@ -160,15 +198,22 @@ def uprobe_capability_hint() -> str:
 
 
 CHECKS: list[Callable[[], Result]] = [
-    check_privileges, check_bpf_syscall, check_tracefs, check_tracepoints, check_uprobes,
-    check_headers, check_bcc,
+    check_privileges,
+    check_bpf_syscall,
+    check_tracefs,
+    check_tracepoints,
+    check_uprobes,
+    check_headers,
+    check_bcc,
 ]
 
 
 def bpf_problem() -> str | None:
     """Why the bpf backend cannot work, found cheaply before compiling anything."""
     if os.geteuid() != 0 and not has_bpf_capabilities():
-        return ("not root and without CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN): run as root, "
-                "or grant those capabilities")
+        return (
+            "not root and without CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN): run as root, "
+            "or grant those capabilities"
+        )
     headers = check_headers()
     return None if headers.ok else f"kernel headers: {headers.detail}"

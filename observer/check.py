@@ -10,8 +10,9 @@ from observer.startup import run_checks
 
 
 def add_parser(subparsers, parents) -> None:
-    parser = subparsers.add_parser("check", help="tell what works here and what to fix",
-                                   parents=list(parents))
+    parser = subparsers.add_parser(
+        "check", help="tell what works here and what to fix", parents=list(parents)
+    )
     parser.set_defaults(func=run)
 
 
@@ -29,6 +30,9 @@ def main() -> int:
     if all(r.ok for r in results):
         print("\nthe bpf backend works here")
         return 0
-    print("\nthe bpf backend cannot work here: fix the FAIL lines, or run with --backend proc "
-          "(live threads only, no counts)", file=sys.stderr)
+    print(
+        "\nthe bpf backend cannot work here: fix the FAIL lines, or run with --backend proc "
+        "(live threads only, no counts)",
+        file=sys.stderr,
+    )
     return 1

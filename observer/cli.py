@@ -52,22 +52,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_run_parser(subparsers, parents) -> None:
     parser = subparsers.add_parser(
-        "run", help="watch targets and serve /metrics", epilog=EPILOG_RUN,
-        formatter_class=argparse.RawDescriptionHelpFormatter, parents=list(parents),
+        "run",
+        help="watch targets and serve /metrics",
+        epilog=EPILOG_RUN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=list(parents),
     )
     add_target_arguments(parser)
-    parser.add_argument("--listen", default="0.0.0.0:9097", metavar="HOST:PORT",
-                        help="where to serve /metrics and /healthz (default %(default)s)")
-    add_backend_argument(parser, "bpf: eBPF probes; proc: /proc only (live threads, no counts); "
-                         "auto: bpf, or proc when eBPF cannot work here (default)")
-    parser.add_argument("--label-pid", action="store_true",
-                        help="add a pid label to every per-target series")
-    parser.add_argument("--no-sites", dest="sites", action="store_false",
-                        help="do not read Python frames: no call sites, no executor threads, "
-                        "caller=event_loop from the epoll mark alone")
-    parser.add_argument("--interval", type=positive_float, default=0.25, metavar="SECONDS",
-                        help="how often new and exited processes are handled "
-                        "(default %(default)s)")
+    parser.add_argument(
+        "--listen",
+        default="0.0.0.0:9097",
+        metavar="HOST:PORT",
+        help="where to serve /metrics and /healthz (default %(default)s)",
+    )
+    add_backend_argument(
+        parser,
+        "bpf: eBPF probes; proc: /proc only (live threads, no counts); "
+        "auto: bpf, or proc when eBPF cannot work here (default)",
+    )
+    parser.add_argument(
+        "--label-pid", action="store_true", help="add a pid label to every per-target series"
+    )
+    parser.add_argument(
+        "--no-sites",
+        dest="sites",
+        action="store_false",
+        help="do not read Python frames: no call sites, no executor threads, "
+        "caller=event_loop from the epoll mark alone",
+    )
+    parser.add_argument(
+        "--interval",
+        type=positive_float,
+        default=0.25,
+        metavar="SECONDS",
+        help="how often new and exited processes are handled (default %(default)s)",
+    )
     add_pod_arguments(parser)
     add_web_arguments(parser)
     parser.set_defaults(func=run)
@@ -76,7 +95,8 @@ def add_run_parser(subparsers, parents) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr,
+        level=args.log_level.upper(),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
@@ -100,8 +120,17 @@ def run(args: argparse.Namespace) -> int:
     observer = make_observer(args)
     pod_names = PodNames(args.kubelet_log_dir) if args.pod_labels else None
     try:
-        asyncio.run(serve(observer, host, port, args.label_pid, args.interval,
-                          pod_names=pod_names, web_config=web_config))
+        asyncio.run(
+            serve(
+                observer,
+                host,
+                port,
+                args.label_pid,
+                args.interval,
+                pod_names=pod_names,
+                web_config=web_config,
+            )
+        )
     except OSError as err:  # the server's clean-up has closed the observer
         raise UsageError(f"cannot listen on {args.listen}: {err.strerror or err}") from None
     return 0

@@ -60,8 +60,9 @@ class Series:
                 self.executor_threads.setdefault(pool, 0)
             if row.executor_max_workers:
                 ratio = row.executor_threads["default"] / row.executor_max_workers
-                self.default_executor_saturation = max(self.default_executor_saturation or 0.0,
-                                                       ratio)
+                self.default_executor_saturation = max(
+                    self.default_executor_saturation or 0.0, ratio
+                )
         if row.executor_max_workers is not None:
             self.executor_max_workers = max(
                 self.executor_max_workers or 0, row.executor_max_workers
@@ -78,8 +79,12 @@ class Series:
 class ObserverCollector(Collector):
     """Per-target series, by pid with ``label_pid``, and by pod with ``pod_names`` (node mode)."""
 
-    def __init__(self, read_snapshot: Callable[[], Snapshot], label_pid: bool = False,
-                 pod_names: PodNames | None = None) -> None:
+    def __init__(
+        self,
+        read_snapshot: Callable[[], Snapshot],
+        label_pid: bool = False,
+        pod_names: PodNames | None = None,
+    ) -> None:
         self._read_snapshot = read_snapshot
         self._label_pid = label_pid
         self._pod_names = pod_names
@@ -89,8 +94,7 @@ class ObserverCollector(Collector):
         started = time.perf_counter()
         snapshot = self._read_snapshot()
         groups = self._group(snapshot)
-        families = [*self._target_metrics(snapshot, groups),
-                    *self._self_metrics(snapshot, groups)]
+        families = [*self._target_metrics(snapshot, groups), *self._self_metrics(snapshot, groups)]
         yield from families
         yield GaugeMetricFamily(
             _name("scrape_duration_seconds"),
@@ -153,13 +157,15 @@ class ObserverCollector(Collector):
 
     def _self_metrics(self, snapshot: Snapshot, groups: list[Series]) -> Iterator[Metric]:
         info = GaugeMetricFamily(
-            _name("build_info"), "thread-observer version and the backend in use",
+            _name("build_info"),
+            "thread-observer version and the backend in use",
             labels=["version", "backend"],
         )
         info.add_metric([__version__, snapshot.backend], 1)
         yield info
         yield GaugeMetricFamily(
-            _name("bpf_available"), "1 when the eBPF backend is working",
+            _name("bpf_available"),
+            "1 when the eBPF backend is working",
             value=int(snapshot.bpf_available),
         )
         attached = GaugeMetricFamily(
@@ -175,15 +181,15 @@ class ObserverCollector(Collector):
             errors.add_metric([probe], count)
         yield errors
         entries = GaugeMetricFamily(
-            _name("bpf_map_entries"), "Entries in each BPF map: they must stay bounded",
+            _name("bpf_map_entries"),
+            "Entries in each BPF map: they must stay bounded",
             labels=["map"],
         )
         for name, count in sorted(snapshot.map_entries.items()):
             entries.add_metric([name], count)
         yield entries
         for name, count in sorted(snapshot.losses.items()):
-            yield CounterMetricFamily(_name(name.removesuffix("_total")), LOSSES[name],
-                                      value=count)
+            yield CounterMetricFamily(_name(name.removesuffix("_total")), LOSSES[name], value=count)
         yield from _site_self_metrics(snapshot)
         if self._pod_names is not None:
             yield GaugeMetricFamily(
@@ -194,8 +200,9 @@ class ObserverCollector(Collector):
             )
 
 
-def _gauges(snapshot: Snapshot, groups: list[Series], labels: list[str],
-            per_pid: bool) -> Iterator[Metric]:
+def _gauges(
+    snapshot: Snapshot, groups: list[Series], labels: list[str], per_pid: bool
+) -> Iterator[Metric]:
     processes = GaugeMetricFamily(
         _name("processes"), "Processes of the target attached now", labels=labels
     )
@@ -223,7 +230,8 @@ def _gauges(snapshot: Snapshot, groups: list[Series], labels: list[str],
 
 def _thread_counters(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
     created = CounterMetricFamily(
-        _name("threads_created"), "Threads created, by the code that holds the start routine",
+        _name("threads_created"),
+        "Threads created, by the code that holds the start routine",
         labels=[*labels, "creator"],
     )
     exited = CounterMetricFamily(_name("threads_exited"), "Threads that ended", labels=labels)
@@ -241,7 +249,8 @@ def _getaddrinfo_metrics(groups: list[Series], labels: list[str]) -> Iterator[Me
         labels=[*labels, "caller"],
     )
     failures = CounterMetricFamily(
-        _name("getaddrinfo_failures"), "Failed getaddrinfo calls by EAI_* error",
+        _name("getaddrinfo_failures"),
+        "Failed getaddrinfo calls by EAI_* error",
         labels=[*labels, "error"],
     )
     duration = HistogramMetricFamily(
@@ -260,9 +269,7 @@ def _getaddrinfo_metrics(groups: list[Series], labels: list[str]) -> Iterator[Me
         errors = Counter(dict.fromkeys(COMMON_EAI_ERRORS, 0)) + counts.getaddrinfo_failures
         for error in sorted({*COMMON_EAI_ERRORS, *errors}):
             failures.add_metric([*group.labels, error], errors[error])
-        buckets = [
-            (floatToGoString(le), n) for le, n in log2_to_buckets(counts.duration_slots)
-        ]
+        buckets = [(floatToGoString(le), n) for le, n in log2_to_buckets(counts.duration_slots)]
         duration.add_metric(group.labels, buckets, counts.duration_sum_ns / 1e9)
         for host, count in sorted(counts.hosts.items()):
             hosts.add_metric([*group.labels, host], count)
@@ -276,17 +283,23 @@ def _resolution_metrics(groups: list[Series], labels: list[str]) -> Iterator[Met
         labels=[*labels, "transport"],
     )
     calls = CounterMetricFamily(
-        _name("resolver_calls"), "libc resolver calls by entry point and caller",
+        _name("resolver_calls"),
+        "libc resolver calls by entry point and caller",
         labels=[*labels, "function", "caller"],
     )
     for group in groups:
         counts = group.counts
         for transport in Transport:
-            queries.add_metric([*group.labels, transport.label],
-                               counts.dns_queries.get(transport.label, 0))
+            queries.add_metric(
+                [*group.labels, transport.label], counts.dns_queries.get(transport.label, 0)
+            )
         # getaddrinfo has its own probe; the other functions appear once called.
-        by_function = Counter({("getaddrinfo", caller): counts.getaddrinfo_calls.get(caller, 0)
-                               for caller in ("event_loop", "other")})
+        by_function = Counter(
+            {
+                ("getaddrinfo", caller): counts.getaddrinfo_calls.get(caller, 0)
+                for caller in ("event_loop", "other")
+            }
+        )
         by_function.update(counts.resolver_calls)
         for (function, caller), count in sorted(by_function.items()):
             calls.add_metric([*group.labels, function, caller], count)
@@ -303,12 +316,14 @@ def _site_metrics(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
     calls = CounterMetricFamily(
         _name("getaddrinfo_calls_by_site"),
         "getaddrinfo calls, by the Python code that made them and whether a coroutine was "
-        "running (caller=event_loop)", labels=[*labels, "site", "caller"],
+        "running (caller=event_loop)",
+        labels=[*labels, "site", "caller"],
     )
     pools = GaugeMetricFamily(
         _name("executor_threads"),
         "Live threads of thread pools: the loop's default executor, other ThreadPoolExecutors, "
-        "AnyIO's workers", labels=[*labels, "pool"],
+        "AnyIO's workers",
+        labels=[*labels, "pool"],
     )
     saturation = GaugeMetricFamily(
         _name("executor_saturation_ratio"),
@@ -332,7 +347,8 @@ def _site_self_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     unavailable = GaugeMetricFamily(
         _name("sites_unavailable"),
         "Attached processes whose Python frames cannot be read, by reason (their sites and "
-        "executor threads are absent; caller falls back to the epoll mark)", labels=["reason"],
+        "executor threads are absent; caller falls back to the epoll mark)",
+        labels=["reason"],
     )
     reasons = Counter(row.sites_unavailable for row in snapshot.rows if row.sites_unavailable)
     for reason, count in sorted(reasons.items()):
@@ -343,7 +359,7 @@ def _site_self_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     if counted:
         yield CounterMetricFamily(
             _name("site_stacks_dropped"),
-            "Events counted under site=\"<other>\" because a by-site map was full",
+            'Events counted under site="<other>" because a by-site map was full',
             value=sum(counts.site_stacks_dropped for counts in counted),
         )
 
@@ -352,7 +368,8 @@ def _target_info(snapshot: Snapshot, pod_names: PodNames | None) -> Metric:
     # In node mode it names the pod too: honoured labels must not leave the observer's own.
     names = list(kubernetes.LABELS) if pod_names is not None else []
     info = GaugeMetricFamily(
-        _name("target_info"), "Attached processes and the container and pod they run in",
+        _name("target_info"),
+        "Attached processes and the container and pod they run in",
         labels=["target", "pid", "container_id", "pod_uid", *names],
     )
     for row in snapshot.rows:

@@ -54,10 +54,12 @@ class Row:
 
     @property
     def exact(self) -> bool:
-        return (self.threads_created == self.threads_truth
-                and self.getaddrinfo_calls == self.getaddrinfo_truth
-                and self.event_loop_calls == self.event_loop_truth
-                and self.dns_truth in (None, self.dns_queries))
+        return (
+            self.threads_created == self.threads_truth
+            and self.getaddrinfo_calls == self.getaddrinfo_truth
+            and self.event_loop_calls == self.event_loop_truth
+            and self.dns_truth in (None, self.dns_queries)
+        )
 
 
 def add_parser(subparsers, parents) -> None:
@@ -67,19 +69,34 @@ def add_parser(subparsers, parents) -> None:
     from workloads.scenarios import SCENARIOS
 
     demo = subparsers.add_parser(
-        "demo", help="run the sample workloads next to the observer, as a table",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "demo",
+        help="run the sample workloads next to the observer, as a table",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
-                      metavar="NAME", help="run only these (repeatable; default all): "
-                      + ", ".join(SCENARIOS))
-    demo.add_argument("--python", default=sys.executable, metavar="PATH",
-                      help="run the scenarios under this interpreter (default this one)")
+    demo.add_argument(
+        "--scenario",
+        action="append",
+        choices=sorted(SCENARIOS),
+        metavar="NAME",
+        help="run only these (repeatable; default all): " + ", ".join(SCENARIOS),
+    )
+    demo.add_argument(
+        "--python",
+        default=sys.executable,
+        metavar="PATH",
+        help="run the scenarios under this interpreter (default this one)",
+    )
     demo.add_argument("--json", action="store_true", help="one JSON object per scenario")
-    demo.add_argument("--keep", action="store_true",
-                      help="keep the observer serving afterwards and print its URL")
-    demo.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
-                      help="where the observer serves meanwhile (default a free port)")
+    demo.add_argument(
+        "--keep", action="store_true", help="keep the observer serving afterwards and print its URL"
+    )
+    demo.add_argument(
+        "--listen",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="where the observer serves meanwhile (default a free port)",
+    )
     add_log_level_argument(demo, "warning")
     demo.set_defaults(func=run)
 
@@ -97,9 +114,11 @@ def run(args: argparse.Namespace) -> int:
             return run_demo(args, started(BpfObserver([], [])))
         except BpfUnavailable as err:
             problem = str(err)
-    raise UsageError(f"the demo needs eBPF, which cannot work here: {problem}. "
-                     "Run 'thread-observer check' to see what to fix ('make setup' installs "
-                     "what is missing; run as root)")
+    raise UsageError(
+        f"the demo needs eBPF, which cannot work here: {problem}. "
+        "Run 'thread-observer check' to see what to fix ('make setup' installs "
+        "what is missing; run as root)"
+    )
 
 
 def run_demo(args: argparse.Namespace, observer) -> int:
@@ -129,8 +148,9 @@ def run_scenarios(observer, args) -> tuple[list[Row], dict[str, str]]:
 
     names = args.scenario or list(SCENARIOS)
     version, missing = interpreter_facts(args.python, SCENARIOS, names)
-    skipped = {name: why for name in names if (why := why_skipped(SCENARIOS[name], version,
-                                                                     missing))}
+    skipped = {
+        name: why for name in names if (why := why_skipped(SCENARIOS[name], version, missing))
+    }
     wanted = [name for name in names if name not in skipped]
     needs_redis = any(SCENARIOS[name].server in ("redis_unix", "redis_tcp") for name in wanted)
     rows = []
@@ -143,8 +163,10 @@ def run_scenarios(observer, args) -> tuple[list[Row], dict[str, str]]:
 def interpreter_facts(python: str, scenarios, names) -> tuple[tuple[int, int], set[str]]:
     """The interpreter's version, and which of the modules the scenarios need it lacks."""
     modules = sorted({m for name in names for m in scenarios[name].requires})
-    probe = ("import importlib.util, json, sys; print(json.dumps([list(sys.version_info[:2]), "
-             f"[m for m in {modules!r} if importlib.util.find_spec(m) is None]]))")
+    probe = (
+        "import importlib.util, json, sys; print(json.dumps([list(sys.version_info[:2]), "
+        f"[m for m in {modules!r} if importlib.util.find_spec(m) is None]]))"
+    )
     found = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True)
     version, missing = json.loads(found.stdout)
     return tuple(version), set(missing)
@@ -258,19 +280,25 @@ def show(rows: list[Row], skipped: dict[str, str], as_json: bool) -> None:
 def table(rows: list[Row]) -> Table:
     python = ", ".join(sorted({row.python for row in rows}))
     result = Table(title=f"thread-observer demo (Python {python})", show_lines=False)
-    for column, justify in [("scenario", "left"), ("Python-visible threads (peak)", "right"),
-                            ("native threads created, by creator", "left"),
-                            ("threads created (observer / truth)", "right"),
-                            ("getaddrinfo calls (observer / truth)", "right"),
-                            ("on the event loop (observer / truth)", "right"),
-                            ("p50 / p99 latency", "right"),
-                            ("DNS queries on the wire (observer / responder)", "right")]:
+    for column, justify in [
+        ("scenario", "left"),
+        ("Python-visible threads (peak)", "right"),
+        ("native threads created, by creator", "left"),
+        ("threads created (observer / truth)", "right"),
+        ("getaddrinfo calls (observer / truth)", "right"),
+        ("on the event loop (observer / truth)", "right"),
+        ("p50 / p99 latency", "right"),
+        ("DNS queries on the wire (observer / responder)", "right"),
+    ]:
         # Headers may wrap; values may not (a library name cut in two reads as two).
-        result.add_column(column, justify=justify,
-                          no_wrap=column.startswith(("native", "scenario")), max_width=44)
+        result.add_column(
+            column, justify=justify, no_wrap=column.startswith(("native", "scenario")), max_width=44
+        )
     for row in rows:
         result.add_row(
-            row.scenario, str(row.python_threads_peak), creators_text(row.native_threads_created),
+            row.scenario,
+            str(row.python_threads_peak),
+            creators_text(row.native_threads_created),
             versus(row.threads_created, row.threads_truth),
             versus(row.getaddrinfo_calls, row.getaddrinfo_truth),
             versus(row.event_loop_calls, row.event_loop_truth),

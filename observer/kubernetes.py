@@ -55,12 +55,15 @@ OUTSIDE = PodContainer()
 
 def add_pod_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--pod-labels", action="store_true",
+        "--pod-labels",
+        action="store_true",
         help="node mode: add namespace, pod and container labels (empty outside Kubernetes) "
         "to every per-target series, named from the kubelet's log directories",
     )
     parser.add_argument(
-        "--kubelet-log-dir", default=DEFAULT_LOG_DIR, metavar="DIR",
+        "--kubelet-log-dir",
+        default=DEFAULT_LOG_DIR,
+        metavar="DIR",
         help="where the kubelet writes pods/ and containers/ (default %(default)s)",
     )
 
@@ -87,8 +90,7 @@ class PodNames:
     a container's log just after starting it.
     """
 
-    def __init__(self, log_dir: str | Path = DEFAULT_LOG_DIR,
-                 clock=time.monotonic) -> None:
+    def __init__(self, log_dir: str | Path = DEFAULT_LOG_DIR, clock=time.monotonic) -> None:
         self.pods_dir = Path(log_dir) / "pods"
         self.containers_dir = Path(log_dir) / "containers"
         self._clock = clock
@@ -142,8 +144,7 @@ class PodNames:
             if parsed:
                 self._containers[parsed[0]] = parsed[1]
 
-    def _report_unnamed(self, container_id: str, pod_uid: str,
-                        found: PodContainer | None) -> None:
+    def _report_unnamed(self, container_id: str, pod_uid: str, found: PodContainer | None) -> None:
         key = (container_id, pod_uid)
         if key in self._reported:
             return
@@ -152,7 +153,10 @@ class PodNames:
         log.warning(
             "no %s name for container id %s, pod uid %s in %s and %s: its series carry "
             "empty labels (are the kubelet's log directories mounted?)",
-            missing, container_id[:12] or "-", pod_uid or "-", self.pods_dir,
+            missing,
+            container_id[:12] or "-",
+            pod_uid or "-",
+            self.pods_dir,
             self.containers_dir,
         )
 

@@ -48,6 +48,7 @@ MAX_ADOPTIONS_PER_POLL = 64
 # default interval, 10 s).
 SITE_TRIES = 40
 
+
 @dataclass
 class TrackedProcess:
     pid: int
@@ -65,9 +66,13 @@ class TrackedProcess:
 
     def row(self, counts: Counts | None) -> ProcessRow:
         return ProcessRow(
-            target=self.target, pid=self.pid, threads=live_threads(self.pid), counts=counts,
+            target=self.target,
+            pid=self.pid,
+            threads=live_threads(self.pid),
+            counts=counts,
             executor_max_workers=self.executor_max_workers,
-            container_id=self.container_id, pod_uid=self.pod_uid,
+            container_id=self.container_id,
+            pod_uid=self.pod_uid,
             sites_unavailable=self.sites_unavailable,
         )
 
@@ -129,8 +134,10 @@ class ProcObserver:
     # Life cycle
     def start(self) -> None:
         if self.backend == "proc":
-            log.warning("backend proc: live threads and processes from /proc only; threads "
-                        "created, threads exited and getaddrinfo are not measured")
+            log.warning(
+                "backend proc: live threads and processes from /proc only; threads "
+                "created, threads exited and getaddrinfo are not measured"
+            )
         with self._lock:
             self._scan()
 
@@ -218,13 +225,13 @@ class ProcObserver:
         started = create_time(pid)
         if started is None:
             return None
-        tracked = TrackedProcess(pid=pid, target=target, create_time=started,
-                                 inherited=inherited)
+        tracked = TrackedProcess(pid=pid, target=target, create_time=started, inherited=inherited)
         self.overflowed += target == OTHER_TARGET
         self._describe(tracked)
         self.procs[pid] = tracked
-        log.info("attached pid %d to target %s%s", pid, target,
-                 " (a descendant)" if inherited else "")
+        log.info(
+            "attached pid %d to target %s%s", pid, target, " (a descendant)" if inherited else ""
+        )
         return tracked
 
     def _describe(self, tracked: TrackedProcess) -> None:
@@ -273,8 +280,10 @@ class ProcObserver:
 
     def target_names(self) -> list[str]:
         """The configured names (a name template's names appear with their processes)."""
-        return sorted({t.name for t in self.regex_targets if not t.is_template}
-                      | set(self.pid_targets.values()))
+        return sorted(
+            {t.name for t in self.regex_targets if not t.is_template}
+            | set(self.pid_targets.values())
+        )
 
 
 def describe(tracked: TrackedProcess) -> None:
@@ -309,8 +318,12 @@ class BpfObserver(ProcObserver):
         # Uprobes for the watched processes only, where every one of them is attached before
         # it is watched: --pid targets without their children.
         per_process = not self.regex_targets and not self.follow_children
-        self.probes = BpfProbes(track_new_processes=bool(self.regex_targets), sites=sites,
-                                follow_children=self.follow_children, per_process=per_process)
+        self.probes = BpfProbes(
+            track_new_processes=bool(self.regex_targets),
+            sites=sites,
+            follow_children=self.follow_children,
+            per_process=per_process,
+        )
         self.numbers = TargetNumbers()
         self._remember_rejections = True  # exec marks a process pending again
         # Counted once a scan, not per scrape: walking every map is the costly part of it.
@@ -400,8 +413,7 @@ class BpfObserver(ProcObserver):
         # A fork shares its parent's mappings (a new program's are unknown: creator unknown)
         # and its container.
         parent = self.procs.get(entry.parent)
-        gone = TrackedProcess(pid=tgid, target=target, create_time=0.0,
-                              generation=entry.generation)
+        gone = TrackedProcess(pid=tgid, target=target, create_time=0.0, generation=entry.generation)
         if parent is not None:
             gone.resolver = None if started_cmdline else parent.resolver
             gone.container_id, gone.pod_uid = parent.container_id, parent.pod_uid
@@ -443,14 +455,22 @@ class BpfObserver(ProcObserver):
                 tracked.target = target
                 self._forget_target_if_empty(old)
             tracked.inherited = own is None
-            self.probes.set_state(tgid, WatchedEntry(
-                ProcessState.WATCHED, self.numbers.number(target), entry.generation, entry.parent))
+            self.probes.set_state(
+                tgid,
+                WatchedEntry(
+                    ProcessState.WATCHED,
+                    self.numbers.number(target),
+                    entry.generation,
+                    entry.parent,
+                ),
+            )
             self._describe(tracked)  # new program image: new mappings
             tracked.sites, tracked.sites_unavailable, tracked.site_tries = None, None, 0
             self._find_python(tracked)
 
-    def _attach(self, pid: int, target: str, inherited: bool = False,
-                probe_libc: bool = True) -> TrackedProcess | None:
+    def _attach(
+        self, pid: int, target: str, inherited: bool = False, probe_libc: bool = True
+    ) -> TrackedProcess | None:
         tracked = super()._attach(pid, target, inherited)
         if tracked is None:
             return None
@@ -480,13 +500,19 @@ class BpfObserver(ProcObserver):
             return
         self.probes.set_python_process(tracked.pid, tracked.generation, runtime)
         tracked.sites = ProcessSites(pyruntime.CodeReader(tracked.pid, runtime).code)
-        log.info("pid %d: Python %d.%d call sites read from its frames", tracked.pid,
-                 *runtime.version)
+        log.info(
+            "pid %d: Python %d.%d call sites read from its frames", tracked.pid, *runtime.version
+        )
 
     def _no_sites(self, tracked: TrackedProcess, reason: str, detail: str) -> None:
         tracked.sites_unavailable = reason
-        log.warning("pid %d: Python call sites unavailable (%s): %s; caller=event_loop falls "
-                    "back to the epoll mark", tracked.pid, reason, detail)
+        log.warning(
+            "pid %d: Python call sites unavailable (%s): %s; caller=event_loop falls "
+            "back to the epoll mark",
+            tracked.pid,
+            reason,
+            detail,
+        )
 
     def _attach_libc(self, pid: int) -> None:
         try:
@@ -498,16 +524,21 @@ class BpfObserver(ProcObserver):
         # nothing to count, not an attach error.
         absent = sorted(set(RESOLVER_UPROBE_NAMES) - attached)
         if absent:
-            log.info("pid %d: no %s in %s (nothing to count there)", pid, ", ".join(absent),
-                     objects)
+            log.info(
+                "pid %d: no %s in %s (nothing to count there)", pid, ", ".join(absent), objects
+            )
         for probe in missing:
             self.probes.attach_errors[probe] += 1
         if missing:
-            log.warning("pid %d: could not probe %s in %s%s", pid, ", ".join(missing), objects,
-                        uprobe_capability_hint())
+            log.warning(
+                "pid %d: could not probe %s in %s%s",
+                pid,
+                ", ".join(missing),
+                objects,
+                uprobe_capability_hint(),
+            )
 
-    def _detach(self, pid: int, final: Counts | None = None,
-                forget_in_kernel: bool = True) -> None:
+    def _detach(self, pid: int, final: Counts | None = None, forget_in_kernel: bool = True) -> None:
         tracked = self.procs.get(pid)
         if tracked is not None:
             if final is None:
@@ -529,8 +560,11 @@ class BpfObserver(ProcObserver):
 
     def _executor_threads(self) -> dict[int, Counter[str]]:
         live = self.probes.live_thread_stacks({p: t.generation for p, t in self.procs.items()})
-        return {pid: tracked.sites.executor_threads(live.get(pid, Counter()))
-                for pid, tracked in self.procs.items() if tracked.sites is not None}
+        return {
+            pid: tracked.sites.executor_threads(live.get(pid, Counter()))
+            for pid, tracked in self.procs.items()
+            if tracked.sites is not None
+        }
 
     def snapshot(self) -> Snapshot:
         with self._lock:
@@ -543,23 +577,28 @@ class BpfObserver(ProcObserver):
             return Snapshot(
                 backend=self.backend,
                 rows=rows,
-                retired={key: self._bound_hosts(key[0], counts)
-                         for key, counts in self.retired.items()},
+                retired={
+                    key: self._bound_hosts(key[0], counts) for key, counts in self.retired.items()
+                },
                 targets=self.target_names(),
                 probes_attached=dict(self.probes.probes_attached),
                 attach_errors=dict(self.probes.attach_errors),
                 bpf_available=True,
                 map_entries=self.map_entries,
-                losses=self._said({**self.probes.kernel_drops(),
-                                   "target_names_overflowed_total": self.overflowed}),
+                losses=self._said(
+                    {**self.probes.kernel_drops(), "target_names_overflowed_total": self.overflowed}
+                ),
             )
 
     def _said(self, losses: dict[str, int]) -> dict[str, int]:
         """Losses, with a warning when DNS sends went uncounted since the last one."""
         sends = losses.get("dns_unknown_socket_sends_total", 0)
         if sends > self._unknown_sends_logged:
-            log.warning("%d sends to port 53 on sockets opened before their process was watched:"
-                        " not counted in dns_queries_total", sends)
+            log.warning(
+                "%d sends to port 53 on sockets opened before their process was watched:"
+                " not counted in dns_queries_total",
+                sends,
+            )
             self._unknown_sends_logged = sends
         return losses
 
@@ -568,7 +607,8 @@ class BpfObserver(ProcObserver):
         hosts = self.host_labels.setdefault(target, HostLabels())
         counts = replace(counts, hosts=hosts.relabel(counts.hosts))
         threads, calls = self.site_labels.setdefault(
-            target, (HostLabels(SITES_PER_TARGET), HostLabels(SITES_PER_TARGET)))
+            target, (HostLabels(SITES_PER_TARGET), HostLabels(SITES_PER_TARGET))
+        )
         if counts.threads_by_site is not None:
             counts.threads_by_site = threads.relabel(counts.threads_by_site)
         if counts.calls_by_site is not None:
@@ -587,10 +627,15 @@ def resolve_counts(raw: RawCounts, tracked: TrackedProcess) -> Counts:
     for routine, count in raw.created_by_routine.items():
         created[creator_label(tracked, routine, created)] += count
     counts = Counts(
-        threads_created=created, threads_exited=raw.threads_exited,
-        getaddrinfo_calls=raw.calls, getaddrinfo_failures=raw.failures,
-        duration_slots=raw.duration_slots, duration_sum_ns=raw.duration_sum_ns,
-        hosts=raw.hosts, dns_queries=raw.dns_queries, resolver_calls=raw.resolver_calls,
+        threads_created=created,
+        threads_exited=raw.threads_exited,
+        getaddrinfo_calls=raw.calls,
+        getaddrinfo_failures=raw.failures,
+        duration_slots=raw.duration_slots,
+        duration_sum_ns=raw.duration_sum_ns,
+        hosts=raw.hosts,
+        dns_queries=raw.dns_queries,
+        resolver_calls=raw.resolver_calls,
     )
     if tracked.sites is not None:
         counts.threads_by_site = tracked.sites.threads_by_site(raw.thread_stacks)

@@ -163,9 +163,7 @@ def locate(pid: int, mappings: list[procfs.Mapping]) -> PythonRuntime:
     path = interpreter_object(pid, mappings)
     version = procfs.python_version(pid, mappings)
     if version is not None and version < (3, 8):
-        raise SitesUnavailable(
-            "unsupported_version", f"Python {version} (3.8 to 3.13 are read)"
-        )
+        raise SitesUnavailable("unsupported_version", f"Python {version} (3.8 to 3.13 are read)")
     try:
         symbols, lowest = elf_symbols(procfs.path_in_root(pid, path), ("_PyRuntime", "PyCode_Type"))
     except (OSError, ELFError) as err:

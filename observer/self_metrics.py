@@ -50,9 +50,12 @@ class BpfProgramCollector(Collector):
     1 (it costs a little on every run): otherwise the two families are absent, not zero, and
     the log says why once."""
 
-    def __init__(self, program_fds: Callable[[], dict[str, int]],
-                 stats_enabled: Callable[[], bool] = bpf_stats_enabled,
-                 fdinfo: Path = FDINFO) -> None:
+    def __init__(
+        self,
+        program_fds: Callable[[], dict[str, int]],
+        stats_enabled: Callable[[], bool] = bpf_stats_enabled,
+        fdinfo: Path = FDINFO,
+    ) -> None:
         self._program_fds = program_fds
         self._stats_enabled = stats_enabled
         self._fdinfo = fdinfo
@@ -70,18 +73,22 @@ class BpfProgramCollector(Collector):
         )
         if not enabled:
             if not self._said_off:
-                log.info("kernel.bpf_stats_enabled is 0: the probes' own run time is not "
-                         "counted (sysctl -w kernel.bpf_stats_enabled=1 to count it)")
+                log.info(
+                    "kernel.bpf_stats_enabled is 0: the probes' own run time is not "
+                    "counted (sysctl -w kernel.bpf_stats_enabled=1 to count it)"
+                )
                 self._said_off = True
             return
         self._said_off = False
         runs = CounterMetricFamily(
-            metric_name("bpf_program_runs"), "Runs of each BPF program of the observer",
+            metric_name("bpf_program_runs"),
+            "Runs of each BPF program of the observer",
             labels=["program"],
         )
         seconds = CounterMetricFamily(
             metric_name("bpf_program_run_seconds"),
-            "Time spent running each BPF program of the observer", labels=["program"],
+            "Time spent running each BPF program of the observer",
+            labels=["program"],
         )
         for program, fd in sorted(self._program_fds().items()):
             try:

@@ -23,9 +23,13 @@ OBSERVER_KEY = web.AppKey("observer", ProcObserver)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 
 
-def make_app(observer: ProcObserver, label_pid: bool, interval: float,
-             pod_names: PodNames | None = None, web_config: WebConfig | None = None,
-             ) -> web.Application:
+def make_app(
+    observer: ProcObserver,
+    label_pid: bool,
+    interval: float,
+    pod_names: PodNames | None = None,
+    web_config: WebConfig | None = None,
+) -> web.Application:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
         ObserverCollector(observer.snapshot, label_pid=label_pid, pod_names=pod_names)
@@ -85,14 +89,20 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(text="thread-observer: see /metrics and /healthz\n")
 
 
-async def start_serving(observer: ProcObserver, host: str, port: int, label_pid: bool,
-                        interval: float, pod_names: PodNames | None = None,
-                        web_config: WebConfig | None = None,
-                        ) -> tuple[web.AppRunner, list[str]]:
+async def start_serving(
+    observer: ProcObserver,
+    host: str,
+    port: int,
+    label_pid: bool,
+    interval: float,
+    pod_names: PodNames | None = None,
+    web_config: WebConfig | None = None,
+) -> tuple[web.AppRunner, list[str]]:
     """Starts /metrics and the poll loop; returns the runner and the URLs it serves."""
     web_config = web_config or WebConfig()
     runner = web.AppRunner(
-        make_app(observer, label_pid, interval, pod_names, web_config), handle_signals=False,
+        make_app(observer, label_pid, interval, pod_names, web_config),
+        handle_signals=False,
         access_log=None,
     )
     await runner.setup()
@@ -101,8 +111,9 @@ async def start_serving(observer: ProcObserver, host: str, port: int, label_pid:
     except BaseException:
         await runner.cleanup()
         raise
-    urls = [f"{web_config.scheme}://{address[0]}:{address[1]}/metrics"
-            for address in runner.addresses]
+    urls = [
+        f"{web_config.scheme}://{address[0]}:{address[1]}/metrics" for address in runner.addresses
+    ]
     for url in urls:
         log.info("serving %s (backend %s)", url, observer.backend)
     return runner, urls
@@ -116,12 +127,19 @@ async def until_signalled() -> None:
     await stop.wait()
 
 
-async def serve(observer: ProcObserver, host: str, port: int, label_pid: bool,
-                interval: float, pod_names: PodNames | None = None,
-                web_config: WebConfig | None = None) -> None:
+async def serve(
+    observer: ProcObserver,
+    host: str,
+    port: int,
+    label_pid: bool,
+    interval: float,
+    pod_names: PodNames | None = None,
+    web_config: WebConfig | None = None,
+) -> None:
     """Serves until SIGTERM or SIGINT, then detaches the probes and returns."""
-    runner, _ = await start_serving(observer, host, port, label_pid, interval, pod_names,
-                                    web_config)
+    runner, _ = await start_serving(
+        observer, host, port, label_pid, interval, pod_names, web_config
+    )
     try:
         await until_signalled()
         log.info("stopping: detaching probes")

@@ -20,18 +20,20 @@ def make_observer(args: argparse.Namespace):
     try:
         regex_targets = [parse_regex_target(text) for text in args.target]
         pid_targets = [
-            resolve_pid_target(parse_pid_target(text), args.allow_non_python)
-            for text in args.pid
+            resolve_pid_target(parse_pid_target(text), args.allow_non_python) for text in args.pid
         ]
     except TargetError as err:
         raise UsageError(str(err)) from None
     if not regex_targets and not pid_targets:
         raise UsageError("nothing to watch: give --target NAME=REGEX or --pid PID")
-    options = {"regex_targets": regex_targets, "pid_targets": pid_targets,
-               "allow_non_python": args.allow_non_python,
-               "follow_children": not getattr(args, "no_children", False),
-               # Node mode (run --pod-labels) keeps each container's processes apart.
-               "containers_apart": getattr(args, "pod_labels", False)}
+    options = {
+        "regex_targets": regex_targets,
+        "pid_targets": pid_targets,
+        "allow_non_python": args.allow_non_python,
+        "follow_children": not getattr(args, "no_children", False),
+        # Node mode (run --pod-labels) keeps each container's processes apart.
+        "containers_apart": getattr(args, "pod_labels", False),
+    }
     if args.backend == "proc":
         return started(ProcObserver(**options))
     problem = bpf_problem()
@@ -42,9 +44,11 @@ def make_observer(args: argparse.Namespace):
             problem = str(err)
     if args.backend == "bpf":
         raise UsageError(f"the bpf backend cannot work here: {problem}")
-    log.warning("eBPF unavailable (%s): falling back to the proc backend: live threads and "
-                "processes only; thread creation counts and getaddrinfo are NOT measured",
-                problem)
+    log.warning(
+        "eBPF unavailable (%s): falling back to the proc backend: live threads and "
+        "processes only; thread creation counts and getaddrinfo are NOT measured",
+        problem,
+    )
     return started(ProcObserver(**options))
 
 

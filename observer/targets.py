@@ -48,8 +48,10 @@ class RegexTarget:
             return None
         if not self.is_template:
             return self.name
-        values = {group: UNSAFE_NAME_CHARACTERS.sub("_", (value or "")[:64])
-                  for group, value in found.groupdict().items()}
+        values = {
+            group: UNSAFE_NAME_CHARACTERS.sub("_", (value or "")[:64])
+            for group, value in found.groupdict().items()
+        }
         return self.name.format(**values)[:64] or "<none>"
 
 
@@ -74,8 +76,12 @@ class TargetNames:
             return name
         if target.name not in self.capped:
             self.capped.add(target.name)
-            log.warning("target %s has %d names already: later ones count as %s",
-                        target.name, self.limit, OTHER_TARGET)
+            log.warning(
+                "target %s has %d names already: later ones count as %s",
+                target.name,
+                self.limit,
+                OTHER_TARGET,
+            )
         return OTHER_TARGET
 
 
@@ -118,8 +124,7 @@ def parse_regex_target(text: str) -> RegexTarget:
 def _check_template(name: str, pattern: re.Pattern[str]) -> None:
     """A plain name, or a template whose fields are named groups of the pattern."""
     try:
-        fields = [(text, group) for text, group, spec, conversion
-                  in string.Formatter().parse(name)]
+        fields = [(text, group) for text, group, spec, conversion in string.Formatter().parse(name)]
     except ValueError as err:
         raise TargetError(f"--target {name!r}: bad name template: {err}") from None
     groups = [group for _, group in fields if group is not None]
@@ -128,11 +133,15 @@ def _check_template(name: str, pattern: re.Pattern[str]) -> None:
         return
     for group in groups:
         if group not in pattern.groupindex:
-            raise TargetError(f"--target {name!r}: {{{group}}} is not a named group of the "
-                              "regex (write one as (?P<NAME>...))")
+            raise TargetError(
+                f"--target {name!r}: {{{group}}} is not a named group of the "
+                "regex (write one as (?P<NAME>...))"
+            )
     if not re.fullmatch(r"[A-Za-z0-9_.:-]*", "".join(text for text, _ in fields)):
-        raise TargetError(f"--target {name!r}: outside its {{fields}}, a name template uses "
-                          "only letters, digits, _ . : -")
+        raise TargetError(
+            f"--target {name!r}: outside its {{fields}}, a name template uses "
+            "only letters, digits, _ . : -"
+        )
 
 
 def parse_pid_target(text: str) -> PidTarget:
@@ -166,8 +175,7 @@ def resolve_pid_target(target: PidTarget, allow_non_python: bool) -> PidTarget:
     except psutil.NoSuchProcess:
         raise TargetError(f"--pid {target.pid}: no such process") from None
     except (psutil.AccessDenied, PermissionError):
-        raise TargetError(f"--pid {target.pid}: {denied_text(access_facts(target.pid))}") \
-            from None
+        raise TargetError(f"--pid {target.pid}: {denied_text(access_facts(target.pid))}") from None
     return PidTarget(name, target.pid)
 
 
@@ -195,7 +203,9 @@ def access_facts(pid: int) -> AccessFacts:
     own = _status_fields("/proc/self/status")
     uid = status.get("Uid")
     return AccessFacts(
-        pid=pid, euid=os.geteuid(), target_uid=int(uid.split()[0]) if uid else None,
+        pid=pid,
+        euid=os.geteuid(),
+        target_uid=int(uid.split()[0]) if uid else None,
         sys_ptrace=bool(int(own.get("CapEff", "0"), 16) >> CAP_SYS_PTRACE & 1),
         own_uid_map=_read_squeezed("/proc/self/uid_map") or FULL_UID_MAP,
         target_uid_map=_read_squeezed(f"/proc/{pid}/uid_map"),
@@ -208,24 +218,35 @@ def denied_text(facts: AccessFacts) -> str:
     pid = facts.pid
     head = f"the kernel denies reading /proc/{pid}/exe and /proc/{pid}/maps"
     if facts.target_uid_map is not None and facts.target_uid_map != facts.own_uid_map:
-        return (f"{head}: it is outside this observer's user namespace (its uid_map reads "
-                f"\"{facts.target_uid_map}\" from here, this one's \"{facts.own_uid_map}\"), "
-                "and capabilities count only inside. Run the observer in the process's user "
-                "namespace or an ancestor of it (on the host, or a container sharing the "
-                "host's)")
+        return (
+            f"{head}: it is outside this observer's user namespace (its uid_map reads "
+            f'"{facts.target_uid_map}" from here, this one\'s "{facts.own_uid_map}"), '
+            "and capabilities count only inside. Run the observer in the process's user "
+            "namespace or an ancestor of it (on the host, or a container sharing the "
+            "host's)"
+        )
     if not facts.sys_ptrace:
         if facts.target_uid is not None and facts.target_uid != facts.euid:
-            return (f"{head}: it belongs to uid {facts.target_uid} and this runs as uid "
-                    f"{facts.euid} without CAP_SYS_PTRACE. Run as root (sudo), or as uid "
-                    f"{facts.target_uid}")
-        return (f"{head}: it is yours but not dumpable (setuid, file capabilities or "
-                "prctl(PR_SET_DUMPABLE, 0)), and this runs without CAP_SYS_PTRACE. Run as root")
-    modules = f"active modules: {facts.security_modules}" if facts.security_modules else \
-        "which modules are active is unknown: /sys/kernel/security/lsm is not readable"
+            return (
+                f"{head}: it belongs to uid {facts.target_uid} and this runs as uid "
+                f"{facts.euid} without CAP_SYS_PTRACE. Run as root (sudo), or as uid "
+                f"{facts.target_uid}"
+            )
+        return (
+            f"{head}: it is yours but not dumpable (setuid, file capabilities or "
+            "prctl(PR_SET_DUMPABLE, 0)), and this runs without CAP_SYS_PTRACE. Run as root"
+        )
+    modules = (
+        f"active modules: {facts.security_modules}"
+        if facts.security_modules
+        else "which modules are active is unknown: /sys/kernel/security/lsm is not readable"
+    )
     init = ", as the first process of a VM or container often is" if pid == 1 else ""
-    return (f"{head} although this runs with CAP_SYS_PTRACE: a security module protects the "
-            f"process{init} ({modules}). Watch another process, or allow this one in that "
-            "module's policy (AppArmor or SELinux profile, Landlock domain)")
+    return (
+        f"{head} although this runs with CAP_SYS_PTRACE: a security module protects the "
+        f"process{init} ({modules}). Watch another process, or allow this one in that "
+        "module's policy (AppArmor or SELinux profile, Landlock domain)"
+    )
 
 
 def _status_fields(path: str) -> dict[str, str]:
@@ -269,8 +290,9 @@ def match_target(targets: list[RegexTarget], cmdline: str) -> RegexTarget | None
     return None
 
 
-def first_match(targets: list[RegexTarget],
-                cmdlines: Iterable[str | None]) -> tuple[RegexTarget, str] | None:
+def first_match(
+    targets: list[RegexTarget], cmdlines: Iterable[str | None]
+) -> tuple[RegexTarget, str] | None:
     """The first target (in the order given) whose regex matches one of the command lines
     (tried in the order given), with the command line it matched."""
     lines = [line for line in cmdlines if line]

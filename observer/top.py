@@ -155,8 +155,9 @@ class Session:
             total = copy.deepcopy(self.totals.get(name, now))
             total.processes, total.threads = now.processes, now.threads
             targets[name] = total
-        return Sample(sample.time, targets, sample.series, sample.backend, sample.source,
-                      sample.error)
+        return Sample(
+            sample.time, targets, sample.series, sample.backend, sample.source, sample.error
+        )
 
 
 def _accumulate(total: TargetSample, current: TargetSample, last: TargetSample | None) -> None:
@@ -202,14 +203,16 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds:.2f} s"
 
 
-def _rates(current: dict[str, float], previous: dict[str, float] | None,
-           interval: float) -> dict[str, float]:
+def _rates(
+    current: dict[str, float], previous: dict[str, float] | None, interval: float
+) -> dict[str, float]:
     old = previous or {}
     return {key: increase(value, old.get(key)) / interval for key, value in current.items()}
 
 
-def _breakdown(current: dict[str, float], previous: dict[str, float] | None,
-               interval: float) -> Text:
+def _breakdown(
+    current: dict[str, float], previous: dict[str, float] | None, interval: float
+) -> Text:
     """``rate name (total)`` per key that ever counted, one a line, busiest first; a single
     ``0`` when none did (ten lines of zero failures say nothing)."""
     current = {key: value for key, value in current.items() if value}
@@ -225,14 +228,24 @@ def _breakdown(current: dict[str, float], previous: dict[str, float] | None,
     return text
 
 
-def render_frame(previous: Sample | None, current: Sample, interval: float,
-                 since_start: float | None = None, status: str = "") -> RenderableType:
+def render_frame(
+    previous: Sample | None,
+    current: Sample,
+    interval: float,
+    since_start: float | None = None,
+    status: str = "",
+) -> RenderableType:
     """One screen: a row per target, busiest first. Rates over the ``interval`` seconds
     between samples or, with ``since_start`` (the session's length in seconds), totals."""
-    view = (f"totals since start ({format_seconds(since_start)} ago) · s: rates now"
-            if since_start is not None else f"every {interval:.1f} s · s: since start")
-    header = Text(f"thread-observer top · {current.source or 'in-process observer'}"
-                  f" · backend {current.backend or '?'} · {view} · q quits")
+    view = (
+        f"totals since start ({format_seconds(since_start)} ago) · s: rates now"
+        if since_start is not None
+        else f"every {interval:.1f} s · s: since start"
+    )
+    header = Text(
+        f"thread-observer top · {current.source or 'in-process observer'}"
+        f" · backend {current.backend or '?'} · {view} · q quits"
+    )
     footer = Text(status, style="dim", overflow="ellipsis")
     if current.error:
         return Group(header, Text(current.error, style="bold red"), footer)
@@ -244,8 +257,11 @@ def render_frame(previous: Sample | None, current: Sample, interval: float,
         table.add_column(column, justify=justify, no_wrap=True, overflow="ellipsis")
     for name in by_activity(previous, current, since_start is not None):
         target = current.targets[name]
-        cells = _total_cells(target) if since_start is not None else \
-            _target_cells(target, _previous(previous, name), interval)
+        cells = (
+            _total_cells(target)
+            if since_start is not None
+            else _target_cells(target, _previous(previous, name), interval)
+        )
         table.add_row(name, *cells)
     sites = sites_table(current)
     return Group(header, table, *([sites] if sites else []), footer)
@@ -256,10 +272,13 @@ SITES_SHOWN = 3  # call sites listed per target
 
 def top_sites(target: TargetSample) -> list[tuple[str, float, float]]:
     """(site, threads created, getaddrinfo calls) of the target's busiest sites."""
-    names = {site for site, value in [*target.thread_sites.items(), *target.call_sites.items()]
-             if value}
-    rows = [(site, target.thread_sites.get(site, 0.0), target.call_sites.get(site, 0.0))
-            for site in names]
+    names = {
+        site for site, value in [*target.thread_sites.items(), *target.call_sites.items()] if value
+    }
+    rows = [
+        (site, target.thread_sites.get(site, 0.0), target.call_sites.get(site, 0.0))
+        for site in names
+    ]
     rows.sort(key=lambda row: (-(row[1] + row[2]), row[0]))
     return rows[:SITES_SHOWN]
 
@@ -280,12 +299,28 @@ def sites_table(sample: Sample) -> Table | None:
     return table
 
 
-COLUMNS = (("target", "left"), ("procs", "right"), ("threads", "right"),
-           ("created (total)", "left"), ("exited", "right"), ("getaddrinfo", "right"),
-           ("on event loop", "right"), ("p99", "right"), ("failures (total)", "left"))
-TOTAL_COLUMNS = (("target", "left"), ("procs", "right"), ("threads", "right"),
-                 ("created", "left"), ("exited", "right"), ("getaddrinfo", "right"),
-                 ("on event loop", "right"), ("p99", "right"), ("failures", "left"))
+COLUMNS = (
+    ("target", "left"),
+    ("procs", "right"),
+    ("threads", "right"),
+    ("created (total)", "left"),
+    ("exited", "right"),
+    ("getaddrinfo", "right"),
+    ("on event loop", "right"),
+    ("p99", "right"),
+    ("failures (total)", "left"),
+)
+TOTAL_COLUMNS = (
+    ("target", "left"),
+    ("procs", "right"),
+    ("threads", "right"),
+    ("created", "left"),
+    ("exited", "right"),
+    ("getaddrinfo", "right"),
+    ("on event loop", "right"),
+    ("p99", "right"),
+    ("failures", "left"),
+)
 
 
 def activity(target: TargetSample) -> float:
@@ -296,6 +331,7 @@ def activity(target: TargetSample) -> float:
 def by_activity(previous: Sample | None, current: Sample, totals: bool) -> list[str]:
     """Target names, the busiest first: over the last interval, or since start; ties by
     their totals, then by name."""
+
     def key(name: str) -> tuple[float, float, str]:
         total = activity(current.targets[name])
         last = _previous(previous, name)
@@ -309,14 +345,18 @@ def _previous(sample: Sample | None, name: str) -> TargetSample | None:
     return sample.targets.get(name) if sample and not sample.error else None
 
 
-def _target_cells(target: TargetSample, previous: TargetSample | None,
-                  interval: float) -> list[RenderableType]:
+def _target_cells(
+    target: TargetSample, previous: TargetSample | None, interval: float
+) -> list[RenderableType]:
     cells: list[RenderableType] = [f"{target.processes:.0f}", f"{target.threads:.0f}"]
     if not target.counted:  # the proc backend: no counters, and no zeros passed off as such
         return cells + [NO_VALUE] * (len(COLUMNS) - 3)
     if previous is None:  # the first sample: totals, no rates yet
-        return cells + [_breakdown(target.created, target.created, 1), *[NO_VALUE] * 4,
-                        _breakdown(target.failures, target.failures, 1)]
+        return cells + [
+            _breakdown(target.created, target.created, 1),
+            *[NO_VALUE] * 4,
+            _breakdown(target.failures, target.failures, 1),
+        ]
     calls = sum(_rates(target.calls, previous.calls, interval).values())
     on_loop = increase(target.calls.get("event_loop", 0), previous.calls.get("event_loop"))
     return cells + [
@@ -336,7 +376,8 @@ def _total_cells(target: TargetSample) -> list[RenderableType]:
         return cells + [NO_VALUE] * (len(TOTAL_COLUMNS) - 3)
     on_loop = target.calls.get("event_loop", 0)
     return cells + [
-        _counts_text(target.created), f"{target.exited:.0f}",
+        _counts_text(target.created),
+        f"{target.exited:.0f}",
         f"{sum(target.calls.values()):.0f}",
         Text(f"{on_loop:.0f}", style="bold red" if on_loop else ""),
         format_seconds(quantile(0.99, target.buckets)),
@@ -346,8 +387,10 @@ def _total_cells(target: TargetSample) -> list[RenderableType]:
 
 def _counts_text(counts: dict[str, float]) -> Text:
     """``count name`` per key that counted, largest first; a single ``0`` when none did."""
-    nonzero = sorted(((value, key) for key, value in counts.items() if value),
-                     key=lambda item: (-item[0], item[1]))
+    nonzero = sorted(
+        ((value, key) for key, value in counts.items() if value),
+        key=lambda item: (-item[0], item[1]),
+    )
     return Text("\n".join(f"{value:.0f} {short_creator(key)}" for value, key in nonzero) or "0")
 
 
@@ -423,8 +466,7 @@ def key_reader() -> Iterator[Callable[[float], str]]:
 class Screen:
     """What is on screen: the session, the last frame's view, and which view is shown."""
 
-    def __init__(self, source, interval: float, since_start: bool,
-                 status: StatusLine) -> None:
+    def __init__(self, source, interval: float, since_start: bool, status: StatusLine) -> None:
         self.source = source
         self.interval = interval
         self.since_start = since_start
@@ -442,10 +484,13 @@ class Screen:
 
     def frame(self) -> RenderableType:
         elapsed = self.shown.time - self.started
-        return render_frame(self.previous, self.shown,
-                            self.shown.time - self.previous.time if self.previous else
-                            self.interval, elapsed if self.since_start else None,
-                            self.status.text)
+        return render_frame(
+            self.previous,
+            self.shown,
+            self.shown.time - self.previous.time if self.previous else self.interval,
+            elapsed if self.since_start else None,
+            self.status.text,
+        )
 
     def wait_for_frame(self, wait: Callable[[float], str], on_key: Callable[[], None]) -> bool:
         """Samples until the next frame is due; False when q was pressed."""
@@ -468,15 +513,13 @@ class Screen:
         return True
 
 
-def show(source, interval: float, count: int | None, since_start: bool,
-         status: StatusLine) -> None:
+def show(source, interval: float, count: int | None, since_start: bool, status: StatusLine) -> None:
     from rich.console import Console
     from rich.live import Live
 
     screen = Screen(source, interval, since_start, status)
     frames = 1
-    with Live(screen.frame(), console=Console(), auto_refresh=False) as live, \
-            key_reader() as wait:
+    with Live(screen.frame(), console=Console(), auto_refresh=False) as live, key_reader() as wait:
 
         def redraw() -> None:
             live.update(screen.frame(), refresh=True)
@@ -496,8 +539,7 @@ class StatusLine(logging.Handler):
         super().__init__()
         self.last = ""
         self.warning = ""
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s",
-                                            "%H:%M:%S"))
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
 
     def emit(self, record: logging.LogRecord) -> None:
         line = " ".join(self.format(record).split())  # one line, whatever the message
@@ -519,8 +561,7 @@ def logs_elsewhere(status: StatusLine, log_file: str | None) -> Iterator[None]:
     handlers: list[logging.Handler] = [status]
     if log_file:
         to_file = logging.FileHandler(log_file)
-        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
-                                               "%(message)s"))
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handlers.append(to_file)
     root.handlers = handlers
     try:
@@ -535,26 +576,40 @@ def logs_elsewhere(status: StatusLine, log_file: str | None) -> Iterator[None]:
 def add_parser(subparsers, parents) -> None:
     """The ``top`` subcommand."""
     parser = subparsers.add_parser(
-        "top", help="live view of the targets' threads and getaddrinfo calls",
+        "top",
+        help="live view of the targets' threads and getaddrinfo calls",
         description="A live terminal view: threads now, creation rate by creator, getaddrinfo "
         "rate, p99 latency, failures and calls on event loops.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=list(parents),
     )
-    parser.add_argument("--url", metavar="URL",
-                        help="an observer's /metrics, e.g. http://127.0.0.1:9097/metrics")
+    parser.add_argument(
+        "--url", metavar="URL", help="an observer's /metrics, e.g. http://127.0.0.1:9097/metrics"
+    )
     add_target_arguments(parser)
     add_backend_argument(parser, "without --url: the backend of the observer started here")
-    parser.add_argument("--interval", type=positive_float, default=1.0, metavar="SECONDS",
-                        help="refresh period (default %(default)s)")
-    parser.add_argument("--count", type=int, metavar="N",
-                        help="stop after N frames (default: until q or Ctrl-C)")
-    parser.add_argument("--since-start", action="store_true",
-                        help="start with the totals since start, gone processes included "
-                        "(key s switches)")
-    parser.add_argument("--log-file", metavar="FILE",
-                        help="also write log records to FILE (while the table is on screen, "
-                        "the last one shows under it)")
+    parser.add_argument(
+        "--interval",
+        type=positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="refresh period (default %(default)s)",
+    )
+    parser.add_argument(
+        "--count", type=int, metavar="N", help="stop after N frames (default: until q or Ctrl-C)"
+    )
+    parser.add_argument(
+        "--since-start",
+        action="store_true",
+        help="start with the totals since start, gone processes included (key s switches)",
+    )
+    parser.add_argument(
+        "--log-file",
+        metavar="FILE",
+        help="also write log records to FILE (while the table is on screen, "
+        "the last one shows under it)",
+    )
     parser.set_defaults(func=run)
 
 

@@ -29,14 +29,17 @@ class WebConfigError(ValueError):
 def add_web_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("protecting /metrics")
     group.add_argument(
-        "--bearer-token-file", metavar="FILE",
+        "--bearer-token-file",
+        metavar="FILE",
         help="require 'Authorization: Bearer TOKEN' on /metrics, TOKEN being this file's "
         "content (read again when the file changes, so a rotated Secret applies)",
     )
-    group.add_argument("--tls-cert-file", metavar="FILE",
-                       help="serve HTTPS with this certificate chain (PEM)")
-    group.add_argument("--tls-key-file", metavar="FILE",
-                       help="the private key of --tls-cert-file (PEM)")
+    group.add_argument(
+        "--tls-cert-file", metavar="FILE", help="serve HTTPS with this certificate chain (PEM)"
+    )
+    group.add_argument(
+        "--tls-key-file", metavar="FILE", help="the private key of --tls-cert-file (PEM)"
+    )
 
 
 class BearerToken:
@@ -121,7 +124,8 @@ def _require_token(token: BearerToken):
             request.headers.get("Authorization")
         ):
             return web.Response(
-                status=401, text="401: a bearer token is required\n",
+                status=401,
+                text="401: a bearer token is required\n",
                 headers={"WWW-Authenticate": 'Bearer realm="thread-observer"'},
             )
         return await handler(request)

@@ -48,8 +48,9 @@ def find_python(version: str) -> str | None:
     """A CPython of that version ("3.6"): this one, pyenv's, else one on PATH; None."""
     if version == "{}.{}".format(*sys.version_info[:2]):
         return sys.executable
-    found = sorted(glob.glob(os.path.join(PYENV_ROOT, "versions", f"{version}.*", "bin",
-                                          "python3")))
+    found = sorted(
+        glob.glob(os.path.join(PYENV_ROOT, "versions", f"{version}.*", "bin", "python3"))
+    )
     found += filter(None, [shutil.which(f"python{version}")])
     return found[0] if found else None
 
@@ -119,12 +120,22 @@ def observer(args: list[str], tmp_path: Path, timeout: float = 30.0):
     """``thread-observer run ARGS`` on a free loopback port, stopped afterwards."""
     port = free_port()
     log_path = tmp_path / f"observer-{port}.log"
-    command = [*OBSERVER_PREFIX, sys.executable, "-m", "observer", "run",
-               "--listen", f"127.0.0.1:{port}", *args]
+    command = [
+        *OBSERVER_PREFIX,
+        sys.executable,
+        "-m",
+        "observer",
+        "run",
+        "--listen",
+        f"127.0.0.1:{port}",
+        *args,
+    ]
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(
             command,
-            stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
         )
     running = RunningObserver(process, port, log_path)
     try:
@@ -134,8 +145,7 @@ def observer(args: list[str], tmp_path: Path, timeout: float = 30.0):
         running.stop()
 
 
-def settled(running, expected: dict[str, float], timeout: float = 10.0,
-            **labels: str) -> Metrics:
+def settled(running, expected: dict[str, float], timeout: float = 10.0, **labels: str) -> Metrics:
     """The first scrape in which each metric (summed over the series with these labels) has
     its expected value: counts catch up with a workload's ground truth shortly after the
     workload reports it (its threads may still be ending). Times out with what it saw last."""
@@ -154,8 +164,7 @@ def settled(running, expected: dict[str, float], timeout: float = 10.0,
 
 def exits_settled(running, threads: int, timeout: float = 10.0, **labels: str) -> Metrics:
     """The first scrape in which every one of ``threads`` threads has been counted as ended."""
-    return settled(running, {"thread_observer_threads_exited_total": threads}, timeout,
-                   **labels)
+    return settled(running, {"thread_observer_threads_exited_total": threads}, timeout, **labels)
 
 
 class Metrics:
@@ -164,20 +173,26 @@ class Metrics:
     def __init__(self, text: str) -> None:
         self.text = text
         self.samples = [
-            sample for family in text_string_to_metric_families(text)
-            for sample in family.samples
+            sample for family in text_string_to_metric_families(text) for sample in family.samples
         ]
 
     def value(self, name: str, **labels: str) -> float | None:
         """The sum of the samples of that name whose labels include ``labels``."""
-        found = [s.value for s in self.samples
-                 if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+        found = [
+            s.value
+            for s in self.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
         return sum(found) if found else None
 
     def labels(self, name: str, label: str, **match: str) -> dict[str, float]:
-        return {s.labels[label]: s.value for s in self.samples
-                if s.name == name and label in s.labels
-                and all(s.labels.get(k) == v for k, v in match.items())}
+        return {
+            s.labels[label]: s.value
+            for s in self.samples
+            if s.name == name
+            and label in s.labels
+            and all(s.labels.get(k) == v for k, v in match.items())
+        }
 
     def nonzero(self, name: str, label: str, **match: str) -> dict[str, float]:
         """Like labels(), without the series still at 0 (errors exported before they occur)."""
@@ -190,14 +205,24 @@ class Metrics:
 class Workload:
     """A workload child process with the ready/go handshake and its ground-truth line."""
 
-    def __init__(self, args: list[str], python: str = sys.executable, wait: bool = True,
-                 native: bool = False, own_pid_namespace: bool = False) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        python: str = sys.executable,
+        wait: bool = True,
+        native: bool = False,
+        own_pid_namespace: bool = False,
+    ) -> None:
         # A native target (tests/native/target.c) always does the handshake by itself.
         command = list(args) if native else [python, *args] + (["--wait-stdin"] if wait else [])
         if own_pid_namespace:
             command = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *command]
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
         )
         self.pid = self.process.pid
         if wait:
@@ -246,12 +271,15 @@ def readable_install(folder: Path) -> Path:
     where any user can read them (a checkout under a private home is readable by its owner
     only): returns the folder to put on PYTHONPATH."""
     site = folder / "site"
-    shutil.copytree(REPO / "observer", site / "observer",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "probes", site / "observer" / "bpf",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "workloads", site / "workloads",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "observer", site / "observer", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copytree(
+        REPO / "probes", site / "observer" / "bpf", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copytree(
+        REPO / "workloads", site / "workloads", ignore=shutil.ignore_patterns("__pycache__")
+    )
     for dist in runtime_distributions(project_dependencies()):
         root = Path(dist.locate_file(""))
         if not root.resolve().is_relative_to(REPO):
@@ -312,8 +340,7 @@ class Unprivileged:
     """Commands run as ``nobody`` with a Python it can read (the venv's interpreter is a link
     to the system's), from a folder it can read."""
 
-    PREFIX = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-              "--inh-caps=-all"]
+    PREFIX = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all"]
 
     def __init__(self, site: Path) -> None:
         self.site = site
@@ -324,9 +351,7 @@ class Unprivileged:
         return [*self.PREFIX, self.python, *args]
 
     def run(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run(self.python_command(*args), cwd=self.site, env=self.env,
-                              **kwargs)
+        return subprocess.run(self.python_command(*args), cwd=self.site, env=self.env, **kwargs)
 
     def popen(self, args: list[str], **kwargs) -> subprocess.Popen:
-        return subprocess.Popen(self.python_command(*args), cwd=self.site, env=self.env,
-                                **kwargs)
+        return subprocess.Popen(self.python_command(*args), cwd=self.site, env=self.env, **kwargs)

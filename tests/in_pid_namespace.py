@@ -12,21 +12,45 @@ from pathlib import Path
 
 from tests.harness import exits_settled, observer, wait_until, workload
 
-MIXED = ["-m", "workloads.mixed", "--threads", "13", "--loop-calls", "7",
-         "--blocking-calls", "5", "--linger", "60"]
-TREE = ["-m", "workloads.process_tree", "--workers", "3", "--threads", "10", "--lookups", "7",
-        "--linger", "60"]
+MIXED = [
+    "-m",
+    "workloads.mixed",
+    "--threads",
+    "13",
+    "--loop-calls",
+    "7",
+    "--blocking-calls",
+    "5",
+    "--linger",
+    "60",
+]
+TREE = [
+    "-m",
+    "workloads.process_tree",
+    "--workers",
+    "3",
+    "--threads",
+    "10",
+    "--lookups",
+    "7",
+    "--linger",
+    "60",
+]
 
 
 def measure(args: list[str], by_pid: bool) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         if by_pid:
-            with workload(args) as target, \
-                    observer(["--pid", f"ns={target.pid}"], Path(folder)) as running:
+            with (
+                workload(args) as target,
+                observer(["--pid", f"ns={target.pid}"], Path(folder)) as running,
+            ):
                 target.go()
                 return result(target, running)
-        with observer(["--target", "ns=workloads\\.mixed"], Path(folder)) as running, \
-                workload(args, wait=False) as target:
+        with (
+            observer(["--target", "ns=workloads\\.mixed"], Path(folder)) as running,
+            workload(args, wait=False) as target,
+        ):
             return result(target, running)
 
 
@@ -38,17 +62,17 @@ def result(target, running) -> dict:
         "pid": target.pid,
         "created": metrics.value("thread_observer_threads_created_total", target="ns"),
         "exited": metrics.value("thread_observer_threads_exited_total", target="ns"),
-        "calls": metrics.labels("thread_observer_getaddrinfo_calls_total", "caller",
-                                target="ns"),
+        "calls": metrics.labels("thread_observer_getaddrinfo_calls_total", "caller", target="ns"),
         "info_pids": list(metrics.labels("thread_observer_target_info", "pid", target="ns")),
     }
 
 
 def reuse_pid(args: list[str]) -> dict:
     """A target exits and a new one gets its PID before the observer polls again."""
-    with tempfile.TemporaryDirectory() as folder, \
-            observer(["--target", "ns=workloads\\.mixed", "--interval", "3"],
-                     Path(folder)) as running:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        observer(["--target", "ns=workloads\\.mixed", "--interval", "3"], Path(folder)) as running,
+    ):
         with workload([*args[:-2], "--linger", "0"], wait=False) as old:
             old_truth = old.truth()
             old.process.wait()
@@ -65,8 +89,11 @@ def measure_tree(by_pid: bool) -> dict:
     with tempfile.TemporaryDirectory() as folder, workload(TREE) as root:
         args = ["--pid", f"ns={root.pid}"] if by_pid else ["--target", "ns=workloads\\.process"]
         with observer(args, Path(folder)) as running:
-            wait_until(lambda: running.scrape().value("thread_observer_processes", target="ns")
-                       == 1, 10, "the parent to be attached")
+            wait_until(
+                lambda: running.scrape().value("thread_observer_processes", target="ns") == 1,
+                10,
+                "the parent to be attached",
+            )
             root.go()
             return result(root, running)
 
@@ -75,11 +102,17 @@ def main() -> int:
     if sys.argv[1:] == ["pid-reuse"]:
         results = {"init_pid": os.getpid(), "reuse": reuse_pid(MIXED)}
     elif sys.argv[1:] == ["tree"]:
-        results = {"init_pid": os.getpid(), "by_pid": measure_tree(True),
-                   "by_target": measure_tree(False)}
+        results = {
+            "init_pid": os.getpid(),
+            "by_pid": measure_tree(True),
+            "by_target": measure_tree(False),
+        }
     else:
-        results = {"init_pid": os.getpid(), "by_pid": measure(MIXED, True),
-                   "by_target": measure(MIXED, False)}
+        results = {
+            "init_pid": os.getpid(),
+            "by_pid": measure(MIXED, True),
+            "by_target": measure(MIXED, False),
+        }
     print(json.dumps(results))
     return 0
 

@@ -32,8 +32,10 @@ class Pod:
     def cgroup_path(self) -> str:
         """kubepods.slice/.../cri-containerd-ID.scope, as the systemd cgroup driver names it."""
         uid = self.uid.replace("-", "_")
-        return (f"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice/"
-                f"cri-containerd-{self.container_id}.scope")
+        return (
+            f"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice/"
+            f"cri-containerd-{self.container_id}.scope"
+        )
 
 
 def kubelet_logs(root: Path, pods: list[Pod]) -> Path:
@@ -42,8 +44,10 @@ def kubelet_logs(root: Path, pods: list[Pod]) -> Path:
         log_dir = root / "pods" / f"{pod.namespace}_{pod.name}_{pod.uid}" / pod.container
         log_dir.mkdir(parents=True)
         (log_dir / "0.log").write_text("")
-        link = root / "containers" / f"{pod.name}_{pod.namespace}_{pod.container}-" \
+        link = (
+            root / "containers" / f"{pod.name}_{pod.namespace}_{pod.container}-"
             f"{pod.container_id}.log"
+        )
         link.parent.mkdir(exist_ok=True)
         link.symlink_to(log_dir / "0.log")
     return root
@@ -56,8 +60,9 @@ def writable_hierarchies() -> list[Path]:
         if (path / "cgroup.subtree_control").exists():
             found.append(path)
             break
-    found += [CGROUP_ROOT / name for name in V1_HIERARCHIES
-              if (CGROUP_ROOT / name / "tasks").exists()]
+    found += [
+        CGROUP_ROOT / name for name in V1_HIERARCHIES if (CGROUP_ROOT / name / "tasks").exists()
+    ]
     return found
 
 

@@ -21,8 +21,18 @@ from workloads.servers import http_server
 pytestmark = pytest.mark.bpf
 
 # A unique -X option (accepted and ignored by CPython) tells a test's processes from others'.
-MIXED = ["-m", "workloads.mixed", "--threads", "23", "--loop-calls", "37",
-         "--blocking-calls", "11", "--failures", "3"]
+MIXED = [
+    "-m",
+    "workloads.mixed",
+    "--threads",
+    "23",
+    "--loop-calls",
+    "37",
+    "--blocking-calls",
+    "11",
+    "--failures",
+    "3",
+]
 
 
 def counts_settled(running, target, truth):
@@ -33,16 +43,19 @@ def counts_settled(running, target, truth):
 def assert_matches_truth(metrics, target, truth):
     created = metrics.labels("thread_observer_threads_created_total", "creator", target=target)
     assert created == {"python": truth["threads_started"]}
-    assert metrics.value("thread_observer_threads_exited_total", target=target) == \
-        truth["threads_started"]
+    assert (
+        metrics.value("thread_observer_threads_exited_total", target=target)
+        == truth["threads_started"]
+    )
     on_loop = truth["getaddrinfo_on_loop"]
     calls = metrics.labels("thread_observer_getaddrinfo_calls_total", "caller", target=target)
     assert calls == {"event_loop": on_loop, "other": truth["getaddrinfo_calls"] - on_loop}
-    failures = metrics.nonzero("thread_observer_getaddrinfo_failures_total", "error",
-                              target=target)
+    failures = metrics.nonzero("thread_observer_getaddrinfo_failures_total", "error", target=target)
     assert failures == truth["getaddrinfo_errors"]
-    assert metrics.value("thread_observer_getaddrinfo_duration_seconds_count",
-                         target=target) == truth["getaddrinfo_calls"]
+    assert (
+        metrics.value("thread_observer_getaddrinfo_duration_seconds_count", target=target)
+        == truth["getaddrinfo_calls"]
+    )
     hosts = metrics.labels("thread_observer_getaddrinfo_host_calls_total", "host", target=target)
     assert hosts == expected_hosts(truth)
     assert metrics.value("thread_observer_threads", target=target) == 1
@@ -79,8 +92,9 @@ def test_process_started_after_the_observer_is_counted_from_its_start(tmp_path):
             truth = target.truth()
             metrics = counts_settled(running, "later", truth)
             assert_matches_truth(metrics, "later", truth)
-            assert metrics.labels("thread_observer_target_info", "pid", target="later") == \
-                {str(target.pid): 1}
+            assert metrics.labels("thread_observer_target_info", "pid", target="later") == {
+                str(target.pid): 1
+            }
 
 
 def test_series_of_an_exited_target_disappear_and_the_observer_keeps_serving(tmp_path):
@@ -92,12 +106,12 @@ def test_series_of_an_exited_target_disappear_and_the_observer_keeps_serving(tmp
                 assert_matches_truth(counts_settled(running, "brief", truth), "brief", truth)
             wait_until(
                 lambda: running.scrape().value("thread_observer_processes", target="brief") == 0,
-                5, "the exited process to be dropped",
+                5,
+                "the exited process to be dropped",
             )
             metrics = running.scrape()
             assert metrics.value("thread_observer_threads_created_total", target="brief") is None
-            assert metrics.value("thread_observer_getaddrinfo_calls_total",
-                                 target="brief") is None
+            assert metrics.value("thread_observer_getaddrinfo_calls_total", target="brief") is None
         assert running.get("/healthz")[0].startswith('{"status": "ok"')
 
 
@@ -107,17 +121,24 @@ def test_label_pid_and_openmetrics(tmp_path):
             target.go()
             truth = target.truth()
             metrics = counts_settled(running, "mixed", truth)
-            assert metrics.value("thread_observer_threads_created_total", target="mixed",
-                                 pid=str(target.pid)) == truth["threads_started"]
+            assert (
+                metrics.value(
+                    "thread_observer_threads_created_total", target="mixed", pid=str(target.pid)
+                )
+                == truth["threads_started"]
+            )
             text, content_type = running.get(
-                "/metrics", accept="application/openmetrics-text; version=1.0.0")
+                "/metrics", accept="application/openmetrics-text; version=1.0.0"
+            )
             assert content_type.startswith("application/openmetrics-text")
             assert text.rstrip().endswith("# EOF")
 
 
 def test_sigterm_detaches_every_probe_and_exits_zero_within_2s(tmp_path):
-    with workload([*MIXED, "--linger", "60"]) as target, \
-            observer(["--pid", f"mixed={target.pid}"], tmp_path) as running:
+    with (
+        workload([*MIXED, "--linger", "60"]) as target,
+        observer(["--pid", f"mixed={target.pid}"], tmp_path) as running,
+    ):
         observer_pid = running.process.pid
         ours = bpf_program_ids(observer_pid)
         assert len(ours) >= 8, "every probe program should be loaded while the observer runs"
@@ -153,18 +174,31 @@ def bpf_program_ids(pid: int) -> set[int]:
 
 
 def loaded_bpf_program_ids() -> set[int]:
-    listing = subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, text=True,
-                             check=True).stdout
+    listing = subprocess.run(
+        ["bpftool", "-j", "prog", "list"], capture_output=True, text=True, check=True
+    ).stdout
     return {program["id"] for program in json.loads(listing)}
 
 
 def test_uvloop_native_pool_threads_are_seen_while_python_sees_one(tmp_path, monkeypatch):
     # libuv starts its whole pool on first use: UV_THREADPOOL_SIZE threads, 4 when unset.
     monkeypatch.setenv("UV_THREADPOOL_SIZE", "4")
-    with http_server() as port, \
-            workload(["-m", "workloads.semaphore_burst", "--loop", "uvloop", "--port", str(port),
-                      "--linger", "60"]) as target, \
-            observer(["--pid", f"uv={target.pid}"], tmp_path) as running:
+    with (
+        http_server() as port,
+        workload(
+            [
+                "-m",
+                "workloads.semaphore_burst",
+                "--loop",
+                "uvloop",
+                "--port",
+                str(port),
+                "--linger",
+                "60",
+            ]
+        ) as target,
+        observer(["--pid", f"uv={target.pid}"], tmp_path) as running,
+    ):
         target.go()
         truth = target.truth()
         assert truth["python_threads_peak"] == 1
@@ -187,25 +221,37 @@ def test_counts_of_an_exited_process_stay_in_its_target_while_others_live(tmp_pa
             first_truth = first.truth()
             with workload(command, wait=False) as second:
                 second_truth = second.truth()
-                wait_until(lambda: running.scrape().value(
-                    "thread_observer_processes", target="pair") == 2, 5, "both attached")
+                wait_until(
+                    lambda: running.scrape().value("thread_observer_processes", target="pair") == 2,
+                    5,
+                    "both attached",
+                )
                 first.stop()
-                wait_until(lambda: running.scrape().value(
-                    "thread_observer_processes", target="pair") == 1, 5, "the first dropped")
+                wait_until(
+                    lambda: running.scrape().value("thread_observer_processes", target="pair") == 1,
+                    5,
+                    "the first dropped",
+                )
                 metrics = running.scrape()
                 started = first_truth["threads_started"] + second_truth["threads_started"]
-                assert metrics.value("thread_observer_threads_created_total",
-                                     target="pair") == started
+                assert (
+                    metrics.value("thread_observer_threads_created_total", target="pair") == started
+                )
                 # A main thread's end is its process's end, not counted as a thread exit.
-                assert metrics.value("thread_observer_threads_exited_total",
-                                     target="pair") == started
-                assert metrics.value("thread_observer_getaddrinfo_calls_total", target="pair") \
+                assert (
+                    metrics.value("thread_observer_threads_exited_total", target="pair") == started
+                )
+                assert (
+                    metrics.value("thread_observer_getaddrinfo_calls_total", target="pair")
                     == first_truth["getaddrinfo_calls"] + second_truth["getaddrinfo_calls"]
+                )
 
 
 def test_a_pid_target_that_exits_is_gone_for_good(tmp_path):
-    with workload([*MIXED, "--linger", "60"]) as target, \
-            observer(["--pid", f"once={target.pid}"], tmp_path) as running:
+    with (
+        workload([*MIXED, "--linger", "60"]) as target,
+        observer(["--pid", f"once={target.pid}"], tmp_path) as running,
+    ):
         target.go()
         target.truth()
         target.stop()

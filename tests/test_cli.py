@@ -15,10 +15,16 @@ from tests.harness import REPO
 def run_cli(*args, timeout=60, as_nobody=None):
     """The command line; as_nobody: the ``as_nobody`` fixture, to run it as that user."""
     if as_nobody is not None:
-        return as_nobody.run(["-m", "observer", *args], capture_output=True, text=True,
-                             timeout=timeout)
-    return subprocess.run([sys.executable, "-m", "observer", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+        return as_nobody.run(
+            ["-m", "observer", *args], capture_output=True, text=True, timeout=timeout
+        )
+    return subprocess.run(
+        [sys.executable, "-m", "observer", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 def assert_clear_error(result, message):
@@ -30,20 +36,24 @@ def assert_clear_error(result, message):
 
 
 def test_bad_regex():
-    assert_clear_error(run_cli("run", "--target", "api=python(", "--backend", "proc"),
-                       "bad regular expression")
+    assert_clear_error(
+        run_cli("run", "--target", "api=python(", "--backend", "proc"), "bad regular expression"
+    )
 
 
 def test_pid_that_does_not_exist():
-    assert_clear_error(run_cli("run", "--pid", str(2**22 + 11), "--backend", "proc"),
-                       "no such process")
+    assert_clear_error(
+        run_cli("run", "--pid", str(2**22 + 11), "--backend", "proc"), "no such process"
+    )
 
 
 def test_pid_that_is_not_python():
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        assert_clear_error(run_cli("run", "--pid", str(sleeper.pid), "--backend", "proc"),
-                           "is not a Python process")
+        assert_clear_error(
+            run_cli("run", "--pid", str(sleeper.pid), "--backend", "proc"),
+            "is not a Python process",
+        )
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -54,8 +64,10 @@ def test_nothing_to_watch():
 
 
 def test_bad_listen_address():
-    assert_clear_error(run_cli("run", "--target", "a=x", "--listen", "nowhere",
-                               "--backend", "proc"), "expected HOST:PORT")
+    assert_clear_error(
+        run_cli("run", "--target", "a=x", "--listen", "nowhere", "--backend", "proc"),
+        "expected HOST:PORT",
+    )
 
 
 def test_port_in_use():
@@ -63,8 +75,9 @@ def test_port_in_use():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run_cli("run", "--target", "a=x", "--backend", "proc",
-                         "--listen", f"127.0.0.1:{port}")
+        result = run_cli(
+            "run", "--target", "a=x", "--backend", "proc", "--listen", f"127.0.0.1:{port}"
+        )
     assert_clear_error(result, f"cannot listen on 127.0.0.1:{port}")
 
 
@@ -75,8 +88,10 @@ def test_unknown_flag_is_an_argparse_error_without_traceback():
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
-                    reason="dropping privileges needs root and setpriv")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"),
+    reason="dropping privileges needs root and setpriv",
+)
 def test_without_privileges_bpf_backend_refuses_clearly(as_nobody):
     result = run_cli("run", "--target", "a=x", "--backend", "bpf", as_nobody=as_nobody)
     assert_clear_error(result, "the bpf backend cannot work here: not root")
@@ -90,8 +105,10 @@ def test_check_passes_here():
     assert "OK   probes" in result.stdout
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
-                    reason="dropping privileges needs root and setpriv")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"),
+    reason="dropping privileges needs root and setpriv",
+)
 def test_check_names_what_is_missing_without_privileges(as_nobody):
     result = run_cli("check", as_nobody=as_nobody)
     assert result.returncode == 1
@@ -100,8 +117,10 @@ def test_check_names_what_is_missing_without_privileges(as_nobody):
     assert "the bpf backend cannot work here" in result.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
-                    reason="dropping privileges needs root and setpriv")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"),
+    reason="dropping privileges needs root and setpriv",
+)
 def test_auto_falls_back_to_proc_and_says_so(tmp_path, as_nobody):
     from tests.harness import RunningObserver, free_port, wait_until
 
@@ -109,8 +128,15 @@ def test_auto_falls_back_to_proc_and_says_so(tmp_path, as_nobody):
     log_path = tmp_path / "observer.log"
     # The target runs as nobody too: an unprivileged observer can read only its own users'.
     sleeper = as_nobody.popen(["-c", "import time; time.sleep(60)"])
-    command = ["-m", "observer", "run", "--pid", f"sleeper={sleeper.pid}",
-               "--listen", f"127.0.0.1:{port}"]
+    command = [
+        "-m",
+        "observer",
+        "run",
+        "--pid",
+        f"sleeper={sleeper.pid}",
+        "--listen",
+        f"127.0.0.1:{port}",
+    ]
     with open(log_path, "w") as log_file:
         process = as_nobody.popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     running = RunningObserver(process, port, log_path)
@@ -129,19 +155,35 @@ def test_auto_falls_back_to_proc_and_says_so(tmp_path, as_nobody):
         sleeper.wait()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
-                    reason="hiding the kernel headers needs root and unshare")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"),
+    reason="hiding the kernel headers needs root and unshare",
+)
 def test_missing_kernel_headers_name_the_package_and_the_link():
     release = os.uname().release
     # In a mount namespace of its own, /lib/modules is an empty tmpfs: no headers at all.
-    hide = ["unshare", "--mount", "sh", "-c", 'mount -t tmpfs none /lib/modules && exec "$@"',
-            "no-headers", sys.executable, "-m", "observer"]
-    run = subprocess.run([*hide, "run", "--target", "a=x", "--backend", "bpf"],
-                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    hide = [
+        "unshare",
+        "--mount",
+        "sh",
+        "-c",
+        'mount -t tmpfs none /lib/modules && exec "$@"',
+        "no-headers",
+        sys.executable,
+        "-m",
+        "observer",
+    ]
+    run = subprocess.run(
+        [*hide, "run", "--target", "a=x", "--backend", "bpf"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert_clear_error(run, f"apt-get install linux-headers-{release}")
     assert "link Debian's linux-headers-amd64 there" in run.stderr
-    check = subprocess.run([*hide, "check"], capture_output=True, text=True, timeout=60,
-                           cwd=REPO)
+    check = subprocess.run([*hide, "check"], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert check.returncode == 1
-    assert re.search(rf"FAIL kernel headers +none at /lib/modules/{re.escape(release)}/build",
-                     check.stdout)
+    assert re.search(
+        rf"FAIL kernel headers +none at /lib/modules/{re.escape(release)}/build", check.stdout
+    )

@@ -15,9 +15,12 @@ from observer.model import Counts, ProcessRow, Snapshot
 
 def counts(created=None, exited=0, calls=None, failures=None, slots=None, sum_ns=0):
     return Counts(
-        threads_created=Counter(created or {}), threads_exited=exited,
-        getaddrinfo_calls=Counter(calls or {}), getaddrinfo_failures=Counter(failures or {}),
-        duration_slots=Counter(slots or {}), duration_sum_ns=sum_ns,
+        threads_created=Counter(created or {}),
+        threads_exited=exited,
+        getaddrinfo_calls=Counter(calls or {}),
+        getaddrinfo_failures=Counter(failures or {}),
+        duration_slots=Counter(slots or {}),
+        duration_sum_ns=sum_ns,
     )
 
 
@@ -31,18 +34,33 @@ def bpf_snapshot() -> Snapshot:
     return Snapshot(
         backend="bpf",
         rows=[
-            ProcessRow("api", 10, threads=5, executor_max_workers=6, container_id="c" * 64,
-                       counts=counts({"python": 4, "unknown": 1}, 2,
-                                     {"event_loop": 3, "other": 7}, {"EAI_NONAME": 2},
-                                     {14: 9, 20: 1}, sum_ns=2_000_000)),
-            ProcessRow("api", 11, threads=3,
-                       counts=counts({"python": 1}, calls={"other": 1}, slots={15: 1},
-                                     sum_ns=30_000)),
+            ProcessRow(
+                "api",
+                10,
+                threads=5,
+                executor_max_workers=6,
+                container_id="c" * 64,
+                counts=counts(
+                    {"python": 4, "unknown": 1},
+                    2,
+                    {"event_loop": 3, "other": 7},
+                    {"EAI_NONAME": 2},
+                    {14: 9, 20: 1},
+                    sum_ns=2_000_000,
+                ),
+            ),
+            ProcessRow(
+                "api",
+                11,
+                threads=3,
+                counts=counts({"python": 1}, calls={"other": 1}, slots={15: 1}, sum_ns=30_000),
+            ),
             ProcessRow("worker", 12, threads=1, counts=counts()),
         ],
-        retired={("api", "", ""): counts({"python": 10}, exited=10, calls={"other": 5},
-                                         slots={14: 5}),
-                 ("gone", "", ""): counts({"python": 99})},
+        retired={
+            ("api", "", ""): counts({"python": 10}, exited=10, calls={"other": 5}, slots={14: 5}),
+            ("gone", "", ""): counts({"python": 99}),
+        },
         targets=["api", "worker", "idle"],
         probes_attached={"getaddrinfo": 1, "pthread_create": 1},
         attach_errors={"libc": 1},
@@ -55,20 +73,30 @@ def test_per_target_sums_processes_and_exited_ones():
     value = registry.get_sample_value
     assert value("thread_observer_processes", {"target": "api"}) == 2
     assert value("thread_observer_threads", {"target": "api"}) == 8
-    assert value("thread_observer_threads_created_total",
-                 {"target": "api", "creator": "python"}) == 15
-    assert value("thread_observer_threads_created_total",
-                 {"target": "api", "creator": "unknown"}) == 1
+    assert (
+        value("thread_observer_threads_created_total", {"target": "api", "creator": "python"}) == 15
+    )
+    assert (
+        value("thread_observer_threads_created_total", {"target": "api", "creator": "unknown"}) == 1
+    )
     assert value("thread_observer_threads_exited_total", {"target": "api"}) == 12
-    assert value("thread_observer_getaddrinfo_calls_total",
-                 {"target": "api", "caller": "event_loop"}) == 3
-    assert value("thread_observer_getaddrinfo_calls_total",
-                 {"target": "api", "caller": "other"}) == 13
-    assert value("thread_observer_getaddrinfo_failures_total",
-                 {"target": "api", "error": "EAI_NONAME"}) == 2
+    assert (
+        value("thread_observer_getaddrinfo_calls_total", {"target": "api", "caller": "event_loop"})
+        == 3
+    )
+    assert (
+        value("thread_observer_getaddrinfo_calls_total", {"target": "api", "caller": "other"}) == 13
+    )
+    assert (
+        value(
+            "thread_observer_getaddrinfo_failures_total", {"target": "api", "error": "EAI_NONAME"}
+        )
+        == 2
+    )
     assert value("thread_observer_getaddrinfo_duration_seconds_count", {"target": "api"}) == 16
-    assert value("thread_observer_getaddrinfo_duration_seconds_sum",
-                 {"target": "api"}) == pytest.approx(0.00203)
+    assert value(
+        "thread_observer_getaddrinfo_duration_seconds_sum", {"target": "api"}
+    ) == pytest.approx(0.00203)
     assert value("thread_observer_executor_default_max_workers", {"target": "api"}) == 6
 
 
@@ -90,23 +118,42 @@ def test_targets_without_processes_show_zero_processes_and_nothing_else():
 
 def test_label_pid_splits_series_and_drops_exited_processes():
     value = registry_for(bpf_snapshot(), label_pid=True).get_sample_value
-    assert value("thread_observer_threads_created_total",
-                 {"target": "api", "pid": "10", "creator": "python"}) == 4
-    assert value("thread_observer_threads_created_total",
-                 {"target": "api", "pid": "11", "creator": "python"}) == 1
+    assert (
+        value(
+            "thread_observer_threads_created_total",
+            {"target": "api", "pid": "10", "creator": "python"},
+        )
+        == 4
+    )
+    assert (
+        value(
+            "thread_observer_threads_created_total",
+            {"target": "api", "pid": "11", "creator": "python"},
+        )
+        == 1
+    )
     assert value("thread_observer_threads", {"target": "api", "pid": "11"}) == 3
 
 
 def test_proc_backend_has_no_counters_at_all():
-    snapshot = Snapshot(backend="proc", rows=[ProcessRow("api", 10, threads=4, counts=None)],
-                        targets=["api"])
+    snapshot = Snapshot(
+        backend="proc", rows=[ProcessRow("api", 10, threads=4, counts=None)], targets=["api"]
+    )
     registry = registry_for(snapshot)
     text = generate_latest(registry).decode()
     assert registry.get_sample_value("thread_observer_threads", {"target": "api"}) == 4
-    assert registry.get_sample_value(
-        "thread_observer_build_info", {"backend": "proc", "version": __version__}) == 1
-    for absent in ("threads_created_total", "getaddrinfo_calls_total", "threads_exited_total",
-                   "getaddrinfo_duration_seconds"):
+    assert (
+        registry.get_sample_value(
+            "thread_observer_build_info", {"backend": "proc", "version": __version__}
+        )
+        == 1
+    )
+    for absent in (
+        "threads_created_total",
+        "getaddrinfo_calls_total",
+        "threads_exited_total",
+        "getaddrinfo_duration_seconds",
+    ):
         assert f"thread_observer_{absent}" not in text
 
 
@@ -121,12 +168,17 @@ def test_self_metrics_have_no_target_label():
 def test_hostile_label_values_stay_valid_exposition():
     # What /proc gives is decoded with errors="replace": U+FFFD, never a lone surrogate.
     hostile = 'lib"quote\\back\nnewline\ufffd\u00e9.so'
-    snapshot = Snapshot(backend="bpf", rows=[ProcessRow(
-        "api", 1, threads=1, counts=counts({hostile: 2}), container_id='x"y')])
+    snapshot = Snapshot(
+        backend="bpf",
+        rows=[ProcessRow("api", 1, threads=1, counts=counts({hostile: 2}), container_id='x"y')],
+    )
     text = generate_latest(registry_for(snapshot)).decode()
-    parsed = {s.labels.get("creator"): s.value
-              for f in text_string_to_metric_families(text) for s in f.samples
-              if s.name == "thread_observer_threads_created_total"}
+    parsed = {
+        s.labels.get("creator"): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "thread_observer_threads_created_total"
+    }
     assert parsed == {hostile: 2}
 
 
@@ -139,12 +191,24 @@ def test_openmetrics_output_parses():
 
 def test_usual_errors_start_at_zero_so_rate_sees_the_first_failure():
     value = registry_for(bpf_snapshot()).get_sample_value
-    assert value("thread_observer_getaddrinfo_failures_total",
-                 {"target": "worker", "error": "EAI_AGAIN"}) == 0
-    assert value("thread_observer_getaddrinfo_failures_total",
-                 {"target": "api", "error": "EAI_NONAME"}) == 2
-    assert value("thread_observer_getaddrinfo_failures_total",
-                 {"target": "api", "error": "EAI_CANCELED"}) is None  # not usual: when seen
+    assert (
+        value(
+            "thread_observer_getaddrinfo_failures_total", {"target": "worker", "error": "EAI_AGAIN"}
+        )
+        == 0
+    )
+    assert (
+        value(
+            "thread_observer_getaddrinfo_failures_total", {"target": "api", "error": "EAI_NONAME"}
+        )
+        == 2
+    )
+    assert (
+        value(
+            "thread_observer_getaddrinfo_failures_total", {"target": "api", "error": "EAI_CANCELED"}
+        )
+        is None
+    )  # not usual: when seen
 
 
 def test_dns_queries_and_resolver_calls_add_up_per_target():
@@ -153,21 +217,35 @@ def test_dns_queries_and_resolver_calls_add_up_per_target():
     first.resolver_calls.update({("gethostbyname_r", "other"): 3})
     second = counts(calls={"other": 4})
     second.dns_queries.update({"udp": 1, "tcp": 2})
-    second.resolver_calls.update({("gethostbyname_r", "other"): 1,
-                                  ("getnameinfo", "event_loop"): 5})
-    snapshot = Snapshot(backend="bpf", rows=[ProcessRow("api", 1, 1, first),
-                                             ProcessRow("api", 2, 1, second)],
-                        losses={"dns_unknown_socket_sends_total": 4})
+    second.resolver_calls.update(
+        {("gethostbyname_r", "other"): 1, ("getnameinfo", "event_loop"): 5}
+    )
+    snapshot = Snapshot(
+        backend="bpf",
+        rows=[ProcessRow("api", 1, 1, first), ProcessRow("api", 2, 1, second)],
+        losses={"dns_unknown_socket_sends_total": 4},
+    )
     value = registry_for(snapshot).get_sample_value
     assert value("thread_observer_dns_queries_total", {"target": "api", "transport": "udp"}) == 7
     assert value("thread_observer_dns_queries_total", {"target": "api", "transport": "tcp"}) == 2
-    calls = {(f, c): value("thread_observer_resolver_calls_total",
-                           {"target": "api", "function": f, "caller": c})
-             for f, c in [("getaddrinfo", "event_loop"), ("getaddrinfo", "other"),
-                          ("gethostbyname_r", "other"), ("getnameinfo", "event_loop")]}
+    calls = {
+        (f, c): value(
+            "thread_observer_resolver_calls_total", {"target": "api", "function": f, "caller": c}
+        )
+        for f, c in [
+            ("getaddrinfo", "event_loop"),
+            ("getaddrinfo", "other"),
+            ("gethostbyname_r", "other"),
+            ("getnameinfo", "event_loop"),
+        ]
+    }
     # getaddrinfo's come from its own probe, the same counts as getaddrinfo_calls_total.
-    assert calls == {("getaddrinfo", "event_loop"): 2, ("getaddrinfo", "other"): 5,
-                     ("gethostbyname_r", "other"): 4, ("getnameinfo", "event_loop"): 5}
+    assert calls == {
+        ("getaddrinfo", "event_loop"): 2,
+        ("getaddrinfo", "other"): 5,
+        ("gethostbyname_r", "other"): 4,
+        ("getnameinfo", "event_loop"): 5,
+    }
     assert value("thread_observer_dns_unknown_socket_sends_total") == 4
 
 
@@ -183,9 +261,15 @@ def test_dns_series_start_at_zero_and_are_absent_with_the_proc_backend():
 
 
 def test_what_could_not_be_watched_or_named_is_said_in_self_counters():
-    snapshot = Snapshot(backend="bpf", bpf_available=True, losses={
-        "children_not_watched_total": 2, "exec_reports_lost_total": 0,
-        "target_names_overflowed_total": 900})
+    snapshot = Snapshot(
+        backend="bpf",
+        bpf_available=True,
+        losses={
+            "children_not_watched_total": 2,
+            "exec_reports_lost_total": 0,
+            "target_names_overflowed_total": 900,
+        },
+    )
     registry = registry_for(snapshot)
     assert registry.get_sample_value("thread_observer_children_not_watched_total") == 2
     assert registry.get_sample_value("thread_observer_exec_reports_lost_total") == 0

@@ -20,8 +20,13 @@ PY36 = find_python("3.6")
 
 
 def run_demo(*args: str) -> dict[str, dict]:
-    result = subprocess.run([sys.executable, "-m", "observer", "demo", "--json", *args],
-                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "observer", "demo", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     return {row["scenario"]: row for row in rows}
@@ -81,8 +86,13 @@ def test_burst_stops_at_the_executor_cap_on_this_interpreter():
     observer.start()
     try:
         with local_servers(http=True, redis=False) as servers:
-            row = run_one(observer, SCENARIOS["semaphore_burst"], sys.executable, servers,
-                          ["--requests", str(3 * cap), "--concurrency", str(cap + 4)])
+            row = run_one(
+                observer,
+                SCENARIOS["semaphore_burst"],
+                sys.executable,
+                servers,
+                ["--requests", str(3 * cap), "--concurrency", str(cap + 4)],
+            )
     finally:
         observer.close()
     assert row.native_threads_created == {"python": cap}

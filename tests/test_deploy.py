@@ -96,8 +96,8 @@ needs_prometheus = pytest.mark.skipif(
 )
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(
-    KUBECTL is None, reason="kubectl is not on PATH (its `kubectl kustomize` renders the "
-    "kustomizations offline)",
+    KUBECTL is None,
+    reason="kubectl is not on PATH (its `kubectl kustomize` renders the kustomizations offline)",
 )
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
@@ -194,8 +194,17 @@ _RELABEL_CONFIG = {
         "replacement": {"type": "string"},
         "action": {
             "enum": [
-                "replace", "keep", "drop", "hashmod", "labelmap", "labeldrop", "labelkeep",
-                "lowercase", "uppercase", "keepequal", "dropequal",
+                "replace",
+                "keep",
+                "drop",
+                "hashmod",
+                "labelmap",
+                "labeldrop",
+                "labelkeep",
+                "lowercase",
+                "uppercase",
+                "keepequal",
+                "dropequal",
             ]
         },
     },
@@ -226,45 +235,48 @@ def operator_object_schema(kind: str, spec: dict) -> dict:
     }
 
 
-PODMONITOR_SCHEMA = operator_object_schema("PodMonitor", {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["selector", "podMetricsEndpoints"],
-    "properties": {
-        "jobLabel": {"type": "string"},
-        "podTargetLabels": {"type": "array", "items": {"type": "string"}},
-        "selector": _LABEL_SELECTOR,
-        "namespaceSelector": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "any": {"type": "boolean"},
-                "matchNames": {"type": "array", "items": {"type": "string"}},
-            },
-        },
-        "podMetricsEndpoints": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
+PODMONITOR_SCHEMA = operator_object_schema(
+    "PodMonitor",
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["selector", "podMetricsEndpoints"],
+        "properties": {
+            "jobLabel": {"type": "string"},
+            "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+            "selector": _LABEL_SELECTOR,
+            "namespaceSelector": {
                 "type": "object",
                 "additionalProperties": False,
-                "anyOf": [{"required": ["port"]}, {"required": ["portNumber"]}],
                 "properties": {
-                    "port": {"type": "string"},
-                    "portNumber": {"type": "integer"},
-                    "path": {"type": "string", "pattern": "^/"},
-                    "scheme": {"enum": ["http", "https"]},
-                    "interval": {"type": "string", "pattern": _DURATION},
-                    "scrapeTimeout": {"type": "string", "pattern": _DURATION},
-                    "honorLabels": {"type": "boolean"},
-                    "honorTimestamps": {"type": "boolean"},
-                    "relabelings": {"type": "array", "items": _RELABEL_CONFIG},
-                    "metricRelabelings": {"type": "array", "items": _RELABEL_CONFIG},
+                    "any": {"type": "boolean"},
+                    "matchNames": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "podMetricsEndpoints": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "anyOf": [{"required": ["port"]}, {"required": ["portNumber"]}],
+                    "properties": {
+                        "port": {"type": "string"},
+                        "portNumber": {"type": "integer"},
+                        "path": {"type": "string", "pattern": "^/"},
+                        "scheme": {"enum": ["http", "https"]},
+                        "interval": {"type": "string", "pattern": _DURATION},
+                        "scrapeTimeout": {"type": "string", "pattern": _DURATION},
+                        "honorLabels": {"type": "boolean"},
+                        "honorTimestamps": {"type": "boolean"},
+                        "relabelings": {"type": "array", "items": _RELABEL_CONFIG},
+                        "metricRelabelings": {"type": "array", "items": _RELABEL_CONFIG},
+                    },
                 },
             },
         },
     },
-})
+)
 
 
 # A PrometheusRule: the part of the operator's CRD it uses, unknown fields refused.
@@ -282,26 +294,29 @@ _RULE = {
         "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
     },
 }
-PROMETHEUSRULE_SCHEMA = operator_object_schema("PrometheusRule", {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["groups"],
-    "properties": {
-        "groups": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["name", "rules"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "interval": {"type": "string", "pattern": _DURATION},
-                    "rules": {"type": "array", "items": _RULE},
+PROMETHEUSRULE_SCHEMA = operator_object_schema(
+    "PrometheusRule",
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["groups"],
+        "properties": {
+            "groups": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name", "rules"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "interval": {"type": "string", "pattern": _DURATION},
+                        "rules": {"type": "array", "items": _RULE},
+                    },
                 },
             },
         },
     },
-})
+)
 OPERATOR_SCHEMAS = {"PodMonitor": PODMONITOR_SCHEMA, "PrometheusRule": PROMETHEUSRULE_SCHEMA}
 
 
@@ -315,7 +330,9 @@ def validate(document: dict, version: str) -> None:
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize(
-    "name,document", all_documents(), ids=lambda value: value if isinstance(value, str) else "",
+    "name,document",
+    all_documents(),
+    ids=lambda value: value if isinstance(value, str) else "",
 )
 def test_manifest_fits_the_kubernetes_api(name, document, version):
     validate(document, version)
@@ -331,8 +348,13 @@ def test_strict_validation_refuses_a_misspelt_field():
 
 def kustomize(directory: str) -> list[dict]:
     """`kubectl kustomize` of deploy/kubernetes/DIRECTORY: what `kubectl apply -k` sends."""
-    result = subprocess.run([KUBECTL, "kustomize", str(KUBERNETES / directory)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [KUBECTL, "kustomize", str(KUBERNETES / directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -348,8 +370,11 @@ def test_kustomization_renders_valid_objects_with_the_image_it_sets(directory):
     assert image["name"] == "thread-observer" and image["newTag"] == VERSION
     # Every manifest file of the directory is applied.
     rendered = {(d["kind"], d["metadata"]["name"]) for d in documents}
-    listed = {(d["kind"], d["metadata"]["name"]) for _, d in all_documents()
-              if _.startswith(f"{directory}/")}
+    listed = {
+        (d["kind"], d["metadata"]["name"])
+        for _, d in all_documents()
+        if _.startswith(f"{directory}/")
+    }
     assert listed <= rendered
     (work,) = [d for d in documents if d["kind"] in ("DaemonSet", "Deployment")]
     observer = observer_container(work["spec"]["template"]["spec"])
@@ -381,8 +406,7 @@ def test_each_podmonitor_selects_its_workload(directory, workload_name):
     assert relabelled["job"] == "thread-observer"
     # Node mode exports the watched pod's namespace, pod and container: they must win over
     # the observer's own pod's. A sidecar exports none and needs no honouring.
-    pod_labels = observer_arguments(observer_container(work["spec"]["template"]["spec"])
-                                    ).pod_labels
+    pod_labels = observer_arguments(observer_container(work["spec"]["template"]["spec"])).pod_labels
     assert endpoint.get("honorLabels", False) is pod_labels
 
 
@@ -395,8 +419,13 @@ def test_podmonitor_schema_refuses_a_misspelt_field():
 
 
 def test_generated_objects_are_up_to_date():
-    result = subprocess.run([sys.executable, str(DEPLOY / "render.py"), "--check"],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, str(DEPLOY / "render.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -411,10 +440,23 @@ def test_prometheus_rule_holds_the_rule_file_and_the_configmap_the_dashboard():
 def test_render_adapts_the_job_selector_and_runbook_links(tmp_path):
     rules_file, object_file = tmp_path / "alerts.yml", tmp_path / "rule.yaml"
     result = subprocess.run(
-        [sys.executable, str(DEPLOY / "render.py"), "--job-selector", 'job=~"a|b"',
-         "--runbook-url-base", "https://runbooks.example/", "--rules-out", str(rules_file),
-         "--prometheus-rule-out", str(object_file)],
-        capture_output=True, text=True, timeout=60, check=False)
+        [
+            sys.executable,
+            str(DEPLOY / "render.py"),
+            "--job-selector",
+            'job=~"a|b"',
+            "--runbook-url-base",
+            "https://runbooks.example/",
+            "--rules-out",
+            str(rules_file),
+            "--prometheus-rule-out",
+            str(object_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     for name, expr in alert_rules(rules_file):
         assert 'job="thread-observer"' not in expr and 'job=~"a|b"' in expr, name
@@ -487,8 +529,7 @@ def test_observer_container_has_mounts_probes_resources_and_scrape_wiring(name):
     assert host_paths == (kernel | kubelet if arguments.pod_labels else kernel)
     assert arguments.pod_labels == (name == "daemonset")
     if arguments.pod_labels:
-        assert {f"{arguments.kubelet_log_dir}/{d}" for d in ("pods", "containers")} == \
-            set(kubelet)
+        assert {f"{arguments.kubelet_log_dir}/{d}" for d in ("pods", "containers")} == set(kubelet)
     assert "/tmp" in {m["mountPath"] for m in observer["volumeMounts"]}
 
     annotations = template["metadata"]["annotations"]
@@ -553,6 +594,7 @@ def test_observer_namespaces_allow_privileged_pods():
 
 # Image
 
+
 def dockerfile_instructions() -> list[tuple[str, str]]:
     text = DOCKERFILE.read_text().replace("\\\n", " ")
     instructions = []
@@ -610,13 +652,22 @@ def test_build_stage_copies_everything_the_package_build_reads():
 def setup_packages(*args: str) -> set[str]:
     """The Debian packages deploy/setup.sh would install with these options, on amd64."""
     script = (DEPLOY / "setup.sh").read_text()
-    packages = script[:script.index("install_packages() {")]
+    packages = script[: script.index("install_packages() {")]
     options = " ".join(args)
     result = subprocess.run(
-        ["bash", "-c", f'dpkg() {{ echo amd64; }}; set -- {options}; '
-         f'RUNTIME=0; [ "${{1:-}}" = --runtime ] && RUNTIME=1\n'
-         + packages[packages.index("ARCH=$(dpkg"):] + '\necho "$PACKAGES"'],
-        capture_output=True, text=True, timeout=30, check=True)
+        [
+            "bash",
+            "-c",
+            f"dpkg() {{ echo amd64; }}; set -- {options}; "
+            f'RUNTIME=0; [ "${{1:-}}" = --runtime ] && RUNTIME=1\n'
+            + packages[packages.index("ARCH=$(dpkg") :]
+            + '\necho "$PACKAGES"',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     return set(result.stdout.split())
 
 
@@ -646,12 +697,19 @@ import observer.server, observer.check, observer.observers
 from observer.cli import build_parser
 build_parser().parse_args(["run", "--target", "a=b", "--pod-labels"])
 """
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 
 # Prometheus: config and rules
+
 
 def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -714,14 +772,18 @@ def test_every_alert_has_tests_that_fire_it_and_tests_that_must_not():
 
 
 def rule_documents() -> list[dict]:
-    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"]
-            for rule in group["rules"]]
+    return [
+        rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]
+    ]
 
 
 def test_rules_follow_the_mixin_conventions():
     runbook = (ROOT / "docs" / "runbook.md").read_text()
-    anchors = {line[3:].strip().lower().replace(" ", "-") for line in runbook.splitlines()
-               if line.startswith("## ")}
+    anchors = {
+        line[3:].strip().lower().replace(" ", "-")
+        for line in runbook.splitlines()
+        if line.startswith("## ")
+    }
     for rule in rule_documents():
         name, expr = rule["alert"], rule["expr"]
         # Every selector of every metric names the job, so that render.py can change it.
@@ -763,6 +825,7 @@ def test_rules_use_contract_metrics_and_never_group_by_pid():
 
 # Grafana dashboard
 
+
 def dashboard() -> dict:
     return json.loads(DASHBOARD.read_text())
 
@@ -777,8 +840,10 @@ def query_panels(board: dict) -> list[dict]:
 # Variables narrowing everything, in this order; each query is narrowed by those before it.
 DASHBOARD_VARIABLES = ["datasource", "cluster", "job", "instance", "namespace", "pod", "target"]
 # What per-target and self metrics are selected by.
-TARGET_SELECTOR = ('cluster=~"$cluster", job=~"$job", instance=~"$instance", '
-                   'namespace=~"$namespace", pod=~"$pod", target=~"$target"')
+TARGET_SELECTOR = (
+    'cluster=~"$cluster", job=~"$job", instance=~"$instance", '
+    'namespace=~"$namespace", pod=~"$pod", target=~"$target"'
+)
 SELF_SELECTOR = 'cluster=~"$cluster", job=~"$job", instance=~"$instance"'
 LABEL_VALUES = re.compile(r"^label_values\((\w+)(\{[^}]*\})?, (\w+)\)$")
 
@@ -812,7 +877,7 @@ def test_dashboard_variables():
         assert variable["multi"] is True, name
         assert variable["includeAll"] is True, name
         assert variable["allValue"] == ".*", name
-        earlier = DASHBOARD_VARIABLES[1:DASHBOARD_VARIABLES.index(name)]
+        earlier = DASHBOARD_VARIABLES[1 : DASHBOARD_VARIABLES.index(name)]
         assert all(f'{e}=~"${e}"' in variable["query"] for e in earlier), name
     assert variables["target"]["query"].endswith(", target)")
 
@@ -891,6 +956,7 @@ def test_dashboard_queries_have_every_variable_filled_in():
 
 
 # Against a real Prometheus
+
 
 @needs_prometheus
 def test_dashboard_and_alert_queries_are_valid_promql():
@@ -1018,8 +1084,10 @@ def test_every_panel_returns_data_from_contract_shaped_metrics(contract_metrics)
         queries = dashboard_queries(DASHBOARD) + variable_queries()
         assert [(title, expr) for title, expr in queries if not prom.query(expr)] == []
         # Both modes: "web" is named by pod as node mode does, "fast" is not.
-        pods = {(s["metric"]["target"], s["metric"].get("pod", "")) for s in
-                prom.query("thread_observer_threads")}
+        pods = {
+            (s["metric"]["target"], s["metric"].get("pod", ""))
+            for s in prom.query("thread_observer_threads")
+        }
         assert pods == {("web", "checkout-0"), ("fast", "")}
         # Every rule evaluates without error against these series (rules run once a second).
         for _ in range(50):
@@ -1034,6 +1102,7 @@ def test_every_panel_returns_data_from_contract_shaped_metrics(contract_metrics)
 
 def pod_target_groups(namespace: str, pod: str, node: str, template: dict) -> list[dict]:
     """What role: pod discovery makes of a pod: one target per container port."""
+
     def meta(name: str) -> str:
         return re.sub(r"[^a-zA-Z0-9_]", "_", name)
 
@@ -1050,14 +1119,17 @@ def pod_target_groups(namespace: str, pod: str, node: str, template: dict) -> li
     groups = []
     for container in template["spec"]["containers"]:
         for port in container.get("ports", []):
-            groups.append({
-                "targets": [f"127.0.0.1:{port['containerPort']}"],
-                "labels": common | {
-                    "__meta_kubernetes_pod_container_name": container["name"],
-                    "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
-                    "__meta_kubernetes_pod_container_port_number": str(port["containerPort"]),
-                },
-            })
+            groups.append(
+                {
+                    "targets": [f"127.0.0.1:{port['containerPort']}"],
+                    "labels": common
+                    | {
+                        "__meta_kubernetes_pod_container_name": container["name"],
+                        "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
+                        "__meta_kubernetes_pod_container_port_number": str(port["containerPort"]),
+                    },
+                }
+            )
     return groups
 
 
@@ -1090,8 +1162,13 @@ def test_kubernetes_pod_job_scrapes_the_observer_port_of_annotated_pods(tmp_path
             targets = prom.targets()
 
     active = sorted(
-        (t["labels"]["namespace"], t["labels"]["pod"], t["labels"]["node"], t["labels"]["job"],
-         t["scrapeUrl"])
+        (
+            t["labels"]["namespace"],
+            t["labels"]["pod"],
+            t["labels"]["node"],
+            t["labels"]["job"],
+            t["scrapeUrl"],
+        )
         for t in targets["activeTargets"]
     )
     url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
@@ -1132,20 +1209,26 @@ def test_honor_labels_keeps_the_watched_pod_and_leaves_host_processes_unnamed():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NodeModePage)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    observer_pod = {"namespace": "thread-observer", "pod": "thread-observer-x2k8p",
-                    "container": "thread-observer"}
+    observer_pod = {
+        "namespace": "thread-observer",
+        "pod": "thread-observer-x2k8p",
+        "container": "thread-observer",
+    }
     job = {
         "job_name": "thread-observer",
         "honor_labels": endpoint["honorLabels"],
-        "static_configs": [{"targets": [f"127.0.0.1:{server.server_address[1]}"],
-                            "labels": observer_pod}],
+        "static_configs": [
+            {"targets": [f"127.0.0.1:{server.server_address[1]}"], "labels": observer_pod}
+        ],
     }
     try:
         with start_prometheus([], extra_scrape_configs=[job]) as prom:
             prom.wait_for_scrapes(2)
             threads = {
-                tuple(s["metric"].get(k, "") for k in ("namespace", "pod", "container")):
-                s["value"][1] for s in prom.query("thread_observer_threads")
+                tuple(s["metric"].get(k, "") for k in ("namespace", "pod", "container")): s[
+                    "value"
+                ][1]
+                for s in prom.query("thread_observer_threads")
             }
             (info,) = prom.query("thread_observer_build_info")
     finally:

@@ -43,9 +43,11 @@ RESOLVERS = {
     "resolving": ("service.test", 5, False),
     "truncated": ("large.test", 3, True),
 }
-NAME_RESOLUTION_PANELS = ("DNS queries on the wire by transport",
-                          "DNS queries on the wire per libc lookup",
-                          "Resolver calls by function and caller")
+NAME_RESOLUTION_PANELS = (
+    "DNS queries on the wire by transport",
+    "DNS queries on the wire per libc lookup",
+    "Resolver calls by function and caller",
+)
 
 
 def resolver_target(name: str, host: str) -> list[str]:
@@ -76,18 +78,25 @@ def command_pattern(scenario: str) -> str:
 def running_prometheus(tmp_path_factory):
     """Observer, scenarios (lingering after their work) and Prometheus, all for real."""
     tmp = tmp_path_factory.mktemp("e2e")
-    targets = [arg for name, (scenario, _) in SCENARIOS.items()
-               for arg in ("--target", f"{name}={command_pattern(scenario)}")]
+    targets = [
+        arg
+        for name, (scenario, _) in SCENARIOS.items()
+        for arg in ("--target", f"{name}={command_pattern(scenario)}")
+    ]
     for name, (host, _, _) in RESOLVERS.items():
         targets += resolver_target(name, host)
     with ExitStack() as stack:
         servers = stack.enter_context(local_servers(http=True, redis=True))
         running = stack.enter_context(observer(targets, Path(tmp)))
-        prometheus = stack.enter_context(start_prometheus(
-            [f"127.0.0.1:{running.port}"], scrape_interval="1s", rule_files=[ALERTS]))
+        prometheus = stack.enter_context(
+            start_prometheus(
+                [f"127.0.0.1:{running.port}"], scrape_interval="1s", rule_files=[ALERTS]
+            )
+        )
         children = [
-            stack.enter_context(start_scenario(
-                scenario, servers=servers, extra_args=[*extra, "--linger", "600"]))
+            stack.enter_context(
+                start_scenario(scenario, servers=servers, extra_args=[*extra, "--linger", "600"])
+            )
             for scenario, extra in SCENARIOS.values()
         ]
         resolvers = start_resolvers(stack, Path(tmp))
@@ -104,8 +113,9 @@ def running_prometheus(tmp_path_factory):
         yield prometheus
 
 
-@pytest.mark.parametrize(("title", "expr"), dashboard_queries(DASHBOARD),
-                         ids=lambda value: value[:40])
+@pytest.mark.parametrize(
+    ("title", "expr"), dashboard_queries(DASHBOARD), ids=lambda value: value[:40]
+)
 def test_every_dashboard_query_returns_data(running_prometheus, title, expr):
     assert running_prometheus.query(expr), f"{title!r}: no data for {expr}"
 
@@ -118,8 +128,9 @@ def firing_targets(prometheus, alertname: str) -> set[str]:
 def test_blocking_dns_fires_the_event_loop_alert(running_prometheus):
     # Only where a coroutine made a blocking lookup: not gunicorn's gthread workers.
     assert firing_targets(running_prometheus, "GetaddrinfoOnEventLoop") == {"blocking", "mixed"}
-    active = {(a["labels"]["alertname"], a["labels"].get("target")) for a in
-              running_prometheus.alerts()}
+    active = {
+        (a["labels"]["alertname"], a["labels"].get("target")) for a in running_prometheus.alerts()
+    }
     assert ("GetaddrinfoOnEventLoop", "blocking") in active  # pending or firing in Prometheus
 
 
@@ -151,27 +162,40 @@ def test_queries_on_the_wire_are_what_the_responders_received(running_prometheus
             wait_until(equal, 10, f"{name}'s queries in Prometheus")
         except AssertionError as timeout:
             raise AssertionError(f"{timeout}: responder {received}, Prometheus {seen}") from None
-    expr = ('sum by (target, function) '
-            '(thread_observer_resolver_calls_total{target=~"resolving|truncated"})')
-    calls = {(s["metric"]["target"], s["metric"]["function"], float(s["value"][1]))
-             for s in running_prometheus.query(expr)}
+    expr = (
+        "sum by (target, function) "
+        '(thread_observer_resolver_calls_total{target=~"resolving|truncated"})'
+    )
+    calls = {
+        (s["metric"]["target"], s["metric"]["function"], float(s["value"][1]))
+        for s in running_prometheus.query(expr)
+    }
     assert calls == {(name, "getaddrinfo", n) for name, (_, n, _) in RESOLVERS.items()}
 
 
 def test_name_resolution_panels_show_the_resolving_target(running_prometheus):
     """At the end of the work, each panel has a line of the resolving target above 0 (udp
     queries, getaddrinfo calls), and two queries (A and AAAA in one sendmmsg) per getaddrinfo."""
-    queries = {title: expr for title, expr in dashboard_queries(DASHBOARD)
-               if title in NAME_RESOLUTION_PANELS}
+    queries = {
+        title: expr
+        for title, expr in dashboard_queries(DASHBOARD)
+        if title in NAME_RESOLUTION_PANELS
+    }
     assert set(queries) == set(NAME_RESOLUTION_PANELS)
     for title, expr in queries.items():
-        values = [float(s["value"][1]) for s in
-                  running_prometheus.query(expr, at=running_prometheus.work_done)
-                  if s["metric"].get("target") == "resolving"]
+        values = [
+            float(s["value"][1])
+            for s in running_prometheus.query(expr, at=running_prometheus.work_done)
+            if s["metric"].get("target") == "resolving"
+        ]
         assert values and max(values) > 0, (title, values)
-    (ratio,) = [float(s["value"][1]) for s in running_prometheus.query(
-        queries["DNS queries on the wire per libc lookup"], at=running_prometheus.work_done)
-        if s["metric"]["target"] == "resolving"]
+    (ratio,) = [
+        float(s["value"][1])
+        for s in running_prometheus.query(
+            queries["DNS queries on the wire per libc lookup"], at=running_prometheus.work_done
+        )
+        if s["metric"]["target"] == "resolving"
+    ]
     assert ratio == pytest.approx(2)
 
 

@@ -35,12 +35,14 @@ CGROUPS = {
     "v1 cgroupfs docker": "".join(
         f"{i}:{c}:/kubepods/besteffort/pod{UID}/{CID}\n"
         for i, c in enumerate(["pids", "memory", "cpu,cpuacct"], start=2)
-    ) + f"1:name=systemd:/kubepods/besteffort/pod{UID}/{CID}\n",
+    )
+    + f"1:name=systemd:/kubepods/besteffort/pod{UID}/{CID}\n",
     "v1 systemd containerd (hybrid)": "".join(
         f"{i}:{c}:/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{SYSTEMD_UID}"
         f".slice/cri-containerd-{CID}.scope\n"
         for i, c in enumerate(["pids", "memory", "name=systemd"], start=1)
-    ) + f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{SYSTEMD_UID}"
+    )
+    + f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{SYSTEMD_UID}"
     f".slice/cri-containerd-{CID}.scope\n",
 }
 
@@ -55,29 +57,41 @@ def test_processes_outside_kubernetes():
     assert procfs.parse_cgroup_identity(f"0::/system.slice/docker-{CID}.scope\n") == (CID, "")
 
 
-@pytest.mark.parametrize("name,parsed", [
-    (f"shop_checkout-7d4f9-abcde_{UID}", (UID, "shop", "checkout-7d4f9-abcde")),
-    (f"kube-system_coredns-5d78c9869d-x2k8p_{UID}",
-     (UID, "kube-system", "coredns-5d78c9869d-x2k8p")),
-    (f"a.b_pod.with.dots_{UID}", (UID, "a.b", "pod.with.dots")),
-    ("shop_checkout_not-a-uid", None),
-    (f"Shop_checkout_{UID}", None),
-    (f"shop_check_out_{UID}", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "name,parsed",
+    [
+        (f"shop_checkout-7d4f9-abcde_{UID}", (UID, "shop", "checkout-7d4f9-abcde")),
+        (
+            f"kube-system_coredns-5d78c9869d-x2k8p_{UID}",
+            (UID, "kube-system", "coredns-5d78c9869d-x2k8p"),
+        ),
+        (f"a.b_pod.with.dots_{UID}", (UID, "a.b", "pod.with.dots")),
+        ("shop_checkout_not-a-uid", None),
+        (f"Shop_checkout_{UID}", None),
+        (f"shop_check_out_{UID}", None),
+        ("", None),
+    ],
+)
 def test_pod_directory_names(name, parsed):
     assert parse_pod_dir(name) == parsed
 
 
-@pytest.mark.parametrize("name,parsed", [
-    (f"checkout-7d4f9-abcde_shop_app-{CID}.log",
-     (CID, PodContainer("shop", "checkout-7d4f9-abcde", "app"))),
-    (f"checkout-7d4f9-abcde_shop_thread-observer-{CID}.log",
-     (CID, PodContainer("shop", "checkout-7d4f9-abcde", "thread-observer"))),
-    (f"checkout_shop_app-{CID[:12]}.log", None),
-    (f"checkout_shop_app-{CID}.txt", None),
-    (f"checkout_shop-{CID}.log", None),
-])
+@pytest.mark.parametrize(
+    "name,parsed",
+    [
+        (
+            f"checkout-7d4f9-abcde_shop_app-{CID}.log",
+            (CID, PodContainer("shop", "checkout-7d4f9-abcde", "app")),
+        ),
+        (
+            f"checkout-7d4f9-abcde_shop_thread-observer-{CID}.log",
+            (CID, PodContainer("shop", "checkout-7d4f9-abcde", "thread-observer")),
+        ),
+        (f"checkout_shop_app-{CID[:12]}.log", None),
+        (f"checkout_shop_app-{CID}.txt", None),
+        (f"checkout_shop-{CID}.log", None),
+    ],
+)
 def test_container_log_names(name, parsed):
     assert parse_container_log(name) == parsed
 
@@ -121,8 +135,13 @@ def test_missing_directories_name_nothing(tmp_path):
 
 
 def test_forgets_containers_no_process_is_in(tmp_path):
-    root = kubelet_logs(tmp_path, [("shop", "checkout-0", UID, {"app": CID}),
-                                   ("jobs", "nightly-x", OTHER_UID, {"worker": OTHER_CID})])
+    root = kubelet_logs(
+        tmp_path,
+        [
+            ("shop", "checkout-0", UID, {"app": CID}),
+            ("jobs", "nightly-x", OTHER_UID, {"worker": OTHER_CID}),
+        ],
+    )
     names = PodNames(root)
     names.name(CID, UID)
     names.forget({(CID, UID)})
@@ -138,25 +157,42 @@ def counts(created: int, calls: int) -> Counts:
 
 
 def test_node_mode_series_name_each_pod_and_aggregate_its_processes(tmp_path):
-    root = kubelet_logs(tmp_path, [("shop", "checkout-0", UID, {"app": CID}),
-                                   ("jobs", "nightly-x", OTHER_UID, {"worker": OTHER_CID})])
+    root = kubelet_logs(
+        tmp_path,
+        [
+            ("shop", "checkout-0", UID, {"app": CID}),
+            ("jobs", "nightly-x", OTHER_UID, {"worker": OTHER_CID}),
+        ],
+    )
     snapshot = Snapshot(
         backend="bpf",
         rows=[
-            ProcessRow("python", 10, threads=3, counts=counts(2, 5), container_id=CID,
-                       pod_uid=UID),
-            ProcessRow("python", 11, threads=4, counts=counts(1, 1), container_id=CID,
-                       pod_uid=UID),
-            ProcessRow("python", 12, threads=2, counts=counts(7, 0), container_id=OTHER_CID,
-                       pod_uid=OTHER_UID),
+            ProcessRow("python", 10, threads=3, counts=counts(2, 5), container_id=CID, pod_uid=UID),
+            ProcessRow("python", 11, threads=4, counts=counts(1, 1), container_id=CID, pod_uid=UID),
+            ProcessRow(
+                "python",
+                12,
+                threads=2,
+                counts=counts(7, 0),
+                container_id=OTHER_CID,
+                pod_uid=OTHER_UID,
+            ),
             ProcessRow("python", 13, threads=1, counts=counts(0, 9)),
             # A pod the kubelet's directories do not name: empty labels, counted as unnamed.
-            ProcessRow("python", 14, threads=1, counts=counts(0, 0), container_id="d" * 64,
-                       pod_uid="6f1c1c4e-0000-4000-8000-00000000ffff"),
+            ProcessRow(
+                "python",
+                14,
+                threads=1,
+                counts=counts(0, 0),
+                container_id="d" * 64,
+                pod_uid="6f1c1c4e-0000-4000-8000-00000000ffff",
+            ),
         ],
         # An exited process of the checkout pod, and one of a pod with no process left.
-        retired={("python", CID, UID): counts(10, 10),
-                 ("python", "c" * 64, "6f1c1c4e-0000-4000-8000-000000000000"): counts(99, 99)},
+        retired={
+            ("python", CID, UID): counts(10, 10),
+            ("python", "c" * 64, "6f1c1c4e-0000-4000-8000-000000000000"): counts(99, 99),
+        },
         targets=["python", "idle"],
     )
     registry = CollectorRegistry()
@@ -164,34 +200,66 @@ def test_node_mode_series_name_each_pod_and_aggregate_its_processes(tmp_path):
 
     def series(name: str) -> dict[tuple[str, str, str, str], float]:
         return {
-            (s.labels["target"], s.labels["namespace"], s.labels["pod"], s.labels["container"]):
-            s.value
-            for family in registry.collect() for s in family.samples if s.name == name
+            (
+                s.labels["target"],
+                s.labels["namespace"],
+                s.labels["pod"],
+                s.labels["container"],
+            ): s.value
+            for family in registry.collect()
+            for s in family.samples
+            if s.name == name
         }
 
     checkout = ("python", "shop", "checkout-0", "app")
     nightly = ("python", "jobs", "nightly-x", "worker")
     host = ("python", "", "", "")
     assert series("thread_observer_processes") == {
-        checkout: 2, nightly: 1, host: 2, ("idle", "", "", ""): 0}
+        checkout: 2,
+        nightly: 1,
+        host: 2,
+        ("idle", "", "", ""): 0,
+    }
     assert series("thread_observer_threads") == {checkout: 7, nightly: 2, host: 2}
-    assert series("thread_observer_threads_created_total") == {
-        checkout: 13, nightly: 7, host: 0}
+    assert series("thread_observer_threads_created_total") == {checkout: 13, nightly: 7, host: 0}
     assert series("thread_observer_getaddrinfo_duration_seconds_count") == {
-        checkout: 16, nightly: 0, host: 9}
+        checkout: 16,
+        nightly: 0,
+        host: 9,
+    }
     assert registry.get_sample_value("thread_observer_unnamed_pod_processes") == 1
-    assert registry.get_sample_value("thread_observer_target_info", {
-        "target": "python", "pid": "12", "container_id": OTHER_CID, "pod_uid": OTHER_UID,
-        "namespace": "jobs", "pod": "nightly-x", "container": "worker"}) == 1
+    assert (
+        registry.get_sample_value(
+            "thread_observer_target_info",
+            {
+                "target": "python",
+                "pid": "12",
+                "container_id": OTHER_CID,
+                "pod_uid": OTHER_UID,
+                "namespace": "jobs",
+                "pod": "nightly-x",
+                "container": "worker",
+            },
+        )
+        == 1
+    )
     assert registry.get_sample_value("thread_observer_scrape_duration_seconds") > 0
 
 
 def test_without_pod_labels_no_pod_label_and_no_unnamed_metric():
-    snapshot = Snapshot(backend="bpf", rows=[
-        ProcessRow("python", 10, threads=3, counts=counts(2, 5), container_id=CID, pod_uid=UID)])
+    snapshot = Snapshot(
+        backend="bpf",
+        rows=[
+            ProcessRow("python", 10, threads=3, counts=counts(2, 5), container_id=CID, pod_uid=UID)
+        ],
+    )
     registry = CollectorRegistry()
     registry.register(ObserverCollector(lambda: snapshot))
-    labels = {tuple(s.labels) for family in registry.collect() for s in family.samples
-              if s.name == "thread_observer_threads"}
+    labels = {
+        tuple(s.labels)
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == "thread_observer_threads"
+    }
     assert labels == {("target",)}
     assert registry.get_sample_value("thread_observer_unnamed_pod_processes") is None

@@ -52,14 +52,17 @@ class Resolver(AddressResolver):
         pass
 
 
-@pytest.mark.parametrize("routine, expected", [
-    (0x1800, "python"),  # CPython's executable
-    (0x3800, "python"),  # libpython
-    (0x5800, "loop.cpython-311-x86_64-linux-gnu.so"),
-    (0x7800, "x" * 96),  # cut at MAX_CREATOR_LENGTH
-    (0x9000, "unknown"),  # in no mapping
-    (0, "unknown"),  # not made by pthread_create
-])
+@pytest.mark.parametrize(
+    "routine, expected",
+    [
+        (0x1800, "python"),  # CPython's executable
+        (0x3800, "python"),  # libpython
+        (0x5800, "loop.cpython-311-x86_64-linux-gnu.so"),
+        (0x7800, "x" * 96),  # cut at MAX_CREATOR_LENGTH
+        (0x9000, "unknown"),  # in no mapping
+        (0, "unknown"),  # not made by pthread_create
+    ],
+)
 def test_creator(routine, expected):
     resolver = Resolver(1, MAPPINGS, "/usr/bin/python3.11")
     assert creator(resolver, routine) == expected
@@ -69,20 +72,26 @@ def test_creator_without_mappings_is_unknown():
     assert creator(None, 0x1800) == "unknown"
 
 
-@pytest.mark.parametrize("seen, name, expected", [
-    (Counter(), "python", "python"),
-    (Counter({f"lib{i}.so": 1 for i in range(MAX_CREATORS_PER_PROCESS)}), "new.so", "other"),
-    (Counter({f"lib{i}.so": 1 for i in range(MAX_CREATORS_PER_PROCESS)}), "lib3.so", "lib3.so"),
-])
+@pytest.mark.parametrize(
+    "seen, name, expected",
+    [
+        (Counter(), "python", "python"),
+        (Counter({f"lib{i}.so": 1 for i in range(MAX_CREATORS_PER_PROCESS)}), "new.so", "other"),
+        (Counter({f"lib{i}.so": 1 for i in range(MAX_CREATORS_PER_PROCESS)}), "lib3.so", "lib3.so"),
+    ],
+)
 def test_creators_per_process_are_bounded(seen, name, expected):
     assert bounded_creator(name, seen) == expected
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("loop.cpython-311-x86_64-linux-gnu.so", "loop.so"),
-    ("_cffi_backend.abi3.so", "_cffi_backend.so"),
-    ("libc.so.6", "libc.so.6"),
-    ("python", "python"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("loop.cpython-311-x86_64-linux-gnu.so", "loop.so"),
+        ("_cffi_backend.abi3.so", "_cffi_backend.so"),
+        ("libc.so.6", "libc.so.6"),
+        ("python", "python"),
+    ],
+)
 def test_short_creator(name, expected):
     assert short_creator(name) == expected

@@ -41,22 +41,22 @@ def binaries(tmp_path_factory):
 def test_native_target_counted_exactly(libc, binaries, tmp_path):
     if libc not in binaries:
         pytest.skip(f"{BUILDS[libc][0]} is not installed (apt-get install musl-tools gcc)")
-    with workload([str(binaries[libc]), "17", "29"], native=True) as target, \
-            observer(["--pid", f"native={target.pid}", "--allow-non-python"],
-                     tmp_path) as running:
+    with (
+        workload([str(binaries[libc]), "17", "29"], native=True) as target,
+        observer(["--pid", f"native={target.pid}", "--allow-non-python"], tmp_path) as running,
+    ):
         target.go()
         truth = target.truth()
-        assert truth == {"threads_started": 17, "getaddrinfo_calls": 29,
-                         "getaddrinfo_failures": 0}
+        assert truth == {"threads_started": 17, "getaddrinfo_calls": 29, "getaddrinfo_failures": 0}
 
         metrics = exits_settled(running, 17, target="native")
-        created = metrics.labels("thread_observer_threads_created_total", "creator",
-                                 target="native")
+        created = metrics.labels(
+            "thread_observer_threads_created_total", "creator", target="native"
+        )
         # The start routine lies in the program itself: not CPython, so its own name.
         assert created == {binaries[libc].name: 17}
         assert metrics.value("thread_observer_getaddrinfo_calls_total", target="native") == 29
-        assert metrics.value("thread_observer_getaddrinfo_failures_total",
-                             target="native") == 0
+        assert metrics.value("thread_observer_getaddrinfo_failures_total", target="native") == 0
 
 
 @pytest.mark.parametrize("libc", list(BUILDS))
@@ -67,9 +67,24 @@ def test_native_target_on_the_timeline(libc, binaries, tmp_path):
         pytest.skip(f"{BUILDS[libc][0]} is not installed (apt-get install musl-tools gcc)")
     out = tmp_path / "native.json"
     timeline_run = subprocess.Popen(
-        [sys.executable, "-m", "observer", "timeline", "--log-level", "info",
-         "--output", str(out), "--", str(binaries[libc]), "17", "29"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "observer",
+            "timeline",
+            "--log-level",
+            "info",
+            "--output",
+            str(out),
+            "--",
+            str(binaries[libc]),
+            "17",
+            "29",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         cwd=REPO,
     )
     # A libc other than the observer's own is probed once the program has mapped it: the

@@ -26,8 +26,20 @@ pytestmark = [
 DAEMONSET = REPO / "deploy" / "kubernetes" / "base" / "daemonset.yaml"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "thread-observer.json"
-MIXED = ["-m", "workloads.mixed", "--threads", "5", "--loop-calls", "7",
-         "--blocking-calls", "3", "--failures", "2", "--linger", "60"]
+MIXED = [
+    "-m",
+    "workloads.mixed",
+    "--threads",
+    "5",
+    "--loop-calls",
+    "7",
+    "--blocking-calls",
+    "3",
+    "--failures",
+    "2",
+    "--linger",
+    "60",
+]
 # A pod's resolving process: getaddrinfo of a name only its private responder answers.
 RESOLVER_CALLS = 4
 RESOLVING = ["-m", "tests.targets.dns_client", "getaddrinfo", str(RESOLVER_CALLS), "service.test"]
@@ -38,10 +50,14 @@ OVERRIDDEN = ("--listen", "--kubelet-log-dir", "--target")
 def daemonset_arguments(tag: str, log_dir) -> list[str]:
     """The DaemonSet container's args, with its target narrowed to this test's processes and
     the kubelet's log directory moved to a temporary one."""
-    (daemonset,) = [d for d in yaml.safe_load_all(DAEMONSET.read_text())
-                    if d and d["kind"] == "DaemonSet"]
-    (container,) = [c for c in daemonset["spec"]["template"]["spec"]["containers"]
-                    if c["name"] == "thread-observer"]
+    (daemonset,) = [
+        d for d in yaml.safe_load_all(DAEMONSET.read_text()) if d and d["kind"] == "DaemonSet"
+    ]
+    (container,) = [
+        c
+        for c in daemonset["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "thread-observer"
+    ]
     args = container["args"]
     assert args[0] == "run"
     (target,) = [a.split("=", 1)[1] for a in args if a.startswith("--target=")]
@@ -88,22 +104,25 @@ def test_series_name_each_pod_with_exact_counts(tmp_path):
     placement = [checkout, checkout, nightly, None]
     with ExitStack() as stack:
         cgroups = stack.enter_context(pod_cgroups([checkout, nightly]))
-        targets = [stack.enter_context(workload(["-X", f"tag={tag}", *MIXED],
-                                                own_pid_namespace=True))
-                   for _ in placement]
+        targets = [
+            stack.enter_context(workload(["-X", f"tag={tag}", *MIXED], own_pid_namespace=True))
+            for _ in placement
+        ]
         for target, pod in zip(targets, placement, strict=True):
             if pod is not None:
                 move(target.pid, cgroups[pod])
         resolving = start_resolving(stack, tmp_path, tag, cgroups, [checkout, nightly])
-        running = stack.enter_context(
-            observer(daemonset_arguments(tag, log_dir), tmp_path))
-        wait_until(lambda: running.scrape().value("thread_observer_processes",
-                                                  target="python") == 6,
-                   10, "every process to be attached")
+        running = stack.enter_context(observer(daemonset_arguments(tag, log_dir), tmp_path))
+        wait_until(
+            lambda: running.scrape().value("thread_observer_processes", target="python") == 6,
+            10,
+            "every process to be attached",
+        )
         prometheus = None
         if PROMETHEUS is not None:
-            prometheus = stack.enter_context(start_prometheus(
-                [f"127.0.0.1:{running.port}"], rule_files=[ALERTS]))
+            prometheus = stack.enter_context(
+                start_prometheus([f"127.0.0.1:{running.port}"], rule_files=[ALERTS])
+            )
             # Scraped at zero before the work: rate() sees the counters rise.
             prometheus.wait_for_scrapes(3, timeout=60)
         clients = [client for client, _ in resolving.values()]
@@ -113,8 +132,14 @@ def test_series_name_each_pod_with_exact_counts(tmp_path):
         for client in clients:
             client.truth()
 
-        expected = {"threads": Counter(), "calls": Counter(), "on_loop": Counter(),
-                    "processes": Counter(), "executor": Counter(), "plain": Counter()}
+        expected = {
+            "threads": Counter(),
+            "calls": Counter(),
+            "on_loop": Counter(),
+            "processes": Counter(),
+            "executor": Counter(),
+            "plain": Counter(),
+        }
         for truth, pod in zip(truths, placement, strict=True):
             key = (pod.namespace, pod.name, pod.container) if pod else ("", "", "")
             expected["threads"][key] += truth["threads_started"]
@@ -134,25 +159,44 @@ def test_series_name_each_pod_with_exact_counts(tmp_path):
             return metrics if exited == expected["threads"] else None
 
         metrics = wait_until(settled, 10, "every thread's exit to be counted")
-        assert per_pod(metrics, "thread_observer_processes", target="python") == \
-            expected["processes"]
-        assert per_pod(metrics, "thread_observer_threads_created_total", target="python",
-                       creator="python") == expected["threads"]
-        assert per_pod(metrics, "thread_observer_getaddrinfo_duration_seconds_count",
-                       target="python") == expected["calls"]
-        assert per_pod(metrics, "thread_observer_getaddrinfo_calls_total", target="python",
-                       caller="event_loop") == expected["on_loop"]
+        assert (
+            per_pod(metrics, "thread_observer_processes", target="python") == expected["processes"]
+        )
+        assert (
+            per_pod(
+                metrics, "thread_observer_threads_created_total", target="python", creator="python"
+            )
+            == expected["threads"]
+        )
+        assert (
+            per_pod(metrics, "thread_observer_getaddrinfo_duration_seconds_count", target="python")
+            == expected["calls"]
+        )
+        assert (
+            per_pod(
+                metrics,
+                "thread_observer_getaddrinfo_calls_total",
+                target="python",
+                caller="event_loop",
+            )
+            == expected["on_loop"]
+        )
         # One series per container, whatever its processes: no pid label.
         threads = [s for s in metrics.samples if s.name == "thread_observer_threads"]
         assert len(threads) == 3
         assert all("pid" not in s.labels for s in threads)
         assert metrics.value("thread_observer_unnamed_pod_processes") == 0
+
         # Python frames are read in each pod's own PID namespace: every thread is named after
         # the code that started it, the default executor's after the lookup that grew it
         # (asyncio.run has shut that executor down by now: no live executor_threads to show).
         def by_site(function: str) -> Counter:
-            return per_pod(metrics, "thread_observer_threads_created_by_site_total",
-                           target="python", site=f"{REPO}/workloads/mixed.py:{function}")
+            return per_pod(
+                metrics,
+                "thread_observer_threads_created_by_site_total",
+                target="python",
+                site=f"{REPO}/workloads/mixed.py:{function}",
+            )
 
         assert by_site("look_up") == expected["executor"]
         assert by_site("start_and_join_threads") == expected["plain"]
@@ -169,8 +213,10 @@ def test_series_name_each_pod_with_exact_counts(tmp_path):
             return metrics if processes[key] == 2 else None
 
         after = wait_until(dropped, 10, "the exited process to be dropped")
-        assert per_pod(after, "thread_observer_threads_created_total", target="python") == \
-            expected["threads"]
+        assert (
+            per_pod(after, "thread_observer_threads_created_total", target="python")
+            == expected["threads"]
+        )
 
         if prometheus is not None:
             prometheus.wait_for_scrapes(8, timeout=60)
@@ -180,16 +226,14 @@ def test_series_name_each_pod_with_exact_counts(tmp_path):
 
 def assert_queries_name_each_pod(prometheus, resolving: dict) -> None:
     """Each pod's queries on the wire, in Prometheus, are what its responder received."""
-    expr = ('sum by (namespace, pod, transport) '
-            '(thread_observer_dns_queries_total{target="python"})')
+    expr = 'sum by (namespace, pod, transport) (thread_observer_dns_queries_total{target="python"})'
 
     def per_pod() -> dict:
         found = {}
         for sample in prometheus.query(expr):
             labels = sample["metric"]
             key = (labels.get("namespace", ""), labels.get("pod", ""))  # empty: not kept
-            found.setdefault(key, {})[labels["transport"]] = \
-                int(float(sample["value"][1]))
+            found.setdefault(key, {})[labels["transport"]] = int(float(sample["value"][1]))
         return found
 
     received = {(pod.namespace, pod.name): dns.received() for pod, (_, dns) in resolving.items()}
@@ -205,8 +249,9 @@ def assert_queries_name_each_pod(prometheus, resolving: dict) -> None:
     except AssertionError as timeout:
         raise AssertionError(f"{timeout}: responders {received}, Prometheus {seen}") from None
     # Not a comparison of zeros: glibc asks A and AAAA (one sendmmsg) for each lookup.
-    assert [received[pod.namespace, pod.name] for pod in resolving] == \
-        [{"udp": 2 * RESOLVER_CALLS, "tcp": 0}] * len(resolving)
+    assert [received[pod.namespace, pod.name] for pod in resolving] == [
+        {"udp": 2 * RESOLVER_CALLS, "tcp": 0}
+    ] * len(resolving)
 
 
 def assert_alerts_name_each_pod(prometheus, pods: set[tuple[str, str, str]]) -> None:
@@ -215,12 +260,18 @@ def assert_alerts_name_each_pod(prometheus, pods: set[tuple[str, str, str]]) -> 
     (and once for the process outside any), each naming its pod."""
     rules = dict(alert_rules(ALERTS))
     for alertname in ("GetaddrinfoOnEventLoop", "GetaddrinfoFailing"):
-        found = [tuple(s["metric"].get(k, "") for k in ("namespace", "pod", "container"))
-                 for s in prometheus.query(rules[alertname])]
+        found = [
+            tuple(s["metric"].get(k, "") for k in ("namespace", "pod", "container"))
+            for s in prometheus.query(rules[alertname])
+        ]
         assert sorted(found) == sorted(pods), alertname
-    pending = {tuple(a["labels"].get(k, "") for k in ("namespace", "pod", "container"))
-               for a in prometheus.alerts() if a["labels"]["alertname"] == "GetaddrinfoOnEventLoop"}
+    pending = {
+        tuple(a["labels"].get(k, "") for k in ("namespace", "pod", "container"))
+        for a in prometheus.alerts()
+        if a["labels"]["alertname"] == "GetaddrinfoOnEventLoop"
+    }
     assert pending == pods
-    empty = [(title, expr) for title, expr in dashboard_queries(DASHBOARD)
-             if not prometheus.query(expr)]
+    empty = [
+        (title, expr) for title, expr in dashboard_queries(DASHBOARD) if not prometheus.query(expr)
+    ]
     assert empty == []

@@ -17,9 +17,20 @@ pytestmark = pytest.mark.bpf
 def in_pid_namespace(*mode: str) -> dict:
     """What tests/in_pid_namespace.py measured inside a new PID namespace."""
     result = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m",
-         "tests.in_pid_namespace", *mode],
-        capture_output=True, text=True, timeout=180, cwd=REPO,
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            sys.executable,
+            "-m",
+            "tests.in_pid_namespace",
+            *mode,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])

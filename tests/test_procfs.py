@@ -11,8 +11,11 @@ from observer import procfs
     [
         ("/usr/bin/python3.11", "/usr/bin/python3.11", "python"),
         ("/usr/lib/libpython3.12.so.1.0", "/usr/bin/python3.12", "python"),
-        ("/opt/app/uvloop/loop.cpython-311-x86_64-linux-gnu.so", "/usr/bin/python3.11",
-         "loop.cpython-311-x86_64-linux-gnu.so"),
+        (
+            "/opt/app/uvloop/loop.cpython-311-x86_64-linux-gnu.so",
+            "/usr/bin/python3.11",
+            "loop.cpython-311-x86_64-linux-gnu.so",
+        ),
         ("/lib/x86_64-linux-gnu/libc.so.6", "/usr/bin/python3.11", "libc.so.6"),
         # A program that is not Python holds its own start routines.
         ("/usr/local/bin/server", "/usr/local/bin/server", "server"),

@@ -27,8 +27,18 @@ from tests.harness import (
 
 pytestmark = pytest.mark.bpf
 
-MIXED = ["-m", "workloads.mixed", "--threads", "19", "--loop-calls", "23",
-         "--blocking-calls", "7", "--failures", "3"]
+MIXED = [
+    "-m",
+    "workloads.mixed",
+    "--threads",
+    "19",
+    "--loop-calls",
+    "23",
+    "--blocking-calls",
+    "7",
+    "--failures",
+    "3",
+]
 NATIVE_SOURCE = Path(__file__).parent / "targets" / "native_target.c"
 
 
@@ -38,13 +48,18 @@ def settled(running, target: str, threads: int) -> Metrics:
 
 
 def assert_exact(metrics: Metrics, target: str, truth: dict) -> None:
-    assert metrics.labels("thread_observer_threads_created_total", "creator",
-                          target=target) == {"python": truth["threads_started"]}
+    assert metrics.labels("thread_observer_threads_created_total", "creator", target=target) == {
+        "python": truth["threads_started"]
+    }
     calls = metrics.labels("thread_observer_getaddrinfo_calls_total", "caller", target=target)
-    assert calls == {"event_loop": truth["getaddrinfo_on_loop"],
-                     "other": truth["getaddrinfo_calls"] - truth["getaddrinfo_on_loop"]}
-    assert metrics.nonzero("thread_observer_getaddrinfo_failures_total", "error",
-                          target=target) == truth["getaddrinfo_errors"]
+    assert calls == {
+        "event_loop": truth["getaddrinfo_on_loop"],
+        "other": truth["getaddrinfo_calls"] - truth["getaddrinfo_on_loop"],
+    }
+    assert (
+        metrics.nonzero("thread_observer_getaddrinfo_failures_total", "error", target=target)
+        == truth["getaddrinfo_errors"]
+    )
 
 
 # Hostile input
@@ -54,24 +69,42 @@ def files_only_resolver(tmp_path):
     looked up in /etc/hosts only: lookups of unknown names fail at once, with no query sent."""
     nsswitch = tmp_path / "nsswitch.conf"
     nsswitch.write_text("hosts: files\n")
-    return ["unshare", "--mount", "sh", "-c",
-            f'mount --bind {nsswitch} /etc/nsswitch.conf && exec "$@"', "files-only"]
+    return [
+        "unshare",
+        "--mount",
+        "sh",
+        "-c",
+        f'mount --bind {nsswitch} /etc/nsswitch.conf && exec "$@"',
+        "files-only",
+    ]
 
 
 def test_hostile_host_names_keep_metrics_valid_and_bounded(files_only_resolver, tmp_path):
     command = [*files_only_resolver, sys.executable, "-m", "tests.targets.hostile_names", "1000"]
-    with workload(command, native=True) as target, \
-            observer(["--pid", f"hostile={target.pid}"], tmp_path) as running:
+    with (
+        workload(command, native=True) as target,
+        observer(["--pid", f"hostile={target.pid}"], tmp_path) as running,
+    ):
         target.go()
         truth = target.truth()
         assert truth["getaddrinfo_errors"] == {"EAI_NONAME": 1000}
-        metrics = wait_until(lambda: (m := running.scrape()).value(
-            "thread_observer_getaddrinfo_calls_total", target="hostile") == 1000 and m,
-            10, "all 1000 calls to be counted")
-        assert metrics.nonzero("thread_observer_getaddrinfo_failures_total", "error",
-                              target="hostile") == {"EAI_NONAME": 1000}
-        hosts = metrics.labels("thread_observer_getaddrinfo_host_calls_total", "host",
-                               target="hostile")
+        metrics = wait_until(
+            lambda: (
+                (m := running.scrape()).value(
+                    "thread_observer_getaddrinfo_calls_total", target="hostile"
+                )
+                == 1000
+                and m
+            ),
+            10,
+            "all 1000 calls to be counted",
+        )
+        assert metrics.nonzero(
+            "thread_observer_getaddrinfo_failures_total", "error", target="hostile"
+        ) == {"EAI_NONAME": 1000}
+        hosts = metrics.labels(
+            "thread_observer_getaddrinfo_host_calls_total", "host", target="hostile"
+        )
         assert len(hosts) == 21  # 20 names of their own, the rest as <other>
         assert hosts["<other>"] == 980
         assert sum(hosts.values()) == 1000
@@ -88,16 +121,23 @@ def native_target(tmp_path_factory):
     return binary
 
 
-COUNTER_MAPS = ("threads_created_total", "threads_exited_total", "getaddrinfo_calls_total",
-                "getaddrinfo_duration_seconds", "getaddrinfo_duration_ns_sum",
-                "getaddrinfo_host_calls_total", "watched_tgids")
+COUNTER_MAPS = (
+    "threads_created_total",
+    "threads_exited_total",
+    "getaddrinfo_calls_total",
+    "getaddrinfo_duration_seconds",
+    "getaddrinfo_duration_ns_sum",
+    "getaddrinfo_host_calls_total",
+    "watched_tgids",
+)
 
 
-def test_churning_1000_target_processes_loses_nothing_and_maps_stay_flat(native_target,
-                                                                         tmp_path):
+def test_churning_1000_target_processes_loses_nothing_and_maps_stay_flat(native_target, tmp_path):
     regex = f"churn={native_target}"
-    with observer(["--target", regex, "--allow-non-python"], tmp_path) as running, \
-            workload([str(native_target), "3", "2"], native=True) as keeper:
+    with (
+        observer(["--target", regex, "--allow-non-python"], tmp_path) as running,
+        workload([str(native_target), "3", "2"], native=True) as keeper,
+    ):
         wait_until(lambda: processes(running) == 1, 5, "the long-lived target")
         keeper.go()
         keeper_truth = keeper.truth()
@@ -108,14 +148,20 @@ def test_churning_1000_target_processes_loses_nothing_and_maps_stay_flat(native_
         metrics = running.scrape()
         expected = keeper_truth["threads_started"] + 1000 * 2
         assert metrics.value("thread_observer_threads_created_total", target="churn") == expected
-        assert metrics.value("thread_observer_getaddrinfo_calls_total", target="churn") == \
-            keeper_truth["getaddrinfo_calls"] + 1000 * 3
+        assert (
+            metrics.value("thread_observer_getaddrinfo_calls_total", target="churn")
+            == keeper_truth["getaddrinfo_calls"] + 1000 * 3
+        )
     assert sizes[0] == sizes[-1], f"maps grew: {sizes[0]} -> {sizes[-1]}"
 
 
 def churn_batch(running, binary: Path, size: int) -> None:
-    targets = [subprocess.Popen([str(binary), "2", "3"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True) for _ in range(size)]
+    targets = [
+        subprocess.Popen(
+            [str(binary), "2", "3"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(size)
+    ]
     try:
         for target in targets:
             assert '"ready": true' in target.stdout.readline()
@@ -139,6 +185,7 @@ def processes(running) -> float | None:
 
 def map_sizes(running) -> dict[str, float]:
     """Map sizes once other processes' exec (pending until the next poll) have settled."""
+
     def quiet():
         entries = running.scrape().labels("thread_observer_bpf_map_entries", "map")
         return entries if entries["watched_tgids"] == 1 else None
@@ -163,14 +210,27 @@ def test_after_sigkill_a_new_observer_counts_correctly(tmp_path):
 
 # Load
 def test_eight_scrapers_at_ten_per_second_during_a_storm(tmp_path):
-    storm = ["-m", "workloads.mixed", "--threads", "400", "--loop-calls", "4000",
-             "--blocking-calls", "4000", "--failures", "30", "--linger", "60"]
+    storm = [
+        "-m",
+        "workloads.mixed",
+        "--threads",
+        "400",
+        "--loop-calls",
+        "4000",
+        "--blocking-calls",
+        "4000",
+        "--failures",
+        "30",
+        "--linger",
+        "60",
+    ]
     errors: list[str] = []
     stop = threading.Event()
-    with workload(storm) as target, \
-            observer(["--pid", f"storm={target.pid}"], tmp_path) as running:
-        scrapers = [threading.Thread(target=scrape_until, args=(running.url, stop, errors))
-                    for _ in range(8)]
+    with workload(storm) as target, observer(["--pid", f"storm={target.pid}"], tmp_path) as running:
+        scrapers = [
+            threading.Thread(target=scrape_until, args=(running.url, stop, errors))
+            for _ in range(8)
+        ]
         for scraper in scrapers:
             scraper.start()
         try:
@@ -197,15 +257,17 @@ def scrape_until(url: str, stop: threading.Event, errors: list[str]) -> None:
 PYENV_PYTHONS = pyenv_pythons()
 
 
-@pytest.mark.parametrize("python", PYENV_PYTHONS or ["none"],
-                         ids=lambda p: p.split("/")[-3] if "/" in p else p)
+@pytest.mark.parametrize(
+    "python", PYENV_PYTHONS or ["none"], ids=lambda p: p.split("/")[-3] if "/" in p else p
+)
 def test_every_cpython_counted_exactly_with_python_as_creator(python, tmp_path, monkeypatch):
     if python == "none":
         pytest.skip(f"no pyenv interpreters under {PYENV_ROOT}/versions")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO),
-                                                      os.environ.get("PYTHONPATH", "")]))
-    with workload([*MIXED, "--linger", "60"], python=python) as target, \
-            observer(["--pid", f"py={target.pid}"], tmp_path) as running:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    with (
+        workload([*MIXED, "--linger", "60"], python=python) as target,
+        observer(["--pid", f"py={target.pid}"], tmp_path) as running,
+    ):
         target.go()
         truth = target.truth()
         assert truth["python"].split(".")[:2] == python.split("/")[-3].split(".")[:2]
@@ -219,10 +281,19 @@ def test_libc_at_another_path_and_inode_is_found_through_proc_root(tmp_path):
         pytest.skip(f"{libc} is not this machine's libc")
     copy = tmp_path / "libc.so.6"
     shutil.copy2(libc, copy)
-    wrapper = ["unshare", "--mount", "sh", "-c", f'mount --bind {copy} {libc} && exec "$@"',
-               "own-libc", sys.executable]
-    with workload([*wrapper, *MIXED, "--linger", "60", "--wait-stdin"], native=True) as target, \
-            observer(["--pid", f"copy={target.pid}"], tmp_path) as running:
+    wrapper = [
+        "unshare",
+        "--mount",
+        "sh",
+        "-c",
+        f'mount --bind {copy} {libc} && exec "$@"',
+        "own-libc",
+        sys.executable,
+    ]
+    with (
+        workload([*wrapper, *MIXED, "--linger", "60", "--wait-stdin"], native=True) as target,
+        observer(["--pid", f"copy={target.pid}"], tmp_path) as running,
+    ):
         assert os.stat(f"/proc/{target.pid}/root{libc}").st_ino != os.stat(libc).st_ino
         target.go()
         truth = target.truth()
@@ -248,13 +319,18 @@ def test_the_sidecar_capabilities_are_enough_for_exact_counts(tmp_path, monkeypa
     capabilities = manifest_capabilities()
     bounding = ",".join(["-all", *(f"+{c.lower()}" for c in capabilities)])
     # uid 0 with only the manifest's capabilities, as in the container.
-    monkeypatch.setattr("tests.harness.OBSERVER_PREFIX",
-                        ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all"])
-    with workload([*MIXED, "--linger", "60"]) as target, \
-            observer(["--pid", f"caps={target.pid}", "--backend", "bpf"], tmp_path) as running:
+    monkeypatch.setattr(
+        "tests.harness.OBSERVER_PREFIX",
+        ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all"],
+    )
+    with (
+        workload([*MIXED, "--linger", "60"]) as target,
+        observer(["--pid", f"caps={target.pid}", "--backend", "bpf"], tmp_path) as running,
+    ):
         status = Path(f"/proc/{running.process.pid}/status").read_text()
-        effective = int(next(line for line in status.splitlines()
-                             if line.startswith("CapEff:")).split()[1], 16)
+        effective = int(
+            next(line for line in status.splitlines() if line.startswith("CapEff:")).split()[1], 16
+        )
         assert effective == sum(1 << CAPABILITY_BITS[c] for c in capabilities)
         target.go()
         truth = target.truth()

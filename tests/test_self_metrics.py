@@ -36,8 +36,11 @@ verified_insns:\t120
 
 def test_parse_fdinfo():
     fields = parse_fdinfo(FDINFO)
-    assert (fields["prog_id"], fields["run_cnt"], fields["run_time_ns"]) == \
-        ("812", "4242", "123456789")
+    assert (fields["prog_id"], fields["run_cnt"], fields["run_time_ns"]) == (
+        "812",
+        "4242",
+        "123456789",
+    )
     assert parse_fdinfo("") == {}
 
 
@@ -50,14 +53,17 @@ def registry_with(collector) -> CollectorRegistry:
 def test_program_statistics_when_the_kernel_counts(tmp_path):
     (tmp_path / "7").write_text(FDINFO)
     (tmp_path / "8").write_text(FDINFO.replace("4242", "1").replace("123456789", "500"))
-    collector = BpfProgramCollector(lambda: {"getaddrinfo_entry": 7, "pthread_create_entry": 8,
-                                             "gone": 9},
-                                    stats_enabled=lambda: True, fdinfo=tmp_path)
+    collector = BpfProgramCollector(
+        lambda: {"getaddrinfo_entry": 7, "pthread_create_entry": 8, "gone": 9},
+        stats_enabled=lambda: True,
+        fdinfo=tmp_path,
+    )
     value = registry_with(collector).get_sample_value
     assert value("thread_observer_bpf_stats_enabled") == 1
     assert value("thread_observer_bpf_program_runs_total", {"program": "getaddrinfo_entry"}) == 4242
-    assert value("thread_observer_bpf_program_run_seconds_total",
-                 {"program": "getaddrinfo_entry"}) == pytest.approx(0.123456789)
+    assert value(
+        "thread_observer_bpf_program_run_seconds_total", {"program": "getaddrinfo_entry"}
+    ) == pytest.approx(0.123456789)
     assert value("thread_observer_bpf_program_runs_total", {"program": "pthread_create_entry"}) == 1
     # A program whose fd cannot be read has no series, never a 0.
     assert value("thread_observer_bpf_program_runs_total", {"program": "gone"}) is None
@@ -65,8 +71,9 @@ def test_program_statistics_when_the_kernel_counts(tmp_path):
 
 def test_program_statistics_absent_and_said_when_the_kernel_does_not_count(tmp_path, caplog):
     (tmp_path / "7").write_text(FDINFO)
-    collector = BpfProgramCollector(lambda: {"getaddrinfo_entry": 7},
-                                    stats_enabled=lambda: False, fdinfo=tmp_path)
+    collector = BpfProgramCollector(
+        lambda: {"getaddrinfo_entry": 7}, stats_enabled=lambda: False, fdinfo=tmp_path
+    )
     registry = registry_with(collector)
     with caplog.at_level(logging.INFO):
         for _ in range(3):
@@ -79,9 +86,14 @@ def test_program_statistics_absent_and_said_when_the_kernel_does_not_count(tmp_p
 
 @pytest.fixture
 def python_target():
-    with workload(["-c", "import sys, time; print('{\"ready\": true, \"pid\": %d}' % "
-                   "__import__('os').getpid(), flush=True); time.sleep(60)"],
-                  wait=True) as target:
+    with workload(
+        [
+            "-c",
+            'import sys, time; print(\'{"ready": true, "pid": %d}\' % '
+            "__import__('os').getpid(), flush=True); time.sleep(60)",
+        ],
+        wait=True,
+    ) as target:
         yield target
 
 
@@ -113,8 +125,9 @@ def our_program_ids(pid: int) -> set[int]:
     ids = set()
     for fd in os.listdir(f"/proc/{pid}/fdinfo"):
         try:
-            found = re.search(r"^prog_id:\s+(\d+)", Path(f"/proc/{pid}/fdinfo/{fd}").read_text(),
-                              re.M)
+            found = re.search(
+                r"^prog_id:\s+(\d+)", Path(f"/proc/{pid}/fdinfo/{fd}").read_text(), re.M
+            )
         except OSError:
             continue
         if found:
@@ -124,8 +137,15 @@ def our_program_ids(pid: int) -> set[int]:
 
 def bpftool_runs(ids: set[int]) -> int:
     """Total run_cnt of these programs, as bpftool reads it."""
-    shown = json.loads(subprocess.run(["bpftool", "prog", "show", "--json"], check=True,
-                                      capture_output=True, text=True, timeout=30).stdout)
+    shown = json.loads(
+        subprocess.run(
+            ["bpftool", "prog", "show", "--json"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    )
     return sum(p.get("run_cnt", 0) for p in shown if p["id"] in ids)
 
 
@@ -140,8 +160,21 @@ def test_bpf_program_statistics_agree_with_bpftool(tmp_path, python_target):
             assert off.value("thread_observer_bpf_program_runs_total") is None
         ids = our_program_ids(running.process.pid)
         with bpf_stats_on():
-            with workload(["-m", "workloads.mixed", "--threads", "3", "--loop-calls", "2",
-                           "--blocking-calls", "1", "--failures", "0"], wait=False) as busy:
+            with workload(
+                [
+                    "-m",
+                    "workloads.mixed",
+                    "--threads",
+                    "3",
+                    "--loop-calls",
+                    "2",
+                    "--blocking-calls",
+                    "1",
+                    "--failures",
+                    "0",
+                ],
+                wait=False,
+            ) as busy:
                 busy.truth()
             before = bpftool_runs(ids)
             metrics = running.scrape()

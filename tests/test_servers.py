@@ -23,15 +23,18 @@ REQUESTS = 40
 # interpreter (same PID, no exec): its workers are children of a watched process whose Python
 # frames are read from their first instruction. (An exec'd server is found again at the
 # observer's next poll: README, Limits.)
-GATE = "import runpy, sys; print('ready', flush=True); sys.stdin.readline(); " \
-       "i = sys.argv.index('-m'); sys.argv = sys.argv[i + 1:]; " \
-       "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
+GATE = (
+    "import runpy, sys; print('ready', flush=True); sys.stdin.readline(); "
+    "i = sys.argv.index('-m'); sys.argv = sys.argv[i + 1:]; "
+    "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
+)
 
 
 def kernel_totals(metrics) -> dict:
-    return {"threads": metrics.value("thread_observer_threads_created_total", target="web"),
-            "getaddrinfo": metrics.value("thread_observer_getaddrinfo_calls_total",
-                                         target="web")}
+    return {
+        "threads": metrics.value("thread_observer_threads_created_total", target="web"),
+        "getaddrinfo": metrics.value("thread_observer_getaddrinfo_calls_total", target="web"),
+    }
 
 
 def answering(port: int) -> bool:
@@ -52,18 +55,38 @@ def served(stack: str, tmp_path: Path):
     counts = tmp_path / "counts"
     counts.mkdir()
     port = free_port()
-    with http_server() as backend, \
-            observer(["--target", f"web=python.*-X tag={tag}"], tmp_path) as running:
+    with (
+        http_server() as backend,
+        observer(["--target", f"web=python.*-X tag={tag}"], tmp_path) as running,
+    ):
         server_args = server_command(stack, port, tmp_path)[1:]
-        command = [sys.executable, "-X", f"tag={tag}", "-c", GATE,
-                   sys.executable, "-X", f"tag={tag}", *server_args]
-        server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  cwd=tmp_path, env=server_environment(str(counts), backend),
-                                  text=True, start_new_session=True)
+        command = [
+            sys.executable,
+            "-X",
+            f"tag={tag}",
+            "-c",
+            GATE,
+            sys.executable,
+            "-X",
+            f"tag={tag}",
+            *server_args,
+        ]
+        server = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=tmp_path,
+            env=server_environment(str(counts), backend),
+            text=True,
+            start_new_session=True,
+        )
         try:
             assert server.stdout.readline() == "ready\n"
-            wait_until(lambda: running.scrape().value("thread_observer_processes",
-                                                      target="web") == 1, 10, "the gate")
+            wait_until(
+                lambda: running.scrape().value("thread_observer_processes", target="web") == 1,
+                10,
+                "the gate",
+            )
             server.stdin.write("go\n")
             server.stdin.flush()
             wait_until(lambda: answering(port), 30, "the server to answer")
@@ -91,13 +114,19 @@ def assert_exact(running, port: int, counts: Path, processes: int) -> dict:
     # One lookup per request: these and the one answering() got through.
     assert truth["getaddrinfo"] == REQUESTS + 1
     # Whether each lookup blocked an event loop, read from the frames at the call.
-    callers = running.scrape().labels("thread_observer_getaddrinfo_calls_total", "caller",
-                                      target="web")
-    assert callers == {"event_loop": truth["getaddrinfo_on_loop"],
-                       "other": truth["getaddrinfo"] - truth["getaddrinfo_on_loop"]}
+    callers = running.scrape().labels(
+        "thread_observer_getaddrinfo_calls_total", "caller", target="web"
+    )
+    assert callers == {
+        "event_loop": truth["getaddrinfo_on_loop"],
+        "other": truth["getaddrinfo"] - truth["getaddrinfo_on_loop"],
+    }
     # A worker recycled by the last requests is replaced within a poll or two.
-    wait_until(lambda: running.scrape().value("thread_observer_processes", target="web")
-               == processes, 10, f"{processes} processes in the target")
+    wait_until(
+        lambda: running.scrape().value("thread_observer_processes", target="web") == processes,
+        10,
+        f"{processes} processes in the target",
+    )
     return truth
 
 

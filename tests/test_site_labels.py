@@ -175,8 +175,13 @@ def test_plain_asyncio_callbacks_are_on_the_loop():
     sites = ProcessSites(frames.get)
     event_loop = StackFlag.EVENT_LOOP
     read = StackFlag.FRAMES_READ
-    stacks = Counter({(read, (1, 2, 3, 4)): 2, (read, (5, 4)): 3,
-                      (read | StackFlag.COROUTINE | event_loop, (5, 4)): 4})
+    stacks = Counter(
+        {
+            (read, (1, 2, 3, 4)): 2,
+            (read, (5, 4)): 3,
+            (read | StackFlag.COROUTINE | event_loop, (5, 4)): 4,
+        }
+    )
     assert sites.calls_by_site(stacks, event_loop) == {
         ("/srv/app/jobs.py:refresh", "event_loop"): 2,
         ("/srv/app/sync.py:fetch", "other"): 3,

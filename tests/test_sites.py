@@ -99,7 +99,11 @@ def site_series(metrics, target):
 
 @contextmanager
 def watched_run(
-    args: list[str], target: str, tmp_path, python: str = sys.executable, observer_args: tuple = (),
+    args: list[str],
+    target: str,
+    tmp_path,
+    python: str = sys.executable,
+    observer_args: tuple = (),
     own_pid_namespace: bool = False,
 ):
     """The workload run to its end under an observer: (observer, ground truth)."""
@@ -184,9 +188,10 @@ def test_a_target_in_its_own_pid_namespace_has_its_sites_read(python, tmp_path):
         assert threads == expected_threads(truth)
         assert calls == expected_calls(truth)
         assert threads[here("spawn_plain_threads")] == 5
-        assert metrics.labels(
-            "thread_observer_getaddrinfo_calls_total", "caller", target="ns"
-        ) == {"event_loop": 3 + 2, "other": 13}
+        assert metrics.labels("thread_observer_getaddrinfo_calls_total", "caller", target="ns") == {
+            "event_loop": 3 + 2,
+            "other": 13,
+        }
         pools = metrics.labels("thread_observer_executor_threads", "pool", target="ns")
         assert pools == truth["executor_threads"]
         assert metrics.value("thread_observer_sites_unavailable") is None
@@ -212,8 +217,11 @@ def test_uvloop_libuv_threads_are_native_and_a_blocking_coroutine_is_on_the_loop
         # uvloop's run_in_executor is C code, no frame: its default executor's threads look
         # like any other ThreadPoolExecutor's (README).
         executors = truth["executor_threads"]
-        assert pools == {"default": 0, "thread_pool": executors["default"]
-                         + executors["thread_pool"], "anyio": executors["anyio"]}
+        assert pools == {
+            "default": 0,
+            "thread_pool": executors["default"] + executors["thread_pool"],
+            "anyio": executors["anyio"],
+        }
 
 
 def test_hostile_stacks_stay_bounded_and_exact(tmp_path):

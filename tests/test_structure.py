@@ -12,13 +12,33 @@ from observer.timeline.recorder import timeline_cflags
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("observer", "workloads", "benchmarks")
-COMMANDS = {"observer.cli", "observer.__main__", "observer.check", "observer.demo",
-            "observer.top", "observer.timeline.command"}
+COMMANDS = {
+    "observer.cli",
+    "observer.__main__",
+    "observer.check",
+    "observer.demo",
+    "observer.top",
+    "observer.timeline.command",
+}
 MIDDLE = {"observer.observers", "observer.collector", "observer.server", "observer.startup"}
-LOWER = {"observer.bpf_backend", "observer.procfs", "observer.labels", "observer.capabilities",
-         "observer.targets", "observer.arguments", "observer.model", "observer.constants",
-         "observer.errors", "observer.histogram", "observer.kubernetes", "observer.web_config",
-         "observer.self_metrics", "observer.pyruntime", "observer.pyoffsets", "observer.sites"}
+LOWER = {
+    "observer.bpf_backend",
+    "observer.procfs",
+    "observer.labels",
+    "observer.capabilities",
+    "observer.targets",
+    "observer.arguments",
+    "observer.model",
+    "observer.constants",
+    "observer.errors",
+    "observer.histogram",
+    "observer.kubernetes",
+    "observer.web_config",
+    "observer.self_metrics",
+    "observer.pyruntime",
+    "observer.pyoffsets",
+    "observer.sites",
+}
 
 
 def module_name(path: Path) -> str:
@@ -27,8 +47,11 @@ def module_name(path: Path) -> str:
 
 
 def project_modules() -> dict[str, Path]:
-    return {module_name(path): path for package in PACKAGES
-            for path in sorted((ROOT / package).rglob("*.py"))}
+    return {
+        module_name(path): path
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
 
 
 def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
@@ -43,8 +66,11 @@ def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
             names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         else:
             continue
-        found |= {name for name in names if name in modules and name not in PACKAGES
-                  and modules[name].name != "__init__.py"}
+        found |= {
+            name
+            for name in names
+            if name in modules and name not in PACKAGES and modules[name].name != "__init__.py"
+        }
     return found
 
 
@@ -60,7 +86,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[node] = "open"
         for target in sorted(graph.get(node, ())):
             if state.get(target) == "open":
-                return [*path[path.index(target):], target] if target in path else [node, target]
+                return [*path[path.index(target) :], target] if target in path else [node, target]
             if target not in state:
                 cycle = visit(target, [*path, target])
                 if cycle:
@@ -113,16 +139,18 @@ def required_defines() -> set[str]:
 
 
 def test_every_required_define_comes_from_python():
-    given = {flag[2:].split("=")[0] for flag in
-             bpf_cflags(True) + timeline_cflags(follow_children=True)}
+    given = {
+        flag[2:].split("=")[0] for flag in bpf_cflags(True) + timeline_cflags(follow_children=True)
+    }
     required = required_defines()
     assert {"MAX_PROCESSES", "HOST_LENGTH", "EVENT_PROCESS_EXIT"} <= required
     assert required <= given, required - given
 
 
 def test_no_silent_default_for_a_python_value():
-    given = {flag[2:].split("=")[0] for flag in
-             bpf_cflags(True) + timeline_cflags(follow_children=True)}
+    given = {
+        flag[2:].split("=")[0] for flag in bpf_cflags(True) + timeline_cflags(follow_children=True)
+    }
     for path in (ROOT / "probes").glob("*.[ch]"):
         defined = set(re.findall(r"#define (\w+)", path.read_text()))
         assert not defined & given, f"{path.name} defines {defined & given} itself"

@@ -19,9 +19,15 @@ TREE = ["-m", "workloads.process_tree", "--linger", "60"]
 
 
 def totals_settled(running, target: str, threads: int, calls: int) -> None:
-    settled(running, {"thread_observer_threads_created_total": threads,
-                      "thread_observer_threads_exited_total": threads,
-                      "thread_observer_getaddrinfo_calls_total": calls}, target=target)
+    settled(
+        running,
+        {
+            "thread_observer_threads_created_total": threads,
+            "thread_observer_threads_exited_total": threads,
+            "thread_observer_getaddrinfo_calls_total": calls,
+        },
+        target=target,
+    )
 
 
 def processes(running, target: str) -> float | None:
@@ -34,14 +40,28 @@ def test_a_process_that_renames_itself_at_once_is_matched_by_its_original_argume
     title = f"renamed-{uuid.uuid4().hex[:8]}"
     with observer(["--target", f"gunicornish=python.*-X tag={tag}"], tmp_path) as running:
         for _ in range(3):  # every run, not by luck of timing
-            command = ["-X", f"tag={tag}", *TREE, "--rename", title, "--workers", "1",
-                       "--threads", "3", "--lookups", "2"]
+            command = [
+                "-X",
+                f"tag={tag}",
+                *TREE,
+                "--rename",
+                title,
+                "--workers",
+                "1",
+                "--threads",
+                "3",
+                "--lookups",
+                "2",
+            ]
             with workload(command) as root:
                 # Renamed before its ready line: /proc shows only the new title.
                 cmdline = Path(f"/proc/{root.pid}/cmdline").read_bytes()
                 assert cmdline.rstrip(b"\0") == title.encode()
-                wait_until(lambda: processes(running, "gunicornish") == 1, 10,
-                           "the renamed process to be matched")
+                wait_until(
+                    lambda: processes(running, "gunicornish") == 1,
+                    10,
+                    "the renamed process to be matched",
+                )
                 root.go()
                 truth = root.truth()
                 assert (truth["worker_threads"], truth["worker_getaddrinfo_calls"]) == (3, 2)
@@ -54,9 +74,26 @@ def test_a_name_template_gives_a_target_per_value(tmp_path):
     apps = {"alpha": 1, "beta": 2, "gamma": 3}  # app -> threads and lookups of its worker
     template = f"{{app}}=python.*-X tag={tag} -X app=(?P<app>\\w+)"
     with observer(["--target", template], tmp_path) as running, ExitStack() as stack:
-        roots = {app: stack.enter_context(workload(
-            ["-X", f"tag={tag}", "-X", f"app={app}", *TREE, "--workers", "1",
-             "--threads", str(n), "--lookups", str(n)])) for app, n in apps.items()}
+        roots = {
+            app: stack.enter_context(
+                workload(
+                    [
+                        "-X",
+                        f"tag={tag}",
+                        "-X",
+                        f"app={app}",
+                        *TREE,
+                        "--workers",
+                        "1",
+                        "--threads",
+                        str(n),
+                        "--lookups",
+                        str(n),
+                    ]
+                )
+            )
+            for app, n in apps.items()
+        }
         for app in apps:
             wait_until(lambda app=app: processes(running, app) == 1, 10, f"{app} attached")
         for root in roots.values():
@@ -74,11 +111,14 @@ def test_a_name_template_holds_its_cap_with_a_thousand_names(tmp_path):
     template = f"{{n}}=cap{tag}-(?P<n>\\d+)"
     with observer(["--target", template, "--allow-non-python"], tmp_path) as running:
         # 1,000 cheap processes, each named by its last argument, waiting on one pipe.
-        shells = [subprocess.Popen(["sh", "-c", "read x", f"cap{tag}-{i}"],
-                                   stdin=subprocess.PIPE) for i in range(1000)]
+        shells = [
+            subprocess.Popen(["sh", "-c", "read x", f"cap{tag}-{i}"], stdin=subprocess.PIPE)
+            for i in range(1000)
+        ]
         try:
-            metrics = wait_until(lambda: attached_all(running, 1000), 60,
-                                 "every process to be attached")
+            metrics = wait_until(
+                lambda: attached_all(running, 1000), 60, "every process to be attached"
+            )
             names = metrics.labels("thread_observer_processes", "target")
             numbered = {name for name in names if re.fullmatch(r"\d+", name)}
             assert len(numbered) == 100

@@ -50,8 +50,14 @@ sys.stdin.readline()
 
 
 def run_timeline(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "observer", "timeline", *args],
-                          capture_output=True, text=True, cwd=REPO, timeout=60, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "observer", "timeline", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        **kwargs,
+    )
 
 
 def load_timeline(path: Path):
@@ -70,10 +76,23 @@ def event(kind, time_ms, task, tgid=100, **fields) -> Event:
 def synthetic_recording() -> Recording:
     events = [
         event("process_exec", 1, 100, comm="python3", filename="/usr/bin/python3"),
-        event("thread_created", 2, 101, parent=100, comm="python3", creator="python",
-              start_routine=0x1234),
-        event("thread_created", 3, 102, parent=100, comm="python3",
-              creator="loop.cpython-311-x86_64-linux-gnu.so"),
+        event(
+            "thread_created",
+            2,
+            101,
+            parent=100,
+            comm="python3",
+            creator="python",
+            start_routine=0x1234,
+        ),
+        event(
+            "thread_created",
+            3,
+            102,
+            parent=100,
+            comm="python3",
+            creator="loop.cpython-311-x86_64-linux-gnu.so",
+        ),
         event("thread_renamed", 3, 102, comm="libuv-worker"),
         event("getaddrinfo_start", 4, 101, host="localhost", service="80"),
         event("getaddrinfo_end", 5, 101),
@@ -89,8 +108,11 @@ def synthetic_recording() -> Recording:
 def test_lanes_from_records():
     timeline = build_timeline(synthetic_recording())
     assert [(lane.tid, lane.creator) for lane in timeline.lanes] == [
-        (103, EXISTING), (100, MAIN), (101, "python"),
-        (102, "loop.cpython-311-x86_64-linux-gnu.so")]
+        (103, EXISTING),
+        (100, MAIN),
+        (101, "python"),
+        (102, "loop.cpython-311-x86_64-linux-gnu.so"),
+    ]
     existing, main, worker, uv = timeline.lanes
     assert (existing.start_ns, existing.end_ns, existing.name) == (0, 9 * MS, "seen-dying")
     assert (main.start_ns, main.end_ns) == (1 * MS, None)  # alive at the end
@@ -98,8 +120,10 @@ def test_lanes_from_records():
     assert uv.name == "libuv-worker" and uv.end_ns is None
     assert timeline.threads_created == 2
     assert [(c.host, c.end_ns, c.rc, c.error) for c in timeline.lookups] == [
-        ("localhost", 5 * MS, 0, ""), ("localhost", 7 * MS, -8, "EAI_SERVICE"),
-        ("example.invalid", None, 0, "")]  # still in progress at the end
+        ("localhost", 5 * MS, 0, ""),
+        ("localhost", 7 * MS, -8, "EAI_SERVICE"),
+        ("example.invalid", None, 0, ""),
+    ]  # still in progress at the end
     assert timeline.failures == 1
     assert lane_label(uv) == "102 libuv-worker · loop.so ← 100"
 
@@ -133,9 +157,22 @@ def test_records_are_decoded_from_the_c_struct():
     finally:
         probes.close()
     fields = dict(record._fields_)
-    assert list(fields) == ["time_ns", "value", "kind", "tgid", "tid", "task", "other",
-                            "reserved", "comm", "text", "service", "stack_depth",
-                            "stack_flags", "stack"]
+    assert list(fields) == [
+        "time_ns",
+        "value",
+        "kind",
+        "tgid",
+        "tid",
+        "task",
+        "other",
+        "reserved",
+        "comm",
+        "text",
+        "service",
+        "stack_depth",
+        "stack_flags",
+        "stack",
+    ]
     assert ctypes.sizeof(fields["stack"]) == 8 * SiteLimit.STACK_DEPTH
     assert ctypes.sizeof(fields["text"]) == MapSize.HOST_LENGTH
     assert ctypes.sizeof(fields["service"]) == SERVICE_LEN
@@ -144,11 +181,17 @@ def test_records_are_decoded_from_the_c_struct():
 
 def test_output_kinds_by_extension(tmp_path):
     assert output_paths([str(tmp_path / "a.png")], with_json=True) == [
-        tmp_path / "a.png", tmp_path / "a.json"]
+        tmp_path / "a.png",
+        tmp_path / "a.json",
+    ]
     assert output_paths([str(tmp_path / "a.trace.json")], with_json=True) == [
-        tmp_path / "a.trace.json", tmp_path / "a.json"]
+        tmp_path / "a.trace.json",
+        tmp_path / "a.json",
+    ]
     assert output_paths([str(tmp_path / "a.html")], False, with_folded=True) == [
-        tmp_path / "a.html", tmp_path / "a.folded"]
+        tmp_path / "a.html",
+        tmp_path / "a.folded",
+    ]
     with pytest.raises(UsageError, match="extension must be one of"):
         output_paths([str(tmp_path / "a.gif")], with_json=False)
     with pytest.raises(UsageError, match="no such directory"):
@@ -158,8 +201,10 @@ def test_output_kinds_by_extension(tmp_path):
 def test_folded_stacks_of_a_synthetic_recording(tmp_path):
     recording = synthetic_recording()
     created, lookup = recording.events[1], recording.events[4]
-    created.site, created.stack = "app.py:spawn", ["threading.py:Thread.start", "app.py:spawn",
-                                                   "app.py:<module>"]
+    created.site, created.stack = (
+        "app.py:spawn",
+        ["threading.py:Thread.start", "app.py:spawn", "app.py:<module>"],
+    )
     lookup.site, lookup.stack = "app.py:fetch", ["socket.py:getaddrinfo", "app.py:fetch x;y"]
     recording.events[2].site = "<native>"  # frames read, none Python
     timeline = build_timeline(recording)
@@ -172,7 +217,10 @@ def test_folded_stacks_of_a_synthetic_recording(tmp_path):
     ]
     trace = chrome_trace(timeline)
     assert {e["args"].get("site") for e in trace["traceEvents"] if e.get("ph") == "X"} >= {
-        "app.py:spawn", "<native>", "app.py:fetch"}
+        "app.py:spawn",
+        "<native>",
+        "app.py:fetch",
+    }
     # In the pictures' labels (short) and in the page's tooltips (whole).
     spawned = created_lanes(timeline)[0]
     assert lane_label(spawned).endswith(" · app.py:spawn")
@@ -200,14 +248,25 @@ def test_chrome_trace_of_a_synthetic_recording(tmp_path):
     assert [(e["name"], e["tid"], e["ts"], e["dur"], e.get("cname")) for e in calls] == [
         ("getaddrinfo localhost", 101, 4000, 1000, None),
         ("getaddrinfo localhost failed: EAI_SERVICE", 102, 6000, 1000, "terrible"),
-        ("getaddrinfo example.invalid", 102, 9000, 1000, None)]
-    assert calls[1]["args"] == {"host": "localhost", "service": "no-such-service",
-                                "in_progress_at_end": False, "error": "EAI_SERVICE", "rc": -8}
+        ("getaddrinfo example.invalid", 102, 9000, 1000, None),
+    ]
+    assert calls[1]["args"] == {
+        "host": "localhost",
+        "service": "no-such-service",
+        "in_progress_at_end": False,
+        "error": "EAI_SERVICE",
+        "rc": -8,
+    }
     assert calls[2]["args"]["in_progress_at_end"] is True
-    names = {e["tid"]: e["args"]["name"] for e in trace["traceEvents"]
-             if e["name"] == "thread_name"}
-    assert names == {103: "seen-dying · existing", 100: "python3 · main",
-                     101: "python3 · python", 102: "libuv-worker · loop.so"}
+    names = {
+        e["tid"]: e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "thread_name"
+    }
+    assert names == {
+        103: "seen-dying · existing",
+        100: "python3 · main",
+        101: "python3 · python",
+        102: "libuv-worker · loop.so",
+    }
     assert trace["otherData"]["lost_events"] == 2
 
 
@@ -217,8 +276,7 @@ def test_a_failed_command_says_so_on_the_picture(tmp_path):
     timeline = build_timeline(recording)
     for name in ("t.svg", "t.html"):
         render(timeline, tmp_path / name)
-        assert "the command FAILED: exit status 1 after 10.00 ms" in \
-            (tmp_path / name).read_text()
+        assert "the command FAILED: exit status 1 after 10.00 ms" in (tmp_path / name).read_text()
     recording.exit_status = 0
     render(build_timeline(recording), tmp_path / "ok.html")
     assert "FAILED" not in (tmp_path / "ok.html").read_text()
@@ -227,18 +285,37 @@ def test_a_failed_command_says_so_on_the_picture(tmp_path):
 def test_from_and_to_crop_the_picture(tmp_path):
     recording = synthetic_recording()
     recording.save(tmp_path / "events.json")
-    result = run_timeline(["--input", str(tmp_path / "events.json"), "-o",
-                           str(tmp_path / "crop.svg"), "--from", "0.0085", "--to", "0.01"])
+    result = run_timeline(
+        [
+            "--input",
+            str(tmp_path / "events.json"),
+            "-o",
+            str(tmp_path / "crop.svg"),
+            "--from",
+            "0.0085",
+            "--to",
+            "0.01",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     svg = (tmp_path / "crop.svg").read_text()
     # The worker thread ended at 8 ms: not in the window.
     assert sorted(map(int, re.findall(r'id="lane-(\d+)"', svg))) == [100, 102, 103]
     assert "showing +8.50 ms to +10.00 ms of 10.00 ms" in svg
-    empty = run_timeline(["--input", str(tmp_path / "events.json"), "-o",
-                          str(tmp_path / "none.png"), "--from", "0.5"])
-    assert (empty.returncode, empty.stderr) == (2, "thread-observer: --from 0.5 --to 0.01: "
-                                                "nothing to show (the recording lasts "
-                                                "0.010 s)\n")
+    empty = run_timeline(
+        [
+            "--input",
+            str(tmp_path / "events.json"),
+            "-o",
+            str(tmp_path / "none.png"),
+            "--from",
+            "0.5",
+        ]
+    )
+    assert (empty.returncode, empty.stderr) == (
+        2,
+        "thread-observer: --from 0.5 --to 0.01: nothing to show (the recording lasts 0.010 s)\n",
+    )
 
 
 def assert_one_lane_per_thread(svg: Path, html: Path, timeline) -> None:
@@ -256,17 +333,35 @@ def test_exact_threads_and_lookups_and_the_metrics_agree(tmp_path):
     outputs = [tmp_path / f"run.{kind}" for kind in ("json", "png", "svg", "html", "trace.json")]
     with observer(["--target", f"workload={marker}", "--label-pid"], tmp_path) as running:
         timeline_run = subprocess.Popen(
-            [sys.executable, "-m", "observer", "timeline",
-             *[arg for path in outputs for arg in ("--output", str(path))],
-             "--", sys.executable, "-X", marker, "-c", THREADS_AND_LOOKUPS],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "observer",
+                "timeline",
+                *[arg for path in outputs for arg in ("--output", str(path))],
+                "--",
+                sys.executable,
+                "-X",
+                marker,
+                "-c",
+                THREADS_AND_LOOKUPS,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             cwd=REPO,
         )
         try:
             truth = json.loads(timeline_run.stdout.readline())  # stdout passes through
-            metrics = settled(running, {"thread_observer_threads_created_total": 5,
-                                        "thread_observer_getaddrinfo_calls_total": 5},
-                              pid=str(truth["pid"]))
+            metrics = settled(
+                running,
+                {
+                    "thread_observer_threads_created_total": 5,
+                    "thread_observer_getaddrinfo_calls_total": 5,
+                },
+                pid=str(truth["pid"]),
+            )
             timeline_run.stdin.write("\n")  # stdin passes through: the workload ends
             timeline_run.stdin.close()
             assert timeline_run.wait(timeout=60) == 0, timeline_run.stderr.read()
@@ -284,17 +379,19 @@ def test_exact_threads_and_lookups_and_the_metrics_agree(tmp_path):
     assert min(lane.end_ns - lane.start_ns for lane in lanes) < 1 * MS
     assert len(timeline.lookups) == truth["getaddrinfo_calls"]
     assert [(c.host, c.error) for c in timeline.lookups if c.failed] == [
-        ("localhost", "EAI_SERVICE")]
+        ("localhost", "EAI_SERVICE")
+    ]
     assert {c.host for c in timeline.lookups} == {"localhost"}
     assert timeline.lost_events == 0
 
     pid = {"pid": str(truth["pid"])}
-    assert metrics.labels("thread_observer_threads_created_total", "creator", **pid) == \
-        {"python": len(lanes)}
-    assert metrics.value("thread_observer_getaddrinfo_calls_total", **pid) == \
-        len(timeline.lookups)
-    assert metrics.nonzero("thread_observer_getaddrinfo_failures_total", "error", **pid) == \
-        {"EAI_SERVICE": timeline.failures}
+    assert metrics.labels("thread_observer_threads_created_total", "creator", **pid) == {
+        "python": len(lanes)
+    }
+    assert metrics.value("thread_observer_getaddrinfo_calls_total", **pid) == len(timeline.lookups)
+    assert metrics.nonzero("thread_observer_getaddrinfo_failures_total", "error", **pid) == {
+        "EAI_SERVICE": timeline.failures
+    }
 
     png = outputs[1].read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 20_000
@@ -307,9 +404,22 @@ def test_exact_threads_and_lookups_and_the_metrics_agree(tmp_path):
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_resolver_threads_of_each_event_loop(tmp_path, loop):
     out = tmp_path / "burst.json"
-    result = run_timeline(["--output", str(out), "--", sys.executable, "-m",
-                           "workloads.semaphore_burst", "--loop", loop, "--requests", "12",
-                           "--concurrency", "3"])
+    result = run_timeline(
+        [
+            "--output",
+            str(out),
+            "--",
+            sys.executable,
+            "-m",
+            "workloads.semaphore_burst",
+            "--loop",
+            loop,
+            "--requests",
+            "12",
+            "--concurrency",
+            "3",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     truth = json.loads(result.stdout.splitlines()[-1])
     timeline = load_timeline(out)
@@ -330,11 +440,15 @@ def test_resolver_threads_of_each_event_loop(tmp_path, loop):
 @pytest.mark.bpf
 def test_stdin_stdout_and_exit_status_pass_through(tmp_path):
     out = tmp_path / "sh.json"
-    result = run_timeline(["--output", str(out), "--", "sh", "-c",
-                           "read x; echo got $x; exit 3"], input="hello\n")
+    result = run_timeline(
+        ["--output", str(out), "--", "sh", "-c", "read x; echo got $x; exit 3"], input="hello\n"
+    )
     assert (result.returncode, result.stdout) == (3, "got hello\n"), result.stderr
-    assert re.search(r"the command FAILED: exit status 3 after [\d.]+ .s: the picture is of "
-                     "a failed run", result.stderr), result.stderr
+    assert re.search(
+        r"the command FAILED: exit status 3 after [\d.]+ .s: the picture is of "
+        "a failed run",
+        result.stderr,
+    ), result.stderr
     recording = Recording.load(out)
     assert recording.exit_status == 3
     kinds = [e.kind for e in recording.events if e.kind != "thread_renamed"]
@@ -347,12 +461,25 @@ def test_a_running_process_given_by_pid(tmp_path):
     out = tmp_path / "pid.json"
     with workload(["-m", "workloads.semaphore_burst", "--requests", "6"]) as target:
         recorder = subprocess.Popen(
-            [sys.executable, "-m", "observer", "timeline", "--log-level", "info",
-             "--output", str(out), "--pid", str(target.pid)],
-            stderr=subprocess.PIPE, text=True, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "observer",
+                "timeline",
+                "--log-level",
+                "info",
+                "--output",
+                str(out),
+                "--pid",
+                str(target.pid),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
         )
-        wait_until(lambda: "recording pid" in recorder.stderr.readline(), 30,
-                   "the timeline to attach")
+        wait_until(
+            lambda: "recording pid" in recorder.stderr.readline(), 30, "the timeline to attach"
+        )
         target.go()
         truth = target.truth()
         assert recorder.wait(timeout=30) == 0
@@ -369,14 +496,17 @@ def test_a_running_process_given_by_pid(tmp_path):
 def test_a_pid_is_checked_as_the_daemon_checks_it(tmp_path):
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        result = run_timeline(["-o", str(tmp_path / "x.json"), "--pid", str(sleeper.pid),
-                               "--seconds", "1"])
+        result = run_timeline(
+            ["-o", str(tmp_path / "x.json"), "--pid", str(sleeper.pid), "--seconds", "1"]
+        )
     finally:
         sleeper.kill()
         sleeper.wait()
     assert (result.returncode, result.stderr) == (
-        2, f"thread-observer: --pid {sleeper.pid}: 'sleep' is not a Python process (use "
-        "--allow-non-python to watch it anyway)\n")
+        2,
+        f"thread-observer: --pid {sleeper.pid}: 'sleep' is not a Python process (use "
+        "--allow-non-python to watch it anyway)\n",
+    )
     assert not (tmp_path / "x.json").exists()
 
 
@@ -387,10 +517,30 @@ def test_sites_and_stacks_of_each_thread_and_lookup(tmp_path):
     from tests.test_sites import frames_of
 
     out = tmp_path / "run.json"
-    command = [sys.executable, "-m", "observer", "timeline", "-o", str(out), "--folded", "--",
-               sys.executable, "-m", "workloads.call_sites", "--wait-stdin", "--linger", "0"]
-    timeline = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=REPO)
+    command = [
+        sys.executable,
+        "-m",
+        "observer",
+        "timeline",
+        "-o",
+        str(out),
+        "--folded",
+        "--",
+        sys.executable,
+        "-m",
+        "workloads.call_sites",
+        "--wait-stdin",
+        "--linger",
+        "0",
+    ]
+    timeline = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         # The workload waits for a line until its interpreter is found (the gate that execs it
         # may be found first): every record is read.
@@ -411,15 +561,18 @@ def test_sites_and_stacks_of_each_thread_and_lookup(tmp_path):
         return sorted(e["site"] for e in events if e["kind"] == kind)
 
     def expected(kind, thread):
-        return sorted(site_label(frames_of(e), thread) for e in truth["events"]
-                      if e["event"] == kind)
+        return sorted(
+            site_label(frames_of(e), thread) for e in truth["events"] if e["event"] == kind
+        )
 
     assert sites("thread_created") == expected("thread", True)
     assert sites("getaddrinfo_start") == expected("getaddrinfo", False)
     # The whole stack (up to 16 frames): the workload's innermost frames, as it saw them.
     lookups = [e for e in events if e["kind"] == "getaddrinfo_start"]
     assert sorted(len(e["stack"]) for e in lookups) == sorted(
-        min(len(e["frames"]), 16) for e in truth["events"] if e["event"] == "getaddrinfo")
+        min(len(e["frames"]), 16) for e in truth["events"] if e["event"] == "getaddrinfo"
+    )
     folded = (tmp_path / "run.folded").read_text().splitlines()
-    assert sum(int(line.rsplit(" ", 1)[1]) for line in folded) == len(events and [
-        e for e in events if e["kind"] in ("thread_created", "getaddrinfo_start")])
+    assert sum(int(line.rsplit(" ", 1)[1]) for line in folded) == len(
+        events and [e for e in events if e["kind"] in ("thread_created", "getaddrinfo_start")]
+    )

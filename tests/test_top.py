@@ -35,9 +35,12 @@ LOOP_SO = "loop.cpython-311-x86_64-linux-gnu.so"
 
 def exposition(*rows: ProcessRow, backend: str = "bpf") -> str:
     """What /metrics would serve for these rows, through the real collector."""
-    snapshot = Snapshot(backend=backend, rows=list(rows),
-                        targets=sorted({row.target for row in rows}),
-                        bpf_available=backend == "bpf")
+    snapshot = Snapshot(
+        backend=backend,
+        rows=list(rows),
+        targets=sorted({row.target for row in rows}),
+        bpf_available=backend == "bpf",
+    )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ObserverCollector(lambda: snapshot, label_pid=True))
     return generate_latest(registry).decode()
@@ -45,9 +48,11 @@ def exposition(*rows: ProcessRow, backend: str = "bpf") -> str:
 
 def api_row(pid, threads, python, libuv, exited, on_loop, other, noname, slots) -> ProcessRow:
     counts = Counts(
-        threads_created=Counter({"python": python, LOOP_SO: libuv}), threads_exited=exited,
+        threads_created=Counter({"python": python, LOOP_SO: libuv}),
+        threads_exited=exited,
         getaddrinfo_calls=Counter(event_loop=on_loop, other=other),
-        getaddrinfo_failures=Counter(EAI_NONAME=noname), duration_slots=Counter(slots),
+        getaddrinfo_failures=Counter(EAI_NONAME=noname),
+        duration_slots=Counter(slots),
     )
     return ProcessRow("api", pid, threads, counts)
 
@@ -66,14 +71,22 @@ def test_rates_between_two_samples():
     # Two processes of one target (pid label): top sums them. Over 2 s: 4 python threads
     # created, 2 exited, 8 calls of which 2 on an event loop, 2 more EAI_NONAME, and 6 calls
     # of <= 16 µs (slot 14) plus 2 of <= 1.05 ms (slot 20).
-    before = parse_sample(exposition(
-        api_row(10, 5, 10, 4, 6, 2, 10, 1, {14: 12}),
-        api_row(11, 1, 0, 0, 0, 0, 0, 0, {}),
-    ), taken=100.0, source="http://observer/metrics")
-    after = parse_sample(exposition(
-        api_row(10, 7, 13, 4, 7, 3, 14, 3, {14: 18, 20: 1}),
-        api_row(11, 2, 1, 0, 1, 1, 2, 0, {20: 1}),
-    ), taken=102.0, source="http://observer/metrics")
+    before = parse_sample(
+        exposition(
+            api_row(10, 5, 10, 4, 6, 2, 10, 1, {14: 12}),
+            api_row(11, 1, 0, 0, 0, 0, 0, 0, {}),
+        ),
+        taken=100.0,
+        source="http://observer/metrics",
+    )
+    after = parse_sample(
+        exposition(
+            api_row(10, 7, 13, 4, 7, 3, 14, 3, {14: 18, 20: 1}),
+            api_row(11, 2, 1, 0, 1, 1, 2, 0, {20: 1}),
+        ),
+        taken=102.0,
+        source="http://observer/metrics",
+    )
     assert after.targets["api"].threads == 9
     assert after.targets["api"].created == {"python": 14, LOOP_SO: 4}
 
@@ -85,8 +98,10 @@ def test_rates_between_two_samples():
     assert cells[3] == "2.0/s python (14)"  # creation rate by creator (total)
     assert cells[4:8] == ["1.0/s", "4.0/s", "1.0/s", "1.0 ms"]  # exited, calls, on loop, p99
     assert cells[8] == "1.0/s EAI_NONAME (3)"
-    second = [cell.strip() for cell in text.splitlines()[text.splitlines().index(row) + 1]
-              .split("│")[1:-1]]
+    second = [
+        cell.strip()
+        for cell in text.splitlines()[text.splitlines().index(row) + 1].split("│")[1:-1]
+    ]
     assert second[3] == "0 loop.so (4)"  # an idle creator stays listed, with its total
 
 
@@ -100,12 +115,17 @@ def test_first_frame_shows_totals_and_no_rates():
 def test_top_sites_per_target_under_the_table():
     """The busiest call sites of each target (threads created and lookups), at most
     SITES_SHOWN, summed over the target's processes and callers."""
+
     def sited(pid, spawn, fetch, loop_fetch):
         row = api_row(pid, 5, spawn, 0, 0, loop_fetch, fetch, 0, {})
         row.counts.threads_by_site = Counter({"app/jobs.py:spawn": spawn, "app/idle.py:keep": 1})
-        row.counts.calls_by_site = Counter({("app/client.py:fetch", "other"): fetch,
-                                            ("app/client.py:fetch", "event_loop"): loop_fetch,
-                                            ("app/rare.py:once", "other"): 0})
+        row.counts.calls_by_site = Counter(
+            {
+                ("app/client.py:fetch", "other"): fetch,
+                ("app/client.py:fetch", "event_loop"): loop_fetch,
+                ("app/rare.py:once", "other"): 0,
+            }
+        )
         row.executor_threads = Counter(default=0, thread_pool=0, anyio=0)
         return row
 
@@ -113,14 +133,20 @@ def test_top_sites_per_target_under_the_table():
     assert sample.targets["api"].call_sites == {"app/client.py:fetch": 10}
     text = frame_text(None, sample, 1.0)
     assert "top call sites" in text
-    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines()
-            if "app/" in line]
-    assert rows == [["api", "app/client.py:fetch", "0", "10"],
-                    ["api", "app/jobs.py:spawn", "6", "0"],
-                    ["api", "app/idle.py:keep", "2", "0"]]
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in text.splitlines()
+        if "app/" in line
+    ]
+    assert rows == [
+        ["api", "app/client.py:fetch", "0", "10"],
+        ["api", "app/jobs.py:spawn", "6", "0"],
+        ["api", "app/idle.py:keep", "2", "0"],
+    ]
     # Without by-site series (no frames read) there is no sites table.
-    assert "top call sites" not in frame_text(None, parse_sample(exposition(
-        api_row(10, 5, 10, 0, 6, 2, 10, 0, {})), 1.0), 1.0)
+    assert "top call sites" not in frame_text(
+        None, parse_sample(exposition(api_row(10, 5, 10, 0, 6, 2, 10, 0, {})), 1.0), 1.0
+    )
 
 
 def test_proc_backend_has_no_counts_to_show():
@@ -138,13 +164,16 @@ def test_an_observer_that_does_not_answer():
     assert "cannot scrape" in text
 
 
-@pytest.mark.parametrize(("q", "buckets", "expected"), [
-    (0.5, {0.001: 0, 0.002: 10, math.inf: 10}, 0.0015),
-    (0.99, {0.001: 100, math.inf: 100}, 0.00099),
-    (0.99, {0.001: 0, math.inf: 5}, 0.001),  # beyond the last bound: the bound
-    (0.99, {0.001: 0, math.inf: 0}, None),  # no calls
-    (0.99, {}, None),
-])
+@pytest.mark.parametrize(
+    ("q", "buckets", "expected"),
+    [
+        (0.5, {0.001: 0, 0.002: 10, math.inf: 10}, 0.0015),
+        (0.99, {0.001: 100, math.inf: 100}, 0.00099),
+        (0.99, {0.001: 0, math.inf: 5}, 0.001),  # beyond the last bound: the bound
+        (0.99, {0.001: 0, math.inf: 0}, None),  # no calls
+        (0.99, {}, None),
+    ],
+)
 def test_quantile(q, buckets, expected):
     assert quantile(q, buckets) == (pytest.approx(expected) if expected else None)
 
@@ -156,15 +185,16 @@ def test_a_counter_that_went_down_was_reset():
 
 
 # Real runs: the proc backend, so no compile and no root needed
-SLEEPER = ("import threading, time; "
-           "[threading.Thread(target=time.sleep, args=(60,), daemon=True).start() "
-           "for _ in range(2)]; print('ready', flush=True); time.sleep(60)")
+SLEEPER = (
+    "import threading, time; "
+    "[threading.Thread(target=time.sleep, args=(60,), daemon=True).start() "
+    "for _ in range(2)]; print('ready', flush=True); time.sleep(60)"
+)
 
 
 @pytest.fixture
 def three_threads():
-    process = subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline() == "ready\n"
     yield process
     process.kill()
@@ -175,8 +205,12 @@ def three_threads():
 def run_top(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "observer", "top", "--count", "2", "--interval", "0.3", *args],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
-        env={**os.environ, "COLUMNS": "140"}, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "140"},
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -192,8 +226,9 @@ def test_top_with_an_observer_of_its_own(three_threads):
 
 
 def test_top_scraping_a_running_observer(three_threads, tmp_path):
-    with observer(["--pid", f"sleeper={three_threads.pid}", "--backend", "proc"],
-                  tmp_path) as running:
+    with observer(
+        ["--pid", f"sleeper={three_threads.pid}", "--backend", "proc"], tmp_path
+    ) as running:
         result = run_top("--url", running.url + "/metrics")
     assert result.returncode == 0, result.stderr
     assert last_row(result.stdout, "sleeper")[:3] == ["sleeper", "1", "3"]
@@ -202,10 +237,13 @@ def test_top_scraping_a_running_observer(three_threads, tmp_path):
 
 # The session: what gone processes did stays on screen
 def batch_row(pid, python, calls, noname, slots) -> ProcessRow:
-    counts = Counts(threads_created=Counter({"python": python}), threads_exited=python,
-                    getaddrinfo_calls=Counter(other=calls),
-                    getaddrinfo_failures=Counter(EAI_NONAME=noname),
-                    duration_slots=Counter(slots))
+    counts = Counts(
+        threads_created=Counter({"python": python}),
+        threads_exited=python,
+        getaddrinfo_calls=Counter(other=calls),
+        getaddrinfo_failures=Counter(EAI_NONAME=noname),
+        duration_slots=Counter(slots),
+    )
     return ProcessRow("batch", pid, 1, counts)
 
 
@@ -215,13 +253,22 @@ def test_short_jobs_stay_in_the_totals_since_start():
     rates never count a job twice."""
     session = Session()
     samples = [
-        parse_sample(exposition(api_row(10, 3, 1, 0, 0, 0, 1, 0, {14: 1}),
-                                batch_row(20, 2, 3, 0, {14: 3})), 1.0),
-        parse_sample(exposition(api_row(10, 3, 1, 0, 0, 0, 2, 0, {14: 2}),
-                                batch_row(20, 4, 5, 1, {14: 5}),
-                                batch_row(21, 1, 1, 0, {14: 1})), 2.0),
-        parse_sample(exposition(api_row(10, 3, 1, 0, 0, 0, 2, 0, {14: 2}),
-                                batch_row(22, 3, 2, 0, {20: 2})), 3.0),
+        parse_sample(
+            exposition(api_row(10, 3, 1, 0, 0, 0, 1, 0, {14: 1}), batch_row(20, 2, 3, 0, {14: 3})),
+            1.0,
+        ),
+        parse_sample(
+            exposition(
+                api_row(10, 3, 1, 0, 0, 0, 2, 0, {14: 2}),
+                batch_row(20, 4, 5, 1, {14: 5}),
+                batch_row(21, 1, 1, 0, {14: 1}),
+            ),
+            2.0,
+        ),
+        parse_sample(
+            exposition(api_row(10, 3, 1, 0, 0, 0, 2, 0, {14: 2}), batch_row(22, 3, 2, 0, {20: 2})),
+            3.0,
+        ),
         parse_sample(exposition(api_row(10, 3, 1, 0, 0, 0, 3, 0, {14: 3})), 4.0),
     ]
     views = []
@@ -244,15 +291,24 @@ def test_short_jobs_stay_in_the_totals_since_start():
     # Rates now: batch's jobs ended, api made one call in the last second: api first.
     now = frame_text(views[-2], views[-1], 1.0)
     assert [cell.strip() for cell in row_of(now, "batch").split("│")[1:-1]][3:6] == [
-        "0 python (8)", "0", "0"]
-    assert now.splitlines().index(row_of(now, "api")) < \
-        now.splitlines().index(row_of(now, "batch"))
+        "0 python (8)",
+        "0",
+        "0",
+    ]
+    assert now.splitlines().index(row_of(now, "api")) < now.splitlines().index(row_of(now, "batch"))
 
 
 def frame_text_since(previous, current, since_start) -> str:
     console = Console(record=True, width=120)
-    console.print(render_frame(previous, current, 1.0, since_start=since_start,
-                               status="12:00:00 INFO pid 22 of target batch is gone"))
+    console.print(
+        render_frame(
+            previous,
+            current,
+            1.0,
+            since_start=since_start,
+            status="12:00:00 INFO pid 22 of target batch is gone",
+        )
+    )
     return console.export_text()
 
 
@@ -260,8 +316,9 @@ def test_zero_failures_show_one_zero():
     sample = parse_sample(exposition(api_row(10, 5, 10, 0, 6, 2, 10, 0, {14: 12})), 1.0)
     failures = sample.targets["api"].failures
     assert len(failures) > 1 and not any(failures.values())  # the usual codes, all zero
-    cells = [cell.strip() for cell in row_of(frame_text(sample, sample, 1.0), "api")
-             .split("│")[1:-1]]
+    cells = [
+        cell.strip() for cell in row_of(frame_text(sample, sample, 1.0), "api").split("│")[1:-1]
+    ]
     assert cells[8] == "0"
 
 
@@ -312,17 +369,21 @@ def test_short_jobs_under_a_real_observer():
     from observer.top import ObserverSource
 
     marker = f"top-job-{uuid.uuid4().hex[:12]}"  # -X option, ignored by CPython
-    args = argparse.Namespace(target=[f"batch={marker}"], pid=[], allow_non_python=False,
-                              backend="bpf")
+    args = argparse.Namespace(
+        target=[f"batch={marker}"], pid=[], allow_non_python=False, backend="bpf"
+    )
     source = ObserverSource(make_observer(args))
     session = Session()
     truths = []
     try:
         session.update(source.sample())
         for threads, calls in ((2, 1), (3, 2), (1, 4)):
-            job = subprocess.Popen([sys.executable, "-X", marker, "-c", SHORT_JOB,
-                                    str(threads), str(calls)], stdout=subprocess.PIPE,
-                                   text=True, cwd=REPO)
+            job = subprocess.Popen(
+                [sys.executable, "-X", marker, "-c", SHORT_JOB, str(threads), str(calls)],
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=REPO,
+            )
             while job.poll() is None:  # what top does between two frames
                 session.update(source.sample())
                 time.sleep(source.period)

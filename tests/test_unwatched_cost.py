@@ -14,8 +14,13 @@ pytestmark = [
     pytest.mark.skipif(bpf_skip_reason() is not None, reason=bpf_skip_reason() or ""),
 ]
 
-UPROBE_PROGRAMS = ("pthread_create_entry", "getaddrinfo_entry", "getaddrinfo_return",
-                   "resolver_entry", "resolver_return")
+UPROBE_PROGRAMS = (
+    "pthread_create_entry",
+    "getaddrinfo_entry",
+    "getaddrinfo_return",
+    "resolver_entry",
+    "resolver_return",
+)
 
 # On each line of stdin: THREADS threads and CALLS getaddrinfo calls, then a line with both.
 CALLER = """
@@ -45,9 +50,12 @@ def runs(running) -> dict[str, float]:
 
 
 def test_a_process_we_do_not_watch_never_runs_our_uprobe_programs(tmp_path):
-    with bpf_stats_on(), workload(["-c", CALLER]) as watched, \
-            workload(["-c", CALLER]) as unwatched, \
-            observer(["--pid", f"app={watched.pid}", "--no-children"], tmp_path) as running:
+    with (
+        bpf_stats_on(),
+        workload(["-c", CALLER]) as watched,
+        workload(["-c", CALLER]) as unwatched,
+        observer(["--pid", f"app={watched.pid}", "--no-children"], tmp_path) as running,
+    ):
         before = runs(running)
         work(unwatched, 20, 1000)
         after_unwatched = runs(running)

@@ -66,10 +66,27 @@ def test_bearer_token_guards_metrics_but_not_healthz(tmp_path, target):
 def self_signed(tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     return cert, key
 
@@ -81,7 +98,10 @@ def tls_observer(args, tmp_path, context):
     with open(log, "w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "observer", "run", "--listen", f"127.0.0.1:{port}", *args],
-            stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
     url = f"https://127.0.0.1:{port}"
 
     def ready():
@@ -99,15 +119,27 @@ def tls_observer(args, tmp_path, context):
         process.wait(timeout=10)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None,
-                    reason="openssl is needed to make a certificate (apt-get install openssl)")
+@pytest.mark.skipif(
+    shutil.which("openssl") is None,
+    reason="openssl is needed to make a certificate (apt-get install openssl)",
+)
 def test_tls_and_token_together(tmp_path, target):
     cert, key = self_signed(tmp_path)
     token_file = tmp_path / "token"
     token_file.write_text("t0ken")
     context = ssl.create_default_context(cafile=str(cert))
-    args = ["--backend", "proc", "--pid", f"app={target}", "--tls-cert-file", str(cert),
-            "--tls-key-file", str(key), "--bearer-token-file", str(token_file)]
+    args = [
+        "--backend",
+        "proc",
+        "--pid",
+        f"app={target}",
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--bearer-token-file",
+        str(token_file),
+    ]
     with tls_observer(args, tmp_path, context) as url:
         assert get(f"{url}/metrics", context=context)[0] == 401
         status, body = get(f"{url}/metrics", token="t0ken", context=context)
@@ -122,9 +154,14 @@ def test_bad_protection_settings_are_one_line_errors(tmp_path, target):
     empty.write_text("\n")
     base = ["run", "--backend", "proc", "--pid", str(target)]
     assert_clear_error(run_cli(*base, "--bearer-token-file", str(empty)), "the file is empty")
-    assert_clear_error(run_cli(*base, "--bearer-token-file", str(tmp_path / "absent")),
-                       "No such file")
-    assert_clear_error(run_cli(*base, "--tls-cert-file", str(empty)),
-                       "--tls-cert-file and --tls-key-file go together")
-    assert_clear_error(run_cli(*base, "--tls-cert-file", str(empty), "--tls-key-file",
-                               str(empty)), "--tls-cert-file")
+    assert_clear_error(
+        run_cli(*base, "--bearer-token-file", str(tmp_path / "absent")), "No such file"
+    )
+    assert_clear_error(
+        run_cli(*base, "--tls-cert-file", str(empty)),
+        "--tls-cert-file and --tls-key-file go together",
+    )
+    assert_clear_error(
+        run_cli(*base, "--tls-cert-file", str(empty), "--tls-key-file", str(empty)),
+        "--tls-cert-file",
+    )

@@ -81,16 +81,18 @@ def test_aiohttp_client_resolves_once_per_request_in_executor_threads(servers):
 
 
 def localhost_addresses(port) -> list:
-    infos = socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM,
-                               flags=socket.AI_ADDRCONFIG)
+    infos = socket.getaddrinfo(
+        "localhost", port, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG
+    )
     return [info[4][0] for info in infos]
 
 
-def test_aiohttp_client_on_uvloop_makes_two_libc_calls_per_request_and_no_python_thread(
-        servers):
+def test_aiohttp_client_on_uvloop_makes_two_libc_calls_per_request_and_no_python_thread(servers):
     if localhost_addresses(servers.http_port) != ["127.0.0.1"]:
-        pytest.skip("localhost has more addresses than 127.0.0.1 here: the count of connect "
-                    "attempts per request would depend on the happy-eyeballs order")
+        pytest.skip(
+            "localhost has more addresses than 127.0.0.1 here: the count of connect "
+            "attempts per request would depend on the happy-eyeballs order"
+        )
     truth = run("aiohttp_client_uvloop", servers, "--requests", "8", "--concurrency", "3")
     assert truth["responses_ok"] == 8
     # One lookup of "localhost", then one more of "127.0.0.1" in uvloop's sock_connect.
@@ -120,8 +122,9 @@ def test_redis_over_tcp_resolves_once_per_connection_not_per_command(redis_serve
 
 
 def test_redis_over_tcp_on_uvloop_resolves_in_libuv(redis_servers):
-    truth = run("redis_tcp", redis_servers, "--requests", "30", "--concurrency", "3",
-                "--loop", "uvloop")
+    truth = run(
+        "redis_tcp", redis_servers, "--requests", "30", "--concurrency", "3", "--loop", "uvloop"
+    )
     assert truth["final_value"] == 30
     assert truth["connections"] == 3
     assert truth["getaddrinfo_calls"] == 3
@@ -137,8 +140,15 @@ def test_semaphore_burst_grows_the_executor_to_its_cap(servers, version):
     # From 3.8 an idle worker is reused, so the pool only reaches its cap with that many
     # lookups in flight; before 3.8 every lookup starts a worker until the cap.
     concurrency = 3 if version in ("3.6", "3.7") else requests
-    truth = run("semaphore_burst", servers, "--requests", str(requests),
-                "--concurrency", str(concurrency), python=python)
+    truth = run(
+        "semaphore_burst",
+        servers,
+        "--requests",
+        str(requests),
+        "--concurrency",
+        str(concurrency),
+        python=python,
+    )
     assert truth["python"].startswith(version + ".")
     assert truth["responses_ok"] == requests
     assert truth["getaddrinfo_calls"] == requests
@@ -197,8 +207,9 @@ def test_blocking_dns_records_every_call_as_on_the_loop(servers, version):
 def test_to_thread_grows_the_executor_without_any_lookup(servers, version):
     cap = executor_cap(version)
     jobs = str(cap + 2)
-    truth = run("to_thread", servers, "--requests", jobs, "--concurrency", jobs,
-                python=interpreter(version))
+    truth = run(
+        "to_thread", servers, "--requests", jobs, "--concurrency", jobs, python=interpreter(version)
+    )
     assert truth["jobs_done"] == cap + 2
     assert truth["getaddrinfo_calls"] == 0
     assert truth["executor_threads"] == cap
@@ -207,8 +218,19 @@ def test_to_thread_grows_the_executor_without_any_lookup(servers, version):
 
 @pytest.mark.parametrize("version", PYTHONS)
 def test_mixed_counts_threads_lookups_and_local_failures(servers, version):
-    truth = run("mixed", servers, "--threads", "7", "--loop-calls", "4", "--blocking-calls",
-                "2", "--failures", "5", python=interpreter(version))
+    truth = run(
+        "mixed",
+        servers,
+        "--threads",
+        "7",
+        "--loop-calls",
+        "4",
+        "--blocking-calls",
+        "2",
+        "--failures",
+        "5",
+        python=interpreter(version),
+    )
     errors = {"EAI_SERVICE": 2, "EAI_BADFLAGS": 2, "EAI_NONAME": 1}
     assert truth["getaddrinfo_calls"] == 4 + 2 + 5
     assert truth["getaddrinfo_on_loop"] == 2 + 5
@@ -222,8 +244,20 @@ def test_mixed_counts_threads_lookups_and_local_failures(servers, version):
 
 
 def test_mixed_on_uvloop_counts_the_lookups_libuv_makes(servers):
-    truth = run("mixed", servers, "--threads", "3", "--loop-calls", "6", "--blocking-calls",
-                "1", "--failures", "3", "--loop", "uvloop")
+    truth = run(
+        "mixed",
+        servers,
+        "--threads",
+        "3",
+        "--loop-calls",
+        "6",
+        "--blocking-calls",
+        "1",
+        "--failures",
+        "3",
+        "--loop",
+        "uvloop",
+    )
     assert truth["getaddrinfo_calls"] == 6 + 1 + 3
     assert truth["getaddrinfo_on_loop"] == 1 + 3
     assert truth["getaddrinfo_errors"] == {"EAI_BADFLAGS": 1, "EAI_NONAME": 1, "EAI_SERVICE": 1}
@@ -358,9 +392,15 @@ def test_gather_limited_keeps_the_order_and_never_runs_more_than_the_limit_at_on
     assert max(peaks) == 3
 
 
-@pytest.mark.parametrize("environ, size", [({}, 4), ({"UV_THREADPOOL_SIZE": "2"}, 2),
-                                           ({"UV_THREADPOOL_SIZE": "0"}, 1),
-                                           ({"UV_THREADPOOL_SIZE": "5000"}, 1024)])
+@pytest.mark.parametrize(
+    "environ, size",
+    [
+        ({}, 4),
+        ({"UV_THREADPOOL_SIZE": "2"}, 2),
+        ({"UV_THREADPOOL_SIZE": "0"}, 1),
+        ({"UV_THREADPOOL_SIZE": "5000"}, 1024),
+    ],
+)
 def test_libuv_pool_size_follows_libuv(environ, size):
     assert libuv_pool_size(environ) == size
 

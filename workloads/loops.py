@@ -86,8 +86,15 @@ def _counting_uvloop(truth):
                 raise
 
         async def create_connection(
-            self, protocol_factory, host=None, port=None, *, family=0, proto=0,
-            local_addr=None, **options
+            self,
+            protocol_factory,
+            host=None,
+            port=None,
+            *,
+            family=0,
+            proto=0,
+            local_addr=None,
+            **options,
         ):
             # uvloop resolves these through a private path, not the getaddrinfo above.
             in_libc = False
@@ -98,8 +105,13 @@ def _counting_uvloop(truth):
                     in_libc |= self._count(host_, port_, family, socket.SOCK_STREAM, proto)
             try:
                 return await super().create_connection(
-                    protocol_factory, host, port, family=family, proto=proto,
-                    local_addr=local_addr, **options
+                    protocol_factory,
+                    host,
+                    port,
+                    family=family,
+                    proto=proto,
+                    local_addr=local_addr,
+                    **options,
                 )
             except socket.gaierror as error:
                 self._count_failure(in_libc, error)

@@ -42,18 +42,29 @@ def build_parser():
     parser = scenario_parser(SCENARIO, __doc__)
     parser.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
     parser.add_argument("--threads", type=int, default=10, help="threads per worker (default 10)")
-    parser.add_argument("--lookups", type=int, default=7,
-                        help="getaddrinfo('localhost') calls per worker (default 7)")
-    parser.add_argument("--start", choices=STARTS, default="fork",
-                        help="how workers start (default fork)")
-    parser.add_argument("--concurrency", type=int, default=0,
-                        help="forked workers alive at once (default all)")
-    parser.add_argument("--keep-workers", action="store_true",
-                        help="spawn, forkserver: the workers live until the parent exits")
-    parser.add_argument("--executable", metavar="PATH",
-                        help="spawn, forkserver: the Python that runs the workers")
-    parser.add_argument("--rename", metavar="TITLE",
-                        help="set this process title first thing (setproctitle)")
+    parser.add_argument(
+        "--lookups",
+        type=int,
+        default=7,
+        help="getaddrinfo('localhost') calls per worker (default 7)",
+    )
+    parser.add_argument(
+        "--start", choices=STARTS, default="fork", help="how workers start (default fork)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=0, help="forked workers alive at once (default all)"
+    )
+    parser.add_argument(
+        "--keep-workers",
+        action="store_true",
+        help="spawn, forkserver: the workers live until the parent exits",
+    )
+    parser.add_argument(
+        "--executable", metavar="PATH", help="spawn, forkserver: the Python that runs the workers"
+    )
+    parser.add_argument(
+        "--rename", metavar="TITLE", help="set this process title first thing (setproctitle)"
+    )
     add_lifecycle_arguments(parser)
     return parser
 
@@ -131,11 +142,18 @@ def main(argv=None) -> int:
         worker_threads = sum(r["threads_started"] for r in results)
         worker_calls = sum(r["getaddrinfo_calls"] for r in results)
         # The counts are the whole tree's: the parent's own and every worker's.
-        finish(parent, args, scenario=SCENARIO, start=args.start, workers=len(results),
-               threads_started=parent.threads_started + worker_threads,
-               getaddrinfo_calls=parent.getaddrinfo_calls + worker_calls,
-               parent_threads_started=parent.threads_started,
-               worker_threads=worker_threads, worker_getaddrinfo_calls=worker_calls)
+        finish(
+            parent,
+            args,
+            scenario=SCENARIO,
+            start=args.start,
+            workers=len(results),
+            threads_started=parent.threads_started + worker_threads,
+            getaddrinfo_calls=parent.getaddrinfo_calls + worker_calls,
+            parent_threads_started=parent.threads_started,
+            worker_threads=worker_threads,
+            worker_getaddrinfo_calls=worker_calls,
+        )
     return 0
 
 

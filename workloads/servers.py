@@ -93,10 +93,25 @@ def _start_redis(executable, directory):
     for _ in range(3):
         port = free_tcp_port()
         command = [
-            executable, "--port", str(port), "--bind", "127.0.0.1",
-            "--unixsocket", path, "--unixsocketperm", "700",
-            "--save", "", "--appendonly", "no", "--daemonize", "no",
-            "--dir", directory, "--logfile", log,
+            executable,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--unixsocket",
+            path,
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            directory,
+            "--logfile",
+            log,
         ]
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         if _wait_for_redis(child, path, port):

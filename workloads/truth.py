@@ -76,9 +76,7 @@ class GroundTruth:
         if event == "return" and frame.f_locals["self"]._started.is_set():
             with self._lock:
                 self.threads_started += 1
-                self.python_threads_peak = max(
-                    self.python_threads_peak, threading.active_count()
-                )
+                self.python_threads_peak = max(self.python_threads_peak, threading.active_count())
                 self._counted()
         return self._trace_start
 

@@ -31,8 +31,13 @@ async def asgi_app(scope, receive, send):
     if scope["type"] != "http":
         return
     status = await fetch_backend()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain")],
+        }
+    )
     await send({"type": "http.response.body", "body": str(status).encode()})
 
 
@@ -40,8 +45,10 @@ async def fetch_backend() -> int:
     import aiohttp
 
     connector = aiohttp.TCPConnector(resolver=aiohttp.ThreadedResolver(), use_dns_cache=False)
-    async with aiohttp.ClientSession(connector=connector) as session, \
-            session.get(backend_url()) as response:
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(backend_url()) as response,
+    ):
         await response.read()
         return response.status
 

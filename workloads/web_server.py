@@ -47,14 +47,51 @@ UVICORN = ["uvicorn", "--loop", "asyncio", "--http", "h11", "--host", "127.0.0.1
 # The server's arguments, with {port} and {folder} (a private folder) filled in.
 STACKS = {
     "uvicorn_workers": [*UVICORN, "--port", "{port}", "--workers", "2", ASGI_APP],
-    "uvicorn_reload": [*UVICORN, "--port", "{port}", "--reload", "--reload-dir", "{folder}",
-                       ASGI_APP],
-    "gunicorn_sync": ["gunicorn", "-w", "2", "-k", "sync", "--max-requests", "7",
-                      "-b", "127.0.0.1:{port}", WSGI_APP],
-    "gunicorn_gthread": ["gunicorn", "-w", "2", "-k", "gthread", "--threads", "4",
-                         "--max-requests", "7", "-b", "127.0.0.1:{port}", WSGI_APP],
-    "gunicorn_uvicorn": ["gunicorn", "-w", "2", "-k", "workloads.web_apps.AsyncioUvicornWorker",
-                         "-b", "127.0.0.1:{port}", ASGI_APP],
+    "uvicorn_reload": [
+        *UVICORN,
+        "--port",
+        "{port}",
+        "--reload",
+        "--reload-dir",
+        "{folder}",
+        ASGI_APP,
+    ],
+    "gunicorn_sync": [
+        "gunicorn",
+        "-w",
+        "2",
+        "-k",
+        "sync",
+        "--max-requests",
+        "7",
+        "-b",
+        "127.0.0.1:{port}",
+        WSGI_APP,
+    ],
+    "gunicorn_gthread": [
+        "gunicorn",
+        "-w",
+        "2",
+        "-k",
+        "gthread",
+        "--threads",
+        "4",
+        "--max-requests",
+        "7",
+        "-b",
+        "127.0.0.1:{port}",
+        WSGI_APP,
+    ],
+    "gunicorn_uvicorn": [
+        "gunicorn",
+        "-w",
+        "2",
+        "-k",
+        "workloads.web_apps.AsyncioUvicornWorker",
+        "-b",
+        "127.0.0.1:{port}",
+        ASGI_APP,
+    ],
 }
 START_TIMEOUT = 30.0
 
@@ -63,10 +100,14 @@ def build_parser():
     parser = scenario_parser(SCENARIO, __doc__)
     parser.add_argument("--stack", choices=sorted(STACKS), default="uvicorn_workers")
     parser.add_argument("--requests", type=int, default=40)
-    parser.add_argument("--port", type=int, help="the local server the app calls (default: "
-                        "start one)")
-    parser.add_argument("--fork", action="store_true", help="run the server in a forked "
-                        "child of this process, without exec")
+    parser.add_argument(
+        "--port", type=int, help="the local server the app calls (default: start one)"
+    )
+    parser.add_argument(
+        "--fork",
+        action="store_true",
+        help="run the server in a forked child of this process, without exec",
+    )
     add_lifecycle_arguments(parser)
     return parser
 
@@ -76,8 +117,11 @@ def server_environment(counts, backend_port) -> dict:
     env = child_environment()
     for proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         env.pop(proxy, None)
-    env.update(BACKEND_PORT=str(backend_port), THREAD_OBSERVER_COUNTS=counts,
-               PYTHONPATH=os.pathsep.join([COUNTING, env["PYTHONPATH"]]))
+    env.update(
+        BACKEND_PORT=str(backend_port),
+        THREAD_OBSERVER_COUNTS=counts,
+        PYTHONPATH=os.pathsep.join([COUNTING, env["PYTHONPATH"]]),
+    )
     return env
 
 
@@ -166,9 +210,14 @@ def start_server(args, port, folder, counts, backend):
     env = server_environment(counts, backend)
     if args.fork:
         return fork_server(command, folder, env)
-    return subprocess.Popen(command, cwd=folder, env=env, start_new_session=True,
-                            stdout=sys.stderr,  # the truth's own
-                            preexec_fn=end_with_parent)
+    return subprocess.Popen(
+        command,
+        cwd=folder,
+        env=env,
+        start_new_session=True,
+        stdout=sys.stderr,  # the truth's own
+        preexec_fn=end_with_parent,
+    )
 
 
 def stop(server) -> None:
@@ -214,12 +263,17 @@ def main(argv=None) -> int:
         server_counts = counted(counts)
         truth.uninstall()
         own = truth.as_dict()
-        finish(truth, args, scenario=SCENARIO, stack=args.stack, responses_ok=ok,
-               threads_started=own["threads_started"] + server_counts["threads"],
-               getaddrinfo_calls=own["getaddrinfo_calls"] + server_counts["getaddrinfo"],
-               getaddrinfo_on_loop=own["getaddrinfo_on_loop"]
-               + server_counts["getaddrinfo_on_loop"],
-               server_processes_counting=server_counts["processes"])
+        finish(
+            truth,
+            args,
+            scenario=SCENARIO,
+            stack=args.stack,
+            responses_ok=ok,
+            threads_started=own["threads_started"] + server_counts["threads"],
+            getaddrinfo_calls=own["getaddrinfo_calls"] + server_counts["getaddrinfo"],
+            getaddrinfo_on_loop=own["getaddrinfo_on_loop"] + server_counts["getaddrinfo_on_loop"],
+            server_processes_counting=server_counts["processes"],
+        )
     return 0
 
 

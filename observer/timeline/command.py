@@ -58,37 +58,74 @@ so on the picture.
 def add_parser(subparsers, parents) -> None:
     """The ``timeline`` subcommand."""
     parser = subparsers.add_parser(
-        "timeline", help="draw thread lifetimes and getaddrinfo calls over time",
+        "timeline",
+        help="draw thread lifetimes and getaddrinfo calls over time",
         description="Record every thread created and ended and every getaddrinfo call of a "
         "command or of running processes, and draw them as lanes over time.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=list(parents),
     )
-    parser.add_argument("--output", "-o", action="append", required=True, metavar="FILE",
-                        help="where to write: .png, .svg, .html, .trace.json (Chrome trace), "
-                        ".json or .folded (repeatable)")
-    parser.add_argument("--json", action="store_true",
-                        help="also write the raw events to the first FILE with .json")
-    parser.add_argument("--folded", action="store_true",
-                        help="also write flame-graph folded stacks (the Python stacks of "
-                        "threads created and lookups) to the first FILE with .folded")
+    parser.add_argument(
+        "--output",
+        "-o",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="where to write: .png, .svg, .html, .trace.json (Chrome trace), "
+        ".json or .folded (repeatable)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="also write the raw events to the first FILE with .json"
+    )
+    parser.add_argument(
+        "--folded",
+        action="store_true",
+        help="also write flame-graph folded stacks (the Python stacks of "
+        "threads created and lookups) to the first FILE with .folded",
+    )
     add_target_arguments(parser)
-    parser.add_argument("--input", type=Path, metavar="EVENTS.json",
-                        help="draw a recording saved with --json instead of recording")
-    parser.add_argument("--seconds", type=positive_float, metavar="S",
-                        help="stop recording after S seconds (default: when the command or "
-                        "the processes exit, or on Ctrl-C)")
-    parser.add_argument("--children", action="store_true",
-                        help="also record the processes the command forks (--pid and "
-                        "--target processes' children are recorded unless --no-children)")
+    parser.add_argument(
+        "--input",
+        type=Path,
+        metavar="EVENTS.json",
+        help="draw a recording saved with --json instead of recording",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=positive_float,
+        metavar="S",
+        help="stop recording after S seconds (default: when the command or "
+        "the processes exit, or on Ctrl-C)",
+    )
+    parser.add_argument(
+        "--children",
+        action="store_true",
+        help="also record the processes the command forks (--pid and "
+        "--target processes' children are recorded unless --no-children)",
+    )
     parser.add_argument("--title", help="title of the picture (default: the command line)")
-    parser.add_argument("--from", dest="from_seconds", type=non_negative_float, metavar="S",
-                        help="show from S seconds after the start (the HTML page opens "
-                        "there and zooms out; PNG and SVG are cropped)")
-    parser.add_argument("--to", dest="to_seconds", type=positive_float, metavar="S",
-                        help="show up to S seconds after the start")
-    parser.add_argument("command", nargs="*", metavar="-- COMMAND ARGS",
-                        help="run this command and record it from its start")
+    parser.add_argument(
+        "--from",
+        dest="from_seconds",
+        type=non_negative_float,
+        metavar="S",
+        help="show from S seconds after the start (the HTML page opens "
+        "there and zooms out; PNG and SVG are cropped)",
+    )
+    parser.add_argument(
+        "--to",
+        dest="to_seconds",
+        type=positive_float,
+        metavar="S",
+        help="show up to S seconds after the start",
+    )
+    parser.add_argument(
+        "command",
+        nargs="*",
+        metavar="-- COMMAND ARGS",
+        help="run this command and record it from its start",
+    )
     parser.set_defaults(func=run)
 
 
@@ -108,8 +145,9 @@ def run(args: argparse.Namespace) -> int:
     outputs = output_paths(args.output, args.json, args.folded)
     if args.input is not None:
         if args.command or args.pid or args.target:
-            raise UsageError("--input draws a saved recording: give no command, "
-                             "--pid or --target with it")
+            raise UsageError(
+                "--input draws a saved recording: give no command, --pid or --target with it"
+            )
         recording = Recording.load(args.input)
         recording.command = args.title or recording.command
         return write_outputs(recording, outputs, args)
@@ -120,8 +158,9 @@ def output_paths(names: list[str], with_json: bool, with_folded: bool = False) -
     paths = [Path(name) for name in names]
     for path in paths:
         if path.suffix.lower() not in OUTPUT_KINDS:
-            raise UsageError(f"--output {path}: the extension must be one of "
-                                f"{', '.join(OUTPUT_KINDS)}")
+            raise UsageError(
+                f"--output {path}: the extension must be one of {', '.join(OUTPUT_KINDS)}"
+            )
         if not path.parent.is_dir():
             raise UsageError(f"--output {path}: no such directory {path.parent}")
     first = paths[0]
@@ -148,13 +187,17 @@ def write_outputs(recording: Recording, outputs: list[Path], args) -> int:
                 render(timeline, path, window)
         except OSError as err:
             raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
-    print(f"thread-observer: {timeline.threads_created} threads created, "
-          f"{len(timeline.lookups)} getaddrinfo calls ({timeline.failures} failed), "
-          f"{timeline.lost_events} events lost: wrote {', '.join(map(str, outputs))}",
-          file=sys.stderr)
+    print(
+        f"thread-observer: {timeline.threads_created} threads created, "
+        f"{len(timeline.lookups)} getaddrinfo calls ({timeline.failures} failed), "
+        f"{timeline.lost_events} events lost: wrote {', '.join(map(str, outputs))}",
+        file=sys.stderr,
+    )
     if timeline.failed:
-        print(f"thread-observer: {outcome_text(timeline)}: the picture is of a failed run",
-              file=sys.stderr)
+        print(
+            f"thread-observer: {outcome_text(timeline)}: the picture is of a failed run",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -164,8 +207,10 @@ def record_and_write(args: argparse.Namespace, outputs: list[Path]) -> int:
     try:
         regex_targets = [parse_regex_target(text) for text in args.target]
         # What the metrics daemon checks too: there, Python, and readable (or why not).
-        args.pid = [resolve_pid_target(parse_pid_target(text), args.allow_non_python).pid
-                    for text in args.pid]
+        args.pid = [
+            resolve_pid_target(parse_pid_target(text), args.allow_non_python).pid
+            for text in args.pid
+        ]
     except TargetError as err:
         raise UsageError(str(err)) from None
     # --pid and --target processes are trees, as for the observer; a command's children on ask.
@@ -186,8 +231,7 @@ def record_and_write(args: argparse.Namespace, outputs: list[Path]) -> int:
         probes.close()
 
 
-def record_command(args, probes: TimelineProbes, recorder: Recorder,
-                   outputs: list[Path]) -> int:
+def record_command(args, probes: TimelineProbes, recorder: Recorder, outputs: list[Path]) -> int:
     command = GatedCommand(args.command)
     try:
         recorder.watch(command.pid)
@@ -200,11 +244,18 @@ def record_command(args, probes: TimelineProbes, recorder: Recorder,
             # The gate's own exec can reach the probe after its pid was marked watched.
             recorder.since_ns = start_ns = time.monotonic_ns()
             command.release()
-            record(probes, recorder, lambda: stopped.set or command.process.poll() is not None
-                   or time.monotonic() > deadline)
+            record(
+                probes,
+                recorder,
+                lambda: (
+                    stopped.set or command.process.poll() is not None or time.monotonic() > deadline
+                ),
+            )
         # The picture starts at the exec, not at the gate's start-up before it.
-        start_ns = min((e.time_ns for e in recorder.events
-                        if e.kind == EventKind.PROCESS_EXEC.label), default=start_ns)
+        start_ns = min(
+            (e.time_ns for e in recorder.events if e.kind == EventKind.PROCESS_EXEC.label),
+            default=start_ns,
+        )
         recording = finish(args, probes, recorder, start_ns, " ".join(args.command))
         recording.exit_status = command.status()  # None: still running (--seconds, Ctrl-C)
         status = write_outputs(recording, outputs, args)
@@ -214,8 +265,7 @@ def record_command(args, probes: TimelineProbes, recorder: Recorder,
     return code or status
 
 
-def record_processes(args, probes: TimelineProbes, recorder: Recorder,
-                     outputs: list[Path]) -> int:
+def record_processes(args, probes: TimelineProbes, recorder: Recorder, outputs: list[Path]) -> int:
     start_ns = time.monotonic_ns()
     for pid in args.pid:
         if not os.path.exists(f"/proc/{pid}"):
@@ -245,13 +295,13 @@ def _deadline(seconds: float | None) -> float:
     return time.monotonic() + seconds if seconds else float("inf")
 
 
-def finish(args, probes: TimelineProbes, recorder: Recorder, start_ns: int,
-           command: str) -> Recording:
+def finish(
+    args, probes: TimelineProbes, recorder: Recorder, start_ns: int, command: str
+) -> Recording:
     now = time.monotonic_ns()
     # When everything recorded has exited, the picture ends there, not at the next poll; a
     # --target recording runs for as long as it was asked to, quiet or not.
     done = not recorder.alive and not recorder.regex_targets
     end_ns = (recorder.last_exit_ns() or now) if done else now
     recorder.name_live_threads(end_ns)
-    return Recording(args.title or command, start_ns, end_ns, probes.lost_events(),
-                     recorder.events)
+    return Recording(args.title or command, start_ns, end_ns, probes.lost_events(), recorder.events)

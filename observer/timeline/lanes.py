@@ -22,8 +22,17 @@ class _LaneBuilder:
 
     def _start(self, event: Event, creator: str, start_ns: int | None = None) -> Lane:
         self._close(event.task, event.time_ns)  # a thread id reused without its exit seen
-        lane = Lane(event.tgid, event.task, event.tid, event.comm, creator, event.parent,
-                    event.time_ns if start_ns is None else start_ns, None, event.start_routine)
+        lane = Lane(
+            event.tgid,
+            event.task,
+            event.tid,
+            event.comm,
+            creator,
+            event.parent,
+            event.time_ns if start_ns is None else start_ns,
+            None,
+            event.start_routine,
+        )
         self.open[event.task] = lane
         self.lanes.append(lane)
         return lane
@@ -82,9 +91,16 @@ class _LaneBuilder:
         lane = self._known(event)
         if not lane.name:
             lane.name = event.comm
-        self.calls[event.task] = Lookup(event.tgid, event.task, lane.tid, event.time_ns,
-                                        event.host, event.service, site=event.site,
-                                        stack=event.stack)
+        self.calls[event.task] = Lookup(
+            event.tgid,
+            event.task,
+            lane.tid,
+            event.time_ns,
+            event.host,
+            event.service,
+            site=event.site,
+            stack=event.stack,
+        )
 
     def _getaddrinfo_end(self, event: Event) -> None:
         self._end_call(event.task, event.time_ns, event.rc)
@@ -109,5 +125,12 @@ def build_timeline(recording: Recording) -> Timeline:
     for event in recording.events:
         builder.add(event)
     lanes, lookups = builder.finish()
-    return Timeline(recording.command, recording.start_ns, recording.end_ns,
-                    recording.lost_events, lanes, lookups, recording.exit_status)
+    return Timeline(
+        recording.command,
+        recording.start_ns,
+        recording.end_ns,
+        recording.lost_events,
+        lanes,
+        lookups,
+        recording.exit_status,
+    )

@@ -57,7 +57,6 @@ class Event:
     stack: list[str] = field(default_factory=list)
 
 
-
 @dataclass
 class Recording:
     """What ``--json`` writes, and what every picture is drawn from."""
@@ -70,21 +69,33 @@ class Recording:
     exit_status: int | None = None  # of the command after --, as a shell reports it
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "version": 1, "command": self.command,
-                "start_ns": self.start_ns, "end_ns": self.end_ns,
-                "lost_events": self.lost_events, "exit_status": self.exit_status,
-                "events": [asdict(e) for e in self.events]}
+        return {
+            "format": FORMAT,
+            "version": 1,
+            "command": self.command,
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+            "lost_events": self.lost_events,
+            "exit_status": self.exit_status,
+            "events": [asdict(e) for e in self.events],
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> Recording:
         if data.get("format") != FORMAT:
-            raise UsageError(f"not a {FORMAT} recording (no \"format\": \"{FORMAT}\")")
+            raise UsageError(f'not a {FORMAT} recording (no "format": "{FORMAT}")')
         events = [Event(**e) for e in data["events"]]
         unknown = {e.kind for e in events} - {kind.label for kind in EventKind}
         if unknown:
             raise UsageError(f"unknown event kinds {sorted(unknown)}: a newer recording?")
-        return cls(data["command"], data["start_ns"], data["end_ns"], data["lost_events"],
-                   events, data.get("exit_status"))
+        return cls(
+            data["command"],
+            data["start_ns"],
+            data["end_ns"],
+            data["lost_events"],
+            events,
+            data.get("exit_status"),
+        )
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
@@ -95,7 +106,6 @@ class Recording:
             return cls.from_json(json.loads(Path(path).read_text()))
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UsageError(f"cannot read the recording {path}: {err}") from None
-
 
 
 @dataclass
@@ -196,13 +206,16 @@ class Window:
         return self.start == 0
 
 
-def window_of(timeline: Timeline, from_seconds: float | None = None,
-              to_seconds: float | None = None) -> Window:
+def window_of(
+    timeline: Timeline, from_seconds: float | None = None, to_seconds: float | None = None
+) -> Window:
     """``--from``/``--to`` (seconds since the start) as a window within the recording."""
     total = timeline.end_ns - timeline.start_ns
     start = 0 if from_seconds is None else round(from_seconds * 1e9)
     end = total if to_seconds is None else min(round(to_seconds * 1e9), total)
     if start >= end:
-        raise UsageError(f"--from {start / 1e9:g} --to {end / 1e9:g}: nothing to show (the "
-                         f"recording lasts {total / 1e9:.3f} s)")
+        raise UsageError(
+            f"--from {start / 1e9:g} --to {end / 1e9:g}: nothing to show (the "
+            f"recording lasts {total / 1e9:.3f} s)"
+        )
     return Window(start, end)

@@ -64,8 +64,11 @@ except OSError as err:
 
 def timeline_cflags(follow_children: bool) -> list[str]:
     flags = [f"-DEVENT_{kind.name}={kind.value}" for kind in EventKind if kind.value < 100]
-    flags += [f"-DSERVICE_LEN={SERVICE_LEN}", f"-DRINGBUF_PAGES={RINGBUF_PAGES}",
-              f"-DFOLLOW_CHILDREN={int(follow_children)}"]
+    flags += [
+        f"-DSERVICE_LEN={SERVICE_LEN}",
+        f"-DRINGBUF_PAGES={RINGBUF_PAGES}",
+        f"-DFOLLOW_CHILDREN={int(follow_children)}",
+    ]
     return flags
 
 
@@ -77,8 +80,9 @@ def stack_of_raw(raw) -> tuple[int, tuple[int, ...]]:
 def event_from_raw(raw) -> Event:
     """An event from a ``struct timeline_event`` as bcc decodes it from the C struct."""
     kind = EventKind(raw.kind)
-    event = Event(kind.label, raw.time_ns, raw.tgid, raw.tid, raw.task,
-                  comm=raw.comm.decode(errors="replace"))
+    event = Event(
+        kind.label, raw.time_ns, raw.tgid, raw.tid, raw.task, comm=raw.comm.decode(errors="replace")
+    )
     text = raw.text.decode(errors="replace")
     if kind in (EventKind.THREAD_CREATED, EventKind.PROCESS_FORK):
         event.parent = raw.other
@@ -104,8 +108,9 @@ class TimelineProbes:
 
     def load(self, handler: Callable[[Event], None]) -> None:
         self.handler = handler
-        cflags = (bpf_cflags(self.track_new_processes, sites=True)
-                  + timeline_cflags(self.follow_children))
+        cflags = bpf_cflags(self.track_new_processes, sites=True) + timeline_cflags(
+            self.follow_children
+        )
         self._bpf = compile_probes(PROBE_FILES, cflags, "timeline probe")
         self._bpf["timeline_events"].open_ring_buffer(self._on_record)
 
@@ -166,8 +171,9 @@ class Recorder:
     arrives, from /proc/PID/maps: the process may be gone by the time the picture is drawn.
     """
 
-    def __init__(self, probes, regex_targets: list[RegexTarget] | None = None,
-                 allow_non_python: bool = False) -> None:
+    def __init__(
+        self, probes, regex_targets: list[RegexTarget] | None = None, allow_non_python: bool = False
+    ) -> None:
         self.probes = probes
         self.regex_targets = regex_targets or []
         self.allow_non_python = allow_non_python
@@ -197,8 +203,11 @@ class Recorder:
     def _add_existing_threads(self, pid: int) -> None:
         now = time.monotonic_ns()
         for tid in thread_ids(pid):
-            self.events.append(Event(EventKind.THREAD_EXISTING.label, now, pid, tid, tid,
-                                     comm=thread_comm(pid, tid)))
+            self.events.append(
+                Event(
+                    EventKind.THREAD_EXISTING.label, now, pid, tid, tid, comm=thread_comm(pid, tid)
+                )
+            )
 
     def handle(self, event: Event, stack: tuple[int, tuple[int, ...]] | None = None) -> None:
         """A record, with its Python stack ((flags, code objects)) when the probe read one."""
@@ -217,7 +226,8 @@ class Recorder:
         if stack is not None and event.kind in STACK_KINDS:
             flags, codes = stack
             event.site, event.stack = self.stacks.describe(
-                event.tgid, codes, flags, thread=event.kind == EventKind.THREAD_CREATED.label)
+                event.tgid, codes, flags, thread=event.kind == EventKind.THREAD_CREATED.label
+            )
         self.events.append(event)
 
     def _admit(self, event: Event) -> bool:
@@ -264,8 +274,9 @@ class Recorder:
         resolver = self._resolvers.get(tgid)
         if resolver is None:
             try:
-                resolver = procfs.AddressResolver(tgid, procfs.read_maps(tgid),
-                                                  procfs.exe_path(tgid))
+                resolver = procfs.AddressResolver(
+                    tgid, procfs.read_maps(tgid), procfs.exe_path(tgid)
+                )
             except OSError:
                 return None
             self._resolvers[tgid] = resolver
@@ -304,8 +315,16 @@ class Recorder:
         """The end: live threads get their names as of now."""
         for tgid in sorted(self.alive):
             for tid in thread_ids(tgid):
-                self.events.append(Event(EventKind.THREAD_RENAMED.label, time_ns, tgid, tid,
-                                         tid, comm=thread_comm(tgid, tid)))
+                self.events.append(
+                    Event(
+                        EventKind.THREAD_RENAMED.label,
+                        time_ns,
+                        tgid,
+                        tid,
+                        tid,
+                        comm=thread_comm(tgid, tid),
+                    )
+                )
 
     def last_exit_ns(self) -> int | None:
         exits = [e.time_ns for e in self.events if e.kind == EventKind.PROCESS_EXIT.label]

@@ -29,23 +29,30 @@ MAX_TITLE = 110
 
 def visible(timeline: Timeline, window: Window) -> Timeline:
     """The lanes alive during the window and the calls made in it."""
+
     def overlaps(start_ns: int, end_ns: int | None) -> bool:
         end = timeline.end_ns if end_ns is None else end_ns
-        return start_ns - timeline.start_ns <= window.end and \
-            end - timeline.start_ns >= window.start
+        return (
+            start_ns - timeline.start_ns <= window.end and end - timeline.start_ns >= window.start
+        )
 
     lanes = [lane for lane in timeline.lanes if overlaps(lane.start_ns, lane.end_ns)]
     shown = {lane.task for lane in lanes}
-    lookups = [lookup for lookup in timeline.lookups
-               if lookup.task in shown and overlaps(lookup.start_ns, lookup.end_ns)]
+    lookups = [
+        lookup
+        for lookup in timeline.lookups
+        if lookup.task in shown and overlaps(lookup.start_ns, lookup.end_ns)
+    ]
     return dataclasses.replace(timeline, lanes=lanes, lookups=lookups)
 
 
 def window_text(timeline: Timeline, window: Window) -> str:
     if window.whole and window.end == timeline.end_ns - timeline.start_ns:
         return ""
-    return (f"showing {format_offset(window.start)} to {format_offset(window.end)} of "
-            f"{format_duration(timeline.end_ns - timeline.start_ns)}")
+    return (
+        f"showing {format_offset(window.start)} to {format_offset(window.end)} of "
+        f"{format_duration(timeline.end_ns - timeline.start_ns)}"
+    )
 
 
 # What both kinds of picture say
@@ -76,19 +83,26 @@ def lane_label(lane: Lane) -> str:
 
 
 def lane_tip(lane: Lane, timeline: Timeline) -> str:
-    end = "alive at the end" if lane.end_ns is None else \
-        f"ended at {format_offset(lane.end_ns - timeline.start_ns)}"
+    end = (
+        "alive at the end"
+        if lane.end_ns is None
+        else f"ended at {format_offset(lane.end_ns - timeline.start_ns)}"
+    )
     lived = (lane.end_ns or timeline.end_ns) - lane.start_ns
-    parts = [f"thread {lane.tid or '?'} \"{lane.name}\" of process {lane.tgid}",
-             f"creator: {CREATOR_TITLES.get(lane.creator, lane.creator)}"]
+    parts = [
+        f'thread {lane.tid or "?"} "{lane.name}" of process {lane.tgid}',
+        f"creator: {CREATOR_TITLES.get(lane.creator, lane.creator)}",
+    ]
     if lane.parent:
         parts.append(f"created by thread {lane.parent}")
     if lane.start_routine:
         parts.append(f"start routine 0x{lane.start_routine:x}")
     if lane.site:
         parts.append(f"started from {lane.site}")
-    parts.append(f"started at {format_offset(lane.start_ns - timeline.start_ns)}, {end}, "
-                 f"lived {format_duration(lived)}")
+    parts.append(
+        f"started at {format_offset(lane.start_ns - timeline.start_ns)}, {end}, "
+        f"lived {format_duration(lived)}"
+    )
     return "\n".join(parts)
 
 
@@ -98,18 +112,23 @@ def lookup_tip(lookup: Lookup, timeline: Timeline) -> str:
         outcome = "still in progress at the end"
     else:
         outcome = f"took {format_duration(lookup.end_ns - lookup.start_ns)}, " + (
-            f"failed: {lookup.error} ({lookup.rc})" if lookup.failed else "ok")
+            f"failed: {lookup.error} ({lookup.rc})" if lookup.failed else "ok"
+        )
     site = f", from {lookup.site}" if lookup.site else ""
-    return (f"getaddrinfo({target}) on thread {lookup.tid}{site} at "
-            f"{format_offset(lookup.start_ns - timeline.start_ns)}: {outcome}")
+    return (
+        f"getaddrinfo({target}) on thread {lookup.tid}{site} at "
+        f"{format_offset(lookup.start_ns - timeline.start_ns)}: {outcome}"
+    )
 
 
 def summary(timeline: Timeline) -> str:
     processes = len(timeline.processes)
-    return (f"{processes} process{'es' if processes != 1 else ''}, "
-            f"{timeline.threads_created} threads created, "
-            f"{len(timeline.lookups)} getaddrinfo calls ({timeline.failures} failed) "
-            f"in {format_duration(timeline.end_ns - timeline.start_ns)}")
+    return (
+        f"{processes} process{'es' if processes != 1 else ''}, "
+        f"{timeline.threads_created} threads created, "
+        f"{len(timeline.lookups)} getaddrinfo calls ({timeline.failures} failed) "
+        f"in {format_duration(timeline.end_ns - timeline.start_ns)}"
+    )
 
 
 def outcome_text(timeline: Timeline) -> str:
@@ -126,8 +145,10 @@ def outcome_text(timeline: Timeline) -> str:
 
 def lost_text(timeline: Timeline) -> str:
     if timeline.lost_events:
-        return f"lost events: {timeline.lost_events} (the ring buffer was full: the picture " \
-               "misses some)"
+        return (
+            f"lost events: {timeline.lost_events} (the ring buffer was full: the picture "
+            "misses some)"
+        )
     return "lost events: 0"
 
 
@@ -205,10 +226,14 @@ def _draw(ax, timeline: Timeline, window: Window) -> None:
 
     colours = creator_colours(timeline)
     lanes = timeline.lanes
-    bars = ax.barh(range(len(lanes)), [max(at(lane.end_ns) - at(lane.start_ns), shortest)
-                                       for lane in lanes],
-                   left=[at(lane.start_ns) for lane in lanes], height=0.64,
-                   color=[colours[lane.creator] for lane in lanes], edgecolor="none")
+    bars = ax.barh(
+        range(len(lanes)),
+        [max(at(lane.end_ns) - at(lane.start_ns), shortest) for lane in lanes],
+        left=[at(lane.start_ns) for lane in lanes],
+        height=0.64,
+        color=[colours[lane.creator] for lane in lanes],
+        edgecolor="none",
+    )
     for bar, lane in zip(bars, lanes, strict=True):
         bar.set_gid(f"lane-{lane.task}")
     _draw_lookups(ax, timeline, at, shortest, window)
@@ -219,8 +244,13 @@ def _draw(ax, timeline: Timeline, window: Window) -> None:
     ax.set_axisbelow(True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    ax.legend(handles=_legend_handles(timeline, colours), loc="upper left",
-              bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.legend(
+        handles=_legend_handles(timeline, colours),
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+        frameon=False,
+    )
 
 
 def _draw_lookups(ax, timeline: Timeline, at, shortest: float, window: Window) -> None:
@@ -229,18 +259,40 @@ def _draw_lookups(ax, timeline: Timeline, at, shortest: float, window: Window) -
     done = [lookup for lookup in timeline.lookups if not lookup.failed]
     failed = [lookup for lookup in timeline.lookups if lookup.failed]
     if done:
-        ax.barh([rows[c.task] for c in done],
-                [max(at(c.end_ns) - at(c.start_ns), shortest / 2) for c in done],
-                left=[at(c.start_ns) for c in done], height=0.3, color=CALL_COLOUR)
-        ax.plot([at(c.start_ns) for c in done], [rows[c.task] for c in done], linestyle="none",
-                marker="|", color=CALL_COLOUR, markersize=9, markeredgewidth=1.2)
+        ax.barh(
+            [rows[c.task] for c in done],
+            [max(at(c.end_ns) - at(c.start_ns), shortest / 2) for c in done],
+            left=[at(c.start_ns) for c in done],
+            height=0.3,
+            color=CALL_COLOUR,
+        )
+        ax.plot(
+            [at(c.start_ns) for c in done],
+            [rows[c.task] for c in done],
+            linestyle="none",
+            marker="|",
+            color=CALL_COLOUR,
+            markersize=9,
+            markeredgewidth=1.2,
+        )
     if failed:
-        ax.plot([at(c.start_ns) for c in failed], [rows[c.task] for c in failed],
-                linestyle="none", marker="x", color=FAILED_COLOUR, markersize=8,
-                markeredgewidth=2)
+        ax.plot(
+            [at(c.start_ns) for c in failed],
+            [rows[c.task] for c in failed],
+            linestyle="none",
+            marker="x",
+            color=FAILED_COLOUR,
+            markersize=8,
+            markeredgewidth=2,
+        )
     for bunch in bunches(timeline, window.span):
-        ax.annotate(bunch_text(bunch), (at(bunch[0].start_ns), rows[bunch[0].task]),
-                    xytext=(6, 5), textcoords="offset points", fontsize=7)
+        ax.annotate(
+            bunch_text(bunch),
+            (at(bunch[0].start_ns), rows[bunch[0].task]),
+            xytext=(6, 5),
+            textcoords="offset points",
+            fontsize=7,
+        )
 
 
 def _label_lanes(ax, timeline: Timeline, per_lane: float) -> None:
@@ -250,38 +302,89 @@ def _label_lanes(ax, timeline: Timeline, per_lane: float) -> None:
         ax.set_ylabel(f"{len(timeline.lanes)} threads, in order of creation")
         return
     ax.set_yticks(range(len(timeline.lanes)))
-    ax.set_yticklabels([lane_label(lane) for lane in timeline.lanes],
-                       fontsize=8 if per_lane >= 0.2 else 6, family="monospace")
+    ax.set_yticklabels(
+        [lane_label(lane) for lane in timeline.lanes],
+        fontsize=8 if per_lane >= 0.2 else 6,
+        family="monospace",
+    )
 
 
 def _titles(ax, timeline: Timeline, window: Window) -> None:
     # Offsets in points, so that title and summary never overlap whatever the height.
-    ax.annotate(title(timeline), xy=(0, 1), xycoords="axes fraction", xytext=(0, 24),
-                textcoords="offset points", fontsize=11, fontweight="bold", family="monospace")
+    ax.annotate(
+        title(timeline),
+        xy=(0, 1),
+        xycoords="axes fraction",
+        xytext=(0, 24),
+        textcoords="offset points",
+        fontsize=11,
+        fontweight="bold",
+        family="monospace",
+    )
     shown = window_text(timeline, window)
-    ax.annotate(summary(timeline) + (f" · {shown}" if shown else ""), xy=(0, 1),
-                xycoords="axes fraction", xytext=(0, 10),
-                textcoords="offset points", fontsize=9, color="#333333")
-    ax.annotate(lost_text(timeline), xy=(1, 1), xycoords="axes fraction", xytext=(0, 10),
-                textcoords="offset points", fontsize=9, ha="right",
-                color=FAILED_COLOUR if timeline.lost_events else "#333333")
+    ax.annotate(
+        summary(timeline) + (f" · {shown}" if shown else ""),
+        xy=(0, 1),
+        xycoords="axes fraction",
+        xytext=(0, 10),
+        textcoords="offset points",
+        fontsize=9,
+        color="#333333",
+    )
+    ax.annotate(
+        lost_text(timeline),
+        xy=(1, 1),
+        xycoords="axes fraction",
+        xytext=(0, 10),
+        textcoords="offset points",
+        fontsize=9,
+        ha="right",
+        color=FAILED_COLOUR if timeline.lost_events else "#333333",
+    )
     if timeline.failed:
-        ax.annotate(outcome_text(timeline), xy=(0, 1), xycoords="axes fraction",
-                    xytext=(0, 42), textcoords="offset points", fontsize=10,
-                    fontweight="bold", color=FAILED_COLOUR)
+        ax.annotate(
+            outcome_text(timeline),
+            xy=(0, 1),
+            xycoords="axes fraction",
+            xytext=(0, 42),
+            textcoords="offset points",
+            fontsize=10,
+            fontweight="bold",
+            color=FAILED_COLOUR,
+        )
 
 
 def _legend_handles(timeline: Timeline, colours: dict[str, str]) -> list:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles = [Patch(color=colour, label=CREATOR_TITLES.get(creator, creator))
-               for creator, colour in colours.items()]
-    handles.append(Line2D([], [], color=CALL_COLOUR, marker="|", linestyle="none",
-                          markersize=9, label="getaddrinfo call"))
+    handles = [
+        Patch(color=colour, label=CREATOR_TITLES.get(creator, creator))
+        for creator, colour in colours.items()
+    ]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            color=CALL_COLOUR,
+            marker="|",
+            linestyle="none",
+            markersize=9,
+            label="getaddrinfo call",
+        )
+    )
     errors = sorted({lookup.error for lookup in timeline.lookups if lookup.failed})
     if errors:
-        handles.append(Line2D([], [], color=FAILED_COLOUR, marker="x", linestyle="none",
-                              markersize=8, markeredgewidth=2,
-                              label=f"getaddrinfo failed ({', '.join(errors)})"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=FAILED_COLOUR,
+                marker="x",
+                linestyle="none",
+                markersize=8,
+                markeredgewidth=2,
+                label=f"getaddrinfo failed ({', '.join(errors)})",
+            )
+        )
     return handles

@@ -58,11 +58,16 @@ class ProcessStacks:
             self.probes.set_python_process(tgid, runtime)
             self._readers[tgid] = pyruntime.CodeReader(tgid, runtime)
             self._read_since[tgid] = started
-            log.info("pid %d: Python %d.%d stacks read: %s", tgid, *runtime.version,
-                     " ".join((cmdline_of(tgid) or "?").split())[:120])
+            log.info(
+                "pid %d: Python %d.%d stacks read: %s",
+                tgid,
+                *runtime.version,
+                " ".join((cmdline_of(tgid) or "?").split())[:120],
+            )
 
-    def describe(self, tgid: int, codes: tuple[int, ...], flags: int,
-                 thread: bool) -> tuple[str, list[str]]:
+    def describe(
+        self, tgid: int, codes: tuple[int, ...], flags: int, thread: bool
+    ) -> tuple[str, list[str]]:
         """(site, frames innermost first) of a record's stack; ("", []) when the process's
         frames were not read."""
         reader = self._readers.get(tgid)

@@ -19,7 +19,7 @@ def hostile_names(count: int) -> list[bytes]:
         b"back\\slash\\%d",
         b"new\nline%d",
         b"\xff\xfe-not-utf8-%d",
-        b"{label=\"x\"} %d 1",
+        b'{label="x"} %d 1',
         b"%d" + b"x" * 300,
     ]
     return [shapes[i % len(shapes)].replace(b"%d", str(i).encode()) for i in range(count)]
@@ -36,9 +36,16 @@ def main() -> int:
         except socket.gaierror as error:
             errors[error.errno] += 1
     names = {code: name for name, code in vars(socket).items() if name.startswith("EAI_")}
-    print(json.dumps({"threads_started": 0, "getaddrinfo_calls": count,
-                      "getaddrinfo_errors": {names[c]: n for c, n in errors.items()}}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "threads_started": 0,
+                "getaddrinfo_calls": count,
+                "getaddrinfo_errors": {names[c]: n for c, n in errors.items()},
+            }
+        ),
+        flush=True,
+    )
     sys.stdin.read()
     return 0
 
