@@ -34,6 +34,7 @@ MAX_THREADS = 4096  # thread states looked at when checking the offsets
 # Bytes of glibc's struct pthread searched for its tid (0x2d0 on glibc 2.36 x86-64).
 PTHREAD_SEARCHED = 2048
 MAX_NAME_CHARS = 256  # of a qualname or file name read from a target
+FRAME_CHECKS = 20  # reads of a running main thread's frame before trying again later
 CODE_CACHE_SIZE = 4096  # code objects remembered per process
 
 
@@ -332,14 +333,23 @@ def namespace_tids(pid: int) -> list[int]:
 
 
 def check_frame(memory: Memory, tstate: int, offsets: dict[str, int], code_type: int) -> None:
-    frame = memory.pointer(tstate + offsets["tstate_frame"])
-    if offsets["cframe_current_frame"] >= 0 and frame:
-        frame = memory.pointer(frame + offsets["cframe_current_frame"])
-    if frame == 0:
-        return  # not running Python code now: nothing to check the frame offsets with
-    code = memory.pointer(frame + offsets["frame_code"])
-    if memory.pointer(code + offsets["object_type"]) != code_type:
-        raise SitesUnavailable("offsets_mismatch", "the main thread's frame holds no code object")
+    """The main thread's current frame holds a code object. The thread runs while it is read:
+    a frame popped between two reads (its slot already reused by the next call) can show
+    anything, so a few reads are made, and a process whose every read fails is tried again
+    later (NotReadyYet) before the offsets are called wrong."""
+    for _ in range(FRAME_CHECKS):
+        frame = memory.pointer(tstate + offsets["tstate_frame"])
+        if offsets["cframe_current_frame"] >= 0 and frame:
+            frame = memory.pointer(frame + offsets["cframe_current_frame"])
+        if frame == 0:
+            return  # not running Python code now: nothing to check the frame offsets with
+        try:
+            code = memory.pointer(frame + offsets["frame_code"])
+            if code and memory.pointer(code + offsets["object_type"]) == code_type:
+                return
+        except OSError:
+            continue  # a pointer read mid-change
+    raise NotReadyYet("offsets_mismatch", "the main thread's frame holds no code object")
 
 
 class CodeReader:
