@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import importlib.resources
 import logging
 import os
+import struct
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -349,6 +351,11 @@ class BpfProbes:
         self._process_links: dict[int, list[int]] = defaultdict(list)
         self._detacher: ThreadPoolExecutor | None = None
         self._entries_seen: dict[str, int] = {}  # counter maps' entries after the last sweep
+        self._readers: dict[str, MapReader] = {}
+        # The watched set's last read: its raw bytes, its entries, and each entry by its bytes
+        self._states_read: tuple = (None, {}, {})
+        # (tgid, generation) -> the map entries last read for it, and its counts from them
+        self._raw_counts: dict[tuple[int, int], tuple[tuple, RawCounts]] = {}
 
     # Loading
     def load(self) -> None:
@@ -384,6 +391,10 @@ class BpfProbes:
                 exec_arguments(slots, MapSize.ARG_LENGTH),
             )
         )
+
+    def exec_reports_fd(self) -> int:
+        """The exec reports' ring buffer: readable while it holds reports not yet read."""
+        return self._bpf["exec_reports"].map_fd
 
     def exec_reports(self) -> list[ExecReport]:
         """The programs started since the last call (read after :meth:`states`, every
@@ -513,6 +524,9 @@ class BpfProbes:
             self._bpf = None
             self.probes_attached = Counter(dict.fromkeys(PROBE_NAMES, 0))
             self._attached_objects.clear()
+            self._readers.clear()
+            self._states_read = (None, {}, {})
+            self._raw_counts.clear()
 
     # The watched set
     def watch(self, tgid: int, target: int) -> int:
@@ -527,36 +541,77 @@ class BpfProbes:
         )
 
     def states(self) -> dict[int, WatchedEntry]:
-        """tgid -> its entry, for every process in the watched set."""
-        return {
-            key.value: WatchedEntry(
-                ProcessState(value.state), value.target, value.generation, value.parent
-            )
-            for key, value in table_items(self._bpf["watched_tgids"])
-        }
+        """tgid -> its entry, for every process in the watched set. While the set is as it
+        was at the last call, the same dict (not to be changed): nothing to look at again."""
+        reader = self._reader("watched_tgids")
+        keys, values, count = reader.raw()
+        if (keys, values) == self._states_read[0]:
+            return self._states_read[1]
+        ks, vs = reader.key_size, reader.value_size
+        known = self._states_read[2]
+        entries = {}  # (key, value) bytes -> (tgid, entry): one made only for a changed entry
+        for i in range(count):
+            raw = (keys[i * ks : (i + 1) * ks], values[i * vs : (i + 1) * vs])
+            entries[raw] = known.get(raw) or self._entry(*raw)
+        states = dict(entries.values())
+        self._states_read = ((keys, values), states, entries)
+        return states
+
+    def _entry(self, key: bytes, value: bytes) -> tuple[int, WatchedEntry]:
+        table = self._bpf["watched_tgids"]
+        tgid = table.Key.from_buffer_copy(key).value
+        value = table.Leaf.from_buffer_copy(value)
+        state = ProcessState(value.state)
+        return tgid, WatchedEntry(state, value.target, value.generation, value.parent)
 
     def forget(self, processes: dict[int, int | None]) -> None:
-        """Removes processes (tgid -> generation, None for any) from the watched set and
-        deletes their counters."""
+        """Removes processes (tgid -> generation, None for any) from the watched set; their
+        counters go at the next :meth:`sweep` (read by nobody meanwhile: a forgotten process
+        is not asked for), which reads every counter map anyway, rather than at each call."""
         if not processes:
             return
 
         def matches(tgid: int, generation: int) -> bool:
             return tgid in processes and processes[tgid] in (None, generation)
 
-        watched = self._bpf["watched_tgids"]
-        for key, value in list(watched.items()):
-            if matches(key.value, value.generation):
-                watched.pop(key, None)
-        if self.sites:
-            pythons = self._bpf["python_processes"]
-            for key, value in list(pythons.items()):
-                if matches(key.value, value.generation):
-                    pythons.pop(key, None)
-        for name in self.counter_maps:
+        by_tgid = ["watched_tgids", *(["python_processes"] if self.sites else [])]
+        for name in by_tgid:
             table = self._bpf[name]
-            for key in [k for k in table if matches(k.tgid, k.generation)]:
-                table.pop(key, None)
+            for tgid in processes:
+                key = ctypes.c_uint32(tgid)
+                value = table.get(key)
+                if value is not None and matches(tgid, value.generation):
+                    with contextlib.suppress(KeyError):  # gone meanwhile
+                        del table[key]
+        for key in [k for k in self._raw_counts if matches(*k)]:
+            del self._raw_counts[key]
+
+    def _owners(self, name: str) -> list[tuple[int, int, bytes]]:
+        """(tgid, generation, key bytes) of every entry of a map keyed by process."""
+        reader = self._reader(name)
+        keys, _, count = reader.raw()
+        size = reader.key_size
+        tgid_at, generation_at = owner_offsets(reader.table.Key)
+        return [
+            (
+                U32.unpack_from(keys, i * size + tgid_at)[0],
+                U64.unpack_from(keys, i * size + generation_at)[0],
+                keys[i * size : (i + 1) * size],
+            )
+            for i in range(count)
+        ]
+
+    def _delete(self, name: str, keys: list[bytes]) -> None:
+        table = self._bpf[name]
+        for key in keys:
+            with contextlib.suppress(KeyError):  # gone meanwhile
+                del table[table.Key.from_buffer_copy(key)]
+
+    def _reader(self, name: str) -> MapReader:
+        reader = self._readers.get(name)
+        if reader is None:
+            reader = self._readers[name] = MapReader(self._bpf[name])
+        return reader
 
     def sweep(self) -> int:
         """Deletes counters of processes no longer in the watched set (an exited process whose
@@ -564,52 +619,84 @@ class BpfProbes:
         # Processes first seen after this instant may have counters but no entry yet in what
         # is read below: their generation (the same clock) is later, and they are kept.
         started = time.monotonic_ns()
-        live = {key.value: value.generation for key, value in self._bpf["watched_tgids"].items()}
+        live = {tgid: entry.generation for tgid, entry in self.states().items()}
 
-        def stale(key) -> bool:
-            return key.generation < started and live.get(key.tgid) != key.generation
+        def stale(tgid: int, generation: int) -> bool:
+            return generation < started and live.get(tgid) != generation
 
         swept = 0
         self._entries_seen = {}
         for name in self.counter_maps:
-            table = self._bpf[name]
-            keys = list(table)
-            for key in [k for k in keys if stale(k)]:
-                table.pop(key, None)
-                swept += 1
-                keys.remove(key)
-            self._entries_seen[name] = len(keys)
+            owners = self._owners(name)
+            gone = [key for tgid, generation, key in owners if stale(tgid, generation)]
+            self._delete(name, gone)
+            swept += len(gone)
+            self._entries_seen[name] = len(owners) - len(gone)
+        for key in [k for k in self._raw_counts if stale(*k)]:
+            del self._raw_counts[key]
         return swept
 
     def sweep_and_count(self) -> tuple[int, dict[str, int]]:
-        """:meth:`sweep`, then :meth:`map_entries` without walking the counter maps again
-        (each key read is a syscall: once a second, next to idle targets, it adds up)."""
+        """:meth:`sweep`, then :meth:`map_entries` without reading the counter maps again."""
         swept = self.sweep()
         seen = self._entries_seen
         return swept, {
-            name: seen[name] if name in seen else sum(1 for _ in self._bpf[name])
-            for name in self.maps
+            name: seen[name] if name in seen else self._reader(name).count() for name in self.maps
         }
 
     # Reading
     def read_counts(self, generations: dict[int, int]) -> dict[int, RawCounts]:
-        """Counters of the given processes (tgid -> generation), by tgid."""
-        counts: dict[int, RawCounts] = defaultdict(RawCounts)
-        for name, add in self.counter_maps.items():
-            for key, value in table_items(self._bpf[name]):
-                if generations.get(key.tgid) == key.generation:
-                    add(counts[key.tgid], key, value.value)
+        """Counters of the given processes (tgid -> generation), by tgid (those with none are
+        left out). A process whose counters are as at the last read gets the same RawCounts
+        object (not to be changed): its counts need not be worked out again."""
+        found: dict[int, list] = defaultdict(list)
+        for index, name in enumerate(self.counter_maps):
+            reader = self._reader(name)
+            keys, values, count = reader.raw()
+            ks, vs = reader.key_size, reader.value_size
+            tgid_at, generation_at = owner_offsets(reader.table.Key)
+            for i in range(count):
+                tgid = U32.unpack_from(keys, i * ks + tgid_at)[0]
+                if generations.get(tgid) == U64.unpack_from(keys, i * ks + generation_at)[0]:
+                    found[tgid].append(
+                        (index, keys[i * ks : (i + 1) * ks], values[i * vs : (i + 1) * vs])
+                    )
         if self.sites:
-            for tgid, _ in table_items(self._bpf["python_processes"]):
-                if tgid.value in generations:
-                    counts[tgid.value].sites_read = True
+            for tgid in self._python_tgids():
+                if tgid in generations:
+                    found[tgid].append(None)  # its by-site counters are read
+        return {
+            tgid: self._raw(tgid, generations[tgid], tuple(seen)) for tgid, seen in found.items()
+        }
+
+    def _python_tgids(self) -> list[int]:
+        reader = self._reader("python_processes")
+        keys, _, count = reader.raw()
+        return [U32.unpack_from(keys, i * reader.key_size)[0] for i in range(count)]
+
+    def _raw(self, tgid: int, generation: int, seen: tuple) -> RawCounts:
+        """A process's counters from its map entries, made again only when they changed."""
+        kept = self._raw_counts.get((tgid, generation))
+        if kept is not None and kept[0] == seen:
+            return kept[1]
+        counts = RawCounts()
+        adds = list(self.counter_maps.items())
+        for entry in seen:
+            if entry is None:
+                counts.sites_read = True
+                continue
+            index, key, value = entry
+            name, add = adds[index]
+            table = self._bpf[name]
+            add(counts, table.Key.from_buffer_copy(key), table.Leaf.from_buffer_copy(value).value)
+        self._raw_counts[(tgid, generation)] = (seen, counts)
         return counts
 
     def live_thread_stacks(self, generations: dict[int, int]) -> dict[int, Counter]:
         """Live threads of the given processes by the stack that created them, by tgid."""
         stacks: dict[int, Counter] = defaultdict(Counter)
         if self.sites:
-            for _, key in table_items(self._bpf["live_thread_sites"]):
+            for _, key in self._reader("live_thread_sites").items():
                 if generations.get(key.tgid) == key.generation:
                     stacks[key.tgid][stack_of(key)[1]] += 1
         return stacks
@@ -620,7 +707,16 @@ class BpfProbes:
 
     def map_entries(self) -> dict[str, int]:
         """Entries in each map, to show they stay bounded."""
-        return {name: sum(1 for _ in self._bpf[name]) for name in self.maps}
+        return {name: self._reader(name).count() for name in self.maps}
+
+
+U32 = struct.Struct("=I")
+U64 = struct.Struct("=Q")
+
+
+def owner_offsets(key_type) -> tuple[int, int]:
+    """Where a per-process key holds its process's tgid and generation."""
+    return key_type.tgid.offset, key_type.generation.offset
 
 
 def write_python_process(table, tgid: int, generation: int, runtime) -> None:
@@ -653,15 +749,104 @@ def frame_read_size(offsets: dict[str, int]) -> int:
 def table_items(table) -> list:
     """A map's entries, in a few batch syscalls where the kernel has them (5.6+) rather than
     two syscalls per key."""
-    try:
-        items = list(table.items_lookup_batch())
-    except Exception:  # bcc raises bare Exception when the kernel refuses
-        return list(table.items())
-    # The batch path gives scalars as plain ints, items() as ctypes: keep one shape.
-    return [
-        (table.Key(k) if isinstance(k, int) else k, table.Leaf(v) if isinstance(v, int) else v)
-        for k, v in items
-    ]
+    return MapReader(table).items()
+
+
+class MapReader:
+    """Reads a hash map's entries whole, in batch syscalls (BPF_MAP_LOOKUP_BATCH, Linux 5.6+)
+    into buffers kept from one read to the next: bcc's ``items_lookup_batch`` allocates and
+    zeroes buffers for the map's maximum entries at every call (megabytes for the larger
+    maps), and ``items()`` costs two syscalls a key. Falls back to ``items()`` where the
+    kernel refuses batches."""
+
+    FIRST_SIZE = 64  # entries the buffers hold at first; they double when a read fills them
+
+    def __init__(self, table) -> None:
+        self.table = table
+        self.key_size = ctypes.sizeof(table.Key)
+        self.value_size = ctypes.sizeof(table.Leaf)
+        self._batched = True
+        self._size = 0
+        self._keys = self._values = None
+        self._grow(self.FIRST_SIZE)
+
+    def _grow(self, size: int) -> None:
+        size = min(max(size, 1), max(self.table.max_entries, 1))
+        keys = ctypes.create_string_buffer(size * self.key_size)
+        values = ctypes.create_string_buffer(size * self.value_size)
+        if self._keys is not None:
+            ctypes.memmove(keys, self._keys, self._size * self.key_size)
+            ctypes.memmove(values, self._values, self._size * self.value_size)
+        self._size, self._keys, self._values = size, keys, values
+
+    def raw(self) -> tuple[bytes, bytes, int]:
+        """(keys, values, count): every entry's key and value bytes, end to end."""
+        if self._batched:
+            try:
+                return self._read_batches()
+            except OSError as err:
+                log.debug("no batch reads of map %s (%s): one key at a time", self.table, err)
+                self._batched = False
+        items = self.table.items()
+        return (
+            b"".join(bytes(key) for key, _ in items),
+            b"".join(bytes(value) for _, value in items),
+            len(items),
+        )
+
+    def _read_batches(self) -> tuple[bytes, bytes, int]:
+        from bcc.libbcc import lib
+
+        fd = self.table.map_fd
+        token_in, token_out, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
+        total, started = 0, False
+        while True:
+            if total == self._size:
+                self._grow(2 * self._size)  # full: the rest goes after what was read
+                if total == self._size:
+                    break  # the map's maximum: nothing more can be in it
+            count.value = self._size - total
+            result = lib.bpf_lookup_batch(
+                fd,
+                ctypes.byref(token_in) if started else None,
+                ctypes.byref(token_out),
+                ctypes.byref(self._keys, total * self.key_size),
+                ctypes.byref(self._values, total * self.value_size),
+                ctypes.byref(count),
+            )
+            # libbpf returns -errno (and sets errno)
+            error = -result if result < 0 else 0
+            total += count.value
+            if error == errno.ENOENT:
+                break  # the last bucket was read
+            if error == errno.ENOSPC and count.value == 0:
+                self._grow(2 * self._size)  # one bucket holds more entries than the room left
+                continue
+            if error:
+                raise OSError(error, os.strerror(error))
+            token_in.value, started = token_out.value, True
+        return (
+            ctypes.string_at(self._keys, total * self.key_size),
+            ctypes.string_at(self._values, total * self.value_size),
+            total,
+        )
+
+    def entries(self) -> list[tuple[bytes, bytes]]:
+        """(key bytes, value bytes) of every entry."""
+        keys, values, count = self.raw()
+        ks, vs = self.key_size, self.value_size
+        return [(keys[i * ks : (i + 1) * ks], values[i * vs : (i + 1) * vs]) for i in range(count)]
+
+    def items(self) -> list:
+        """Every entry as the map's ctypes key and value, as bcc's ``items()`` gives them."""
+        key_type, value_type = self.table.Key, self.table.Leaf
+        return [
+            (key_type.from_buffer_copy(key), value_type.from_buffer_copy(value))
+            for key, value in self.entries()
+        ]
+
+    def count(self) -> int:
+        return self.raw()[2]
 
 
 def detach_all(bpf) -> None:

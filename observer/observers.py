@@ -20,9 +20,11 @@ from observer.bpf_backend import (
     RESOLVER_UPROBE_NAMES,
     UPROBE_NAMES,
     BpfProbes,
+    ExecReport,
     RawCounts,
     WatchedEntry,
     attach_libc_of,
+    pid_namespace_cflags,
 )
 from observer.capabilities import uprobe_capability_hint
 from observer.constants import ProcessState, StackFlag
@@ -42,6 +44,15 @@ from observer.targets import (
 log = logging.getLogger(__name__)
 
 SCAN_INTERVAL = 1.0  # seconds between two full scans of /proc for new and gone processes
+# With the bpf backend the kernel reports new programs (exec), forks of watched processes and
+# exits in the watched set: the /proc scan is only a safety net, this often.
+SAFETY_SCAN_INTERVAL = 10.0
+# Seconds between two sweeps of counters of processes gone unseen (and counts of the maps'
+# entries).
+HOUSEKEEPING_INTERVAL = 1.0
+# Seconds a newly attached process is looked at in /proc at every poll: attached at the
+# instant it exited, its exit mark in the kernel was overwritten by the attach.
+FRESH_SECONDS = 1.0
 # Children attached per poll at most: a fork storm must not hold the scrape's lock for long.
 MAX_ADOPTIONS_PER_POLL = 64
 # Polls a process caught before its interpreter is initialised is looked at again (at the
@@ -78,20 +89,29 @@ class TrackedProcess:
 
 
 def live_threads(pid: int) -> int:
-    """num_threads from /proc/PID/stat: one short read, cheaper than parsing status."""
+    """The process's threads: the link count of /proc/PID/task is 2 plus its threads (the
+    kernel's num_threads), one stat() where /proc/PID/stat makes the kernel write out
+    fifty-two fields."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-        return int(fields[17])
-    except (OSError, IndexError, ValueError):
+        return max(os.stat(f"/proc/{pid}/task").st_nlink - 2, 0)
+    except OSError:
         return 0
 
 
 def create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
+    """When the process started (seconds from boot), None if it is gone."""
+    stat = procfs.process_stat(pid)
+    return stat.started if stat is not None else None
+
+
+def ended(pid: int, started: float) -> bool:
+    """Whether the process started at ``started`` has exited: gone, its PID another
+    process's, or a zombie whose threads have all ended (a zombie main thread alone is not
+    the end of its process)."""
+    stat = procfs.process_stat(pid)
+    if stat is None or stat.started != started:
+        return True
+    return stat.state in ("Z", "X") and stat.threads <= 1
 
 
 class ProcObserver:
@@ -147,8 +167,24 @@ class ProcObserver:
             self._poll_locked()
 
     def _poll_locked(self) -> None:
-        if time.monotonic() - self._last_scan >= SCAN_INTERVAL:
+        if time.monotonic() - self._last_scan >= self.scan_interval():
             self._scan()
+
+    def scan_interval(self) -> float:
+        return SCAN_INTERVAL
+
+    def wake_fd(self) -> int | None:
+        """A file descriptor readable when the kernel has news; see :meth:`woken`."""
+        return None
+
+    def woken(self) -> bool:
+        """Takes the news that made :meth:`wake_fd` readable; whether a poll should come at
+        once rather than at the end of its interval."""
+        return False
+
+    def poll_soon(self) -> bool:
+        """Whether the next poll should come at once rather than after the interval."""
+        return False
 
     def close(self) -> None:
         pass
@@ -326,9 +362,22 @@ class BpfObserver(ProcObserver):
         )
         self.numbers = TargetNumbers()
         self._remember_rejections = True  # exec marks a process pending again
-        # Counted once a scan, not per scrape: walking every map is the costly part of it.
+        # Counted once a second, not per scrape: walking every map is the costly part of it.
         self.map_entries: dict[str, int] = {}
         self._unknown_sends_logged = 0
+        self._last_housekeeping = 0.0
+        self._in_pid_namespace = bool(pid_namespace_cflags())
+        # The watched set as read by a poll that found nothing to do in it: read the same
+        # again, there is nothing to do either.
+        self._quiet_states: dict[int, WatchedEntry] | None = None
+        # Exec reports taken since the last poll
+        self._reports: list[ExecReport] = []
+        # Some were read before the kernel marked their process pending: poll again soon.
+        self._reports_ahead = False
+        # pid -> until when it is looked at in /proc at every poll (see FRESH_SECONDS)
+        self._fresh: dict[int, float] = {}
+        # pid -> ((raw counts, sites reader, creator resolver, generation), its counts)
+        self._resolved: dict[int, tuple[tuple, Counts]] = {}
 
     def start(self) -> None:
         self.probes.load()
@@ -341,17 +390,75 @@ class BpfObserver(ProcObserver):
         with self._lock:
             self.probes.close()
 
+    def scan_interval(self) -> float:
+        # In a PID namespace a fork of a process not yet matched is not reported by the
+        # kernel (its id there is unknown to the parent's tracepoint): the scan finds it.
+        return SCAN_INTERVAL if self._in_pid_namespace else SAFETY_SCAN_INTERVAL
+
+    def wake_fd(self) -> int | None:
+        """The exec reports' ring buffer: a program that may be a target's is attached at
+        once, not at the end of the interval."""
+        return self.probes.exec_reports_fd()
+
+    def woken(self) -> bool:
+        """True if a program just started may be a target's (other programs, the machine's
+        usual execs, wait for the poll at the end of the interval)."""
+        with self._lock:
+            return any(self._may_be_target(report) for report in self._take_reports())
+
+    def _may_be_target(self, report: ExecReport) -> bool:
+        if report.target or report.tgid in self.procs:
+            return True  # a watched process (a target's child) started a program
+        started = self.started_cmdlines[report.tgid][1]
+        return first_match(self.regex_targets, (started, cmdline_of(report.tgid))) is not None
+
+    def _take_reports(self) -> list[ExecReport]:
+        reports = self.probes.exec_reports()
+        for report in reports:
+            self.started_cmdlines[report.tgid] = (report.generation, " ".join(report.arguments))
+        self._reports += reports
+        return reports
+
+    def poll_soon(self) -> bool:
+        return self._reports_ahead
+
     def _poll_locked(self) -> None:
         states = self.probes.states()
         # After the states: every pending process seen there has its report by now.
-        for report in self.probes.exec_reports():
-            self.started_cmdlines[report.tgid] = (report.generation, " ".join(report.arguments))
+        self._take_reports()
+        reports, self._reports = self._reports, []
+        # A report is written just before its process is marked pending: one read in between
+        # is seen at the next poll, which comes soon.
+        self._reports_ahead = any(
+            (entry := states.get(report.tgid)) is None or entry.generation != report.generation
+            for report in reports
+        )
+        if states is not self._quiet_states:
+            self._quiet_states = None if self._settle(states) else states
+        self._look_at_fresh()
+        for tracked in self.procs.values():
+            if tracked.sites is None and tracked.sites_unavailable is None:
+                self._find_python(tracked)
+        super()._poll_locked()
+        if time.monotonic() - self._last_housekeeping >= HOUSEKEEPING_INTERVAL:
+            self._housekeeping()
+
+    def _settle(self, states: dict[int, WatchedEntry]) -> bool:
+        """Acts on the watched set's entries; False if there was nothing to do."""
         forget: dict[int, int] = {}
         ended: dict[int, TrackedProcess] = {}  # their counts are read in one pass
         adoptions = 0
+        acted = False
         # Ascending, so that a parent matched in this poll is attached before its children.
         for tgid, entry in sorted(states.items()):
             tracked = self.procs.get(tgid)
+            if (
+                entry.state == ProcessState.WATCHED
+                and tracked is not None
+                and tracked.generation == entry.generation
+            ):
+                continue  # the usual case: nothing to do
+            acted = True
             if tracked is not None and tracked.generation != entry.generation:
                 self._detach(tgid)  # the PID now belongs to another process
                 tracked = None
@@ -366,18 +473,38 @@ class BpfObserver(ProcObserver):
                 adoptions += 1
                 if adoptions <= MAX_ADOPTIONS_PER_POLL and not self._adopt(tgid, entry):
                     forget[tgid] = entry.generation
-        self._retire(ended)
+        if any(ended.values()):
+            self._retire(ended)
         self.probes.forget(forget)
         for tgid, generation in forget.items():
             if self.started_cmdlines.get(tgid, (None,))[0] == generation:
                 del self.started_cmdlines[tgid]
-        for tracked in self.procs.values():
-            if tracked.sites is None and tracked.sites_unavailable is None:
-                self._find_python(tracked)
-        super()._poll_locked()
+        return acted
+
+    def _look_at_fresh(self) -> None:
+        """Ends newly attached processes that /proc shows gone: attached at the instant they
+        exited, their exit mark was overwritten (a process marked exited is ended by the poll
+        before it gets here)."""
+        now = time.monotonic()
+        for pid, until in list(self._fresh.items()):
+            tracked = self.procs.get(pid)
+            if tracked is None:
+                del self._fresh[pid]
+            elif ended(pid, tracked.create_time):
+                log.debug("pid %d ended as it was attached", pid)
+                self._detach(pid)
+                del self._fresh[pid]
+            elif now >= until:
+                del self._fresh[pid]
 
     def _scan(self) -> None:
         super()._scan()
+        self._housekeeping()
+
+    def _housekeeping(self) -> None:
+        """Once a second: counters of processes gone unseen, the maps' entry counts, and
+        command lines of processes no longer watched."""
+        self._last_housekeeping = time.monotonic()
         swept, self.map_entries = self.probes.sweep_and_count()
         if swept:
             log.debug("swept %d counters of processes gone unseen", swept)
@@ -464,6 +591,7 @@ class BpfObserver(ProcObserver):
                     entry.parent,
                 ),
             )
+            self._fresh[tgid] = time.monotonic() + FRESH_SECONDS
             self._describe(tracked)  # new program image: new mappings
             tracked.sites, tracked.sites_unavailable, tracked.site_tries = None, None, 0
             self._find_python(tracked)
@@ -475,6 +603,7 @@ class BpfObserver(ProcObserver):
         if tracked is None:
             return None
         tracked.generation = self.probes.watch(pid, self.numbers.number(target))
+        self._fresh[pid] = time.monotonic() + FRESH_SECONDS
         if probe_libc:
             self._attach_libc(pid)
         self._find_python(tracked)
@@ -548,6 +677,7 @@ class BpfObserver(ProcObserver):
             if final is not None and others:
                 self.retired.setdefault(key, Counts()).add(final)
         super()._detach(pid)
+        self._resolved.pop(pid, None)
         self.probes.detach_process(pid)
         if tracked is not None:
             if forget_in_kernel:
@@ -556,7 +686,20 @@ class BpfObserver(ProcObserver):
 
     def _counts(self, procs: dict[int, TrackedProcess]) -> dict[int, Counts]:
         raw = self.probes.read_counts({pid: t.generation for pid, t in procs.items()})
-        return {pid: resolve_counts(raw_counts, procs[pid]) for pid, raw_counts in raw.items()}
+        return {pid: self._resolve(raw_counts, procs[pid]) for pid, raw_counts in raw.items()}
+
+    def _resolve(self, raw: RawCounts, tracked: TrackedProcess) -> Counts:
+        """resolve_counts, again only when the kernel's counts (the probes give the same
+        object while they are unchanged) or the process's readers changed: most processes
+        count nothing between two scrapes."""
+        key = (raw, tracked.sites, tracked.resolver, tracked.generation)
+        kept = self._resolved.get(tracked.pid)
+        if kept is not None and all(a is b for a, b in zip(kept[0], key, strict=True)):
+            return kept[1]
+        counts = resolve_counts(raw, tracked)
+        if self.procs.get(tracked.pid) is tracked:  # not one that ended unseen
+            self._resolved[tracked.pid] = (key, counts)
+        return counts
 
     def _executor_threads(self) -> dict[int, Counter[str]]:
         live = self.probes.live_thread_stacks({p: t.generation for p, t in self.procs.items()})
@@ -570,7 +713,10 @@ class BpfObserver(ProcObserver):
         with self._lock:
             counts = self._counts(self.procs)
             pools = self._executor_threads()
-            rows = [t.row(counts.get(pid, empty_counts(t))) for pid, t in self.procs.items()]
+            rows = [
+                t.row(counts[pid] if pid in counts else self._resolve(NO_COUNTS, t))
+                for pid, t in self.procs.items()
+            ]
             for row in rows:
                 row.counts = self._bound_hosts(row.target, row.counts)
                 row.executor_threads = pools.get(row.pid)
@@ -616,9 +762,8 @@ class BpfObserver(ProcObserver):
         return counts
 
 
-def empty_counts(tracked: TrackedProcess) -> Counts:
-    """Counts of a process that has counted nothing yet."""
-    return resolve_counts(RawCounts(), tracked)
+# Counts of a process that has counted nothing yet (never changed)
+NO_COUNTS = RawCounts()
 
 
 def resolve_counts(raw: RawCounts, tracked: TrackedProcess) -> Counts:

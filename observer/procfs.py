@@ -62,6 +62,30 @@ def parent_pid(pid: int) -> int | None:
         return None
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ProcessStat:
+    """What /proc/PID/stat says of a process's life."""
+
+    state: str  # R, S, D, Z (zombie), X (dead)...
+    threads: int
+    started: float  # seconds from boot to its start: with its PID, who it is
+
+
+def process_stat(pid: int) -> ProcessStat | None:
+    """One read of /proc/PID/stat; None if the process is gone. Its start time counts from
+    boot (psutil's create_time adds a boot time that moves by a second at times with the
+    clock: a process would seem to be another)."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_bytes()
+        fields = stat.rsplit(b")", 1)[1].split()
+        return ProcessStat(fields[0].decode(), int(fields[17]), int(fields[19]) / CLOCK_TICKS)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def exe_path(pid: int) -> str:
     return os.readlink(PROC / str(pid) / "exe").removesuffix(" (deleted)")
 

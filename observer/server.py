@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import select
 import signal
-from contextlib import suppress
+import threading
+import time
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -20,6 +23,9 @@ from observer.web_config import WebConfig
 log = logging.getLogger(__name__)
 
 OBSERVER_KEY = web.AppKey("observer", ProcObserver)
+# Seconds between two polls at the least, when the kernel's reports of new programs call them
+# before their interval.
+MIN_POLL_GAP = 0.01
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 
 
@@ -49,25 +55,66 @@ def make_app(
 
 def _poll_loop(interval: float):
     async def context(app: web.Application):
-        task = asyncio.create_task(_poll_forever(app[OBSERVER_KEY], interval))
+        observer = app[OBSERVER_KEY]
+        poller = Poller(observer, interval)
+        poller.start()
         yield
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, poller.stop)
         # Detach every probe before the process exits.
-        await asyncio.get_running_loop().run_in_executor(None, app[OBSERVER_KEY].close)
+        await loop.run_in_executor(None, observer.close)
 
     return context
 
 
-async def _poll_forever(observer: ProcObserver, interval: float) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            await loop.run_in_executor(None, observer.poll)
-        except Exception:  # keep serving: one bad poll must not end the observer
-            log.exception("poll failed")
-        await asyncio.sleep(interval)
+class Poller(threading.Thread):
+    """Calls the observer's poll every interval, and at once (MIN_POLL_GAP apart at the most)
+    when its wake file descriptor becomes readable: a thread of its own, which sleeps in one
+    select() between two polls."""
+
+    def __init__(self, observer: ProcObserver, interval: float) -> None:
+        super().__init__(name="poll", daemon=True)
+        self.observer = observer
+        self.interval = interval
+        self._stop_read, self._stop_write = os.pipe()
+        self._stopping = False
+
+    def run(self) -> None:
+        while not self._stopping:
+            try:
+                self.observer.poll()
+            except Exception:  # keep serving: one bad poll must not end the observer
+                log.exception("poll failed")
+            polled = time.monotonic()
+            if self.observer.poll_soon() or self._woken_before(polled + self.interval):
+                # Not more often than this: each exec of a storm may wake the poll.
+                time.sleep(max(MIN_POLL_GAP - (time.monotonic() - polled), 0))
+
+    def _woken_before(self, deadline: float) -> bool:
+        """Waits until the deadline; True if the observer was woken with news that calls for
+        a poll before it."""
+        wake = self.observer.wake_fd()
+        watched = [self._stop_read, *([] if wake is None else [wake])]
+        while not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            readable, _, _ = select.select(watched, [], [], left)
+            if wake in readable:
+                try:
+                    if self.observer.woken():
+                        return True
+                except Exception:
+                    log.exception("reading the kernel's news failed")
+                    return True
+        return False
+
+    def stop(self) -> None:
+        self._stopping = True
+        os.write(self._stop_write, b"x")
+        self.join()
+        os.close(self._stop_read)
+        os.close(self._stop_write)
 
 
 async def metrics(request: web.Request) -> web.Response:
