@@ -26,20 +26,34 @@ class Counts:
     site_stacks_dropped: int = 0  # events counted as <other> because a stack map was full
 
     def add(self, other: Counts) -> None:
-        self.threads_created.update(other.threads_created)
+        # Empty counters are skipped: most processes count nothing between two scrapes.
+        for name in COUNTERS:
+            counter = getattr(other, name)
+            if counter:
+                getattr(self, name).update(counter)
         self.threads_exited += other.threads_exited
-        self.getaddrinfo_calls.update(other.getaddrinfo_calls)
-        self.getaddrinfo_failures.update(other.getaddrinfo_failures)
-        self.duration_slots.update(other.duration_slots)
         self.duration_sum_ns += other.duration_sum_ns
-        self.hosts.update(other.hosts)
-        self.dns_queries.update(other.dns_queries)
-        self.resolver_calls.update(other.resolver_calls)
-        if other.threads_by_site is not None:
+        if other.threads_by_site:
             self.threads_by_site = (self.threads_by_site or Counter()) + other.threads_by_site
-        if other.calls_by_site is not None:
+        elif other.threads_by_site is not None and self.threads_by_site is None:
+            self.threads_by_site = Counter()
+        if other.calls_by_site:
             self.calls_by_site = (self.calls_by_site or Counter()) + other.calls_by_site
+        elif other.calls_by_site is not None and self.calls_by_site is None:
+            self.calls_by_site = Counter()
         self.site_stacks_dropped += other.site_stacks_dropped
+
+
+# The Counter fields of Counts that add up key by key
+COUNTERS = (
+    "threads_created",
+    "getaddrinfo_calls",
+    "getaddrinfo_failures",
+    "duration_slots",
+    "hosts",
+    "dns_queries",
+    "resolver_calls",
+)
 
 
 @dataclass

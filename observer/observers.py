@@ -694,7 +694,7 @@ class BpfObserver(ProcObserver):
         count nothing between two scrapes."""
         key = (raw, tracked.sites, tracked.resolver, tracked.generation)
         kept = self._resolved.get(tracked.pid)
-        if kept is not None and all(a is b for a, b in zip(kept[0], key, strict=True)):
+        if kept is not None and same(kept[0], key):
             return kept[1]
         counts = resolve_counts(raw, tracked)
         if self.procs.get(tracked.pid) is tracked:  # not one that ended unseen
@@ -750,6 +750,8 @@ class BpfObserver(ProcObserver):
 
     def _bound_hosts(self, target: str, counts: Counts) -> Counts:
         """Host and site labels bounded per target (the most counted first)."""
+        if not counts.hosts and not counts.threads_by_site and not counts.calls_by_site:
+            return counts  # nothing to bound (most processes): no copy
         hosts = self.host_labels.setdefault(target, HostLabels())
         counts = replace(counts, hosts=hosts.relabel(counts.hosts))
         threads, calls = self.site_labels.setdefault(
@@ -764,6 +766,11 @@ class BpfObserver(ProcObserver):
 
 # Counts of a process that has counted nothing yet (never changed)
 NO_COUNTS = RawCounts()
+
+
+def same(kept: tuple, now: tuple) -> bool:
+    """Whether two tuples hold the same objects."""
+    return all(a is b for a, b in zip(kept, now, strict=True))
 
 
 def resolve_counts(raw: RawCounts, tracked: TrackedProcess) -> Counts:

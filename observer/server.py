@@ -69,8 +69,8 @@ def _poll_loop(interval: float):
 
 class Poller(threading.Thread):
     """Calls the observer's poll every interval, and at once (MIN_POLL_GAP apart at the most)
-    when its wake file descriptor becomes readable: a thread of its own, which sleeps in one
-    select() between two polls."""
+    when its wake file descriptor brings news that calls for it: a thread of its own, asleep
+    in poll(2) between two polls."""
 
     def __init__(self, observer: ProcObserver, interval: float) -> None:
         super().__init__(name="poll", daemon=True)
@@ -80,31 +80,34 @@ class Poller(threading.Thread):
         self._stopping = False
 
     def run(self) -> None:
+        wake = self.observer.wake_fd()
+        waiting = select.poll()
+        for fd in (self._stop_read, wake):
+            if fd is not None:
+                waiting.register(fd, select.POLLIN)
         while not self._stopping:
             try:
                 self.observer.poll()
             except Exception:  # keep serving: one bad poll must not end the observer
                 log.exception("poll failed")
             polled = time.monotonic()
-            if self.observer.poll_soon() or self._woken_before(polled + self.interval):
+            if self.observer.poll_soon() or self._woken_before(waiting, polled + self.interval):
                 # Not more often than this: each exec of a storm may wake the poll.
                 time.sleep(max(MIN_POLL_GAP - (time.monotonic() - polled), 0))
 
-    def _woken_before(self, deadline: float) -> bool:
+    def _woken_before(self, waiting: select.poll, deadline: float) -> bool:
         """Waits until the deadline; True if the observer was woken with news that calls for
         a poll before it."""
-        wake = self.observer.wake_fd()
-        watched = [self._stop_read, *([] if wake is None else [wake])]
         while not self._stopping:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            readable, _, _ = select.select(watched, [], [], left)
-            if wake in readable:
+            ready = [fd for fd, _ in waiting.poll(1000 * left)]
+            if ready and self._stop_read not in ready:
                 try:
                     if self.observer.woken():
                         return True
-                except Exception:
+                except Exception:  # the next poll reads the news anyway
                     log.exception("reading the kernel's news failed")
                     return True
         return False
