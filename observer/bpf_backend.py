@@ -824,6 +824,8 @@ class MapReader:
                 continue
             if error:
                 raise OSError(error, os.strerror(error))
+            if count.value == 0:
+                break  # no progress (the kernel does not stop so): what was read is all
             token_in.value, started = token_out.value, True
         return (
             ctypes.string_at(self._keys, total * self.key_size),

@@ -449,8 +449,9 @@ class BpfObserver(ProcObserver):
         ended: dict[int, TrackedProcess] = {}  # their counts are read in one pass
         adoptions = 0
         acted = False
-        # Ascending, so that a parent matched in this poll is attached before its children.
-        for tgid, entry in sorted(states.items()):
+        # In the order the kernel first saw them (PIDs wrap around), so that a parent matched
+        # in this poll is attached before its children.
+        for tgid, entry in sorted(states.items(), key=lambda item: item[1].generation):
             tracked = self.procs.get(tgid)
             if (
                 entry.state == ProcessState.WATCHED
