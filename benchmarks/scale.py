@@ -195,8 +195,8 @@ def _section(scale: Scale, settings: Settings) -> Section:
         "a `--target` of its own. *attached* is from the new process's exec to the observer "
         "counting it (its /healthz `processes`, the same list the `processes` gauge counts); "
         "*first thread counted* is until a /metrics scrape shows that process's first thread. "
-        "The observer looks for new processes every `--interval` (0.25 s by default), which "
-        "bounds both."
+        "The kernel's report of the exec wakes the observer when the new program may be a "
+        "target's; forks and exits are read every `--interval` (0.25 s by default)."
     )
     p50, p99 = percentile(scale.scrapes, 0.50), percentile(scale.scrapes, 0.99)
     attached = [a.to_attached for a in scale.attaches]
@@ -269,11 +269,14 @@ ANATOMY_ROWS = (
     ("scrape", "whole scrape (collect + exposition), no HTTP"),
     ("snapshot", "of which the observer's snapshot"),
     ("counter_maps_items", "reading the counter maps with bcc `items()` (two bpf() calls a key)"),
-    ("counter_maps_batch", "the same maps with bcc `items_lookup_batch()`"),
-    ("map_entries", "`map_entries()`: every map walked again for the entry-count metric"),
+    (
+        "counter_maps_batch",
+        "the same maps as the observer reads them (batch lookups into buffers kept between reads)",
+    ),
+    ("map_entries", "`map_entries()`: every map read (batch lookups) for the entry-count metric"),
     (
         "threads_status",
-        "live threads of each process, as the observer reads them (`daemon.live_threads`)",
+        "live threads of each process, as the observer reads them (a stat() of /proc/PID/task)",
     ),
     ("threads_stat", "the same from `/proc/PID/stat` (field 20)"),
 )
@@ -309,8 +312,8 @@ def _scrape_why(scale: Scale) -> str:
         why += (
             f" Of an in-process scrape of {_ms(part['scrape'])}, reading the counter maps key "
             f"by key takes {_ms(part['counter_maps_items'])} "
-            f"({_ms(part.get('counter_maps_batch'))} with batch lookups), walking every map "
-            f"again for `map_entries` {_ms(part.get('map_entries'))}, and reading each "
+            f"({_ms(part.get('counter_maps_batch'))} with batch lookups), reading every map "
+            f"for `map_entries` {_ms(part.get('map_entries'))}, and reading each "
             f"process's live threads {_ms(part.get('threads_status'))} "
             f"({_ms(part.get('threads_stat'))} from /proc/PID/stat)."
         )

@@ -52,7 +52,7 @@ def anatomy(observer) -> dict[str, float | None]:
         "snapshot": per_call_ms(observer.snapshot),
         "counter_maps_items": per_call_ms(lambda: [list(tables[n].items()) for n in counters]),
         "counter_maps_batch": per_call_ms(
-            lambda: [list(tables[n].items_lookup_batch()) for n in counters]
+            lambda: [observer.probes._reader(n).raw() for n in counters]
         ),
         "map_entries": per_call_ms(observer.probes.map_entries),
         "threads_status": per_call_ms(lambda: [observers.live_threads(pid) for pid in pids]),
