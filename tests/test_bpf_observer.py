@@ -257,3 +257,78 @@ def test_a_pid_target_that_exits_is_gone_for_good(tmp_path):
         target.stop()
         wait_until(lambda: not running.scrape().has_target("once"), 5, "its series to go")
         assert running.get("/healthz")[0].startswith('{"status": "ok"')
+
+
+# Fake processes: ids above any pid_max, never running.
+FAKE_TGIDS = range(5_000_000, 5_000_300)
+
+
+def test_maps_are_read_whole_past_the_first_buffer_and_swept_of_gone_processes():
+    import ctypes
+
+    from observer.bpf_backend import BpfProbes
+
+    probes = BpfProbes(track_new_processes=False)
+    probes.load()
+    try:
+        generations = {tgid: probes.watch(tgid, 1) for tgid in FAKE_TGIDS}
+        states = probes.states()
+        assert {tgid: entry.generation for tgid, entry in states.items()} == generations
+        assert probes.states() is states  # unchanged: nothing to look at again
+        exited = probes._bpf["threads_exited_total"]
+        for tgid, generation in generations.items():
+            exited[exited.Key(tgid, 0, generation)] = ctypes.c_uint64(tgid % 7 + 1)
+            exited[exited.Key(tgid + 1000, 0, 1)] = ctypes.c_uint64(1)  # of a process gone
+        counts = probes.read_counts(generations)
+        assert {tgid: c.threads_exited for tgid, c in counts.items()} == {
+            tgid: tgid % 7 + 1 for tgid in FAKE_TGIDS
+        }
+        again = probes.read_counts(generations)
+        assert all(again[tgid] is counts[tgid] for tgid in FAKE_TGIDS)  # unchanged: kept
+        first = FAKE_TGIDS[0]
+        exited[exited.Key(first, 0, generations[first])] = ctypes.c_uint64(99)
+        changed = probes.read_counts(generations)
+        assert changed[first].threads_exited == 99 and changed[first] is not counts[first]
+        swept, entries = probes.sweep_and_count()
+        assert swept == len(FAKE_TGIDS)
+        assert entries["watched_tgids"] == entries["threads_exited_total"] == len(FAKE_TGIDS)
+        probes.forget({tgid: None for tgid in FAKE_TGIDS})
+        assert probes.states() == {}
+        assert probes.sweep_and_count()[1]["threads_exited_total"] == 0
+    finally:
+        probes.close()
+
+
+def test_a_process_attached_after_it_exited_is_ended_at_the_next_poll():
+    from observer.observers import BpfObserver
+
+    observer = BpfObserver([], [])
+    observer.start()
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        child.kill()
+        wait_until(lambda: Path(f"/proc/{child.pid}/stat").read_text().split()[2] == "Z", 10)
+        # A zombie not yet watched: the attach marks it watched, as an attach that overwrote
+        # its exit mark would.
+        observer.watch_pid(child.pid, "late")
+        assert child.pid in observer.procs
+        assert child.pid in observer.probes.states()
+        observer.poll()
+        assert child.pid not in observer.procs
+        assert child.pid not in observer.probes.states()
+    finally:
+        child.wait()
+        observer.close()
+
+
+def test_a_new_target_is_attached_without_waiting_for_the_interval(tmp_path):
+    tag = uuid.uuid4().hex[:12]
+    args = ["--target", f"soon=python.*-X tag={tag}", "--interval", "60"]
+    with observer(args, tmp_path) as running:
+        with workload(["-X", f"tag={tag}", *MIXED, "--linger", "60"], wait=False):
+            # The exec report wakes the poll: well before the interval (and the 10 s scan).
+            wait_until(
+                lambda: running.scrape().value("thread_observer_processes", target="soon") == 1,
+                5,
+                "the new process to be attached",
+            )

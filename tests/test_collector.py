@@ -274,3 +274,18 @@ def test_what_could_not_be_watched_or_named_is_said_in_self_counters():
     assert registry.get_sample_value("thread_observer_children_not_watched_total") == 2
     assert registry.get_sample_value("thread_observer_exec_reports_lost_total") == 0
     assert registry.get_sample_value("thread_observer_target_names_overflowed_total") == 900
+
+
+def test_adding_counts_with_nothing_counted_keeps_site_counters_apart_from_none():
+    total = Counts()
+    total.add(Counts(threads_by_site=Counter(), calls_by_site=Counter()))
+    assert (total.threads_by_site, total.calls_by_site) == (Counter(), Counter())
+    total.add(Counts(threads_created=Counter(python=2), threads_by_site=Counter({"a.py:f": 2})))
+    total.add(Counts(threads_created=Counter(python=1), threads_exited=3))
+    assert total.threads_created == Counter(python=3)
+    assert total.threads_exited == 3
+    assert total.threads_by_site == Counter({"a.py:f": 2})
+    assert Counts().threads_by_site is None
+    alone = Counts()
+    alone.add(Counts())
+    assert alone.threads_by_site is None and alone.calls_by_site is None

@@ -66,3 +66,37 @@ def test_libc_objects_of_this_process():
     pid = os.getpid()
     names = {os.path.basename(p) for p in procfs.libc_objects(pid, procfs.read_maps(pid))}
     assert "libc.so.6" in names
+
+
+def test_process_stat_of_this_process_is_stable():
+    first, second = procfs.process_stat(os.getpid()), procfs.process_stat(os.getpid())
+    assert first.state == "R"
+    assert first.threads == len(os.listdir(f"/proc/{os.getpid()}/task"))
+    assert first.started == second.started > 0
+
+
+def test_a_zombie_and_a_reaped_process_have_ended_a_live_one_not():
+    import subprocess
+    import time
+
+    from observer.observers import create_time, ended, live_threads
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        started = create_time(child.pid)
+        assert not ended(child.pid, started)
+        assert ended(child.pid, started + 1)  # its PID, another process's start
+        assert live_threads(child.pid) == 1
+        child.kill()
+        # Not reaped yet: a zombie, whose exit mark an attach would have overwritten.
+        deadline = time.monotonic() + 10
+        while procfs.process_stat(child.pid).state != "Z" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ended(child.pid, started)
+    finally:
+        child.kill()
+        child.wait()
+    assert ended(child.pid, started)
+    assert (
+        procfs.process_stat(child.pid) is None or procfs.process_stat(child.pid).started != started
+    )
