@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from observer import procfs
+from observer import procfs, pyruntime
 from observer.capabilities import (
     BCC_HINT,
     Result,
@@ -89,6 +89,9 @@ MAPS = (
     "resolver_calls_total",
     "resolver_calls_in_progress",
 )
+# Kept in the tasks themselves where the probes are built with task storage: no entries to
+# count from here (nor a table type bcc 0.26 knows).
+TASK_STORAGE_MAPS = ("pending_thread_sites",)
 SITE_MAPS = (
     "python_processes",
     "python_thread_states",
@@ -361,6 +364,8 @@ class BpfProbes:
             f"-DFOLLOW_CHILDREN={int(self.follow_children)}",
         ]
         self._bpf = compile_probes(PROBE_FILES, cflags, "probes")
+        if "-DTASK_STORAGE=1" in cflags:
+            self.maps = tuple(name for name in self.maps if name not in TASK_STORAGE_MAPS)
         for tracepoint in MACRO_TRACEPOINTS:
             self.probes_attached[tracepoint.split(":")[1]] += 1  # attached by bcc on load
         plain = PLAIN_TRACEPOINTS
@@ -642,6 +647,9 @@ def write_python_process(table, tgid: int, generation: int, runtime) -> None:
         frame_read_size(offsets),
         *runtime.text,
         *runtime.pidns,
+        pyruntime.tstate_read_size(offsets),
+        offsets["tstate_datastack_chunk"],
+        int(runtime.version >= (3, 11)),  # a coroutine runs in a frame its generator owns
     )
 
 
