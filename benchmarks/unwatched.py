@@ -24,8 +24,10 @@ from benchmarks.storm import bpf_statistics
 
 UPROBE_PROGRAMS = (
     "pthread_create_entry",
+    "getaddrinfo_session",
     "getaddrinfo_entry",
     "getaddrinfo_return",
+    "resolver_session",
     "resolver_entry",
     "resolver_return",
 )

@@ -242,11 +242,21 @@ def compile_probes(files: tuple[str, ...], cflags: list[str], what: str):
     bcc = import_bcc()
     folder = importlib.resources.files("observer.bpf")
     cflags = [*cflags, *pid_namespace_cflags(), f"-I{folder}"]
+    started = time.monotonic()
     try:
         bpf = bcc.BPF(text=probe_source(files), cflags=cflags)
     except Exception as err:  # bcc raises bare Exception for compile and load errors
         raise BpfUnavailable(f"compiling the {what} failed: {err} ({headers_hint()})") from None
+    compiled = time.monotonic() - started
+    rss_compiled = procfs.own_rss_mib()
     release_free_memory()
+    log.info(
+        "compiled the %s in %.2f s (RSS %.0f MiB, %.0f MiB once LLVM's freed memory is returned)",
+        what,
+        compiled,
+        rss_compiled,
+        procfs.own_rss_mib(),
+    )
     return bpf
 
 
