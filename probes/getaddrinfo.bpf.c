@@ -26,6 +26,9 @@
 #ifndef MAX_HOSTS
 #error "MAX_HOSTS must be given as a -D cflag by observer/constants.py"
 #endif
+#ifndef HOST_LENGTH
+#error "HOST_LENGTH must be given as a -D cflag by observer/constants.py"
+#endif
 #ifndef CALLER_OTHER
 #error "CALLER_OTHER must be given as a -D cflag by observer/constants.py"
 #endif
@@ -119,11 +122,11 @@ static __always_inline int start_getaddrinfo(struct pt_regs *ctx)
     if (site && stack_read)
         add_call_site(site, caller);
 #endif
-    // Read on the stack, zero-filled: a shorter name must not keep a longer one's tail, since
-    // the whole buffer is the host map's key. A NULL or unreadable node leaves it empty.
-    char host[HOST_LENGTH] = {};
-    bpf_probe_read_user_str(host, sizeof(host), (void *)PT_REGS_PARM1(ctx));
-    __builtin_memcpy(state->host, host, sizeof(host));
+    // Counted by name at entry, where the name is at hand (the totals follow at return). A
+    // NULL or unreadable node leaves the name empty.
+    struct host_key host = {.tgid = tgid, .generation = generation};
+    bpf_probe_read_user_str(host.host, sizeof(host.host), (void *)PT_REGS_PARM1(ctx));
+    add_host(&host);
     state->call_caller = caller;
     state->call_generation = generation;
     state->call_started_ns = bpf_ktime_get_ns();
@@ -159,9 +162,6 @@ static __always_inline void end_getaddrinfo(struct pt_regs *ctx)
     u64 generation = state->call_generation;
     u32 caller = state->call_caller;
     state->call_started_ns = 0;
-    struct host_key host = {.tgid = tgid, .generation = generation};
-    __builtin_memcpy(host.host, state->host, sizeof(host.host));
-    add_host(&host);
 
     int rc = PT_REGS_RC(ctx);
     if (rc != 0) {

@@ -12,8 +12,8 @@
 // the latency histogram and its sum, and threads ended, in one value: a return adds to three
 // fields of one entry instead of three maps.
 //
-// Parameters (-D cflags from observer/constants.py): TASK_STORAGE, MAX_THREADS, HOST_LENGTH,
-// CALLERS, DURATION_SLOTS, MAX_PROCESSES.
+// Parameters (-D cflags from observer/constants.py): TASK_STORAGE, MAX_THREADS, CALLERS,
+// DURATION_SLOTS, MAX_PROCESSES.
 #ifndef THREAD_OBSERVER_THREAD_STATE_H
 #define THREAD_OBSERVER_THREAD_STATE_H
 
@@ -24,9 +24,6 @@
 #endif
 #ifndef MAX_THREADS
 #error "MAX_THREADS must be given as a -D cflag by observer/constants.py"
-#endif
-#ifndef HOST_LENGTH
-#error "HOST_LENGTH must be given as a -D cflag by observer/constants.py"
 #endif
 #ifndef CALLERS
 #error "CALLERS must be given as a -D cflag by observer/constants.py"
@@ -45,7 +42,6 @@ struct thread_state {
     u64 resolver_returns_to;  // stack pointer the outermost resolver call returns to; 0: none
     u32 call_caller;          // decided at entry, where the frames are read
     u32 event_loop;           // the thread has waited in epoll
-    char host[HOST_LENGTH];   // the name asked for, truncated; empty for a NULL node
 };
 
 struct process_totals {
