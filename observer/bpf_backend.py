@@ -84,11 +84,11 @@ MAPS = (
 # Per-thread state (thread_state.h): in the tasks themselves where the kernel has task storage
 # (nothing to walk, and it goes with each thread), else a map like the others.
 THREAD_STATE_MAP = "thread_states"
-# The same for the stack a thread keeps until its clone (python_stack.h).
-PENDING_SITES_MAP = "pending_thread_sites"
+# The same for what python_stack.h keeps per thread: its PyThreadState, and the stack it
+# keeps until its clone.
+SITE_THREAD_MAPS = ("python_thread_states", "pending_thread_sites")
 SITE_MAPS = (
     "python_processes",
-    "python_thread_states",
     "live_thread_sites",
     "threads_created_by_site_total",
     "getaddrinfo_calls_by_site_total",
@@ -392,7 +392,7 @@ class BpfProbes:
             self.maps = (
                 *self.maps,
                 THREAD_STATE_MAP,
-                *((PENDING_SITES_MAP,) if self.sites else ()),
+                *(SITE_THREAD_MAPS if self.sites else ()),
             )
             log.info("no task storage in this kernel (5.15+ with BTF): per-thread state in a map")
         cflags = [

@@ -97,8 +97,50 @@ struct site_key {
 };
 
 BPF_HASH(python_processes, u32, struct python_process, MAX_PROCESSES);
-// tid -> its PyThreadState, found once by walking the interpreter's thread list.
+// Thread -> its PyThreadState, found once by walking the interpreter's thread list: in the
+// task itself where the kernel has task storage (TASK_STORAGE), else by tid. 0: not known.
+#if defined(TASK_STORAGE) && TASK_STORAGE
+BPF_TASK_STORAGE(python_thread_states, u64);
+
+static __always_inline u64 *cached_thread_state(u32 tid)
+{
+    return python_thread_states.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+}
+
+static __always_inline void cache_thread_state(u32 tid, u64 tstate)
+{
+    u64 *slot = python_thread_states.task_storage_get(bpf_get_current_task_btf(), 0,
+                                                      BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (slot)
+        *slot = tstate;
+}
+
+// The calling thread's entry (tid is the caller's own): forgotten at exec, the task goes on.
+static __always_inline void forget_thread_state(u32 tid)
+{
+    u64 *slot = cached_thread_state(tid);
+    if (slot)
+        *slot = 0;
+}
+#else
 BPF_TABLE("lru_hash", u32, u64, python_thread_states, MAX_THREADS);
+
+static __always_inline u64 *cached_thread_state(u32 tid)
+{
+    return python_thread_states.lookup(&tid);
+}
+
+static __always_inline void cache_thread_state(u32 tid, u64 tstate)
+{
+    python_thread_states.update(&tid, &tstate);
+}
+
+static __always_inline void forget_thread_state(u32 tid)
+{
+    if (python_thread_states.lookup(&tid))
+        python_thread_states.delete(&tid);
+}
+#endif
 // Creating thread -> the stack at pthread_create, until its clone happens: in the task itself
 // where the kernel has task storage (TASK_STORAGE, from bpf_backend.py: found without hashing,
 // freed with the thread), else by tid. tgid 0: none pending.
@@ -199,11 +241,11 @@ static __always_inline u64 find_thread_state(struct python_process *py,
                                              struct frame_scratch *scratch, u32 tid,
                                              u32 ns_tid)
 {
-    u64 *cached = python_thread_states.lookup(&tid);
+    u64 *cached = cached_thread_state(tid);
     // The cached state is checked: still this thread's, and still linked in the list (a
     // thread may delete a thread state and go on with another: freed memory keeps its
     // thread id, but its neighbour no longer points at it).
-    if (cached) {
+    if (cached && *cached) {
         u64 tstate = *cached;
         if (read_thread_state(py, scratch, tstate)) {
             u64 prev = tstate_field(scratch, py->tstate_prev);
@@ -224,7 +266,7 @@ static __always_inline u64 find_thread_state(struct python_process *py,
         if (!read_thread_state(py, scratch, tstate))
             return 0;
         if (thread_tid(py, scratch) == ns_tid && current_frame(py, scratch)) {
-            python_thread_states.update(&tid, &tstate);
+            cache_thread_state(tid, tstate);
             return tstate;
         }
         tstate = tstate_field(scratch, py->tstate_next);
@@ -532,9 +574,8 @@ static __always_inline u32 caller_from_stack(struct site_key *key, int epoll_mar
 
 static __always_inline void forget_python_thread(u32 tid, u32 host_tid)
 {
-    if (python_thread_states.lookup(&tid))
-        python_thread_states.delete(&tid);
 #if !(defined(TASK_STORAGE) && TASK_STORAGE)
+    forget_thread_state(tid);
     if (pending_thread_sites.lookup(&tid))
         pending_thread_sites.delete(&tid);
 #endif
@@ -561,7 +602,7 @@ static __always_inline void inherit_python_process(u32 parent_tgid, u64 parent_g
 static __always_inline void forget_python_process(u32 tgid, u32 tid)
 {
     python_processes.delete(&tgid);
-    python_thread_states.delete(&tid);
+    forget_thread_state(tid);
 }
 
 #else  // !SITES
