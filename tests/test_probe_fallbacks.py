@@ -5,10 +5,15 @@ attached (next to a bcc tool's uprobe on the same function)."""
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
+from tests import harness
 from tests.harness import bpf_skip_reason, observer, settled, workload
+from tests.test_sites import WORKLOAD, expected_calls, expected_threads, site_series, watched_run
+from tests.test_sites import settled as sites_settled
 from tests.test_unwatched_cost import CALLER, work
 
 pytestmark = [
@@ -71,3 +76,15 @@ def test_next_to_a_bcc_tool_on_getaddrinfo_the_counts_stay_exact(
         log = running.log()
     assert "could not attach getaddrinfo_session" in log
     assert "attached getaddrinfo (return)" in log
+
+
+def test_without_task_storage_the_sites_are_exact(monkeypatch, tmp_path):
+    # The whole observer, with the thread states and pending stacks in maps.
+    wrapper = Path(__file__).with_name("without_task_storage.py")
+    monkeypatch.setattr(harness, "OBSERVER_PREFIX", [sys.executable, str(wrapper)])
+    with watched_run(WORKLOAD, "sites", tmp_path) as (running, truth):
+        metrics = sites_settled(running, "sites", truth)
+        threads, calls = site_series(metrics, "sites")
+        assert threads == expected_threads(truth)
+        assert calls == expected_calls(truth)
+        assert "no task storage in this kernel" in running.log()
