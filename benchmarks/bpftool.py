@@ -7,8 +7,10 @@ bcc tools print nothing to say so) and how many entries the maps really hold.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 UPROBE_TYPES = ("uprobe", "uretprobe")
 
@@ -46,9 +48,22 @@ def program(prog_id: int) -> dict:
 
 
 def programs_of(pid: int) -> list[dict]:
-    """``bpftool prog show`` of each program that ``pid`` attached (once per program)."""
-    ids = sorted({entry["prog_id"] for entry in attachments() if entry.get("pid") == pid})
-    return [_bpftool("prog", "show", "id", str(prog_id)) for prog_id in ids]
+    """``bpftool prog show`` of each program that ``pid`` holds (once per program): by the
+    program and link file descriptors in its fdinfo, as ``bpftool perf`` lists no
+    ``uprobe_multi`` link."""
+    return [_bpftool("prog", "show", "id", str(prog_id)) for prog_id in sorted(prog_ids(pid))]
+
+
+def prog_ids(pid: int) -> set[int]:
+    ids = set()
+    for fd_info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            found = re.search(r"^prog_id:\s+(\d+)", fd_info.read_text(), re.M)
+        except OSError:
+            continue
+        if found:
+            ids.add(int(found.group(1)))
+    return ids
 
 
 @dataclass

@@ -25,7 +25,7 @@ MEMBER_PERIOD = 2.0
 IDLE_SECONDS = 5.0
 SCRAPE_GOAL = 0.050
 ATTACH_GOAL = 1.0
-MAP_PREFIXES = ("watched_tgids", "threads_created", "threads_exited", "getaddrinfo_")
+MAP_PREFIXES = ("watched_tgids", "process_totals", "threads_created", "getaddrinfo_")
 
 
 def _target_command(marker: str, role: str, index: int) -> list[str]:

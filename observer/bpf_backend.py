@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 PROBE_FILES = (
     "watched.h",
     "python_stack.h",
+    "thread_state.h",
     "processes.bpf.c",
     "threads.bpf.c",
     "getaddrinfo.bpf.c",
@@ -53,9 +54,6 @@ EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 # Tracepoints handled by functions that need no tracepoint arguments.
 PLAIN_TRACEPOINTS = [
     (f"syscalls:sys_enter_{name}", "mark_event_loop_thread") for name in EPOLL_SYSCALLS
-] + [
-    ("sched:sched_process_exit", "forget_thread"),
-    ("sched:sched_process_exit", "forget_resolver_thread"),
 ]
 # Syscalls whose tracepoints dns.bpf.c uses (on entry, and on exit where it says so).
 DNS_SYSCALLS = ("socket", "connect", "close", "sendto", "write", "writev", "sendmsg", "sendmmsg")
@@ -73,24 +71,20 @@ MACRO_TRACEPOINTS = (
 CHILD_RETURNS = tuple(f"syscalls:sys_exit_{name}" for name in ("clone", "clone3", "fork", "vfork"))
 MAPS = (
     "watched_tgids",
+    "process_totals",
     "threads_created_total",
-    "threads_exited_total",
-    "pending_start_routine",
-    "getaddrinfo_calls_total",
     "getaddrinfo_failures_total",
-    "getaddrinfo_duration_seconds",
-    "getaddrinfo_duration_ns_sum",
     "getaddrinfo_host_calls_total",
-    "getaddrinfo_started",
-    "event_loop_threads",
     "exec_arguments_by_thread",
     "dns_queries_total",
     "dns_sockets",
     "dns_socket_calls",
     "dns_send_calls",
     "resolver_calls_total",
-    "resolver_calls_in_progress",
 )
+# Per-thread state (thread_state.h): in the tasks themselves where the kernel has task storage
+# (nothing to walk, and it goes with each thread), else a map like the others.
+THREAD_STATE_MAP = "thread_states"
 SITE_MAPS = (
     "python_processes",
     "python_thread_states",
@@ -101,15 +95,23 @@ SITE_MAPS = (
     "site_stacks_dropped_total",
 )
 # (symbol, BPF function, on return): the metrics' probes, and the timeline's.
-UPROBES = (
-    ("pthread_create", "pthread_create_entry", False),
-    ("getaddrinfo", "getaddrinfo_entry", False),
-    ("getaddrinfo", "getaddrinfo_return", True),
-)
-# resolver.bpf.c's programs, attached with a uprobe_multi link per object: (BPF function, on
-# return). Resolver functions a libc lacks (a static program holds only those it calls) are
-# nothing to count, not an attach error.
-RESOLVER_PROGRAMS = (("resolver_entry", False), ("resolver_return", True))
+UPROBES = (("pthread_create", "pthread_create_entry", False),)
+
+
+@dataclass(frozen=True)
+class SessionProbe:
+    """Programs attached with a uprobe_multi link per object: ``session`` at entry and return
+    as one uprobe session (Linux 6.13+), else ``entry`` and ``on_return`` with a link each."""
+
+    session: str
+    entry: str
+    on_return: str
+
+
+GETADDRINFO_PROBE = SessionProbe("getaddrinfo_session", "getaddrinfo_entry", "getaddrinfo_return")
+# resolver.bpf.c's. Resolver functions a libc lacks (a static program holds only those it
+# calls) are nothing to count, not an attach error.
+RESOLVER_PROBE = SessionProbe("resolver_session", "resolver_entry", "resolver_return")
 TIMELINE_UPROBES = (
     ("pthread_create", "timeline_pthread_create", False),
     ("getaddrinfo", "timeline_getaddrinfo_entry", False),
@@ -121,10 +123,13 @@ def uprobe_name(symbol: str, on_return: bool) -> str:
     return symbol + ("_return" if on_return else "")
 
 
-UPROBE_NAMES = tuple(uprobe_name(symbol, on_return) for symbol, _, on_return in UPROBES)
+UPROBE_NAMES = (
+    *(uprobe_name(symbol, on_return) for symbol, _, on_return in UPROBES),
+    *(uprobe_name("getaddrinfo", on_return) for on_return in (False, True)),
+)
 RESOLVER_UPROBE_NAMES = tuple(
     uprobe_name(f.label, on_return)
-    for _, on_return in RESOLVER_PROGRAMS
+    for on_return in (False, True)
     for f in PROBED_RESOLVER_FUNCTIONS
 )
 PROBE_NAMES = (
@@ -182,24 +187,19 @@ def _add_created(counts: RawCounts, key, value: int) -> None:
     counts.created_by_routine[key.start_routine] += value
 
 
-def _add_exited(counts: RawCounts, key, value: int) -> None:
-    counts.threads_exited += value
-
-
-def _add_call(counts: RawCounts, key, value: int) -> None:
-    counts.calls[Caller(key.caller).label] += value
+def _add_totals(counts: RawCounts, key, value) -> None:
+    counts.threads_exited += value.threads_exited
+    for caller, calls in zip(Caller, value.calls, strict=True):
+        if calls:
+            counts.calls[caller.label] += calls
+    for slot, calls in enumerate(value.duration_slots):
+        if calls:
+            counts.duration_slots[slot] += calls
+    counts.duration_sum_ns += value.duration_ns_sum
 
 
 def _add_failure(counts: RawCounts, key, value: int) -> None:
     counts.failures[eai_name(key.error)] += value
-
-
-def _add_slot(counts: RawCounts, key, value: int) -> None:
-    counts.duration_slots[key.slot] += value
-
-
-def _add_sum(counts: RawCounts, key, value: int) -> None:
-    counts.duration_sum_ns += value
 
 
 def _add_host(counts: RawCounts, key, value: int) -> None:
@@ -216,12 +216,9 @@ def _add_resolver_call(counts: RawCounts, key, value: int) -> None:
 
 # Every map keyed by (tgid, generation, ...), and how its values add to a process's counts.
 COUNTER_MAPS = {
+    "process_totals": _add_totals,
     "threads_created_total": _add_created,
-    "threads_exited_total": _add_exited,
-    "getaddrinfo_calls_total": _add_call,
     "getaddrinfo_failures_total": _add_failure,
-    "getaddrinfo_duration_seconds": _add_slot,
-    "getaddrinfo_duration_ns_sum": _add_sum,
     "getaddrinfo_host_calls_total": _add_host,
     "dns_queries_total": _add_dns_queries,
     "resolver_calls_total": _add_resolver_call,
@@ -246,11 +243,21 @@ def compile_probes(files: tuple[str, ...], cflags: list[str], what: str):
     bcc = import_bcc()
     folder = importlib.resources.files("observer.bpf")
     cflags = [*cflags, *pid_namespace_cflags(), f"-I{folder}"]
+    started = time.monotonic()
     try:
         bpf = bcc.BPF(text=probe_source(files), cflags=cflags)
     except Exception as err:  # bcc raises bare Exception for compile and load errors
         raise BpfUnavailable(f"compiling the {what} failed: {err} ({headers_hint()})") from None
+    compiled = time.monotonic() - started
+    rss_compiled = procfs.own_rss_mib()
     release_free_memory()
+    log.info(
+        "compiled the %s in %.2f s (RSS %.0f MiB, %.0f MiB once LLVM's freed memory is returned)",
+        what,
+        compiled,
+        rss_compiled,
+        procfs.own_rss_mib(),
+    )
     return bpf
 
 
@@ -263,6 +270,27 @@ def watch_process(watched, tgid: int, target: int = 0) -> int:
     parent = entry.parent if entry is not None else 0
     watched[ctypes.c_uint32(tgid)] = watched.Leaf(ProcessState.WATCHED, target, generation, parent)
     return generation
+
+
+def has_uprobe_sessions() -> bool:
+    """Whether the kernel runs one program at a function's entry and return, the return only
+    where the entry asks for it (BPF_TRACE_UPROBE_SESSION, Linux 6.13)."""
+    return kernel_version() >= (6, 13)
+
+
+def kernel_version() -> tuple[int, int]:
+    numbers = os.uname().release.split("-")[0].split(".")
+    try:
+        return int(numbers[0]), int(numbers[1])
+    except (IndexError, ValueError):
+        return 0, 0
+
+
+def has_task_storage() -> bool:
+    """Whether uprobe and tracepoint programs can keep state in the task (task storage and
+    bpf_get_current_task_btf for every tracing program: Linux 5.15 is the first long-term
+    kernel with both), which needs the kernel's BTF."""
+    return kernel_version() >= (5, 15) and os.path.exists("/sys/kernel/btf/vmlinux")
 
 
 def pid_namespace_cflags() -> list[str]:
@@ -346,6 +374,7 @@ class BpfProbes:
         # (device, inode), or with per_process (device, inode, pid) -> the probes on it
         self._attached_objects: dict[tuple[int, ...], set[str]] = {}
         self._links: list[int] = []  # uprobe_multi link fds
+        self._sessions = has_uprobe_sessions()
         # per_process: pid -> its uprobes' event names and its uprobe_multi link fds
         self._process_events: dict[int, list[str]] = defaultdict(list)
         self._process_links: dict[int, list[int]] = defaultdict(list)
@@ -363,8 +392,12 @@ class BpfProbes:
             # bcc refuses a 1,001st probe by default; here there are 3 per process.
             os.environ.setdefault("BCC_PROBE_LIMIT", str(4 * MapSize.MAX_PROCESSES))
             self._detacher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uprobe-detach")
+        self.task_storage = has_task_storage()
+        if not self.task_storage:
+            self.maps = (*self.maps, THREAD_STATE_MAP)
+            log.info("no task storage in this kernel (5.15+ with BTF): per-thread state in a map")
         cflags = [
-            *bpf_cflags(self.track_new_processes, self.sites),
+            *bpf_cflags(self.track_new_processes, self.sites, self.task_storage),
             f"-DFOLLOW_CHILDREN={int(self.follow_children)}",
         ]
         self._bpf = compile_probes(PROBE_FILES, cflags, "probes")
@@ -435,11 +468,15 @@ class BpfProbes:
         pid = pid if self.per_process else -1
         key = (*device_inode, pid) if self.per_process else device_inode
         if key not in self._attached_objects:
-            self._attached_objects[key] = {
-                uprobe_name(symbol, on_return)
-                for symbol, function, on_return in UPROBES
-                if self._attach_uprobe(path, symbol, function, on_return, pid)
-            } | self._attach_resolvers(path, pid)
+            self._attached_objects[key] = (
+                {
+                    uprobe_name(symbol, on_return)
+                    for symbol, function, on_return in UPROBES
+                    if self._attach_uprobe(path, symbol, function, on_return, pid)
+                }
+                | self._attach_getaddrinfo(path, pid)
+                | self._attach_resolvers(path, pid)
+            )
         return self._attached_objects[key]
 
     def detach_process(self, pid: int) -> None:
@@ -463,21 +500,69 @@ class BpfProbes:
         for link in links:
             os.close(link)
 
+    def _attach_getaddrinfo(self, path: str, pid: int = -1) -> set[str]:
+        offset = symbol_offset(path, "getaddrinfo")
+        if offset is None:
+            return set()
+        symbols = {"getaddrinfo": (offset, 0)}
+        if self._sessions:
+            attached = self._attach_session_link(GETADDRINFO_PROBE, path, symbols, pid)
+            if attached:
+                return attached
+        probe = GETADDRINFO_PROBE
+        return {
+            uprobe_name("getaddrinfo", on_return)
+            for function, on_return in ((probe.entry, False), (probe.on_return, True))
+            if self._attach_uprobe(path, "getaddrinfo", function, on_return, pid)
+        }
+
     def _attach_resolvers(self, path: str, pid: int = -1) -> set[str]:
-        """resolver.bpf.c on every resolver function the object has, one link per program."""
-        offsets: dict[ResolverFunction, int] = {}
+        """resolver.bpf.c on every resolver function the object has, one link per object."""
+        found: dict[str, tuple[int, int]] = {}
         for function in PROBED_RESOLVER_FUNCTIONS:
             offset = symbol_offset(path, function.label)
             # Two names of one function (musl's res_search is res_query): the first names it.
-            if offset is not None and offset not in offsets.values():
-                offsets[function] = offset
+            if offset is not None and offset not in (o for o, _ in found.values()):
+                found[function.label] = (offset, int(function))
+        if not found:
+            return set()
+        if self._sessions:
+            attached = self._attach_session_link(RESOLVER_PROBE, path, found, pid)
+            if attached:
+                return attached
+        return self._attach_link_pair(RESOLVER_PROBE, path, found, pid)
+
+    def _attach_session_link(
+        self, probe: SessionProbe, path: str, symbols: dict[str, tuple[int, int]], pid: int
+    ) -> set[str]:
+        """``probe`` on ``symbols`` ({name: (file offset, cookie)}) of one object as one uprobe
+        session; returns the uprobe names attached, none if the kernel refused."""
+        try:
+            link = attach_uprobe_multi(self._bpf, probe.session, path, symbols, SESSION, pid)
+        except OSError as err:
+            # A uprobe of another tool on one of these functions, made with another reference
+            # counter offset (bcc's Python tools pass an undefined one), refuses every other.
+            log.warning(
+                "could not attach %s in %s as a uprobe session (%s): an entry and a return "
+                "probe instead",
+                probe.session,
+                path,
+                err,
+            )
+            return set()
+        self._keep_link(link, pid)
+        log.info("attached %s in %s to %s", probe.session, path, ", ".join(symbols))
+        return self._count_attached({uprobe_name(n, r) for n in symbols for r in (False, True)})
+
+    def _attach_link_pair(
+        self, probe: SessionProbe, path: str, symbols: dict[str, tuple[int, int]], pid: int
+    ) -> set[str]:
+        """``probe``'s entry and return programs on ``symbols``, a uprobe_multi link each."""
         attached: set[str] = set()
-        if not offsets:
-            return attached
-        for function, on_return in RESOLVER_PROGRAMS:
-            names = [uprobe_name(f.label, on_return) for f in offsets]
+        for function, kind in ((probe.entry, ENTRY), (probe.on_return, RETURN)):
+            names = {uprobe_name(name, kind == RETURN) for name in symbols}
             try:
-                link = attach_uprobe_multi(self._bpf, function, path, offsets, on_return, pid)
+                link = attach_uprobe_multi(self._bpf, function, path, symbols, kind, pid)
             except OSError as err:
                 for name in names:
                     self.attach_errors[name] += 1
@@ -488,21 +573,29 @@ class BpfProbes:
                     err,
                 )
                 continue
-            self._links.append(link)
-            if pid > 0:
-                self._process_links[pid].append(link)
-            for name in names:
-                self.probes_attached[name] += 1
-            attached.update(names)
-            log.info("attached %s in %s to %s", function, path, ", ".join(f.label for f in offsets))
-        return attached
+            self._keep_link(link, pid)
+            attached |= names
+            log.info("attached %s in %s to %s", function, path, ", ".join(symbols))
+        return self._count_attached(attached)
+
+    def _count_attached(self, names: set[str]) -> set[str]:
+        for name in names:
+            self.probes_attached[name] += 1
+        return names
+
+    def _keep_link(self, link: int, pid: int) -> None:
+        self._links.append(link)
+        if pid > 0:
+            self._process_links[pid].append(link)
 
     def _attach_uprobe(
         self, path: str, symbol: str, function: str, on_return: bool, pid: int = -1
     ) -> bool:
-        before = set(self._bpf.uprobe_fds)
-        if not attach_uprobe(self._bpf, path, symbol, function, on_return, pid):
+        before, links = set(self._bpf.uprobe_fds), []
+        if not attach_link_or_uprobe(self._bpf, links, path, symbol, function, on_return, pid):
             return False
+        for link in links:
+            self._keep_link(link, pid)
         if pid > 0:
             self._process_events[pid].extend(set(self._bpf.uprobe_fds) - before)
         self.probes_attached[uprobe_name(symbol, on_return)] += 1
@@ -688,7 +781,8 @@ class BpfProbes:
             index, key, value = entry
             name, add = adds[index]
             table = self._bpf[name]
-            add(counts, table.Key.from_buffer_copy(key), table.Leaf.from_buffer_copy(value).value)
+            value = scalar_or_struct(table.Leaf.from_buffer_copy(value))
+            add(counts, table.Key.from_buffer_copy(key), value)
         self._raw_counts[(tgid, generation)] = (seen, counts)
         return counts
 
@@ -744,6 +838,11 @@ def write_python_process(table, tgid: int, generation: int, runtime) -> None:
 def frame_read_size(offsets: dict[str, int]) -> int:
     """Bytes of a frame the probes read at once: up to the end of its last field used."""
     return max(offsets["frame_code"] + 8, offsets["frame_previous"] + 8, offsets["frame_owner"] + 1)
+
+
+def scalar_or_struct(leaf):
+    """A map value as its adder takes it: an int for a counter, the struct for a struct."""
+    return leaf.value if isinstance(leaf, ctypes._SimpleCData) else leaf
 
 
 def table_items(table) -> list:
@@ -870,8 +969,13 @@ def detach_all(bpf) -> None:
 SYS_BPF = {"x86_64": 321, "aarch64": 280}
 BPF_LINK_CREATE = 28
 BPF_TRACE_UPROBE_MULTI = 48
+BPF_TRACE_UPROBE_SESSION = 57
 BPF_F_UPROBE_MULTI_RETURN = 1
 BPF_PROG_TYPE_KPROBE = 2
+# How a uprobe_multi link runs its program: (attach type, flags).
+ENTRY = (BPF_TRACE_UPROBE_MULTI, 0)
+RETURN = (BPF_TRACE_UPROBE_MULTI, BPF_F_UPROBE_MULTI_RETURN)
+SESSION = (BPF_TRACE_UPROBE_SESSION, 0)
 
 
 class UprobeMultiLink(ctypes.Structure):
@@ -903,24 +1007,28 @@ def symbol_offset(path: str, symbol: str) -> int | None:
 
 
 def attach_uprobe_multi(
-    bpf, function: str, path: str, offsets: dict, on_return: bool, pid: int = -1
+    bpf, function: str, path: str, symbols: dict, kind: tuple[int, int], pid: int = -1
 ) -> int:
-    """Attaches ``function`` to each symbol in ``offsets`` ({ResolverFunction: file offset}),
-    with the function's value as the cookie, for every process that maps the file (or only
+    """Attaches ``function`` to each symbol in ``symbols`` ({name: (file offset, cookie)}),
+    as ``kind`` (ENTRY, RETURN or SESSION), for every process that maps the file (or only
     process ``pid``); returns the link's fd. Raises OSError when the kernel refuses."""
-    program = bpf.load_func(function, BPF_PROG_TYPE_KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
-    count = len(offsets)
+    attach_type, flags = kind
+    try:
+        program = bpf.load_func(function, BPF_PROG_TYPE_KPROBE, attach_type=attach_type)
+    except Exception as err:  # bcc raises bare Exception; a kernel without the attach type
+        raise OSError(errno.EINVAL, f"loading {function}: {err}") from None
+    count = len(symbols)
     raw_path = ctypes.create_string_buffer(path.encode())
-    addresses = (ctypes.c_uint64 * count)(*offsets.values())
-    cookies = (ctypes.c_uint64 * count)(*(int(f) for f in offsets))
+    addresses = (ctypes.c_uint64 * count)(*(offset for offset, _ in symbols.values()))
+    cookies = (ctypes.c_uint64 * count)(*(cookie for _, cookie in symbols.values()))
     attr = UprobeMultiLink(
         prog_fd=program.fd,
-        attach_type=BPF_TRACE_UPROBE_MULTI,
+        attach_type=attach_type,
         path=ctypes.addressof(raw_path),
         offsets=ctypes.addressof(addresses),
         cookies=ctypes.addressof(cookies),
         cnt=count,
-        flags=BPF_F_UPROBE_MULTI_RETURN if on_return else 0,
+        flags=flags,
         pid=max(pid, 0),
     )
     libc = ctypes.CDLL(None, use_errno=True)
@@ -957,6 +1065,31 @@ def attach_uprobe(
         log.debug("no %s in %s: %s", symbol, path, err)
         return False
     return True
+
+
+def attach_link_or_uprobe(
+    bpf, links: list[int], path: str, symbol: str, function: str, on_return: bool, pid: int = -1
+) -> bool:
+    """``function`` on ``symbol`` for every process (or only ``pid``): a uprobe_multi link
+    (appended to ``links``), as every probe of ours is made, so that the daemon and the
+    timeline run side by side (the kernel refuses two uprobes on one address with different
+    reference counter offsets, and bcc's Python uprobes pass an undefined one); else, on a
+    kernel without such links or next to a bcc tool's uprobe, a uprobe through bcc. False if
+    neither attached."""
+    offset = symbol_offset(path, symbol)
+    if offset is None:
+        return False
+    try:
+        kind = RETURN if on_return else ENTRY
+        links.append(attach_uprobe_multi(bpf, function, path, {symbol: (offset, 0)}, kind, pid))
+        return True
+    except OSError as err:
+        log.debug("no uprobe_multi link for %s in %s (%s): a uprobe instead", symbol, path, err)
+    # Loaded for a link, the program cannot go to a perf event: bcc loads it anew.
+    loaded = bpf.funcs.pop(function.encode(), None)
+    if loaded is not None:
+        os.close(loaded.fd)
+    return attach_uprobe(bpf, path, symbol, function, on_return, pid)
 
 
 def attach_libc_of(probes, pid: int) -> tuple[list[str], set[str]]:

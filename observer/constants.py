@@ -95,6 +95,16 @@ class MapSize(enum.IntEnum):
     EXEC_RINGBUF_PAGES = 128
 
 
+# getaddrinfo's latency slots kept per process: slot s counts calls of <= 2^s ns, up to the
+# histogram's last bucket (observer/histogram.py LAST_SLOT, 2^34 ns), and one slot more for
+# every longer call.
+DURATION_SLOTS = 36
+# A uprobe session program runs at entry and at return: at entry its instruction pointer is
+# the probed address, or past it by at most a breakpoint instruction (x86's int3 is 1 byte,
+# arm64's brk 4).
+ENTRY_IP_SLACK = 8
+
+
 class SiteLimit(enum.IntEnum):
     """Bounds of the Python stack reading in the kernel (probes/python_stack.h)."""
 
@@ -147,14 +157,21 @@ def eai_name(code: int) -> str:
     return EAI_NAMES.get(code, "EAI_OTHER")
 
 
-def bpf_cflags(track_new_processes: bool, sites: bool = False) -> list[str]:
-    """The shared -D flags; each program adds its own FOLLOW_CHILDREN."""
+def bpf_cflags(
+    track_new_processes: bool, sites: bool = False, task_storage: bool = False
+) -> list[str]:
+    """The shared -D flags; each program adds its own FOLLOW_CHILDREN. ``task_storage``: the
+    kernel keeps per-thread state in the task (thread_state.h)."""
     flags = [f"-DSTATE_{state.name}={state.value}" for state in ProcessState]
     flags += [f"-DCALLER_{caller.name}={caller.value}" for caller in Caller]
     # __members__, not iteration: equal sizes are aliases, which iterating an enum skips.
     flags += [f"-D{name}={size.value}" for name, size in MapSize.__members__.items()]
     flags += [f"-DTRANSPORT_{transport.name}={transport.value}" for transport in Transport]
+    flags.append(f"-DCALLERS={len(Caller)}")
+    flags.append(f"-DDURATION_SLOTS={DURATION_SLOTS}")
+    flags.append(f"-DENTRY_IP_SLACK={ENTRY_IP_SLACK}")
     flags.append(f"-DTRACK_NEW_PROCESSES={int(track_new_processes)}")
+    flags.append(f"-DTASK_STORAGE={int(task_storage)}")
     flags.append(f"-DSITES={int(sites)}")
     if sites:
         flags += [f"-D{name}={limit.value}" for name, limit in SiteLimit.__members__.items()]

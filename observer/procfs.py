@@ -6,6 +6,7 @@ namespaces (containers) work.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from bisect import bisect_right
@@ -51,6 +52,15 @@ def read_maps(pid: int) -> list[Mapping]:
             mappings.append(Mapping(start, end, path, "x" in fields[1]))
     mappings.sort(key=lambda m: m.start)
     return mappings
+
+
+def own_rss_mib() -> float:
+    """This process's resident memory, in MiB (0 where /proc says nothing)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def parent_pid(pid: int) -> int | None:

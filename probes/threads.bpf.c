@@ -4,15 +4,13 @@
 //
 // Maps become metrics (observer/bpf_backend.py):
 //   threads_created_total  {process, start_routine} -> count  thread_observer_threads_created_total
-//   threads_exited_total   {process} -> count                 thread_observer_threads_exited_total
+//   process_totals (thread_state.h) {process} -> threads ended thread_observer_threads_exited_total
 //   threads_created_by_site_total {process, stack} -> count   (python_stack.h)
 //                                                   thread_observer_threads_created_by_site_total
 #include "watched.h"
 #include "python_stack.h"
+#include "thread_state.h"
 
-#ifndef MAX_THREADS
-#error "MAX_THREADS must be given as a -D cflag by observer/constants.py"
-#endif
 #ifndef MAX_CREATORS
 #error "MAX_CREATORS must be given as a -D cflag by observer/constants.py"
 #endif
@@ -28,9 +26,6 @@ struct creator_key {
 };
 
 BPF_HASH(threads_created_total, struct creator_key, u64, MAX_CREATORS);
-BPF_HASH(threads_exited_total, struct process_key, u64, MAX_PROCESSES);
-// Creating thread -> the start routine it passed to pthread_create, until its clone happens.
-BPF_TABLE("lru_hash", u32, u64, pending_start_routine, MAX_THREADS);
 
 // bcc's increment() is not atomic, and two CPUs that find a key missing both store 1:
 // lookup_or_try_init inserts only if absent, then the add is atomic. (It gives NULL when the
@@ -38,14 +33,6 @@ BPF_TABLE("lru_hash", u32, u64, pending_start_routine, MAX_THREADS);
 static __always_inline int add_created(struct creator_key *key)
 {
     u64 zero = 0, *count = threads_created_total.lookup_or_try_init(key, &zero);
-    if (count)
-        __sync_fetch_and_add(count, 1);
-    return 0;
-}
-
-static __always_inline int add_exited(struct process_key *key)
-{
-    u64 zero = 0, *count = threads_exited_total.lookup_or_try_init(key, &zero);
     if (count)
         __sync_fetch_and_add(count, 1);
     return 0;
@@ -59,7 +46,9 @@ int pthread_create_entry(struct pt_regs *ctx)
     if (!generation)
         return 0;
     u64 routine = PT_REGS_PARM3(ctx);
-    pending_start_routine.update(&tid, &routine);
+    struct thread_state *state = this_thread(tid, 1);
+    if (state)
+        state->start_routine = routine;
     remember_creating_stack(tgid, tid, generation, routine);
     return 0;
 }
@@ -68,10 +57,10 @@ static __always_inline void count_new_thread(u32 tgid, u32 tid, u64 generation, 
 {
     count_thread_site(tgid, tid, generation, new_tid);
     struct creator_key key = {.tgid = tgid, .generation = generation};
-    u64 *routine = pending_start_routine.lookup(&tid);
-    if (routine) {
-        key.start_routine = *routine;
-        pending_start_routine.delete(&tid);
+    struct thread_state *state = this_thread(tid, 0);
+    if (state && state->start_routine) {
+        key.start_routine = state->start_routine;
+        state->start_routine = 0;
     }
     add_created(&key);
 }
@@ -104,18 +93,23 @@ TRACEPOINT_PROBE(task, task_newtask)
     return 0;
 }
 
+// Every thread that ends on the host comes here, once: what the probes keep of a thread is
+// forgotten (a new thread may get its id), and a watched process's thread is counted.
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
     u64 id = current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
+    forget_this_thread(tid);
     struct watched_process *process = watched_tgids.lookup(&tgid);
     if (!process)
         return 0;
+    forget_python_thread(tid, (u32)bpf_get_current_pid_tgid());
     // The main thread ends with its process; counting only the others keeps
     // live = 1 + created - exited for a process watched from its start.
     if (tid != tgid) {
-        struct process_key key = {.tgid = tgid, .generation = process->generation};
-        add_exited(&key);
+        struct process_totals *totals = totals_of(tgid, process->generation);
+        if (totals)
+            __sync_fetch_and_add(&totals->threads_exited, 1);
     }
     if (args->group_dead)
         process->state = STATE_EXITED;

@@ -17,9 +17,7 @@ TREE = ["-m", "workloads.process_tree", "--linger", "60"]
 # Counters of processes: after a run they hold the parent's keys only.
 PROCESS_MAPS = (
     "threads_created_total",
-    "threads_exited_total",
-    "getaddrinfo_calls_total",
-    "getaddrinfo_duration_ns_sum",
+    "process_totals",
     "watched_tgids",
 )
 

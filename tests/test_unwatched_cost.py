@@ -1,6 +1,7 @@
 """What a process we do not watch pays, by the kernel's own run counters of our programs
 (kernel.bpf_stats_enabled=1): with --pid targets and --no-children the uprobes are the watched
-processes' own, so another process's calls never run them."""
+processes' own, so another process's calls never run them; otherwise getaddrinfo's uprobe
+session runs once per call of such a process, never at its return."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ pytestmark = [
 
 UPROBE_PROGRAMS = (
     "pthread_create_entry",
+    "getaddrinfo_session",
     "getaddrinfo_entry",
     "getaddrinfo_return",
+    "resolver_session",
     "resolver_entry",
     "resolver_return",
 )
@@ -64,5 +67,31 @@ def test_a_process_we_do_not_watch_never_runs_our_uprobe_programs(tmp_path):
     assert after_unwatched == before
     added = {p: after_watched[p] - after_unwatched[p] for p in UPROBE_PROGRAMS}
     assert added["pthread_create_entry"] == 23
-    assert added["getaddrinfo_entry"] == 37
-    assert added["getaddrinfo_return"] == 37
+    if added["getaddrinfo_session"]:  # one program at entry and at return
+        assert added["getaddrinfo_session"] == 2 * 37
+    else:  # a kernel without uprobe sessions: a program each
+        assert (added["getaddrinfo_entry"], added["getaddrinfo_return"]) == (37, 37)
+
+
+def test_an_unwatched_process_runs_getaddrinfo_s_program_once_per_call(tmp_path):
+    # With --target the uprobes sit on libc for every process, so that a process is counted
+    # from its first instruction; the session's entry declines the return for everyone else.
+    calls = 1000
+    with (
+        bpf_stats_on(),
+        workload(["-c", CALLER]) as unwatched,
+        observer(["--target", "none=^matches-no-process$"], tmp_path) as running,
+    ):
+        before = runs(running)
+        work(unwatched, 0, calls)
+        after = runs(running)
+    added = {p: after[p] - before[p] for p in UPROBE_PROGRAMS}
+    if not added["getaddrinfo_session"]:
+        pytest.skip(
+            "getaddrinfo's uprobe session is not attached (Linux before 6.13, or another tool's "
+            "uprobe on getaddrinfo): an entry and a return program run instead"
+        )
+    # Other processes on the machine may call getaddrinfo meanwhile: at least one run per
+    # call, and far from the two an entry and a return would take.
+    assert calls <= added["getaddrinfo_session"] < 1.5 * calls
+    assert added["getaddrinfo_return"] == 0

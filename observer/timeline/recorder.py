@@ -23,7 +23,7 @@ from observer.bpf_backend import (
     TIMELINE_UPROBES,
     UPROBE_NAMES,
     attach_libc_of,
-    attach_uprobe,
+    attach_link_or_uprobe,
     compile_probes,
     uprobe_name,
     watch_process,
@@ -105,6 +105,7 @@ class TimelineProbes:
         self.handler: Callable[[Event], None] = lambda event: None
         self._bpf = None
         self._attached_objects: dict[tuple[int, int], set[str]] = {}
+        self._links: list[int] = []  # uprobe_multi link fds
 
     def load(self, handler: Callable[[Event], None]) -> None:
         self.handler = handler
@@ -131,7 +132,7 @@ class TimelineProbes:
             self._attached_objects[device_inode] = {
                 uprobe_name(symbol, on_return)
                 for symbol, function, on_return in TIMELINE_UPROBES
-                if attach_uprobe(self._bpf, path, symbol, function, on_return)
+                if attach_link_or_uprobe(self._bpf, self._links, path, symbol, function, on_return)
             }
         return self._attached_objects[device_inode]
 
@@ -158,6 +159,9 @@ class TimelineProbes:
         return self._bpf["lost_events"][ctypes.c_int(0)].value
 
     def close(self) -> None:
+        for link in self._links:
+            os.close(link)
+        self._links.clear()
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
