@@ -568,6 +568,10 @@ class BpfObserver(ProcObserver):
         inherited = None
         if tracked is None or tracked.inherited:
             inherited = self._inherited_target(entry) or self._parent_target(tgid)
+        elif own is None:
+            # Matched on its parent's command line between its fork and its exec (a poll
+            # woken by another exec can fall there): still a descendant of its parent's target.
+            inherited = self._parent_target(tgid)
         target = own or inherited
         if target is None:
             if tracked is not None:

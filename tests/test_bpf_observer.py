@@ -275,26 +275,27 @@ def test_maps_are_read_whole_past_the_first_buffer_and_swept_of_gone_processes()
         states = probes.states()
         assert {tgid: entry.generation for tgid, entry in states.items()} == generations
         assert probes.states() is states  # unchanged: nothing to look at again
-        exited = probes._bpf["threads_exited_total"]
+        created = probes._bpf["threads_created_total"]
         for tgid, generation in generations.items():
-            exited[exited.Key(tgid, 0, generation)] = ctypes.c_uint64(tgid % 7 + 1)
-            exited[exited.Key(tgid + 1000, 0, 1)] = ctypes.c_uint64(1)  # of a process gone
+            created[created.Key(tgid, 0, generation, 0)] = ctypes.c_uint64(tgid % 7 + 1)
+            created[created.Key(tgid + 1000, 0, 1, 0)] = ctypes.c_uint64(1)  # of one gone
         counts = probes.read_counts(generations)
-        assert {tgid: c.threads_exited for tgid, c in counts.items()} == {
-            tgid: tgid % 7 + 1 for tgid in FAKE_TGIDS
+        assert {tgid: c.created_by_routine for tgid, c in counts.items()} == {
+            tgid: Counter({0: tgid % 7 + 1}) for tgid in FAKE_TGIDS
         }
         again = probes.read_counts(generations)
         assert all(again[tgid] is counts[tgid] for tgid in FAKE_TGIDS)  # unchanged: kept
         first = FAKE_TGIDS[0]
-        exited[exited.Key(first, 0, generations[first])] = ctypes.c_uint64(99)
+        created[created.Key(first, 0, generations[first], 0)] = ctypes.c_uint64(99)
         changed = probes.read_counts(generations)
-        assert changed[first].threads_exited == 99 and changed[first] is not counts[first]
+        assert changed[first].created_by_routine == Counter({0: 99})
+        assert changed[first] is not counts[first]
         swept, entries = probes.sweep_and_count()
         assert swept == len(FAKE_TGIDS)
-        assert entries["watched_tgids"] == entries["threads_exited_total"] == len(FAKE_TGIDS)
+        assert entries["watched_tgids"] == entries["threads_created_total"] == len(FAKE_TGIDS)
         probes.forget({tgid: None for tgid in FAKE_TGIDS})
         assert probes.states() == {}
-        assert probes.sweep_and_count()[1]["threads_exited_total"] == 0
+        assert probes.sweep_and_count()[1]["threads_created_total"] == 0
     finally:
         probes.close()
 
