@@ -58,7 +58,11 @@ def bcc_uprobes_on_getaddrinfo():
     try:
         for path in procfs.libc_objects(pid, procfs.read_maps(pid)):
             for on_return in (False, True):
-                assert bpf_backend.attach_uprobe(bpf, path, "getaddrinfo", "empty", on_return)
+                if not bpf_backend.attach_uprobe(bpf, path, "getaddrinfo", "empty", on_return):
+                    pytest.skip(
+                        "a uprobe on getaddrinfo is held with another reference counter offset "
+                        "(an observer running beside the tests): bcc's cannot join it"
+                    )
         yield
     finally:
         bpf.cleanup()
