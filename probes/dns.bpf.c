@@ -177,8 +177,11 @@ static __always_inline int enter_close(u64 fd)
     u64 id = current_pid_tgid();
     if (!is_watched(id >> 32))
         return 0;
+    // Most closes are of files and other sockets: a lookup that misses is cheaper than a
+    // delete, which takes the bucket's lock.
     struct socket_key key = {.tgid = id >> 32, .fd = fd};
-    dns_sockets.delete(&key);
+    if (dns_sockets.lookup(&key))
+        dns_sockets.delete(&key);
     return 0;
 }
 

@@ -42,11 +42,20 @@ int pthread_create_entry(struct pt_regs *ctx)
 {
     u64 id = current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
+    u64 routine = PT_REGS_PARM3(ctx);
+    // A thread with a state is one of a watched process's (the state is made for no other):
+    // the routine is kept without looking the process up, as task_newtask, which counts,
+    // looks it up anyway. The stack, though, is kept under the process's generation.
+    struct thread_state *state = this_thread(tid, 0);
+    if (state && !SITES) {
+        state->start_routine = routine;
+        return 0;
+    }
     u64 generation = watched_generation(tgid);
     if (!generation)
         return 0;
-    u64 routine = PT_REGS_PARM3(ctx);
-    struct thread_state *state = this_thread(tid, 1);
+    if (!state)
+        state = this_thread(tid, 1);
     if (state)
         state->start_routine = routine;
     remember_creating_stack(tgid, tid, generation, routine);
