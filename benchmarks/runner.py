@@ -21,6 +21,7 @@ from benchmarks import (
     overhead,
     rest,
     scale,
+    site_time,
     soak,
     startup,
     storm,
@@ -46,6 +47,7 @@ SECTIONS: dict[str, Callable[[Children, Settings], Section]] = {
     "dns_syscalls": dns_syscalls.measure,
     "unwatched": unwatched.measure,
     "bpf_time": bpf_time.measure,
+    "site_time": site_time.measure,
     "floor": floor.measure,
     "rest": rest.measure,
 }

@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from observer import procfs
+from observer import procfs, pyruntime
 from observer.capabilities import (
     BCC_HINT,
     Result,
@@ -85,10 +85,11 @@ MAPS = (
 # Per-thread state (thread_state.h): in the tasks themselves where the kernel has task storage
 # (nothing to walk, and it goes with each thread), else a map like the others.
 THREAD_STATE_MAP = "thread_states"
+# The same for what python_stack.h keeps per thread: its PyThreadState, and the stack it
+# keeps until its clone.
+SITE_THREAD_MAPS = ("python_thread_states", "pending_thread_sites")
 SITE_MAPS = (
     "python_processes",
-    "python_thread_states",
-    "pending_thread_sites",
     "live_thread_sites",
     "threads_created_by_site_total",
     "getaddrinfo_calls_by_site_total",
@@ -394,7 +395,11 @@ class BpfProbes:
             self._detacher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uprobe-detach")
         self.task_storage = has_task_storage()
         if not self.task_storage:
-            self.maps = (*self.maps, THREAD_STATE_MAP)
+            self.maps = (
+                *self.maps,
+                THREAD_STATE_MAP,
+                *(SITE_THREAD_MAPS if self.sites else ()),
+            )
             log.info("no task storage in this kernel (5.15+ with BTF): per-thread state in a map")
         cflags = [
             *bpf_cflags(self.track_new_processes, self.sites, self.task_storage),
@@ -832,6 +837,9 @@ def write_python_process(table, tgid: int, generation: int, runtime) -> None:
         frame_read_size(offsets),
         *runtime.text,
         *runtime.pidns,
+        pyruntime.tstate_read_size(offsets),
+        offsets["tstate_datastack_chunk"],
+        int(runtime.version >= (3, 11)),  # a coroutine runs in a frame its generator owns
     )
 
 

@@ -116,6 +116,12 @@ class SiteLimit(enum.IntEnum):
     FRAME_HEADER_SIZE = 128  # the buffer a frame's header is read into (a power of two)
     FRAME_READ_SIZE = 80  # bytes of a frame read at once: previous, code and owner lie inside
     FRAME_OWNED_BY_CSTACK = 3  # an entry frame of the C stack (3.12+): no code of its own
+    FRAME_OWNED_BY_GENERATOR = 1  # a generator's or coroutine's frame (3.11+)
+    # A thread state's first bytes, read at once (a power of two, past its last field used).
+    TSTATE_READ_SIZE = 512
+    # Bytes of a thread's data stack read at once, with the frames inside (a power of two):
+    # a read costs about the same up to a few KiB.
+    FRAME_WINDOW_SIZE = 4096
     # CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR
     CO_COROUTINE_FLAGS = 0x80 | 0x100 | 0x200
 

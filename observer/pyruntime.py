@@ -181,6 +181,7 @@ def locate(pid: int, mappings: list[procfs.Mapping]) -> PythonRuntime:
     runtime = bias + symbols["_PyRuntime"]
     version, offsets = interpreter_offsets(memory, runtime, version)
     check_frame_layout(offsets)
+    check_thread_layout(offsets)
     threads_head = check_offsets(
         memory, pid, ns_pid, runtime, offsets, bias + symbols["PyCode_Type"]
     )
@@ -222,6 +223,7 @@ DEBUG_FIELDS_3_13 = {
     "tstate_next": 19 + 2,
     "tstate_native_thread_id": 19 + 6,
     "tstate_frame": 19 + 4,
+    "tstate_datastack_chunk": 19 + 7,
     "frame_previous": 28 + 1,
     "frame_code": 28 + 2,
     "frame_owner": 28 + 5,
@@ -248,6 +250,37 @@ def check_frame_layout(offsets: dict[str, int]) -> None:
     pointers = (offsets["frame_code"], offsets["frame_previous"])
     if any(p % 8 or p > size - 8 for p in pointers) or offsets["frame_owner"] >= size:
         raise SitesUnavailable("offsets_mismatch", f"frame fields beyond {size} bytes: {offsets}")
+
+
+def thread_state_fields(offsets: dict[str, int]) -> list[int]:
+    """Offsets of the pointer-sized thread state fields the probes read (datastack_top follows
+    datastack_chunk)."""
+    names = ("tstate_prev", "tstate_next", "tstate_native_thread_id", "tstate_frame")
+    fields = [offsets[name] for name in names]
+    if offsets["tstate_datastack_chunk"] >= 0:
+        fields += [offsets["tstate_datastack_chunk"], offsets["tstate_datastack_chunk"] + 8]
+    return fields
+
+
+def tstate_read_size(offsets: dict[str, int]) -> int:
+    """Bytes of a thread state the probes read at once: up to the end of its last field used."""
+    return max(thread_state_fields(offsets)) + 8
+
+
+def check_thread_layout(offsets: dict[str, int]) -> None:
+    """The probes read a thread state's first bytes at once, fewer than TSTATE_READ_SIZE: the
+    fields used must lie inside, 8-aligned. The data stack only saves reads: without it
+    (3.8-3.10, or out of reach) each frame is read on its own."""
+    offsets.setdefault("tstate_datastack_chunk", -1)
+
+    def fits() -> bool:
+        size = SiteLimit.TSTATE_READ_SIZE
+        return all(f % 8 == 0 and 0 <= f < size - 8 for f in thread_state_fields(offsets))
+
+    if not fits():
+        offsets["tstate_datastack_chunk"] = -1
+    if not fits():
+        raise SitesUnavailable("offsets_mismatch", f"thread fields beyond reach: {offsets}")
 
 
 def check_offsets(

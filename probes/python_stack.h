@@ -15,10 +15,18 @@
 //                      the C stack, 3.12+: holds no Python code of its own); 3.8-3.10:
 //                      PyFrameObject f_back, f_code (owner: the low byte of the aligned f_code)
 //   PyCodeObject       co_flags (CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR)
+//   PyThreadState      datastack_chunk, datastack_top (3.11+): the data stack's part in use,
+//                      where the thread's own frames lie, each older one lower
+//
+// Each bpf_probe_read_user costs about as much as a few map operations, whatever its size (up
+// to a few KiB): a thread state is read at once, and the frames of the data stack a window of
+// it at a time, so a stack of ordinary calls takes a handful of reads, not one or two a frame.
+// A coroutine runs in a frame its generator owns (3.11+): only those frames have their code's
+// co_flags read.
 //
 // Parameters (-D cflags from observer/constants.py): SITES, STACK_DEPTH, MAX_FRAMES_WALKED,
 // MAX_THREADS_WALKED, MAX_SITE_STACKS, MAX_LIVE_THREADS, FRAME_HEADER_SIZE, FRAME_READ_SIZE,
-// FRAME_OWNED_BY_CSTACK,
+// FRAME_OWNED_BY_CSTACK, FRAME_OWNED_BY_GENERATOR, TSTATE_READ_SIZE, FRAME_WINDOW_SIZE,
 // CO_COROUTINE_FLAGS, STACK_FRAMES_READ, STACK_COROUTINE, STACK_TRUNCATED, STACK_EVENT_LOOP.
 #ifndef THREAD_OBSERVER_PYTHON_STACK_H
 #define THREAD_OBSERVER_PYTHON_STACK_H
@@ -34,11 +42,16 @@
     !defined(FRAME_OWNED_BY_CSTACK) || !defined(CO_COROUTINE_FLAGS) || \
     !defined(STACK_FRAMES_READ) || !defined(STACK_COROUTINE) || !defined(STACK_TRUNCATED) || \
     !defined(STACK_EVENT_LOOP) || !defined(CALLER_EVENT_LOOP) || !defined(FRAME_HEADER_SIZE) || \
-    !defined(FRAME_READ_SIZE)
+    !defined(FRAME_READ_SIZE) || !defined(FRAME_OWNED_BY_GENERATOR) || \
+    !defined(TSTATE_READ_SIZE) || !defined(FRAME_WINDOW_SIZE)
 #error "python_stack.h needs the SITES parameters from observer/constants.py"
 #endif
 #if (FRAME_HEADER_SIZE & (FRAME_HEADER_SIZE - 1)) != 0
 #error "FRAME_HEADER_SIZE must be a power of two (it masks offsets for the verifier)"
+#endif
+#if (TSTATE_READ_SIZE & (TSTATE_READ_SIZE - 1)) != 0 || \
+    (FRAME_WINDOW_SIZE & (FRAME_WINDOW_SIZE - 1)) != 0
+#error "TSTATE_READ_SIZE and FRAME_WINDOW_SIZE must be powers of two (they mask offsets)"
 #endif
 #if (STACK_DEPTH & (STACK_DEPTH - 1)) != 0
 #error "STACK_DEPTH must be a power of two (it masks the index for the verifier)"
@@ -66,6 +79,11 @@ struct python_process {
     // observer's: its thread states hold ids of that namespace. 0: the observer's own.
     u64 pidns_dev;
     u64 pidns_ino;
+    u16 tstate_read_size;  // bytes of a thread state read at once: up to its last field used
+    s16 tstate_datastack;  // datastack_chunk, datastack_top follows (3.11+); -1: none
+    // 1: a coroutine's frame is one its generator owns (3.11+); 0: any frame may run one.
+    u16 owner_tells_generators;
+    u16 reserved;
 };
 
 // A stack with what was learnt reading it: the key of the by-site counters.
@@ -79,10 +97,58 @@ struct site_key {
 };
 
 BPF_HASH(python_processes, u32, struct python_process, MAX_PROCESSES);
-// tid -> its PyThreadState, found once by walking the interpreter's thread list.
+// Thread -> its PyThreadState, found once by walking the interpreter's thread list: in the
+// task itself where the kernel has task storage (TASK_STORAGE), else by tid. 0: not known.
+#if defined(TASK_STORAGE) && TASK_STORAGE
+BPF_TASK_STORAGE(python_thread_states, u64);
+
+static __always_inline u64 *cached_thread_state(u32 tid)
+{
+    return python_thread_states.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+}
+
+static __always_inline void cache_thread_state(u32 tid, u64 tstate)
+{
+    u64 *slot = python_thread_states.task_storage_get(bpf_get_current_task_btf(), 0,
+                                                      BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (slot)
+        *slot = tstate;
+}
+
+// The calling thread's entry (tid is the caller's own): forgotten at exec, the task goes on.
+static __always_inline void forget_thread_state(u32 tid)
+{
+    u64 *slot = cached_thread_state(tid);
+    if (slot)
+        *slot = 0;
+}
+#else
 BPF_TABLE("lru_hash", u32, u64, python_thread_states, MAX_THREADS);
-// Creating tid -> the stack at pthread_create, until its clone happens.
+
+static __always_inline u64 *cached_thread_state(u32 tid)
+{
+    return python_thread_states.lookup(&tid);
+}
+
+static __always_inline void cache_thread_state(u32 tid, u64 tstate)
+{
+    python_thread_states.update(&tid, &tstate);
+}
+
+static __always_inline void forget_thread_state(u32 tid)
+{
+    if (python_thread_states.lookup(&tid))
+        python_thread_states.delete(&tid);
+}
+#endif
+// Creating thread -> the stack at pthread_create, until its clone happens: in the task itself
+// where the kernel has task storage (TASK_STORAGE, from bpf_backend.py: found without hashing,
+// freed with the thread), else by tid. tgid 0: none pending.
+#if defined(TASK_STORAGE) && TASK_STORAGE
+BPF_TASK_STORAGE(pending_thread_sites, struct site_key);
+#else
 BPF_TABLE("lru_hash", u32, struct site_key, pending_thread_sites, MAX_LIVE_THREADS);
+#endif
 // Live thread (host tid) -> the stack that created it: executor threads are told apart by it.
 BPF_TABLE("lru_hash", u32, struct site_key, live_thread_sites, MAX_LIVE_THREADS);
 BPF_HASH(threads_created_by_site_total, struct site_key, u64, MAX_SITE_STACKS);
@@ -97,6 +163,18 @@ struct dropped_key {
 BPF_HASH(site_stacks_dropped_total, struct dropped_key, u64, MAX_PROCESSES);
 // A stack is too big for the BPF stack next to the rest: built here, one per CPU.
 BPF_PERCPU_ARRAY(site_scratch, struct site_key, 1);
+// What one stack read reads at once, one per CPU: the thread state's first bytes, and a
+// window of its data stack, from window_base up to window_end (an older frame lower in the
+// part in use, stack_low to stack_high, has the window moved down to it).
+struct frame_scratch {
+    u64 tstate[TSTATE_READ_SIZE / 8];
+    u64 stack_low;
+    u64 stack_high;
+    u64 window_base;
+    u64 window_end;
+    u8 window[FRAME_WINDOW_SIZE];
+};
+BPF_PERCPU_ARRAY(python_frame_scratch, struct frame_scratch, 1);
 
 static __always_inline u64 read_u64(u64 address)
 {
@@ -105,19 +183,38 @@ static __always_inline u64 read_u64(u64 address)
     return value;
 }
 
-// The innermost frame of a thread state (0: none).
-static __always_inline u64 current_frame(struct python_process *py, u64 tstate)
+// A thread state's first bytes into the scratch, in one read: its links, id, frame and data
+// stack. 0 when unreadable.
+static __always_inline int read_thread_state(struct python_process *py,
+                                             struct frame_scratch *scratch, u64 tstate)
 {
-    u64 frame = read_u64(tstate + py->tstate_frame);
+    // Below TSTATE_READ_SIZE (checked in user space): the mask restates it for the verifier.
+    u32 size = py->tstate_read_size & (TSTATE_READ_SIZE - 1);
+    if (!size)
+        return 0;
+    return bpf_probe_read_user(scratch->tstate, size, (void *)tstate) == 0;
+}
+
+// A pointer-sized field of the thread state last read (offsets checked 8-aligned in user space).
+static __always_inline u64 tstate_field(struct frame_scratch *scratch, u32 offset)
+{
+    return scratch->tstate[(offset >> 3) & (TSTATE_READ_SIZE / 8 - 1)];
+}
+
+// The innermost frame of the thread state last read (0: none).
+static __always_inline u64 current_frame(struct python_process *py,
+                                         struct frame_scratch *scratch)
+{
+    u64 frame = tstate_field(scratch, py->tstate_frame);
     if (py->cframe_current_frame >= 0 && frame)
         frame = read_u64(frame + py->cframe_current_frame);
     return frame;
 }
 
-// A thread state's kernel thread id.
-static __always_inline u64 thread_tid(struct python_process *py, u64 tstate)
+// The kernel thread id of the thread state last read.
+static __always_inline u64 thread_tid(struct python_process *py, struct frame_scratch *scratch)
 {
-    u64 id = read_u64(tstate + py->tstate_native_thread_id);
+    u64 id = tstate_field(scratch, py->tstate_native_thread_id);
     if (py->pthread_tid < 0 || !id)
         return id;
     u32 tid = 0;
@@ -137,20 +234,25 @@ static __always_inline u32 target_tid(struct python_process *py, u32 tid)
     return ns.pid;
 }
 
-// The calling thread's PyThreadState, or 0 when it has none (a native thread). tid keys the
-// cache (the observer's id); ns_tid is matched against the thread states.
-static __always_inline u64 find_thread_state(struct python_process *py, u32 tid, u32 ns_tid)
+// The calling thread's PyThreadState, or 0 when it has none (a native thread); its first
+// bytes are left in the scratch. tid keys the cache (the observer's id); ns_tid is matched
+// against the thread states.
+static __always_inline u64 find_thread_state(struct python_process *py,
+                                             struct frame_scratch *scratch, u32 tid,
+                                             u32 ns_tid)
 {
-    u64 *cached = python_thread_states.lookup(&tid);
+    u64 *cached = cached_thread_state(tid);
     // The cached state is checked: still this thread's, and still linked in the list (a
     // thread may delete a thread state and go on with another: freed memory keeps its
     // thread id, but its neighbour no longer points at it).
-    if (cached) {
+    if (cached && *cached) {
         u64 tstate = *cached;
-        u64 prev = read_u64(tstate + py->tstate_prev);
-        u64 linked = prev ? read_u64(prev + py->tstate_next) : read_u64(py->threads_head);
-        if (linked == tstate && thread_tid(py, tstate) == ns_tid)
-            return tstate;
+        if (read_thread_state(py, scratch, tstate)) {
+            u64 prev = tstate_field(scratch, py->tstate_prev);
+            u64 linked = prev ? read_u64(prev + py->tstate_next) : read_u64(py->threads_head);
+            if (linked == tstate && thread_tid(py, scratch) == ns_tid)
+                return tstate;
+        }
     }
     // Two states may carry this thread's id: _thread.start_new_thread allocates the new
     // thread's state in the parent, with the parent's id, just before pthread_create (the
@@ -161,13 +263,60 @@ static __always_inline u64 find_thread_state(struct python_process *py, u32 tid,
         return 0;
     u64 tstate = read_u64(py->threads_head);
     for (int i = 0; i < MAX_THREADS_WALKED && tstate; i++) {
-        if (thread_tid(py, tstate) == ns_tid && current_frame(py, tstate)) {
-            python_thread_states.update(&tid, &tstate);
+        if (!read_thread_state(py, scratch, tstate))
+            return 0;
+        if (thread_tid(py, scratch) == ns_tid && current_frame(py, scratch)) {
+            cache_thread_state(tid, tstate);
             return tstate;
         }
-        tstate = read_u64(tstate + py->tstate_next);
+        tstate = tstate_field(scratch, py->tstate_next);
     }
     return 0;
+}
+
+// The part of the data stack in use, from the thread state last read: where the thread's own
+// frames lie (3.11+). Frames elsewhere (a generator's, an entry frame on the C stack, one in
+// an older chunk) are read one by one.
+static __always_inline void find_data_stack(struct python_process *py,
+                                            struct frame_scratch *scratch)
+{
+    scratch->stack_low = scratch->stack_high = 0;
+    scratch->window_base = scratch->window_end = 0;
+    if (py->tstate_datastack < 0)
+        return;
+    u64 low = tstate_field(scratch, py->tstate_datastack);
+    u64 high = tstate_field(scratch, py->tstate_datastack + 8);
+    if (low && !(low & 7) && high > low) {
+        scratch->stack_low = low;
+        scratch->stack_high = high;
+    }
+}
+
+// Whether the window holds a frame's header, reading the data stack below and up to the
+// frame's header when it lies there: the older frames usually come next, lower down. A window
+// that cannot be read (a page not present) leaves the frames to be read one by one.
+static __always_inline int frame_in_window(struct frame_scratch *scratch, u64 frame, u32 size)
+{
+    u64 end = (frame + size + 7) & ~7ULL;  // 8-aligned: fields are found by masked offsets
+    if (frame & 7)
+        return 0;
+    if (frame >= scratch->window_base && end <= scratch->window_end)
+        return 1;
+    if (frame < scratch->stack_low || end > scratch->stack_high)
+        return 0;
+    // At most FRAME_WINDOW_SIZE - 8 bytes: the mask then bounds the length for the verifier.
+    u64 base = end - scratch->stack_low > FRAME_WINDOW_SIZE - 8 ? end - (FRAME_WINDOW_SIZE - 8)
+                                                                : scratch->stack_low;
+    u32 length = (end - base) & (FRAME_WINDOW_SIZE - 1);
+    if (!length)
+        return 0;
+    if (bpf_probe_read_user(scratch->window, length, (void *)base)) {
+        scratch->stack_high = 0;
+        return 0;
+    }
+    scratch->window_base = base;
+    scratch->window_end = end;
+    return 1;
 }
 
 static __always_inline void clear_stack(struct site_key *key, u32 tgid, u64 generation)
@@ -180,63 +329,113 @@ static __always_inline void clear_stack(struct site_key *key, u32 tgid, u64 gene
     __builtin_memset(key->code, 0, sizeof(key->code));
 }
 
-// Fills key->code and key->flags from the calling thread's frames; 0 when the process has no
-// interpreter entry (sites unavailable: nothing is counted by site). Only a lookup's caller
-// needs the coroutine search: a thread's creation stops at STACK_DEPTH frames.
-static __always_inline int read_python_stack(u32 tgid, u32 tid, u64 generation,
-                                             struct site_key *key, int find_coroutine)
+// A frame's header fields, from the window or read on their own.
+struct frame_fields {
+    u64 previous;
+    u64 code;
+    u32 owner;
+    u32 read;  // 0: the frame could not be read
+};
+
+static __always_inline void read_frame(struct python_process *py, struct frame_scratch *scratch,
+                                       u64 frame, u32 size, struct frame_fields *fields)
 {
-    struct python_process *py = python_processes.lookup(&tgid);
-    if (!py || py->generation != generation)
+    // Offsets were checked by user space (pointer fields 8-aligned, all within
+    // FRAME_READ_SIZE); the masks restate it for the verifier.
+    fields->read = 0;
+    if (size == 0 || size > FRAME_READ_SIZE)
+        return;
+    if (frame_in_window(scratch, frame, size)) {
+        u32 at = frame - scratch->window_base;  // 8-aligned, as the frame and the window
+        fields->previous =
+            *(u64 *)(scratch->window + ((at + py->frame_previous) & (FRAME_WINDOW_SIZE - 8)));
+        fields->code =
+            *(u64 *)(scratch->window + ((at + py->frame_code) & (FRAME_WINDOW_SIZE - 8)));
+        fields->owner = scratch->window[(at + py->frame_owner) & (FRAME_WINDOW_SIZE - 1)];
+        fields->read = 1;
+        return;
+    }
+    // One read for the frame's header rather than one per field. The read stops at the last
+    // field: the page after a frame at the top of the data stack may not be present, and the
+    // read cannot fault it in.
+    u64 header[FRAME_HEADER_SIZE / 8] = {};
+    if (bpf_probe_read_user(header, size, (void *)frame))
+        return;
+    fields->owner = ((u8 *)header)[py->frame_owner & (FRAME_HEADER_SIZE - 1)];
+    fields->code = header[(py->frame_code >> 3) & (FRAME_HEADER_SIZE / 8 - 1)];
+    fields->previous = header[(py->frame_previous >> 3) & (FRAME_HEADER_SIZE / 8 - 1)];
+    fields->read = 1;
+}
+
+// Whether a code object is a coroutine's (or an async generator's). Only a frame its
+// generator owns can run one where the owner byte tells (3.11+): the others are not read.
+static __always_inline int is_coroutine(struct python_process *py, struct frame_fields *fields)
+{
+    if (py->owner_tells_generators && fields->owner != FRAME_OWNED_BY_GENERATOR)
+        return 0;
+    u32 co_flags = 0;
+    bpf_probe_read_user(&co_flags, sizeof(co_flags), (void *)(fields->code + py->code_flags));
+    return (co_flags & CO_COROUTINE_FLAGS) != 0;
+}
+
+// Fills key->code and key->flags from the calling thread's frames, with the process's
+// interpreter entry. Only a lookup's caller needs the coroutine search: a thread's creation
+// stops at STACK_DEPTH frames.
+static __always_inline int read_stack(struct python_process *py, u32 tgid, u32 tid,
+                                      u64 generation, struct site_key *key, int find_coroutine)
+{
+    int zero = 0;
+    struct frame_scratch *scratch = python_frame_scratch.lookup(&zero);
+    if (!scratch)
         return 0;
     clear_stack(key, tgid, generation);
-    u64 tstate = find_thread_state(py, tid, target_tid(py, tid));
+    u64 tstate = find_thread_state(py, scratch, tid, target_tid(py, tid));
     if (!tstate)
         return 1;  // no Python frame: <native>
     key->flags |= STACK_FRAMES_READ;
-    u64 frame = current_frame(py, tstate);
+    u64 frame = current_frame(py, scratch);
+    find_data_stack(py, scratch);
     // The depth and flags live in the map value, not in registers: the verifier then does
     // not tell apart the paths of each frame (shim or not, coroutine or not) at every step,
     // which would multiply its states past its 1M-instruction limit (E2BIG).
     volatile u32 *depth = &key->depth;
     volatile u32 *flags = &key->flags;
     *depth = 0;
+    u32 size = py->frame_read_size & (FRAME_HEADER_SIZE - 1);
     for (int i = 0; i < MAX_FRAMES_WALKED; i++) {
         if (!frame)
             return 1;
         if (*depth >= STACK_DEPTH && (!find_coroutine || (*flags & STACK_COROUTINE)))
             return 1;  // nothing more to learn
-        // One read for the frame's header rather than one per field. Offsets were checked
-        // by user space (pointer fields 8-aligned, all within FRAME_READ_SIZE); the masks
-        // restate it for the verifier. The read stops at the last field: the page after a
-        // frame at the top of the data stack may not be present, and the read cannot fault
-        // it in.
-        u64 header[FRAME_HEADER_SIZE / 8] = {};
-        u32 size = py->frame_read_size & (FRAME_HEADER_SIZE - 1);
-        if (size == 0 || size > FRAME_READ_SIZE)
+        struct frame_fields fields;
+        read_frame(py, scratch, frame, size, &fields);
+        if (!fields.read)
             break;
-        if (bpf_probe_read_user(header, size, (void *)frame))
-            break;
-        u8 owner = ((u8 *)header)[py->frame_owner & (FRAME_HEADER_SIZE - 1)];
-        if (owner != FRAME_OWNED_BY_CSTACK) {
-            u64 code = header[(py->frame_code >> 3) & (FRAME_HEADER_SIZE / 8 - 1)];
+        if (fields.owner != FRAME_OWNED_BY_CSTACK) {
             u32 at = *depth;
             if (at < STACK_DEPTH) {
-                key->code[at & (STACK_DEPTH - 1)] = code;
+                key->code[at & (STACK_DEPTH - 1)] = fields.code;
                 *depth = at + 1;
             }
-            if (find_coroutine && !(*flags & STACK_COROUTINE)) {
-                u32 co_flags = 0;
-                bpf_probe_read_user(&co_flags, sizeof(co_flags), (void *)(code + py->code_flags));
-                if (co_flags & CO_COROUTINE_FLAGS)
-                    *flags |= STACK_COROUTINE;
-            }
+            if (find_coroutine && !(*flags & STACK_COROUTINE) && is_coroutine(py, &fields))
+                *flags |= STACK_COROUTINE;
         }
-        frame = header[(py->frame_previous >> 3) & (FRAME_HEADER_SIZE / 8 - 1)];
+        frame = fields.previous;
     }
     if (frame)
         key->flags |= STACK_TRUNCATED;
     return 1;
+}
+
+// The same, finding the interpreter entry: 0 when the process has none (sites unavailable:
+// nothing is counted by site).
+static __always_inline int read_python_stack(u32 tgid, u32 tid, u64 generation,
+                                             struct site_key *key, int find_coroutine)
+{
+    struct python_process *py = python_processes.lookup(&tgid);
+    if (!py || py->generation != generation)
+        return 0;
+    return read_stack(py, tgid, tid, generation, key, find_coroutine);
 }
 
 static __always_inline struct site_key *site_scratch_key(void)
@@ -276,6 +475,49 @@ static __always_inline int add_call_site(struct site_key *key, u32 caller)
     return 0;
 }
 
+#if defined(TASK_STORAGE) && TASK_STORAGE
+// The calling thread's pending stack, made where create is set (NULL: none, or no memory).
+static __always_inline struct site_key *pending_site(u32 tid, int create)
+{
+    return pending_thread_sites.task_storage_get(bpf_get_current_task_btf(), 0,
+                                                 create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+
+// A stack to fill for the calling thread: its own task storage, written in place.
+static __always_inline struct site_key *new_pending_site(u32 tid)
+{
+    return pending_site(tid, 1);
+}
+
+static __always_inline void keep_pending_site(u32 tid, struct site_key *key) {}
+
+static __always_inline void drop_pending_site(u32 tid, struct site_key *key)
+{
+    key->tgid = 0;
+}
+#else
+static __always_inline struct site_key *pending_site(u32 tid, int create)
+{
+    return pending_thread_sites.lookup(&tid);
+}
+
+// A stack to fill for the calling thread: the per-CPU scratch, copied into the map after.
+static __always_inline struct site_key *new_pending_site(u32 tid)
+{
+    return site_scratch_key();
+}
+
+static __always_inline void keep_pending_site(u32 tid, struct site_key *key)
+{
+    pending_thread_sites.update(&tid, key);
+}
+
+static __always_inline void drop_pending_site(u32 tid, struct site_key *key)
+{
+    pending_thread_sites.delete(&tid);
+}
+#endif
+
 // pthread_create: the creating thread's stack, kept until the clone it leads to. A thread
 // whose start routine is not the interpreter's (libuv's pool, started while Python code
 // called into uvloop) is native: <native>, whatever Python frames asked for it.
@@ -283,30 +525,34 @@ static __always_inline void remember_creating_stack(u32 tgid, u32 tid, u64 gener
                                                     u64 routine)
 {
     struct python_process *py = python_processes.lookup(&tgid);
-    struct site_key *key = site_scratch_key();
-    if (!py || !key || py->generation != generation)
+    if (!py || py->generation != generation)
+        return;
+    struct site_key *key = new_pending_site(tid);
+    if (!key)
         return;
     if (routine < py->text_start || routine >= py->text_end)
         clear_stack(key, tgid, generation);
-    else if (!read_python_stack(tgid, tid, generation, key, 0))
+    else if (!read_stack(py, tgid, tid, generation, key, 0)) {
+        drop_pending_site(tid, key);
         return;
-    pending_thread_sites.update(&tid, key);
+    }
+    keep_pending_site(tid, key);
 }
 
 // task_newtask: the new thread's site counted, and remembered while it lives.
 static __always_inline void count_thread_site(u32 tgid, u32 tid, u64 generation, u32 new_tid)
 {
-    struct python_process *py = python_processes.lookup(&tgid);
-    if (!py || py->generation != generation)
-        return;
-    struct site_key *key = pending_thread_sites.lookup(&tid);
+    struct site_key *key = pending_site(tid, 0);
     if (key && key->tgid == tgid && key->generation == generation) {
         add_thread_site(key);
         if (key->flags & STACK_FRAMES_READ)
             live_thread_sites.update(&new_tid, key);
-        pending_thread_sites.delete(&tid);
+        drop_pending_site(tid, key);
         return;
     }
+    struct python_process *py = python_processes.lookup(&tgid);
+    if (!py || py->generation != generation)
+        return;
     // Not made by pthread_create (or made before the interpreter was found): no frames.
     struct site_key *native = site_scratch_key();
     if (!native)
@@ -328,10 +574,11 @@ static __always_inline u32 caller_from_stack(struct site_key *key, int epoll_mar
 
 static __always_inline void forget_python_thread(u32 tid, u32 host_tid)
 {
-    if (python_thread_states.lookup(&tid))
-        python_thread_states.delete(&tid);
+#if !(defined(TASK_STORAGE) && TASK_STORAGE)
+    forget_thread_state(tid);
     if (pending_thread_sites.lookup(&tid))
         pending_thread_sites.delete(&tid);
+#endif
     if (live_thread_sites.lookup(&host_tid))
         live_thread_sites.delete(&host_tid);
 }
@@ -355,7 +602,7 @@ static __always_inline void inherit_python_process(u32 parent_tgid, u64 parent_g
 static __always_inline void forget_python_process(u32 tgid, u32 tid)
 {
     python_processes.delete(&tgid);
-    python_thread_states.delete(&tid);
+    forget_thread_state(tid);
 }
 
 #else  // !SITES

@@ -28,6 +28,8 @@ FIELDS_3_11 = [
     ("tstate_next", "offsetof(PyThreadState, next)"),
     ("tstate_native_thread_id", "offsetof(PyThreadState, native_thread_id)"),
     ("tstate_frame", "offsetof(PyThreadState, cframe)"),
+    ("tstate_datastack_chunk", "offsetof(PyThreadState, datastack_chunk)"),
+    ("tstate_datastack_top", "offsetof(PyThreadState, datastack_top)"),
     ("cframe_current_frame", "offsetof(_PyCFrame, current_frame)"),
     ("frame_previous", "offsetof(_PyInterpreterFrame, previous)"),
     ("frame_code", "offsetof(_PyInterpreterFrame, f_code)"),
@@ -50,6 +52,7 @@ FIELDS_3_8 = [
     (name, expression)
     for name, expression in FIELDS_3_11
     if name not in ("cframe_current_frame", "frame_owner")
+    and not name.startswith("tstate_datastack")
 ]
 FIELDS_3_8 = [
     (
