@@ -107,9 +107,10 @@ def measure(children: Children, settings: Settings) -> Section:
             f"<= {THREAD_GOAL_NS} ns",
             f"{create:.0f} ns",
             create <= THREAD_GOAL_NS,
-            "pthread_create_entry looks up the process and stores the start routine in the "
-            "thread's state; task_newtask looks up the process again and adds to the "
-            "creators' map",
+            "pthread_create_entry stores the start routine in the creating thread's state "
+            "(it looks the process up only for a thread's first); task_newtask looks the "
+            "process up and adds to the creators' map (a 24-byte key), and each run costs "
+            "about 50 ns before doing anything",
         )
     )
     return section

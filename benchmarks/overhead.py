@@ -38,8 +38,8 @@ BENCHMARKS = (
         "`socket.getaddrinfo('localhost', 80)` loop",
         "calls/s",
         0.97,
-        "a uprobe on libc's getaddrinfo entry and a uretprobe on its return: two traps "
-        "into the kernel and two BPF programs per call",
+        "a program at libc's getaddrinfo entry and return (a uprobe session): two traps "
+        "into the kernel and two runs per call",
     ),
     Benchmark(
         "threads",
@@ -54,7 +54,7 @@ BENCHMARKS = (
         "aiohttp GET `http://localhost:PORT/`, new connection per request, 4 at a time",
         "requests/s",
         0.99,
-        "one getaddrinfo (uprobe and uretprobe) and one executor hand-off per request, "
+        "one getaddrinfo (entry and return) and one executor hand-off per request, "
         "plus the epoll syscall tracepoints",
     ),
     Benchmark(
@@ -63,8 +63,9 @@ BENCHMARKS = (
         "calls/s",
         None,
         "the observer attaches its uprobes to the libc file for every process (pid -1), "
-        "so a process it does not watch still hits them (their BPF programs return "
-        "after one map lookup); this row shows what that costs such a process",
+        "so a process it does not watch still hits them (getaddrinfo's entry returns after "
+        "one map lookup and declines the return); this row shows what that costs such a "
+        "process",
     ),
 )
 

@@ -153,7 +153,10 @@ def measure(children: Children, settings: Settings) -> Section:
         "(Linux 6.13+): the entry returns after one lookup and declines the return, so an "
         "unwatched process runs one program per call and takes no trap at the return; "
         "pthread_create has an entry probe only. Where a session cannot be attached (an older "
-        "kernel, or another tool's uprobe on the function), an entry and a return run per call."
+        "kernel, or another tool's uprobe on the function), an entry and a return run per call. "
+        "With `--target` a process that starts a program is watched (pending) from its first "
+        "instruction until the observer has read its command line and found it matches no "
+        "target: its first calls run the return too."
     )
     pid_only = figures[MODES[0][0]]
     section.goals.append(
