@@ -18,8 +18,9 @@ from benchmarks.observer_process import Observer
 from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
 from benchmarks.stats import median
+from observer.bpf_backend import GETADDRINFO_PROBE
 
-CALL_PROGRAMS = ("getaddrinfo_session", "getaddrinfo_entry", "getaddrinfo_return")
+CALL_PROGRAMS = (GETADDRINFO_PROBE.session, GETADDRINFO_PROBE.entry, GETADDRINFO_PROBE.on_return)
 CREATE_PROGRAMS = ("pthread_create_entry", "tracepoint__task__task_newtask")
 EXIT_PROGRAMS = ("tracepoint__sched__sched_process_exit",)
 CALL_GOAL_NS = 400
@@ -55,9 +56,9 @@ def measure(children: Children, settings: Settings) -> Section:
                 storm.watched_storm(children, binary, watcher, settings) as process,
                 storm.bpf_statistics(),
             ):
-                before = storm._program_stats(watcher.pid)
+                before = storm.program_stats(watcher.pid)
                 run = storm._storm(process, watcher)
-                after = storm._program_stats(watcher.pid)
+                after = storm.program_stats(watcher.pid)
             run.programs = {
                 name: (runs - before.get(name, (0, 0))[0], ns - before.get(name, (0, 0))[1])
                 for name, (runs, ns) in after.items()

@@ -73,9 +73,9 @@ def wait_for_sites(observer: Observer, process: subprocess.Popen) -> None:
 
 def ns_in(observer_pid: int, programs: tuple[str, ...], work) -> tuple[float, int]:
     """BPF ns of ``programs`` while ``work()`` runs, and the events it reports."""
-    before = storm._program_stats(observer_pid)
+    before = storm.program_stats(observer_pid)
     events = work()
-    after = storm._program_stats(observer_pid)
+    after = storm.program_stats(observer_pid)
     ns = sum(after.get(p, (0, 0))[1] - before.get(p, (0, 0))[1] for p in programs)
     return ns, events
 

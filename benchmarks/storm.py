@@ -222,7 +222,7 @@ def bpf_statistics():
         BPF_STATS.write_text(before)
 
 
-def _program_stats(pid: int) -> dict[str, tuple[int, int]]:
+def program_stats(pid: int) -> dict[str, tuple[int, int]]:
     stats: dict[str, tuple[int, int]] = {}
     for info in bpftool.programs_of(pid):
         runs, ns = stats.get(info["name"], (0, 0))
@@ -234,9 +234,9 @@ def profiled_run(children: Children, binary: Path, settings: Settings) -> Run:
     """The observer on the storm with BPF statistics: run count and time of each program."""
     watcher = ObserverWatcher()
     with watched_storm(children, binary, watcher, settings) as storm, bpf_statistics():
-        before = _program_stats(watcher.pid)
+        before = program_stats(watcher.pid)
         run = _storm(storm, watcher)
-        after = _program_stats(watcher.pid)
+        after = program_stats(watcher.pid)
     run.programs = {
         name: (runs - before.get(name, (0, 0))[0], ns - before.get(name, (0, 0))[1])
         for name, (runs, ns) in after.items()

@@ -21,16 +21,8 @@ from benchmarks.observer_process import Observer
 from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
 from benchmarks.storm import bpf_statistics
+from observer.bpf_backend import UPROBE_PROGRAMS
 
-UPROBE_PROGRAMS = (
-    "pthread_create_entry",
-    "getaddrinfo_session",
-    "getaddrinfo_entry",
-    "getaddrinfo_return",
-    "resolver_session",
-    "resolver_entry",
-    "resolver_return",
-)
 # (row, observer arguments with {pid} for the watched sleep)
 MODES = (
     ("`--pid`, `--no-children`", ["--pid", "idle={pid}", "--no-children"]),
@@ -41,34 +33,8 @@ MODES = (
 
 def uprobe_runs(observer_pid: int) -> dict[str, tuple[int, int]]:
     """Runs and nanoseconds of the observer's uprobe programs, by program name."""
-    ids = {
-        prog["id"]: prog
-        for prog in json.loads(
-            subprocess.run(
-                ["bpftool", "-j", "prog", "show"],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=60,
-            ).stdout
-        )
-    }
-    found: dict[str, tuple[int, int]] = {}
-    for fd_info in Path(f"/proc/{observer_pid}/fdinfo").iterdir():
-        try:
-            text = fd_info.read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("prog_id:"):
-                prog = ids.get(int(line.split()[1]), {})
-                # The kernel keeps 15 characters of a name; bpftool shows BTF's whole name.
-                name = next(
-                    (n for n in UPROBE_PROGRAMS if n.startswith(prog.get("name", "-"))), None
-                )
-                if name:
-                    found[name] = (prog.get("run_cnt", 0), prog.get("run_time_ns", 0))
-    return found
+    stats = storm.program_stats(observer_pid)
+    return {name: stats[name] for name in UPROBE_PROGRAMS if name in stats}
 
 
 def storm_once(children: Children, binary: Path, calls: int, threads: int) -> dict:

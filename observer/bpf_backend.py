@@ -113,6 +113,15 @@ GETADDRINFO_PROBE = SessionProbe("getaddrinfo_session", "getaddrinfo_entry", "ge
 # resolver.bpf.c's. Resolver functions a libc lacks (a static program holds only those it
 # calls) are nothing to count, not an attach error.
 RESOLVER_PROBE = SessionProbe("resolver_session", "resolver_entry", "resolver_return")
+# Every uprobe program the metrics' probes may run, by BPF function name.
+UPROBE_PROGRAMS = (
+    *(function for _, function, _ in UPROBES),
+    *(
+        function
+        for probe in (GETADDRINFO_PROBE, RESOLVER_PROBE)
+        for function in (probe.session, probe.entry, probe.on_return)
+    ),
+)
 TIMELINE_UPROBES = (
     ("pthread_create", "timeline_pthread_create", False),
     ("getaddrinfo", "timeline_getaddrinfo_entry", False),

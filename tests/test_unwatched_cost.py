@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from observer.bpf_backend import UPROBE_PROGRAMS
 from tests.harness import bpf_skip_reason, observer, workload
 from tests.test_self_metrics import bpf_stats_on
 
@@ -14,16 +15,6 @@ pytestmark = [
     pytest.mark.bpf,
     pytest.mark.skipif(bpf_skip_reason() is not None, reason=bpf_skip_reason() or ""),
 ]
-
-UPROBE_PROGRAMS = (
-    "pthread_create_entry",
-    "getaddrinfo_session",
-    "getaddrinfo_entry",
-    "getaddrinfo_return",
-    "resolver_session",
-    "resolver_entry",
-    "resolver_return",
-)
 
 # On each line of stdin: THREADS threads and CALLS getaddrinfo calls, then a line with both.
 CALLER = """
