@@ -45,7 +45,7 @@ def anatomy(observer) -> dict[str, float | None]:
     registry.register(ObserverCollector(observer.snapshot))
     # The bcc tables behind the probes: private to the observer, read here only to time them.
     tables = observer.probes._bpf
-    counters = list(bpf_backend.COUNTER_MAPS)
+    counters = [*bpf_backend.COUNTER_MAPS, *bpf_backend.HOST_COUNTER_MAPS]
     pids = list(observer.procs)
     return {
         "scrape": per_call_ms(lambda: generate_latest(registry)),

@@ -74,7 +74,6 @@ MAPS = (
     "process_totals",
     "threads_created_total",
     "getaddrinfo_failures_total",
-    "getaddrinfo_host_calls_total",
     "exec_arguments_by_thread",
     "dns_queries_total",
     "dns_sockets",
@@ -229,10 +228,11 @@ COUNTER_MAPS = {
     "process_totals": _add_totals,
     "threads_created_total": _add_created,
     "getaddrinfo_failures_total": _add_failure,
-    "getaddrinfo_host_calls_total": _add_host,
     "dns_queries_total": _add_dns_queries,
     "resolver_calls_total": _add_resolver_call,
 }
+# Without them (--no-host-names) getaddrinfo reads no name, and this map is compiled out.
+HOST_COUNTER_MAPS = {"getaddrinfo_host_calls_total": _add_host}
 SITE_COUNTER_MAPS = {
     "threads_created_by_site_total": _add_thread_stack,
     "getaddrinfo_calls_by_site_total": _add_call_stack,
@@ -369,13 +369,23 @@ class BpfProbes:
         sites: bool = True,
         follow_children: bool = True,
         per_process: bool = False,
+        host_names: bool = True,
     ) -> None:
         self.track_new_processes = track_new_processes
         self.per_process = per_process
         self.sites = sites
+        self.host_names = host_names
         self.follow_children = follow_children
-        self.counter_maps = {**COUNTER_MAPS, **(SITE_COUNTER_MAPS if sites else {})}
-        self.maps = (*MAPS, *(SITE_MAPS if sites else ()))
+        self.counter_maps = {
+            **COUNTER_MAPS,
+            **(HOST_COUNTER_MAPS if host_names else {}),
+            **(SITE_COUNTER_MAPS if sites else {}),
+        }
+        self.maps = (
+            *MAPS,
+            *(HOST_COUNTER_MAPS if host_names else ()),
+            *(SITE_MAPS if sites else ()),
+        )
         self._exec_reports: list[ExecReport] = []
         # Every probe is listed from the start, so one that failed to attach shows 0.
         self.probes_attached: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
@@ -411,7 +421,7 @@ class BpfProbes:
             )
             log.info("no task storage in this kernel (5.15+ with BTF): per-thread state in a map")
         cflags = [
-            *bpf_cflags(self.track_new_processes, self.sites, self.task_storage),
+            *bpf_cflags(self.track_new_processes, self.sites, self.task_storage, self.host_names),
             f"-DFOLLOW_CHILDREN={int(self.follow_children)}",
         ]
         self._bpf = compile_probes(PROBE_FILES, cflags, "probes")

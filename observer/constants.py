@@ -164,10 +164,14 @@ def eai_name(code: int) -> str:
 
 
 def bpf_cflags(
-    track_new_processes: bool, sites: bool = False, task_storage: bool = False
+    track_new_processes: bool,
+    sites: bool = False,
+    task_storage: bool = False,
+    host_names: bool = True,
 ) -> list[str]:
     """The shared -D flags; each program adds its own FOLLOW_CHILDREN. ``task_storage``: the
-    kernel keeps per-thread state in the task (thread_state.h)."""
+    kernel keeps per-thread state in the task (thread_state.h). ``host_names``: getaddrinfo
+    reads the name asked for and counts calls by it."""
     flags = [f"-DSTATE_{state.name}={state.value}" for state in ProcessState]
     flags += [f"-DCALLER_{caller.name}={caller.value}" for caller in Caller]
     # __members__, not iteration: equal sizes are aliases, which iterating an enum skips.
@@ -179,6 +183,7 @@ def bpf_cflags(
     flags.append(f"-DTRACK_NEW_PROCESSES={int(track_new_processes)}")
     flags.append(f"-DTASK_STORAGE={int(task_storage)}")
     flags.append(f"-DSITES={int(sites)}")
+    flags.append(f"-DHOST_NAMES={int(host_names)}")
     if sites:
         flags += [f"-D{name}={limit.value}" for name, limit in SiteLimit.__members__.items()]
         flags += [f"-DSTACK_{flag.name}={flag.value}" for flag in StackFlag]

@@ -349,7 +349,7 @@ class BpfObserver(ProcObserver):
 
     backend = "bpf"
 
-    def __init__(self, *args, sites: bool = True, **kwargs) -> None:
+    def __init__(self, *args, sites: bool = True, host_names: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # Uprobes for the watched processes only, where every one of them is attached before
         # it is watched: --pid targets without their children.
@@ -357,6 +357,7 @@ class BpfObserver(ProcObserver):
         self.probes = BpfProbes(
             track_new_processes=bool(self.regex_targets),
             sites=sites,
+            host_names=host_names,
             follow_children=self.follow_children,
             per_process=per_process,
         )

@@ -39,7 +39,13 @@ def make_observer(args: argparse.Namespace):
     problem = bpf_problem()
     if problem is None:
         try:
-            return started(BpfObserver(**options, sites=getattr(args, "sites", True)))
+            return started(
+                BpfObserver(
+                    **options,
+                    sites=getattr(args, "sites", True),
+                    host_names=getattr(args, "host_names", True),
+                )
+            )
         except BpfUnavailable as err:
             problem = str(err)
     if args.backend == "bpf":

@@ -13,7 +13,8 @@
 //                         thread_observer_getaddrinfo_calls_total, ..._duration_seconds
 //   getaddrinfo_failures_total    {process, error} -> count   thread_observer_getaddrinfo_failures_total
 //   getaddrinfo_host_calls_total  {process, host} -> count    thread_observer_getaddrinfo_host_calls_total
-//                                    (bounded: when full, calls still count in the totals above)
+//                                    (bounded: when full, calls still count in the totals above;
+//                                     compiled out with HOST_NAMES=0, --no-host-names)
 //   getaddrinfo_calls_by_site_total {process, stack, caller} -> count (python_stack.h)
 //                                             thread_observer_getaddrinfo_calls_by_site_total
 #include "watched.h"
@@ -28,6 +29,9 @@
 #endif
 #ifndef HOST_LENGTH
 #error "HOST_LENGTH must be given as a -D cflag by observer/constants.py"
+#endif
+#ifndef HOST_NAMES
+#error "HOST_NAMES must be given as a -D cflag (0 or 1) by observer/constants.py"
 #endif
 #ifndef CALLER_OTHER
 #error "CALLER_OTHER must be given as a -D cflag by observer/constants.py"
@@ -45,6 +49,7 @@ struct error_key {
     u64 generation;
 };
 
+#if HOST_NAMES
 struct host_key {
     u32 tgid;
     u32 reserved;
@@ -52,8 +57,9 @@ struct host_key {
     char host[HOST_LENGTH];  // the name asked for, truncated; empty for a NULL node
 };
 
-BPF_HASH(getaddrinfo_failures_total, struct error_key, u64, MAX_KEYS);
 BPF_HASH(getaddrinfo_host_calls_total, struct host_key, u64, MAX_HOSTS);
+#endif
+BPF_HASH(getaddrinfo_failures_total, struct error_key, u64, MAX_KEYS);
 
 // bcc's increment() is not atomic, and two CPUs that find a key missing both store 1:
 // lookup_or_try_init inserts only if absent, then the add is atomic. (It gives NULL when the
@@ -66,13 +72,19 @@ static __always_inline int add_failure(struct error_key *key)
     return 0;
 }
 
-static __always_inline int add_host(struct host_key *key)
+#if HOST_NAMES
+// Counted by name at entry, where the name is at hand (the totals follow at return). A NULL or
+// unreadable node leaves the name empty. Reading the caller's memory is the costliest step of
+// a call (about 110 ns here, whatever the length): --no-host-names leaves it out.
+static __always_inline void count_host(struct pt_regs *ctx, u32 tgid, u64 generation)
 {
-    u64 zero = 0, *count = getaddrinfo_host_calls_total.lookup_or_try_init(key, &zero);
+    struct host_key key = {.tgid = tgid, .generation = generation};
+    bpf_probe_read_user_str(key.host, sizeof(key.host), (void *)PT_REGS_PARM1(ctx));
+    u64 zero = 0, *count = getaddrinfo_host_calls_total.lookup_or_try_init(&key, &zero);
     if (count)
         __sync_fetch_and_add(count, 1);
-    return 0;
 }
+#endif
 
 int mark_event_loop_thread(void *ctx)
 {
@@ -122,11 +134,9 @@ static __always_inline int start_getaddrinfo(struct pt_regs *ctx)
     if (site && stack_read)
         add_call_site(site, caller);
 #endif
-    // Counted by name at entry, where the name is at hand (the totals follow at return). A
-    // NULL or unreadable node leaves the name empty.
-    struct host_key host = {.tgid = tgid, .generation = generation};
-    bpf_probe_read_user_str(host.host, sizeof(host.host), (void *)PT_REGS_PARM1(ctx));
-    add_host(&host);
+#if HOST_NAMES
+    count_host(ctx, tgid, generation);
+#endif
     state->call_caller = caller;
     state->call_generation = generation;
     state->call_started_ns = bpf_ktime_get_ns();
