@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import exits_settled, observer, wait_until, workload
+from tests.harness import exits_settled, observer, settled, wait_until, workload
 from workloads.mixed import FAILING_LOOKUPS
 from workloads.servers import http_server
 
@@ -40,7 +40,7 @@ def counts_settled(running, target, truth):
     return exits_settled(running, truth["threads_started"], target=target)
 
 
-def assert_matches_truth(metrics, target, truth):
+def assert_matches_truth(metrics, target, truth, host_names=True):
     created = metrics.labels("thread_observer_threads_created_total", "creator", target=target)
     assert created == {"python": truth["threads_started"]}
     assert (
@@ -57,7 +57,7 @@ def assert_matches_truth(metrics, target, truth):
         == truth["getaddrinfo_calls"]
     )
     hosts = metrics.labels("thread_observer_getaddrinfo_host_calls_total", "host", target=target)
-    assert hosts == expected_hosts(truth)
+    assert hosts == (expected_hosts(truth) if host_names else {})
     assert metrics.value("thread_observer_threads", target=target) == 1
     assert metrics.value("thread_observer_processes", target=target) == 1
 
@@ -333,3 +333,59 @@ def test_a_new_target_is_attached_without_waiting_for_the_interval(tmp_path):
                 5,
                 "the new process to be attached",
             )
+
+
+def test_without_host_names_every_other_count_stays_exact(tmp_path):
+    with workload([*MIXED, "--linger", "60"]) as target:
+        args = ["--pid", f"mixed={target.pid}", "--no-host-names"]
+        with observer(args, tmp_path) as running:
+            target.go()
+            truth = target.truth()
+            metrics = counts_settled(running, "mixed", truth)
+            assert_matches_truth(metrics, "mixed", truth, host_names=False)
+            assert "getaddrinfo_host_calls_total{" not in running.get()[0]
+
+
+EXEC_PHASES = Path(__file__).parent / "targets" / "exec_phases.c"
+LAST_CALLS = 2000  # exec_phases.c's
+
+
+def test_a_thread_that_leaves_and_rejoins_the_watched_set_by_exec_is_counted_exactly(tmp_path):
+    """One thread through three programs by exec: a target, a program no target matches, and
+    another target, which resolves at once. The thread keeps its kernel state across execs,
+    with its process's generation in it: each change of watch must reach it, the last one
+    before user space has seen the new program."""
+    binary = tmp_path / "exec_phases"
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(EXEC_PHASES)], check=True)
+    tag = uuid.uuid4().hex[:12]
+    args = [
+        *("--target", f"first=exec_phases first {tag}"),
+        *("--target", f"last=exec_phases last {tag}"),
+        "--allow-non-python",
+    ]
+    with observer(args, tmp_path) as running:
+        process = subprocess.Popen([str(binary), "first", tag, str(tmp_path)])
+        try:
+            wait_until((tmp_path / "first").exists, 20, "the first program's calls")
+            wait_until(
+                lambda: running.scrape().value("thread_observer_processes", target="first"),
+                20,
+                "the process to join its first target",
+            )
+            (tmp_path / "attached").touch()
+            wait_until((tmp_path / "between").exists, 20, "the program between the targets")
+            wait_until(
+                lambda: not running.scrape().value("thread_observer_processes", target="first"),
+                20,
+                "the process to leave its first target",
+            )
+            (tmp_path / "forgotten").touch()
+            wait_until((tmp_path / "done").exists, 20, "the last program's calls")
+            expected = {
+                "thread_observer_getaddrinfo_calls_total": LAST_CALLS,
+                "thread_observer_getaddrinfo_duration_seconds_count": LAST_CALLS,
+            }
+            settled(running, expected, target="last")
+        finally:
+            process.kill()
+            process.wait()
