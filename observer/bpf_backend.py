@@ -10,9 +10,11 @@ import contextlib
 import ctypes
 import errno
 import importlib.resources
+import itertools
 import logging
 import os
 import struct
+import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -405,6 +407,10 @@ class BpfProbes:
         self._states_read: tuple = (None, {}, {})
         # (tgid, generation) -> the map entries last read for it, and its counts from them
         self._raw_counts: dict[tuple[int, int], tuple[tuple, RawCounts]] = {}
+        # The watch epochs (thread_state.h): a new one after each change to the watched set,
+        # in order, however many threads change it.
+        self._epochs = itertools.count(1)
+        self._epoch_lock = threading.Lock()
 
     # Loading
     def load(self) -> None:
@@ -649,13 +655,23 @@ class BpfProbes:
     def watch(self, tgid: int, target: int) -> int:
         """Marks a process watched with a target number (its children inherit it); returns its
         generation (kept if the kernel has one)."""
-        return watch_process(self._bpf["watched_tgids"], tgid, target)
+        generation = watch_process(self._bpf["watched_tgids"], tgid, target)
+        self._watched_set_changed()
+        return generation
 
     def set_state(self, tgid: int, entry: WatchedEntry) -> None:
         watched = self._bpf["watched_tgids"]
         watched[ctypes.c_uint32(tgid)] = watched.Leaf(
             entry.state, entry.target, entry.generation, entry.parent
         )
+        self._watched_set_changed()
+
+    def _watched_set_changed(self) -> None:
+        """Threads look their process up in the watched set again at their next event: the
+        copy of its generation they keep is good only in the epoch it was read in."""
+        with self._epoch_lock:
+            epochs = self._bpf["watch_epoch"]
+            epochs[ctypes.c_int(0)] = epochs.Leaf(next(self._epochs))
 
     def states(self) -> dict[int, WatchedEntry]:
         """tgid -> its entry, for every process in the watched set. While the set is as it
@@ -700,6 +716,7 @@ class BpfProbes:
                 if value is not None and matches(tgid, value.generation):
                     with contextlib.suppress(KeyError):  # gone meanwhile
                         del table[key]
+        self._watched_set_changed()
         for key in [k for k in self._raw_counts if matches(*k)]:
             del self._raw_counts[key]
 

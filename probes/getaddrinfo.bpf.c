@@ -88,11 +88,9 @@ static __always_inline void count_host(struct pt_regs *ctx, u32 tgid, u64 genera
 
 int mark_event_loop_thread(void *ctx)
 {
-    u64 id = current_pid_tgid();
-    if (!watched_generation(id >> 32))
-        return 0;
+    u64 id = current_pid_tgid(), generation;
     // Loops wait thousands of times a second: look before writing.
-    struct thread_state *state = this_thread((u32)id, 1);
+    struct thread_state *state = watched_thread(id >> 32, (u32)id, &generation);
     if (state && !state->event_loop)
         state->event_loop = 1;
     return 0;
@@ -121,10 +119,8 @@ static __always_inline int start_getaddrinfo(struct pt_regs *ctx)
 {
     u64 id = current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
-    u64 generation = watched_generation(tgid);
-    if (!generation)
-        return 0;
-    struct thread_state *state = this_thread(tid, 1);
+    u64 generation;
+    struct thread_state *state = watched_thread(tgid, tid, &generation);
     if (!state)
         return 0;
     int stack_read = 0;

@@ -15,6 +15,7 @@
 // EXEC_RINGBUF_PAGES, MAX_THREADS, plus watched.h's.
 #include "watched.h"
 #include "python_stack.h"
+#include "thread_state.h"
 
 #ifndef MAX_ARGS
 #error "MAX_ARGS must be defined (observer/constants.py MapSize)"
@@ -123,6 +124,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     struct watched_process *old = tgid ? watched_tgids.lookup(&tgid) : 0;
     if (old)
         forget_python_process(tgid, (u32)id);  // a new image: its interpreter is found again
+    struct thread_state *state = this_thread((u32)id, 0);
+    if (state)
+        state->epoch = 0;  // its process's generation may change below: looked up again
     if (tgid && (old || TRACK_NEW_PROCESSES)) {
         struct watched_process process = {.state = STATE_PENDING};
         if (old && old->state != STATE_EXITED) {

@@ -50,10 +50,8 @@ static __always_inline int start_resolver_call(struct pt_regs *ctx)
 {
     u64 id = current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
-    u64 generation = watched_generation(tgid);
-    if (!generation)
-        return 0;
-    struct thread_state *state = this_thread(tid, 1);
+    u64 generation;
+    struct thread_state *state = watched_thread(tgid, tid, &generation);
     if (!state || state->call_started_ns)
         return 0;  // made from within getaddrinfo
     // Below the outer call's frame: made from within it (or a second symbol at the same

@@ -8,6 +8,12 @@
 // with the thread, so no thread id is ever reused with a stale record. Without it, an LRU hash
 // by thread id stands in, and the exit program deletes a thread's record.
 //
+// A thread's state also keeps its process's generation, so that an event of a watched thread
+// needs no lookup in the watched set: the copy is good while the watch epoch is the one it was
+// read in. User space sets a new epoch after every change it makes to the watched set; the one
+// change the kernel makes to a running process (an exec) clears the exec'ing thread's copy,
+// and every other one gives a new task, which has no state yet.
+//
 // Per process (keyed like every counter by tgid and generation): getaddrinfo calls by caller,
 // the latency histogram and its sum, and threads ended, in one value: a return adds to three
 // fields of one entry instead of three maps.
@@ -40,8 +46,12 @@ struct thread_state {
     u64 call_generation;      // its process's generation at the call
     u64 start_routine;        // handed to pthread_create, until its clone; 0: none
     u64 resolver_returns_to;  // stack pointer the outermost resolver call returns to; 0: none
+    u64 generation;           // its process's generation (0: not watched) ...
+    u64 epoch;                // ... as of this watch epoch; 0: to be looked up
+    u32 tgid;                 // ... for this process (a map by thread id may outlive an exec)
     u32 call_caller;          // decided at entry, where the frames are read
     u32 event_loop;           // the thread has waited in epoll
+    u32 reserved;
 };
 
 struct process_totals {
@@ -88,6 +98,42 @@ static __always_inline void forget_this_thread(u32 tid)
         thread_states.delete(&tid);
 }
 #endif
+
+// Written by user space only (observer/bpf_backend.py), from 1: a fresh state's 0 never matches.
+BPF_ARRAY(watch_epoch, u64, 1);
+
+// The generation of the process of a thread that has a state (0: not watched now).
+static __always_inline u64 thread_generation(struct thread_state *state, u32 tgid)
+{
+    u32 zero = 0;
+    u64 *current = watch_epoch.lookup(&zero);
+    if (!current)
+        return watched_generation(tgid);
+    // The epoch is read before the lookup: a change made meanwhile comes with a newer epoch,
+    // which sends the next event to the watched set again.
+    u64 epoch = *current;
+    if (state->epoch == epoch && state->tgid == tgid)
+        return state->generation;
+    state->generation = watched_generation(tgid);
+    state->epoch = epoch;
+    state->tgid = tgid;
+    return state->generation;
+}
+
+// The state and process generation of the current thread of a watched process (NULL and 0
+// otherwise); its state is made on its first event.
+static __always_inline struct thread_state *watched_thread(u32 tgid, u32 tid, u64 *generation)
+{
+    struct thread_state *state = this_thread(tid, 0);
+    if (state) {
+        *generation = thread_generation(state, tgid);
+        return *generation ? state : NULL;
+    }
+    *generation = watched_generation(tgid);
+    if (!*generation)
+        return NULL;
+    return this_thread(tid, 1);  // its copy is made at its next event
+}
 
 // The process's totals, created on its first event (NULL only when the map is full).
 static __always_inline struct process_totals *totals_of(u32 tgid, u64 generation)

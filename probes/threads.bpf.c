@@ -42,31 +42,20 @@ int pthread_create_entry(struct pt_regs *ctx)
 {
     u64 id = current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
-    u64 routine = PT_REGS_PARM3(ctx);
-    // A thread with a state is one of a watched process's (the state is made for no other):
-    // the routine is kept without looking the process up, as task_newtask, which counts,
-    // looks it up anyway. The stack, though, is kept under the process's generation.
-    struct thread_state *state = this_thread(tid, 0);
-    if (state && !SITES) {
-        state->start_routine = routine;
-        return 0;
-    }
-    u64 generation = watched_generation(tgid);
-    if (!generation)
-        return 0;
+    u64 routine = PT_REGS_PARM3(ctx), generation;
+    struct thread_state *state = watched_thread(tgid, tid, &generation);
     if (!state)
-        state = this_thread(tid, 1);
-    if (state)
-        state->start_routine = routine;
+        return 0;
+    state->start_routine = routine;
     remember_creating_stack(tgid, tid, generation, routine);
     return 0;
 }
 
-static __always_inline void count_new_thread(u32 tgid, u32 tid, u64 generation, u32 new_tid)
+static __always_inline void count_new_thread(u32 tgid, u32 tid, u64 generation,
+                                             struct thread_state *state, u32 new_tid)
 {
     count_thread_site(tgid, tid, generation, new_tid);
     struct creator_key key = {.tgid = tgid, .generation = generation};
-    struct thread_state *state = this_thread(tid, 0);
     if (state && state->start_routine) {
         key.start_routine = state->start_routine;
         state->start_routine = 0;
@@ -78,13 +67,20 @@ TRACEPOINT_PROBE(task, task_newtask)
 {
     u64 id = current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
+    u32 child = (u32)args->pid;
+    if (args->clone_flags & CLONE_THREAD) {
+        // A thread made by pthread_create has a state, with its process's generation.
+        u64 generation;
+        struct thread_state *state = this_thread(tid, 0);
+        generation = state ? thread_generation(state, tgid) : watched_generation(tgid);
+        if (generation)
+            count_new_thread(tgid, tid, generation, state, child);
+        return 0;
+    }
     struct watched_process *process = watched_tgids.lookup(&tgid);
     if (!process)
         return 0;
-    u32 child = (u32)args->pid;
-    if (args->clone_flags & CLONE_THREAD)
-        count_new_thread(tgid, tid, process->generation, child);
-    else if (!inherit_watch(tgid, process, child)) {
+    if (!inherit_watch(tgid, process, child)) {
 #ifndef PIDNS_INO
         // A fork of a process not yet matched: same command line, classified in user space.
         // (In a PID namespace the child's id here is the host's: the periodic scan finds it.)
