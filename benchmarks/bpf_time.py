@@ -193,9 +193,9 @@ def _section(figures: dict[str, list[Figures]], repeats: int, settings: Settings
             call <= CALL_GOAL_NS,
             f"a call is a run at entry and one at return: an empty program attached the same "
             f"way takes {empty_call:.0f} ns per call here (with the statistics' clock reads); "
-            f"the other {call - empty_call:.0f} ns are the process lookup and the thread's "
-            "state at entry, and the process's totals at return, after a libc call that has "
-            "left the caches cold",
+            f"the other {call - empty_call:.0f} ns are the thread's state at entry (with its "
+            "process's generation, kept there while the watch epoch holds) and the process's "
+            "totals at return, after a libc call that has left the caches cold",
         )
     )
     section.goals.append(
@@ -210,10 +210,11 @@ def _section(figures: dict[str, list[Figures]], repeats: int, settings: Settings
             f"<= {THREAD_GOAL_NS} ns",
             f"{created:.0f} ns",
             created <= THREAD_GOAL_NS,
-            "pthread_create_entry stores the start routine in the creating thread's state "
-            "(it looks the process up only for a thread's first); task_newtask looks the "
-            "process up and adds to the creators' map (a 24-byte key); an empty uprobe program "
-            f"takes {empty_call / 2:.0f} ns a run here before doing anything",
+            "pthread_create_entry finds the creating thread's state (with its process's "
+            "generation, kept there while the watch epoch holds) and stores the start routine "
+            "in it; task_newtask takes it back from the same state and adds to the creators' "
+            f"map (a 24-byte key); an empty uprobe program takes {empty_call / 2:.0f} ns a run "
+            "here before doing anything",
         )
     )
     return section

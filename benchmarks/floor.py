@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import subprocess
 import tempfile
 import time
@@ -159,6 +160,11 @@ def measure(children: Children, settings: Settings) -> Section:
     return _section(Figures(sides, times, ratios, programs, rounds, calls))
 
 
+def _times(ratio: float) -> str:
+    """A ratio of added times; none where the floor added nothing measurable."""
+    return "no floor above nothing" if math.isnan(ratio) else f"{ratio:.2f}x"
+
+
 def _spread(values: list[float]) -> str:
     if not values:
         return "no round with a positive floor"
@@ -214,9 +220,10 @@ def _section(f: Figures) -> Section:
     for side in OBSERVERS:
         for floor in FLOORS:
             if (side, floor) in f.ratios:
+                ratio = _times(f.ratio(side, floor))
                 lines.append(
-                    f"- {LABELS[side]} / {LABELS[floor]}: **{f.ratio(side, floor):.2f}** from "
-                    f"the medians; per round {_spread(f.ratios[side, floor])}"
+                    f"- {LABELS[side]} / {LABELS[floor]}: **{ratio}** from the medians; per "
+                    f"round {_spread(f.ratios[side, floor])}"
                 )
     section.lines += ["Added time, observer / floor:", "", *lines, ""]
     section.text(
@@ -233,8 +240,8 @@ def _section(f: Figures) -> Section:
                 f"added time per getaddrinfo call, observer ({wording}) / an empty "
                 "uprobe+uretprobe pair",
                 f"<= {GOAL}x",
-                f"{ratio:.2f}x",
-                ratio <= GOAL,
+                _times(ratio),
+                None if math.isnan(ratio) else ratio <= GOAL,
                 why[side],
             )
         )
@@ -247,7 +254,7 @@ def _section(f: Figures) -> Section:
                 Goal.reported(
                     f"added time per getaddrinfo call, observer ({wording}) / an empty uprobe "
                     "session",
-                    f"{f.ratio(side, 'session'):.2f}x",
+                    _times(f.ratio(side, "session")),
                 )
             )
     return section
@@ -308,12 +315,12 @@ def _why(f: Figures) -> dict[str, str]:
             text += (
                 ", although its getaddrinfo program is one uprobe session, whose mechanism "
                 f"costs less than the pair's (an empty session adds {f.added('session'):,.0f} "
-                f"ns per call; against it the ratio is {f.ratio(side, 'session'):.2f})"
+                f"ns per call; against it the ratio is {_times(f.ratio(side, 'session'))})"
             )
         if side == "observer":
             text += (
                 f"; host names account for {added - f.added('no host names'):,.0f} ns of the "
-                f"added time (`--no-host-names`: {f.ratio('no host names', 'pair'):.2f}x)"
+                f"added time (`--no-host-names`: {_times(f.ratio('no host names', 'pair'))})"
             )
         texts[side] = text
     return texts
