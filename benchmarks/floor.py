@@ -1,87 +1,85 @@
 """9. Added time per getaddrinfo call against the floor.
 
-No entry-and-return probe can cost less than its two traps, so the observer is measured
-against that floor: the same storm (``storm.c``, getaddrinfo calls only) timed with nothing
-attached, with an empty program on getaddrinfo's entry and return attached the same way as the
-observer's (a uprobe session link for the storm's pid where the kernel has them, else a
-uprobe+uretprobe pair), and with the observer (``--pid``,
-``--no-children``, ``--no-sites``), the order of the three rotating each round. The figure is
-(observer - nothing) / (floor - nothing) of the time per call.
+No entry-and-return probe can cost less than its traps, so the observer is measured against
+floors: the same storm (``storm.c``, getaddrinfo calls only) timed with nothing attached, with
+an empty program at getaddrinfo's entry and return as a uprobe session (one link, a run at
+entry and one at return; Linux 6.13+, the way the observer's own program is attached there),
+with an empty uprobe+uretprobe pair (an entry and a return program, a uprobe_multi link each,
+as the observer attaches them where the kernel has no sessions: the floor the goal names), and
+with the observer (``--pid``, ``--no-children``, ``--no-sites``), with host names and with
+``--no-host-names``; every probe for the storm's pid only, the order of the sides rotating each
+round. The figure is (observer - nothing) / (floor - nothing) of the time per call. One more
+storm per side with the kernel's BPF statistics on then gives each side's program time per call.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
+import math
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import storm
+from benchmarks.bpf_time import CALL_PROGRAMS
 from benchmarks.children import Children
+from benchmarks.empty_probes import EMPTY_PROGRAMS, EmptyProbes, Stats, empty_probes
 from benchmarks.observer_process import Observer
 from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
 from benchmarks.stats import median
-from observer import procfs
-from observer.bpf_backend import (
-    SESSION,
-    attach_uprobe,
-    attach_uprobe_multi,
-    has_uprobe_sessions,
-    import_bcc,
-    symbol_offset,
-)
+from benchmarks.storm import bpf_statistics
+from observer.bpf_backend import GETADDRINFO_PROBE, has_uprobe_sessions
 
-SIDES = ("nothing", "floor", "observer")
-EMPTY_PROGRAM = "int empty(struct pt_regs *ctx) { return 0; }"
 GOAL = 1.3
+# Observer sides: their arguments beyond --pid.
+OBSERVERS = {
+    "observer": ["--no-children", "--no-sites"],
+    "no host names": ["--no-children", "--no-sites", "--no-host-names"],
+}
+SIDES = ("nothing", "session", "pair", *OBSERVERS)
+LABELS = {
+    "nothing": "nothing",
+    "session": "empty uprobe session",
+    "pair": "empty uprobe+uretprobe pair (the goal's floor)",
+    "observer": "observer, `--no-sites` (host names on)",
+    "no host names": "observer, `--no-sites --no-host-names`",
+}
+FLOORS = ("pair", "session")
 
 
 @contextlib.contextmanager
-def empty_pair(pid: int):
-    """An empty program on getaddrinfo's entry and return, for process ``pid`` only."""
-    bpf = import_bcc().BPF(text=EMPTY_PROGRAM)
-    links: list[int] = []
-    try:
-        for path in procfs.libc_objects(pid, procfs.read_maps(pid)):
-            in_root = procfs.path_in_root(pid, path)
-            offset = symbol_offset(in_root, "getaddrinfo")
-            if offset is None:
-                continue
-            if has_uprobe_sessions():
-                # Returning 0 at entry asks for the return: both run, as the observer's do.
-                symbols = {"getaddrinfo": (offset, 0)}
-                links.append(attach_uprobe_multi(bpf, "empty", in_root, symbols, SESSION, pid))
-                continue
-            for on_return in (False, True):
-                attach_uprobe(bpf, in_root, "getaddrinfo", "empty", on_return, pid)
-        yield
-    finally:
-        for link in links:
-            os.close(link)
-        bpf.cleanup()
-
-
-@contextlib.contextmanager
-def attached(side: str, children: Children, pid: int):
-    if side == "floor":
-        with empty_pair(pid):
-            yield
-    elif side == "observer":
-        with Observer(
-            children, ["--pid", f"storm={pid}", "--allow-non-python", "--no-children", "--no-sites"]
-        ) as observer:
+def attached(side: str, children: Children, pid: int, probes: EmptyProbes) -> Iterator[Stats]:
+    """The side's programs on process ``pid``; yields what gives their (runs, ns) by name."""
+    if side in OBSERVERS:
+        args = ["--pid", f"storm={pid}", "--allow-non-python", *OBSERVERS[side]]
+        with Observer(children, args) as observer:
             observer.wait_ready(storm.ATTACH_TIMEOUT)
             time.sleep(0.3)  # the compile's aftermath
-            yield
+            yield lambda: storm.program_stats(observer.pid)
+    elif side in EMPTY_PROGRAMS:
+        with probes.attached(side, pid) as stats:
+            yield stats
     else:
-        yield
+        yield dict
 
 
-def ns_per_call(children: Children, binary: Path, calls: int, side: str) -> float:
+@dataclass
+class StormTime:
+    ns_per_call: float
+    calls: int
+    programs: dict[str, tuple[int, int]]  # (runs, ns) over the storm, with statistics on
+
+
+def timed_storm(
+    children: Children, binary: Path, calls: int, side: str, probes: EmptyProbes, stats: bool
+) -> StormTime:
+    """One storm of ``calls`` getaddrinfo calls under ``side``; with ``stats``, the kernel's
+    BPF statistics on around it (they add clock reads to every run: not for the timed rounds)."""
     process = children.spawn(
         [str(binary), str(calls), "1", "1", "1"],
         stdin=subprocess.PIPE,
@@ -90,79 +88,239 @@ def ns_per_call(children: Children, binary: Path, calls: int, side: str) -> floa
     )
     try:
         pid = json.loads(process.stdout.readline())["pid"]
-        with attached(side, children, pid):
-            process.stdin.write("go\n")
-            process.stdin.flush()
-            done = json.loads(process.stdout.readline())
-        return 1e9 * done["getaddrinfo_seconds"] / done["getaddrinfo_calls"]
+        with attached(side, children, pid, probes) as programs:
+            statistics = bpf_statistics() if stats else contextlib.nullcontext()
+            with statistics:
+                before = programs() if stats else {}
+                process.stdin.write("go\n")
+                process.stdin.flush()
+                done = json.loads(process.stdout.readline())
+                after = programs() if stats else {}
+        ran = {
+            name: (runs - before.get(name, (0, 0))[0], ns - before.get(name, (0, 0))[1])
+            for name, (runs, ns) in after.items()
+        }
+        return StormTime(
+            1e9 * done["getaddrinfo_seconds"] / done["getaddrinfo_calls"],
+            done["getaddrinfo_calls"],
+            {name: figures for name, figures in ran.items() if figures[0] > 0},
+        )
     finally:
         children.end(process)
 
 
+@dataclass
+class Figures:
+    sides: tuple[str, ...]
+    times: dict[str, list[float]]  # ns per call, by side, one per round
+    ratios: dict[tuple[str, str], list[float]]  # (observer side, floor): per round
+    programs: dict[str, StormTime]  # the storms with statistics on, by side
+    rounds: int
+    calls: int
+
+    def added(self, side: str) -> float:
+        return median(self.times[side]) - median(self.times["nothing"])
+
+    def ratio(self, side: str, floor: str) -> float:
+        floor_added = self.added(floor)
+        return self.added(side) / floor_added if floor_added > 0 else float("nan")
+
+    def program_ns(self, side: str, names: tuple[str, ...] | None = None) -> float:
+        """BPF ns per call of the side's programs (all, or ``names``), statistics on."""
+        run = self.programs[side]
+        total = sum(ns for name, (_, ns) in run.programs.items() if names is None or name in names)
+        return total / max(run.calls, 1)
+
+
 def measure(children: Children, settings: Settings) -> Section:
+    sides = SIDES if has_uprobe_sessions() else tuple(s for s in SIDES if s != "session")
     calls = max(20_000, settings.storm_calls // 15)
-    rounds = max(6, settings.overhead_rounds * 2)
-    times: dict[str, list[float]] = {side: [] for side in SIDES}
-    ratios: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="floor-") as folder:
+    # Each side in each place of the order once per rotation.
+    rounds = len(sides) * (3 if settings.name == "full" else 1)
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    ratios: dict[tuple[str, str], list[float]] = {
+        (side, floor): [] for side in OBSERVERS for floor in FLOORS if floor in sides
+    }
+    programs: dict[str, StormTime] = {}
+    with tempfile.TemporaryDirectory(prefix="floor-") as folder, empty_probes() as probes:
         binary = storm.build(Path(folder))
         for index in range(rounds):
-            shift = index % len(SIDES)
+            shift = index % len(sides)
             figures = {}
-            for side in SIDES[shift:] + SIDES[:shift]:
-                figures[side] = ns_per_call(children, binary, calls, side)
-                times[side].append(figures[side])
-            floor = figures["floor"] - figures["nothing"]
-            if floor > 0:
-                ratios.append((figures["observer"] - figures["nothing"]) / floor)
-    medians = {side: median(values) for side, values in times.items()}
-    added_floor = medians["floor"] - medians["nothing"]
-    added_observer = medians["observer"] - medians["nothing"]
-    overall = added_observer / added_floor if added_floor > 0 else float("nan")
+            for side in sides[shift:] + sides[:shift]:
+                figures[side] = timed_storm(children, binary, calls, side, probes, False)
+                times[side].append(figures[side].ns_per_call)
+            for side, floor in ratios:
+                floor_added = figures[floor].ns_per_call - figures["nothing"].ns_per_call
+                if floor_added > 0:
+                    added = figures[side].ns_per_call - figures["nothing"].ns_per_call
+                    ratios[side, floor].append(added / floor_added)
+        for side in sides[1:]:
+            programs[side] = timed_storm(children, binary, calls, side, probes, True)
+    return _section(Figures(sides, times, ratios, programs, rounds, calls))
+
+
+def _times(ratio: float) -> str:
+    """A ratio of added times; none where the floor added nothing measurable."""
+    return "no floor above nothing" if math.isnan(ratio) else f"{ratio:.2f}x"
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "no round with a positive floor"
+    return (
+        f"{min(values):.2f} to {max(values):.2f} over {len(values)} rounds "
+        f"(median {median(values):.2f})"
+    )
+
+
+def _section(f: Figures) -> Section:
     section = Section("9. Added time per getaddrinfo call against the floor")
+    sessions = "session" in f.sides
     section.text(
-        f'{rounds} rounds, each timing a storm of {calls:,} getaddrinfo("localhost") calls '
-        "with nothing attached, with an empty program at getaddrinfo's entry and return (the "
-        "floor: a uprobe session, as the observer's, or a uprobe+uretprobe pair where the "
-        "kernel has no sessions: two traps and two empty runs) and with the observer, both "
-        "attached for the storm's pid only; the order rotates each round."
-    )
-    section.table(
-        ["side", "ns per call (median)", "range", "added (median)"],
-        [
-            [
-                side,
-                f"{medians[side]:,.0f}",
-                f"{min(times[side]):,.0f} to {max(times[side]):,.0f}",
-                f"{medians[side] - medians['nothing']:,.0f}",
-            ]
-            for side in SIDES
-        ],
-    )
-    spread = (
-        f"{min(ratios):.2f} to {max(ratios):.2f} over {len(ratios)} rounds"
-        if ratios
-        else "no round with a positive floor"
-    )
-    section.text(
-        f"Observer / floor of the added time: {overall:.2f} from the medians; per round "
-        f"{spread} (median {median(ratios):.2f})."
-        if ratios
-        else f"Observer / floor of the added time: {overall:.2f} from the medians; {spread}."
-    )
-    section.goals.append(
-        Goal(
-            "added time per getaddrinfo call, observer / floor",
-            f"<= {GOAL}x",
-            f"{overall:.2f}x",
-            overall <= GOAL,
-            "the observer's getaddrinfo program takes about 450 ns per call more than the empty "
-            "one (section 8), and glibc's getaddrinfo opens and closes /etc/hosts on every "
-            "call: the close runs the DNS probe's tracepoint (section 2), which forgets a "
-            "closed socket so that its number, reused by a file, is not taken for one. The "
-            "floor itself became cheaper with the session links (a perf-event uprobe pair "
-            "added about 1,660 ns here, a session about 1,150), so the ratio rose although the "
-            "observer's own added time fell (about 2,500 ns before)",
+        f'{f.rounds} rounds, each timing a storm of {f.calls:,} getaddrinfo("localhost") calls '
+        "under each side, the order rotating each round: nothing attached; "
+        + (
+            "an empty program at getaddrinfo's entry and return as a uprobe session (one link, "
+            "a run at entry and one at return, as the observer's own program is attached on "
+            "this kernel)"
+            if sessions
+            else "no empty uprobe session (skipped: this kernel has no uprobe sessions, Linux "
+            "6.13+, and the observer attaches an entry and a return program instead)"
         )
+        + "; an empty uprobe+uretprobe pair (an entry and a return program, a uprobe_multi "
+        "link each: two traps and two empty runs, the floor the goal names); the observer "
+        "(`--pid`, `--no-children`, `--no-sites`) with host names, as by default, and with "
+        "`--no-host-names`. Every probe is attached for the storm's pid only."
     )
+    rows = []
+    for side in f.sides:
+        values = f.times[side]
+        run = f.programs.get(side)
+        rows.append(
+            [
+                LABELS[side],
+                f"{median(values):,.0f}",
+                f"{min(values):,.0f} to {max(values):,.0f}",
+                f"{f.added(side):,.0f}",
+                "-" if run is None else f"{f.program_ns(side):,.0f}",
+            ]
+        )
+    section.table(
+        [
+            "side",
+            "ns per call (median)",
+            "range",
+            "added (median)",
+            "BPF ns per call (statistics on)",
+        ],
+        rows,
+    )
+    lines = []
+    for side in OBSERVERS:
+        for floor in FLOORS:
+            if (side, floor) in f.ratios:
+                ratio = _times(f.ratio(side, floor))
+                lines.append(
+                    f"- {LABELS[side]} / {LABELS[floor]}: **{ratio}** from the medians; per "
+                    f"round {_spread(f.ratios[side, floor])}"
+                )
+    section.lines += ["Added time, observer / floor:", "", *lines, ""]
+    section.text(
+        "*BPF ns per call*: one more storm per side with kernel.bpf_stats_enabled=1, the "
+        "run time of every program of the side that ran, divided by the calls (the statistics "
+        "add their clock reads to each run; the observer's tracepoints also run for the rest "
+        "of the machine in that window)." + _other_programs(f)
+    )
+    why = _why(f)
+    for side, wording in (("observer", "with host names"), ("no host names", "`--no-host-names`")):
+        ratio = f.ratio(side, "pair")
+        section.goals.append(
+            Goal(
+                f"added time per getaddrinfo call, observer ({wording}) / an empty "
+                "uprobe+uretprobe pair",
+                f"<= {GOAL}x",
+                _times(ratio),
+                None if math.isnan(ratio) else ratio <= GOAL,
+                why[side],
+            )
+        )
+    if sessions:
+        for side, wording in (
+            ("observer", "with host names"),
+            ("no host names", "`--no-host-names`"),
+        ):
+            section.goals.append(
+                Goal.reported(
+                    f"added time per getaddrinfo call, observer ({wording}) / an empty uprobe "
+                    "session",
+                    _times(f.ratio(side, "session")),
+                )
+            )
     return section
+
+
+def _others(f: Figures, side: str) -> list[tuple[str, int, int]]:
+    """The side's programs other than getaddrinfo's that ran at least once per two calls:
+    (name, runs, ns), the costliest first."""
+    run = f.programs[side]
+    return sorted(
+        (
+            (name, runs, ns)
+            for name, (runs, ns) in run.programs.items()
+            if name not in CALL_PROGRAMS and runs * 2 >= run.calls
+        ),
+        key=lambda item: -item[2],
+    )
+
+
+def _other_programs(f: Figures) -> str:
+    run = f.programs["observer"]
+    text = (
+        " Of the observer's, getaddrinfo's programs took "
+        f"{f.program_ns('observer', CALL_PROGRAMS):,.0f} ns per call with host names and "
+        f"{f.program_ns('no host names', CALL_PROGRAMS):,.0f} without"
+    )
+    others = _others(f, "observer")
+    if not others:
+        return text + "; no other program ran as often as once per two calls."
+    listed = ", ".join(
+        f"`{name}` ({runs / run.calls:.2f} runs and {ns / run.calls:,.0f} ns per call)"
+        for name, runs, ns in others
+    )
+    return (
+        text + f"; besides them, at least once per two calls: {listed}. glibc's getaddrinfo "
+        "opens and closes /etc/hosts in every call, and the DNS probe's tracepoint on close "
+        "runs for it."
+    )
+
+
+def _why(f: Figures) -> dict[str, str]:
+    """What the run shows about each observer side's distance from the pair floor."""
+    pair, pair_bpf = f.added("pair"), f.program_ns("pair")
+    texts = {}
+    for side in OBSERVERS:
+        added, bpf = f.added(side), f.program_ns(side)
+        run = f.programs[side]
+        others = "".join(f", `{name}` {ns / run.calls:,.0f}" for name, _, ns in _others(f, side))
+        text = (
+            f"the observer adds {added:,.0f} ns per call, the pair {pair:,.0f}; with the "
+            f"statistics on, the observer's programs ran {bpf:,.0f} ns per call (getaddrinfo's "
+            f"{f.program_ns(side, CALL_PROGRAMS):,.0f}{others}) against {pair_bpf:,.0f} ns for "
+            f"the pair's two empty runs: {bpf - pair_bpf:,.0f} ns more work in the programs, of "
+            f"the {added - pair:,.0f} ns between the two"
+        )
+        session_link = GETADDRINFO_PROBE.session in run.programs
+        if session_link and "session" in f.sides and f.added("session") < pair:
+            text += (
+                ", although its getaddrinfo program is one uprobe session, whose mechanism "
+                f"costs less than the pair's (an empty session adds {f.added('session'):,.0f} "
+                f"ns per call; against it the ratio is {_times(f.ratio(side, 'session'))})"
+            )
+        if side == "observer":
+            text += (
+                f"; host names account for {added - f.added('no host names'):,.0f} ns of the "
+                f"added time (`--no-host-names`: {_times(f.ratio('no host names', 'pair'))})"
+            )
+        texts[side] = text
+    return texts

@@ -12,6 +12,12 @@ class Goal:
     measured: str
     met: bool | None  # None: could not be measured
     why: str = ""  # for a missed goal: what the figures show about the cause
+    judged: bool = True  # False: a figure shown beside the goals (wanted "-"), not judged
+
+    @classmethod
+    def reported(cls, what: str, measured: str) -> Goal:
+        """A figure beside the goals that no goal judges, so that none is taken for another."""
+        return cls(what, "-", measured, None, judged=False)
 
 
 @dataclass
@@ -31,15 +37,17 @@ class Section:
         self.lines.append("")
 
 
-def verdict(met: bool | None) -> str:
-    return {True: "met", False: "**missed**", None: "not measured"}[met]
+def verdict(goal: Goal) -> str:
+    if not goal.judged:
+        return "reported"
+    return {True: "met", False: "**missed**", None: "not measured"}[goal.met]
 
 
 def render(title: str, preamble: list[str], sections: list[Section]) -> str:
     out = [f"# {title}", "", *preamble, "", "## Goals", ""]
     goals = [goal for section in sections for goal in section.goals]
     out += ["| goal | wanted | measured | |", "|---|---|---|---|"]
-    out += [f"| {g.what} | {g.wanted} | {g.measured} | {verdict(g.met)} |" for g in goals]
+    out += [f"| {g.what} | {g.wanted} | {g.measured} | {verdict(g)} |" for g in goals]
     missed = [g for g in goals if g.met is False and g.why]
     if missed:
         out += ["", "Why the missed goals were missed:", ""]
