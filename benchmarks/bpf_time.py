@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -19,8 +18,7 @@ from pathlib import Path
 
 from benchmarks import storm
 from benchmarks.children import Children
-from benchmarks.empty_probes import EMPTY_PROGRAMS, EmptyProbes, Stats, empty_probes
-from benchmarks.observer_process import Observer
+from benchmarks.empty_probes import EMPTY_PROGRAMS, EmptyProbes, Stats, empty_probes, observed
 from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
 from benchmarks.stats import median
@@ -55,10 +53,8 @@ def ns_per(programs: dict[str, tuple[int, int]], names: tuple[str, ...], events:
 @contextlib.contextmanager
 def attached(side: str, children: Children, pid: int, probes: EmptyProbes) -> Iterator[Stats]:
     if side in OBSERVERS:
-        args = ["--pid", f"storm={pid}", "--allow-non-python", *OBSERVERS[side]]
-        with Observer(children, args) as observer:
-            observer.wait_ready(storm.ATTACH_TIMEOUT)
-            yield lambda: storm.program_stats(observer.pid)
+        with observed(children, pid, OBSERVERS[side]) as stats:
+            yield stats
     else:
         with probes.attached(empty_kind(), pid) as stats:
             yield stats
@@ -72,14 +68,8 @@ def empty_kind() -> str:
 def storm_once(
     children: Children, binary: Path, settings: Settings, side: str, probes: EmptyProbes
 ) -> Figures:
-    process = children.spawn(
-        [str(binary), str(settings.storm_calls), str(settings.storm_threads), "1", "1"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    process, pid = storm.spawn_storm(children, binary, settings.storm_calls, settings.storm_threads)
     try:
-        pid = json.loads(process.stdout.readline())["pid"]
         with attached(side, children, pid, probes) as programs, storm.bpf_statistics():
             before = programs()
             process.stdin.write("go\n")
@@ -91,10 +81,7 @@ def storm_once(
         done = json.loads(line)
     finally:
         children.end(process)
-    ran = {
-        name: (runs - before.get(name, (0, 0))[0], ns - before.get(name, (0, 0))[1])
-        for name, (runs, ns) in after.items()
-    }
+    ran = storm.ran_between(before, after)
     calls, threads = done["getaddrinfo_calls"], done["threads_created"]
     return Figures(
         ns_per(ran, (*CALL_PROGRAMS, *EMPTY_PROGRAMS[empty_kind()]), calls),

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable, Iterator
 
 from benchmarks import storm
+from benchmarks.children import Children
+from benchmarks.observer_process import Observer
 from observer import procfs
 from observer.bpf_backend import (
     ENTRY,
@@ -105,3 +107,14 @@ def empty_probes() -> Iterator[EmptyProbes]:
         yield probes
     finally:
         probes.close()
+
+
+@contextlib.contextmanager
+def observed(children: Children, pid: int, arguments: list[str]) -> Iterator[Stats]:
+    """The observer on process ``pid`` (``--pid``, with ``arguments``); yields what gives its
+    programs' (runs, ns) by name."""
+    args = ["--pid", f"storm={pid}", "--allow-non-python", *arguments]
+    with Observer(children, args) as observer:
+        observer.wait_ready(storm.ATTACH_TIMEOUT)
+        time.sleep(0.3)  # the compile's aftermath
+        yield lambda: storm.program_stats(observer.pid)

@@ -17,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +25,7 @@ from pathlib import Path
 from benchmarks import storm
 from benchmarks.bpf_time import CALL_PROGRAMS
 from benchmarks.children import Children
-from benchmarks.empty_probes import EMPTY_PROGRAMS, EmptyProbes, Stats, empty_probes
-from benchmarks.observer_process import Observer
+from benchmarks.empty_probes import EMPTY_PROGRAMS, EmptyProbes, Stats, empty_probes, observed
 from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
 from benchmarks.stats import median
@@ -56,11 +53,8 @@ FLOORS = ("pair", "session")
 def attached(side: str, children: Children, pid: int, probes: EmptyProbes) -> Iterator[Stats]:
     """The side's programs on process ``pid``; yields what gives their (runs, ns) by name."""
     if side in OBSERVERS:
-        args = ["--pid", f"storm={pid}", "--allow-non-python", *OBSERVERS[side]]
-        with Observer(children, args) as observer:
-            observer.wait_ready(storm.ATTACH_TIMEOUT)
-            time.sleep(0.3)  # the compile's aftermath
-            yield lambda: storm.program_stats(observer.pid)
+        with observed(children, pid, OBSERVERS[side]) as stats:
+            yield stats
     elif side in EMPTY_PROGRAMS:
         with probes.attached(side, pid) as stats:
             yield stats
@@ -80,14 +74,8 @@ def timed_storm(
 ) -> StormTime:
     """One storm of ``calls`` getaddrinfo calls under ``side``; with ``stats``, the kernel's
     BPF statistics on around it (they add clock reads to every run: not for the timed rounds)."""
-    process = children.spawn(
-        [str(binary), str(calls), "1", "1", "1"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    process, pid = storm.spawn_storm(children, binary, calls, 1)
     try:
-        pid = json.loads(process.stdout.readline())["pid"]
         with attached(side, children, pid, probes) as programs:
             statistics = bpf_statistics() if stats else contextlib.nullcontext()
             with statistics:
@@ -96,10 +84,7 @@ def timed_storm(
                 process.stdin.flush()
                 done = json.loads(process.stdout.readline())
                 after = programs() if stats else {}
-        ran = {
-            name: (runs - before.get(name, (0, 0))[0], ns - before.get(name, (0, 0))[1])
-            for name, (runs, ns) in after.items()
-        }
+        ran = storm.ran_between(before, after)
         return StormTime(
             1e9 * done["getaddrinfo_seconds"] / done["getaddrinfo_calls"],
             done["getaddrinfo_calls"],

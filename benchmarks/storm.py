@@ -149,17 +149,32 @@ def watchers() -> list[Watcher]:
     ]
 
 
-@contextlib.contextmanager
-def watched_storm(children: Children, binary: Path, watcher: Watcher, settings: Settings):
-    """A storm process, ready and waiting, with the watcher started on it; both ended after."""
+def spawn_storm(children: Children, binary: Path, calls: int, threads: int):
+    """A storm process, ready and waiting for its go, and its pid."""
     storm = children.spawn(
-        [str(binary), str(settings.storm_calls), str(settings.storm_threads), "1", "1"],
+        [str(binary), str(calls), str(threads), "1", "1"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    return storm, json.loads(storm.stdout.readline())["pid"]
+
+
+def ran_between(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]
+) -> dict[str, tuple[int, int]]:
+    """Each program's (runs, ns) from one reading of the kernel's statistics to the next."""
+    return {
+        name: (runs - before.get(name, (0, 0))[0], ns - before.get(name, (0, 0))[1])
+        for name, (runs, ns) in after.items()
+    }
+
+
+@contextlib.contextmanager
+def watched_storm(children: Children, binary: Path, watcher: Watcher, settings: Settings):
+    """A storm process, ready and waiting, with the watcher started on it; both ended after."""
+    storm, storm_pid = spawn_storm(children, binary, settings.storm_calls, settings.storm_threads)
     try:
-        storm_pid = json.loads(storm.stdout.readline())["pid"]
         watcher.start(children, storm_pid)
         try:
             yield storm
@@ -237,10 +252,7 @@ def profiled_run(children: Children, binary: Path, settings: Settings) -> Run:
         before = program_stats(watcher.pid)
         run = _storm(storm, watcher)
         after = program_stats(watcher.pid)
-    run.programs = {
-        name: (runs - before.get(name, (0, 0))[0], ns - before.get(name, (0, 0))[1])
-        for name, (runs, ns) in after.items()
-    }
+    run.programs = ran_between(before, after)
     return run
 
 
