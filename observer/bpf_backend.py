@@ -51,6 +51,7 @@ PROBE_FILES = (
     "dns.bpf.c",
     "resolver.bpf.c",
 )
+DNS_PROBE_FILE = "dns.bpf.c"
 INIT_PID_NAMESPACE_INO = 0xEFFFFFFC
 EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 # Tracepoints handled by functions that need no tracepoint arguments.
@@ -60,14 +61,17 @@ PLAIN_TRACEPOINTS = [
 # Syscalls whose tracepoints dns.bpf.c uses (on entry, and on exit where it says so).
 DNS_SYSCALLS = ("socket", "connect", "close", "sendto", "write", "writev", "sendmsg", "sendmmsg")
 DNS_SYSCALL_EXITS = ("socket", "sendto", "write", "writev", "sendmsg", "sendmmsg")
+DNS_TRACEPOINTS = (
+    *(f"syscalls:sys_enter_{name}" for name in DNS_SYSCALLS),
+    *(f"syscalls:sys_exit_{name}" for name in DNS_SYSCALL_EXITS),
+)
 MACRO_TRACEPOINTS = (
     "task:task_newtask",
     "sched:sched_process_exec",
     "sched:sched_process_exit",
     "syscalls:sys_enter_execve",
     "syscalls:sys_enter_execveat",
-    *(f"syscalls:sys_enter_{name}" for name in DNS_SYSCALLS),
-    *(f"syscalls:sys_exit_{name}" for name in DNS_SYSCALL_EXITS),
+    *DNS_TRACEPOINTS,
 )
 # Where a forked child first returns to user space: in a PID namespace it takes its watch there.
 CHILD_RETURNS = tuple(f"syscalls:sys_exit_{name}" for name in ("clone", "clone3", "fork", "vfork"))
@@ -77,12 +81,10 @@ MAPS = (
     "threads_created_total",
     "getaddrinfo_failures_total",
     "exec_arguments_by_thread",
-    "dns_queries_total",
-    "dns_sockets",
-    "dns_socket_calls",
-    "dns_send_calls",
     "resolver_calls_total",
 )
+# dns.bpf.c's: left out with it (--no-dns-queries).
+DNS_MAPS = ("dns_queries_total", "dns_sockets", "dns_socket_calls", "dns_send_calls")
 # Per-thread state (thread_state.h): in the tasks themselves where the kernel has task storage
 # (nothing to walk, and it goes with each thread), else a map like the others.
 THREAD_STATE_MAP = "thread_states"
@@ -143,6 +145,7 @@ RESOLVER_UPROBE_NAMES = tuple(
     for on_return in (False, True)
     for f in PROBED_RESOLVER_FUNCTIONS
 )
+DNS_PROBE_NAMES = tuple(t.split(":")[1] for t in DNS_TRACEPOINTS)
 PROBE_NAMES = (
     *(t.split(":")[1] for t in MACRO_TRACEPOINTS),
     *EPOLL_SYSCALLS,
@@ -230,9 +233,9 @@ COUNTER_MAPS = {
     "process_totals": _add_totals,
     "threads_created_total": _add_created,
     "getaddrinfo_failures_total": _add_failure,
-    "dns_queries_total": _add_dns_queries,
     "resolver_calls_total": _add_resolver_call,
 }
+DNS_COUNTER_MAPS = {"dns_queries_total": _add_dns_queries}
 # Without them (--no-host-names) getaddrinfo reads no name, and this map is compiled out.
 HOST_COUNTER_MAPS = {"getaddrinfo_host_calls_total": _add_host}
 SITE_COUNTER_MAPS = {
@@ -352,11 +355,8 @@ def exec_arguments(raw: bytes, length: int) -> list[str]:
 
 
 # Counters the kernel keeps about what it could not do: self metrics.
-KERNEL_DROPS = (
-    "children_not_watched_total",
-    "exec_reports_lost_total",
-    "dns_unknown_socket_sends_total",
-)
+KERNEL_DROPS = ("children_not_watched_total", "exec_reports_lost_total")
+DNS_KERNEL_DROPS = ("dns_unknown_socket_sends_total",)
 
 
 class BpfProbes:
@@ -372,26 +372,36 @@ class BpfProbes:
         follow_children: bool = True,
         per_process: bool = False,
         host_names: bool = True,
+        dns_queries: bool = True,
     ) -> None:
         self.track_new_processes = track_new_processes
         self.per_process = per_process
         self.sites = sites
         self.host_names = host_names
+        self.dns_queries = dns_queries
         self.follow_children = follow_children
         self.counter_maps = {
             **COUNTER_MAPS,
             **(HOST_COUNTER_MAPS if host_names else {}),
+            **(DNS_COUNTER_MAPS if dns_queries else {}),
             **(SITE_COUNTER_MAPS if sites else {}),
         }
         self.maps = (
             *MAPS,
             *(HOST_COUNTER_MAPS if host_names else ()),
+            *(DNS_MAPS if dns_queries else ()),
             *(SITE_MAPS if sites else ()),
         )
+        # Without dns.bpf.c, none of its tracepoints: no program runs at any process's
+        # write, send or close.
+        self.probe_names = tuple(
+            name for name in PROBE_NAMES if dns_queries or name not in DNS_PROBE_NAMES
+        )
+        self.kernel_drop_names = (*KERNEL_DROPS, *(DNS_KERNEL_DROPS if dns_queries else ()))
         self._exec_reports: list[ExecReport] = []
         # Every probe is listed from the start, so one that failed to attach shows 0.
-        self.probes_attached: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
-        self.attach_errors: Counter[str] = Counter(dict.fromkeys(PROBE_NAMES, 0))
+        self.probes_attached: Counter[str] = Counter(dict.fromkeys(self.probe_names, 0))
+        self.attach_errors: Counter[str] = Counter(dict.fromkeys(self.probe_names, 0))
         self._bpf = None
         # (device, inode), or with per_process (device, inode, pid) -> the probes on it
         self._attached_objects: dict[tuple[int, ...], set[str]] = {}
@@ -430,9 +440,15 @@ class BpfProbes:
             *bpf_cflags(self.track_new_processes, self.sites, self.task_storage, self.host_names),
             f"-DFOLLOW_CHILDREN={int(self.follow_children)}",
         ]
-        self._bpf = compile_probes(PROBE_FILES, cflags, "probes")
+        if not self.host_names:
+            log.info("host names not read (--no-host-names): no getaddrinfo_host_calls_total")
+        if not self.dns_queries:
+            log.info("DNS messages not followed (--no-dns-queries): no dns_queries_total")
+        files = tuple(f for f in PROBE_FILES if self.dns_queries or f != DNS_PROBE_FILE)
+        self._bpf = compile_probes(files, cflags, "probes")
         for tracepoint in MACRO_TRACEPOINTS:
-            self.probes_attached[tracepoint.split(":")[1]] += 1  # attached by bcc on load
+            if self.dns_queries or tracepoint not in DNS_TRACEPOINTS:
+                self.probes_attached[tracepoint.split(":")[1]] += 1  # attached by bcc on load
         plain = PLAIN_TRACEPOINTS
         if pid_namespace_cflags():
             self.maps = (*self.maps, "forked_children")
@@ -469,7 +485,8 @@ class BpfProbes:
     def kernel_drops(self) -> dict[str, int]:
         """What the kernel could not do for lack of room, by counter name."""
         return {
-            name: sum(value.value for value in self._bpf[name].values()) for name in KERNEL_DROPS
+            name: sum(value.value for value in self._bpf[name].values())
+            for name in self.kernel_drop_names
         }
 
     def _attach_tracepoint(self, tracepoint: str, function: str) -> None:
@@ -645,7 +662,7 @@ class BpfProbes:
             detach_all(self._bpf)
             self._bpf.cleanup()
             self._bpf = None
-            self.probes_attached = Counter(dict.fromkeys(PROBE_NAMES, 0))
+            self.probes_attached = Counter(dict.fromkeys(self.probe_names, 0))
             self._attached_objects.clear()
             self._readers.clear()
             self._states_read = (None, {}, {})

@@ -88,6 +88,13 @@ def add_run_parser(subparsers, parents) -> None:
         "getaddrinfo_host_calls_total, and each call costs less",
     )
     parser.add_argument(
+        "--no-dns-queries",
+        dest="dns_queries",
+        action="store_false",
+        help="do not follow DNS messages on the wire: no dns_queries_total, and no program "
+        "runs at any process's write, send or close",
+    )
+    parser.add_argument(
         "--interval",
         type=positive_float,
         default=0.25,

@@ -152,7 +152,7 @@ class ObserverCollector(Collector):
         if counted:
             yield from _thread_counters(counted, labels)
             yield from _getaddrinfo_metrics(counted, labels)
-            yield from _resolution_metrics(counted, labels)
+            yield from _resolution_metrics(counted, labels, snapshot.dns_queries)
             yield from _site_metrics(counted, labels)
 
     def _self_metrics(self, snapshot: Snapshot, groups: list[Series]) -> Iterator[Metric]:
@@ -276,7 +276,9 @@ def _getaddrinfo_metrics(groups: list[Series], labels: list[str]) -> Iterator[Me
     yield from (calls, failures, duration, hosts)
 
 
-def _resolution_metrics(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
+def _resolution_metrics(
+    groups: list[Series], labels: list[str], dns_queries: bool = True
+) -> Iterator[Metric]:
     queries = CounterMetricFamily(
         _name("dns_queries"),
         "DNS queries the target's processes sent to port 53, whoever sent them",
@@ -289,7 +291,7 @@ def _resolution_metrics(groups: list[Series], labels: list[str]) -> Iterator[Met
     )
     for group in groups:
         counts = group.counts
-        for transport in Transport:
+        for transport in Transport if dns_queries else ():
             queries.add_metric(
                 [*group.labels, transport.label], counts.dns_queries.get(transport.label, 0)
             )

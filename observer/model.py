@@ -84,3 +84,6 @@ class Snapshot:
     map_entries: dict[str, int] = field(default_factory=dict)
     # What could not be watched or named as asked, by self metric (see collector.LOSSES).
     losses: dict[str, int] = field(default_factory=dict)
+    # Whether DNS messages on the wire are followed (not with --no-dns-queries): without,
+    # dns_queries_total has no series rather than zeros.
+    dns_queries: bool = True

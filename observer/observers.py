@@ -349,7 +349,14 @@ class BpfObserver(ProcObserver):
 
     backend = "bpf"
 
-    def __init__(self, *args, sites: bool = True, host_names: bool = True, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        sites: bool = True,
+        host_names: bool = True,
+        dns_queries: bool = True,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         # Uprobes for the watched processes only, where every one of them is attached before
         # it is watched: --pid targets without their children.
@@ -358,6 +365,7 @@ class BpfObserver(ProcObserver):
             track_new_processes=bool(self.regex_targets),
             sites=sites,
             host_names=host_names,
+            dns_queries=dns_queries,
             follow_children=self.follow_children,
             per_process=per_process,
         )
@@ -740,6 +748,7 @@ class BpfObserver(ProcObserver):
                 losses=self._said(
                     {**self.probes.kernel_drops(), "target_names_overflowed_total": self.overflowed}
                 ),
+                dns_queries=self.probes.dns_queries,
             )
 
     def _said(self, losses: dict[str, int]) -> dict[str, int]:

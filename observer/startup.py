@@ -44,6 +44,7 @@ def make_observer(args: argparse.Namespace):
                     **options,
                     sites=getattr(args, "sites", True),
                     host_names=getattr(args, "host_names", True),
+                    dns_queries=getattr(args, "dns_queries", True),
                 )
             )
         except BpfUnavailable as err:

@@ -335,15 +335,22 @@ def test_a_new_target_is_attached_without_waiting_for_the_interval(tmp_path):
             )
 
 
-def test_without_host_names_every_other_count_stays_exact(tmp_path):
+@pytest.mark.parametrize(
+    "flag, family",
+    [
+        ("--no-host-names", "thread_observer_getaddrinfo_host_calls_total"),
+        ("--no-dns-queries", "thread_observer_dns_queries_total"),
+    ],
+)
+def test_a_feature_left_out_has_no_series_and_every_other_count_stays_exact(flag, family, tmp_path):
     with workload([*MIXED, "--linger", "60"]) as target:
-        args = ["--pid", f"mixed={target.pid}", "--no-host-names"]
-        with observer(args, tmp_path) as running:
+        with observer(["--pid", f"mixed={target.pid}", flag], tmp_path) as running:
             target.go()
             truth = target.truth()
             metrics = counts_settled(running, "mixed", truth)
-            assert_matches_truth(metrics, "mixed", truth, host_names=False)
-            assert "getaddrinfo_host_calls_total{" not in running.get()[0]
+            assert_matches_truth(metrics, "mixed", truth, host_names=flag != "--no-host-names")
+            assert f"{family}{{" not in running.get()[0]  # no series, not zeros
+            assert f"({flag})" in running.log()  # said at start
 
 
 EXEC_PHASES = Path(__file__).parent / "targets" / "exec_phases.c"

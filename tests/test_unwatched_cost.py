@@ -86,3 +86,45 @@ def test_an_unwatched_process_runs_getaddrinfo_s_program_once_per_call(tmp_path)
     # call, and far from the two an entry and a return would take.
     assert calls <= added["getaddrinfo_session"] < 1.5 * calls
     assert added["getaddrinfo_return"] == 0
+
+
+# Writes to /dev/null and closes, WRITES of each, after a line on stdin; then a line.
+WRITER = """
+import os, sys
+print('{"ready": true, "pid": %d}' % os.getpid(), flush=True)
+for line in sys.stdin:
+    writes = int(line)
+    for _ in range(writes):
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.write(fd, b"x")
+        os.close(fd)
+    print(writes, flush=True)
+"""
+
+
+def all_runs(running) -> dict[str, float]:
+    return running.scrape().labels("thread_observer_bpf_program_runs_total", "program")
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-dns-queries"]], ids=["default", "no-dns-queries"])
+def test_writes_and_closes_of_any_process_run_the_dns_probe_unless_left_out(flags, tmp_path):
+    writes = 1000
+    with (
+        bpf_stats_on(),
+        workload(["-c", WRITER]) as writer,
+        observer(["--target", "none=^matches-no-process$", *flags], tmp_path) as running,
+    ):
+        before = all_runs(running)
+        writer.process.stdin.write(f"{writes}\n")
+        writer.process.stdin.flush()
+        assert writer._line().strip() == str(writes)
+        after = all_runs(running)
+    added = {p: after[p] - before.get(p, 0) for p in after}
+    write_and_close = [p for p in after if p.endswith(("_write", "_close"))]
+    if flags:
+        assert write_and_close == []  # not even loaded
+    else:
+        assert len(write_and_close) == 3  # write's entry and exit, close's entry
+        # Other processes write and close meanwhile: at least the writer's.
+        for program in write_and_close:
+            assert added[program] >= writes
