@@ -1,7 +1,9 @@
 """What a process we do not watch pays, by the kernel's own run counters of our programs
 (kernel.bpf_stats_enabled=1): with --pid targets and --no-children the uprobes are the watched
 processes' own, so another process's calls never run them; otherwise getaddrinfo's uprobe
-session runs once per call of such a process, never at its return."""
+session runs once per call of such a process, never at its return. The DNS probe's syscall
+tracepoints run at every write and close of any process, unless --no-dns-queries leaves them
+out."""
 
 from __future__ import annotations
 
