@@ -124,9 +124,11 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     struct watched_process *old = tgid ? watched_tgids.lookup(&tgid) : 0;
     if (old)
         forget_python_process(tgid, (u32)id);  // a new image: its interpreter is found again
+    // Its process's generation may change below: the thread's copy is dropped (no process
+    // has id 0), whatever the epoch, so that its next event looks it up again.
     struct thread_state *state = this_thread((u32)id, 0);
     if (state)
-        state->epoch = 0;  // its process's generation may change below: looked up again
+        state->tgid = 0;
     if (tgid && (old || TRACK_NEW_PROCESSES)) {
         struct watched_process process = {.state = STATE_PENDING};
         if (old && old->state != STATE_EXITED) {

@@ -10,8 +10,9 @@
 //
 // A thread's state also keeps its process's generation, so that an event of a watched thread
 // needs no lookup in the watched set: the copy is good while the watch epoch is the one it was
-// read in. User space sets a new epoch after every change it makes to the watched set; the one
-// change the kernel makes to a running process (an exec) clears the exec'ing thread's copy,
+// read in, and for the process it was read for (a state in a map by thread id may outlive an
+// exec). User space sets a new epoch after every change it makes to the watched set; the one
+// change the kernel makes to a running process (an exec) drops the exec'ing thread's copy,
 // and every other one gives a new task, which has no state yet.
 //
 // Per process (keyed like every counter by tgid and generation): getaddrinfo calls by caller,
@@ -47,8 +48,8 @@ struct thread_state {
     u64 start_routine;        // handed to pthread_create, until its clone; 0: none
     u64 resolver_returns_to;  // stack pointer the outermost resolver call returns to; 0: none
     u64 generation;           // its process's generation (0: not watched) ...
-    u64 epoch;                // ... as of this watch epoch; 0: to be looked up
-    u32 tgid;                 // ... for this process (a map by thread id may outlive an exec)
+    u64 epoch;                // ... as of this watch epoch
+    u32 tgid;                 // ... for this process; 0 (fresh, or through an exec): none
     u32 call_caller;          // decided at entry, where the frames are read
     u32 event_loop;           // the thread has waited in epoll
     u32 reserved;
@@ -99,7 +100,7 @@ static __always_inline void forget_this_thread(u32 tid)
 }
 #endif
 
-// Written by user space only (observer/bpf_backend.py), from 1: a fresh state's 0 never matches.
+// Written by user space only (observer/bpf_backend.py), after each change to the watched set.
 BPF_ARRAY(watch_epoch, u64, 1);
 
 // The generation of the process of a thread that has a state (0: not watched now).
