@@ -183,8 +183,9 @@ def _section(f: Figures) -> Section:
         )
         + "; an empty uprobe+uretprobe pair (an entry and a return program, a uprobe_multi "
         "link each: two traps and two empty runs, the floor the goal names); the observer "
-        "(`--pid`, `--no-children`, `--no-sites`) with host names, as by default, and with "
-        "`--no-host-names`. Every probe is attached for the storm's pid only."
+        "(`--pid`, `--no-children`, `--no-sites`) with host names and the DNS probe, as by "
+        "default, with `--no-host-names`, and with `--no-dns-queries` as well. Every probe is "
+        "attached for the storm's pid only."
     )
     rows = []
     for side in f.sides:
