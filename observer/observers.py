@@ -444,6 +444,7 @@ class BpfObserver(ProcObserver):
         )
         if states is not self._quiet_states:
             self._quiet_states = None if self._settle(states) else states
+        self._settle_execs(reports, states)
         self._look_at_fresh()
         for tracked in self.procs.values():
             if tracked.sites is None and tracked.sites_unavailable is None:
@@ -485,11 +486,33 @@ class BpfObserver(ProcObserver):
                     forget[tgid] = entry.generation
         if any(ended.values()):
             self._retire(ended)
+        self._forget(forget)
+        return acted
+
+    def _settle_execs(self, reports: list[ExecReport], states: dict[int, WatchedEntry]) -> None:
+        """Programs started by attached processes whose entry reads watched, not pending: a
+        watch written from an older look at a process (its command line read just before its
+        exec) overwrites the pending mark of the exec; the exec's report still tells."""
+        forget: dict[int, int] = {}
+        for report in reports:
+            tracked = self.procs.get(report.tgid)
+            entry = states.get(report.tgid)
+            if (
+                tracked is not None
+                and entry is not None
+                and entry.state == ProcessState.WATCHED
+                and tracked.generation == entry.generation == report.generation
+            ):
+                self._settle_pending(report.tgid, entry, forget)
+        self._forget(forget)
+
+    def _forget(self, forget: dict[int, int]) -> None:
+        """Processes (tgid -> generation) out of the kernel's watched set, and their command
+        lines out of ours."""
         self.probes.forget(forget)
         for tgid, generation in forget.items():
             if self.started_cmdlines.get(tgid, (None,))[0] == generation:
                 del self.started_cmdlines[tgid]
-        return acted
 
     def _look_at_fresh(self) -> None:
         """Ends newly attached processes that /proc shows gone: attached at the instant they

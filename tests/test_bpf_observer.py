@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import sysconfig
 import time
 import uuid
 from collections import Counter
 from contextlib import suppress
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -396,3 +398,44 @@ def test_a_thread_that_leaves_and_rejoins_the_watched_set_by_exec_is_counted_exa
         finally:
             process.kill()
             process.wait()
+
+
+def test_an_exec_whose_pending_mark_a_watch_overwrote_still_moves_the_process():
+    # A process attached on the command line it had just before an exec: the watch written
+    # for it can land after the exec's pending mark and overwrite it (user space read the
+    # entry before). The exec's report still moves the process to its new program's target.
+    from observer.constants import ProcessState
+    from observer.observers import BpfObserver
+    from observer.targets import parse_regex_target
+
+    tag = uuid.uuid4().hex[:12]
+    targets = [
+        parse_regex_target(f"before=-X before={tag}"),
+        parse_regex_target(f"after=-X after={tag}"),
+    ]
+    become = (
+        "import os, sys; sys.stdin.readline(); "
+        f"os.execv(sys.executable, [sys.executable, '-X', 'after={tag}', '-c', "
+        "'import time; time.sleep(60)'])"
+    )
+    observer = BpfObserver(targets, [])
+    observer.start()
+    process = subprocess.Popen(
+        [sys.executable, "-X", f"before={tag}", "-c", become], stdin=subprocess.PIPE, text=True
+    )
+    try:
+        wait_until(lambda: observer.poll() or process.pid in observer.procs, 10, "the attach")
+        assert observer.procs[process.pid].target == "before"
+        entry = observer.probes.states()[process.pid]
+        process.stdin.write("go\n")
+        process.stdin.flush()
+        cmdline = Path(f"/proc/{process.pid}/cmdline")
+        wait_until(lambda: f"before={tag}" not in cmdline.read_text(), 10, "the exec")
+        observer.probes.set_state(process.pid, replace(entry, state=ProcessState.WATCHED))
+        assert observer.probes.states()[process.pid].state == ProcessState.WATCHED
+        observer.poll()
+        assert observer.procs[process.pid].target == "after"
+    finally:
+        process.kill()
+        process.wait()
+        observer.close()
