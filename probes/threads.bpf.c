@@ -70,9 +70,8 @@ TRACEPOINT_PROBE(task, task_newtask)
     u32 child = (u32)args->pid;
     if (args->clone_flags & CLONE_THREAD) {
         // A thread made by pthread_create has a state, with its process's generation.
-        u64 generation;
         struct thread_state *state = this_thread(tid, 0);
-        generation = state ? thread_generation(state, tgid) : watched_generation(tgid);
+        u64 generation = state ? thread_generation(state, tgid) : watched_generation(tgid);
         if (generation)
             count_new_thread(tgid, tid, generation, state, child);
         return 0;
