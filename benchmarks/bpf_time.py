@@ -1,7 +1,8 @@
 """8. BPF program time per event of a watched process, by the kernel's own accounting.
 
 A storm (``storm.c``) watched with ``--pid`` and ``--no-sites`` (a C program has no Python
-frames to read anyway), with host names (the default) and with ``--no-host-names``, and, for
+frames to read anyway), with host names and the DNS probe (the default), with
+``--no-host-names``, and with ``--no-dns-queries`` as well, and, for
 reference, an empty program attached to getaddrinfo the way the observer's is; with
 kernel.bpf_stats_enabled=1: each program's run time over the storm, divided by the storm's own
 counts. Repeated, the order of the sides rotating, and the spread reported.
@@ -9,16 +10,13 @@ counts. Repeated, the order of the sides rotating, and the spread reported.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarks import storm
 from benchmarks.children import Children
-from benchmarks.empty_probes import EMPTY_PROGRAMS, EmptyProbes, Stats, empty_probes, observed
+from benchmarks.empty_probes import EMPTY_PROGRAMS, EmptyProbes, empty_probes, side_attached
 from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
 from benchmarks.stats import median
@@ -42,7 +40,6 @@ LABELS = {
     "counting only": "`--no-sites --no-host-names`",
     "no dns probe": "`--no-sites --no-host-names --no-dns-queries`",
 }
-SIDES = ("empty", *OBSERVERS)
 
 
 @dataclass
@@ -59,16 +56,6 @@ def ns_per(programs: dict[str, tuple[int, int]], names: tuple[str, ...], events:
     return sum(programs.get(name, (0, 0))[1] for name in names) / max(events, 1)
 
 
-@contextlib.contextmanager
-def attached(side: str, children: Children, pid: int, probes: EmptyProbes) -> Iterator[Stats]:
-    if side in OBSERVERS:
-        with observed(children, pid, OBSERVERS[side]) as stats:
-            yield stats
-    else:
-        with probes.attached(empty_kind(), pid) as stats:
-            yield stats
-
-
 def empty_kind() -> str:
     """The empty program attached as the observer attaches getaddrinfo's on this kernel."""
     return "session" if has_uprobe_sessions() else "pair"
@@ -77,20 +64,14 @@ def empty_kind() -> str:
 def storm_once(
     children: Children, binary: Path, settings: Settings, side: str, probes: EmptyProbes
 ) -> Figures:
-    process, pid = storm.spawn_storm(children, binary, settings.storm_calls, settings.storm_threads)
-    try:
-        with attached(side, children, pid, probes) as programs, storm.bpf_statistics():
-            before = programs()
-            process.stdin.write("go\n")
-            process.stdin.flush()
-            line = process.stdout.readline()
-            if not line:
-                raise RuntimeError(f"the storm exited with status {process.wait()}")
-            after = programs()
-        done = json.loads(line)
-    finally:
-        children.end(process)
-    ran = storm.ran_between(before, after)
+    done, ran = storm.run_storm(
+        children,
+        binary,
+        settings.storm_calls,
+        settings.storm_threads,
+        lambda pid: side_attached(side, children, pid, probes, OBSERVERS),
+        True,
+    )
     calls, threads = done["getaddrinfo_calls"], done["threads_created"]
     return Figures(
         ns_per(ran, (*CALL_PROGRAMS, *EMPTY_PROGRAMS[empty_kind()]), calls),
@@ -107,12 +88,14 @@ def measure(children: Children, settings: Settings) -> Section:
         storm_threads=max(3_000, settings.storm_threads // 10),
     )
     repeats = 5 if settings.name == "full" else 3
-    figures: dict[str, list[Figures]] = {side: [] for side in SIDES}
+    # The empty program's side is named by its kind, as empty_probes.side_attached takes it.
+    sides = (empty_kind(), *OBSERVERS)
+    figures: dict[str, list[Figures]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory(prefix="bpf-time-") as folder, empty_probes() as probes:
         binary = storm.build(Path(folder))
         for repeat in range(repeats):
-            shift = repeat % len(SIDES)
-            for side in SIDES[shift:] + SIDES[:shift]:
+            shift = repeat % len(sides)
+            for side in sides[shift:] + sides[:shift]:
                 figures[side].append(storm_once(children, binary, settings, side, probes))
     return _section(figures, repeats, settings)
 
@@ -160,7 +143,7 @@ def _section(figures: dict[str, list[Figures]], repeats: int, settings: Settings
     hosts = [f.call for f in figures["host names"]]
     counting = [f.call for f in figures["counting only"]]
     paired = [h - c for h, c in zip(hosts, counting, strict=True)]
-    empty = [f.call for f in figures["empty"]]
+    empty = [f.call for f in figures[kind]]
     observed = [f for side in OBSERVERS for f in figures[side]]
     create = [f.create for f in observed]
     ended = [f.exit for f in observed]

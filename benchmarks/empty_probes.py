@@ -7,7 +7,7 @@ import contextlib
 import errno
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from benchmarks import storm
 from benchmarks.children import Children
@@ -37,8 +37,6 @@ KINDS = {
 EMPTY_PROGRAMS = {kind: tuple(function for function, _ in links) for kind, links in KINDS.items()}
 ATTACH_PATIENCE = 60.0  # seconds
 
-Stats = Callable[[], dict[str, tuple[int, int]]]
-
 
 class EmptyProbes:
     """Empty programs on getaddrinfo, compiled once, attached for one process at a time (see
@@ -49,7 +47,7 @@ class EmptyProbes:
         self.bpf = import_bcc().BPF(text=EMPTY_SOURCE)
 
     @contextlib.contextmanager
-    def attached(self, kind: str, pid: int) -> Iterator[Stats]:
+    def attached(self, kind: str, pid: int) -> Iterator[storm.ProgramStats]:
         """``kind`` ("session" or "pair") on every libc object of ``pid`` that has getaddrinfo;
         yields what gives the programs' (runs, ns) by name."""
         links: list[int] = []
@@ -110,7 +108,7 @@ def empty_probes() -> Iterator[EmptyProbes]:
 
 
 @contextlib.contextmanager
-def observed(children: Children, pid: int, arguments: list[str]) -> Iterator[Stats]:
+def observed(children: Children, pid: int, arguments: list[str]) -> Iterator[storm.ProgramStats]:
     """The observer on process ``pid`` (``--pid``, with ``arguments``); yields what gives its
     programs' (runs, ns) by name."""
     args = ["--pid", f"storm={pid}", "--allow-non-python", *arguments]
@@ -118,3 +116,20 @@ def observed(children: Children, pid: int, arguments: list[str]) -> Iterator[Sta
         observer.wait_ready(storm.ATTACH_TIMEOUT)
         time.sleep(0.3)  # the compile's aftermath
         yield lambda: storm.program_stats(observer.pid)
+
+
+@contextlib.contextmanager
+def side_attached(
+    side: str, children: Children, pid: int, probes: EmptyProbes, observers: dict[str, list[str]]
+) -> Iterator[storm.ProgramStats]:
+    """A benchmark's side on process ``pid``: the observer with ``observers[side]`` as its
+    arguments, an empty kind of KINDS, or nothing; yields what gives its programs' (runs, ns)
+    by name."""
+    if side in observers:
+        with observed(children, pid, observers[side]) as stats:
+            yield stats
+    elif side in KINDS:
+        with probes.attached(side, pid) as stats:
+            yield stats
+    else:
+        yield dict

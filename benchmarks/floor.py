@@ -6,30 +6,27 @@ an empty program at getaddrinfo's entry and return as a uprobe session (one link
 entry and one at return; Linux 6.13+, the way the observer's own program is attached there),
 with an empty uprobe+uretprobe pair (an entry and a return program, a uprobe_multi link each,
 as the observer attaches them where the kernel has no sessions: the floor the goal names), and
-with the observer (``--pid``, ``--no-children``, ``--no-sites``), with host names and with
-``--no-host-names``; every probe for the storm's pid only, the order of the sides rotating each
-round. The figure is (observer - nothing) / (floor - nothing) of the time per call. One more
-storm per side with the kernel's BPF statistics on then gives each side's program time per call.
+with the observer (``--pid``, ``--no-children``, ``--no-sites``): with host names and the DNS
+probe, with ``--no-host-names``, and with ``--no-dns-queries`` as well; every probe for the
+storm's pid only, the order of the sides rotating each round. The figure is (observer -
+nothing) / (floor - nothing) of the time per call. One more storm per side with the kernel's
+BPF statistics on then gives each side's program time per call.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import storm
 from benchmarks.bpf_time import CALL_PROGRAMS
 from benchmarks.children import Children
-from benchmarks.empty_probes import EMPTY_PROGRAMS, EmptyProbes, Stats, empty_probes, observed
+from benchmarks.empty_probes import EmptyProbes, empty_probes, side_attached
 from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
 from benchmarks.stats import median
-from benchmarks.storm import bpf_statistics
 from observer.bpf_backend import GETADDRINFO_PROBE, has_uprobe_sessions
 
 GOAL = 1.3
@@ -57,19 +54,6 @@ LABELS = {
 FLOORS = ("pair", "session")
 
 
-@contextlib.contextmanager
-def attached(side: str, children: Children, pid: int, probes: EmptyProbes) -> Iterator[Stats]:
-    """The side's programs on process ``pid``; yields what gives their (runs, ns) by name."""
-    if side in OBSERVERS:
-        with observed(children, pid, OBSERVERS[side]) as stats:
-            yield stats
-    elif side in EMPTY_PROGRAMS:
-        with probes.attached(side, pid) as stats:
-            yield stats
-    else:
-        yield dict
-
-
 @dataclass
 class StormTime:
     ns_per_call: float
@@ -82,24 +66,19 @@ def timed_storm(
 ) -> StormTime:
     """One storm of ``calls`` getaddrinfo calls under ``side``; with ``stats``, the kernel's
     BPF statistics on around it (they add clock reads to every run: not for the timed rounds)."""
-    process, pid = storm.spawn_storm(children, binary, calls, 1)
-    try:
-        with attached(side, children, pid, probes) as programs:
-            statistics = bpf_statistics() if stats else contextlib.nullcontext()
-            with statistics:
-                before = programs() if stats else {}
-                process.stdin.write("go\n")
-                process.stdin.flush()
-                done = json.loads(process.stdout.readline())
-                after = programs() if stats else {}
-        ran = storm.ran_between(before, after)
-        return StormTime(
-            1e9 * done["getaddrinfo_seconds"] / done["getaddrinfo_calls"],
-            done["getaddrinfo_calls"],
-            {name: figures for name, figures in ran.items() if figures[0] > 0},
-        )
-    finally:
-        children.end(process)
+    done, ran = storm.run_storm(
+        children,
+        binary,
+        calls,
+        1,
+        lambda pid: side_attached(side, children, pid, probes, OBSERVERS),
+        stats,
+    )
+    return StormTime(
+        1e9 * done["getaddrinfo_seconds"] / done["getaddrinfo_calls"],
+        done["getaddrinfo_calls"],
+        {name: figures for name, figures in ran.items() if figures[0] > 0},
+    )
 
 
 @dataclass

@@ -17,6 +17,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +150,10 @@ def watchers() -> list[Watcher]:
     ]
 
 
+# What gives programs' (runs, ns) by name, read at the moment it is called.
+ProgramStats = Callable[[], dict[str, tuple[int, int]]]
+
+
 def spawn_storm(children: Children, binary: Path, calls: int, threads: int):
     """A storm process, ready and waiting for its go, and its pid."""
     storm = children.spawn(
@@ -190,14 +195,42 @@ def storm_run(children: Children, binary: Path, watcher: Watcher, settings: Sett
         return _storm(storm, watcher)
 
 
-def _storm(storm: subprocess.Popen, watcher: Watcher) -> Run:
-    tool_cpu = cpu_seconds(watcher.pid) if watcher.pid else None
+def go(storm: subprocess.Popen) -> dict:
+    """Starts a ready storm and waits for its own counts."""
     storm.stdin.write("go\n")
     storm.stdin.flush()
     line = storm.stdout.readline()
     if not line:
         raise RuntimeError(f"the storm exited with status {storm.wait()}")
-    done = json.loads(line)
+    return json.loads(line)
+
+
+def run_storm(
+    children: Children,
+    binary: Path,
+    calls: int,
+    threads: int,
+    attach: Callable[[int], contextlib.AbstractContextManager[ProgramStats]],
+    statistics: bool,
+) -> tuple[dict, dict[str, tuple[int, int]]]:
+    """One storm under what ``attach(pid)`` attaches to it: the storm's own counts and, with
+    ``statistics``, each program's (runs, ns) over it, the kernel's BPF statistics on around the
+    storm only (they add clock reads to every run)."""
+    storm, pid = spawn_storm(children, binary, calls, threads)
+    try:
+        with attach(pid) as programs:
+            with bpf_statistics() if statistics else contextlib.nullcontext():
+                before = programs() if statistics else {}
+                done = go(storm)
+                after = programs() if statistics else {}
+    finally:
+        children.end(storm)
+    return done, ran_between(before, after)
+
+
+def _storm(storm: subprocess.Popen, watcher: Watcher) -> Run:
+    tool_cpu = cpu_seconds(watcher.pid) if watcher.pid else None
+    done = go(storm)
     counts = StormCounts(
         done["getaddrinfo_calls"],
         done["getaddrinfo_seconds"],
