@@ -63,15 +63,6 @@ def own_rss_mib() -> float:
     return 0.0
 
 
-def parent_pid(pid: int) -> int | None:
-    """The parent's PID from /proc/PID/stat, or None if the process is gone."""
-    try:
-        stat = (PROC / str(pid) / "stat").read_bytes()
-        return int(stat.rsplit(b")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -80,6 +71,7 @@ class ProcessStat:
     """What /proc/PID/stat says of a process's life."""
 
     state: str  # R, S, D, Z (zombie), X (dead)...
+    parent: int
     threads: int
     started: float  # seconds from boot to its start: with its PID, who it is
 
@@ -91,9 +83,17 @@ def process_stat(pid: int) -> ProcessStat | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as file:  # a plain path: pathlib costs more here
             fields = file.read().rsplit(b")", 1)[1].split()
-        return ProcessStat(fields[0].decode(), int(fields[17]), int(fields[19]) / CLOCK_TICKS)
+        return ProcessStat(
+            fields[0].decode(), int(fields[1]), int(fields[17]), int(fields[19]) / CLOCK_TICKS
+        )
     except (OSError, IndexError, ValueError):
         return None
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent's PID, or None if the process is gone."""
+    stat = process_stat(pid)
+    return stat.parent if stat is not None else None
 
 
 def exe_path(pid: int) -> str:
