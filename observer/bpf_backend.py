@@ -906,12 +906,6 @@ def scalar_or_struct(leaf):
     return leaf.value if isinstance(leaf, ctypes._SimpleCData) else leaf
 
 
-def table_items(table) -> list:
-    """A map's entries, in a few batch syscalls where the kernel has them (5.6+) rather than
-    two syscalls per key."""
-    return MapReader(table).items()
-
-
 class MapReader:
     """Reads a hash map's entries whole, in batch syscalls (BPF_MAP_LOOKUP_BATCH, Linux 5.6+)
     into buffers kept from one read to the next: bcc's ``items_lookup_batch`` allocates and
