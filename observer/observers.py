@@ -385,6 +385,8 @@ class BpfObserver(ProcObserver):
         self._reports_ahead = False
         # pid -> until when it is looked at in /proc at every poll (see FRESH_SECONDS)
         self._fresh: dict[int, float] = {}
+        # Fresh pids whose libraries were not mapped yet when they were attached
+        self._libc_pending: set[int] = set()
         # pid -> ((raw counts, sites reader, creator resolver, generation), its counts)
         self._resolved: dict[int, tuple[tuple, Counts]] = {}
 
@@ -517,18 +519,23 @@ class BpfObserver(ProcObserver):
     def _look_at_fresh(self) -> None:
         """Ends newly attached processes that /proc shows gone: attached at the instant they
         exited, their exit mark was overwritten (a process marked exited is ended by the poll
-        before it gets here)."""
+        before it gets here). Probes the libraries of those attached before their loader had
+        mapped them."""
         now = time.monotonic()
         for pid, until in list(self._fresh.items()):
             tracked = self.procs.get(pid)
-            if tracked is None:
+            if tracked is None or ended(pid, tracked.create_time):
+                if tracked is not None:
+                    log.debug("pid %d ended as it was attached", pid)
+                    self._detach(pid)
                 del self._fresh[pid]
-            elif ended(pid, tracked.create_time):
-                log.debug("pid %d ended as it was attached", pid)
-                self._detach(pid)
-                del self._fresh[pid]
+                self._libc_pending.discard(pid)
             elif now >= until:
                 del self._fresh[pid]
+                if pid in self._libc_pending:
+                    self._attach_libc(pid)  # not fresh any more: says what is missing
+            elif pid in self._libc_pending:
+                self._attach_libc(pid)
 
     def _scan(self) -> None:
         super()._scan()
@@ -685,6 +692,12 @@ class BpfObserver(ProcObserver):
             objects, attached = attach_libc_of(self.probes, pid)
         except OSError:
             return
+        self._libc_pending.discard(pid)
+        if not objects and pid in self._fresh:
+            # Caught between its exec and its loader's mapping of the libraries: tried again
+            # at the next polls (see _look_at_fresh).
+            self._libc_pending.add(pid)
+            return
         missing = sorted(set(UPROBE_NAMES) - attached)
         # Resolver functions a libc lacks (a static program holds only those it calls) are
         # nothing to count, not an attach error.
@@ -700,7 +713,7 @@ class BpfObserver(ProcObserver):
                 "pid %d: could not probe %s in %s%s",
                 pid,
                 ", ".join(missing),
-                objects,
+                objects or "its libraries (its loader had not mapped them within a second)",
                 uprobe_capability_hint(),
             )
 

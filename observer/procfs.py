@@ -22,6 +22,8 @@ LIBC_NAME = re.compile(
     r"|libc\.musl-[\w-]+\.so\.1|ld-musl-[\w-]+\.so\.1)$"
 )
 PYTHON_EXE = re.compile(r"^python(\d+(\.\d+)?)?[a-z]*$")
+# glibc's dynamic loader: mapped by the kernel at exec, before any library.
+LOADER_NAME = re.compile(r"^ld-linux[\w.-]*\.so(\.\d+)?$")
 LIBPYTHON = re.compile(r"^libpython(\d+)\.(\d+)")
 PYTHON_VERSION_IN_NAME = re.compile(r"python(\d+)\.(\d+)")
 CONTAINER_ID = re.compile(r"([0-9a-f]{64})")
@@ -107,9 +109,14 @@ def path_in_root(pid: int, path: str) -> str:
 
 def libc_objects(pid: int, mappings: list[Mapping]) -> list[str]:
     """Paths (in the target's namespace) of the objects that may hold pthread_create and
-    getaddrinfo; a statically linked target holds them in its executable."""
+    getaddrinfo; a statically linked target holds them in its executable. None (an empty
+    list) while the dynamic loader has not mapped the libraries yet: a program just started."""
     found = sorted({m.path for m in mappings if LIBC_NAME.match(os.path.basename(m.path))})
-    return found or [exe_path(pid)]
+    if found:
+        return found
+    if any(LOADER_NAME.match(os.path.basename(m.path)) for m in mappings):
+        return []
+    return [exe_path(pid)]
 
 
 def is_python(pid: int, mappings: list[Mapping] | None = None) -> bool:

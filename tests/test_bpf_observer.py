@@ -439,3 +439,38 @@ def test_an_exec_whose_pending_mark_a_watch_overwrote_still_moves_the_process():
         process.kill()
         process.wait()
         observer.close()
+
+
+def test_a_process_attached_before_its_loader_mapped_libc_is_probed_once_it_has():
+    # A child that stops at its exec (ptrace), before the dynamic loader maps any library: its
+    # executable holds no getaddrinfo, so its libc is probed at a later poll, without an error.
+    import ctypes
+    import signal
+
+    from observer.observers import BpfObserver
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ptrace_traceme, ptrace_detach = 0, 17
+    observer = BpfObserver([], [])
+    observer.start()
+    process = subprocess.Popen(
+        ["sleep", "60"], preexec_fn=lambda: libc.ptrace(ptrace_traceme, 0, None, None)
+    )
+    try:
+        os.waitpid(process.pid, os.WUNTRACED)  # stopped at its exec
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "ld-linux" in maps and "libc.so" not in maps
+        errors = dict(observer.probes.attach_errors)
+        observer.watch_pid(process.pid, "early")
+        assert observer.probes.attach_errors == errors
+        assert libc.ptrace(ptrace_detach, process.pid, None, 0) == 0
+        wait_until(lambda: "libc.so" in Path(f"/proc/{process.pid}/maps").read_text(), 10)
+        attached = observer.probes.probes_attached["getaddrinfo"]
+        observer.poll()
+        assert observer.probes.attach_errors == errors
+        assert observer.probes.probes_attached["getaddrinfo"] == attached + 1
+        assert process.pid not in observer._libc_pending
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        observer.close()

@@ -100,3 +100,13 @@ def test_a_zombie_and_a_reaped_process_have_ended_a_live_one_not():
     assert (
         procfs.process_stat(child.pid) is None or procfs.process_stat(child.pid).started != started
     )
+
+
+def test_libc_objects_wait_for_the_loader_and_fall_back_to_a_static_executable():
+    exe = procfs.exe_path(os.getpid())
+    loader = procfs.Mapping(0x1000, 0x2000, "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", True)
+    program = procfs.Mapping(0x3000, 0x4000, exe, True)
+    libc = procfs.Mapping(0x5000, 0x6000, "/usr/lib/x86_64-linux-gnu/libc.so.6", True)
+    assert procfs.libc_objects(os.getpid(), [program, loader]) == []  # libraries not mapped yet
+    assert procfs.libc_objects(os.getpid(), [program, loader, libc]) == [libc.path]
+    assert procfs.libc_objects(os.getpid(), [program]) == [exe]  # statically linked
