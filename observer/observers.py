@@ -55,8 +55,9 @@ HOUSEKEEPING_INTERVAL = 1.0
 FRESH_SECONDS = 1.0
 # Children attached per poll at most: a fork storm must not hold the scrape's lock for long.
 MAX_ADOPTIONS_PER_POLL = 64
-# Polls a process caught before its interpreter is initialised, or just forked (its thread
-# list still its parent's), is looked at again (at the default interval, 10 s).
+# Polls a process caught before its interpreter is mapped or initialised, just forked (its
+# thread list still its parent's), or changing while it was read, is looked at again (at the
+# default interval, 10 s) before it is reported.
 SITE_TRIES = 40
 
 
@@ -96,6 +97,14 @@ def live_threads(pid: int) -> int:
         return max(os.stat(f"/proc/{pid}/task").st_nlink - 2, 0)
     except OSError:
         return 0
+
+
+def mappings_or_none(pid: int) -> list[procfs.Mapping] | None:
+    """The process's file-backed mappings, None if it is gone (none at all once it exits)."""
+    try:
+        return procfs.read_maps(pid)
+    except OSError:
+        return None
 
 
 def create_time(pid: int) -> float | None:
@@ -659,23 +668,51 @@ class BpfObserver(ProcObserver):
             tracked.sites_unavailable = "disabled"
             return
         tracked.site_tries += 1
+        mappings = None
         try:
-            runtime = pyruntime.locate(tracked.pid, procfs.read_maps(tracked.pid))
-        except pyruntime.NotReadyYet as err:
-            if tracked.site_tries >= SITE_TRIES:
-                self._no_sites(tracked, err.reason, str(err))
-            return
+            mappings = procfs.read_maps(tracked.pid)
+            runtime = pyruntime.locate(tracked.pid, mappings)
         except pyruntime.SitesUnavailable as err:
-            self._no_sites(tracked, err.reason, str(err))
+            self._not_found(tracked, err, mappings)
             return
-        except OSError as err:
-            log.debug("process %d went away while reading its interpreter: %s", tracked.pid, err)
+        except OSError as err:  # its /proc files gone, or one of them unreadable
+            self._not_found(tracked, pyruntime.ReadFailed("unreadable", str(err)), mappings)
             return
         self.probes.set_python_process(tracked.pid, tracked.generation, runtime)
         tracked.sites = ProcessSites(pyruntime.CodeReader(tracked.pid, runtime).code)
         log.info(
             "pid %d: Python %d.%d call sites read from its frames", tracked.pid, *runtime.version
         )
+
+    def _not_found(
+        self,
+        tracked: TrackedProcess,
+        err: pyruntime.SitesUnavailable,
+        mappings: list[procfs.Mapping] | None,
+    ) -> None:
+        """Reports why a process's frames cannot be read, unless it ended, or may be read at
+        the next polls (up to SITE_TRIES): one not ready yet, one whose mappings changed while
+        it was read (it started a program, or loaded a library), and one that a read failed in
+        while fresh (attached or started a program within FRESH_SECONDS: in its exec, whose
+        report comes at the next poll)."""
+        last_try = tracked.site_tries >= SITE_TRIES
+        if isinstance(err, pyruntime.NotReadyYet) and not last_try:
+            return
+        now = mappings_or_none(tracked.pid)
+        # An exiting process has no mappings left before it is a zombie.
+        if now == [] or ended(tracked.pid, tracked.create_time):
+            log.debug("process %d went away while reading its interpreter: %s", tracked.pid, err)
+            return
+        changing = now != mappings or (
+            isinstance(err, pyruntime.ReadFailed) and self._is_fresh(tracked.pid)
+        )
+        if changing and not last_try:
+            log.debug("pid %d changed while its interpreter was read: %s", tracked.pid, err)
+            return
+        self._no_sites(tracked, err.reason, str(err))
+
+    def _is_fresh(self, pid: int) -> bool:
+        return self._fresh.get(pid, 0.0) > time.monotonic()
 
     def _no_sites(self, tracked: TrackedProcess, reason: str, detail: str) -> None:
         tracked.sites_unavailable = reason

@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import exits_settled, observer, settled, wait_until, workload
+from tests.harness import (
+    PYENV_ROOT,
+    exits_settled,
+    observer,
+    settled,
+    shared_libpython_pythons,
+    wait_until,
+    workload,
+)
 from workloads.mixed import FAILING_LOOKUPS
 from workloads.servers import http_server
 
@@ -473,4 +481,55 @@ def test_a_process_attached_before_its_loader_mapped_libc_is_probed_once_it_has(
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
+        observer.close()
+
+
+SHARED_PYTHONS = shared_libpython_pythons()
+
+
+@pytest.mark.skipif(not SHARED_PYTHONS, reason=f"no pyenv interpreters under {PYENV_ROOT}")
+@pytest.mark.parametrize("python", SHARED_PYTHONS, ids=lambda python: python.split("/")[-3])
+def test_a_python_attached_before_its_loader_mapped_libpython_is_read_once_it_has(python):
+    # An interpreter built with a shared libpython stopped at its exec (ptrace), before the
+    # loader maps any library: its executable holds no interpreter, and that is not final.
+    import ctypes
+
+    from observer.observers import BpfObserver
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ptrace_traceme, ptrace_detach = 0, 17
+    observer = BpfObserver([], [])
+    observer.start()
+    process = subprocess.Popen(
+        [python, "-c", "import sys; print(*sys.version_info[:2], flush=True); input()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: libc.ptrace(ptrace_traceme, 0, None, None),
+    )
+    try:
+        os.waitpid(process.pid, os.WUNTRACED)  # stopped at its exec
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "ld-linux" in maps and "libpython" not in maps
+        observer.watch_pid(process.pid, "early")
+        tracked = observer.procs[process.pid]
+        assert (tracked.sites, tracked.sites_unavailable) == (None, None)
+        observer.poll()
+        assert (tracked.sites, tracked.sites_unavailable) == (None, None)
+        assert libc.ptrace(ptrace_detach, process.pid, None, 0) == 0
+        version = tuple(map(int, process.stdout.readline().split()))  # initialised
+        wait_until(
+            lambda: observer.poll() or tracked.sites or tracked.sites_unavailable,
+            10,
+            "its interpreter to be read",
+        )
+        if version < (3, 8):
+            assert (tracked.sites, tracked.sites_unavailable) == (None, "unsupported_version")
+        else:
+            assert (tracked.sites is not None, tracked.sites_unavailable) == (True, None)
+    finally:
+        process.kill()
+        process.wait()
+        process.stdin.close()
+        process.stdout.close()
         observer.close()
