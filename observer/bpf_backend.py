@@ -88,9 +88,6 @@ DNS_MAPS = ("dns_queries_total", "dns_sockets", "dns_socket_calls", "dns_send_ca
 # Per-thread state (thread_state.h): in the tasks themselves where the kernel has task storage
 # (nothing to walk, and it goes with each thread), else a map like the others.
 THREAD_STATE_MAP = "thread_states"
-# The same for what python_stack.h keeps per thread: its PyThreadState, and the stack it
-# keeps until its clone.
-SITE_THREAD_MAPS = ("python_thread_states", "pending_thread_sites")
 SITE_MAPS = (
     "python_processes",
     "live_thread_sites",
@@ -173,6 +170,8 @@ class RawCounts:
     resolver_calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     # (StackFlag bits, code object addresses innermost first) -> count
     thread_stacks: Counter[tuple[int, tuple[int, ...]]] = field(default_factory=Counter)
+    # code object addresses of a creating stack -> its threads alive now
+    live_thread_stacks: Counter[tuple[int, ...]] = field(default_factory=Counter)
     call_stacks: Counter[tuple[int, tuple[int, ...]]] = field(default_factory=Counter)
     # Events counted as <other> because a by-site map was full: None for threads, else caller
     dropped_sites: Counter[str | None] = field(default_factory=Counter)
@@ -185,8 +184,11 @@ def stack_of(key) -> tuple[int, tuple[int, ...]]:
     return key.flags, codes[:depth]
 
 
-def _add_thread_stack(counts: RawCounts, key, value: int) -> None:
-    counts.thread_stacks[stack_of(key)] += value
+def _add_thread_stack(counts: RawCounts, key, value) -> None:
+    stack = stack_of(key)
+    counts.thread_stacks[stack] += value.created
+    if value.live:
+        counts.live_thread_stacks[stack[1]] += value.live
 
 
 def _add_call_stack(counts: RawCounts, key, value: int) -> None:
@@ -430,11 +432,7 @@ class BpfProbes:
             self._detacher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uprobe-detach")
         self.task_storage = has_task_storage()
         if not self.task_storage:
-            self.maps = (
-                *self.maps,
-                THREAD_STATE_MAP,
-                *(SITE_THREAD_MAPS if self.sites else ()),
-            )
+            self.maps = (*self.maps, THREAD_STATE_MAP)
             log.info("no task storage in this kernel (5.15+ with BTF): per-thread state in a map")
         cflags = [
             *bpf_cflags(self.track_new_processes, self.sites, self.task_storage, self.host_names),
@@ -843,15 +841,6 @@ class BpfProbes:
             add(counts, table.Key.from_buffer_copy(key), value)
         self._raw_counts[(tgid, generation)] = (seen, counts)
         return counts
-
-    def live_thread_stacks(self, generations: dict[int, int]) -> dict[int, Counter]:
-        """Live threads of the given processes by the stack that created them, by tgid."""
-        stacks: dict[int, Counter] = defaultdict(Counter)
-        if self.sites:
-            for _, key in self._reader("live_thread_sites").items():
-                if generations.get(key.tgid) == key.generation:
-                    stacks[key.tgid][stack_of(key)[1]] += 1
-        return stacks
 
     def set_python_process(self, tgid: int, generation: int, runtime) -> None:
         """Lets the probes read this process's Python frames (python_stack.h)."""

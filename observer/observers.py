@@ -735,7 +735,14 @@ class BpfObserver(ProcObserver):
             self.started_cmdlines.pop(pid, None)
 
     def _counts(self, procs: dict[int, TrackedProcess]) -> dict[int, Counts]:
-        raw = self.probes.read_counts({pid: t.generation for pid, t in procs.items()})
+        return self._resolve_all(self._raw_counts(procs), procs)
+
+    def _raw_counts(self, procs: dict[int, TrackedProcess]) -> dict[int, RawCounts]:
+        return self.probes.read_counts({pid: t.generation for pid, t in procs.items()})
+
+    def _resolve_all(
+        self, raw: dict[int, RawCounts], procs: dict[int, TrackedProcess]
+    ) -> dict[int, Counts]:
         return {pid: self._resolve(raw_counts, procs[pid]) for pid, raw_counts in raw.items()}
 
     def _resolve(self, raw: RawCounts, tracked: TrackedProcess) -> Counts:
@@ -751,18 +758,18 @@ class BpfObserver(ProcObserver):
             self._resolved[tracked.pid] = (key, counts)
         return counts
 
-    def _executor_threads(self) -> dict[int, Counter[str]]:
-        live = self.probes.live_thread_stacks({p: t.generation for p, t in self.procs.items()})
+    def _executor_threads(self, raw: dict[int, RawCounts]) -> dict[int, Counter[str]]:
         return {
-            pid: tracked.sites.executor_threads(live.get(pid, Counter()))
+            pid: tracked.sites.executor_threads(raw.get(pid, NO_COUNTS).live_thread_stacks)
             for pid, tracked in self.procs.items()
             if tracked.sites is not None
         }
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            counts = self._counts(self.procs)
-            pools = self._executor_threads()
+            raw = self._raw_counts(self.procs)
+            counts = self._resolve_all(raw, self.procs)
+            pools = self._executor_threads(raw)
             rows = [
                 t.row(counts[pid] if pid in counts else self._resolve(NO_COUNTS, t))
                 for pid, t in self.procs.items()

@@ -85,7 +85,7 @@ def test_next_to_a_bcc_tool_on_getaddrinfo_the_counts_stay_exact(
 
 
 def test_without_task_storage_the_sites_are_exact(monkeypatch, tmp_path):
-    # The whole observer, with the thread states and pending stacks in maps.
+    # The whole observer, with the thread states and live threads' stacks in maps.
     wrapper = Path(__file__).with_name("without_task_storage.py")
     monkeypatch.setattr(harness, "OBSERVER_PREFIX", [sys.executable, str(wrapper)])
     with watched_run(WORKLOAD, "sites", tmp_path) as (running, truth):
