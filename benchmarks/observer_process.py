@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import tempfile
 import time
@@ -14,18 +13,13 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.children import PYTHON, Children, cpu_seconds, memory_mib
+from workloads.servers import free_port
 
 READY_TIMEOUT = 120.0
 
 
 class ObserverFailed(RuntimeError):
     """The observer exited or did not answer; the message carries the end of its log."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Metrics:

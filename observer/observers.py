@@ -55,8 +55,8 @@ HOUSEKEEPING_INTERVAL = 1.0
 FRESH_SECONDS = 1.0
 # Children attached per poll at most: a fork storm must not hold the scrape's lock for long.
 MAX_ADOPTIONS_PER_POLL = 64
-# Polls a process caught before its interpreter is initialised is looked at again (at the
-# default interval, 10 s).
+# Polls a process caught before its interpreter is initialised, or just forked (its thread
+# list still its parent's), is looked at again (at the default interval, 10 s).
 SITE_TRIES = 40
 
 

@@ -36,6 +36,7 @@ PTHREAD_SEARCHED = 2048
 MAX_NAME_CHARS = 256  # of a qualname or file name read from a target
 FRAME_CHECKS = 20  # reads of a running main thread's frame before trying again later
 CODE_CACHE_SIZE = 4096  # code objects remembered per process
+ADDRESS_END = 1 << 63  # /proc/PID/mem takes offsets below this (pread's off_t)
 
 
 class SitesUnavailable(Exception):
@@ -47,7 +48,8 @@ class SitesUnavailable(Exception):
 
 
 class NotReadyYet(SitesUnavailable):
-    """The interpreter is not initialised yet (a process caught at exec): try again later."""
+    """The interpreter is not initialised yet (a process caught at exec), or the thread list
+    is not the process's own yet (caught just after a fork): try again later."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class Memory:
         self.pid = pid
 
     def read(self, address: int, size: int) -> bytes:
+        if not 0 <= address < ADDRESS_END:  # a pointer read mid-change may be anything
+            raise OSError(f"no such address: {address:#x}")
         fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)
         try:
             data = os.pread(fd, size, address)
@@ -302,16 +306,37 @@ def check_offsets(
             if thread_tid(memory, tstate, offsets) == ns_pid:
                 check_frame(memory, tstate, offsets, code_type)
                 return head
+        strangers = threads_not_its_own(memory, pid, states, offsets)
     except OSError as err:
         raise SitesUnavailable(
             "offsets_mismatch", f"reading the thread list failed: {err}"
         ) from None
-    if memory.pointer(head) == 0:
+    if not states:  # the list as read, not read again: a new one may have begun since
         raise NotReadyYet("not_ready", "no thread state yet")
+    if strangers:
+        raise NotReadyYet("offsets_mismatch", f"{NOT_ITS_OWN_YET}: {sorted(strangers)[:8]}")
     raise SitesUnavailable(
         "offsets_mismatch",
         "the main thread is not in the interpreter's thread list at the expected offsets",
     )
+
+
+# A thread list without the main thread that names threads other than the process's own is
+# tried again later, as an interpreter not initialised yet is: a forked child holds copies of
+# its parent's thread states (the surviving one still with the parent's thread id) from the
+# fork until its interpreter resets them (PyOS_AfterFork_Child), and a child of fork and exec
+# (multiprocessing's spawn, subprocess) until its exec; 3.12+ also links a new thread state
+# before binding it to its thread (id 0 until then).
+NOT_ITS_OWN_YET = (
+    "the interpreter's thread list names threads that are not the process's own (a fork's "
+    "copies of its parent's, until the interpreter drops them, or not bound to a thread yet)"
+)
+
+
+def threads_not_its_own(memory: Memory, pid: int, states: list[int], offsets: dict) -> set[int]:
+    """Ids in the thread list that name none of the process's threads (0: not bound yet)."""
+    own = set(namespace_tids(pid))
+    return {tid for tid in (thread_tid(memory, t, offsets) for t in states) if tid not in own}
 
 
 def thread_states(memory: Memory, head: int, offsets: dict[str, int]) -> list[int]:
@@ -337,23 +362,55 @@ def pthread_tid_offset(
     """Where glibc's struct pthread keeps the thread's tid: the offset at which the main
     thread's (tid == ns_pid) holds it, checked on every other thread state (each must name
     a thread of the process, ids as its PID namespace sees them). As pystack reads it; glibc
-    does not publish it."""
-    tasks = set(namespace_tids(pid))
+    does not publish it.
+
+    A forked child's other thread states name its parent's threads until its interpreter
+    drops them (the forking thread's struct pthread gets the child's id when the child first
+    runs): those are taken as well, and a child caught before it ran at all, where the structs
+    name only its parent's threads, is tried again later."""
+    if not states:
+        raise NotReadyYet("not_ready", "no thread state yet")
+    own = set(namespace_tids(pid))
+    found = tid_offset(memory, states, offsets, {ns_pid}, own)
+    if found is not None:
+        return found
+    parents = parent_tids(pid)
+    found = tid_offset(memory, states, offsets, {ns_pid}, own | parents)
+    if found is not None:
+        return found
+    if parents and tid_offset(memory, states, offsets, parents, parents) is not None:
+        raise NotReadyYet("offsets_mismatch", f"{NOT_ITS_OWN_YET}: its parent's")
+    raise SitesUnavailable("offsets_mismatch", "no thread's struct pthread holds its tid")
+
+
+def tid_offset(
+    memory: Memory, states: list[int], offsets: dict, wanted: set[int], known: set[int]
+) -> int | None:
+    """The first offset at which a thread state's struct pthread holds one of ``wanted`` and
+    every other one a thread of ``known`` (or 0: glibc's mark of a thread gone in a fork)."""
     for tstate in states:
         thread_id = memory.pointer(tstate + offsets["tstate_native_thread_id"])
         if not thread_id:
             continue
         data = memory.read(thread_id, PTHREAD_SEARCHED)
         for at in range(0, PTHREAD_SEARCHED, 4):
-            if struct.unpack_from("<I", data, at)[0] != ns_pid:
+            if struct.unpack_from("<I", data, at)[0] not in wanted:
                 continue
             trial = {**offsets, "pthread_tid": at}
             others = [thread_tid(memory, t, trial) for t in states if t != tstate]
-            if all(tid in tasks or tid == 0 for tid in others):
+            if all(tid in known or tid == 0 for tid in others):
                 return at
-    if not states:
-        raise NotReadyYet("not_ready", "no thread state yet")
-    raise SitesUnavailable("offsets_mismatch", "no thread's struct pthread holds its tid")
+    return None
+
+
+def parent_tids(pid: int) -> set[int]:
+    """The threads of the process's parent, as ids of its PID namespace; empty if gone."""
+    parent = procfs.parent_pid(pid)
+    if not parent:
+        return set()
+    with contextlib.suppress(OSError):
+        return set(namespace_tids(parent))
+    return set()
 
 
 def namespace_tids(pid: int) -> list[int]:

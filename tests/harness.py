@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from observer.pyruntime import namespace_pid
+from workloads.servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PYENV_ROOT = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
@@ -53,12 +53,6 @@ def find_python(version: str) -> str | None:
     )
     found += filter(None, [shutil.which(f"python{version}")])
     return found[0] if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition"):

@@ -21,7 +21,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -33,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from workloads.servers import free_port
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -181,7 +182,7 @@ def start_prometheus(
 def _launch(workdir: Path, config_file: Path, startup_timeout: float) -> Prometheus:
     # A free port can be taken between our probe and Prometheus binding it: try a few.
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         log = (workdir / "prometheus.log").open("wb")
         process = subprocess.Popen(
             [
@@ -234,12 +235,6 @@ def _die_with_parent() -> None:
     # Runs in the child before exec: if the test process dies without cleaning up (SIGKILL,
     # a CI timeout), the kernel sends Prometheus SIGTERM instead of leaving it running.
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def dashboard_queries(path: str | Path) -> list[tuple[str, str]]:

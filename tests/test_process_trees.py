@@ -3,13 +3,15 @@ counted in its target from their first instruction, against the workloads' own g
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import time
 import uuid
 
 import pytest
 
-from tests.harness import observer, settled, wait_until, workload
+from tests.harness import find_python, observer, settled, wait_until, workload
 
 pytestmark = pytest.mark.bpf
 
@@ -236,3 +238,116 @@ def test_a_fork_bomb_leaves_the_observer_serving_with_exact_totals(tmp_path):
         metrics = running.scrape()
         assert metrics.value("thread_observer_children_not_watched_total") == 0
         assert running.get("/healthz")[0].startswith('{"status": "ok"')
+
+
+# ptrace(2)
+PTRACE_CONT, PTRACE_DETACH, PTRACE_GETEVENTMSG = 7, 17, 0x4201
+PTRACE_SEIZE, PTRACE_INTERRUPT = 0x4206, 0x4207
+PTRACE_O_TRACEFORK, PTRACE_O_TRACEEXIT = 0x2, 0x40
+PTRACE_EVENT_FORK, PTRACE_EVENT_EXIT, PTRACE_EVENT_STOP = 1, 6, 128
+WALL = 0x40000000  # waitpid's __WALL
+
+
+def ptrace(request: int, pid: int, data: int = 0) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    if libc.ptrace(request, pid, None, ctypes.c_void_p(data)) == -1:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"ptrace {request:#x} of {pid}: {os.strerror(errno)}")
+
+
+def hold_forks(parent: int, children: int, at_start, at_exit) -> list[int]:
+    """Holds each child the parent's main thread forks (ptrace): stopped before its first
+    instruction until ``at_start(pid)`` returns, and at its exit until ``at_exit(pid)``
+    returns; lets the parent go on meanwhile. Returns the children once ``children`` of them
+    have exited. The parent must have been seized already (``seize_forks``)."""
+    started: list[int] = []
+    ended = 0
+    while ended < children:
+        pid, status = os.waitpid(-1, WALL)
+        if not os.WIFSTOPPED(status):
+            assert pid != parent, f"the parent ended ({status:#x})"
+            continue
+        event, signal = status >> 16, os.WSTOPSIG(status)
+        if pid == parent:
+            pass_on = signal if event == 0 else 0  # a signal it is sent, such as SIGCHLD
+            ptrace(PTRACE_CONT, parent, pass_on)
+        elif pid not in started and event == PTRACE_EVENT_STOP:
+            started.append(pid)
+            at_start(pid)
+            ptrace(PTRACE_CONT, pid)
+        elif event == PTRACE_EVENT_EXIT:
+            at_exit(pid)
+            ptrace(PTRACE_DETACH, pid)
+            ended += 1
+        else:
+            ptrace(PTRACE_CONT, pid, signal if event == 0 else 0)
+    release(parent)
+    return started
+
+
+def seize_forks(pid: int) -> None:
+    ptrace(PTRACE_SEIZE, pid, PTRACE_O_TRACEFORK | PTRACE_O_TRACEEXIT)
+
+
+def release(pid: int) -> None:
+    """Lets a seized process go, a signal it was stopped with delivered."""
+    ptrace(PTRACE_INTERRUPT, pid)
+    _, status = os.waitpid(pid, WALL)
+    ptrace(PTRACE_DETACH, pid, os.WSTOPSIG(status) if status >> 16 == 0 else 0)
+
+
+def by_site(metrics, counter: str, target: str) -> dict[str, float]:
+    """A by-site counter of a target, sites named by their file's name."""
+    name = f"thread_observer_{counter}_by_site_total"
+    return {
+        os.path.basename(site): value
+        for site, value in metrics.nonzero(name, "site", target=target).items()
+    }
+
+
+@pytest.mark.parametrize("version", ["3.10", "3.11", "3.12", "3.13"])
+def test_children_seen_before_their_interpreter_dropped_their_parents_threads_get_sites(
+    tmp_path, version
+):
+    # A fork's child holds copies of its parent's thread states until its interpreter drops
+    # them: each child here is attached while it is still stopped before its first
+    # instruction, with the parent's main thread and 4 more in its thread list.
+    python = find_python(version)
+    if python is None:
+        pytest.skip(f"no Python {version} here")
+    tag = uuid.uuid4().hex[:12]
+    command = tagged(tag, "--parent-threads", "4", "--workers", "3", "--threads", "2")
+    # Started before the observer: found by its first scan, its libraries all mapped.
+    with (
+        workload([*command, "--lookups", "3"], python=python) as root,
+        observer(["--target", f"forks=python.*-X tag={tag}"], tmp_path) as running,
+    ):
+        attached(running, "forks")
+
+        def at_start(pid: int) -> None:
+            wait_until(lambda: f"attached pid {pid} " in running.log(), 10, f"{pid} attached")
+            running.scrape()  # served once the poll that attached it has ended
+
+        def at_exit(pid: int) -> None:
+            wait_until(lambda: f"pid {pid}: Python" in running.log(), 10, f"{pid}'s sites")
+            running.scrape()  # its stacks named while its code objects can still be read
+
+        seize_forks(root.pid)
+        root.go()
+        children = hold_forks(root.pid, 3, at_start, at_exit)
+        truth = root.truth()
+        assert totals(truth) == (4 + 3 * 2, 3 * 3)
+        metrics = settled_totals(running, "forks", *totals(truth))
+        assert by_site(metrics, "threads_created", "forks") == {
+            "process_tree.py:waiting_threads": 4,
+            "process_tree.py:work": 3 * 2,
+        }
+        assert by_site(metrics, "getaddrinfo_calls", "forks") == {"process_tree.py:work": 3 * 3}
+        log = running.log()
+        assert "sites unavailable" not in log, log
+        assert all(re.search(rf"pid {c}: Python 3\.\d+ call sites read", log) for c in children), (
+            log
+        )

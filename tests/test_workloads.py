@@ -22,7 +22,7 @@ import pytest
 from tests.harness import PYENV_ROOT, find_python
 from workloads.loops import gather_limited, libuv_pool_size, run_event_loop, uvloop_calls_libc
 from workloads.scenarios import SCENARIOS, run_scenario, start_scenario
-from workloads.servers import local_servers
+from workloads.servers import PRIVATE_PORTS_FROM, free_port, local_servers
 from workloads.truth import GroundTruth, eai_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -287,6 +287,24 @@ def test_servers_leave_nothing_running():
     assert not started & after
     if running.redis:
         assert not os.path.exists(os.path.dirname(running.redis.socket))
+
+
+def test_a_free_port_is_never_one_the_kernel_hands_to_a_bind_to_port_0():
+    # A server told its port must still find it free when it binds, whatever other servers
+    # and clients started meanwhile: those draw from the ephemeral range, this never does.
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    if low > PRIVATE_PORTS_FROM:
+        assert all(PRIVATE_PORTS_FROM <= port < low for port in ports)
+    taken = []
+    for port in ports[:50]:
+        server = socket.socket()
+        server.bind(("127.0.0.1", port))  # still free
+        taken.append(server)
+    for server in taken:
+        server.close()
 
 
 def test_every_scenario_is_registered_with_a_runnable_module():

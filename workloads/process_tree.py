@@ -14,6 +14,10 @@ How the workers start (``--start``):
   forkserver  multiprocessing's forkserver, one task per worker
   pool        multiprocessing.Pool(maxtasksperchild=1) (fork) running ``--workers`` tasks
 
+``--parent-threads N`` keeps N threads of the parent alive (waiting) while it starts the
+workers, as a server's own threads would be: a fork copies their thread states into the child,
+whose interpreter drops them only once the child runs.
+
 ``--rename TITLE`` sets the process title (setproctitle) before anything else, as gunicorn
 does: then no later read of /proc/PID/cmdline shows the command line it was started with.
 
@@ -21,6 +25,7 @@ examples:
   python -m workloads.process_tree --workers 3 --threads 10 --lookups 7
   python -m workloads.process_tree --start spawn --workers 2
   python -m workloads.process_tree --start pool --workers 200 --threads 1 --lookups 1
+  python -m workloads.process_tree --parent-threads 8 --workers 100 --threads 1 --lookups 1
 """
 
 import contextlib
@@ -61,6 +66,12 @@ def build_parser():
     )
     parser.add_argument(
         "--executable", metavar="PATH", help="spawn, forkserver: the Python that runs the workers"
+    )
+    parser.add_argument(
+        "--parent-threads",
+        type=int,
+        default=0,
+        help="threads of the parent alive while it starts the workers (default 0)",
     )
     parser.add_argument(
         "--rename", metavar="TITLE", help="set this process title first thing (setproctitle)"
@@ -127,6 +138,21 @@ def pooled_workers(args, stack) -> list:
         return pool.map(pool_task, tasks, chunksize=1)
 
 
+@contextlib.contextmanager
+def waiting_threads(count):
+    """``count`` threads alive (waiting) until the block ends, then ended."""
+    done = threading.Event()
+    threads = [threading.Thread(target=done.wait) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.rename:
@@ -138,7 +164,8 @@ def main(argv=None) -> int:
     with contextlib.ExitStack() as stack:
         begin(args, SCENARIO)
         start_workers = forked_workers if args.start == "fork" else pooled_workers
-        results = start_workers(args, stack)
+        with waiting_threads(args.parent_threads):
+            results = start_workers(args, stack)
         worker_threads = sum(r["threads_started"] for r in results)
         worker_calls = sum(r["getaddrinfo_calls"] for r in results)
         # The counts are the whole tree's: the parent's own and every worker's.

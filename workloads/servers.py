@@ -11,6 +11,7 @@ import collections
 import contextlib
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -71,12 +72,40 @@ def local_servers(http=True, redis=True, python=sys.executable):
         yield LocalServers(http_port, redis_address)
 
 
-def free_tcp_port() -> int:
-    # redis-server cannot pick its own port ("--port 0" means no TCP at all), so ask the
-    # kernel for one; another process may take it before redis binds, hence the retries.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+# The lowest port handed out: below the kernel's ephemeral range, above most fixed services.
+PRIVATE_PORTS_FROM = 20000
+# Ports this process has handed out: each one once.
+_handed_out = set()
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on, for a server that is told its port.
+
+    It is drawn from below the kernel's ephemeral range (net.ipv4.ip_local_port_range), which
+    every bind to port 0 and every outgoing connection takes its ports from: another server
+    asking the kernel for a port cannot be given this one before ours binds it. Where that
+    range leaves no room, the kernel picks (bind to 0)."""
+    low = _ephemeral_ports_from()
+    for _ in range(100):
+        port = random.randrange(PRIVATE_PORTS_FROM, low) if low > PRIVATE_PORTS_FROM else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use
+            port = probe.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise OSError("no free loopback port found")
+
+
+def _ephemeral_ports_from() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def child_environment(base=None) -> dict:
@@ -91,7 +120,7 @@ def _start_redis(executable, directory):
     path = os.path.join(directory, "redis.sock")
     log = os.path.join(directory, "redis.log")
     for _ in range(3):
-        port = free_tcp_port()
+        port = free_port()
         command = [
             executable,
             "--port",

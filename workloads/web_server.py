@@ -36,7 +36,7 @@ import time
 import urllib.request
 
 from workloads.lifecycle import add_lifecycle_arguments, begin, finish, scenario_parser
-from workloads.servers import child_environment, free_tcp_port, http_server
+from workloads.servers import child_environment, free_port, http_server
 from workloads.truth import GroundTruth, count_into_folder
 
 SCENARIO = "web_server"
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
         counts = stack.enter_context(tempfile.TemporaryDirectory())
         folder = stack.enter_context(tempfile.TemporaryDirectory())
         begin(args, SCENARIO)
-        port = free_tcp_port()
+        port = free_port()
         server = start_server(args, port, folder, counts, backend)
         try:
             wait_answering(port, server)
