@@ -6,7 +6,8 @@ does not watch; ``socket``, ``connect`` and ``close`` run none of its programs. 
 program (``syscalls.c``), not watched, times one-byte ``write``s to /dev/null, UDP ``sendto``s
 to a closed loopback port and ``socket`` + ``close`` pairs, with an observer running (watching
 another process), with one that leaves the DNS probe out (``--no-dns-queries``) and without,
-the order rotating. One more run with the kernel's BPF statistics gives each program's runs and time.
+the order rotating. One more run with the kernel's BPF statistics gives each program's runs
+and time.
 """
 
 from __future__ import annotations
