@@ -37,6 +37,7 @@ from observer.constants import (
     bpf_cflags,
     eai_name,
 )
+from observer.kernel_btf import BtfError, KernelField, field_cflags, running_kernel_btf
 from observer.labels import host_label
 
 log = logging.getLogger(__name__)
@@ -58,12 +59,32 @@ EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 PLAIN_TRACEPOINTS = [
     (f"syscalls:sys_enter_{name}", "mark_event_loop_thread") for name in EPOLL_SYSCALLS
 ]
-# Syscalls whose tracepoints dns.bpf.c uses (on entry, and on exit where it says so).
-DNS_SYSCALLS = ("socket", "connect", "close", "sendto", "write", "writev", "sendmsg", "sendmmsg")
-DNS_SYSCALL_EXITS = ("socket", "sendto", "write", "writev", "sendmsg", "sendmmsg")
+# Syscalls whose tracepoints dns.bpf.c uses, on entry and on exit: the sends only.
+DNS_SYSCALLS = ("sendto", "write", "writev", "sendmsg", "sendmmsg")
 DNS_TRACEPOINTS = (
     *(f"syscalls:sys_enter_{name}" for name in DNS_SYSCALLS),
-    *(f"syscalls:sys_exit_{name}" for name in DNS_SYSCALL_EXITS),
+    *(f"syscalls:sys_exit_{name}" for name in DNS_SYSCALLS),
+)
+# The kernel fields dns.bpf.c reads to learn what a send's fd is, at the running kernel's
+# offsets (its BTF): fd -> file -> socket -> sock, and a TCP socket's write counters.
+DNS_KERNEL_FIELDS = (
+    KernelField("TASK_STRUCT_FILES", "task_struct", "files", 8),
+    KernelField("FILES_STRUCT_FDT", "files_struct", "fdt", 8),
+    KernelField("FDTABLE_MAX_FDS", "fdtable", "max_fds", 4),
+    KernelField("FDTABLE_FD", "fdtable", "fd", 8),
+    KernelField("FILE_F_INODE", "file", "f_inode", 8),
+    KernelField("FILE_PRIVATE_DATA", "file", "private_data", 8),
+    KernelField("INODE_I_MODE", "inode", "i_mode", 2),
+    KernelField("INODE_I_INO", "inode", "i_ino", 8),
+    KernelField("SOCKET_FILE", "socket", "file", 8),
+    KernelField("SOCKET_SK", "socket", "sk", 8),
+    KernelField("SOCK_FAMILY", "sock", "__sk_common.skc_family", 2),
+    KernelField("SOCK_PEER_PORT", "sock", "__sk_common.skc_dport", 2),
+    KernelField("SOCK_TYPE", "sock", "sk_type", 2),
+    KernelField("SOCK_PROTOCOL", "sock", "sk_protocol", 2),
+    KernelField("TCP_SOCK_BYTES_SENT", "tcp_sock", "bytes_sent", 8),
+    KernelField("TCP_SOCK_WRITE_SEQ", "tcp_sock", "write_seq", 4),
+    KernelField("TCP_SOCK_SND_NXT", "tcp_sock", "snd_nxt", 4),
 )
 MACRO_TRACEPOINTS = (
     "task:task_newtask",
@@ -84,7 +105,7 @@ MAPS = (
     "resolver_calls_total",
 )
 # dns.bpf.c's: left out with it (--no-dns-queries).
-DNS_MAPS = ("dns_queries_total", "dns_sockets", "dns_socket_calls", "dns_send_calls")
+DNS_MAPS = ("dns_queries_total", "dns_streams", "dns_send_calls")
 # Per-thread state (thread_state.h): in the tasks themselves where the kernel has task storage
 # (nothing to walk, and it goes with each thread), else a map like the others.
 THREAD_STATE_MAP = "thread_states"
@@ -317,6 +338,16 @@ def pid_namespace_cflags() -> list[str]:
     return [f"-DPIDNS_DEV={info.st_dev}", f"-DPIDNS_INO={info.st_ino}"]
 
 
+def dns_kernel_cflags() -> list[str]:
+    try:
+        return field_cflags(running_kernel_btf(), DNS_KERNEL_FIELDS)
+    except BtfError as err:
+        raise BpfUnavailable(
+            f"the DNS probe reads kernel structs at the offsets in the kernel's BTF: {err}"
+            " (a kernel built with CONFIG_DEBUG_INFO_BTF; or run with --no-dns-queries)"
+        ) from None
+
+
 def import_bcc():
     try:
         import bcc
@@ -443,6 +474,8 @@ class BpfProbes:
         if not self.dns_queries:
             log.info("DNS messages not followed (--no-dns-queries): no dns_queries_total")
         files = tuple(f for f in PROBE_FILES if self.dns_queries or f != DNS_PROBE_FILE)
+        if self.dns_queries:
+            cflags += dns_kernel_cflags()
         self._bpf = compile_probes(files, cflags, "probes")
         for tracepoint in MACRO_TRACEPOINTS:
             if self.dns_queries or tracepoint not in DNS_TRACEPOINTS:

@@ -799,7 +799,7 @@ class BpfObserver(ProcObserver):
         sends = losses.get("dns_unknown_socket_sends_total", 0)
         if sends > self._unknown_sends_logged:
             log.warning(
-                "%d sends to port 53 on sockets opened before their process was watched:"
+                "%d writes to TCP streams to port 53 written before their process was watched:"
                 " not counted in dns_queries_total",
                 sends,
             )
