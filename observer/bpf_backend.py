@@ -339,13 +339,9 @@ def pid_namespace_cflags() -> list[str]:
 
 
 def dns_kernel_cflags() -> list[str]:
-    try:
-        return field_cflags(running_kernel_btf(), DNS_KERNEL_FIELDS)
-    except BtfError as err:
-        raise BpfUnavailable(
-            f"the DNS probe reads kernel structs at the offsets in the kernel's BTF: {err}"
-            " (a kernel built with CONFIG_DEBUG_INFO_BTF; or run with --no-dns-queries)"
-        ) from None
+    """-D flags: the running kernel's offset of each field dns.bpf.c reads (BtfError if its
+    BTF lacks one)."""
+    return field_cflags(running_kernel_btf(), DNS_KERNEL_FIELDS)
 
 
 def import_bcc():
@@ -411,30 +407,12 @@ class BpfProbes:
         self.per_process = per_process
         self.sites = sites
         self.host_names = host_names
-        self.dns_queries = dns_queries
         self.follow_children = follow_children
-        self.counter_maps = {
-            **COUNTER_MAPS,
-            **(HOST_COUNTER_MAPS if host_names else {}),
-            **(DNS_COUNTER_MAPS if dns_queries else {}),
-            **(SITE_COUNTER_MAPS if sites else {}),
-        }
-        self.maps = (
-            *MAPS,
-            *(HOST_COUNTER_MAPS if host_names else ()),
-            *(DNS_MAPS if dns_queries else ()),
-            *(SITE_MAPS if sites else ()),
-        )
-        # Without dns.bpf.c, none of its tracepoints: no program runs at any process's
-        # write, send or close.
-        self.probe_names = tuple(
-            name for name in PROBE_NAMES if dns_queries or name not in DNS_PROBE_NAMES
-        )
-        self.kernel_drop_names = (*KERNEL_DROPS, *(DNS_KERNEL_DROPS if dns_queries else ()))
-        self._exec_reports: list[ExecReport] = []
+        self._choose_maps(dns_queries)
         # Every probe is listed from the start, so one that failed to attach shows 0.
         self.probes_attached: Counter[str] = Counter(dict.fromkeys(self.probe_names, 0))
         self.attach_errors: Counter[str] = Counter(dict.fromkeys(self.probe_names, 0))
+        self._exec_reports: list[ExecReport] = []
         self._bpf = None
         # (device, inode), or with per_process (device, inode, pid) -> the probes on it
         self._attached_objects: dict[tuple[int, ...], set[str]] = {}
@@ -455,6 +433,48 @@ class BpfProbes:
         self._epochs = itertools.count(1)
         self._epoch_lock = threading.Lock()
 
+    def _choose_maps(self, dns_queries: bool) -> None:
+        """The maps read and the probes listed, for the features on."""
+        self.dns_queries = dns_queries
+        self.counter_maps = {
+            **COUNTER_MAPS,
+            **(HOST_COUNTER_MAPS if self.host_names else {}),
+            **(DNS_COUNTER_MAPS if dns_queries else {}),
+            **(SITE_COUNTER_MAPS if self.sites else {}),
+        }
+        self.maps = (
+            *MAPS,
+            *(HOST_COUNTER_MAPS if self.host_names else ()),
+            *(DNS_MAPS if dns_queries else ()),
+            *(SITE_MAPS if self.sites else ()),
+        )
+        # Without dns.bpf.c, none of its tracepoints: no program runs at any process's
+        # write or send.
+        self.probe_names = tuple(
+            name for name in PROBE_NAMES if dns_queries or name not in DNS_PROBE_NAMES
+        )
+        self.kernel_drop_names = (*KERNEL_DROPS, *(DNS_KERNEL_DROPS if dns_queries else ()))
+
+    def _dns_cflags(self) -> list[str]:
+        """dns.bpf.c's kernel field offsets. A kernel without BTF has none to give: the probe
+        is left out, said in the log and, as never attached, in attach_errors."""
+        if not self.dns_queries:
+            log.info("DNS messages not followed (--no-dns-queries): no dns_queries_total")
+            return []
+        try:
+            return dns_kernel_cflags()
+        except BtfError as err:
+            log.warning(
+                "DNS messages not followed: dns.bpf.c reads kernel structs at the offsets the "
+                "kernel's BTF gives, and %s (a kernel built with CONFIG_DEBUG_INFO_BTF has "
+                "it): no dns_queries_total",
+                err,
+            )
+        self._choose_maps(False)
+        for name in DNS_PROBE_NAMES:
+            self.attach_errors[name] += 1
+        return []
+
     # Loading
     def load(self) -> None:
         if self.per_process:
@@ -471,11 +491,8 @@ class BpfProbes:
         ]
         if not self.host_names:
             log.info("host names not read (--no-host-names): no getaddrinfo_host_calls_total")
-        if not self.dns_queries:
-            log.info("DNS messages not followed (--no-dns-queries): no dns_queries_total")
+        cflags += self._dns_cflags()
         files = tuple(f for f in PROBE_FILES if self.dns_queries or f != DNS_PROBE_FILE)
-        if self.dns_queries:
-            cflags += dns_kernel_cflags()
         self._bpf = compile_probes(files, cflags, "probes")
         for tracepoint in MACRO_TRACEPOINTS:
             if self.dns_queries or tracepoint not in DNS_TRACEPOINTS:

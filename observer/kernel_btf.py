@@ -5,7 +5,10 @@ kernel's (Debian's 6.1 headers on a 6.18 kernel here), and it does not relocate 
 the way libbpf's CO-RE does. A probe that walks kernel structs therefore takes each offset as a
 -D flag found here, in the kernel's own description of itself.
 
-Only what the lookups need is decoded: struct and union members (with their bit offsets), and
+No library at hand gives offsets: bcc's Python side answers only whether a struct has a field
+(kernel_struct_has_field), and bpftool, which dumps BTF, is a tool to install in the image
+rather than a library. The format is small and stable (the kernel's Documentation/bpf/btf.rst),
+and only what the lookups need is decoded: struct and union members (with their bit offsets), and
 the types that a member's type goes through (typedefs, qualifiers) to reach its size.
 """
 
