@@ -1,12 +1,13 @@
 """6. What the DNS probe's syscall tracepoints cost a process the observer does not watch.
 
-The DNS probe follows ``socket``, ``connect``, ``close`` and the sends (``write``, ``writev``,
-``sendto``, ``sendmsg``, ``sendmmsg``) of every process on the host, entry and exit, and returns
-after one hash lookup for a process it does not watch. A small C program (``syscalls.c``), not
-watched, times one-byte ``write``s to /dev/null, UDP ``sendto``s to a closed loopback port and
-``socket`` + ``close`` pairs, with an observer running (watching another process), with one
-that leaves the DNS probe out (``--no-dns-queries``) and without, the order rotating. One more
-run with the kernel's BPF statistics gives each program's runs and time.
+The DNS probe follows the sends (``write``, ``writev``, ``sendto``, ``sendmsg``, ``sendmmsg``)
+of every process on the host, entry and exit, and returns after one hash lookup for a process it
+does not watch; ``socket``, ``connect`` and ``close`` run none of its programs. A small C
+program (``syscalls.c``), not watched, times one-byte ``write``s to /dev/null, UDP ``sendto``s
+to a closed loopback port and ``socket`` + ``close`` pairs, with an observer running (watching
+another process), with one that leaves the DNS probe out (``--no-dns-queries``) and without,
+the order rotating. One more run with the kernel's BPF statistics gives each program's runs
+and time.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
 from benchmarks.stats import median, number, ratio, times
 from benchmarks.storm import bpf_statistics
+from observer.bpf_backend import DNS_SYSCALLS
 
 SOURCE = Path(__file__).with_name("syscalls.c")
 OPERATIONS = ("write", "sendto", "socket_close")
-DNS_TRACEPOINTS = ("socket", "connect", "close", "sendto", "write", "writev", "sendmsg", "sendmmsg")
 GOAL = 0.97  # the same bar as the overhead on a watched process
 
 
@@ -73,7 +74,7 @@ def program_runs(observer_pid: int) -> dict[str, tuple[int, int]]:
     runs: dict[str, tuple[int, int]] = {}
     for prog_id, tracepoint in tracepoints.items():
         name = tracepoint.removeprefix("sys_enter_").removeprefix("sys_exit_")
-        if not tracepoint.startswith("sys_") or name not in DNS_TRACEPOINTS:
+        if not tracepoint.startswith("sys_") or name not in DNS_SYSCALLS:
             continue
         info = bpftool.program(prog_id)
         runs[tracepoint] = (info.get("run_cnt", 0), info.get("run_time_ns", 0))
@@ -161,7 +162,7 @@ def measure(children: Children, settings: Settings) -> Section:
             f">= {GOAL} of the speed without",
             f"{times(worst)} (worst median)",
             worst >= GOAL,
-            "every write, send, socket and close of every process on the host runs two programs "
+            "every write and send of every process on the host runs two programs "
             "(entry and exit), each through the syscall tracepoint's perf path, which copies the "
             "arguments into a record before the program runs; each program returns after one "
             "hash lookup (see its ns per run): the cost is per syscall, so it is largest on the "
@@ -169,7 +170,7 @@ def measure(children: Children, settings: Settings) -> Section:
         )
     )
     section.text(
-        "With `--no-dns-queries` no program runs at a write, send or close; what is left is the "
+        "With `--no-dns-queries` no program runs at a write or send; what is left is the "
         "slower syscall path every task on the host takes while any syscall tracepoint is on "
         "(the observer keeps the ones on execve and on the epoll waits), a few tens of ns on "
         "every syscall, which shows most on the cheapest."

@@ -152,9 +152,10 @@ def _section(figures: dict[str, list[Figures]], repeats: int, seconds: float) ->
                 added <= GOAL_NS,
                 "each bpf_probe_read_user costs about 75 ns here, whatever its size: the "
                 "thread state (one read, one for its list link, one for its cframe on "
-                "3.11-3.12), the data stack (one window of frames) and one map lookup for the "
-                "cached thread state; a thread's creation also keeps its stack until the clone "
-                "(an LRU map update without task storage) and for as long as the thread lives",
+                "3.11-3.12) and the data stack (one window of frames), then the stack's lookup "
+                "in the by-site map; a thread's creation reads its stack at the clone and keeps "
+                "it while the thread lives in a slot of its tid (a map insert only where "
+                "another live thread holds that slot, or without task storage)",
             )
         )
     section.table(

@@ -37,6 +37,7 @@ from observer.constants import (
     bpf_cflags,
     eai_name,
 )
+from observer.kernel_btf import BtfError, KernelField, field_cflags, running_kernel_btf
 from observer.labels import host_label
 
 log = logging.getLogger(__name__)
@@ -58,12 +59,32 @@ EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 PLAIN_TRACEPOINTS = [
     (f"syscalls:sys_enter_{name}", "mark_event_loop_thread") for name in EPOLL_SYSCALLS
 ]
-# Syscalls whose tracepoints dns.bpf.c uses (on entry, and on exit where it says so).
-DNS_SYSCALLS = ("socket", "connect", "close", "sendto", "write", "writev", "sendmsg", "sendmmsg")
-DNS_SYSCALL_EXITS = ("socket", "sendto", "write", "writev", "sendmsg", "sendmmsg")
+# Syscalls whose tracepoints dns.bpf.c uses, on entry and on exit: the sends only.
+DNS_SYSCALLS = ("sendto", "write", "writev", "sendmsg", "sendmmsg")
 DNS_TRACEPOINTS = (
     *(f"syscalls:sys_enter_{name}" for name in DNS_SYSCALLS),
-    *(f"syscalls:sys_exit_{name}" for name in DNS_SYSCALL_EXITS),
+    *(f"syscalls:sys_exit_{name}" for name in DNS_SYSCALLS),
+)
+# The kernel fields dns.bpf.c reads to learn what a send's fd is, at the running kernel's
+# offsets (its BTF): fd -> file -> socket -> sock, and a TCP socket's write counters.
+DNS_KERNEL_FIELDS = (
+    KernelField("TASK_STRUCT_FILES", "task_struct", "files", 8),
+    KernelField("FILES_STRUCT_FDT", "files_struct", "fdt", 8),
+    KernelField("FDTABLE_MAX_FDS", "fdtable", "max_fds", 4),
+    KernelField("FDTABLE_FD", "fdtable", "fd", 8),
+    KernelField("FILE_F_INODE", "file", "f_inode", 8),
+    KernelField("FILE_PRIVATE_DATA", "file", "private_data", 8),
+    KernelField("INODE_I_MODE", "inode", "i_mode", 2),
+    KernelField("INODE_I_INO", "inode", "i_ino", 8),
+    KernelField("SOCKET_FILE", "socket", "file", 8),
+    KernelField("SOCKET_SK", "socket", "sk", 8),
+    KernelField("SOCK_FAMILY", "sock", "__sk_common.skc_family", 2),
+    KernelField("SOCK_PEER_PORT", "sock", "__sk_common.skc_dport", 2),
+    KernelField("SOCK_TYPE", "sock", "sk_type", 2),
+    KernelField("SOCK_PROTOCOL", "sock", "sk_protocol", 2),
+    KernelField("TCP_SOCK_BYTES_SENT", "tcp_sock", "bytes_sent", 8),
+    KernelField("TCP_SOCK_WRITE_SEQ", "tcp_sock", "write_seq", 4),
+    KernelField("TCP_SOCK_SND_NXT", "tcp_sock", "snd_nxt", 4),
 )
 MACRO_TRACEPOINTS = (
     "task:task_newtask",
@@ -84,13 +105,10 @@ MAPS = (
     "resolver_calls_total",
 )
 # dns.bpf.c's: left out with it (--no-dns-queries).
-DNS_MAPS = ("dns_queries_total", "dns_sockets", "dns_socket_calls", "dns_send_calls")
+DNS_MAPS = ("dns_queries_total", "dns_streams", "dns_send_calls")
 # Per-thread state (thread_state.h): in the tasks themselves where the kernel has task storage
 # (nothing to walk, and it goes with each thread), else a map like the others.
 THREAD_STATE_MAP = "thread_states"
-# The same for what python_stack.h keeps per thread: its PyThreadState, and the stack it
-# keeps until its clone.
-SITE_THREAD_MAPS = ("python_thread_states", "pending_thread_sites")
 SITE_MAPS = (
     "python_processes",
     "live_thread_sites",
@@ -173,6 +191,8 @@ class RawCounts:
     resolver_calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     # (StackFlag bits, code object addresses innermost first) -> count
     thread_stacks: Counter[tuple[int, tuple[int, ...]]] = field(default_factory=Counter)
+    # code object addresses of a creating stack -> its threads alive now
+    live_thread_stacks: Counter[tuple[int, ...]] = field(default_factory=Counter)
     call_stacks: Counter[tuple[int, tuple[int, ...]]] = field(default_factory=Counter)
     # Events counted as <other> because a by-site map was full: None for threads, else caller
     dropped_sites: Counter[str | None] = field(default_factory=Counter)
@@ -185,8 +205,11 @@ def stack_of(key) -> tuple[int, tuple[int, ...]]:
     return key.flags, codes[:depth]
 
 
-def _add_thread_stack(counts: RawCounts, key, value: int) -> None:
-    counts.thread_stacks[stack_of(key)] += value
+def _add_thread_stack(counts: RawCounts, key, value) -> None:
+    stack = stack_of(key)
+    counts.thread_stacks[stack] += value.created
+    if value.live:
+        counts.live_thread_stacks[stack[1]] += value.live
 
 
 def _add_call_stack(counts: RawCounts, key, value: int) -> None:
@@ -315,6 +338,12 @@ def pid_namespace_cflags() -> list[str]:
     return [f"-DPIDNS_DEV={info.st_dev}", f"-DPIDNS_INO={info.st_ino}"]
 
 
+def dns_kernel_cflags() -> list[str]:
+    """-D flags: the running kernel's offset of each field dns.bpf.c reads (BtfError if its
+    BTF lacks one)."""
+    return field_cflags(running_kernel_btf(), DNS_KERNEL_FIELDS)
+
+
 def import_bcc():
     try:
         import bcc
@@ -378,30 +407,12 @@ class BpfProbes:
         self.per_process = per_process
         self.sites = sites
         self.host_names = host_names
-        self.dns_queries = dns_queries
         self.follow_children = follow_children
-        self.counter_maps = {
-            **COUNTER_MAPS,
-            **(HOST_COUNTER_MAPS if host_names else {}),
-            **(DNS_COUNTER_MAPS if dns_queries else {}),
-            **(SITE_COUNTER_MAPS if sites else {}),
-        }
-        self.maps = (
-            *MAPS,
-            *(HOST_COUNTER_MAPS if host_names else ()),
-            *(DNS_MAPS if dns_queries else ()),
-            *(SITE_MAPS if sites else ()),
-        )
-        # Without dns.bpf.c, none of its tracepoints: no program runs at any process's
-        # write, send or close.
-        self.probe_names = tuple(
-            name for name in PROBE_NAMES if dns_queries or name not in DNS_PROBE_NAMES
-        )
-        self.kernel_drop_names = (*KERNEL_DROPS, *(DNS_KERNEL_DROPS if dns_queries else ()))
-        self._exec_reports: list[ExecReport] = []
+        self._choose_maps(dns_queries)
         # Every probe is listed from the start, so one that failed to attach shows 0.
         self.probes_attached: Counter[str] = Counter(dict.fromkeys(self.probe_names, 0))
         self.attach_errors: Counter[str] = Counter(dict.fromkeys(self.probe_names, 0))
+        self._exec_reports: list[ExecReport] = []
         self._bpf = None
         # (device, inode), or with per_process (device, inode, pid) -> the probes on it
         self._attached_objects: dict[tuple[int, ...], set[str]] = {}
@@ -422,6 +433,48 @@ class BpfProbes:
         self._epochs = itertools.count(1)
         self._epoch_lock = threading.Lock()
 
+    def _choose_maps(self, dns_queries: bool) -> None:
+        """The maps read and the probes listed, for the features on."""
+        self.dns_queries = dns_queries
+        self.counter_maps = {
+            **COUNTER_MAPS,
+            **(HOST_COUNTER_MAPS if self.host_names else {}),
+            **(DNS_COUNTER_MAPS if dns_queries else {}),
+            **(SITE_COUNTER_MAPS if self.sites else {}),
+        }
+        self.maps = (
+            *MAPS,
+            *(HOST_COUNTER_MAPS if self.host_names else ()),
+            *(DNS_MAPS if dns_queries else ()),
+            *(SITE_MAPS if self.sites else ()),
+        )
+        # Without dns.bpf.c, none of its tracepoints: no program runs at any process's
+        # write or send.
+        self.probe_names = tuple(
+            name for name in PROBE_NAMES if dns_queries or name not in DNS_PROBE_NAMES
+        )
+        self.kernel_drop_names = (*KERNEL_DROPS, *(DNS_KERNEL_DROPS if dns_queries else ()))
+
+    def _dns_cflags(self) -> list[str]:
+        """dns.bpf.c's kernel field offsets. A kernel without BTF has none to give: the probe
+        is left out, said in the log and, as never attached, in attach_errors."""
+        if not self.dns_queries:
+            log.info("DNS messages not followed (--no-dns-queries): no dns_queries_total")
+            return []
+        try:
+            return dns_kernel_cflags()
+        except BtfError as err:
+            log.warning(
+                "DNS messages not followed: dns.bpf.c reads kernel structs at the offsets the "
+                "kernel's BTF gives, and %s (a kernel built with CONFIG_DEBUG_INFO_BTF has "
+                "it): no dns_queries_total",
+                err,
+            )
+        self._choose_maps(False)
+        for name in DNS_PROBE_NAMES:
+            self.attach_errors[name] += 1
+        return []
+
     # Loading
     def load(self) -> None:
         if self.per_process:
@@ -430,11 +483,7 @@ class BpfProbes:
             self._detacher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uprobe-detach")
         self.task_storage = has_task_storage()
         if not self.task_storage:
-            self.maps = (
-                *self.maps,
-                THREAD_STATE_MAP,
-                *(SITE_THREAD_MAPS if self.sites else ()),
-            )
+            self.maps = (*self.maps, THREAD_STATE_MAP)
             log.info("no task storage in this kernel (5.15+ with BTF): per-thread state in a map")
         cflags = [
             *bpf_cflags(self.track_new_processes, self.sites, self.task_storage, self.host_names),
@@ -442,8 +491,7 @@ class BpfProbes:
         ]
         if not self.host_names:
             log.info("host names not read (--no-host-names): no getaddrinfo_host_calls_total")
-        if not self.dns_queries:
-            log.info("DNS messages not followed (--no-dns-queries): no dns_queries_total")
+        cflags += self._dns_cflags()
         files = tuple(f for f in PROBE_FILES if self.dns_queries or f != DNS_PROBE_FILE)
         self._bpf = compile_probes(files, cflags, "probes")
         for tracepoint in MACRO_TRACEPOINTS:
@@ -843,15 +891,6 @@ class BpfProbes:
             add(counts, table.Key.from_buffer_copy(key), value)
         self._raw_counts[(tgid, generation)] = (seen, counts)
         return counts
-
-    def live_thread_stacks(self, generations: dict[int, int]) -> dict[int, Counter]:
-        """Live threads of the given processes by the stack that created them, by tgid."""
-        stacks: dict[int, Counter] = defaultdict(Counter)
-        if self.sites:
-            for _, key in self._reader("live_thread_sites").items():
-                if generations.get(key.tgid) == key.generation:
-                    stacks[key.tgid][stack_of(key)[1]] += 1
-        return stacks
 
     def set_python_process(self, tgid: int, generation: int, runtime) -> None:
         """Lets the probes read this process's Python frames (python_stack.h)."""

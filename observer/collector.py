@@ -30,8 +30,9 @@ LOSSES = {
     "full): those processes were matched on /proc's command line only",
     "target_names_overflowed_total": "Processes put under the target <other> because their "
     "name template had reached its cap of distinct names",
-    "dns_unknown_socket_sends_total": "Sends to port 53 on sockets opened before their process "
-    "was watched (transport unknown): not counted in dns_queries_total",
+    "dns_unknown_socket_sends_total": "Writes to TCP streams to port 53 opened and written "
+    "before their process was watched (no known message boundary): not counted in "
+    "dns_queries_total",
 }
 
 # POSIX's getaddrinfo errors (codes -1 to -12).

@@ -113,6 +113,8 @@ class SiteLimit(enum.IntEnum):
     MAX_THREADS_WALKED = 256  # thread states looked at to find the caller's
     MAX_SITE_STACKS = 16384  # distinct (process, stack) keys per by-site map
     MAX_LIVE_THREADS = 16384  # threads remembered with the stack that created them
+    # Of those, the ones kept in a slot of their tid (a power of two): the others in a map
+    LIVE_THREAD_SLOTS = 8192
     FRAME_HEADER_SIZE = 128  # the buffer a frame's header is read into (a power of two)
     FRAME_READ_SIZE = 80  # bytes of a frame read at once: previous, code and owner lie inside
     FRAME_OWNED_BY_CSTACK = 3  # an entry frame of the C stack (3.12+): no code of its own

@@ -772,7 +772,14 @@ class BpfObserver(ProcObserver):
             self.started_cmdlines.pop(pid, None)
 
     def _counts(self, procs: dict[int, TrackedProcess]) -> dict[int, Counts]:
-        raw = self.probes.read_counts({pid: t.generation for pid, t in procs.items()})
+        return self._resolve_all(self._raw_counts(procs), procs)
+
+    def _raw_counts(self, procs: dict[int, TrackedProcess]) -> dict[int, RawCounts]:
+        return self.probes.read_counts({pid: t.generation for pid, t in procs.items()})
+
+    def _resolve_all(
+        self, raw: dict[int, RawCounts], procs: dict[int, TrackedProcess]
+    ) -> dict[int, Counts]:
         return {pid: self._resolve(raw_counts, procs[pid]) for pid, raw_counts in raw.items()}
 
     def _resolve(self, raw: RawCounts, tracked: TrackedProcess) -> Counts:
@@ -788,18 +795,18 @@ class BpfObserver(ProcObserver):
             self._resolved[tracked.pid] = (key, counts)
         return counts
 
-    def _executor_threads(self) -> dict[int, Counter[str]]:
-        live = self.probes.live_thread_stacks({p: t.generation for p, t in self.procs.items()})
+    def _executor_threads(self, raw: dict[int, RawCounts]) -> dict[int, Counter[str]]:
         return {
-            pid: tracked.sites.executor_threads(live.get(pid, Counter()))
+            pid: tracked.sites.executor_threads(raw.get(pid, NO_COUNTS).live_thread_stacks)
             for pid, tracked in self.procs.items()
             if tracked.sites is not None
         }
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            counts = self._counts(self.procs)
-            pools = self._executor_threads()
+            raw = self._raw_counts(self.procs)
+            counts = self._resolve_all(raw, self.procs)
+            pools = self._executor_threads(raw)
             rows = [
                 t.row(counts[pid] if pid in counts else self._resolve(NO_COUNTS, t))
                 for pid, t in self.procs.items()
@@ -829,7 +836,7 @@ class BpfObserver(ProcObserver):
         sends = losses.get("dns_unknown_socket_sends_total", 0)
         if sends > self._unknown_sends_logged:
             log.warning(
-                "%d sends to port 53 on sockets opened before their process was watched:"
+                "%d writes to TCP streams to port 53 written before their process was watched:"
                 " not counted in dns_queries_total",
                 sends,
             )

@@ -106,7 +106,7 @@ static __always_inline u32 call_caller(u32 tgid, u32 tid, u64 generation,
     *stack_read = 0;
 #if SITES
     struct site_key *site = site_scratch_key();
-    if (site && read_python_stack(tgid, tid, generation, site, 1)) {
+    if (site && read_python_stack(tgid, tid, &state->python_thread_state, generation, site, 1)) {
         *stack_read = 1;
         return caller_from_stack(site, epoll_marked);
     }

@@ -123,12 +123,15 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     struct exec_arguments *arguments = exec_arguments_by_thread.lookup(&old_tid);
     struct watched_process *old = tgid ? watched_tgids.lookup(&tgid) : 0;
     if (old)
-        forget_python_process(tgid, (u32)id);  // a new image: its interpreter is found again
+        forget_python_process(tgid);  // a new image: its interpreter is found again
     // Its process's generation may change below: the thread's copy is dropped (no process
-    // has id 0), whatever the epoch, so that its next event looks it up again.
+    // has id 0), whatever the epoch, so that its next event looks it up again; and so is its
+    // PyThreadState, of the old image.
     struct thread_state *state = this_thread((u32)id, 0);
-    if (state)
+    if (state) {
         state->tgid = 0;
+        state->python_thread_state = 0;
+    }
     if (tgid && (old || TRACK_NEW_PROCESSES)) {
         struct watched_process process = {.state = STATE_PENDING};
         if (old && old->state != STATE_EXITED) {

@@ -1,6 +1,7 @@
 // Python call sites: the code objects on the calling thread's CPython frame chain, read at the
-// call (pthread_create runs with the GIL held; getaddrinfo with it released, but the caller's
-// frames stay put until it returns, which is what sys._current_frames relies on too).
+// call (a thread's creation at its clone, inside pthread_create, which runs with the GIL held;
+// getaddrinfo with it released, but the caller's frames stay put until it returns, which is
+// what sys._current_frames relies on too).
 //
 // User space finds the interpreter (_PyRuntime), checks the offsets against live memory, and
 // writes one python_processes entry per process: where the thread list starts and the struct
@@ -25,9 +26,10 @@
 // co_flags read.
 //
 // Parameters (-D cflags from observer/constants.py): SITES, STACK_DEPTH, MAX_FRAMES_WALKED,
-// MAX_THREADS_WALKED, MAX_SITE_STACKS, MAX_LIVE_THREADS, FRAME_HEADER_SIZE, FRAME_READ_SIZE,
-// FRAME_OWNED_BY_CSTACK, FRAME_OWNED_BY_GENERATOR, TSTATE_READ_SIZE, FRAME_WINDOW_SIZE,
-// CO_COROUTINE_FLAGS, STACK_FRAMES_READ, STACK_COROUTINE, STACK_TRUNCATED, STACK_EVENT_LOOP.
+// MAX_THREADS_WALKED, MAX_SITE_STACKS, MAX_LIVE_THREADS, LIVE_THREAD_SLOTS, FRAME_HEADER_SIZE,
+// FRAME_READ_SIZE, FRAME_OWNED_BY_CSTACK, FRAME_OWNED_BY_GENERATOR, TSTATE_READ_SIZE,
+// FRAME_WINDOW_SIZE, CO_COROUTINE_FLAGS, STACK_FRAMES_READ, STACK_COROUTINE, STACK_TRUNCATED,
+// STACK_EVENT_LOOP.
 #ifndef THREAD_OBSERVER_PYTHON_STACK_H
 #define THREAD_OBSERVER_PYTHON_STACK_H
 
@@ -38,7 +40,7 @@
 #endif
 #if SITES
 #if !defined(STACK_DEPTH) || !defined(MAX_FRAMES_WALKED) || !defined(MAX_THREADS_WALKED) || \
-    !defined(MAX_SITE_STACKS) || !defined(MAX_LIVE_THREADS) || \
+    !defined(MAX_SITE_STACKS) || !defined(MAX_LIVE_THREADS) || !defined(LIVE_THREAD_SLOTS) || \
     !defined(FRAME_OWNED_BY_CSTACK) || !defined(CO_COROUTINE_FLAGS) || \
     !defined(STACK_FRAMES_READ) || !defined(STACK_COROUTINE) || !defined(STACK_TRUNCATED) || \
     !defined(STACK_EVENT_LOOP) || !defined(CALLER_EVENT_LOOP) || !defined(FRAME_HEADER_SIZE) || \
@@ -55,6 +57,9 @@
 #endif
 #if (STACK_DEPTH & (STACK_DEPTH - 1)) != 0
 #error "STACK_DEPTH must be a power of two (it masks the index for the verifier)"
+#endif
+#if (LIVE_THREAD_SLOTS & (LIVE_THREAD_SLOTS - 1)) != 0
+#error "LIVE_THREAD_SLOTS must be a power of two (a thread's slot is its tid masked)"
 #endif
 
 struct python_process {
@@ -97,61 +102,27 @@ struct site_key {
 };
 
 BPF_HASH(python_processes, u32, struct python_process, MAX_PROCESSES);
-// Thread -> its PyThreadState, found once by walking the interpreter's thread list: in the
-// task itself where the kernel has task storage (TASK_STORAGE), else by tid. 0: not known.
+// Threads created by each stack, and how many of them live now: executor threads are told
+// apart by the stack that created them.
+struct site_threads {
+    u64 created;
+    u64 live;
+};
+BPF_HASH(threads_created_by_site_total, struct site_key, struct site_threads, MAX_SITE_STACKS);
+// A live thread's creating stack, kept to take it off its stack's live count at its exit.
+// With TASK_STORAGE (5.15+, so BPF's compare-and-exchange, 5.12+, is there too) in the slot of
+// its host tid modulo LIVE_THREAD_SLOTS: claimed and written in place, where an insert in a
+// hash map (its bucket locked, an element taken from its free list) costs about as much as
+// reading the stack. A thread whose slot another one holds, and every thread without
+// TASK_STORAGE, goes to live_thread_sites, by host tid.
+struct live_thread {
+    u64 tid;  // host tid of the thread holding the slot; 0: free
+    struct site_key key;
+};
 #if defined(TASK_STORAGE) && TASK_STORAGE
-BPF_TASK_STORAGE(python_thread_states, u64);
-
-static __always_inline u64 *cached_thread_state(u32 tid)
-{
-    return python_thread_states.task_storage_get(bpf_get_current_task_btf(), 0, 0);
-}
-
-static __always_inline void cache_thread_state(u32 tid, u64 tstate)
-{
-    u64 *slot = python_thread_states.task_storage_get(bpf_get_current_task_btf(), 0,
-                                                      BPF_LOCAL_STORAGE_GET_F_CREATE);
-    if (slot)
-        *slot = tstate;
-}
-
-// The calling thread's entry (tid is the caller's own): forgotten at exec, the task goes on.
-static __always_inline void forget_thread_state(u32 tid)
-{
-    u64 *slot = cached_thread_state(tid);
-    if (slot)
-        *slot = 0;
-}
-#else
-BPF_TABLE("lru_hash", u32, u64, python_thread_states, MAX_THREADS);
-
-static __always_inline u64 *cached_thread_state(u32 tid)
-{
-    return python_thread_states.lookup(&tid);
-}
-
-static __always_inline void cache_thread_state(u32 tid, u64 tstate)
-{
-    python_thread_states.update(&tid, &tstate);
-}
-
-static __always_inline void forget_thread_state(u32 tid)
-{
-    if (python_thread_states.lookup(&tid))
-        python_thread_states.delete(&tid);
-}
+BPF_ARRAY(live_thread_slots, struct live_thread, LIVE_THREAD_SLOTS);
 #endif
-// Creating thread -> the stack at pthread_create, until its clone happens: in the task itself
-// where the kernel has task storage (TASK_STORAGE, from bpf_backend.py: found without hashing,
-// freed with the thread), else by tid. tgid 0: none pending.
-#if defined(TASK_STORAGE) && TASK_STORAGE
-BPF_TASK_STORAGE(pending_thread_sites, struct site_key);
-#else
-BPF_TABLE("lru_hash", u32, struct site_key, pending_thread_sites, MAX_LIVE_THREADS);
-#endif
-// Live thread (host tid) -> the stack that created it: executor threads are told apart by it.
 BPF_TABLE("lru_hash", u32, struct site_key, live_thread_sites, MAX_LIVE_THREADS);
-BPF_HASH(threads_created_by_site_total, struct site_key, u64, MAX_SITE_STACKS);
 BPF_HASH(getaddrinfo_calls_by_site_total, struct site_key, u64, MAX_SITE_STACKS);
 // Events whose stack found the by-site map full, counted as <other>: kind 0 for threads,
 // 1 + caller for getaddrinfo calls.
@@ -235,17 +206,17 @@ static __always_inline u32 target_tid(struct python_process *py, u32 tid)
 }
 
 // The calling thread's PyThreadState, or 0 when it has none (a native thread); its first
-// bytes are left in the scratch. tid keys the cache (the observer's id); ns_tid is matched
-// against the thread states.
+// bytes are left in the scratch. *cached is where the calling thread keeps the one found last
+// (0: none), which the includer keeps with its other per-thread state (thread_state.h): found
+// once by walking the interpreter's thread list. ns_tid is matched against the thread states.
 static __always_inline u64 find_thread_state(struct python_process *py,
-                                             struct frame_scratch *scratch, u32 tid,
+                                             struct frame_scratch *scratch, u64 *cached,
                                              u32 ns_tid)
 {
-    u64 *cached = cached_thread_state(tid);
     // The cached state is checked: still this thread's, and still linked in the list (a
     // thread may delete a thread state and go on with another: freed memory keeps its
     // thread id, but its neighbour no longer points at it).
-    if (cached && *cached) {
+    if (*cached) {
         u64 tstate = *cached;
         if (read_thread_state(py, scratch, tstate)) {
             u64 prev = tstate_field(scratch, py->tstate_prev);
@@ -266,7 +237,7 @@ static __always_inline u64 find_thread_state(struct python_process *py,
         if (!read_thread_state(py, scratch, tstate))
             return 0;
         if (thread_tid(py, scratch) == ns_tid && current_frame(py, scratch)) {
-            cache_thread_state(tid, tstate);
+            *cached = tstate;
             return tstate;
         }
         tstate = tstate_field(scratch, py->tstate_next);
@@ -379,17 +350,18 @@ static __always_inline int is_coroutine(struct python_process *py, struct frame_
 }
 
 // Fills key->code and key->flags from the calling thread's frames, with the process's
-// interpreter entry. Only a lookup's caller needs the coroutine search: a thread's creation
-// stops at STACK_DEPTH frames.
+// interpreter entry and the thread's cached PyThreadState (find_thread_state). Only a
+// lookup's caller needs the coroutine search: a thread's creation stops at STACK_DEPTH frames.
 static __always_inline int read_stack(struct python_process *py, u32 tgid, u32 tid,
-                                      u64 generation, struct site_key *key, int find_coroutine)
+                                      u64 *tstate_cache, u64 generation, struct site_key *key,
+                                      int find_coroutine)
 {
     int zero = 0;
     struct frame_scratch *scratch = python_frame_scratch.lookup(&zero);
     if (!scratch)
         return 0;
     clear_stack(key, tgid, generation);
-    u64 tstate = find_thread_state(py, scratch, tid, target_tid(py, tid));
+    u64 tstate = find_thread_state(py, scratch, tstate_cache, target_tid(py, tid));
     if (!tstate)
         return 1;  // no Python frame: <native>
     key->flags |= STACK_FRAMES_READ;
@@ -429,13 +401,14 @@ static __always_inline int read_stack(struct python_process *py, u32 tgid, u32 t
 
 // The same, finding the interpreter entry: 0 when the process has none (sites unavailable:
 // nothing is counted by site).
-static __always_inline int read_python_stack(u32 tgid, u32 tid, u64 generation,
-                                             struct site_key *key, int find_coroutine)
+static __always_inline int read_python_stack(u32 tgid, u32 tid, u64 *tstate_cache,
+                                             u64 generation, struct site_key *key,
+                                             int find_coroutine)
 {
     struct python_process *py = python_processes.lookup(&tgid);
     if (!py || py->generation != generation)
         return 0;
-    return read_stack(py, tgid, tid, generation, key, find_coroutine);
+    return read_stack(py, tgid, tid, tstate_cache, generation, key, find_coroutine);
 }
 
 static __always_inline struct site_key *site_scratch_key(void)
@@ -453,14 +426,16 @@ static __always_inline int add_dropped_site(u32 tgid, u64 generation, u32 kind)
     return 0;
 }
 
-static __always_inline int add_thread_site(struct site_key *key)
+// The stack's threads, with this one counted (NULL when the map is full: counted as dropped).
+static __always_inline struct site_threads *add_thread_site(struct site_key *key)
 {
-    u64 zero = 0, *count = threads_created_by_site_total.lookup_or_try_init(key, &zero);
-    if (count)
-        __sync_fetch_and_add(count, 1);
+    struct site_threads zero = {};
+    struct site_threads *threads = threads_created_by_site_total.lookup_or_try_init(key, &zero);
+    if (threads)
+        __sync_fetch_and_add(&threads->created, 1);
     else
         add_dropped_site(key->tgid, key->generation, 0);
-    return 0;
+    return threads;
 }
 
 static __always_inline int add_call_site(struct site_key *key, u32 caller)
@@ -475,90 +450,98 @@ static __always_inline int add_call_site(struct site_key *key, u32 caller)
     return 0;
 }
 
+static __always_inline void end_live_thread(struct site_key *key)
+{
+    struct site_threads *threads = threads_created_by_site_total.lookup(key);
+    if (threads)
+        __sync_fetch_and_add(&threads->live, -1);
+}
+
 #if defined(TASK_STORAGE) && TASK_STORAGE
-// The calling thread's pending stack, made where create is set (NULL: none, or no memory).
-static __always_inline struct site_key *pending_site(u32 tid, int create)
+// The slot a new thread takes: a free one, or one still held by a thread that had its tid
+// before (whose exit went unseen: its process was no longer watched), which it ends. NULL
+// when another live thread holds it.
+static __always_inline struct live_thread *claim_live_slot(u32 new_tid)
 {
-    return pending_thread_sites.task_storage_get(bpf_get_current_task_btf(), 0,
-                                                 create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+    u32 index = new_tid & (LIVE_THREAD_SLOTS - 1);
+    struct live_thread *slot = live_thread_slots.lookup(&index);
+    if (!slot)
+        return NULL;
+    u64 holder = __sync_val_compare_and_swap(&slot->tid, 0, (u64)new_tid);
+    if (holder == new_tid)
+        end_live_thread(&slot->key);
+    return holder == 0 || holder == new_tid ? slot : NULL;
 }
 
-// A stack to fill for the calling thread: its own task storage, written in place.
-static __always_inline struct site_key *new_pending_site(u32 tid)
+// The slot of an ending thread, if it holds one.
+static __always_inline struct live_thread *held_live_slot(u32 host_tid)
 {
-    return pending_site(tid, 1);
-}
-
-static __always_inline void keep_pending_site(u32 tid, struct site_key *key) {}
-
-static __always_inline void drop_pending_site(u32 tid, struct site_key *key)
-{
-    key->tgid = 0;
+    u32 index = host_tid & (LIVE_THREAD_SLOTS - 1);
+    struct live_thread *slot = live_thread_slots.lookup(&index);
+    return slot && slot->tid == host_tid ? slot : NULL;
 }
 #else
-static __always_inline struct site_key *pending_site(u32 tid, int create)
+static __always_inline struct live_thread *claim_live_slot(u32 new_tid)
 {
-    return pending_thread_sites.lookup(&tid);
+    return NULL;
 }
 
-// A stack to fill for the calling thread: the per-CPU scratch, copied into the map after.
-static __always_inline struct site_key *new_pending_site(u32 tid)
+static __always_inline struct live_thread *held_live_slot(u32 host_tid)
 {
-    return site_scratch_key();
-}
-
-static __always_inline void keep_pending_site(u32 tid, struct site_key *key)
-{
-    pending_thread_sites.update(&tid, key);
-}
-
-static __always_inline void drop_pending_site(u32 tid, struct site_key *key)
-{
-    pending_thread_sites.delete(&tid);
+    return NULL;
 }
 #endif
 
-// pthread_create: the creating thread's stack, kept until the clone it leads to. A thread
-// whose start routine is not the interpreter's (libuv's pool, started while Python code
-// called into uvloop) is native: <native>, whatever Python frames asked for it.
-static __always_inline void remember_creating_stack(u32 tgid, u32 tid, u64 generation,
-                                                    u64 routine)
+// A new thread counted live with its stack (called before it runs: its exit comes after).
+static __always_inline void add_live_thread(u32 new_tid, struct site_key *key,
+                                            struct site_threads *threads)
 {
-    struct python_process *py = python_processes.lookup(&tgid);
-    if (!py || py->generation != generation)
+    struct live_thread *slot = claim_live_slot(new_tid);
+    if (slot)
+        __builtin_memcpy(&slot->key, key, sizeof(*key));
+    else if (live_thread_sites.update(&new_tid, key))
         return;
-    struct site_key *key = new_pending_site(tid);
-    if (!key)
-        return;
-    if (routine < py->text_start || routine >= py->text_end)
-        clear_stack(key, tgid, generation);
-    else if (!read_stack(py, tgid, tid, generation, key, 0)) {
-        drop_pending_site(tid, key);
-        return;
-    }
-    keep_pending_site(tid, key);
+    __sync_fetch_and_add(&threads->live, 1);
 }
 
-// task_newtask: the new thread's site counted, and remembered while it lives.
-static __always_inline void count_thread_site(u32 tgid, u32 tid, u64 generation, u32 new_tid)
+// An ending thread (of a watched process) taken off its creating stack's live count.
+static __always_inline void forget_python_thread(u32 host_tid)
 {
-    struct site_key *key = pending_site(tid, 0);
-    if (key && key->tgid == tgid && key->generation == generation) {
-        add_thread_site(key);
-        if (key->flags & STACK_FRAMES_READ)
-            live_thread_sites.update(&new_tid, key);
-        drop_pending_site(tid, key);
+    struct live_thread *slot = held_live_slot(host_tid);
+    if (slot) {
+        end_live_thread(&slot->key);
+        slot->tid = 0;
         return;
     }
+    struct site_key *key = live_thread_sites.lookup(&host_tid);
+    if (key) {
+        end_live_thread(key);
+        live_thread_sites.delete(&host_tid);
+    }
+}
+
+// task_newtask, in the creating thread: still in pthread_create, whose caller's frames are on
+// its stack as they were at the call (it holds the GIL). The new thread's site is counted, and
+// the thread counted live until its exit. A thread whose start routine is not the
+// interpreter's (libuv's pool, started while Python code called into uvloop), or that
+// pthread_create did not make (routine 0), is native: <native>, whatever Python frames asked
+// for it. tstate_cache: the creating thread's cached PyThreadState (NULL: it has no state).
+static __always_inline void count_thread_site(u32 tgid, u32 tid, u64 generation, u64 routine,
+                                              u64 *tstate_cache, u32 new_tid)
+{
     struct python_process *py = python_processes.lookup(&tgid);
     if (!py || py->generation != generation)
         return;
-    // Not made by pthread_create (or made before the interpreter was found): no frames.
-    struct site_key *native = site_scratch_key();
-    if (!native)
+    struct site_key *key = site_scratch_key();
+    if (!key)
         return;
-    clear_stack(native, tgid, generation);
-    add_thread_site(native);
+    if (!tstate_cache || routine < py->text_start || routine >= py->text_end)
+        clear_stack(key, tgid, generation);
+    else if (!read_stack(py, tgid, tid, tstate_cache, generation, key, 0))
+        return;
+    struct site_threads *threads = add_thread_site(key);
+    if (threads && (key->flags & STACK_FRAMES_READ))
+        add_live_thread(new_tid, key, threads);
 }
 
 // The caller of a getaddrinfo call: a coroutine on the stack decides; where the frames could
@@ -570,17 +553,6 @@ static __always_inline u32 caller_from_stack(struct site_key *key, int epoll_mar
     if ((key->flags & STACK_FRAMES_READ) && !(key->flags & STACK_TRUNCATED))
         return CALLER_OTHER;
     return epoll_marked ? CALLER_EVENT_LOOP : CALLER_OTHER;
-}
-
-static __always_inline void forget_python_thread(u32 tid, u32 host_tid)
-{
-#if !(defined(TASK_STORAGE) && TASK_STORAGE)
-    forget_thread_state(tid);
-    if (pending_thread_sites.lookup(&tid))
-        pending_thread_sites.delete(&tid);
-#endif
-    if (live_thread_sites.lookup(&host_tid))
-        live_thread_sites.delete(&host_tid);
 }
 
 // fork: the child's address space is its parent's, and so is its interpreter, at the same
@@ -598,20 +570,19 @@ static __always_inline void inherit_python_process(u32 parent_tgid, u64 parent_g
     python_processes.update(&child_tgid, &child);
 }
 
-// exec: a new program image, whose interpreter (if any) user space has yet to find.
-static __always_inline void forget_python_process(u32 tgid, u32 tid)
+// exec: a new program image, whose interpreter (if any) user space has yet to find (the
+// exec'ing thread's cached PyThreadState is its includer's to drop).
+static __always_inline void forget_python_process(u32 tgid)
 {
     python_processes.delete(&tgid);
-    forget_thread_state(tid);
 }
 
 #else  // !SITES
 
-static __always_inline void remember_creating_stack(u32 tgid, u32 tid, u64 generation,
-                                                    u64 routine) {}
-static __always_inline void count_thread_site(u32 tgid, u32 tid, u64 generation, u32 new_tid) {}
-static __always_inline void forget_python_thread(u32 tid, u32 host_tid) {}
-static __always_inline void forget_python_process(u32 tgid, u32 tid) {}
+static __always_inline void count_thread_site(u32 tgid, u32 tid, u64 generation, u64 routine,
+                                              u64 *tstate_cache, u32 new_tid) {}
+static __always_inline void forget_python_thread(u32 host_tid) {}
+static __always_inline void forget_python_process(u32 tgid) {}
 static __always_inline void inherit_python_process(u32 parent_tgid, u64 parent_generation,
                                                    u32 child_tgid, u64 child_generation) {}
 

@@ -3,10 +3,12 @@
 //
 // Per thread (a watched process's threads only): the getaddrinfo call in progress, the
 // outermost resolver call in progress, the start routine handed to pthread_create until its
-// clone, and whether the thread has waited in epoll (an event loop). With TASK_STORAGE (Linux
-// 5.11+ with BTF) this lives in the task itself: found without hashing, and freed by the kernel
-// with the thread, so no thread id is ever reused with a stale record. Without it, an LRU hash
-// by thread id stands in, and the exit program deletes a thread's record.
+// clone, whether the thread has waited in epoll (an event loop), and its PyThreadState once
+// found (python_stack.h: a site's read then looks nothing else up for the thread). With
+// TASK_STORAGE (Linux 5.11+ with BTF) this lives in the task itself: found without hashing,
+// and freed by the kernel with the thread, so no thread id is ever reused with a stale record.
+// Without it, an LRU hash by thread id stands in, and the exit program deletes a thread's
+// record.
 //
 // A thread's state also keeps its process's generation, so that an event of a watched thread
 // needs no lookup in the watched set: the copy is good while the watch epoch is the one it was
@@ -49,6 +51,7 @@ struct thread_state {
     u64 resolver_returns_to;  // stack pointer the outermost resolver call returns to; 0: none
     u64 generation;           // its process's generation (0: not watched) ...
     u64 epoch;                // ... as of this watch epoch
+    u64 python_thread_state;  // its PyThreadState once found (python_stack.h); 0: not known
     u32 tgid;                 // ... for this process; 0 (fresh, or through an exec): none
     u32 call_caller;          // decided at entry, where the frames are read
     u32 event_loop;           // the thread has waited in epoll

@@ -5,8 +5,8 @@
 // Maps become metrics (observer/bpf_backend.py):
 //   threads_created_total  {process, start_routine} -> count  thread_observer_threads_created_total
 //   process_totals (thread_state.h) {process} -> threads ended thread_observer_threads_exited_total
-//   threads_created_by_site_total {process, stack} -> count   (python_stack.h)
-//                                                   thread_observer_threads_created_by_site_total
+//   threads_created_by_site_total {process, stack} -> count, live (python_stack.h)
+//                         thread_observer_threads_created_by_site_total, ..._executor_threads
 #include "watched.h"
 #include "python_stack.h"
 #include "thread_state.h"
@@ -47,19 +47,20 @@ int pthread_create_entry(struct pt_regs *ctx)
     if (!state)
         return 0;
     state->start_routine = routine;
-    remember_creating_stack(tgid, tid, generation, routine);
     return 0;
 }
 
 static __always_inline void count_new_thread(u32 tgid, u32 tid, u64 generation,
                                              struct thread_state *state, u32 new_tid)
 {
-    count_thread_site(tgid, tid, generation, new_tid);
     struct creator_key key = {.tgid = tgid, .generation = generation};
-    if (state && state->start_routine) {
+    u64 *tstate_cache = 0;
+    if (state) {
         key.start_routine = state->start_routine;
         state->start_routine = 0;
+        tstate_cache = &state->python_thread_state;
     }
+    count_thread_site(tgid, tid, generation, key.start_routine, tstate_cache, new_tid);
     add_created(&key);
 }
 
@@ -107,7 +108,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     struct watched_process *process = watched_tgids.lookup(&tgid);
     if (!process)
         return 0;
-    forget_python_thread(tid, (u32)bpf_get_current_pid_tgid());
+    forget_python_thread((u32)bpf_get_current_pid_tgid());
     // The main thread ends with its process; counting only the others keeps
     // live = 1 + created - exited for a process watched from its start.
     if (tid != tgid) {

@@ -79,6 +79,9 @@ BPF_RINGBUF_OUTPUT(timeline_events, RINGBUF_PAGES);
 BPF_ARRAY(lost_events, u64, 1);
 // Creating thread -> the start routine it passed to pthread_create, until its clone happens.
 BPF_TABLE("lru_hash", u32, u64, timeline_start_routine, MAX_THREADS);
+// Thread -> its PyThreadState, once found by walking the interpreter's thread list
+// (python_stack.h's find_thread_state); dropped at exec.
+BPF_TABLE("lru_hash", u32, u64, python_thread_states, MAX_THREADS);
 
 static __always_inline struct timeline_event *new_event(u32 kind, u64 id)
 {
@@ -111,9 +114,18 @@ static __always_inline struct timeline_event *new_event(u32 kind, u64 id)
 // The calling thread's Python stack into the event, where the process's frames are read.
 static __always_inline void add_python_stack(struct timeline_event *event, u64 id)
 {
-    u32 tgid = id >> 32;
+    u32 tgid = id >> 32, tid = (u32)id;
     struct site_key *key = site_scratch_key();
-    if (!key || !read_python_stack(tgid, (u32)id, watched_generation(tgid), key, 0))
+    if (!key)
+        return;
+    u64 *cached = python_thread_states.lookup(&tid);
+    u64 tstate = cached ? *cached : 0;
+    int read = read_python_stack(tgid, tid, &tstate, watched_generation(tgid), key, 0);
+    if (cached)
+        *cached = tstate;
+    else if (tstate)
+        python_thread_states.update(&tid, &tstate);
+    if (!read)
         return;
     event->stack_depth = key->depth;
     event->stack_flags = key->flags | STACK_PROCESS_READ;
@@ -216,7 +228,10 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         // A new program: recorded from here, kept or dropped by its command line in user space.
         mark_pending(tgid, 0);
     }
-    forget_python_process(tgid, (u32)id);  // a new image: its interpreter is found again
+    forget_python_process(tgid);  // a new image: its interpreter is found again
+    u32 tid = (u32)id;
+    if (python_thread_states.lookup(&tid))
+        python_thread_states.delete(&tid);
     struct timeline_event *event = new_event(EVENT_PROCESS_EXEC, id);
     if (!event)
         return 0;

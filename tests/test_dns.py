@@ -106,6 +106,49 @@ def test_a_dropped_query_and_its_retry_are_both_counted(tmp_path):
         assert received["udp"] > 2  # A and AAAA, then again after the timeout
 
 
+def unknown_socket_sends(running) -> float | None:
+    return running.scrape().value("thread_observer_dns_unknown_socket_sends_total")
+
+
+def test_a_udp_socket_connected_before_the_watch_is_counted_exactly(tmp_path):
+    with (
+        PrivateDns(tmp_path, {NAME: ADDRESS}) as dns,
+        watched_client(dns, tmp_path, [*CLIENT, "early_connect_send", "6", NAME]) as (
+            _,
+            running,
+            _,
+        ),
+    ):
+        assert assert_observer_saw_what_the_responder_received(running, dns) == {"udp": 6, "tcp": 0}
+        assert unknown_socket_sends(running) == 0
+
+
+def test_a_tcp_stream_written_before_the_watch_is_an_unknown_socket_not_a_count(tmp_path):
+    with (
+        PrivateDns(tmp_path, {NAME: ADDRESS}) as dns,
+        watched_client(dns, tmp_path, [*CLIENT, "early_tcp", "4", NAME]) as (_, running, _),
+    ):
+        assert dns.received() == {"udp": 0, "tcp": 1 + 4}  # one before the watch, 4 after
+        wait_until(lambda: unknown_socket_sends(running) == 4, 5, "4 unknown socket sends")
+        assert queries_seen(running) == {"udp": 0, "tcp": 0}
+
+
+def test_a_new_tcp_stream_on_a_reused_fd_starts_afresh(tmp_path):
+    with (
+        PrivateDns(tmp_path, {NAME: ADDRESS}) as dns,
+        watched_client(dns, tmp_path, [*CLIENT, "tcp_on_a_reused_fd", "5", NAME]) as (
+            _,
+            running,
+            truth,
+        ),
+    ):
+        assert truth["messages_begun"] == 7
+        assert dns.received() == {"udp": 0, "tcp": 6}  # the one left unfinished never arrives
+        expected = {"udp": 0, "tcp": truth["messages_begun"]}
+        wait_until(lambda: queries_seen(running) == expected, 5, f"{expected}")
+        assert unknown_socket_sends(running) == 0
+
+
 def test_aiodns_queries_from_c_ares(tmp_path):
     with (
         PrivateDns(tmp_path, {NAME: ADDRESS}) as dns,

@@ -47,6 +47,38 @@ def test_without_task_storage_the_counts_are_exact_and_the_map_empties(monkeypat
     assert entries[bpf_backend.THREAD_STATE_MAP] <= 1
 
 
+def test_without_kernel_btf_the_dns_probe_is_left_out_and_says_so(monkeypatch, caplog):
+    # The DNS probe reads kernel structs at the offsets the kernel's BTF gives: without them it
+    # is not loaded (no dns_queries_total rather than zeros), its probes show as never attached,
+    # and everything else counts exactly.
+    from observer import bpf_backend
+
+    def no_btf():
+        raise bpf_backend.BtfError("the kernel's BTF is not readable (no such file)")
+
+    monkeypatch.setattr(bpf_backend, "running_kernel_btf", no_btf)
+    probes = bpf_backend.BpfProbes(
+        track_new_processes=False, sites=False, follow_children=False, per_process=True
+    )
+    with workload(["-c", CALLER]) as caller:
+        try:
+            probes.load()
+            generation = probes.watch(caller.pid, 1)
+            bpf_backend.attach_libc_of(probes, caller.pid)
+            work(caller, 5, 37)
+            counts = probes.read_counts({caller.pid: generation})[caller.pid]
+            entries = probes.map_entries()
+        finally:
+            probes.close()
+    assert not probes.dns_queries
+    assert "DNS messages not followed" in caplog.text and "BTF" in caplog.text
+    for name in bpf_backend.DNS_PROBE_NAMES:
+        assert (probes.probes_attached[name], probes.attach_errors[name]) == (0, 1)
+    assert not set(bpf_backend.DNS_MAPS) & set(entries)
+    assert sum(counts.calls.values()) == 37
+    assert sum(counts.created_by_routine.values()) == 5
+
+
 @pytest.fixture
 def bcc_uprobes_on_getaddrinfo():
     """An empty uprobe and uretprobe on libc's getaddrinfo made as bcc's Python tools make
@@ -85,7 +117,7 @@ def test_next_to_a_bcc_tool_on_getaddrinfo_the_counts_stay_exact(
 
 
 def test_without_task_storage_the_sites_are_exact(monkeypatch, tmp_path):
-    # The whole observer, with the thread states and pending stacks in maps.
+    # The whole observer, with the thread states and live threads' stacks in maps.
     wrapper = Path(__file__).with_name("without_task_storage.py")
     monkeypatch.setattr(harness, "OBSERVER_PREFIX", [sys.executable, str(wrapper)])
     with watched_run(WORKLOAD, "sites", tmp_path) as (running, truth):

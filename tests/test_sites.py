@@ -3,6 +3,7 @@ at the same C calls (its profiler hook), on every interpreter the observer reads
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections import Counter
@@ -14,6 +15,7 @@ import pytest
 from observer.constants import SiteLimit
 from observer.pyruntime import CodeInfo
 from observer.sites import MAX_SITE_LENGTH, NATIVE, site_label, under_asyncio_loop
+from tests import harness
 from tests.harness import observer, wait_until, workload
 from workloads.call_sites import ANYIO_WORKERS
 from workloads.servers import http_server
@@ -30,6 +32,38 @@ PYTHONS = {
 }
 UNSUPPORTED = {f"pyenv-{v}": str(PYENV / v / "bin" / "python") for v in ("3.6.15", "3.7.16")}
 WORKLOAD = ["-m", "workloads.call_sites", "--linger", "60"]
+# Grows a ThreadPoolExecutor to POOL_WORKERS threads that wait, prints their tids, and at the
+# next line lets them go and shuts the pool down.
+POOL_WORKERS = 12
+POOL = f"""
+import concurrent.futures, json, os, sys, threading
+print(json.dumps({{"ready": True, "pid": os.getpid()}}), flush=True)
+sys.stdin.readline()
+started, release, lock, tids = threading.Semaphore(0), threading.Event(), threading.Lock(), []
+def wait():
+    with lock:
+        tids.append(threading.get_native_id())
+    started.release()
+    release.wait()
+pool = concurrent.futures.ThreadPoolExecutor(max_workers={POOL_WORKERS})
+for _ in range({POOL_WORKERS}):
+    pool.submit(wait)
+    started.acquire()  # each submit finds no idle worker: a new thread
+print(json.dumps({{"tids": tids}}), flush=True)
+sys.stdin.readline()
+release.set()
+pool.shutdown(wait=True)
+print(json.dumps({{"shut down": True}}), flush=True)
+sys.stdin.readline()
+"""
+TESTS = Path(__file__).resolve().parent
+# How the kernel keeps each live thread's creating stack (python_stack.h): the observer's
+# command prefix, and the slots by tid (None: none, every thread in the map).
+LIVE_RECORDS = {
+    "slots": ([], SiteLimit.LIVE_THREAD_SLOTS),
+    "two slots": ([sys.executable, str(TESTS / "with_two_live_thread_slots.py")], 2),
+    "map only": ([sys.executable, str(TESTS / "without_task_storage.py")], None),
+}
 
 
 def frames_of(event) -> list[CodeInfo]:
@@ -288,3 +322,51 @@ def test_aiohttp_executor_threads_and_lookups_are_read_through_its_stack(tmp_pat
         assert calls == {
             ("concurrent/futures/thread.py:_WorkItem.run", "other"): truth["getaddrinfo_calls"]
         }
+
+
+def map_entries_expected(tids: list[int], slots: int | None) -> int:
+    """Threads kept in the map: all without slots, else each whose slot an earlier one holds
+    (every thread is alive from its start to now)."""
+    if slots is None:
+        return len(tids)
+    return len(tids) - len({tid % slots for tid in tids})
+
+
+@pytest.mark.parametrize("records", sorted(LIVE_RECORDS))
+def test_live_pool_threads_are_counted_from_their_slots_and_the_map(records, tmp_path, monkeypatch):
+    # A thread's creation takes its slot where it can: the map (an insert in a hash map costs
+    # about as much as reading the stack) only holds the threads whose slot another one holds.
+    prefix, slots = LIVE_RECORDS[records]
+    monkeypatch.setattr(harness, "OBSERVER_PREFIX", prefix)
+    with (
+        workload(["-c", POOL]) as pool,
+        observer(["--pid", f"pool={pool.pid}"], tmp_path) as running,
+    ):
+        pool.go()
+        tids = json.loads(pool._line())["tids"]
+        assert len(set(tids)) == POOL_WORKERS
+        metrics = harness.settled(
+            running, {"thread_observer_executor_threads": POOL_WORKERS}, pool="thread_pool"
+        )
+        assert metrics.labels("thread_observer_executor_threads", "pool", target="pool") == {
+            "default": 0,
+            "thread_pool": POOL_WORKERS,
+            "anyio": 0,
+        }
+        live_map_settled(running, map_entries_expected(tids, slots))
+        pool.go()
+        assert json.loads(pool._line()) == {"shut down": True}
+        harness.settled(running, {"thread_observer_executor_threads": 0}, pool="thread_pool")
+        live_map_settled(running, 0)
+
+
+def live_map_settled(running, expected: int) -> None:
+    """Until the map of live threads has ``expected`` entries, in a count of the maps taken
+    since the pool's stack was counted (they are counted once a second)."""
+
+    def done():
+        entries = running.scrape().labels("thread_observer_bpf_map_entries", "map")
+        fresh = entries.get("threads_created_by_site_total") == 1
+        return fresh and entries["live_thread_sites"] == expected
+
+    wait_until(done, 10, f"{expected} entries in live_thread_sites")

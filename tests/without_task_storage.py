@@ -3,9 +3,14 @@ kernel without BPF task storage (before 5.15, or without BTF), where the probes 
 per-thread state in maps. A prefix for tests.harness's observer command."""
 
 import sys
+from pathlib import Path
 
-from observer import bpf_backend
-from observer.cli import main
+# This checkout's observer, as `python -m observer` run from it would import (a script's own
+# folder comes first on its path, not the working directory).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from observer import bpf_backend  # noqa: E402
+from observer.cli import main  # noqa: E402
 
 bpf_backend.has_task_storage = lambda: False
 sys.exit(main(sys.argv[4:]))

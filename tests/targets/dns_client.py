@@ -62,6 +62,56 @@ def tcp(count: int, name: str) -> None:
         receive_answers(stream, 3)
 
 
+def framed(name: str) -> bytes:
+    message = query(name)
+    return len(message).to_bytes(2, "big") + message
+
+
+def tcp_on_a_reused_fd(count: int, name: str) -> dict:
+    """A stream left inside a message (its length prefix written, its body never), closed; then
+    a new stream on the same fd with count messages. Returns the messages begun: count + 2."""
+    with socket.create_connection(RESPONDER) as first:
+        first.sendall(framed(name))
+        receive_answers(first, 1)
+        first.sendall(len(query(name)).to_bytes(2, "big"))
+        fd = first.fileno()
+    with socket.create_connection(RESPONDER) as second:
+        assert second.fileno() == fd, "the new stream did not get the closed one's fd"
+        for _ in range(count):
+            second.sendall(framed(name))
+        receive_answers(second, count)
+    return {"messages_begun": count + 2}
+
+
+def opened_before(mode: str, name: str):
+    """The socket of an early_* mode, connected to the responder and, for TCP, written to,
+    before the ready line (before any observer watches the process)."""
+    if mode == "early_connect_send":
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.connect(RESPONDER)
+        return udp
+    if mode == "early_tcp":
+        stream = socket.create_connection(RESPONDER)
+        stream.sendall(framed(name))
+        receive_answers(stream, 1)
+        return stream
+    return None
+
+
+def early_connect_send(count: int, name: str, udp: socket.socket) -> None:
+    with udp:
+        for _ in range(count):
+            udp.send(query(name))
+            udp.recv(4096)
+
+
+def early_tcp(count: int, name: str, stream: socket.socket) -> None:
+    with stream:
+        for _ in range(count):
+            stream.sendall(framed(name))
+        receive_answers(stream, count)
+
+
 def receive_answers(stream: socket.socket, count: int) -> None:
     for _ in range(count):
         size = int.from_bytes(stream.recv(2, socket.MSG_WAITALL), "big")
@@ -131,15 +181,24 @@ MODES = {
     "getnameinfo": getnameinfo,
     "aiodns": aiodns_queries,
     "grpc": grpc_calls,
+    "tcp_on_a_reused_fd": tcp_on_a_reused_fd,
 }
+# Modes that use a socket made before the ready line (opened_before).
+EARLY_MODES = {"early_connect_send": early_connect_send, "early_tcp": early_tcp}
 
 
 def main() -> int:
     mode, count, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    early = opened_before(mode, name)
     print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
     sys.stdin.readline()
-    MODES[mode](count, name)
-    print(json.dumps({"threads_started": 0, "mode": mode, "count": count}), flush=True)
+    if mode in EARLY_MODES:
+        done = EARLY_MODES[mode](count, name, early)
+    else:
+        done = MODES[mode](count, name)
+    print(
+        json.dumps({"threads_started": 0, "mode": mode, "count": count, **(done or {})}), flush=True
+    )
     sys.stdin.read()
     return 0
 
