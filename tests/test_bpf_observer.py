@@ -437,8 +437,13 @@ def test_an_exec_whose_pending_mark_a_watch_overwrote_still_moves_the_process():
         entry = observer.probes.states()[process.pid]
         process.stdin.write("go\n")
         process.stdin.flush()
-        cmdline = Path(f"/proc/{process.pid}/cmdline")
-        wait_until(lambda: f"before={tag}" not in cmdline.read_text(), 10, "the exec")
+        # The exec's mark, not its new command line: the kernel reports an exec at its end,
+        # after the command line has changed.
+        wait_until(
+            lambda: observer.probes.states()[process.pid].state == ProcessState.PENDING,
+            10,
+            "the exec",
+        )
         observer.probes.set_state(process.pid, replace(entry, state=ProcessState.WATCHED))
         assert observer.probes.states()[process.pid].state == ProcessState.WATCHED
         observer.poll()
