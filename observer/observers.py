@@ -158,6 +158,9 @@ class ProcObserver:
         # PIDs found not to be targets, not read again while they live. Only where the kernel
         # reports every exec (the bpf backend), since a process may exec into a target.
         self._rejected: set[int] = set()
+        # Matched processes caught before their loader mapped their libraries -> until when
+        # whether they are Python is asked again (_is_python).
+        self._loading: dict[int, float] = {}
         self._remember_rejections = False
 
     # Life cycle
@@ -223,12 +226,35 @@ class ProcObserver:
         target = self.match_cmdlines(started, cmdline_of(pid))
         if target is None:
             return None
+        if self.allow_non_python or self._is_python(pid):
+            return target
+        return None
+
+    def _is_python(self, pid: int) -> bool:
+        """Whether a matched process is Python. One caught at its exec, before the loader has
+        mapped its libraries, cannot say yet (an embedded interpreter, uWSGI's, is in
+        libpython): it is remembered in _loading and asked again at the next polls."""
         try:
-            if not self.allow_non_python and not procfs.is_python(pid):
-                return None
+            mappings = procfs.read_maps(pid)
+            if procfs.is_python(pid, mappings):
+                self._loading.pop(pid, None)
+                return True
+            if procfs.loader_busy(mappings):
+                self._loading.setdefault(pid, time.monotonic() + FRESH_SECONDS)
+                return False
         except OSError:
-            return None
-        return target
+            pass
+        self._loading.pop(pid, None)
+        return False
+
+    def _still_loading(self, pid: int) -> bool:
+        """Matched, but its loader was busy when asked whether it is Python: not decided yet,
+        for at most FRESH_SECONDS (a process held there, by a debugger, is then let go)."""
+        until = self._loading.get(pid)
+        if until is not None and time.monotonic() < until:
+            return True
+        self._loading.pop(pid, None)
+        return False
 
     def match_cmdlines(self, *cmdlines: str | None) -> str | None:
         """The target name matching the command line a process started with or the one it
@@ -243,6 +269,8 @@ class ProcObserver:
                 self._detach(pid)  # gone, or the PID now belongs to another process
         candidates = self._candidate_pids()
         self._rejected.intersection_update(candidates)
+        now = time.monotonic()
+        self._loading = {pid: until for pid, until in self._loading.items() if until > now}
         for pid in candidates:
             if pid in self.procs or pid in self._rejected:
                 continue
@@ -250,7 +278,7 @@ class ProcObserver:
             inherited = target is None and self._parent_target(pid)
             if target or inherited:
                 self._attach(pid, target or inherited, inherited=bool(inherited))
-            elif self._remember_rejections:
+            elif self._remember_rejections and not self._still_loading(pid):
                 self._rejected.add(pid)
 
     def _parent_target(self, pid: int) -> str | None:
@@ -621,6 +649,8 @@ class BpfObserver(ProcObserver):
             # woken by another exec can fall there): still a descendant of its parent's target.
             inherited = self._parent_target(tgid)
         target = own or inherited
+        if target is None and tracked is None and self._still_loading(tgid):
+            return  # left pending, counted from its exec: decided at a later poll
         if target is None:
             if tracked is not None:
                 self._detach(tgid)  # it became another program
