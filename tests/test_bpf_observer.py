@@ -10,7 +10,7 @@ import sysconfig
 import time
 import uuid
 from collections import Counter
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 
@@ -454,39 +454,52 @@ def test_an_exec_whose_pending_mark_a_watch_overwrote_still_moves_the_process():
         observer.close()
 
 
-def test_a_process_attached_before_its_loader_mapped_libc_is_probed_once_it_has():
-    # A child that stops at its exec (ptrace), before the dynamic loader maps any library: its
-    # executable holds no getaddrinfo, so its libc is probed at a later poll, without an error.
+@contextmanager
+def held_at_exec(command: list[str], regex_targets=()):
+    """A started BpfObserver and a child stopped by ptrace at its exec, before the dynamic
+    loader maps any library; yields (observer, process, release): release() lets it run."""
     import ctypes
-    import signal
 
     from observer.observers import BpfObserver
 
     libc = ctypes.CDLL(None, use_errno=True)
     ptrace_traceme, ptrace_detach = 0, 17
-    observer = BpfObserver([], [])
+    observer = BpfObserver(list(regex_targets), [])
     observer.start()
     process = subprocess.Popen(
-        ["sleep", "60"], preexec_fn=lambda: libc.ptrace(ptrace_traceme, 0, None, None)
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: libc.ptrace(ptrace_traceme, 0, None, None),
     )
     try:
         os.waitpid(process.pid, os.WUNTRACED)  # stopped at its exec
-        maps = Path(f"/proc/{process.pid}/maps").read_text()
-        assert "ld-linux" in maps and "libc.so" not in maps
+        assert "ld-linux" in Path(f"/proc/{process.pid}/maps").read_text()
+        yield observer, process, lambda: libc.ptrace(ptrace_detach, process.pid, None, 0) == 0
+    finally:
+        process.kill()
+        process.wait()
+        process.stdin.close()
+        process.stdout.close()
+        observer.close()
+
+
+def test_a_process_attached_before_its_loader_mapped_libc_is_probed_once_it_has():
+    # A child that stops at its exec, before the dynamic loader maps any library: its
+    # executable holds no getaddrinfo, so its libc is probed at a later poll, without an error.
+    with held_at_exec(["sleep", "60"]) as (observer, process, release):
+        assert "libc.so" not in Path(f"/proc/{process.pid}/maps").read_text()
         errors = dict(observer.probes.attach_errors)
         observer.watch_pid(process.pid, "early")
         assert observer.probes.attach_errors == errors
-        assert libc.ptrace(ptrace_detach, process.pid, None, 0) == 0
+        assert release()
         wait_until(lambda: "libc.so" in Path(f"/proc/{process.pid}/maps").read_text(), 10)
         attached = observer.probes.probes_attached["getaddrinfo"]
         observer.poll()
         assert observer.probes.attach_errors == errors
         assert observer.probes.probes_attached["getaddrinfo"] == attached + 1
         assert process.pid not in observer._libc_pending
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        observer.close()
 
 
 SHARED_PYTHONS = shared_libpython_pythons()
@@ -495,33 +508,17 @@ SHARED_PYTHONS = shared_libpython_pythons()
 @pytest.mark.skipif(not SHARED_PYTHONS, reason=f"no pyenv interpreters under {PYENV_ROOT}")
 @pytest.mark.parametrize("python", SHARED_PYTHONS, ids=lambda python: python.split("/")[-3])
 def test_a_python_attached_before_its_loader_mapped_libpython_is_read_once_it_has(python):
-    # An interpreter built with a shared libpython stopped at its exec (ptrace), before the
-    # loader maps any library: its executable holds no interpreter, and that is not final.
-    import ctypes
-
-    from observer.observers import BpfObserver
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    ptrace_traceme, ptrace_detach = 0, 17
-    observer = BpfObserver([], [])
-    observer.start()
-    process = subprocess.Popen(
-        [python, "-c", "import sys; print(*sys.version_info[:2], flush=True); input()"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: libc.ptrace(ptrace_traceme, 0, None, None),
-    )
-    try:
-        os.waitpid(process.pid, os.WUNTRACED)  # stopped at its exec
-        maps = Path(f"/proc/{process.pid}/maps").read_text()
-        assert "ld-linux" in maps and "libpython" not in maps
+    # An interpreter built with a shared libpython stopped at its exec, before the loader maps
+    # any library: its executable holds no interpreter, and that is not final.
+    command = [python, "-c", "import sys; print(*sys.version_info[:2], flush=True); input()"]
+    with held_at_exec(command) as (observer, process, release):
+        assert "libpython" not in Path(f"/proc/{process.pid}/maps").read_text()
         observer.watch_pid(process.pid, "early")
         tracked = observer.procs[process.pid]
         assert (tracked.sites, tracked.sites_unavailable) == (None, None)
         observer.poll()
         assert (tracked.sites, tracked.sites_unavailable) == (None, None)
-        assert libc.ptrace(ptrace_detach, process.pid, None, 0) == 0
+        assert release()
         version = tuple(map(int, process.stdout.readline().split()))  # initialised
         wait_until(
             lambda: observer.poll() or tracked.sites or tracked.sites_unavailable,
@@ -532,12 +529,6 @@ def test_a_python_attached_before_its_loader_mapped_libpython_is_read_once_it_ha
             assert (tracked.sites, tracked.sites_unavailable) == (None, "unsupported_version")
         else:
             assert (tracked.sites is not None, tracked.sites_unavailable) == (True, None)
-    finally:
-        process.kill()
-        process.wait()
-        process.stdin.close()
-        process.stdout.close()
-        observer.close()
 
 
 EMBEDDED_WORK = """
@@ -559,35 +550,25 @@ def test_a_matched_program_not_named_python_is_decided_once_its_loader_mapped_li
     tmp_path,
 ):
     # A program with an embedded interpreter (uWSGI's way: libpython, under another name),
-    # matched at its exec while held there (ptrace), before the loader maps any library: it is
-    # not Python yet to the eye. It stays pending in the kernel, counted from its first
+    # matched at its exec while held there, before the loader maps any library: it is not
+    # Python yet to the eye. It stays pending in the kernel, counted from its first
     # instruction, and is attached once its libraries show what it is.
-    import ctypes
     import shutil
 
-    from observer.observers import BpfObserver
     from observer.targets import parse_regex_target
 
     program = tmp_path / f"appserver-{uuid.uuid4().hex[:8]}"
     shutil.copy(SHARED_PYTHONS[-1], program)  # its RUNPATH names its libpython's folder
-    libc = ctypes.CDLL(None, use_errno=True)
-    ptrace_traceme, ptrace_detach = 0, 17
-    observer = BpfObserver([parse_regex_target(f"embedded={program.name}")], [])
-    observer.start()
-    process = subprocess.Popen(
-        [str(program), "-c", EMBEDDED_WORK],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: libc.ptrace(ptrace_traceme, 0, None, None),
-    )
-    try:
-        os.waitpid(process.pid, os.WUNTRACED)  # stopped at its exec
-        maps = Path(f"/proc/{process.pid}/maps").read_text()
-        assert "ld-linux" in maps and "libpython" not in maps
+    target = parse_regex_target(f"embedded={program.name}")
+    with held_at_exec([str(program), "-c", EMBEDDED_WORK], [target]) as (
+        observer,
+        process,
+        release,
+    ):
+        assert "libpython" not in Path(f"/proc/{process.pid}/maps").read_text()
         observer.poll()
         assert process.pid not in observer.procs  # not decided yet
-        assert libc.ptrace(ptrace_detach, process.pid, None, 0) == 0
+        assert release()
         assert process.stdout.readline() == "done\n"  # all its work made before the attach
         wait_until(lambda: observer.poll() or process.pid in observer.procs, 5, "the attach")
         tracked = observer.procs[process.pid]
@@ -595,9 +576,3 @@ def test_a_matched_program_not_named_python_is_decided_once_its_loader_mapped_li
         counts = observer.probes.read_counts({process.pid: tracked.generation})[process.pid]
         assert sum(counts.calls.values()) == 7
         assert sum(counts.created_by_routine.values()) == 3
-    finally:
-        process.kill()
-        process.wait()
-        process.stdin.close()
-        process.stdout.close()
-        observer.close()

@@ -22,10 +22,11 @@ pytestmark = [
 ]
 
 
-def test_without_task_storage_the_counts_are_exact_and_the_map_empties(monkeypatch):
+def probes_counting(threads: int, calls: int):
+    """BpfProbes loaded as they are now (patch what a test changes first), watching a caller
+    that makes ``threads`` threads and ``calls`` lookups: (probes, its counts, map entries)."""
     from observer import bpf_backend
 
-    monkeypatch.setattr(bpf_backend, "has_task_storage", lambda: False)
     probes = bpf_backend.BpfProbes(
         track_new_processes=False, sites=False, follow_children=False, per_process=True
     )
@@ -34,11 +35,19 @@ def test_without_task_storage_the_counts_are_exact_and_the_map_empties(monkeypat
             probes.load()
             generation = probes.watch(caller.pid, 1)
             bpf_backend.attach_libc_of(probes, caller.pid)
-            work(caller, 23, 37)
+            work(caller, threads, calls)
             counts = probes.read_counts({caller.pid: generation})[caller.pid]
             entries = probes.map_entries()
         finally:
             probes.close()
+    return probes, counts, entries
+
+
+def test_without_task_storage_the_counts_are_exact_and_the_map_empties(monkeypatch):
+    from observer import bpf_backend
+
+    monkeypatch.setattr(bpf_backend, "has_task_storage", lambda: False)
+    probes, counts, entries = probes_counting(threads=23, calls=37)
     assert sum(counts.calls.values()) == 37
     assert sum(counts.created_by_routine.values()) == 23
     assert counts.threads_exited == 23
@@ -57,19 +66,7 @@ def test_without_kernel_btf_the_dns_probe_is_left_out_and_says_so(monkeypatch, c
         raise bpf_backend.BtfError("the kernel's BTF is not readable (no such file)")
 
     monkeypatch.setattr(bpf_backend, "running_kernel_btf", no_btf)
-    probes = bpf_backend.BpfProbes(
-        track_new_processes=False, sites=False, follow_children=False, per_process=True
-    )
-    with workload(["-c", CALLER]) as caller:
-        try:
-            probes.load()
-            generation = probes.watch(caller.pid, 1)
-            bpf_backend.attach_libc_of(probes, caller.pid)
-            work(caller, 5, 37)
-            counts = probes.read_counts({caller.pid: generation})[caller.pid]
-            entries = probes.map_entries()
-        finally:
-            probes.close()
+    probes, counts, entries = probes_counting(threads=5, calls=37)
     assert not probes.dns_queries
     assert "DNS messages not followed" in caplog.text and "BTF" in caplog.text
     for name in bpf_backend.DNS_PROBE_NAMES:
