@@ -34,13 +34,19 @@ def processes(running, target: str) -> float | None:
     return running.scrape().value("thread_observer_processes", target=target)
 
 
-def test_a_process_that_renames_itself_at_once_is_matched_by_its_original_arguments(tmp_path):
+# An argument longer than the kernel copies of it (here past several of its reads) still
+# leaves the ones after it in the command line as started.
+@pytest.mark.parametrize("before", [[], ["-X", "long=" + "x" * 9000]], ids=["short", "long"])
+def test_a_process_that_renames_itself_at_once_is_matched_by_its_original_arguments(
+    before, tmp_path
+):
     pytest.importorskip("setproctitle")
     tag = uuid.uuid4().hex[:12]
     title = f"renamed-{uuid.uuid4().hex[:8]}"
     with observer(["--target", f"gunicornish=python.*-X tag={tag}"], tmp_path) as running:
         for _ in range(3):  # every run, not by luck of timing
             command = [
+                *before,
                 "-X",
                 f"tag={tag}",
                 *TREE,
