@@ -34,19 +34,13 @@ def processes(running, target: str) -> float | None:
     return running.scrape().value("thread_observer_processes", target=target)
 
 
-# An argument longer than the kernel copies of it (here past several of its reads) still
-# leaves the ones after it in the command line as started.
-@pytest.mark.parametrize("before", [[], ["-X", "long=" + "x" * 9000]], ids=["short", "long"])
-def test_a_process_that_renames_itself_at_once_is_matched_by_its_original_arguments(
-    before, tmp_path
-):
+def test_a_process_that_renames_itself_at_once_is_matched_by_its_original_arguments(tmp_path):
     pytest.importorskip("setproctitle")
     tag = uuid.uuid4().hex[:12]
     title = f"renamed-{uuid.uuid4().hex[:8]}"
     with observer(["--target", f"gunicornish=python.*-X tag={tag}"], tmp_path) as running:
         for _ in range(3):  # every run, not by luck of timing
             command = [
-                *before,
                 "-X",
                 f"tag={tag}",
                 *TREE,
@@ -143,3 +137,34 @@ def attached_all(running, count: int):
     metrics = running.scrape()
     total = sum(metrics.labels("thread_observer_processes", "target").values())
     return metrics if total == count else None
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["a", "b" * 63, "c" * 64],
+        ["x" * 9000, "after"],  # read on past several scratch reads
+        [f"arg{i}" for i in range(20)],  # past MAX_ARGS
+        ["before", "", "after"],  # an empty argument ends the list
+    ],
+    ids=["lengths", "long", "many", "empty"],
+)
+def test_exec_reports_carry_each_argument_truncated_in_its_slot(arguments):
+    from observer.bpf_backend import BpfProbes
+    from observer.constants import MapSize
+
+    probes = BpfProbes(track_new_processes=True, sites=False)
+    try:
+        probes.load()
+        started = subprocess.Popen(["/bin/sh", "-c", 'exec "$@"', "sh", "/bin/true", *arguments])
+        started.wait()
+        reports = [r for r in probes.exec_reports() if r.tgid == started.pid]
+    finally:
+        probes.close()
+    kept = []
+    for argument in ["/bin/true", *arguments][: MapSize.MAX_ARGS]:
+        if not argument:
+            break
+        kept.append(argument[: MapSize.ARG_LENGTH - 1])
+    assert len(reports) == 2  # the shell's own exec, then /bin/true's
+    assert reports[1].arguments == kept
