@@ -55,8 +55,9 @@ HOUSEKEEPING_INTERVAL = 1.0
 FRESH_SECONDS = 1.0
 # Children attached per poll at most: a fork storm must not hold the scrape's lock for long.
 MAX_ADOPTIONS_PER_POLL = 64
-# Polls a process caught before its interpreter is initialised, or just forked (its thread
-# list still its parent's), is looked at again (at the default interval, 10 s).
+# Polls a process caught before its interpreter is mapped or initialised, just forked (its
+# thread list still its parent's), or changing while it was read, is looked at again (at the
+# default interval, 10 s) before it is reported.
 SITE_TRIES = 40
 
 
@@ -96,6 +97,14 @@ def live_threads(pid: int) -> int:
         return max(os.stat(f"/proc/{pid}/task").st_nlink - 2, 0)
     except OSError:
         return 0
+
+
+def mappings_or_none(pid: int) -> list[procfs.Mapping] | None:
+    """The process's file-backed mappings, None if it is gone (none at all once it exits)."""
+    try:
+        return procfs.read_maps(pid)
+    except OSError:
+        return None
 
 
 def create_time(pid: int) -> float | None:
@@ -149,6 +158,9 @@ class ProcObserver:
         # PIDs found not to be targets, not read again while they live. Only where the kernel
         # reports every exec (the bpf backend), since a process may exec into a target.
         self._rejected: set[int] = set()
+        # Matched processes caught before their loader mapped their libraries -> until when
+        # whether they are Python is asked again (_is_python).
+        self._loading: dict[int, float] = {}
         self._remember_rejections = False
 
     # Life cycle
@@ -214,12 +226,35 @@ class ProcObserver:
         target = self.match_cmdlines(started, cmdline_of(pid))
         if target is None:
             return None
+        if self.allow_non_python or self._is_python(pid):
+            return target
+        return None
+
+    def _is_python(self, pid: int) -> bool:
+        """Whether a matched process is Python. One caught at its exec, before the loader has
+        mapped its libraries, cannot say yet (an embedded interpreter, uWSGI's, is in
+        libpython): it is remembered in _loading and asked again at the next polls."""
         try:
-            if not self.allow_non_python and not procfs.is_python(pid):
-                return None
+            mappings = procfs.read_maps(pid)
+            if procfs.is_python(pid, mappings):
+                self._loading.pop(pid, None)
+                return True
+            if procfs.loader_busy(mappings):
+                self._loading.setdefault(pid, time.monotonic() + FRESH_SECONDS)
+                return False
         except OSError:
-            return None
-        return target
+            pass
+        self._loading.pop(pid, None)
+        return False
+
+    def _still_loading(self, pid: int) -> bool:
+        """Matched, but its loader was busy when asked whether it is Python: not decided yet,
+        for at most FRESH_SECONDS (a process held there, by a debugger, is then let go)."""
+        until = self._loading.get(pid)
+        if until is not None and time.monotonic() < until:
+            return True
+        self._loading.pop(pid, None)
+        return False
 
     def match_cmdlines(self, *cmdlines: str | None) -> str | None:
         """The target name matching the command line a process started with or the one it
@@ -234,6 +269,8 @@ class ProcObserver:
                 self._detach(pid)  # gone, or the PID now belongs to another process
         candidates = self._candidate_pids()
         self._rejected.intersection_update(candidates)
+        now = time.monotonic()
+        self._loading = {pid: until for pid, until in self._loading.items() if until > now}
         for pid in candidates:
             if pid in self.procs or pid in self._rejected:
                 continue
@@ -241,7 +278,7 @@ class ProcObserver:
             inherited = target is None and self._parent_target(pid)
             if target or inherited:
                 self._attach(pid, target or inherited, inherited=bool(inherited))
-            elif self._remember_rejections:
+            elif self._remember_rejections and not self._still_loading(pid):
                 self._rejected.add(pid)
 
     def _parent_target(self, pid: int) -> str | None:
@@ -614,6 +651,8 @@ class BpfObserver(ProcObserver):
             # woken by another exec can fall there): still a descendant of its parent's target.
             inherited = self._parent_target(tgid)
         target = own or inherited
+        if target is None and tracked is None and self._still_loading(tgid):
+            return  # left pending, counted from its exec: decided at a later poll
         if target is None:
             if tracked is not None:
                 self._detach(tgid)  # it became another program
@@ -661,23 +700,51 @@ class BpfObserver(ProcObserver):
             tracked.sites_unavailable = "disabled"
             return
         tracked.site_tries += 1
+        mappings = None
         try:
-            runtime = pyruntime.locate(tracked.pid, procfs.read_maps(tracked.pid))
-        except pyruntime.NotReadyYet as err:
-            if tracked.site_tries >= SITE_TRIES:
-                self._no_sites(tracked, err.reason, str(err))
-            return
+            mappings = procfs.read_maps(tracked.pid)
+            runtime = pyruntime.locate(tracked.pid, mappings)
         except pyruntime.SitesUnavailable as err:
-            self._no_sites(tracked, err.reason, str(err))
+            self._not_found(tracked, err, mappings)
             return
-        except OSError as err:
-            log.debug("process %d went away while reading its interpreter: %s", tracked.pid, err)
+        except OSError as err:  # its /proc files gone, or one of them unreadable
+            self._not_found(tracked, pyruntime.ReadFailed("unreadable", str(err)), mappings)
             return
         self.probes.set_python_process(tracked.pid, tracked.generation, runtime)
         tracked.sites = ProcessSites(pyruntime.CodeReader(tracked.pid, runtime).code)
         log.info(
             "pid %d: Python %d.%d call sites read from its frames", tracked.pid, *runtime.version
         )
+
+    def _not_found(
+        self,
+        tracked: TrackedProcess,
+        err: pyruntime.SitesUnavailable,
+        mappings: list[procfs.Mapping] | None,
+    ) -> None:
+        """Reports why a process's frames cannot be read, unless it ended, or may be read at
+        the next polls (up to SITE_TRIES): one not ready yet, one whose mappings changed while
+        it was read (it started a program, or loaded a library), and one that a read failed in
+        while fresh (attached or started a program within FRESH_SECONDS: in its exec, whose
+        report comes at the next poll)."""
+        last_try = tracked.site_tries >= SITE_TRIES
+        if isinstance(err, pyruntime.NotReadyYet) and not last_try:
+            return
+        now = mappings_or_none(tracked.pid)
+        # An exiting process has no mappings left before it is a zombie.
+        if now == [] or ended(tracked.pid, tracked.create_time):
+            log.debug("process %d went away while reading its interpreter: %s", tracked.pid, err)
+            return
+        changing = now != mappings or (
+            isinstance(err, pyruntime.ReadFailed) and self._is_fresh(tracked.pid)
+        )
+        if changing and not last_try:
+            log.debug("pid %d changed while its interpreter was read: %s", tracked.pid, err)
+            return
+        self._no_sites(tracked, err.reason, str(err))
+
+    def _is_fresh(self, pid: int) -> bool:
+        return self._fresh.get(pid, 0.0) > time.monotonic()
 
     def _no_sites(self, tracked: TrackedProcess, reason: str, detail: str) -> None:
         tracked.sites_unavailable = reason

@@ -114,9 +114,21 @@ def libc_objects(pid: int, mappings: list[Mapping]) -> list[str]:
     found = sorted({m.path for m in mappings if LIBC_NAME.match(os.path.basename(m.path))})
     if found:
         return found
-    if any(LOADER_NAME.match(os.path.basename(m.path)) for m in mappings):
+    if loader_busy(mappings):
         return []
     return [exe_path(pid)]
+
+
+def loader_busy(mappings: list[Mapping]) -> bool:
+    """Whether glibc's dynamic loader is still mapping the program's libraries: it is mapped
+    (the kernel maps it at exec) and libc is not. The loader maps the libraries one whole
+    library after the other, in the order the program names them, and linkers name libc last:
+    until it is mapped the others (libpython) may be missing or mapped in part."""
+    # From the top of the address space down, libc first: the loader maps the libraries
+    # there, above what the program maps later (its extension modules).
+    if any(LIBC_NAME.match(os.path.basename(m.path)) for m in reversed(mappings)):
+        return False
+    return any(LOADER_NAME.match(os.path.basename(m.path)) for m in reversed(mappings))
 
 
 def is_python(pid: int, mappings: list[Mapping] | None = None) -> bool:

@@ -37,6 +37,8 @@ MAX_NAME_CHARS = 256  # of a qualname or file name read from a target
 FRAME_CHECKS = 20  # reads of a running main thread's frame before trying again later
 CODE_CACHE_SIZE = 4096  # code objects remembered per process
 ADDRESS_END = 1 << 63  # /proc/PID/mem takes offsets below this (pread's off_t)
+# Bytes read at the start of _PyRuntime (every version's is larger): 3.13's _Py_DebugOffsets.
+DEBUG_OFFSETS_SIZE = 512
 
 
 class SitesUnavailable(Exception):
@@ -48,8 +50,14 @@ class SitesUnavailable(Exception):
 
 
 class NotReadyYet(SitesUnavailable):
-    """The interpreter is not initialised yet (a process caught at exec), or the thread list
-    is not the process's own yet (caught just after a fork): try again later."""
+    """The interpreter is not mapped or not initialised yet (a process caught at exec), or
+    the thread list is not the process's own yet (caught just after a fork): try again later."""
+
+
+class ReadFailed(SitesUnavailable):
+    """A read of the process (its memory, its /proc files) failed: final only if it fails the
+    same way in a process that neither ended nor changed meanwhile. A process that starts a
+    program while it is read fails so (EIO), and one that exits (ENOENT, a short read)."""
 
 
 @dataclass(frozen=True)
@@ -93,24 +101,43 @@ class Memory:
         return struct.unpack("<Q", self.read(address, 8))[0]
 
 
-# (device, inode, size, mtime, names) -> elf_symbols' answer. Parsing an interpreter's symbol
-# table takes tens of milliseconds, and every forked worker of a server maps the same file.
-_ELF_SYMBOLS_CACHE: dict[tuple, tuple[dict[str, int], int]] = {}
-ELF_SYMBOLS_CACHE_SIZE = 64
+# (device, inode, size, mtime, question) -> the answer read from the file. Parsing an
+# interpreter's symbol table takes tens of milliseconds, and every forked worker of a server
+# maps the same file.
+_ELF_CACHE: dict[tuple, object] = {}
+ELF_CACHE_SIZE = 64
+
+
+def read_elf_once(path: str, question: tuple, read):
+    """``read(path)``, remembered per file (by device, inode, size and modification time) and
+    question, whatever path the file is reached by."""
+    info = os.stat(path)
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, question)
+    if key not in _ELF_CACHE:
+        if len(_ELF_CACHE) >= ELF_CACHE_SIZE:
+            _ELF_CACHE.clear()
+        _ELF_CACHE[key] = read(path)
+    return _ELF_CACHE[key]
 
 
 def elf_symbols(path: str, names: tuple[str, ...]) -> tuple[dict[str, int], int]:
     """Addresses of symbols in an ELF file (as linked) and the load bias's reference: the
-    lowest PT_LOAD address, page aligned (0 for a fixed-address executable). Remembered per
-    file (by device, inode, size and modification time), whatever path it is reached by."""
-    info = os.stat(path)
-    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, names)
-    found = _ELF_SYMBOLS_CACHE.get(key)
-    if found is None:
-        if len(_ELF_SYMBOLS_CACHE) >= ELF_SYMBOLS_CACHE_SIZE:
-            _ELF_SYMBOLS_CACHE.clear()
-        found = _ELF_SYMBOLS_CACHE[key] = read_elf_symbols(path, names)
-    return dict(found[0]), found[1]
+    lowest PT_LOAD address, page aligned (0 for a fixed-address executable)."""
+    found, lowest = read_elf_once(path, names, lambda p: read_elf_symbols(p, names))
+    return dict(found), lowest
+
+
+def needed_libraries(path: str) -> tuple[str, ...]:
+    """The libraries an ELF file names for the loader to map (DT_NEEDED)."""
+    return read_elf_once(path, ("DT_NEEDED",), read_needed_libraries)
+
+
+def read_needed_libraries(path: str) -> tuple[str, ...]:
+    with open(path, "rb") as file:
+        for segment in ELFFile(file).iter_segments():
+            if segment["p_type"] == "PT_DYNAMIC":
+                return tuple(tag.needed for tag in segment.iter_tags("DT_NEEDED"))
+    return ()
 
 
 def read_elf_symbols(path: str, names: tuple[str, ...]) -> tuple[dict[str, int], int]:
@@ -161,10 +188,12 @@ def pid_namespace(pid: int) -> tuple[int, int]:
 
 def locate(pid: int, mappings: list[procfs.Mapping]) -> PythonRuntime:
     """The interpreter of a process, its offsets checked; raises SitesUnavailable."""
+    if procfs.loader_busy(mappings):
+        raise NotReadyYet("not_ready", "its loader has not mapped its libraries yet")
     try:
         pidns, ns_pid = pid_namespace(pid), namespace_pid(pid)
     except OSError as err:
-        raise SitesUnavailable("unreadable", f"cannot read its PID namespace: {err}") from None
+        raise ReadFailed("unreadable", f"cannot read its PID namespace: {err}") from None
     path = interpreter_object(pid, mappings)
     version = procfs.python_version(pid, mappings)
     if version is not None and version < (3, 8):
@@ -174,6 +203,9 @@ def locate(pid: int, mappings: list[procfs.Mapping]) -> PythonRuntime:
     except (OSError, ELFError) as err:
         raise SitesUnavailable("no_interpreter", f"cannot read {path}: {err}") from None
     if len(symbols) < 2:
+        awaited = libpython_awaited(pid, path, mappings)
+        if awaited:
+            raise NotReadyYet("not_ready", f"its loader has not mapped {awaited} yet")
         raise SitesUnavailable("no_interpreter", f"no _PyRuntime/PyCode_Type symbol in {path}")
     bias = 0
     if lowest >= 0:
@@ -196,12 +228,24 @@ def locate(pid: int, mappings: list[procfs.Mapping]) -> PythonRuntime:
     )
 
 
+def libpython_awaited(pid: int, path: str, mappings: list[procfs.Mapping]) -> str | None:
+    """The libpython an executable without an interpreter names for its loader, while it is
+    not mapped: musl's loader, libc itself, maps the libraries after the program has started."""
+    if any(procfs.LIBPYTHON.match(os.path.basename(m.path)) for m in mappings):
+        return None
+    try:
+        needed = needed_libraries(procfs.path_in_root(pid, path))
+    except (OSError, ELFError):
+        return None
+    return next((name for name in needed if procfs.LIBPYTHON.match(name)), None)
+
+
 def interpreter_offsets(memory: Memory, runtime: int, version: tuple[int, int] | None):
     """(version, offsets): from _Py_DebugOffsets when the interpreter publishes them."""
     try:
-        head = memory.read(runtime, 16)
+        head = memory.read(runtime, DEBUG_OFFSETS_SIZE)
     except OSError as err:
-        raise SitesUnavailable("unreadable", f"cannot read _PyRuntime: {err}") from None
+        raise ReadFailed("unreadable", f"cannot read _PyRuntime: {err}") from None
     if head[:8] == DEBUG_COOKIE:
         hex_version = struct.unpack_from("<Q", head, 8)[0]
         published = (hex_version >> 24, (hex_version >> 16) & 0xFF)
@@ -209,7 +253,7 @@ def interpreter_offsets(memory: Memory, runtime: int, version: tuple[int, int] |
             raise SitesUnavailable(
                 "unsupported_version", f"_Py_DebugOffsets of {published} has an unknown layout"
             )
-        return published, debug_offsets_3_13(memory.read(runtime, 512))
+        return published, debug_offsets_3_13(head)
     if version not in OFFSETS or version >= (3, 13):
         raise SitesUnavailable(
             "unsupported_version", f"no struct offsets for Python {version} (3.8 to 3.13 are read)"
@@ -308,9 +352,7 @@ def check_offsets(
                 return head
         strangers = threads_not_its_own(memory, pid, states, offsets)
     except OSError as err:
-        raise SitesUnavailable(
-            "offsets_mismatch", f"reading the thread list failed: {err}"
-        ) from None
+        raise ReadFailed("offsets_mismatch", f"reading the thread list failed: {err}") from None
     if not states:  # the list as read, not read again: a new one may have begun since
         raise NotReadyYet("not_ready", "no thread state yet")
     if strangers:

@@ -44,6 +44,19 @@ def pyenv_pythons() -> list[str]:
     return sorted(glob.glob(os.path.join(PYENV_ROOT, "versions", "3.*", "bin", "python3")))
 
 
+def shared_libpython_pythons() -> list[str]:
+    """pyenv's CPythons built with a shared libpython (--enable-shared, as pyenv builds them
+    and as the python Docker images are): their executable names it for the loader to map."""
+    from observer.procfs import LIBPYTHON
+    from observer.pyruntime import needed_libraries
+
+    return [
+        python
+        for python in pyenv_pythons()
+        if any(LIBPYTHON.match(name) for name in needed_libraries(python))
+    ]
+
+
 def find_python(version: str) -> str | None:
     """A CPython of that version ("3.6"): this one, pyenv's, else one on PATH; None."""
     if version == "{}.{}".format(*sys.version_info[:2]):

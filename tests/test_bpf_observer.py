@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import exits_settled, observer, settled, wait_until, workload
+from tests.harness import (
+    PYENV_ROOT,
+    exits_settled,
+    observer,
+    settled,
+    shared_libpython_pythons,
+    wait_until,
+    workload,
+)
 from workloads.mixed import FAILING_LOOKUPS
 from workloads.servers import http_server
 
@@ -463,8 +471,13 @@ def test_an_exec_whose_pending_mark_a_watch_overwrote_still_moves_the_process():
         entry = observer.probes.states()[process.pid]
         process.stdin.write("go\n")
         process.stdin.flush()
-        cmdline = Path(f"/proc/{process.pid}/cmdline")
-        wait_until(lambda: f"before={tag}" not in cmdline.read_text(), 10, "the exec")
+        # The exec's mark, not its new command line: the kernel reports an exec at its end,
+        # after the command line has changed.
+        wait_until(
+            lambda: observer.probes.states()[process.pid].state == ProcessState.PENDING,
+            10,
+            "the exec",
+        )
         observer.probes.set_state(process.pid, replace(entry, state=ProcessState.WATCHED))
         assert observer.probes.states()[process.pid].state == ProcessState.WATCHED
         observer.poll()
@@ -507,4 +520,118 @@ def test_a_process_attached_before_its_loader_mapped_libc_is_probed_once_it_has(
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
+        observer.close()
+
+
+SHARED_PYTHONS = shared_libpython_pythons()
+
+
+@pytest.mark.skipif(not SHARED_PYTHONS, reason=f"no pyenv interpreters under {PYENV_ROOT}")
+@pytest.mark.parametrize("python", SHARED_PYTHONS, ids=lambda python: python.split("/")[-3])
+def test_a_python_attached_before_its_loader_mapped_libpython_is_read_once_it_has(python):
+    # An interpreter built with a shared libpython stopped at its exec (ptrace), before the
+    # loader maps any library: its executable holds no interpreter, and that is not final.
+    import ctypes
+
+    from observer.observers import BpfObserver
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ptrace_traceme, ptrace_detach = 0, 17
+    observer = BpfObserver([], [])
+    observer.start()
+    process = subprocess.Popen(
+        [python, "-c", "import sys; print(*sys.version_info[:2], flush=True); input()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: libc.ptrace(ptrace_traceme, 0, None, None),
+    )
+    try:
+        os.waitpid(process.pid, os.WUNTRACED)  # stopped at its exec
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "ld-linux" in maps and "libpython" not in maps
+        observer.watch_pid(process.pid, "early")
+        tracked = observer.procs[process.pid]
+        assert (tracked.sites, tracked.sites_unavailable) == (None, None)
+        observer.poll()
+        assert (tracked.sites, tracked.sites_unavailable) == (None, None)
+        assert libc.ptrace(ptrace_detach, process.pid, None, 0) == 0
+        version = tuple(map(int, process.stdout.readline().split()))  # initialised
+        wait_until(
+            lambda: observer.poll() or tracked.sites or tracked.sites_unavailable,
+            10,
+            "its interpreter to be read",
+        )
+        if version < (3, 8):
+            assert (tracked.sites, tracked.sites_unavailable) == (None, "unsupported_version")
+        else:
+            assert (tracked.sites is not None, tracked.sites_unavailable) == (True, None)
+    finally:
+        process.kill()
+        process.wait()
+        process.stdin.close()
+        process.stdout.close()
+        observer.close()
+
+
+EMBEDDED_WORK = """
+import socket, sys, threading
+for _ in range(7):
+    socket.getaddrinfo("localhost", 80)
+threads = [threading.Thread(target=len, args=("",)) for _ in range(3)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.skipif(not SHARED_PYTHONS, reason=f"no pyenv interpreters under {PYENV_ROOT}")
+def test_a_matched_program_not_named_python_is_decided_once_its_loader_mapped_libpython(
+    tmp_path,
+):
+    # A program with an embedded interpreter (uWSGI's way: libpython, under another name),
+    # matched at its exec while held there (ptrace), before the loader maps any library: it is
+    # not Python yet to the eye. It stays pending in the kernel, counted from its first
+    # instruction, and is attached once its libraries show what it is.
+    import ctypes
+    import shutil
+
+    from observer.observers import BpfObserver
+    from observer.targets import parse_regex_target
+
+    program = tmp_path / f"appserver-{uuid.uuid4().hex[:8]}"
+    shutil.copy(SHARED_PYTHONS[-1], program)  # its RUNPATH names its libpython's folder
+    libc = ctypes.CDLL(None, use_errno=True)
+    ptrace_traceme, ptrace_detach = 0, 17
+    observer = BpfObserver([parse_regex_target(f"embedded={program.name}")], [])
+    observer.start()
+    process = subprocess.Popen(
+        [str(program), "-c", EMBEDDED_WORK],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: libc.ptrace(ptrace_traceme, 0, None, None),
+    )
+    try:
+        os.waitpid(process.pid, os.WUNTRACED)  # stopped at its exec
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "ld-linux" in maps and "libpython" not in maps
+        observer.poll()
+        assert process.pid not in observer.procs  # not decided yet
+        assert libc.ptrace(ptrace_detach, process.pid, None, 0) == 0
+        assert process.stdout.readline() == "done\n"  # all its work made before the attach
+        wait_until(lambda: observer.poll() or process.pid in observer.procs, 5, "the attach")
+        tracked = observer.procs[process.pid]
+        assert tracked.target == "embedded"
+        counts = observer.probes.read_counts({process.pid: tracked.generation})[process.pid]
+        assert sum(counts.calls.values()) == 7
+        assert sum(counts.created_by_routine.values()) == 3
+    finally:
+        process.kill()
+        process.wait()
+        process.stdin.close()
+        process.stdout.close()
         observer.close()

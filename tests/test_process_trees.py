@@ -320,12 +320,15 @@ def test_children_seen_before_their_interpreter_dropped_their_parents_threads_ge
         pytest.skip(f"no Python {version} here")
     tag = uuid.uuid4().hex[:12]
     command = tagged(tag, "--parent-threads", "4", "--workers", "3", "--threads", "2")
-    # Started before the observer: found by its first scan, its libraries all mapped.
+    # The observer first: the parent is attached at its exec, perhaps before its loader has
+    # mapped libpython (pyenv's builds have a shared one).
     with (
-        workload([*command, "--lookups", "3"], python=python) as root,
         observer(["--target", f"forks=python.*-X tag={tag}"], tmp_path) as running,
+        workload([*command, "--lookups", "3"], python=python) as root,
     ):
         attached(running, "forks")
+        # Its own threads are named once its frames can be read: after its interpreter is.
+        wait_until(lambda: sites_read(running, root.pid), 10, "the parent's sites")
 
         def at_start(pid: int) -> None:
             wait_until(lambda: f"attached pid {pid} " in running.log(), 10, f"{pid} attached")
@@ -348,6 +351,8 @@ def test_children_seen_before_their_interpreter_dropped_their_parents_threads_ge
         assert by_site(metrics, "getaddrinfo_calls", "forks") == {"process_tree.py:work": 3 * 3}
         log = running.log()
         assert "sites unavailable" not in log, log
-        assert all(re.search(rf"pid {c}: Python 3\.\d+ call sites read", log) for c in children), (
-            log
-        )
+        assert all(sites_read(running, child) for child in children), log
+
+
+def sites_read(running, pid: int) -> bool:
+    return re.search(rf"pid {pid}: Python 3\.\d+ call sites read", running.log()) is not None

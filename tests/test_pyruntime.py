@@ -11,7 +11,7 @@ import pytest
 
 from observer import pyruntime
 from observer.pyoffsets import OFFSETS
-from observer.pyruntime import Memory, NotReadyYet, SitesUnavailable, check_offsets
+from observer.pyruntime import Memory, NotReadyYet, ReadFailed, SitesUnavailable, check_offsets
 
 PARENT, CHILD = 4000, 4100  # a process and its child, forked by the parent's main thread
 RUNTIME, INTERP, CODE_TYPE = 0x10000, 0x20000, 0x90000
@@ -170,3 +170,13 @@ def test_an_address_no_process_can_map_fails_as_a_read(address):
     # A pointer read while it changes may hold anything; pread would raise OverflowError.
     with pytest.raises(OSError, match="no such address"):
         Memory(os.getpid()).pointer(address)
+
+
+def test_a_thread_list_that_fails_to_read_is_a_read_failure(threads):
+    # The process may have started a program or exited meanwhile: the observer judges that.
+    offsets = offsets_of((3, 11))
+    memory = interpreter(offsets, [CHILD])
+    memory.put(INTERP + offsets["interp_threads_head"], 0x7777_0000)  # nothing mapped there
+    with pytest.raises(ReadFailed, match="reading the thread list failed") as raised:
+        check(memory, offsets)
+    assert raised.value.reason == "offsets_mismatch"
