@@ -7,10 +7,12 @@ entry and one at return; Linux 6.13+, the way the observer's own program is atta
 with an empty uprobe+uretprobe pair (an entry and a return program, a uprobe_multi link each,
 as the observer attaches them where the kernel has no sessions: the floor the goal names), and
 with the observer (``--pid``, ``--no-children``, ``--no-sites``): with host names and the DNS
-probe, with ``--no-host-names``, and with ``--no-dns-queries`` as well; every probe for the
-storm's pid only, the order of the sides rotating each round. The figure is (observer -
-nothing) / (floor - nothing) of the time per call. One more storm per side with the kernel's
-BPF statistics on then gives each side's program time per call.
+probe, with ``--no-host-names``, and with ``--no-dns-queries`` as well; and the lean
+configuration, no syscall tracepoint at all (``--no-host-names --no-dns-queries
+--no-epoll-mark``, which needs the sites on); every probe for the storm's pid only, the order
+of the sides rotating each round. The figure is (observer - nothing) / (floor - nothing) of
+the time per call. One more storm per side with the kernel's BPF statistics on then gives each
+side's program time per call.
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ OBSERVERS = {
     "observer": ["--no-children", "--no-sites"],
     "no host names": ["--no-children", "--no-sites", "--no-host-names"],
     "no dns probe": ["--no-children", "--no-sites", "--no-host-names", "--no-dns-queries"],
+    # No syscall tracepoint at all; the epoll mark's absence needs the frames (sites on).
+    "lean": ["--no-children", "--no-host-names", "--no-dns-queries", "--no-epoll-mark"],
 }
 # Each observer side as the goals' rows say it.
 WORDING = {
     "observer": "with host names",
     "no host names": "`--no-host-names`",
     "no dns probe": "`--no-host-names --no-dns-queries`",
+    "lean": "`--no-host-names --no-dns-queries --no-epoll-mark`",
 }
 SIDES = ("nothing", "session", "pair", *OBSERVERS)
 LABELS = {
@@ -50,6 +55,7 @@ LABELS = {
     "observer": "observer, `--no-sites` (host names on)",
     "no host names": "observer, `--no-sites --no-host-names`",
     "no dns probe": "observer, `--no-sites --no-host-names --no-dns-queries`",
+    "lean": "observer, `--no-host-names --no-dns-queries --no-epoll-mark` (sites on)",
 }
 FLOORS = ("pair", "session")
 
@@ -163,8 +169,9 @@ def _section(f: Figures) -> Section:
         + "; an empty uprobe+uretprobe pair (an entry and a return program, a uprobe_multi "
         "link each: two traps and two empty runs, the floor the goal names); the observer "
         "(`--pid`, `--no-children`, `--no-sites`) with host names and the DNS probe, as by "
-        "default, with `--no-host-names`, and with `--no-dns-queries` as well. Every probe is "
-        "attached for the storm's pid only."
+        "default, with `--no-host-names`, and with `--no-dns-queries` as well; and the lean "
+        "configuration (`--no-host-names --no-dns-queries --no-epoll-mark`, sites on: no "
+        "syscall tracepoint at all). Every probe is attached for the storm's pid only."
     )
     rows = []
     for side in f.sides:

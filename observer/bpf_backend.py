@@ -86,12 +86,16 @@ DNS_KERNEL_FIELDS = (
     KernelField("TCP_SOCK_WRITE_SEQ", "tcp_sock", "write_seq", 4),
     KernelField("TCP_SOCK_SND_NXT", "tcp_sock", "snd_nxt", 4),
 )
+# The fields processes.bpf.c reads at an exec to find the new program's arguments in its mm.
+EXEC_KERNEL_FIELDS = (
+    KernelField("TASK_STRUCT_MM", "task_struct", "mm", 8),
+    KernelField("MM_STRUCT_ARG_START", "mm_struct", "arg_start", 8),
+    KernelField("MM_STRUCT_ARG_END", "mm_struct", "arg_end", 8),
+)
 MACRO_TRACEPOINTS = (
     "task:task_newtask",
     "sched:sched_process_exec",
     "sched:sched_process_exit",
-    "syscalls:sys_enter_execve",
-    "syscalls:sys_enter_execveat",
     *DNS_TRACEPOINTS,
 )
 # Where a forked child first returns to user space: in a PID namespace it takes its watch there.
@@ -101,7 +105,6 @@ MAPS = (
     "process_totals",
     "threads_created_total",
     "getaddrinfo_failures_total",
-    "exec_arguments_by_thread",
     "resolver_calls_total",
 )
 # dns.bpf.c's: left out with it (--no-dns-queries).
@@ -164,6 +167,7 @@ RESOLVER_UPROBE_NAMES = tuple(
     for f in PROBED_RESOLVER_FUNCTIONS
 )
 DNS_PROBE_NAMES = tuple(t.split(":")[1] for t in DNS_TRACEPOINTS)
+EPOLL_PROBE_NAMES = EPOLL_SYSCALLS
 PROBE_NAMES = (
     *(t.split(":")[1] for t in MACRO_TRACEPOINTS),
     *EPOLL_SYSCALLS,
@@ -344,6 +348,22 @@ def dns_kernel_cflags() -> list[str]:
     return field_cflags(running_kernel_btf(), DNS_KERNEL_FIELDS)
 
 
+def exec_kernel_cflags() -> list[str]:
+    """-D flags: where processes.bpf.c finds a new program's arguments; none, said in the
+    log, where the kernel's BTF cannot tell (the reports then carry no arguments, and the
+    command line as started is read from /proc)."""
+    try:
+        return field_cflags(running_kernel_btf(), EXEC_KERNEL_FIELDS)
+    except BtfError as err:
+        log.warning(
+            "command lines as started not read at exec: %s (a kernel built with "
+            "CONFIG_DEBUG_INFO_BTF has it); /proc/PID/cmdline is read instead, after the "
+            "process may have renamed itself",
+            err,
+        )
+        return []
+
+
 def import_bcc():
     try:
         import bcc
@@ -402,8 +422,10 @@ class BpfProbes:
         per_process: bool = False,
         host_names: bool = True,
         dns_queries: bool = True,
+        epoll_mark: bool = True,
     ) -> None:
         self.track_new_processes = track_new_processes
+        self.epoll_mark = epoll_mark
         self.per_process = per_process
         self.sites = sites
         self.host_names = host_names
@@ -449,10 +471,12 @@ class BpfProbes:
             *(SITE_MAPS if self.sites else ()),
         )
         # Without dns.bpf.c, none of its tracepoints: no program runs at any process's
-        # write or send.
-        self.probe_names = tuple(
-            name for name in PROBE_NAMES if dns_queries or name not in DNS_PROBE_NAMES
+        # write or send; without the epoll mark, none at any process's epoll waits.
+        left_out = (
+            *(() if dns_queries else DNS_PROBE_NAMES),
+            *(() if self.epoll_mark else EPOLL_PROBE_NAMES),
         )
+        self.probe_names = tuple(name for name in PROBE_NAMES if name not in left_out)
         self.kernel_drop_names = (*KERNEL_DROPS, *(DNS_KERNEL_DROPS if dns_queries else ()))
 
     def _dns_cflags(self) -> list[str]:
@@ -492,12 +516,18 @@ class BpfProbes:
         if not self.host_names:
             log.info("host names not read (--no-host-names): no getaddrinfo_host_calls_total")
         cflags += self._dns_cflags()
+        cflags += exec_kernel_cflags()
         files = tuple(f for f in PROBE_FILES if self.dns_queries or f != DNS_PROBE_FILE)
         self._bpf = compile_probes(files, cflags, "probes")
         for tracepoint in MACRO_TRACEPOINTS:
             if self.dns_queries or tracepoint not in DNS_TRACEPOINTS:
                 self.probes_attached[tracepoint.split(":")[1]] += 1  # attached by bcc on load
-        plain = PLAIN_TRACEPOINTS
+        plain = PLAIN_TRACEPOINTS if self.epoll_mark else []
+        if not self.epoll_mark:
+            log.info(
+                "threads not marked when they wait in epoll (--no-epoll-mark): caller from "
+                "Python frames alone, other where they cannot tell"
+            )
         if pid_namespace_cflags():
             self.maps = (*self.maps, "forked_children")
             plain = [*plain, *((name, "adopt_forked_child") for name in CHILD_RETURNS)]

@@ -95,6 +95,14 @@ def add_run_parser(subparsers, parents) -> None:
         "runs at any process's write, send or close",
     )
     parser.add_argument(
+        "--no-epoll-mark",
+        dest="epoll_mark",
+        action="store_false",
+        help="do not mark threads that wait in epoll: caller=event_loop from Python frames "
+        "alone (other where they cannot tell), and no program runs at any process's epoll "
+        "waits; needs call sites (not with --no-sites)",
+    )
+    parser.add_argument(
         "--interval",
         type=positive_float,
         default=0.25,

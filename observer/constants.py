@@ -93,6 +93,11 @@ class MapSize(enum.IntEnum):
     # The exec reports' ring buffer, in pages (a power of 2): 512 KiB, about 500 reports
     # between two polls.
     EXEC_RINGBUF_PAGES = 128
+    # An argument longer than its slot is read on to its end, to find the next one: in
+    # ARGUMENT_SCAN bytes at a time, enough times for the kernel's longest argument
+    # (MAX_ARG_STRLEN, 128 KiB).
+    ARGUMENT_SCAN = 4096
+    MAX_ARGUMENT_SCANS = 33
 
 
 # getaddrinfo's latency slots kept per process: slot s counts calls of <= 2^s ns, up to the

@@ -392,6 +392,7 @@ class BpfObserver(ProcObserver):
         sites: bool = True,
         host_names: bool = True,
         dns_queries: bool = True,
+        epoll_mark: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -403,6 +404,7 @@ class BpfObserver(ProcObserver):
             sites=sites,
             host_names=host_names,
             dns_queries=dns_queries,
+            epoll_mark=epoll_mark,
             follow_children=self.follow_children,
             per_process=per_process,
         )
@@ -746,12 +748,13 @@ class BpfObserver(ProcObserver):
 
     def _no_sites(self, tracked: TrackedProcess, reason: str, detail: str) -> None:
         tracked.sites_unavailable = reason
+        fallback = "the epoll mark" if self.probes.epoll_mark else "none: caller=other"
         log.warning(
-            "pid %d: Python call sites unavailable (%s): %s; caller=event_loop falls "
-            "back to the epoll mark",
+            "pid %d: Python call sites unavailable (%s): %s; caller=event_loop falls back to %s",
             tracked.pid,
             reason,
             detail,
+            fallback,
         )
 
     def _attach_libc(self, pid: int) -> None:

@@ -26,6 +26,11 @@ def make_observer(args: argparse.Namespace):
         raise UsageError(str(err)) from None
     if not regex_targets and not pid_targets:
         raise UsageError("nothing to watch: give --target NAME=REGEX or --pid PID")
+    if not getattr(args, "epoll_mark", True) and not getattr(args, "sites", True):
+        raise UsageError(
+            "--no-epoll-mark needs the Python frames to tell a call on the event loop: "
+            "it cannot go with --no-sites"
+        )
     options = {
         "regex_targets": regex_targets,
         "pid_targets": pid_targets,
@@ -45,6 +50,7 @@ def make_observer(args: argparse.Namespace):
                     sites=getattr(args, "sites", True),
                     host_names=getattr(args, "host_names", True),
                     dns_queries=getattr(args, "dns_queries", True),
+                    epoll_mark=getattr(args, "epoll_mark", True),
                 )
             )
         except BpfUnavailable as err:

@@ -142,14 +142,6 @@ static __always_inline int is_dns_address(u64 address)
            head[1] == __builtin_bswap16(DNS_PORT);
 }
 
-// A kernel pointer at an address; 0 when it cannot be read.
-static __always_inline u64 kernel_pointer(u64 address)
-{
-    u64 value = 0;
-    bpf_probe_read_kernel(&value, sizeof(value), (void *)address);
-    return value;
-}
-
 // The socket behind a fd of the current process: task->files->fdt->fd[fd] is the file; a
 // socket's inode is a socket's (S_IFSOCK), and its private_data the struct socket that points
 // back to the file (a socket file opened by path with O_PATH has none). Returns 0 if the fd is

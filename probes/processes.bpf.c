@@ -2,9 +2,11 @@
 // its watch.
 //
 // A process may rename itself as soon as it runs (setproctitle, as gunicorn does), so
-// /proc/PID/cmdline read later may no longer show what it was started as. The arguments
-// given to execve are kept here, per thread, and reported with the exec that succeeds
-// (sched:sched_process_exec), through a ring buffer, before the process is marked pending:
+// /proc/PID/cmdline read later may no longer show what it was started as. At
+// sched:sched_process_exec the new program has not run yet: its arguments are in its fresh
+// mm, NUL-separated in [mm->arg_start, mm->arg_end), as the kernel laid them out (a script's
+// interpreter first, as /proc/PID/cmdline shows them). They are read there, with no program
+// at any syscall, and reported through a ring buffer before the process is marked pending:
 // when user space sees the pending state, the report is already in the buffer.
 //
 // Events become (observer/bpf_backend.py):
@@ -12,7 +14,10 @@
 //   exec_reports_lost_total reports dropped because the ring buffer was full
 //
 // Parameters (-D cflags from observer/constants.py): MAX_ARGS, ARG_LENGTH,
-// EXEC_RINGBUF_PAGES, MAX_THREADS, plus watched.h's.
+// EXEC_RINGBUF_PAGES, ARGUMENT_SCAN, MAX_ARGUMENT_SCANS, plus watched.h's; and from the
+// running kernel's BTF (observer/bpf_backend.py EXEC_KERNEL_FIELDS) TASK_STRUCT_MM,
+// MM_STRUCT_ARG_START and MM_STRUCT_ARG_END: without them the reports carry no arguments
+// and user space reads /proc instead.
 #include "watched.h"
 #include "python_stack.h"
 #include "thread_state.h"
@@ -26,15 +31,14 @@
 #ifndef EXEC_RINGBUF_PAGES
 #error "EXEC_RINGBUF_PAGES must be defined (observer/constants.py MapSize)"
 #endif
-#ifndef MAX_THREADS
-#error "MAX_THREADS must be defined (observer/constants.py MapSize)"
+#ifndef ARGUMENT_SCAN
+#error "ARGUMENT_SCAN must be defined (observer/constants.py MapSize)"
+#endif
+#ifndef MAX_ARGUMENT_SCANS
+#error "MAX_ARGUMENT_SCANS must be defined (observer/constants.py MapSize)"
 #endif
 
 // Slot i holds argument i, truncated to ARG_LENGTH - 1 bytes; an empty slot ends the list.
-struct exec_arguments {
-    char args[MAX_ARGS * ARG_LENGTH];
-};
-
 struct exec_report {
     u32 tgid;
     u32 target;  // the target it had before the exec, 0 for none
@@ -42,57 +46,64 @@ struct exec_report {
     char args[MAX_ARGS * ARG_LENGTH];
 };
 
-// Host thread id -> the arguments of the execve it is in (the thread may be any of its
-// process's: exec makes it the main thread, and sched_process_exec names it by old_pid).
-BPF_TABLE("lru_hash", u32, struct exec_arguments, exec_arguments_by_thread, MAX_THREADS);
-// Where the arguments are gathered: too large for the BPF stack.
-BPF_PERCPU_ARRAY(exec_arguments_scratch, struct exec_arguments, 1);
 BPF_RINGBUF_OUTPUT(exec_reports, EXEC_RINGBUF_PAGES);
 BPF_ARRAY(exec_reports_lost_total, u64, 1);
 
-static __always_inline int interested_in_exec(void)
+#ifdef TASK_STRUCT_MM
+struct argument_scan {
+    char bytes[ARGUMENT_SCAN];
+};
+// Where an argument longer than a slot is read on to find its end: too large for the stack.
+BPF_PERCPU_ARRAY(argument_scan_scratch, struct argument_scan, 1);
+
+// Just past the NUL of the argument at ``arg`` (``end`` if it cannot be found): an argument
+// is at most MAX_ARG_STRLEN (128 KiB) long, MAX_ARGUMENT_SCANS reads of the scratch.
+static __always_inline u64 argument_end(u64 arg, u64 end, char *scan)
 {
-    u32 tgid = current_pid_tgid() >> 32;  // 0 outside our PID namespace
-    return tgid && (TRACK_NEW_PROCESSES || is_watched(tgid));
+    for (int i = 0; i < MAX_ARGUMENT_SCANS && arg < end; i++) {
+        long copied = bpf_probe_read_user_str(scan, ARGUMENT_SCAN, (void *)arg);
+        if (copied <= 0)
+            return end;
+        if (copied < ARGUMENT_SCAN)
+            return arg + copied;
+        arg += ARGUMENT_SCAN - 1;  // the last byte copied is the helper's NUL, not the string's
+    }
+    return end;
 }
 
-static __always_inline int keep_arguments(const char *const *argv)
+// The first MAX_ARGS arguments of the program the current task has just started, each in its
+// slot as execve's argv gave them: the same limits whatever the arguments' lengths.
+static __always_inline void read_arguments(char *args)
 {
-    if (!interested_in_exec())
-        return 0;
+    u64 mm = kernel_pointer(bpf_get_current_task() + TASK_STRUCT_MM);
+    u64 arg = mm ? kernel_pointer(mm + MM_STRUCT_ARG_START) : 0;
+    u64 end = mm ? kernel_pointer(mm + MM_STRUCT_ARG_END) : 0;
     u32 zero = 0;
-    struct exec_arguments *gathered = exec_arguments_scratch.lookup(&zero);
-    if (!gathered)
-        return 0;
-    int ended = 0;
+    struct argument_scan *scan = argument_scan_scratch.lookup(&zero);
     for (int i = 0; i < MAX_ARGS; i++) {
-        char *slot = gathered->args + i * ARG_LENGTH;
-        const char *arg = 0;
-        if (!ended && bpf_probe_read_user(&arg, sizeof(arg), &argv[i]) == 0 && arg) {
-            if (bpf_probe_read_user_str(slot, ARG_LENGTH, arg) <= 0)
-                slot[0] = 0;
-        } else {
-            ended = 1;
+        char *slot = args + i * ARG_LENGTH;
+        slot[0] = 0;
+        if (!scan || arg >= end)
+            continue;
+        long copied = bpf_probe_read_user_str(slot, ARG_LENGTH, (void *)arg);
+        if (copied <= 1) {  // unreadable, or an empty argument (which would end the list)
             slot[0] = 0;
+            arg = end;
+        } else if (copied < ARG_LENGTH) {
+            arg += copied;
+        } else {
+            arg = argument_end(arg, end, scan->bytes);
         }
     }
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    exec_arguments_by_thread.update(&tid, gathered);
-    return 0;
 }
-
-TRACEPOINT_PROBE(syscalls, sys_enter_execve)
+#else
+static __always_inline void read_arguments(char *args)
 {
-    return keep_arguments(args->argv);
+    args[0] = 0;  // no offsets for the kernel's structs: user space reads /proc instead
 }
+#endif
 
-TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
-{
-    return keep_arguments(args->argv);
-}
-
-static __always_inline void report_exec(u32 tgid, struct watched_process *process,
-                                        struct exec_arguments *arguments)
+static __always_inline void report_exec(u32 tgid, struct watched_process *process)
 {
     struct exec_report *report = exec_reports.ringbuf_reserve(sizeof(struct exec_report));
     if (!report) {
@@ -105,10 +116,7 @@ static __always_inline void report_exec(u32 tgid, struct watched_process *proces
     report->tgid = tgid;
     report->target = process->target;
     report->generation = process->generation;
-    if (arguments)
-        bpf_probe_read_kernel(report->args, sizeof(report->args), arguments->args);
-    else
-        report->args[0] = 0;  // not caught at execve: user space reads /proc instead
+    read_arguments(report->args);
     exec_reports.ringbuf_submit(report, 0);
 }
 
@@ -119,8 +127,6 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     // until user space has seen what it became.
     u64 id = current_pid_tgid();
     u32 tgid = id >> 32;
-    u32 old_tid = args->old_pid;  // the host's id of the thread that called execve
-    struct exec_arguments *arguments = exec_arguments_by_thread.lookup(&old_tid);
     struct watched_process *old = tgid ? watched_tgids.lookup(&tgid) : 0;
     if (old)
         forget_python_process(tgid);  // a new image: its interpreter is found again
@@ -141,11 +147,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         } else {
             process.generation = bpf_ktime_get_ns();
         }
-        report_exec(tgid, &process, arguments);
+        report_exec(tgid, &process);
         watched_tgids.update(&tgid, &process);
     }
-    if (arguments)
-        exec_arguments_by_thread.delete(&old_tid);
     return 0;
 }
 

@@ -136,4 +136,12 @@ static __always_inline int inherit_watch(u32 parent_tgid, struct watched_process
     return 1;
 }
 
+// A kernel word (a pointer, an unsigned long) at an address; 0 when it cannot be read.
+static __always_inline u64 kernel_pointer(u64 address)
+{
+    u64 value = 0;
+    bpf_probe_read_kernel(&value, sizeof(value), (void *)address);
+    return value;
+}
+
 #endif

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -81,9 +82,11 @@ def expected_hosts(truth) -> Counter:
     return hosts
 
 
-def test_exact_counts_of_a_process_given_by_pid(tmp_path):
+# Without the epoll mark, caller comes from the Python frames alone: as exact for Python.
+@pytest.mark.parametrize("flags", [[], ["--no-epoll-mark"]], ids=["default", "no-epoll-mark"])
+def test_exact_counts_of_a_process_given_by_pid(flags, tmp_path):
     with workload([*MIXED, "--linger", "60"]) as target:
-        with observer(["--pid", f"mixed={target.pid}"], tmp_path) as running:
+        with observer(["--pid", f"mixed={target.pid}", *flags], tmp_path) as running:
             target.go()
             truth = target.truth()
             assert truth["threads_started"] >= 23  # its own 23, plus executor threads
@@ -361,6 +364,37 @@ def test_a_feature_left_out_has_no_series_and_every_other_count_stays_exact(flag
             assert_matches_truth(metrics, "mixed", truth, host_names=flag != "--no-host-names")
             assert f"{family}{{" not in running.get()[0]  # no series, not zeros
             assert f"({flag})" in running.log()  # said at start
+
+
+def tracepoints_of(pid: int) -> set[str]:
+    """The tracepoints a process has programs attached to, as the kernel lists them."""
+    if shutil.which("bpftool") is None:
+        pytest.skip("bpftool is not installed: it lists a process's attached tracepoints")
+    listed = subprocess.run(
+        ["bpftool", "-j", "perf"], capture_output=True, text=True, timeout=60, check=True
+    )
+    return {
+        entry["tracepoint"]
+        for entry in json.loads(listed.stdout or "[]")
+        if entry.get("pid") == pid and entry.get("fd_type") == "tracepoint"
+    }
+
+
+LEAN = ["--no-host-names", "--no-dns-queries", "--no-epoll-mark"]
+
+
+def test_the_lean_configuration_attaches_no_syscall_tracepoint_and_counts_exactly(tmp_path):
+    # Any syscall tracepoint puts every syscall of every process on the kernel's slower path.
+    tag = uuid.uuid4().hex[:12]
+    with observer(["--target", f"lean=python.*-X tag={tag}", *LEAN], tmp_path) as running:
+        attached = tracepoints_of(running.process.pid)
+        assert {t for t in attached if t.startswith("sys_")} == set()
+        assert attached == {"task_newtask", "sched_process_exec", "sched_process_exit"}
+        with workload(["-X", f"tag={tag}", *MIXED, "--linger", "60"], wait=False) as target:
+            truth = target.truth()
+            metrics = counts_settled(running, "lean", truth)
+            assert_matches_truth(metrics, "lean", truth, host_names=False)
+        assert "(--no-epoll-mark)" in running.log()
 
 
 EXEC_PHASES = Path(__file__).parent / "targets" / "exec_phases.c"

@@ -63,6 +63,14 @@ def test_nothing_to_watch():
     assert_clear_error(run_cli("run", "--backend", "proc"), "nothing to watch")
 
 
+def test_no_epoll_mark_needs_call_sites():
+    # Without both, nothing would tell a call on the event loop.
+    assert_clear_error(
+        run_cli("run", "--target", "a=x", "--no-sites", "--no-epoll-mark", "--backend", "proc"),
+        "--no-epoll-mark needs the Python frames",
+    )
+
+
 def test_bad_listen_address():
     assert_clear_error(
         run_cli("run", "--target", "a=x", "--listen", "nowhere", "--backend", "proc"),

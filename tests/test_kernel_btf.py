@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from observer.bpf_backend import DNS_KERNEL_FIELDS
+from observer.bpf_backend import DNS_KERNEL_FIELDS, EXEC_KERNEL_FIELDS
 from observer.kernel_btf import (
     KIND_INT,
     KIND_PTR,
@@ -92,6 +92,7 @@ def test_not_btf():
 
 
 @pytest.mark.skipif(not os.path.exists(VMLINUX_BTF), reason="this kernel publishes no BTF")
-def test_the_dns_probe_fields_are_in_the_running_kernel():
-    flags = field_cflags(running_kernel_btf(), DNS_KERNEL_FIELDS)
-    assert len(flags) == len(DNS_KERNEL_FIELDS)
+@pytest.mark.parametrize("fields", [DNS_KERNEL_FIELDS, EXEC_KERNEL_FIELDS], ids=["dns", "exec"])
+def test_the_probes_fields_are_in_the_running_kernel(fields):
+    flags = field_cflags(running_kernel_btf(), fields)
+    assert len(flags) == len(fields)

@@ -137,3 +137,34 @@ def attached_all(running, count: int):
     metrics = running.scrape()
     total = sum(metrics.labels("thread_observer_processes", "target").values())
     return metrics if total == count else None
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["a", "b" * 63, "c" * 64],
+        ["x" * 9000, "after"],  # read on past several scratch reads
+        [f"arg{i}" for i in range(20)],  # past MAX_ARGS
+        ["before", "", "after"],  # an empty argument ends the list
+    ],
+    ids=["lengths", "long", "many", "empty"],
+)
+def test_exec_reports_carry_each_argument_truncated_in_its_slot(arguments):
+    from observer.bpf_backend import BpfProbes
+    from observer.constants import MapSize
+
+    probes = BpfProbes(track_new_processes=True, sites=False)
+    try:
+        probes.load()
+        started = subprocess.Popen(["/bin/sh", "-c", 'exec "$@"', "sh", "/bin/true", *arguments])
+        started.wait()
+        reports = [r for r in probes.exec_reports() if r.tgid == started.pid]
+    finally:
+        probes.close()
+    kept = []
+    for argument in ["/bin/true", *arguments][: MapSize.MAX_ARGS]:
+        if not argument:
+            break
+        kept.append(argument[: MapSize.ARG_LENGTH - 1])
+    assert len(reports) == 2  # the shell's own exec, then /bin/true's
+    assert reports[1].arguments == kept
