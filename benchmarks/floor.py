@@ -266,9 +266,8 @@ def _other_programs(f: Figures) -> str:
         for name, runs, ns in others
     )
     return (
-        text + f"; besides them, at least once per two calls: {listed}. glibc's getaddrinfo "
-        "opens and closes /etc/hosts in every call, and the DNS probe's tracepoint on close "
-        "runs for it."
+        text + f"; besides them, at least once per two calls: {listed}, at syscalls the "
+        "call makes (glibc's getaddrinfo opens, reads and closes /etc/hosts in every call)."
     )
 
 
@@ -302,7 +301,8 @@ def _why(f: Figures) -> dict[str, str]:
         if side == "no host names":
             text += (
                 f"; the DNS probe accounts for {added - f.added('no dns probe'):,.0f} ns of it "
-                "(its tracepoint on the close of /etc/hosts in each call; `--no-dns-queries`: "
+                "(it runs no program in a call that sends nothing, as these, which read "
+                "/etc/hosts; `--no-dns-queries`: "
                 f"{_times(f.ratio('no dns probe', 'pair'))})"
             )
         texts[side] = text
