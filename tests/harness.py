@@ -68,6 +68,11 @@ def find_python(version: str) -> str | None:
     return found[0] if found else None
 
 
+def sites_read(running, pid: int) -> bool:
+    """Whether the observer has logged reading the process's call sites."""
+    return re.search(rf"pid {pid}: Python 3\.\d+ call sites read", running.log()) is not None
+
+
 def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:

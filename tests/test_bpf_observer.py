@@ -23,6 +23,7 @@ from tests.harness import (
     observer,
     settled,
     shared_libpython_pythons,
+    sites_read,
     wait_until,
     workload,
 )
@@ -390,7 +391,11 @@ def test_the_lean_configuration_attaches_no_syscall_tracepoint_and_counts_exactl
         attached = tracepoints_of(running.process.pid)
         assert {t for t in attached if t.startswith("sys_")} == set()
         assert attached == {"task_newtask", "sched_process_exec", "sched_process_exit"}
-        with workload(["-X", f"tag={tag}", *MIXED, "--linger", "60"], wait=False) as target:
+        with workload(["-X", f"tag={tag}", *MIXED, "--linger", "60"]) as target:
+            # Without the epoll mark, caller comes from the frames alone: the work starts once
+            # they are read (a program started with exec is found at the observer's next poll).
+            wait_until(lambda: sites_read(running, target.pid), 10, "its call sites")
+            target.go()
             truth = target.truth()
             metrics = counts_settled(running, "lean", truth)
             assert_matches_truth(metrics, "lean", truth, host_names=False)

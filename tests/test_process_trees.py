@@ -4,14 +4,13 @@ counted in its target from their first instruction, against the workloads' own g
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 import uuid
 
 import pytest
 
-from tests.harness import find_python, observer, settled, wait_until, workload
+from tests.harness import find_python, observer, settled, sites_read, wait_until, workload
 
 pytestmark = pytest.mark.bpf
 
@@ -352,7 +351,3 @@ def test_children_seen_before_their_interpreter_dropped_their_parents_threads_ge
         log = running.log()
         assert "sites unavailable" not in log, log
         assert all(sites_read(running, child) for child in children), log
-
-
-def sites_read(running, pid: int) -> bool:
-    return re.search(rf"pid {pid}: Python 3\.\d+ call sites read", running.log()) is not None
