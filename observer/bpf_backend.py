@@ -37,7 +37,7 @@ from observer.constants import (
     bpf_cflags,
     eai_name,
 )
-from observer.kernel_btf import BtfError, KernelField, field_cflags, running_kernel_btf
+from observer.kernel_btf import Btf, BtfError, KernelField, field_cflags, running_kernel_btf
 from observer.labels import host_label
 
 log = logging.getLogger(__name__)
@@ -342,18 +342,29 @@ def pid_namespace_cflags() -> list[str]:
     return [f"-DPIDNS_DEV={info.st_dev}", f"-DPIDNS_INO={info.st_ino}"]
 
 
-def dns_kernel_cflags() -> list[str]:
-    """-D flags: the running kernel's offset of each field dns.bpf.c reads (BtfError if its
-    BTF lacks one)."""
-    return field_cflags(running_kernel_btf(), DNS_KERNEL_FIELDS)
+def kernel_btf() -> Btf | BtfError:
+    """The running kernel's BTF (parsing it takes about 0.25 s: once per load), or the error
+    that says why it cannot be read."""
+    try:
+        return running_kernel_btf()
+    except BtfError as err:
+        return err
 
 
-def exec_kernel_cflags() -> list[str]:
+def kernel_cflags(btf: Btf | BtfError, fields: tuple[KernelField, ...]) -> list[str]:
+    """-D flags: the running kernel's offset of each field a probe reads (BtfError if there
+    is no BTF or it lacks one)."""
+    if isinstance(btf, BtfError):
+        raise btf
+    return field_cflags(btf, fields)
+
+
+def exec_kernel_cflags(btf: Btf | BtfError) -> list[str]:
     """-D flags: where processes.bpf.c finds a new program's arguments; none, said in the
     log, where the kernel's BTF cannot tell (the reports then carry no arguments, and the
     command line as started is read from /proc)."""
     try:
-        return field_cflags(running_kernel_btf(), EXEC_KERNEL_FIELDS)
+        return kernel_cflags(btf, EXEC_KERNEL_FIELDS)
     except BtfError as err:
         log.warning(
             "command lines as started not read at exec: %s (a kernel built with "
@@ -479,14 +490,14 @@ class BpfProbes:
         self.probe_names = tuple(name for name in PROBE_NAMES if name not in left_out)
         self.kernel_drop_names = (*KERNEL_DROPS, *(DNS_KERNEL_DROPS if dns_queries else ()))
 
-    def _dns_cflags(self) -> list[str]:
+    def _dns_cflags(self, btf: Btf | BtfError) -> list[str]:
         """dns.bpf.c's kernel field offsets. A kernel without BTF has none to give: the probe
         is left out, said in the log and, as never attached, in attach_errors."""
         if not self.dns_queries:
             log.info("DNS messages not followed (--no-dns-queries): no dns_queries_total")
             return []
         try:
-            return dns_kernel_cflags()
+            return kernel_cflags(btf, DNS_KERNEL_FIELDS)
         except BtfError as err:
             log.warning(
                 "DNS messages not followed: dns.bpf.c reads kernel structs at the offsets the "
@@ -515,8 +526,9 @@ class BpfProbes:
         ]
         if not self.host_names:
             log.info("host names not read (--no-host-names): no getaddrinfo_host_calls_total")
-        cflags += self._dns_cflags()
-        cflags += exec_kernel_cflags()
+        btf = kernel_btf()
+        cflags += self._dns_cflags(btf)
+        cflags += exec_kernel_cflags(btf)
         files = tuple(f for f in PROBE_FILES if self.dns_queries or f != DNS_PROBE_FILE)
         self._bpf = compile_probes(files, cflags, "probes")
         for tracepoint in MACRO_TRACEPOINTS:
