@@ -13,6 +13,7 @@ import importlib.resources
 import itertools
 import logging
 import os
+import platform
 import struct
 import threading
 import time
@@ -78,6 +79,7 @@ DNS_KERNEL_FIELDS = (
     KernelField("INODE_I_INO", "inode", "i_ino", 8),
     KernelField("SOCKET_FILE", "socket", "file", 8),
     KernelField("SOCKET_SK", "socket", "sk", 8),
+    KernelField("SOCK_SK_SOCKET", "sock", "sk_socket", 8),
     KernelField("SOCK_FAMILY", "sock", "__sk_common.skc_family", 2),
     KernelField("SOCK_PEER_PORT", "sock", "__sk_common.skc_dport", 2),
     KernelField("SOCK_TYPE", "sock", "sk_type", 2),
@@ -107,8 +109,10 @@ MAPS = (
     "getaddrinfo_failures_total",
     "resolver_calls_total",
 )
-# dns.bpf.c's: left out with it (--no-dns-queries).
-DNS_MAPS = ("dns_queries_total", "dns_streams", "dns_send_calls")
+# dns.bpf.c's: left out with it (--no-dns-queries). The last is per thread, as its sends are
+# seen: at the syscalls' tracepoints, or at the socket layer's.
+DNS_MAPS = ("dns_queries_total", "dns_streams")
+DNS_THREAD_MAPS = {False: "dns_send_calls", True: "dns_mmsg_progress"}
 # Per-thread state (thread_state.h): in the tasks themselves where the kernel has task storage
 # (nothing to walk, and it goes with each thread), else a map like the others.
 THREAD_STATE_MAP = "thread_states"
@@ -168,9 +172,16 @@ RESOLVER_UPROBE_NAMES = tuple(
 )
 DNS_PROBE_NAMES = tuple(t.split(":")[1] for t in DNS_TRACEPOINTS)
 EPOLL_PROBE_NAMES = EPOLL_SYSCALLS
+# The raw tracepoints that replace those syscall tracepoints where the kernel allows
+# (current_syscall.h): the epoll mark at the scheduler's switch, and the DNS probe at the
+# socket layer's sends.
+SWITCH_PROBE_NAMES = ("sched_switch",)
+SOCKET_SEND_PROBE_NAMES = ("sock_send_length", "tcp_sendmsg_locked")
 PROBE_NAMES = (
     *(t.split(":")[1] for t in MACRO_TRACEPOINTS),
     *EPOLL_SYSCALLS,
+    *SWITCH_PROBE_NAMES,
+    *SOCKET_SEND_PROBE_NAMES,
     *UPROBE_NAMES,
     *RESOLVER_UPROBE_NAMES,
 )
@@ -335,6 +346,36 @@ def has_task_storage() -> bool:
     return kernel_version() >= (5, 15) and os.path.exists("/sys/kernel/btf/vmlinux")
 
 
+@dataclass(frozen=True)
+class Hooks:
+    """Where the epoll mark and the DNS probe see their events: at raw tracepoints that are no
+    syscall's, reading the syscall from the task's saved registers (current_syscall.h), or at
+    the syscalls' own tracepoints. While any syscall tracepoint is attached, every syscall of
+    every task on the host takes the kernel's slower path."""
+
+    epoll_at_switch: bool = False
+    sends_at_sockets: bool = False
+
+    def cflags(self, epoll_mark: bool) -> list[str]:
+        return [
+            f"-DEPOLL_MARK_AT_SWITCH={int(epoll_mark and self.epoll_at_switch)}",
+            f"-DSENDS_AT_SOCKETS={int(self.sends_at_sockets)}",
+        ]
+
+
+SYSCALL_HOOKS = Hooks()
+
+
+def choose_hooks(btf: Btf | BtfError) -> Hooks:
+    """The raw tracepoints where the kernel has them: bpf_task_pt_regs (Linux 5.15+ with BTF,
+    as task storage), on x86-64, whose registers current_syscall.h reads; for the sends,
+    sock_send_length (6.3+) and tcp_sendmsg_locked (6.10+), which the kernel's BTF lists."""
+    if platform.machine() != "x86_64" or not has_task_storage() or isinstance(btf, BtfError):
+        return SYSCALL_HOOKS
+    wanted = {f"btf_trace_{name}" for name in SOCKET_SEND_PROBE_NAMES}
+    return Hooks(epoll_at_switch=True, sends_at_sockets=wanted <= btf.typedefs)
+
+
 def pid_namespace_cflags() -> list[str]:
     info = os.stat("/proc/self/ns/pid")
     if info.st_ino == INIT_PID_NAMESPACE_INO:
@@ -441,6 +482,7 @@ class BpfProbes:
         self.sites = sites
         self.host_names = host_names
         self.follow_children = follow_children
+        self.hooks = SYSCALL_HOOKS  # chosen at load, from the kernel's BTF
         self._choose_maps(dns_queries)
         # Every probe is listed from the start, so one that failed to attach shows 0.
         self.probes_attached: Counter[str] = Counter(dict.fromkeys(self.probe_names, 0))
@@ -478,14 +520,20 @@ class BpfProbes:
         self.maps = (
             *MAPS,
             *(HOST_COUNTER_MAPS if self.host_names else ()),
-            *(DNS_MAPS if dns_queries else ()),
+            *((*DNS_MAPS, DNS_THREAD_MAPS[self.hooks.sends_at_sockets]) if dns_queries else ()),
             *(SITE_MAPS if self.sites else ()),
         )
         # Without dns.bpf.c, none of its tracepoints: no program runs at any process's
-        # write or send; without the epoll mark, none at any process's epoll waits.
+        # write or send; without the epoll mark, none at any process's epoll waits. Only the
+        # hooks chosen are listed.
+        sockets, switch = self.hooks.sends_at_sockets, self.hooks.epoll_at_switch
+        dns_names = SOCKET_SEND_PROBE_NAMES if sockets else DNS_PROBE_NAMES
+        epoll_names = SWITCH_PROBE_NAMES if switch else EPOLL_PROBE_NAMES
         left_out = (
-            *(() if dns_queries else DNS_PROBE_NAMES),
-            *(() if self.epoll_mark else EPOLL_PROBE_NAMES),
+            *(() if dns_queries else dns_names),
+            *(() if self.epoll_mark else epoll_names),
+            *(DNS_PROBE_NAMES if sockets else SOCKET_SEND_PROBE_NAMES),
+            *(EPOLL_PROBE_NAMES if switch else SWITCH_PROBE_NAMES),
         )
         self.probe_names = tuple(name for name in PROBE_NAMES if name not in left_out)
         self.kernel_drop_names = (*KERNEL_DROPS, *(DNS_KERNEL_DROPS if dns_queries else ()))
@@ -516,25 +564,30 @@ class BpfProbes:
             # bcc refuses a 1,001st probe by default; here there are 3 per process.
             os.environ.setdefault("BCC_PROBE_LIMIT", str(4 * MapSize.MAX_PROCESSES))
             self._detacher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uprobe-detach")
+        btf = kernel_btf()
+        self._use_hooks(choose_hooks(btf))
+        cflags = [*self._dns_cflags(btf), *exec_kernel_cflags(btf)]
         self.task_storage = has_task_storage()
         if not self.task_storage:
             self.maps = (*self.maps, THREAD_STATE_MAP)
             log.info("no task storage in this kernel (5.15+ with BTF): per-thread state in a map")
-        cflags = [
+        cflags += [
             *bpf_cflags(self.track_new_processes, self.sites, self.task_storage, self.host_names),
             f"-DFOLLOW_CHILDREN={int(self.follow_children)}",
+            *self.hooks.cflags(self.epoll_mark),
         ]
         if not self.host_names:
             log.info("host names not read (--no-host-names): no getaddrinfo_host_calls_total")
-        btf = kernel_btf()
-        cflags += self._dns_cflags(btf)
-        cflags += exec_kernel_cflags(btf)
         files = tuple(f for f in PROBE_FILES if self.dns_queries or f != DNS_PROBE_FILE)
         self._bpf = compile_probes(files, cflags, "probes")
-        for tracepoint in MACRO_TRACEPOINTS:
-            if self.dns_queries or tracepoint not in DNS_TRACEPOINTS:
-                self.probes_attached[tracepoint.split(":")[1]] += 1  # attached by bcc on load
-        plain = PLAIN_TRACEPOINTS if self.epoll_mark else []
+        if self.dns_queries and self.hooks.sends_at_sockets:
+            # dns.bpf.c's TCP sends are counted by a program of their own (a tail call).
+            bcc = import_bcc()
+            counter = self._bpf.load_func("count_tcp_send", bcc.BPF.RAW_TRACEPOINT)
+            self._bpf["dns_tcp_counter"][ctypes.c_int(0)] = ctypes.c_int(counter.fd)
+        for name in self._attached_on_load():
+            self.probes_attached[name] += 1
+        plain = PLAIN_TRACEPOINTS if self.epoll_mark and not self.hooks.epoll_at_switch else []
         if not self.epoll_mark:
             log.info(
                 "threads not marked when they wait in epoll (--no-epoll-mark): caller from "
@@ -546,6 +599,35 @@ class BpfProbes:
         for tracepoint, function in plain:
             self._attach_tracepoint(tracepoint, function)
         self._bpf["exec_reports"].open_ring_buffer(self._keep_exec_report)
+
+    def _use_hooks(self, hooks: Hooks) -> None:
+        """Lists the probes of the hooks chosen, and says which they are."""
+        self.hooks = hooks
+        self._choose_maps(self.dns_queries)
+        for counter in (self.probes_attached, self.attach_errors):
+            for name in set(counter) - set(self.probe_names):
+                del counter[name]
+            counter.update(dict.fromkeys(self.probe_names, 0))
+        log.info(
+            "epoll waits seen %s; sends seen %s",
+            "when a thread sleeps in one (sched_switch)"
+            if hooks.epoll_at_switch
+            else "at the syscalls' tracepoints",
+            "at the socket layer (sock_send_length, tcp_sendmsg_locked)"
+            if hooks.sends_at_sockets
+            else "at the syscalls' tracepoints",
+        )
+
+    def _attached_on_load(self) -> list[str]:
+        """The probes bcc attaches as it loads the programs (TRACEPOINT_PROBE and
+        RAW_TRACEPOINT_PROBE in the C)."""
+        names = ["task_newtask", "sched_process_exec", "sched_process_exit"]
+        if self.dns_queries:
+            sockets = self.hooks.sends_at_sockets
+            names += SOCKET_SEND_PROBE_NAMES if sockets else DNS_PROBE_NAMES
+        if self.epoll_mark and self.hooks.epoll_at_switch:
+            names += SWITCH_PROBE_NAMES
+        return names
 
     def _keep_exec_report(self, ctx, data, size) -> None:
         report = self._bpf["exec_reports"].event(data)

@@ -78,6 +78,8 @@ class Btf:
             for index, t in enumerate(self.types)
             if t.kind in (KIND_STRUCT, KIND_UNION) and t.name
         }
+        # A tracepoint's arguments are typedef btf_trace_NAME: the typedefs say which exist.
+        self.typedefs = {t.name for t in self.types if t.kind == KIND_TYPEDEF}
 
     def _name(self, offset: int) -> str:
         end = self._data.index(b"\0", self._strings + offset)
@@ -94,8 +96,10 @@ class Btf:
             if kind in (KIND_STRUCT, KIND_UNION):
                 members = tuple(self._member(position + i * MEMBER.size) for i in range(count))
             position += EXTRA_BYTES.get(kind, 0) + BYTES_PER_MEMBER.get(kind, 0) * count
-            # Names are decoded for structs and unions only: the rest are never looked up.
-            name = self._name(name_offset) if kind in (KIND_STRUCT, KIND_UNION) else ""
+            # Names are decoded for structs, unions and typedefs only: the rest are never
+            # looked up.
+            named = kind in (KIND_STRUCT, KIND_UNION, KIND_TYPEDEF)
+            name = self._name(name_offset) if named else ""
             types.append(BtfType(name, kind, bool(info >> 31), size_or_type, members))
         return types
 

@@ -1,12 +1,18 @@
 // DNS queries on the wire: every message a watched process sends to port 53, whoever sends it
-// (glibc, musl, c-ares, any code), over UDP and TCP, from syscall tracepoints only.
+// (glibc, musl, c-ares, any code), over UDP and TCP.
 //
-// Only the sends of watched processes run more than a lookup in the watched set. At a send the
-// kernel is asked what the fd is: the task's fd table gives the file, the file its socket, and
-// the socket its family, type and peer (port 53 or not). So nothing needs to be learned from
-// socket(), connect() or close(), and a socket opened before its process was watched is known
-// as well as any other. A send is looked at on entry (the buffers, the destination) and counted
-// on exit, once the kernel has said how much it sent: a failed send is no query.
+// Where the kernel has the tracepoints (SENDS_AT_SOCKETS: sock_send_length, Linux 6.3+, and
+// tcp_sendmsg_locked, 6.10+, with bpf_task_pt_regs on x86-64), sends are seen at the socket
+// layer: no syscall tracepoint is attached, which would send every syscall of every task on
+// the host through the kernel's slower path, and a write to a file or a pipe runs nothing.
+// sock_send_length fires once per message a socket sent, after the send, in the sender, with
+// the socket and what was sent or the error; the syscall it fires in, and that syscall's
+// buffers and destination, are read from the sender's saved registers (current_syscall.h).
+// Elsewhere the send syscalls' tracepoints are used: a send is looked at on entry (the fd, the
+// buffers, the destination) and counted on exit, once the kernel has said how much it sent.
+// Only the sends of watched processes run more than a lookup in the watched set, and a failed
+// send is no query. No state is learned from socket(), connect() or close(): a socket opened
+// before its process was watched is known as well as any other.
 // - UDP: one query per send/sendto/write/writev/sendmsg to port 53 (the socket's peer, or the
 //   address given), one per message that sendmmsg sent (glibc sends A and AAAA in one). No
 //   state is kept per socket.
@@ -24,7 +30,8 @@
 //   dns_queries_total  {process, transport} -> count  thread_observer_dns_queries_total
 //   dns_unknown_socket_sends_total [0] -> count        thread_observer_dns_unknown_socket_sends_total
 //       (writes to TCP streams to port 53 first seen mid-stream, opened and written before
-//       their process was watched: their messages are not counted above)
+//       their process was watched, or written by a call whose buffers cannot be read (io_uring,
+//       sendfile, splice): their messages are not counted above)
 #include "watched.h"
 
 #if !defined(TRANSPORT_UDP) || !defined(TRANSPORT_TCP)
@@ -38,6 +45,12 @@
 #endif
 #ifndef TCP_SOCK_SND_NXT
 #error "the kernel struct offsets come from observer/bpf_backend.py (DNS_KERNEL_FIELDS)"
+#endif
+#ifndef SENDS_AT_SOCKETS
+#error "SENDS_AT_SOCKETS comes from observer/bpf_backend.py (socket_hooks)"
+#endif
+#if SENDS_AT_SOCKETS
+#include "current_syscall.h"
 #endif
 
 #define DNS_PORT 53
@@ -110,8 +123,6 @@ BPF_HASH(dns_queries_total, struct transport_key, u64, MAX_KEYS);
 BPF_ARRAY(dns_unknown_socket_sends_total, u64, 1);
 // socket inode number -> where its TCP stream to port 53 is in its messages
 BPF_TABLE("lru_hash", u64, struct dns_stream, dns_streams, MAX_SOCKETS);
-// tid -> the send call in progress
-BPF_TABLE("lru_hash", u32, struct send_call, dns_send_calls, MAX_THREADS);
 
 // Insert-if-absent, then an atomic add (bcc's increment() is not atomic).
 static __always_inline int add_queries(struct transport_key *key, u64 queries)
@@ -142,37 +153,15 @@ static __always_inline int is_dns_address(u64 address)
            head[1] == __builtin_bswap16(DNS_PORT);
 }
 
-// The socket behind a fd of the current process: task->files->fdt->fd[fd] is the file; a
-// socket's inode is a socket's (S_IFSOCK), and its private_data the struct socket that points
-// back to the file (a socket file opened by path with O_PATH has none). Returns 0 if the fd is
-// no socket.
-static __always_inline int find_socket(u32 fd, struct socket_facts *facts)
+// What a socket is: its inode's number, its family, type, protocol and peer port.
+static __always_inline void read_sock(u64 sock, u64 inode, struct socket_facts *facts)
 {
-    u64 files = kernel_pointer(bpf_get_current_task() + TASK_STRUCT_FILES);
-    u64 table = files ? kernel_pointer(files + FILES_STRUCT_FDT) : 0;
-    u32 max_fds = 0;
-    if (!table || bpf_probe_read_kernel(&max_fds, sizeof(max_fds),
-                                        (void *)(table + FDTABLE_MAX_FDS)) || fd >= max_fds)
-        return 0;
-    u64 file = kernel_pointer(kernel_pointer(table + FDTABLE_FD) + (u64)fd * sizeof(u64));
-    u64 inode = file ? kernel_pointer(file + FILE_F_INODE) : 0;
-    u16 mode = 0;
-    if (!inode || bpf_probe_read_kernel(&mode, sizeof(mode), (void *)(inode + INODE_I_MODE)) ||
-        (mode & MODE_TYPE_MASK) != MODE_SOCKET)
-        return 0;
-    u64 socket = kernel_pointer(file + FILE_PRIVATE_DATA);
-    if (!socket || kernel_pointer(socket + SOCKET_FILE) != file)
-        return 0;
-    u64 sock = kernel_pointer(socket + SOCKET_SK);
-    if (!sock)
-        return 0;
     facts->inode_number = kernel_pointer(inode + INODE_I_INO);
     facts->sock = sock;
     bpf_probe_read_kernel(&facts->family, 2, (void *)(sock + SOCK_FAMILY));
     bpf_probe_read_kernel(&facts->type, 2, (void *)(sock + SOCK_TYPE));
     bpf_probe_read_kernel(&facts->protocol, 2, (void *)(sock + SOCK_PROTOCOL));
     bpf_probe_read_kernel(&facts->peer_port, 2, (void *)(sock + SOCK_PEER_PORT));
-    return 1;
 }
 
 // Whether nothing was ever written to a TCP socket: no byte sent (bytes_sent counts payload,
@@ -186,73 +175,6 @@ static __always_inline int stream_untouched(u64 sock)
     bpf_probe_read_kernel(&write_seq, sizeof(write_seq), (void *)(sock + TCP_SOCK_WRITE_SEQ));
     bpf_probe_read_kernel(&snd_nxt, sizeof(snd_nxt), (void *)(sock + TCP_SOCK_SND_NXT));
     return bytes_sent == 0 && write_seq == snd_nxt;
-}
-
-// A TCP stream to port 53 from its first byte on; 0 for one first seen mid-stream.
-static __always_inline int follow_stream(struct socket_facts *facts)
-{
-    if (dns_streams.lookup(&facts->inode_number))
-        return 1;
-    if (!stream_untouched(facts->sock)) {
-        add_unknown_socket_send();
-        return 0;
-    }
-    struct dns_stream fresh = {};
-    dns_streams.insert(&facts->inode_number, &fresh);
-    return 1;
-}
-
-// Entry of every send: keep what the exit needs when the socket may carry DNS queries.
-static __always_inline int enter_send(u32 fd, u32 kind, u64 buffer, u64 count, u64 address)
-{
-    u64 id = current_pid_tgid();
-    u32 tid = (u32)id;
-    if (!is_watched(id >> 32))
-        return 0;
-    struct socket_facts facts = {};
-    if (!find_socket(fd, &facts) || (facts.family != AF_INET && facts.family != AF_INET6))
-        return 0;
-    int peer_is_dns = facts.peer_port == __builtin_bswap16(DNS_PORT);
-    struct send_call call = {.buffer = buffer, .count = count, .kind = kind};
-    if (facts.type == SOCK_DGRAM) {
-        if (kind == SEND_MSG && buffer) {
-            struct user_msghdr_head head = {};
-            if (bpf_probe_read_user(&head, sizeof(head), (void *)buffer) == 0)
-                address = head.name;
-        }
-        // An address given to a connected UDP socket is where the datagram goes.
-        call.to_dns = kind == SEND_MMSG || !address ? peer_is_dns : is_dns_address(address);
-        if (kind != SEND_MMSG && !call.to_dns)
-            return 0;
-        call.transport = TRANSPORT_UDP;
-    } else if (facts.type == SOCK_STREAM && facts.protocol == PROTOCOL_TCP) {
-        // An address given to a connected TCP socket is ignored.
-        if (!peer_is_dns || !follow_stream(&facts))
-            return 0;
-        call.transport = TRANSPORT_TCP;
-        call.stream = facts.inode_number;
-    } else {
-        return 0;
-    }
-    dns_send_calls.update(&tid, &call);
-    return 0;
-}
-
-// UDP messages of a sendmmsg that went to port 53: the first `sent` ones were sent.
-static __always_inline u64 mmsg_queries(struct send_call *call, long sent)
-{
-    u64 queries = 0;
-    // No early exit: a loop whose trip count depends on `sent` is runtime-unrolled by clang
-    // into a shape the verifier follows without bound ("sequence of 8193 jumps").
-#pragma unroll
-    for (int i = 0; i < MAX_MESSAGES; i++) {
-        u64 name = 0;
-        if (i >= sent ||
-            bpf_probe_read_user(&name, sizeof(name), (void *)(call->buffer + i * MMSGHDR_SIZE)))
-            continue;
-        queries += name ? is_dns_address(name) : call->to_dns;
-    }
-    return queries;
 }
 
 // Follows `sent` bytes of a TCP stream through DNS length prefixes; returns the messages that
@@ -313,24 +235,48 @@ static __always_inline u64 stream_messages(struct dns_stream *stream, u64 iov, u
     return messages;
 }
 
+// One copy of stream_messages per program: the verifier walks each copy's loop apart.
 static __always_inline u64 tcp_messages(struct send_call *call, struct dns_stream *stream,
                                         u64 sent)
 {
-    if (call->kind == SEND_PLAIN)
-        return stream_messages(stream, call->buffer, 1, sent, 1);
-    if (call->kind == SEND_IOVEC)
-        return stream_messages(stream, call->buffer, call->count, sent, 0);
-    if (call->kind == SEND_MSG) {
+    u64 iov = call->buffer, count = call->count;
+    if (call->kind == SEND_PLAIN) {
+        count = 1;
+    } else if (call->kind == SEND_MSG) {
         struct user_msghdr_head head = {};
         if (bpf_probe_read_user(&head, sizeof(head), (void *)call->buffer))
             return 0;
-        return stream_messages(stream, head.iov, head.iovlen, sent, 0);
+        iov = head.iov;
+        count = head.iovlen;
+    } else if (call->kind != SEND_IOVEC) {
+        return 0;  // sendmmsg on a stream socket: no DNS library does it
     }
-    return 0;  // sendmmsg on a stream socket: no DNS library does it
+    return stream_messages(stream, iov, count, sent, call->kind == SEND_PLAIN);
 }
 
-// Exit of every send: count what was sent.
-static __always_inline int exit_send(long ret)
+// tid -> the send call in progress, until it is counted
+BPF_TABLE("lru_hash", u32, struct send_call, dns_send_calls, MAX_THREADS);
+
+// UDP messages of a sendmmsg that went to port 53: the first `sent` ones were sent.
+static __always_inline u64 mmsg_queries(struct send_call *call, long sent)
+{
+    u64 queries = 0;
+    // No early exit: a loop whose trip count depends on `sent` is runtime-unrolled by clang
+    // into a shape the verifier follows without bound ("sequence of 8193 jumps").
+#pragma unroll
+    for (int i = 0; i < MAX_MESSAGES; i++) {
+        u64 name = 0;
+        if (i >= sent ||
+            bpf_probe_read_user(&name, sizeof(name), (void *)(call->buffer + i * MMSGHDR_SIZE)))
+            continue;
+        queries += name ? is_dns_address(name) : call->to_dns;
+    }
+    return queries;
+}
+
+// Counts the send call a thread has in progress (dns_send_calls), now that `ret` says what
+// it sent: at the syscall's exit, or after the socket's send.
+static __always_inline int count_send(long ret)
 {
     u64 id = current_pid_tgid();
     u32 tid = (u32)id, tgid = id >> 32;
@@ -359,6 +305,89 @@ static __always_inline int exit_send(long ret)
     return 0;
 }
 
+#if !SENDS_AT_SOCKETS
+// The send syscalls' tracepoints: a send is looked at on entry and counted on exit.
+
+// The socket behind a fd of the current process: task->files->fdt->fd[fd] is the file; a
+// socket's inode is a socket's (S_IFSOCK), and its private_data the struct socket that points
+// back to the file (a socket file opened by path with O_PATH has none). Returns 0 if the fd is
+// no socket.
+static __always_inline int find_socket(u32 fd, struct socket_facts *facts)
+{
+    u64 files = kernel_pointer(bpf_get_current_task() + TASK_STRUCT_FILES);
+    u64 table = files ? kernel_pointer(files + FILES_STRUCT_FDT) : 0;
+    u32 max_fds = 0;
+    if (!table || bpf_probe_read_kernel(&max_fds, sizeof(max_fds),
+                                        (void *)(table + FDTABLE_MAX_FDS)) || fd >= max_fds)
+        return 0;
+    u64 file = kernel_pointer(kernel_pointer(table + FDTABLE_FD) + (u64)fd * sizeof(u64));
+    u64 inode = file ? kernel_pointer(file + FILE_F_INODE) : 0;
+    u16 mode = 0;
+    if (!inode || bpf_probe_read_kernel(&mode, sizeof(mode), (void *)(inode + INODE_I_MODE)) ||
+        (mode & MODE_TYPE_MASK) != MODE_SOCKET)
+        return 0;
+    u64 socket = kernel_pointer(file + FILE_PRIVATE_DATA);
+    if (!socket || kernel_pointer(socket + SOCKET_FILE) != file)
+        return 0;
+    u64 sock = kernel_pointer(socket + SOCKET_SK);
+    if (!sock)
+        return 0;
+    read_sock(sock, inode, facts);
+    return 1;
+}
+
+// A TCP stream to port 53 from its first byte on; 0 for one first seen mid-stream.
+static __always_inline int follow_stream(struct socket_facts *facts)
+{
+    if (dns_streams.lookup(&facts->inode_number))
+        return 1;
+    if (!stream_untouched(facts->sock)) {
+        add_unknown_socket_send();
+        return 0;
+    }
+    struct dns_stream fresh = {};
+    dns_streams.insert(&facts->inode_number, &fresh);
+    return 1;
+}
+
+// Entry of every send: keep what the exit needs when the socket may carry DNS queries.
+static __always_inline int enter_send(u32 fd, u32 kind, u64 buffer, u64 count, u64 address)
+{
+    u64 id = current_pid_tgid();
+    u32 tid = (u32)id;
+    if (!is_watched(id >> 32))
+        return 0;
+    struct socket_facts facts = {};
+    if (!find_socket(fd, &facts) || (facts.family != AF_INET && facts.family != AF_INET6))
+        return 0;
+    int peer_is_dns = facts.peer_port == __builtin_bswap16(DNS_PORT);
+    struct send_call call = {.buffer = buffer, .count = count, .kind = kind};
+    if (facts.type == SOCK_DGRAM) {
+        if (kind == SEND_MSG && buffer) {
+            struct user_msghdr_head head = {};
+            if (bpf_probe_read_user(&head, sizeof(head), (void *)buffer) == 0)
+                address = head.name;
+        }
+        // An address given to a connected UDP socket is where the datagram goes.
+        call.to_dns = kind == SEND_MMSG || !address ? peer_is_dns : is_dns_address(address);
+        if (kind != SEND_MMSG && !call.to_dns)
+            return 0;
+        call.transport = TRANSPORT_UDP;
+    } else if (facts.type == SOCK_STREAM && facts.protocol == PROTOCOL_TCP) {
+        // An address given to a connected TCP socket is ignored.
+        if (!peer_is_dns || !follow_stream(&facts))
+            return 0;
+        call.transport = TRANSPORT_TCP;
+        call.stream = facts.inode_number;
+    } else {
+        return 0;
+    }
+    dns_send_calls.update(&tid, &call);
+    return 0;
+}
+
+
+
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
 {
     return enter_send(args->fd, SEND_PLAIN, (u64)args->buff, args->len, (u64)args->addr);
@@ -379,8 +408,164 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg)
 {
     return enter_send(args->fd, SEND_MMSG, (u64)args->mmsg, args->vlen, 0);
 }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return exit_send(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_write) { return exit_send(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return exit_send(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return exit_send(args->ret); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return exit_send(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return count_send(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return count_send(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return count_send(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return count_send(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return count_send(args->ret); }
+
+#else
+// The socket layer's tracepoints, in the sender, with the syscall read from its registers.
+
+#define UIO_MAXIOV 1024  // the most messages one sendmmsg sends
+
+// sendmmsg: which of its messages a send is. The kernel sends them in order and stops at the
+// first that fails; per thread, the vector of the call in progress and its next index.
+struct mmsg_progress {
+    u64 vector;
+    u32 next;
+    u32 reserved;
+};
+BPF_TABLE("lru_hash", u32, struct mmsg_progress, dns_mmsg_progress, MAX_THREADS);
+// A TCP send to a followed stream is counted by a program of its own (count_tcp_send), reached
+// by a tail call with the send in dns_send_calls, as the syscall tracepoints' exit counts it:
+// inlined here, the stream's loop is walked once per path into it, past the verifier's limit
+// of a million instructions.
+BPF_PROG_ARRAY(dns_tcp_counter, 1);  // [0]: count_tcp_send, set by observer/bpf_backend.py
+
+// A socket a process opened (one with a file: a kernel socket, e.g. NFS's, sends for no
+// process), of the INET or INET6 family.
+static __always_inline int user_socket(u64 sock, struct socket_facts *facts)
+{
+    u64 socket = kernel_pointer(sock + SOCK_SK_SOCKET);
+    u64 file = socket ? kernel_pointer(socket + SOCKET_FILE) : 0;
+    u64 inode = file ? kernel_pointer(file + FILE_F_INODE) : 0;
+    if (!inode)
+        return 0;
+    read_sock(sock, inode, facts);
+    return facts->family == AF_INET || facts->family == AF_INET6;
+}
+
+// Before the first byte of a TCP send is queued, under the socket's lock: a stream to port 53
+// that nothing was ever written to is followed from here on.
+RAW_TRACEPOINT_PROBE(tcp_sendmsg_locked)
+{
+    // (const struct sock *sk, const struct msghdr *msg, const struct sk_buff *skb, int goal)
+    struct socket_facts facts = {};
+    if (!is_watched(current_pid_tgid() >> 32) || !user_socket(ctx->args[0], &facts) ||
+        facts.peer_port != __builtin_bswap16(DNS_PORT) ||
+        dns_streams.lookup(&facts.inode_number) || !stream_untouched(facts.sock))
+        return 0;
+    struct dns_stream fresh = {};
+    dns_streams.insert(&facts.inode_number, &fresh);
+    return 0;
+}
+
+// The index of this message in the thread's sendmmsg of `vlen` messages at `vector`.
+static __always_inline u64 mmsg_index(u32 tid, u64 vector, u64 vlen, long ret)
+{
+    vlen = vlen < UIO_MAXIOV ? vlen : UIO_MAXIOV;
+    struct mmsg_progress *progress = dns_mmsg_progress.lookup(&tid);
+    u64 index = progress && progress->vector == vector && progress->next < vlen ? progress->next
+                                                                                : 0;
+    if (ret < 0 || index + 1 >= vlen) {
+        dns_mmsg_progress.delete(&tid);
+    } else {
+        struct mmsg_progress next = {.vector = vector, .next = index + 1};
+        dns_mmsg_progress.update(&tid, &next);
+    }
+    return index;
+}
+
+// A user msghdr's destination (msg_name, its first field); 0 for none.
+static __always_inline u64 message_name(u64 msghdr)
+{
+    u64 name = 0;
+    if (msghdr)
+        bpf_probe_read_user(&name, sizeof(name), (void *)msghdr);
+    return name;
+}
+
+// UDP: 1 if the datagram just sent went to port 53. The address given to sendto, sendmsg or
+// sendmmsg decides, even on a connected socket; else the socket's peer.
+static __always_inline u64 udp_query(struct socket_facts *facts, struct pt_regs *regs, u32 tid,
+                                     long ret)
+{
+    u64 number = syscall_number(regs), vector = syscall_argument(regs, 1), address = 0;
+    if (number == __NR_sendto)
+        address = syscall_argument(regs, 4);
+    else if (number == __NR_sendmsg)
+        address = message_name(vector);
+    else if (number == __NR_sendmmsg)
+        address = message_name(
+            vector + mmsg_index(tid, vector, syscall_argument(regs, 2), ret) * MMSGHDR_SIZE);
+    if (ret < 0)
+        return 0;
+    return address ? is_dns_address(address) : facts->peer_port == __builtin_bswap16(DNS_PORT);
+}
+
+// TCP: a send of `sent` bytes to a port-53 stream, handed to count_tcp_send.
+static __always_inline void tcp_sent(struct bpf_raw_tracepoint_args *ctx,
+                                     struct transport_key *key, struct socket_facts *facts,
+                                     struct pt_regs *regs, long sent)
+{
+    if (facts->protocol != PROTOCOL_TCP || facts->peer_port != __builtin_bswap16(DNS_PORT) ||
+        sent <= 0)
+        return;
+    if (!dns_streams.lookup(&facts->inode_number)) {
+        add_unknown_socket_send();
+        return;
+    }
+    u64 number = syscall_number(regs);
+    struct send_call call = {.buffer = syscall_argument(regs, 1),
+                             .count = syscall_argument(regs, 2),
+                             .stream = facts->inode_number,
+                             .transport = TRANSPORT_TCP};
+    if (number == __NR_sendto || number == __NR_write) {
+        call.kind = SEND_PLAIN;
+    } else if (number == __NR_writev) {
+        call.kind = SEND_IOVEC;
+    } else if (number == __NR_sendmsg) {
+        call.kind = SEND_MSG;
+    } else {
+        // io_uring, sendfile, splice: the bytes are not in buffers the registers name, and
+        // where the stream is in its messages is lost with them.
+        dns_streams.delete(&facts->inode_number);
+        add_unknown_socket_send();
+        return;
+    }
+    u32 tid = bpf_get_current_pid_tgid();
+    dns_send_calls.update(&tid, &call);
+    dns_tcp_counter.call(ctx, 0);
+    dns_send_calls.delete(&tid);  // reached only if the tail call failed
+}
+
+// The tail of sock_send_length for a TCP send to a followed stream: the DNS messages that
+// begin in the bytes it sent.
+int count_tcp_send(struct bpf_raw_tracepoint_args *ctx)
+{
+    return count_send((int)ctx->args[1]);
+}
+
+// After every message a socket sent, in the sender: count what went to port 53.
+RAW_TRACEPOINT_PROBE(sock_send_length)
+{
+    // (struct sock *sk, int ret, int flags): ret is the bytes sent, or the error
+    u64 id = current_pid_tgid();
+    u32 tgid = id >> 32;
+    u64 generation = watched_generation(tgid);
+    struct socket_facts facts = {};
+    if (!generation || !user_socket(ctx->args[0], &facts))
+        return 0;
+    long ret = (int)ctx->args[1];
+    struct pt_regs *regs = current_user_regs();
+    struct transport_key key = {.tgid = tgid, .generation = generation};
+    if (facts.type == SOCK_DGRAM) {
+        key.transport = TRANSPORT_UDP;
+        return add_queries(&key, udp_query(&facts, regs, (u32)id, ret));
+    }
+    if (facts.type == SOCK_STREAM)
+        tcp_sent(ctx, &key, &facts, regs, ret);
+    return 0;
+}
+#endif

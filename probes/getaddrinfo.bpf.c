@@ -1,7 +1,8 @@
 // getaddrinfo: calls, latency (log2 histogram), failures by EAI_* code, and whether the call
 // was made on an event loop: a coroutine on the caller's Python stack (python_stack.h), or,
 // where the frames cannot be read, a thread that has waited in epoll_wait/epoll_pwait/
-// epoll_pwait2.
+// epoll_pwait2 (the epoll mark: where the kernel allows, a thread that has slept in one, seen
+// at the scheduler's switch; else any call, seen at the syscalls' tracepoints).
 //
 // One program, getaddrinfo_session, runs at entry and at return (a uprobe session, Linux
 // 6.13+): its entry asks for the return only for a call it started, so a process that is not
@@ -20,6 +21,13 @@
 #include "watched.h"
 #include "python_stack.h"
 #include "thread_state.h"
+
+#ifndef EPOLL_MARK_AT_SWITCH
+#error "EPOLL_MARK_AT_SWITCH comes from observer/bpf_backend.py (socket_hooks)"
+#endif
+#if EPOLL_MARK_AT_SWITCH
+#include "current_syscall.h"
+#endif
 
 #ifndef MAX_KEYS
 #error "MAX_KEYS must be given as a -D cflag by observer/constants.py"
@@ -86,15 +94,39 @@ static __always_inline void count_host(struct pt_regs *ctx, u32 tgid, u64 genera
 }
 #endif
 
-int mark_event_loop_thread(void *ctx)
+static __always_inline void mark_event_loop(void)
 {
     u64 id = current_pid_tgid(), generation;
     // Loops wait thousands of times a second: look before writing.
     struct thread_state *state = watched_thread(id >> 32, (u32)id, &generation);
     if (state && !state->event_loop)
         state->event_loop = 1;
+}
+
+#if EPOLL_MARK_AT_SWITCH
+// A thread is marked when it goes to sleep inside epoll_wait, epoll_pwait or epoll_pwait2: the
+// scheduler switches away from it there, as from any event loop with nothing to run. No syscall
+// tracepoint is needed (current_syscall.h). A wait that returns at once marks nothing: a loop
+// is marked at its first idle moment.
+RAW_TRACEPOINT_PROBE(sched_switch)
+{
+    // (bool preempt, prev, next, prev_state), run as prev: a preempted task did not choose to
+    // sleep, and may be in an interrupt whose vector sits where a syscall's number would.
+    if (ctx->args[0])
+        return 0;
+    u64 number = syscall_number(current_user_regs());
+    if (number == __NR_epoll_wait || number == __NR_epoll_pwait || number == __NR_epoll_pwait2)
+        mark_event_loop();
     return 0;
 }
+#else
+// Attached to the sys_enter tracepoints of the three epoll waits.
+int mark_event_loop_thread(void *ctx)
+{
+    mark_event_loop();
+    return 0;
+}
+#endif
 
 // The caller label of a resolver call this thread makes now (getaddrinfo, and the functions of
 // resolver.bpf.c): a coroutine on its Python stack decides, else its epoll mark. With sites, a
