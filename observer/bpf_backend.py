@@ -89,6 +89,16 @@ DNS_KERNEL_FIELDS = (
     KernelField("TCP_SOCK_WRITE_SEQ", "tcp_sock", "write_seq", 4),
     KernelField("TCP_SOCK_SND_NXT", "tcp_sock", "snd_nxt", 4),
 )
+# The fields processes.bpf.c reads at a fork, in a PID namespace, to find the child's id there.
+PIDNS_KERNEL_FIELDS = (
+    KernelField("TASK_STRUCT_PID", "task_struct", "pid", 4),
+    KernelField("TASK_STRUCT_TGID", "task_struct", "tgid", 4),
+    KernelField("TASK_STRUCT_THREAD_PID", "task_struct", "thread_pid", 8),
+    KernelField("PID_LEVEL", "pid", "level", 4),
+    KernelField("UPID_NR", "upid", "nr", 4),
+    KernelField("UPID_NS", "upid", "ns", 8),
+    KernelField("PID_NAMESPACE_INUM", "pid_namespace", "ns.inum", 4),
+)
 # The fields processes.bpf.c reads at an exec to find the new program's arguments in its mm.
 EXEC_KERNEL_FIELDS = (
     KernelField("TASK_STRUCT_MM", "task_struct", "mm", 8),
@@ -370,11 +380,36 @@ def choose_hooks(btf: Btf | BtfError) -> Hooks:
     return Hooks(epoll_at_switch=True, sends_at_sockets=wanted <= btf.typedefs)
 
 
+def in_pid_namespace() -> bool:
+    return os.stat("/proc/self/ns/pid").st_ino != INIT_PID_NAMESPACE_INO
+
+
 def pid_namespace_cflags() -> list[str]:
-    info = os.stat("/proc/self/ns/pid")
-    if info.st_ino == INIT_PID_NAMESPACE_INO:
+    """Our PID namespace (its device and inode), where the observer runs in one of its own."""
+    if not in_pid_namespace():
         return []
+    info = os.stat("/proc/self/ns/pid")
     return [f"-DPIDNS_DEV={info.st_dev}", f"-DPIDNS_INO={info.st_ino}"]
+
+
+def forked_child_cflags(btf: Btf | BtfError) -> list[str]:
+    """In a PID namespace: where processes.bpf.c reads a forked child's id in our namespace at
+    sched_process_fork (CHILD_AT_FORK=1); without the kernel's BTF, none, and the child takes
+    its id at its first return from the clone, at the syscalls' exit tracepoints."""
+    if not in_pid_namespace():
+        return []
+    try:
+        fields = kernel_cflags(btf, PIDNS_KERNEL_FIELDS)
+        numbers = btf.array_offset("pid", "numbers")  # type: ignore[union-attr]
+        upid = btf.struct_size("upid")  # type: ignore[union-attr]
+    except BtfError as err:
+        log.warning(
+            "forked children take their ids at their first return from clone, fork or vfork "
+            "(syscall tracepoints, every syscall of the host on the slower path): %s",
+            err,
+        )
+        return ["-DCHILD_AT_FORK=0"]
+    return [*fields, f"-DPID_NUMBERS={numbers}", f"-DUPID_SIZE={upid}", "-DCHILD_AT_FORK=1"]
 
 
 def kernel_btf() -> Btf | BtfError:
@@ -560,7 +595,7 @@ class BpfProbes:
             self._detacher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uprobe-detach")
         btf = kernel_btf()
         self._use_hooks(choose_hooks(btf))
-        cflags = [*self._dns_cflags(btf), *exec_kernel_cflags(btf)]
+        cflags = [*self._dns_cflags(btf), *exec_kernel_cflags(btf), *forked_child_cflags(btf)]
         self._say_hooks()
         self.task_storage = has_task_storage()
         if not self.task_storage:
@@ -588,9 +623,12 @@ class BpfProbes:
                 "threads not marked when they wait in epoll (--no-epoll-mark): caller from "
                 "Python frames alone, other where they cannot tell"
             )
-        if pid_namespace_cflags():
+        if in_pid_namespace():
             self.maps = (*self.maps, "forked_children")
-            plain = [*plain, *((name, "adopt_forked_child") for name in CHILD_RETURNS)]
+            if "-DCHILD_AT_FORK=1" in cflags:
+                self.probes_attached["sched_process_fork"] += 1  # attached by bcc on load
+            else:
+                plain = [*plain, *((name, "adopt_forked_child") for name in CHILD_RETURNS)]
         for tracepoint, function in plain:
             self._attach_tracepoint(tracepoint, function)
         self._bpf["exec_reports"].open_ring_buffer(self._keep_exec_report)

@@ -122,9 +122,25 @@ class Btf:
             raise BtfError("arrays have no scalar size")
         return found.size_or_type
 
+    def struct_size(self, struct_name: str) -> int:
+        if struct_name not in self.structs:
+            raise BtfError(f"struct {struct_name} is not in the kernel's BTF")
+        return self.types[self.structs[struct_name]].size_or_type
+
     def field(self, struct_name: str, path: str) -> tuple[int, int]:
         """(byte offset, size) of a field: ``path`` names it through nested members with dots;
         members of anonymous structs and unions are found as if they were the parent's."""
+        offset, type_id = self._locate(struct_name, path)
+        return offset, self.size(type_id)
+
+    def array_offset(self, struct_name: str, path: str) -> int:
+        """The byte offset of an array field (a flexible one has no size)."""
+        offset, type_id = self._locate(struct_name, path)
+        if self.resolve(type_id).kind != KIND_ARRAY:
+            raise BtfError(f"{struct_name}.{path} is not an array")
+        return offset
+
+    def _locate(self, struct_name: str, path: str) -> tuple[int, int]:
         if struct_name not in self.structs:
             raise BtfError(f"struct {struct_name} is not in the kernel's BTF")
         offset, type_id = 0, self.structs[struct_name]
@@ -134,7 +150,7 @@ class Btf:
                 raise BtfError(f"struct {struct_name} has no field {path}")
             bits, type_id = found
             offset += bits
-        return offset // 8, self.size(type_id)
+        return offset // 8, type_id
 
     def _find_member(self, container: BtfType, name: str) -> tuple[int, int] | None:
         """(bit offset, type id) of a member, looking into anonymous members."""

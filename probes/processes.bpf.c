@@ -154,9 +154,60 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 }
 
 #ifdef PIDNS_INO
-// A forked child's first return to user space, from the clone, clone3, fork or vfork it was
-// created by (it returns 0 there, before running any code of its own): it takes the watch its
-// parent handed it, under its id in our namespace. Attached in a PID namespace only.
+// A forked child takes the watch its parent handed it (forked_children), under its id in our
+// namespace, before it runs any code of its own.
+static __always_inline void adopt(u32 host_tgid, u32 tgid)
+{
+    struct watched_process *child = forked_children.lookup(&host_tgid);
+    if (!child)
+        return;
+    if (tgid && watched_tgids.update(&tgid, child))
+        count_child_not_watched();
+    forked_children.delete(&host_tgid);
+}
+
+#ifndef CHILD_AT_FORK
+#error "CHILD_AT_FORK comes from observer/bpf_backend.py (pid_namespace_cflags)"
+#endif
+#if CHILD_AT_FORK
+#define MAX_PID_LEVELS 8  // nested PID namespaces looked through for ours
+
+// At sched_process_fork, in the parent, after the child is made and before it first runs:
+// the child's id in our namespace is read from its struct pid, whose numbers[] holds one per
+// namespace it is in, from the host's down (ours is the one whose inode is PIDNS_INO), at the
+// offsets the kernel's BTF gives. No syscall tracepoint.
+RAW_TRACEPOINT_PROBE(sched_process_fork)
+{
+    // (struct task_struct *parent, struct task_struct *child)
+    u64 task = ctx->args[1];
+    u32 host_pid = 0, host_tgid = 0, level = 0;
+    bpf_probe_read_kernel(&host_pid, sizeof(host_pid), (void *)(task + TASK_STRUCT_PID));
+    bpf_probe_read_kernel(&host_tgid, sizeof(host_tgid), (void *)(task + TASK_STRUCT_TGID));
+    if (!host_pid || host_pid != host_tgid || !forked_children.lookup(&host_tgid))
+        return 0;  // a new thread, or a child no watched process made
+    u64 pid = kernel_pointer(task + TASK_STRUCT_THREAD_PID);
+    if (!pid || bpf_probe_read_kernel(&level, sizeof(level), (void *)(pid + PID_LEVEL)))
+        return 0;
+#pragma unroll
+    for (u32 i = 0; i < MAX_PID_LEVELS; i++) {
+        u64 upid = pid + PID_NUMBERS + i * UPID_SIZE;
+        u32 inum = 0, nr = 0;
+        if (i > level)
+            break;
+        bpf_probe_read_kernel(&inum, sizeof(inum),
+                              (void *)(kernel_pointer(upid + UPID_NS) + PID_NAMESPACE_INUM));
+        if (inum != PIDNS_INO)
+            continue;
+        bpf_probe_read_kernel(&nr, sizeof(nr), (void *)(upid + UPID_NR));
+        adopt(host_tgid, nr);
+        break;
+    }
+    return 0;
+}
+#else
+// Without the kernel's BTF: at the child's first return to user space, from the clone,
+// clone3, fork or vfork it was created by (it returns 0 there, before running any code of its
+// own), attached to those syscalls' exit tracepoints.
 struct syscall_exit {
     u64 common;
     s32 syscall_nr;
@@ -171,14 +222,8 @@ int adopt_forked_child(struct syscall_exit *ctx)
     u64 host = bpf_get_current_pid_tgid();
     if ((u32)host != host >> 32)
         return 0;  // a new thread, not a new process
-    u32 host_tgid = host >> 32;
-    struct watched_process *child = forked_children.lookup(&host_tgid);
-    if (!child)
-        return 0;
-    u32 tgid = current_pid_tgid() >> 32;
-    if (tgid && watched_tgids.update(&tgid, child))
-        count_child_not_watched();
-    forked_children.delete(&host_tgid);
+    adopt(host >> 32, current_pid_tgid() >> 32);
     return 0;
 }
+#endif
 #endif

@@ -126,8 +126,8 @@ static __always_inline int inherit_watch(u32 parent_tgid, struct watched_process
         .parent = parent_tgid,
     };
 #ifdef PIDNS_INO
-    // The child's id in our namespace is not known here: the child takes its watch itself
-    // when it first returns to user space (adopt_forked_child), before any code of its own.
+    // The child's id in our namespace is not known here: it takes its watch before it first
+    // runs (processes.bpf.c, adopt).
     if (forked_children.update(&child_pid, &child))
 #else
     if (watched_tgids.update(&child_pid, &child))

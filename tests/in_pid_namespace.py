@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tests import harness
 from tests.harness import exits_settled, observer, wait_until, workload
 
 MIXED = [
@@ -99,6 +100,10 @@ def measure_tree(by_pid: bool) -> dict:
 
 
 def main() -> int:
+    if "--syscall-tracepoints" in sys.argv:  # as on a kernel without the raw tracepoints
+        sys.argv.remove("--syscall-tracepoints")
+        prefix = Path(__file__).with_name("with_syscall_tracepoints.py")
+        harness.OBSERVER_PREFIX[:] = [sys.executable, str(prefix)]
     if sys.argv[1:] == ["pid-reuse"]:
         results = {"init_pid": os.getpid(), "reuse": reuse_pid(MIXED)}
     elif sys.argv[1:] == ["tree"]:

@@ -66,8 +66,11 @@ def test_a_reused_pid_starts_from_zero():
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is missing")
-def test_forked_workers_count_in_their_parents_target_inside_a_namespace():
-    found = in_pid_namespace("tree")
+@pytest.mark.parametrize("hooks", [[], ["--syscall-tracepoints"]], ids=["at-fork", "at-clone-exit"])
+def test_forked_workers_count_in_their_parents_target_inside_a_namespace(hooks):
+    # A child takes its watch under its id in the namespace at sched_process_fork, or, without
+    # the kernel's BTF, at its first return from the clone (a syscall tracepoint).
+    found = in_pid_namespace("tree", *hooks)
     assert found["init_pid"] == 1
     for way in ("by_pid", "by_target"):
         measured = found[way]

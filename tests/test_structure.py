@@ -7,7 +7,8 @@ import ast
 import re
 from pathlib import Path
 
-from observer.bpf_backend import DNS_KERNEL_FIELDS
+from observer import bpf_backend
+from observer.bpf_backend import DNS_KERNEL_FIELDS, SYSCALL_HOOKS
 from observer.constants import bpf_cflags
 from observer.timeline.recorder import timeline_cflags
 
@@ -139,10 +140,26 @@ def required_defines() -> set[str]:
     return names
 
 
-def test_every_required_define_comes_from_python():
-    given = {
-        flag[2:].split("=")[0] for flag in bpf_cflags(True) + timeline_cflags(follow_children=True)
-    } | {field.macro for field in DNS_KERNEL_FIELDS}  # offsets from the kernel's BTF
+def every_cflag(monkeypatch) -> list[str]:
+    """Every -D flag Python can give, as if the observer ran in a PID namespace, with the
+    kernel's offsets where there is BTF to read them from."""
+    monkeypatch.setattr(bpf_backend, "in_pid_namespace", lambda: True)
+    btf = bpf_backend.kernel_btf()
+    fields = [] if isinstance(btf, Exception) else bpf_backend.forked_child_cflags(btf)
+    return [
+        *bpf_cflags(True),
+        *timeline_cflags(follow_children=True),
+        *SYSCALL_HOOKS.cflags(epoll_mark=True),
+        *bpf_backend.pid_namespace_cflags(),
+        *fields,
+    ]
+
+
+def test_every_required_define_comes_from_python(monkeypatch):
+    given = {flag[2:].split("=")[0] for flag in every_cflag(monkeypatch)} | {
+        field.macro
+        for field in DNS_KERNEL_FIELDS  # offsets from the kernel's BTF
+    }
     required = required_defines()
     assert {"MAX_PROCESSES", "HOST_LENGTH", "EVENT_PROCESS_EXIT"} <= required
     assert required <= given, required - given
