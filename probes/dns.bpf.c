@@ -534,7 +534,7 @@ static __always_inline void tcp_sent(struct bpf_raw_tracepoint_args *ctx,
         add_unknown_socket_send();
         return;
     }
-    u32 tid = bpf_get_current_pid_tgid();
+    u32 tid = current_pid_tgid();  // as count_send looks it up
     dns_send_calls.update(&tid, &call);
     dns_tcp_counter.call(ctx, 0);
     dns_send_calls.delete(&tid);  // reached only if the tail call failed
