@@ -47,7 +47,7 @@
 #error "the kernel struct offsets come from observer/bpf_backend.py (DNS_KERNEL_FIELDS)"
 #endif
 #ifndef SENDS_AT_SOCKETS
-#error "SENDS_AT_SOCKETS comes from observer/bpf_backend.py (socket_hooks)"
+#error "SENDS_AT_SOCKETS comes from observer/bpf_backend.py (Hooks)"
 #endif
 #if SENDS_AT_SOCKETS
 #include "current_syscall.h"

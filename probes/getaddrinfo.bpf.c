@@ -23,7 +23,7 @@
 #include "thread_state.h"
 
 #ifndef EPOLL_MARK_AT_SWITCH
-#error "EPOLL_MARK_AT_SWITCH comes from observer/bpf_backend.py (socket_hooks)"
+#error "EPOLL_MARK_AT_SWITCH comes from observer/bpf_backend.py (Hooks)"
 #endif
 #if EPOLL_MARK_AT_SWITCH
 #include "current_syscall.h"
