@@ -13,7 +13,6 @@ import importlib.resources
 import itertools
 import logging
 import os
-import platform
 import struct
 import threading
 import time
@@ -26,6 +25,8 @@ from observer.capabilities import (
     BCC_HINT,
     Result,
     headers_hint,
+    kernel_version,
+    task_registers_readable,
     uprobe_capability_hint,
 )
 from observer.constants import (
@@ -331,14 +332,6 @@ def has_uprobe_sessions() -> bool:
     return kernel_version() >= (6, 13)
 
 
-def kernel_version() -> tuple[int, int]:
-    numbers = os.uname().release.split("-")[0].split(".")
-    try:
-        return int(numbers[0]), int(numbers[1])
-    except (IndexError, ValueError):
-        return 0, 0
-
-
 def has_task_storage() -> bool:
     """Whether uprobe and tracepoint programs can keep state in the task (task storage and
     bpf_get_current_task_btf for every tracing program: Linux 5.15 is the first long-term
@@ -364,13 +357,14 @@ class Hooks:
 
 
 SYSCALL_HOOKS = Hooks()
+SYSCALL_HOOKED = "at the syscalls' tracepoints (every syscall of the host on the slower path)"
 
 
 def choose_hooks(btf: Btf | BtfError) -> Hooks:
     """The raw tracepoints where the kernel has them: bpf_task_pt_regs (Linux 5.15+ with BTF,
     as task storage), on x86-64, whose registers current_syscall.h reads; for the sends,
     sock_send_length (6.3+) and tcp_sendmsg_locked (6.10+), which the kernel's BTF lists."""
-    if platform.machine() != "x86_64" or not has_task_storage() or isinstance(btf, BtfError):
+    if not has_task_storage() or not task_registers_readable() or isinstance(btf, BtfError):
         return SYSCALL_HOOKS
     wanted = {f"btf_trace_{name}" for name in SOCKET_SEND_PROBE_NAMES}
     return Hooks(epoll_at_switch=True, sends_at_sockets=wanted <= btf.typedefs)
@@ -567,6 +561,7 @@ class BpfProbes:
         btf = kernel_btf()
         self._use_hooks(choose_hooks(btf))
         cflags = [*self._dns_cflags(btf), *exec_kernel_cflags(btf)]
+        self._say_hooks()
         self.task_storage = has_task_storage()
         if not self.task_storage:
             self.maps = (*self.maps, THREAD_STATE_MAP)
@@ -608,15 +603,20 @@ class BpfProbes:
             for name in set(counter) - set(self.probe_names):
                 del counter[name]
             counter.update(dict.fromkeys(self.probe_names, 0))
-        log.info(
-            "epoll waits seen %s; sends seen %s",
-            "when a thread sleeps in one (sched_switch)"
-            if hooks.epoll_at_switch
-            else "at the syscalls' tracepoints",
-            "at the socket layer (sock_send_length, tcp_sendmsg_locked)"
-            if hooks.sends_at_sockets
-            else "at the syscalls' tracepoints",
-        )
+
+    def _say_hooks(self) -> None:
+        """Logs where the epoll mark and the DNS probe see their events, if they are on."""
+        seen = []
+        if self.epoll_mark:
+            switch = self.hooks.epoll_at_switch
+            where = "when a thread sleeps in one (sched_switch)" if switch else SYSCALL_HOOKED
+            seen.append(f"epoll waits seen {where}")
+        if self.dns_queries:
+            sockets = self.hooks.sends_at_sockets
+            where = "at the socket layer (sock_send_length, tcp_sendmsg_locked)"
+            seen.append(f"sends seen {where if sockets else SYSCALL_HOOKED}")
+        if seen:
+            log.info("; ".join(seen))
 
     def _attached_on_load(self) -> list[str]:
         """The probes bcc attaches as it loads the programs (TRACEPOINT_PROBE and

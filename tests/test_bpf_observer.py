@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from observer.bpf_backend import choose_hooks, kernel_btf
 from tests.harness import (
     PYENV_ROOT,
     exits_settled,
@@ -367,8 +368,9 @@ def test_a_feature_left_out_has_no_series_and_every_other_count_stays_exact(flag
             assert f"({flag})" in running.log()  # said at start
 
 
-def tracepoints_of(pid: int) -> set[str]:
-    """The tracepoints a process has programs attached to, as the kernel lists them."""
+def tracepoints_of(pid: int, kinds: tuple[str, ...] = ("tracepoint",)) -> set[str]:
+    """The tracepoints a process has programs attached to, as the kernel lists them (with
+    ``raw_tracepoint`` in ``kinds``, raw ones too)."""
     if shutil.which("bpftool") is None:
         pytest.skip("bpftool is not installed: it lists a process's attached tracepoints")
     listed = subprocess.run(
@@ -377,8 +379,31 @@ def tracepoints_of(pid: int) -> set[str]:
     return {
         entry["tracepoint"]
         for entry in json.loads(listed.stdout or "[]")
-        if entry.get("pid") == pid and entry.get("fd_type") == "tracepoint"
+        if entry.get("pid") == pid and entry.get("fd_type") in kinds
     }
+
+
+def test_by_default_no_syscall_tracepoint_is_attached_where_the_kernel_allows(tmp_path):
+    # The epoll mark at sched_switch and the DNS probe at the socket layer's sends: no syscall
+    # of any process takes the kernel's slower path, and the counts stay exact (every other
+    # test here runs this configuration).
+    hooks = choose_hooks(kernel_btf())
+    if not (hooks.epoll_at_switch and hooks.sends_at_sockets):
+        pytest.skip(
+            f"this kernel offers {hooks}: sched_switch needs bpf_task_pt_regs (x86-64, Linux "
+            "5.15+ with BTF), the sends sock_send_length and tcp_sendmsg_locked (6.10+)"
+        )
+    with observer(["--target", "none=^matches-no-process$"], tmp_path) as running:
+        attached = tracepoints_of(running.process.pid, ("tracepoint", "raw_tracepoint"))
+        assert attached == {
+            "task_newtask",
+            "sched_process_exec",
+            "sched_process_exit",
+            "sched_switch",
+            "sock_send_length",
+            "tcp_sendmsg_locked",
+        }
+        assert "sends seen at the socket layer" in running.log()
 
 
 LEAN = ["--no-host-names", "--no-dns-queries", "--no-epoll-mark"]

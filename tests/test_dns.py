@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from observer.bpf_backend import choose_hooks, kernel_btf
+from tests import harness
 from tests.harness import observer, wait_until, workload
 from workloads.private_dns import PrivateDns
 
@@ -24,6 +26,28 @@ NAME = "service.test"
 ADDRESS = "127.0.0.2"  # not in /etc/hosts: its reverse lookup asks the responder
 CLIENT = [sys.executable, "-m", "tests.targets.dns_client"]
 TARGETS = Path(__file__).parent / "targets"
+# Where the observer sees sends: the observer's command prefix for each.
+SEND_HOOKS = {
+    "socket layer": [],
+    "syscall tracepoints": [
+        sys.executable,
+        str(Path(__file__).with_name("with_syscall_tracepoints.py")),
+    ],
+}
+
+
+@pytest.fixture(params=list(SEND_HOOKS))
+def send_hooks(request, monkeypatch) -> str:
+    """Each test that takes it runs once per way of seeing sends: at the socket layer's
+    tracepoints (sock_send_length, tcp_sendmsg_locked) and at the send syscalls'."""
+    if request.param == "socket layer" and not choose_hooks(kernel_btf()).sends_at_sockets:
+        pytest.skip(
+            "this kernel lacks sock_send_length or tcp_sendmsg_locked (Linux 6.10+), or "
+            "bpf_task_pt_regs (x86-64, 5.15+ with BTF): the observer uses the syscall "
+            "tracepoints, tested beside"
+        )
+    monkeypatch.setattr(harness, "OBSERVER_PREFIX", SEND_HOOKS[request.param])
+    return request.param
 
 
 @contextmanager
@@ -70,7 +94,7 @@ def assert_observer_saw_what_the_responder_received(running, dns: PrivateDns) ->
         ("getaddrinfo", {"udp": 8, "tcp": 0}),  # glibc: A and AAAA in one sendmmsg, 4 times
     ],
 )
-def test_queries_counted_exactly_however_they_are_sent(mode, expected, tmp_path):
+def test_queries_counted_exactly_however_they_are_sent(mode, expected, send_hooks, tmp_path):
     count = {"connect_send": 7, "sendto": 5, "tcp": 6, "getaddrinfo": 4}[mode]
     with (
         PrivateDns(tmp_path, {NAME: ADDRESS}) as dns,
@@ -79,7 +103,7 @@ def test_queries_counted_exactly_however_they_are_sent(mode, expected, tmp_path)
         assert assert_observer_saw_what_the_responder_received(running, dns) == expected
 
 
-def test_single_request_mode_sends_a_and_aaaa_one_after_the_other(tmp_path):
+def test_single_request_mode_sends_a_and_aaaa_one_after_the_other(send_hooks, tmp_path):
     with (
         PrivateDns(tmp_path, {NAME: ADDRESS}, options=("single-request",)) as dns,
         watched_client(dns, tmp_path, [*CLIENT, "getaddrinfo", "3", NAME]) as (_, running, _),
@@ -87,7 +111,7 @@ def test_single_request_mode_sends_a_and_aaaa_one_after_the_other(tmp_path):
         assert assert_observer_saw_what_the_responder_received(running, dns) == {"udp": 6, "tcp": 0}
 
 
-def test_truncated_answers_fall_back_to_tcp(tmp_path):
+def test_truncated_answers_fall_back_to_tcp(send_hooks, tmp_path):
     with (
         PrivateDns(tmp_path, {NAME: ADDRESS}, truncate_udp=True) as dns,
         watched_client(dns, tmp_path, [*CLIENT, "getaddrinfo", "2", NAME]) as (_, running, _),
@@ -110,7 +134,7 @@ def unknown_socket_sends(running) -> float | None:
     return running.scrape().value("thread_observer_dns_unknown_socket_sends_total")
 
 
-def test_a_udp_socket_connected_before_the_watch_is_counted_exactly(tmp_path):
+def test_a_udp_socket_connected_before_the_watch_is_counted_exactly(send_hooks, tmp_path):
     with (
         PrivateDns(tmp_path, {NAME: ADDRESS}) as dns,
         watched_client(dns, tmp_path, [*CLIENT, "early_connect_send", "6", NAME]) as (
@@ -123,7 +147,9 @@ def test_a_udp_socket_connected_before_the_watch_is_counted_exactly(tmp_path):
         assert unknown_socket_sends(running) == 0
 
 
-def test_a_tcp_stream_written_before_the_watch_is_an_unknown_socket_not_a_count(tmp_path):
+def test_a_tcp_stream_written_before_the_watch_is_an_unknown_socket_not_a_count(
+    send_hooks, tmp_path
+):
     with (
         PrivateDns(tmp_path, {NAME: ADDRESS}) as dns,
         watched_client(dns, tmp_path, [*CLIENT, "early_tcp", "4", NAME]) as (_, running, _),
@@ -133,7 +159,7 @@ def test_a_tcp_stream_written_before_the_watch_is_an_unknown_socket_not_a_count(
         assert queries_seen(running) == {"udp": 0, "tcp": 0}
 
 
-def test_a_new_tcp_stream_on_a_reused_fd_starts_afresh(tmp_path):
+def test_a_new_tcp_stream_on_a_reused_fd_starts_afresh(send_hooks, tmp_path):
     with (
         PrivateDns(tmp_path, {NAME: ADDRESS}) as dns,
         watched_client(dns, tmp_path, [*CLIENT, "tcp_on_a_reused_fd", "5", NAME]) as (

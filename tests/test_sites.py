@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from observer.bpf_backend import choose_hooks, kernel_btf
 from observer.constants import SiteLimit
 from observer.pyruntime import CodeInfo
 from observer.sites import MAX_SITE_LENGTH, NATIVE, site_label, under_asyncio_loop
@@ -64,6 +65,20 @@ LIVE_RECORDS = {
     "two slots": ([sys.executable, str(TESTS / "with_two_live_thread_slots.py")], 2),
     "map only": ([sys.executable, str(TESTS / "without_task_storage.py")], None),
 }
+# Where the observer sees epoll waits: the observer's command prefix for each.
+EPOLL_HOOKS = {
+    "sched_switch": [],
+    "syscall tracepoints": [sys.executable, str(TESTS / "with_syscall_tracepoints.py")],
+}
+
+
+def use_epoll_hooks(hooks: str, monkeypatch) -> None:
+    if hooks == "sched_switch" and not choose_hooks(kernel_btf()).epoll_at_switch:
+        pytest.skip(
+            "this kernel has no bpf_task_pt_regs for sched_switch to read (x86-64, Linux "
+            "5.15+ with BTF): the observer uses the syscall tracepoints, tested beside"
+        )
+    monkeypatch.setattr(harness, "OBSERVER_PREFIX", EPOLL_HOOKS[hooks])
 
 
 def frames_of(event) -> list[CodeInfo]:
@@ -289,7 +304,20 @@ def test_unsupported_interpreters_say_so(python, tmp_path):
         assert "Python call sites unavailable (unsupported_version)" in running.log()
 
 
-def test_no_sites_flag_reads_no_frames(tmp_path):
+# Without frames, caller comes from the epoll mark alone. At the syscall tracepoints a thread
+# is marked by any epoll wait; at sched_switch, by one it slept in. The workload's main thread
+# waits in asyncio's epoll without sleeping (each of its loops has work ready: 4 lookups after
+# asyncio.run, 3 in a coroutine, 2 in a callback), its selecting thread polls one with a zero
+# timeout (3 lookups), and its executor threads never wait in one (6).
+NO_SITES_CALLERS = {
+    "sched_switch": {"event_loop": 0, "other": 4 + 3 + 3 + 2 + 6},
+    "syscall tracepoints": {"event_loop": 4 + 3 + 3 + 2, "other": 6},
+}
+
+
+@pytest.mark.parametrize("hooks", list(EPOLL_HOOKS))
+def test_no_sites_flag_reads_no_frames(hooks, tmp_path, monkeypatch):
+    use_epoll_hooks(hooks, monkeypatch)
     with watched_run(WORKLOAD, "plain", tmp_path, observer_args=("--no-sites",)) as (
         running,
         truth,
@@ -297,10 +325,61 @@ def test_no_sites_flag_reads_no_frames(tmp_path):
         metrics = threads_counted(running, "plain", truth)
         assert metrics.value("thread_observer_threads_created_by_site_total") is None
         assert metrics.labels("thread_observer_sites_unavailable", "reason") == {"disabled": 1}
-        # Without frames the selecting thread's lookups fall back to its epoll mark.
-        assert metrics.labels(
-            "thread_observer_getaddrinfo_calls_total", "caller", target="plain"
-        ) == {"event_loop": 3 + 2 + 4 + 3, "other": 6}
+        assert (
+            metrics.labels("thread_observer_getaddrinfo_calls_total", "caller", target="plain")
+            == NO_SITES_CALLERS[hooks]
+        )
+
+
+# An event loop that has slept in epoll_wait, then blocks in LOOP lookups; a thread that polls
+# an epoll with a zero timeout before each of its POLL lookups, as a gunicorn gthread worker
+# does between requests, and runs no event loop.
+LOOP, POLL = 5, 3
+EPOLL_WAITERS = f"""
+import asyncio, json, os, selectors, socket, sys, threading
+print(json.dumps({{"ready": True, "pid": os.getpid()}}), flush=True)
+sys.stdin.readline()
+def polling():
+    selector = selectors.DefaultSelector()
+    for _ in range({POLL}):
+        selector.select(timeout=0)
+        socket.getaddrinfo("localhost", 80)
+async def blocking():
+    await asyncio.sleep(0.05)
+    for _ in range({LOOP}):
+        socket.getaddrinfo("localhost", 80)
+thread = threading.Thread(target=polling)
+thread.start()
+thread.join()
+asyncio.run(blocking())
+print(json.dumps({{"calls": {LOOP + POLL}}}), flush=True)
+sys.stdin.readline()
+"""
+
+
+# The syscall tracepoints see the poll too: they mark any thread that waits at all.
+WAITERS_CALLERS = {
+    "sched_switch": {"event_loop": LOOP, "other": POLL},
+    "syscall tracepoints": {"event_loop": LOOP + POLL, "other": 0},
+}
+
+
+@pytest.mark.parametrize("hooks", list(EPOLL_HOOKS))
+def test_the_epoll_mark_tells_a_sleeping_event_loop_from_a_polling_thread(
+    hooks, tmp_path, monkeypatch
+):
+    use_epoll_hooks(hooks, monkeypatch)
+    with (
+        workload(["-c", EPOLL_WAITERS]) as waiters,
+        observer(["--pid", f"waiters={waiters.pid}", "--no-sites"], tmp_path) as running,
+    ):
+        waiters.go()
+        assert json.loads(waiters._line()) == {"calls": LOOP + POLL}
+        metrics = harness.settled(
+            running, {"thread_observer_getaddrinfo_calls_total": LOOP + POLL}, target="waiters"
+        )
+        callers = metrics.labels("thread_observer_getaddrinfo_calls_total", "caller")
+    assert callers == WAITERS_CALLERS[hooks]
 
 
 def test_aiohttp_executor_threads_and_lookups_are_read_through_its_stack(tmp_path):

@@ -1,15 +1,19 @@
 """What a process we do not watch pays, by the kernel's own run counters of our programs
 (kernel.bpf_stats_enabled=1): with --pid targets and --no-children the uprobes are the watched
 processes' own, so another process's calls never run them; otherwise getaddrinfo's uprobe
-session runs once per call of such a process, never at its return. The DNS probe's syscall
-tracepoints run at every write and close of any process, unless --no-dns-queries leaves them
-out."""
+session runs once per call of such a process, never at its return. The DNS probe runs at the
+socket layer's sends where the kernel allows, nothing at a write to a file; at the syscall
+tracepoints elsewhere, at every write of any process, unless --no-dns-queries leaves it out."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
-from observer.bpf_backend import UPROBE_PROGRAMS
+from observer.bpf_backend import UPROBE_PROGRAMS, choose_hooks, kernel_btf
+from tests import harness
 from tests.harness import bpf_skip_reason, observer, workload
 from tests.test_self_metrics import bpf_stats_on
 
@@ -108,11 +112,24 @@ def all_runs(running) -> dict[str, float]:
     return running.scrape().labels("thread_observer_bpf_program_runs_total", "program")
 
 
-@pytest.mark.parametrize("flags", [[], ["--no-dns-queries"]], ids=["default", "no-dns-queries"])
-def test_writes_of_any_process_run_the_dns_probe_unless_left_out_and_closes_run_nothing(
-    flags, tmp_path
+SYSCALL_TRACEPOINTS = [sys.executable, str(Path(__file__).with_name("with_syscall_tracepoints.py"))]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "flags"),
+    [([], []), (SYSCALL_TRACEPOINTS, []), (SYSCALL_TRACEPOINTS, ["--no-dns-queries"])],
+    ids=["socket-layer", "syscall-tracepoints", "no-dns-queries"],
+)
+def test_writes_and_closes_of_any_process_run_nothing_but_at_the_syscall_tracepoints(
+    prefix, flags, tmp_path, monkeypatch
 ):
-    writes = 1000
+    if not prefix and not choose_hooks(kernel_btf()).sends_at_sockets:
+        pytest.skip(
+            "this kernel lacks sock_send_length or tcp_sendmsg_locked (Linux 6.10+), or "
+            "bpf_task_pt_regs (x86-64, 5.15+ with BTF): sends are seen at the syscalls'"
+        )
+    monkeypatch.setattr(harness, "OBSERVER_PREFIX", prefix)
+    writes = 5000
     with (
         bpf_stats_on(),
         workload(["-c", WRITER]) as writer,
@@ -124,10 +141,17 @@ def test_writes_of_any_process_run_the_dns_probe_unless_left_out_and_closes_run_
         assert writer._line().strip() == str(writes)
         after = all_runs(running)
     added = {p: after[p] - before.get(p, 0) for p in after}
-    # The DNS probe learns what a send's fd is from the kernel at the send: nothing at close.
+    # The DNS probe learns what a send's socket is from the kernel at the send: nothing at close.
     assert [p for p in after if p.endswith(("_close", "_socket", "_connect"))] == []
     write = [p for p in after if p.endswith("_write")]
-    if flags:
+    if not prefix:
+        # No syscall tracepoint at all; the socket layer's programs run at sends only (other
+        # processes' sends meanwhile count: far fewer than the writer's writes).
+        assert [p for p in after if p.startswith("tracepoint__syscalls")] == []
+        assert write == []
+        for program in ("raw_tracepoint__sock_send_length", "raw_tracepoint__tcp_sendmsg_locked"):
+            assert added[program] < writes / 2, added
+    elif flags:
         assert write == []  # not even loaded
     else:
         assert len(write) == 2  # write's entry and exit
