@@ -43,8 +43,10 @@ DNS_SOCKET_PROGRAMS = (
 DNS_PROGRAMS = (*DNS_SOCKET_PROGRAMS, *DNS_SYSCALL_PROGRAMS)
 EPOLL_PROGRAMS = (*EPOLL_SWITCH_PROGRAMS, *EPOLL_SYSCALL_PROGRAMS)
 RAW_TRACEPOINT_NAMES = (*SWITCH_PROBE_NAMES, *SOCKET_SEND_PROBE_NAMES)
-# The observer's log line that says which hooks it chose.
-LOG_LINE = "epoll waits seen "
+# How the observer's log says where it sees each (for those it has on): a part of one line,
+# "epoll waits seen ...; sends seen ...".
+EPOLL_SAID, EPOLL_AT_SWITCH = "epoll waits seen ", "when a thread sleeps in one (sched_switch)"
+SENDS_SAID, SENDS_AT_SOCKETS = "sends seen ", "at the socket layer"
 
 
 def program_name(info: dict) -> str:
@@ -68,16 +70,23 @@ def hooks_of(arguments: list[str]) -> Hooks:
     return SYSCALL_HOOKS if SYSCALL_TRACEPOINTS in arguments else default_hooks()
 
 
-def hooks_in_log(text: str) -> Hooks | None:
-    """The hooks an observer says it chose in its log (None if it does not say)."""
+def hooks_in_log(text: str) -> dict[str, bool]:
+    """What the observer's log says of its hooks: ``epoll_at_switch`` and ``sends_at_sockets``
+    (Hooks' fields), each only if the log says it (not with the epoll mark or the DNS probe
+    off)."""
+    said: dict[str, bool] = {}
     for line in text.splitlines():
-        if LOG_LINE in line:
-            said = line.split(LOG_LINE, 1)[1]
-            return Hooks(
-                epoll_at_switch=said.startswith("when a thread sleeps in one (sched_switch)"),
-                sends_at_sockets="sends seen at the socket layer" in said,
-            )
-    return None
+        for part in line.split("; "):
+            if EPOLL_SAID in part:
+                said["epoll_at_switch"] = part.split(EPOLL_SAID, 1)[1].startswith(EPOLL_AT_SWITCH)
+            elif SENDS_SAID in part:
+                said["sends_at_sockets"] = part.split(SENDS_SAID, 1)[1].startswith(SENDS_AT_SOCKETS)
+    return said
+
+
+def differences(expected: Hooks, said: dict[str, bool]) -> list[str]:
+    """The fields in which what an observer said differs from the hooks expected."""
+    return [field for field, value in said.items() if getattr(expected, field) != value]
 
 
 def epoll_hook(hooks: Hooks) -> str:
