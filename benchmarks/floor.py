@@ -235,6 +235,14 @@ def _section(f: Figures) -> Section:
                     f"round {_spread(f.ratios[side, floor])}"
                 )
     section.lines += ["Added time, observer / floor:", "", *lines, ""]
+    raw, syscalls = "no host names", "syscall tracepoints"
+    section.text(
+        f"{WORDING[raw]} adds {f.added(raw):,.0f} ns per call with the hooks the observer "
+        f"chose here ({_hooks_note(raw)}) and {f.added(syscalls):,.0f} ns forced onto the "
+        f"syscall tracepoints ({_hooks_note(syscalls)}): {f.added(syscalls) - f.added(raw):+,.0f} "
+        f"ns, while its programs ran {f.program_ns(raw):,.0f} and "
+        f"{f.program_ns(syscalls):,.0f} ns per call with the statistics on."
+    )
     section.text(
         "*BPF ns per call*: one more storm per side with kernel.bpf_stats_enabled=1, the "
         "run time of every program of the side that ran, divided by the calls (the statistics "
@@ -349,20 +357,20 @@ def _why(f: Figures) -> dict[str, str]:
                 f"; on the syscall tracepoints it adds {f.added(syscalls):,.0f} ns "
                 f"({_times(f.ratio(syscalls, 'pair'))})"
             )
-        texts[side] = text + "; " + _hooks_note(side)
+        texts[side] = text + "; this side has " + _hooks_note(side)
     return texts
 
 
 def _hooks_note(side: str) -> str:
-    """Which hooks the side's observer used, and whether that puts the storm's syscalls on the
-    kernel's slower path."""
+    """Which syscall tracepoints the side's observer has attached, and what that does to the
+    storm's syscalls."""
     arguments = OBSERVERS[side]
     hooks = hooks_of(arguments)
     epoll_mark = "--no-epoll-mark" not in arguments
     dns = "--no-dns-queries" not in arguments
     if has_syscall_tracepoints(hooks, epoll_mark, dns):
         return (
-            "this side has syscall tracepoints attached (the "
+            "the "
             + " and the ".join(
                 what
                 for what, on in (
@@ -371,6 +379,7 @@ def _hooks_note(side: str) -> str:
                 )
                 if on
             )
-            + "), so every syscall the call makes takes the kernel's slower path"
+            + " syscall tracepoints attached, so every syscall the call makes takes the "
+            "kernel's slower path"
         )
-    return "this side has no syscall tracepoint attached"
+    return "no syscall tracepoint attached"
