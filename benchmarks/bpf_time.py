@@ -17,18 +17,18 @@ from pathlib import Path
 from benchmarks import storm
 from benchmarks.children import Children
 from benchmarks.empty_probes import EMPTY_PROGRAMS, EmptyProbes, empty_probes, side_attached
+from benchmarks.hooks import DNS_PROGRAMS, EPOLL_SWITCH_PROGRAMS, default_hooks, dns_hook
 from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
 from benchmarks.stats import median
-from observer.bpf_backend import DNS_TRACEPOINTS, GETADDRINFO_PROBE, has_uprobe_sessions
+from observer.bpf_backend import GETADDRINFO_PROBE, has_uprobe_sessions
 
 CALL_PROGRAMS = (GETADDRINFO_PROBE.session, GETADDRINFO_PROBE.entry, GETADDRINFO_PROBE.on_return)
 CREATE_PROGRAMS = ("pthread_create_entry", "tracepoint__task__task_newtask")
 EXIT_PROGRAMS = ("tracepoint__sched__sched_process_exit",)
-# The DNS probe's (its tracepoints on the sends): any that a getaddrinfo call runs.
-DNS_PROGRAMS = tuple(
-    "tracepoint__" + tracepoint.replace(":", "__") for tracepoint in DNS_TRACEPOINTS
-)
+# The DNS probe's programs (hooks.DNS_PROGRAMS, at the socket layer's sends or at the sends'
+# syscall tracepoints, whichever the observer loaded) are counted with a call's: any that a
+# getaddrinfo call runs.
 CALL_GOAL_NS = 400
 THREAD_GOAL_NS = 300
 # Observer sides: their arguments beyond --pid.
@@ -52,6 +52,12 @@ class Figures:
     create: float
     exit: float
     dns: float
+    switch: tuple[int, int]  # the epoll mark's (runs, ns) at sched_switch, machine-wide
+
+
+def switch_runs(programs: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    runs = [programs.get(name, (0, 0)) for name in EPOLL_SWITCH_PROGRAMS]
+    return sum(r for r, _ in runs), sum(ns for _, ns in runs)
 
 
 def ns_per(programs: dict[str, tuple[int, int]], names: tuple[str, ...], events: int) -> float:
@@ -80,6 +86,7 @@ def storm_once(
         ns_per(ran, CREATE_PROGRAMS, threads),
         ns_per(ran, EXIT_PROGRAMS, threads),
         ns_per(ran, DNS_PROGRAMS, calls),
+        switch_runs(ran),
     )
 
 
@@ -118,8 +125,8 @@ def _section(figures: dict[str, list[Figures]], repeats: int, settings: Settings
         "and, for reference, an empty program on getaddrinfo attached as the "
         f"observer's is on this kernel (a uprobe {kind}). The kernel's run time of each program "
         "(kernel.bpf_stats_enabled=1) divided by the storm's own counts. The DNS probe's programs "
-        "(its tracepoints on writes and sends) are counted with a call's: any write or send "
-        "the call makes runs them. It has none at socket, connect or close: glibc's "
+        "are counted with a call's: any send the call makes runs them (on this kernel they are "
+        f"at {dns_hook(default_hooks())}). It has none at socket, connect or close: glibc's "
         "getaddrinfo opens and closes /etc/hosts in every call, and runs no program for that."
     )
     total = {side: [f.call + f.dns for f in figures[side]] for side in OBSERVERS}
@@ -173,10 +180,27 @@ def _section(figures: dict[str, list[Figures]], repeats: int, settings: Settings
             *_cell(ended),
         ],
     ]
+    switches = [f.switch for f in observed if f.switch[0]]
+    if switches:
+        rows.append(
+            [
+                "a context switch of any task on the machine, every configuration (the epoll mark)",
+                ", ".join(f"`{p}`" for p in EPOLL_SWITCH_PROGRAMS),
+                *_cell([ns / runs for runs, ns in switches]),
+            ]
+        )
     section.table(["event", "programs", "ns (median)", "range"], rows)
     section.text(
         "Host names and the DNS probe do not change the thread programs: their rows pool "
         "every configuration."
+        + (
+            " The epoll mark runs at every context switch on the machine (a raw tracepoint on "
+            "sched_switch); its row is ns per run, over "
+            f"{median([runs for runs, _ in switches]):,.0f} runs per storm (median), which "
+            "the storm's thread joins and every other task's switches make."
+            if switches
+            else ""
+        )
     )
     lean, empty_call = median(total["no dns probe"]), median(empty)
     created = median(create)

@@ -1,14 +1,24 @@
-"""6. What the DNS probe's syscall tracepoints cost a process the observer does not watch.
+"""6. What the epoll mark and the DNS probe cost a process the observer does not watch.
 
-The DNS probe follows the sends (``write``, ``writev``, ``sendto``, ``sendmsg``, ``sendmmsg``)
-of every process on the host, entry and exit, and returns after one hash lookup for a process it
-does not watch; ``socket``, ``connect`` and ``close`` run none of its programs. A small C
-program (``syscalls.c``), not watched, times one-byte ``write``s to /dev/null, UDP ``sendto``s
-to a closed loopback port and ``socket`` + ``close`` pairs, with an observer running (watching
-another process), with one that leaves the DNS probe out (``--no-dns-queries``), with one that
-attaches no syscall tracepoint at all (``--no-host-names --no-dns-queries --no-epoll-mark``)
-and without, the order rotating. One more run with the kernel's BPF statistics gives each
-program's runs and time.
+Both run for every process on the host. Where the kernel allows (x86-64, Linux 5.15+ with BTF,
+and the socket layer's tracepoints), the observer attaches no syscall tracepoint: the epoll
+mark is a raw tracepoint on ``sched_switch`` (every context switch of every task), the DNS
+probe raw tracepoints after every socket send (``sock_send_length``) and before a TCP send
+(``tcp_sendmsg_locked``); a write to a file or pipe runs nothing. Elsewhere both are the
+syscalls' own tracepoints: the epoll waits' entries, and the entry and exit of ``write``,
+``writev``, ``sendto``, ``sendmsg`` and ``sendmmsg``; while any is attached, every syscall of
+every task takes the kernel's slower path. Either way a program returns after one hash lookup
+for a process the observer does not watch, and ``socket``, ``connect`` and ``close`` run none.
+
+A small C program (``syscalls.c``), not watched, times one-byte ``write``s to /dev/null, UDP
+``sendto``s to a closed loopback port, ``socket`` + ``close`` pairs and one-byte round trips
+over two pipes between two processes on one CPU (two context switches each), without an
+observer, with one running (watching another process) as it is on this kernel, with one forced
+onto the syscall tracepoints (``tests/with_syscall_tracepoints.py``), with one that leaves the
+DNS probe out (``--no-dns-queries``) and with one without the DNS probe, the epoll mark or host
+names (``--no-host-names --no-dns-queries --no-epoll-mark``), the order rotating. One more run
+under each of the first two observers with the kernel's BPF statistics gives each program's
+runs and time.
 """
 
 from __future__ import annotations
@@ -19,17 +29,31 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import bpftool
 from benchmarks.children import Children
+from benchmarks.hooks import (
+    DNS_PROGRAMS,
+    EPOLL_PROGRAMS,
+    SYSCALL_TRACEPOINTS,
+    default_hooks,
+    describe,
+    has_syscall_tracepoints,
+    hooks_of,
+)
 from benchmarks.observer_process import Observer
 from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
 from benchmarks.stats import median, number, ratio, times
-from benchmarks.storm import bpf_statistics
-from observer.bpf_backend import DNS_SYSCALLS
+from benchmarks.storm import bpf_statistics, program_stats
+from observer.bpf_backend import SYSCALL_HOOKS
 
 SOURCE = Path(__file__).with_name("syscalls.c")
-OPERATIONS = ("write", "sendto", "socket_close")
+OPERATIONS = ("write", "sendto", "socket_close", "pipe_round_trip")
+OPERATION_LABELS = {
+    "write": "`write` (1 byte, /dev/null)",
+    "sendto": "`sendto` (UDP, 1 byte)",
+    "socket_close": "`socket` + `close`",
+    "pipe_round_trip": "pipe round trip (2 context switches)",
+}
 GOAL = 0.97  # the same bar as the overhead on a watched process
 
 
@@ -51,15 +75,33 @@ def timed(binary: Path, count: int) -> dict[str, float]:
     return json.loads(done.stdout)
 
 
-# Side -> the observer's flags beyond --pid (None: no observer).
+# Side -> the observer's arguments beyond --pid (None: no observer).
 LEAN = ["--no-host-names", "--no-dns-queries", "--no-epoll-mark"]
-SIDES = {"without": None, "with": [], "no dns queries": ["--no-dns-queries"], "lean": LEAN}
-# How the table's columns name each observed side.
-COLUMNS = {
-    "with": "with",
-    "no dns queries": "with `--no-dns-queries`",
-    "lean": "with `" + " ".join(LEAN) + "`",
+SIDES = {
+    "without": None,
+    "default": [],
+    "syscall tracepoints": [SYSCALL_TRACEPOINTS],
+    "no dns queries": ["--no-dns-queries"],
+    "lean": LEAN,
 }
+# The sides whose programs the statistics run shows.
+PROFILED = ("default", "syscall tracepoints")
+
+
+def side_label(side: str) -> str:
+    """How the table names a side, with the hooks its observer uses."""
+    if side == "without":
+        return "without an observer"
+    hooks = hooks_of(SIDES[side])
+    at = "raw tracepoints" if hooks != SYSCALL_HOOKS else "syscall tracepoints"
+    if side == "default":
+        return f"observer, default ({at})"
+    if side == "syscall tracepoints":
+        return "observer, syscall tracepoints (`tests/with_syscall_tracepoints.py`)"
+    if side == "no dns queries":
+        mark = "sched_switch" if hooks.epoll_at_switch else "epoll syscall tracepoints"
+        return f"observer, `--no-dns-queries` (the epoll mark at {mark})"
+    return f"observer, `{' '.join(LEAN)}`"
 
 
 def running_observer(
@@ -67,44 +109,34 @@ def running_observer(
 ) -> Observer:
     args = ["--pid", f"idle={idle.pid}", "--allow-non-python", *(flags or [])]
     observer = Observer(children, args)
-    observer.wait_ready()
+    observer.wait_ready()  # which also checks the hooks the observer chose
     time.sleep(0.5)  # let the compile's aftermath pass
     return observer
 
 
 def program_runs(observer_pid: int) -> dict[str, tuple[int, int]]:
-    """Runs and nanoseconds of the DNS probe's programs, by syscall tracepoint."""
-    tracepoints = {
-        entry["prog_id"]: entry.get("tracepoint", "")
-        for entry in bpftool.attachments()
-        if entry.get("pid") == observer_pid
-    }
-    runs: dict[str, tuple[int, int]] = {}
-    for prog_id, tracepoint in tracepoints.items():
-        name = tracepoint.removeprefix("sys_enter_").removeprefix("sys_exit_")
-        if not tracepoint.startswith("sys_") or name not in DNS_SYSCALLS:
-            continue
-        info = bpftool.program(prog_id)
-        runs[tracepoint] = (info.get("run_cnt", 0), info.get("run_time_ns", 0))
-    return runs
+    """Runs and nanoseconds of the epoll mark's and the DNS probe's programs, by name."""
+    stats = program_stats(observer_pid)
+    return {name: stats[name] for name in (*EPOLL_PROGRAMS, *DNS_PROGRAMS) if name in stats}
 
 
 def measure(children: Children, settings: Settings) -> Section:
     count = max(20_000, settings.storm_calls // 10)
     rounds = max(3, settings.overhead_rounds // 2)
-    section = Section("6. The DNS probe's syscall tracepoints on an unwatched process")
     with tempfile.TemporaryDirectory(prefix="syscalls-") as folder:
         binary = build(Path(folder))
         idle = children.spawn(["sleep", "3600"])
         observed = [side for side, flags in SIDES.items() if flags is not None]
         ratios = {(side, op): [] for side in observed for op in OPERATIONS}
         per_op: dict[str, dict[str, list[float]]] = {side: {} for side in SIDES}
+        switches: list[float] = []
         order = list(SIDES)
         for index in range(rounds):
             figures = {}
             for side in order[index % len(order) :] + order[: index % len(order)]:
                 if SIDES[side] is None:
                     figures[side] = timed(binary, count)
+                    switches.append(figures[side]["switches_per_round_trip"])
                 else:
                     with running_observer(children, idle, SIDES[side]):
                         figures[side] = timed(binary, count)
@@ -114,84 +146,160 @@ def measure(children: Children, settings: Settings) -> Section:
                 for op in OPERATIONS:
                     # Throughput ratio: with / without, as for the watched process's overhead.
                     ratios[side, op].append(ratio(figures["without"][op], figures[side][op]))
-        with running_observer(children, idle) as observer, bpf_statistics():
-            before = program_runs(observer.pid)
-            timed(binary, count)
-            after = program_runs(observer.pid)
+        programs = {}
+        for side in PROFILED:
+            with running_observer(children, idle, SIDES[side]) as observer, bpf_statistics():
+                before = program_runs(observer.pid)
+                timed(binary, count)
+                after = program_runs(observer.pid)
+            programs[side] = {
+                name: (runs - before.get(name, (0, 0))[0], ns - before.get(name, (0, 0))[1])
+                for name, (runs, ns) in after.items()
+            }
         children.end(idle)
-    rows = [
-        [
-            op,
-            number(median(per_op["without"][op])),
-            *(
-                cell
-                for side in observed
-                for cell in (
-                    number(median(per_op[side][op])),
-                    f"{times(median(ratios[side, op]))} ({times(min(ratios[side, op]))} to "
-                    f"{times(max(ratios[side, op]))})",
+    return _section(count, rounds, per_op, ratios, programs, median(switches))
+
+
+def _section(
+    count: int,
+    rounds: int,
+    per_op: dict[str, dict[str, list[float]]],
+    ratios: dict[tuple[str, str], list[float]],
+    programs: dict[str, dict[str, tuple[int, int]]],
+    switches: float,
+) -> Section:
+    section = Section(
+        "6. What the epoll mark and the DNS probe cost a process the observer does not watch"
+    )
+    hooks = default_hooks()
+    section.text(
+        f"On this kernel the observer puts {describe(hooks)}"
+        + (
+            "; no syscall tracepoint."
+            if not has_syscall_tracepoints(hooks)
+            else "; while a syscall tracepoint is attached, every syscall of every task on "
+            "the host takes the kernel's slower path."
+        )
+        + " The other side forces both onto the syscalls' tracepoints (as on a kernel before "
+        "5.15, without BTF, not x86-64, or without sock_send_length and tcp_sendmsg_locked)."
+    )
+    section.text(
+        f"{rounds} rounds, each timing {count:,} of each operation in a process no observer "
+        "watches, without an observer and with each of the observers below running (watching "
+        "a `sleep`), the order rotating. The pipe round trip is one byte each way between two "
+        f"processes on one CPU ({switches:.2f} context switches per round trip). Throughput "
+        "ratio against without: 1.0 means no cost (median, and range over the rounds)."
+    )
+    header = ["side"]
+    for op in OPERATIONS:
+        header += [f"{OPERATION_LABELS[op]}, ns", "ratio"]
+    rows = []
+    for side in SIDES:
+        row = [side_label(side)]
+        for op in OPERATIONS:
+            row.append(number(median(per_op[side][op])))
+            if side == "without":
+                row.append("-")
+            else:
+                values = ratios[side, op]
+                row.append(
+                    f"**{times(median(values))}** ({times(min(values))} to {times(max(values))})"
                 )
-            ),
-        ]
-        for op in OPERATIONS
-    ]
-    section.text(
-        f"{rounds} rounds, each timing {count:,} of each operation without an observer, with "
-        "one running (watching a `sleep`), with one running with `--no-dns-queries`, and with "
-        f"one running with `{' '.join(LEAN)}` (no syscall tracepoint at all), the order "
-        "rotating. Throughput ratio against without: 1.0 means no cost (median, and range "
-        "over the rounds)."
-    )
-    header = ["operation", "ns without"]
-    for side in observed:
-        header += [f"ns {COLUMNS[side]}", "ratio"]
+        rows.append(row)
     section.table(header, rows)
-    program_rows = []
-    for tracepoint in sorted(after):
-        runs = after[tracepoint][0] - before.get(tracepoint, (0, 0))[0]
-        ns = after[tracepoint][1] - before.get(tracepoint, (0, 0))[1]
-        program_rows.append([f"`{tracepoint}`", f"{runs:,}", number(ns / runs, 1) if runs else "-"])
+    program_rows, idle_programs = [], []
+    for side in PROFILED:
+        for name in sorted(programs[side]):
+            runs, ns = programs[side][name]
+            if runs:
+                program_rows.append(
+                    [side_label(side), f"`{name}`", f"{runs:,}", number(ns / runs, 1)]
+                )
+            else:
+                idle_programs.append(f"`{name}`")
     section.text(
-        "The kernel's BPF statistics during one more run with the observer (every process on "
-        "the machine counts, not only the timed one):"
+        "The kernel's BPF statistics during one more run under each of the first two "
+        "observers (every process on the machine counts, not only the timed one; the "
+        "statistics add two clock reads to each run)."
+        + (f" Loaded but not run: {', '.join(idle_programs)}." if idle_programs else "")
+        + " `count_tcp_send` is tail-called: its runs and time would count in its caller's."
     )
-    section.table(["program on", "runs", "ns per run"], program_rows)
-    worst = min(median(ratios["with", op]) for op in OPERATIONS)
-    no_dns = min(median(ratios["no dns queries", op]) for op in OPERATIONS)
-    lean = min(median(ratios["lean", op]) for op in OPERATIONS)
+    section.table(["observer", "program", "runs", "ns per run"], program_rows)
+
+    def worst(side: str) -> float:
+        return min(median(ratios[side, op]) for op in OPERATIONS)
+
     section.goals.append(
         Goal(
-            "unwatched process, DNS probe's syscalls",
+            "unwatched process, syscalls and context switches with an observer (default)",
             f">= {GOAL} of the speed without",
-            f"{times(worst)} (worst median)",
-            worst >= GOAL,
-            "every write and send of every process on the host runs two programs "
-            "(entry and exit), each through the syscall tracepoint's perf path, which copies the "
-            "arguments into a record before the program runs; each program returns after one "
-            "hash lookup (see its ns per run): the cost is per syscall, so it is largest on the "
-            "cheapest ones (a one-byte write to /dev/null)",
+            f"{times(worst('default'))} (worst median)",
+            worst("default") >= GOAL,
+            _why_default(hooks, programs["default"], per_op["without"]),
         )
-    )
-    section.text(
-        "With `--no-dns-queries` no program runs at a write or send; what is left is the "
-        "slower syscall path every task on the host takes while any syscall tracepoint is on "
-        "(the observer keeps the ones on the epoll waits), a few tens of ns on every syscall, "
-        "which shows most on the cheapest. With `--no-epoll-mark` as well the observer "
-        "attaches no syscall tracepoint: every syscall takes the kernel's fast path again."
     )
     section.goals.append(
         Goal.reported(
-            "unwatched process, syscalls with `--no-dns-queries`", f"{times(no_dns)} (worst median)"
+            "unwatched process, syscalls and context switches with an observer on the syscall "
+            "tracepoints",
+            f"{times(worst('syscall tracepoints'))} (worst median)",
+        )
+    )
+    section.goals.append(
+        Goal.reported(
+            "unwatched process, syscalls and context switches with `--no-dns-queries`",
+            f"{times(worst('no dns queries'))} (worst median)",
         )
     )
     section.goals.append(
         Goal(
-            f"unwatched process, syscalls with `{' '.join(LEAN)}`",
+            f"unwatched process, syscalls and context switches with `{' '.join(LEAN)}`",
             f">= {GOAL} of the speed without",
-            f"{times(lean)} (worst median)",
-            lean >= GOAL,
-            "no syscall tracepoint is attached on this side: what is left is the rounds' noise "
-            "(see the range of each ratio), or another tool's syscall tracepoint on the machine",
+            f"{times(worst('lean'))} (worst median)",
+            worst("lean") >= GOAL,
+            "no syscall tracepoint and no program at a send or a switch on this side: what is "
+            "left is the rounds' noise (see the range of each ratio), or another tool's "
+            "syscall tracepoint on the machine",
         )
     )
+    section.text(
+        "On the syscall tracepoints every write and send of every process runs two programs "
+        "(entry and exit), each through the syscall tracepoint's perf path, which copies the "
+        "arguments into a record before the program runs; and every syscall of every task, "
+        "`socket` and `close` and the pipe's `read` too, takes the kernel's slower path while "
+        "any syscall tracepoint is attached (with `--no-dns-queries` too: the epoll waits' "
+        "remain). "
+        "The cost is per syscall, so it shows most on the cheapest (a one-byte write to "
+        "/dev/null). On the raw tracepoints a write to a file or pipe runs no program; a "
+        "socket's send runs one (a TCP send two); a context switch runs the epoll mark's, "
+        "which returns at once for a task that did not choose to sleep, else after reading "
+        "the task's syscall number from its saved registers."
+    )
     return section
+
+
+def _why_default(hooks, ran: dict[str, tuple[int, int]], without: dict[str, list[float]]) -> str:
+    def per_run(name: str) -> float:
+        runs, ns = ran.get(name, (0, 0))
+        return ns / runs if runs else float("nan")
+
+    if has_syscall_tracepoints(hooks):
+        listed = ", ".join(
+            f"`{name}` {ns / runs:.0f} ns" for name, (runs, ns) in sorted(ran.items()) if runs
+        )
+        return (
+            "on this kernel the epoll mark and the DNS probe are at syscall tracepoints: every "
+            "write and send runs two programs through the tracepoints' perf path, and every "
+            "syscall of every task takes the kernel's slower path"
+            + (f" (per run: {listed})" if listed else "")
+        )
+    switch, send = "raw_tracepoint__sched_switch", "raw_tracepoint__sock_send_length"
+    return (
+        "no syscall tracepoint is attached: a write to /dev/null and `socket` + `close` run no "
+        "program (their ratios' distance from 1 is the rounds' noise, see the ranges); a "
+        f"context switch runs `{switch}`, {per_run(switch):.0f} ns per run with the "
+        "statistics' clock reads, twice per pipe round trip of "
+        f"{median(without['pipe_round_trip']):,.0f} ns; a UDP send runs `{send}`, "
+        f"{per_run(send):.0f} ns per run, once per `sendto` of "
+        f"{median(without['sendto']):,.0f} ns"
+    )

@@ -7,12 +7,15 @@ entry and one at return; Linux 6.13+, the way the observer's own program is atta
 with an empty uprobe+uretprobe pair (an entry and a return program, a uprobe_multi link each,
 as the observer attaches them where the kernel has no sessions: the floor the goal names), and
 with the observer (``--pid``, ``--no-children``, ``--no-sites``): with host names and the DNS
-probe, with ``--no-host-names``, and with ``--no-dns-queries`` as well; and the lean
-configuration, no syscall tracepoint at all (``--no-host-names --no-dns-queries
---no-epoll-mark``, which needs the sites on); every probe for the storm's pid only, the order
-of the sides rotating each round. The figure is (observer - nothing) / (floor - nothing) of
-the time per call. One more storm per side with the kernel's BPF statistics on then gives each
-side's program time per call.
+probe, with ``--no-host-names``, and with ``--no-dns-queries`` as well; the lean configuration
+(``--no-host-names --no-dns-queries --no-epoll-mark``, which needs the sites on); and
+``--no-host-names`` once more with the epoll mark and the DNS probe forced onto the syscalls'
+tracepoints (``tests/with_syscall_tracepoints.py``), as on a kernel without the raw tracepoints
+the observer prefers: while a syscall tracepoint is attached, every syscall of the storm (glibc
+opens, reads and closes /etc/hosts in every call) takes the kernel's slower path. Every uprobe
+is for the storm's pid only, the order of the sides rotating each round. The figure is
+(observer - nothing) / (floor - nothing) of the time per call. One more storm per side with the
+kernel's BPF statistics on then gives each side's program time per call.
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ from benchmarks import storm
 from benchmarks.bpf_time import CALL_PROGRAMS
 from benchmarks.children import Children
 from benchmarks.empty_probes import EmptyProbes, empty_probes, side_attached
+from benchmarks.hooks import (
+    SYSCALL_TRACEPOINTS,
+    default_hooks,
+    describe,
+    has_syscall_tracepoints,
+    hooks_of,
+)
 from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
 from benchmarks.stats import median
@@ -37,8 +47,11 @@ OBSERVERS = {
     "observer": ["--no-children", "--no-sites"],
     "no host names": ["--no-children", "--no-sites", "--no-host-names"],
     "no dns probe": ["--no-children", "--no-sites", "--no-host-names", "--no-dns-queries"],
-    # No syscall tracepoint at all; the epoll mark's absence needs the frames (sites on).
+    # No epoll mark, DNS probe or host names; the epoll mark's absence needs the frames (sites
+    # on).
     "lean": ["--no-children", "--no-host-names", "--no-dns-queries", "--no-epoll-mark"],
+    # As "no host names", on the syscall tracepoints whatever the kernel allows.
+    "syscall tracepoints": ["--no-children", "--no-sites", "--no-host-names", SYSCALL_TRACEPOINTS],
 }
 # Each observer side as the goals' rows say it.
 WORDING = {
@@ -46,7 +59,10 @@ WORDING = {
     "no host names": "`--no-host-names`",
     "no dns probe": "`--no-host-names --no-dns-queries`",
     "lean": "`--no-host-names --no-dns-queries --no-epoll-mark`",
+    "syscall tracepoints": "`--no-host-names`, syscall tracepoints",
 }
+# The sides the goal judges; the others' ratios are reported beside it.
+JUDGED = ("observer", "no host names", "no dns probe", "lean")
 SIDES = ("nothing", "session", "pair", *OBSERVERS)
 LABELS = {
     "nothing": "nothing",
@@ -56,6 +72,8 @@ LABELS = {
     "no host names": "observer, `--no-sites --no-host-names`",
     "no dns probe": "observer, `--no-sites --no-host-names --no-dns-queries`",
     "lean": "observer, `--no-host-names --no-dns-queries --no-epoll-mark` (sites on)",
+    "syscall tracepoints": "observer, `--no-sites --no-host-names`, syscall tracepoints "
+    "(`tests/with_syscall_tracepoints.py`)",
 }
 FLOORS = ("pair", "session")
 
@@ -169,9 +187,20 @@ def _section(f: Figures) -> Section:
         + "; an empty uprobe+uretprobe pair (an entry and a return program, a uprobe_multi "
         "link each: two traps and two empty runs, the floor the goal names); the observer "
         "(`--pid`, `--no-children`, `--no-sites`) with host names and the DNS probe, as by "
-        "default, with `--no-host-names`, and with `--no-dns-queries` as well; and the lean "
+        "default, with `--no-host-names`, and with `--no-dns-queries` as well; the lean "
         "configuration (`--no-host-names --no-dns-queries --no-epoll-mark`, sites on: no "
-        "syscall tracepoint at all). Every probe is attached for the storm's pid only."
+        "epoll mark, DNS probe or host names); and `--no-host-names` once more with the epoll "
+        "mark and the DNS probe forced onto the syscalls' tracepoints "
+        "(`tests/with_syscall_tracepoints.py`). Every uprobe is attached for the storm's pid "
+        f"only. On this kernel the observer puts {describe(default_hooks())}"
+        + (
+            ": no syscall tracepoint"
+            if not has_syscall_tracepoints(default_hooks())
+            else ", so the last side is the same as `--no-host-names`"
+        )
+        + "; while a syscall tracepoint is attached, every syscall of every task (here: "
+        "glibc's open, read and close of /etc/hosts in every call) takes the kernel's slower "
+        "path."
     )
     rows = []
     for side in f.sides:
@@ -206,6 +235,14 @@ def _section(f: Figures) -> Section:
                     f"round {_spread(f.ratios[side, floor])}"
                 )
     section.lines += ["Added time, observer / floor:", "", *lines, ""]
+    raw, syscalls = "no host names", "syscall tracepoints"
+    section.text(
+        f"{WORDING[raw]} adds {f.added(raw):,.0f} ns per call with the hooks the observer "
+        f"chose here ({_hooks_note(raw)}) and {f.added(syscalls):,.0f} ns forced onto the "
+        f"syscall tracepoints ({_hooks_note(syscalls)}): {f.added(syscalls) - f.added(raw):+,.0f} "
+        f"ns, while its programs ran {f.program_ns(raw):,.0f} and "
+        f"{f.program_ns(syscalls):,.0f} ns per call with the statistics on."
+    )
     section.text(
         "*BPF ns per call*: one more storm per side with kernel.bpf_stats_enabled=1, the "
         "run time of every program of the side that ran, divided by the calls (the statistics "
@@ -213,7 +250,8 @@ def _section(f: Figures) -> Section:
         "of the machine in that window)." + _other_programs(f)
     )
     why = _why(f)
-    for side, wording in WORDING.items():
+    for side in JUDGED:
+        wording = WORDING[side]
         ratio = f.ratio(side, "pair")
         section.goals.append(
             Goal(
@@ -225,6 +263,14 @@ def _section(f: Figures) -> Section:
                 why[side],
             )
         )
+    syscalls = "syscall tracepoints"
+    section.goals.append(
+        Goal.reported(
+            f"added time per getaddrinfo call, observer ({WORDING[syscalls]}) / an empty "
+            "uprobe+uretprobe pair",
+            _times(f.ratio(syscalls, "pair")),
+        )
+    )
     if sessions:
         for side, wording in WORDING.items():
             section.goals.append(
@@ -266,8 +312,8 @@ def _other_programs(f: Figures) -> str:
         for name, runs, ns in others
     )
     return (
-        text + f"; besides them, at least once per two calls: {listed}, at syscalls the "
-        "call makes (glibc's getaddrinfo opens, reads and closes /etc/hosts in every call)."
+        text + f"; besides them, at least once per two calls: {listed}, at events the call "
+        "makes (glibc's getaddrinfo opens, reads and closes /etc/hosts in every call)."
     )
 
 
@@ -305,5 +351,35 @@ def _why(f: Figures) -> dict[str, str]:
                 "/etc/hosts; `--no-dns-queries`: "
                 f"{_times(f.ratio('no dns probe', 'pair'))})"
             )
-        texts[side] = text
+        if side == "no host names":
+            syscalls = "syscall tracepoints"
+            text += (
+                f"; on the syscall tracepoints it adds {f.added(syscalls):,.0f} ns "
+                f"({_times(f.ratio(syscalls, 'pair'))})"
+            )
+        texts[side] = text + "; this side has " + _hooks_note(side)
     return texts
+
+
+def _hooks_note(side: str) -> str:
+    """Which syscall tracepoints the side's observer has attached, and what that does to the
+    storm's syscalls."""
+    arguments = OBSERVERS[side]
+    hooks = hooks_of(arguments)
+    epoll_mark = "--no-epoll-mark" not in arguments
+    dns = "--no-dns-queries" not in arguments
+    if has_syscall_tracepoints(hooks, epoll_mark, dns):
+        return (
+            "the "
+            + " and the ".join(
+                what
+                for what, on in (
+                    ("epoll mark's", epoll_mark and not hooks.epoll_at_switch),
+                    ("DNS probe's", dns and not hooks.sends_at_sockets),
+                )
+                if on
+            )
+            + " syscall tracepoints attached, so every syscall the call makes takes the "
+            "kernel's slower path"
+        )
+    return "no syscall tracepoint attached"

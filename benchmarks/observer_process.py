@@ -13,6 +13,13 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.children import PYTHON, Children, cpu_seconds, memory_mib
+from benchmarks.hooks import (
+    SYSCALL_TRACEPOINTS,
+    SYSCALL_TRACEPOINTS_PREFIX,
+    differences,
+    hooks_in_log,
+    hooks_of,
+)
 from workloads.servers import free_port
 
 READY_TIMEOUT = 120.0
@@ -45,17 +52,26 @@ class Metrics:
 
 
 class Observer:
-    """``python -m observer run ARGS --listen 127.0.0.1:PORT``, timed from its launch."""
+    """``python -m observer run ARGS --listen 127.0.0.1:PORT``, timed from its launch. With
+    ``hooks.SYSCALL_TRACEPOINTS`` among ARGS, through tests/with_syscall_tracepoints.py: the
+    epoll mark and the DNS probe at the syscalls' tracepoints, as on a kernel without the raw
+    tracepoints the observer prefers."""
 
     def __init__(self, children: Children, args: list[str]) -> None:
         self._children = children
+        self.expected_hooks = hooks_of(args)
+        prefix = SYSCALL_TRACEPOINTS_PREFIX if SYSCALL_TRACEPOINTS in args else []
+        args = [arg for arg in args if arg != SYSCALL_TRACEPOINTS]
         self.port = free_port()
         # Kept open as long as the observer runs; stop() closes and removes it.
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix="observer-", suffix=".log", delete=False
         )
         self.log_path = Path(self._log.name)
-        command = [PYTHON, "-m", "observer", "run", "--listen", f"127.0.0.1:{self.port}", *args]
+        command = [
+            *prefix,
+            *[PYTHON, "-m", "observer", "run", "--listen", f"127.0.0.1:{self.port}", *args],
+        ]
         self.launched = time.monotonic()
         self.process: subprocess.Popen = children.spawn(
             command, stdout=self._log, stderr=subprocess.STDOUT
@@ -90,7 +106,17 @@ class Observer:
                 raise ObserverFailed(f"no /healthz after {timeout:.0f}s\n{self.log_tail()}")
             time.sleep(0.01)
         self.ready_after = time.monotonic() - self.launched
+        said = self.hooks()
+        if differences(self.expected_hooks, said):
+            raise ObserverFailed(
+                f"the observer says {said}, the benchmark expected {self.expected_hooks}"
+            )
         return self.ready_after
+
+    def hooks(self) -> dict[str, bool]:
+        """Where the observer says its epoll mark and DNS probe see their events (Hooks'
+        fields, for those it has on)."""
+        return hooks_in_log(self.log_path.read_text(errors="replace"))
 
     def scrape(self) -> Metrics:
         self._check_alive()

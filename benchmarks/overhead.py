@@ -55,7 +55,10 @@ BENCHMARKS = (
         "requests/s",
         0.99,
         "one getaddrinfo (entry and return) and one executor hand-off per request, "
-        "plus the epoll syscall tracepoints",
+        "plus the DNS probe's program at each send and the epoll mark's where a thread sleeps "
+        "in epoll (raw tracepoints at the socket layer and at sched_switch where the kernel "
+        "allows, else the syscalls' tracepoints, which put every syscall on the kernel's "
+        "slower path)",
     ),
     Benchmark(
         "bystander",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from benchmarks import bpftool
 from benchmarks.children import Children, cpu_seconds, memory_mib
+from benchmarks.hooks import program_name
 from benchmarks.observer_process import Observer
 from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
@@ -273,8 +274,9 @@ def bpf_statistics():
 def program_stats(pid: int) -> dict[str, tuple[int, int]]:
     stats: dict[str, tuple[int, int]] = {}
     for info in bpftool.programs_of(pid):
-        runs, ns = stats.get(info["name"], (0, 0))
-        stats[info["name"]] = (runs + info.get("run_cnt", 0), ns + info.get("run_time_ns", 0))
+        name = program_name(info)
+        runs, ns = stats.get(name, (0, 0))
+        stats[name] = (runs + info.get("run_cnt", 0), ns + info.get("run_time_ns", 0))
     return stats
 
 
