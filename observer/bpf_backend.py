@@ -617,24 +617,30 @@ class BpfProbes:
             self._bpf["dns_tcp_counter"][ctypes.c_int(0)] = ctypes.c_int(counter.fd)
         for name in self._attached_on_load():
             self.probes_attached[name] += 1
-        plain = PLAIN_TRACEPOINTS if self.epoll_mark and not self.hooks.epoll_at_switch else []
         if not self.epoll_mark:
             log.info(
                 "threads not marked when they wait in epoll (--no-epoll-mark): caller from "
                 "Python frames alone, other where they cannot tell"
             )
+        self._attach_plain_tracepoints(child_at_fork="-DCHILD_AT_FORK=1" in cflags)
+        self._bpf["exec_reports"].open_ring_buffer(self._keep_exec_report)
+
+    def _attach_plain_tracepoints(self, child_at_fork: bool) -> None:
+        """The tracepoints bcc does not attach on load: the epoll waits' (where the mark is
+        not at sched_switch) and, in a PID namespace without the child's id at its fork, the
+        clones' returns."""
+        plain = PLAIN_TRACEPOINTS if self.epoll_mark and not self.hooks.epoll_at_switch else []
         if in_pid_namespace():
             self.maps = (*self.maps, "forked_children")
-            if "-DCHILD_AT_FORK=1" in cflags:
+            if child_at_fork:
                 self.probes_attached["sched_process_fork"] += 1  # attached by bcc on load
             else:
                 plain = [*plain, *((name, "adopt_forked_child") for name in CHILD_RETURNS)]
         for tracepoint, function in plain:
             self._attach_tracepoint(tracepoint, function)
-        self._bpf["exec_reports"].open_ring_buffer(self._keep_exec_report)
 
     def _use_hooks(self, hooks: Hooks) -> None:
-        """Lists the probes of the hooks chosen, and says which they are."""
+        """Lists the probes and maps of the hooks chosen."""
         self.hooks = hooks
         self._choose_maps(self.dns_queries)
         for counter in (self.probes_attached, self.attach_errors):
