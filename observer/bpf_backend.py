@@ -24,6 +24,7 @@ from observer import procfs, pyruntime
 from observer.capabilities import (
     BCC_HINT,
     Result,
+    has_task_storage,
     headers_hint,
     kernel_version,
     task_registers_readable,
@@ -105,12 +106,9 @@ EXEC_KERNEL_FIELDS = (
     KernelField("MM_STRUCT_ARG_START", "mm_struct", "arg_start", 8),
     KernelField("MM_STRUCT_ARG_END", "mm_struct", "arg_end", 8),
 )
-MACRO_TRACEPOINTS = (
-    "task:task_newtask",
-    "sched:sched_process_exec",
-    "sched:sched_process_exit",
-    *DNS_TRACEPOINTS,
-)
+# The tracepoints every configuration has, attached by bcc as it loads the programs.
+THREAD_TRACEPOINTS = ("task:task_newtask", "sched:sched_process_exec", "sched:sched_process_exit")
+MACRO_TRACEPOINTS = (*THREAD_TRACEPOINTS, *DNS_TRACEPOINTS)
 # Where a forked child first returns to user space: in a PID namespace it takes its watch there.
 CHILD_RETURNS = tuple(f"syscalls:sys_exit_{name}" for name in ("clone", "clone3", "fork", "vfork"))
 MAPS = (
@@ -342,13 +340,6 @@ def has_uprobe_sessions() -> bool:
     return kernel_version() >= (6, 13)
 
 
-def has_task_storage() -> bool:
-    """Whether uprobe and tracepoint programs can keep state in the task (task storage and
-    bpf_get_current_task_btf for every tracing program: Linux 5.15 is the first long-term
-    kernel with both), which needs the kernel's BTF."""
-    return kernel_version() >= (5, 15) and os.path.exists("/sys/kernel/btf/vmlinux")
-
-
 @dataclass(frozen=True)
 class Hooks:
     """Where the epoll mark and the DNS probe see their events: at raw tracepoints that are no
@@ -371,10 +362,10 @@ SYSCALL_HOOKED = "at the syscalls' tracepoints (every syscall of the host on the
 
 
 def choose_hooks(btf: Btf | BtfError) -> Hooks:
-    """The raw tracepoints where the kernel has them: bpf_task_pt_regs (Linux 5.15+ with BTF,
-    as task storage), on x86-64, whose registers current_syscall.h reads; for the sends,
+    """The raw tracepoints where the kernel has them: bpf_task_pt_regs (as task storage,
+    Linux 5.15+ with BTF), on x86-64, whose registers current_syscall.h reads; for the sends,
     sock_send_length (6.3+) and tcp_sendmsg_locked (6.10+), which the kernel's BTF lists."""
-    if not has_task_storage() or not task_registers_readable() or isinstance(btf, BtfError):
+    if not task_registers_readable() or isinstance(btf, BtfError):
         return SYSCALL_HOOKS
     wanted = {f"btf_trace_{name}" for name in SOCKET_SEND_PROBE_NAMES}
     return Hooks(epoll_at_switch=True, sends_at_sockets=wanted <= btf.typedefs)
@@ -665,7 +656,7 @@ class BpfProbes:
     def _attached_on_load(self) -> list[str]:
         """The probes bcc attaches as it loads the programs (TRACEPOINT_PROBE and
         RAW_TRACEPOINT_PROBE in the C)."""
-        names = ["task_newtask", "sched_process_exec", "sched_process_exit"]
+        names = [tracepoint.split(":")[1] for tracepoint in THREAD_TRACEPOINTS]
         if self.dns_queries:
             sockets = self.hooks.sends_at_sockets
             names += SOCKET_SEND_PROBE_NAMES if sockets else DNS_PROBE_NAMES

@@ -113,15 +113,18 @@ def kernel_version() -> tuple[int, int]:
         return 0, 0
 
 
+def has_task_storage() -> bool:
+    """Whether uprobe and tracepoint programs can keep state in the task (task storage and
+    bpf_get_current_task_btf for every tracing program: Linux 5.15 is the first long-term
+    kernel with both), which needs the kernel's BTF."""
+    return kernel_version() >= (5, 15) and os.path.exists("/sys/kernel/btf/vmlinux")
+
+
 def task_registers_readable() -> bool:
     """Whether a program on a tracepoint that is no syscall's can read which syscall the task
-    is in (bpf_task_pt_regs on a BTF-typed task: Linux 5.15+ with BTF), from registers laid out
-    as the probes know them (x86-64)."""
-    return (
-        platform.machine() == "x86_64"
-        and kernel_version() >= (5, 15)
-        and os.path.exists("/sys/kernel/btf/vmlinux")
-    )
+    is in (bpf_task_pt_regs on a BTF-typed task, which comes with task storage), from registers
+    laid out as the probes know them (x86-64)."""
+    return platform.machine() == "x86_64" and has_task_storage()
 
 
 def check_tracepoints() -> Result:

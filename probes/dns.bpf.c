@@ -177,6 +177,19 @@ static __always_inline int stream_untouched(u64 sock)
     return bytes_sent == 0 && write_seq == snd_nxt;
 }
 
+// A TCP stream to port 53, followed from its first byte on: 1 if it is (from now on, if
+// nothing was ever written to it), 0 for one first seen mid-stream.
+static __always_inline int follow_stream(struct socket_facts *facts)
+{
+    if (dns_streams.lookup(&facts->inode_number))
+        return 1;
+    if (!stream_untouched(facts->sock))
+        return 0;
+    struct dns_stream fresh = {};
+    dns_streams.insert(&facts->inode_number, &fresh);
+    return 1;
+}
+
 // Follows `sent` bytes of a TCP stream through DNS length prefixes; returns the messages that
 // begin in them. The bytes are in `count` iovecs at `iov`, or at `iov` itself when `plain`.
 // One step is one length prefix, one piece of one, or the part of a message body within one
@@ -336,20 +349,6 @@ static __always_inline int find_socket(u32 fd, struct socket_facts *facts)
     return 1;
 }
 
-// A TCP stream to port 53 from its first byte on; 0 for one first seen mid-stream.
-static __always_inline int follow_stream(struct socket_facts *facts)
-{
-    if (dns_streams.lookup(&facts->inode_number))
-        return 1;
-    if (!stream_untouched(facts->sock)) {
-        add_unknown_socket_send();
-        return 0;
-    }
-    struct dns_stream fresh = {};
-    dns_streams.insert(&facts->inode_number, &fresh);
-    return 1;
-}
-
 // Entry of every send: keep what the exit needs when the socket may carry DNS queries.
 static __always_inline int enter_send(u32 fd, u32 kind, u64 buffer, u64 count, u64 address)
 {
@@ -375,8 +374,12 @@ static __always_inline int enter_send(u32 fd, u32 kind, u64 buffer, u64 count, u
         call.transport = TRANSPORT_UDP;
     } else if (facts.type == SOCK_STREAM && facts.protocol == PROTOCOL_TCP) {
         // An address given to a connected TCP socket is ignored.
-        if (!peer_is_dns || !follow_stream(&facts))
+        if (!peer_is_dns)
             return 0;
+        if (!follow_stream(&facts)) {
+            add_unknown_socket_send();
+            return 0;
+        }
         call.transport = TRANSPORT_TCP;
         call.stream = facts.inode_number;
     } else {
@@ -385,8 +388,6 @@ static __always_inline int enter_send(u32 fd, u32 kind, u64 buffer, u64 count, u
     dns_send_calls.update(&tid, &call);
     return 0;
 }
-
-
 
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
 {
@@ -452,12 +453,9 @@ RAW_TRACEPOINT_PROBE(tcp_sendmsg_locked)
 {
     // (const struct sock *sk, const struct msghdr *msg, const struct sk_buff *skb, int goal)
     struct socket_facts facts = {};
-    if (!is_watched(current_pid_tgid() >> 32) || !user_socket(ctx->args[0], &facts) ||
-        facts.peer_port != __builtin_bswap16(DNS_PORT) ||
-        dns_streams.lookup(&facts.inode_number) || !stream_untouched(facts.sock))
-        return 0;
-    struct dns_stream fresh = {};
-    dns_streams.insert(&facts.inode_number, &fresh);
+    if (is_watched(current_pid_tgid() >> 32) && user_socket(ctx->args[0], &facts) &&
+        facts.peer_port == __builtin_bswap16(DNS_PORT))
+        follow_stream(&facts);  // one first seen mid-stream counts at its sends
     return 0;
 }
 
@@ -486,19 +484,37 @@ static __always_inline u64 message_name(u64 msghdr)
     return name;
 }
 
+// The send syscall the thread is in, as the send syscalls' tracepoints describe theirs: its
+// kind, buffer and count, and the address sendto gives. 0 for a send from elsewhere (io_uring,
+// sendfile, splice), whose buffers are in no register.
+static __always_inline u32 send_of_syscall(struct pt_regs *regs, struct send_call *call,
+                                           u64 *address)
+{
+    u64 number = syscall_number(regs);
+    call->buffer = syscall_argument(regs, 1);
+    call->count = syscall_argument(regs, 2);
+    *address = number == __NR_sendto ? syscall_argument(regs, 4) : 0;
+    call->kind = number == __NR_sendto || number == __NR_write ? SEND_PLAIN
+                 : number == __NR_writev                       ? SEND_IOVEC
+                 : number == __NR_sendmsg                      ? SEND_MSG
+                 : number == __NR_sendmmsg                     ? SEND_MMSG
+                                                               : 0;
+    return call->kind;
+}
+
 // UDP: 1 if the datagram just sent went to port 53. The address given to sendto, sendmsg or
 // sendmmsg decides, even on a connected socket; else the socket's peer.
 static __always_inline u64 udp_query(struct socket_facts *facts, struct pt_regs *regs, u32 tid,
                                      long ret)
 {
-    u64 number = syscall_number(regs), vector = syscall_argument(regs, 1), address = 0;
-    if (number == __NR_sendto)
-        address = syscall_argument(regs, 4);
-    else if (number == __NR_sendmsg)
-        address = message_name(vector);
-    else if (number == __NR_sendmmsg)
+    struct send_call call = {};
+    u64 address = 0;
+    u32 kind = send_of_syscall(regs, &call, &address);
+    if (kind == SEND_MSG)
+        address = message_name(call.buffer);
+    else if (kind == SEND_MMSG)
         address = message_name(
-            vector + mmsg_index(tid, vector, syscall_argument(regs, 2), ret) * MMSGHDR_SIZE);
+            call.buffer + mmsg_index(tid, call.buffer, call.count, ret) * MMSGHDR_SIZE);
     if (ret < 0)
         return 0;
     return address ? is_dns_address(address) : facts->peer_port == __builtin_bswap16(DNS_PORT);
@@ -516,20 +532,12 @@ static __always_inline void tcp_sent(struct bpf_raw_tracepoint_args *ctx,
         add_unknown_socket_send();
         return;
     }
-    u64 number = syscall_number(regs);
-    struct send_call call = {.buffer = syscall_argument(regs, 1),
-                             .count = syscall_argument(regs, 2),
-                             .stream = facts->inode_number,
-                             .transport = TRANSPORT_TCP};
-    if (number == __NR_sendto || number == __NR_write) {
-        call.kind = SEND_PLAIN;
-    } else if (number == __NR_writev) {
-        call.kind = SEND_IOVEC;
-    } else if (number == __NR_sendmsg) {
-        call.kind = SEND_MSG;
-    } else {
-        // io_uring, sendfile, splice: the bytes are not in buffers the registers name, and
-        // where the stream is in its messages is lost with them.
+    struct send_call call = {.stream = facts->inode_number, .transport = TRANSPORT_TCP};
+    u64 address;  // ignored: a connected TCP socket's peer is where its bytes go
+    u32 kind = send_of_syscall(regs, &call, &address);
+    if (!kind || kind == SEND_MMSG) {
+        // io_uring, sendfile, splice (or sendmmsg, which no DNS library uses on a stream): the
+        // bytes are not followed, and where the stream is in its messages is lost with them.
         dns_streams.delete(&facts->inode_number);
         add_unknown_socket_send();
         return;
