@@ -16,6 +16,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from observer.pyruntime import namespace_pid
@@ -125,6 +126,21 @@ class RunningObserver:
 
 # Put before the observer's command (a test may drop privileges with setpriv).
 OBSERVER_PREFIX: list[str] = []
+# The observer as on a kernel without the raw tracepoints it prefers (a prefix).
+SYSCALL_TRACEPOINTS = [sys.executable, str(Path(__file__).with_name("with_syscall_tracepoints.py"))]
+
+
+def skip_unless_raw_tracepoints(hooks: str) -> None:
+    """Skips a test of the raw-tracepoint side (``epoll_at_switch`` or ``sends_at_sockets``,
+    Hooks' fields) on a kernel that does not offer it; the syscall side is tested beside."""
+    from observer.bpf_backend import choose_hooks, kernel_btf
+
+    if not getattr(choose_hooks(kernel_btf()), hooks):
+        pytest.skip(
+            f"this kernel offers no {hooks}: sched_switch needs bpf_task_pt_regs (x86-64, "
+            "Linux 5.15+ with BTF), the sends also sock_send_length and tcp_sendmsg_locked "
+            "(6.10+); the observer uses the syscall tracepoints, tested beside"
+        )
 
 
 @contextmanager

@@ -102,8 +102,7 @@ def measure_tree(by_pid: bool) -> dict:
 def main() -> int:
     if "--syscall-tracepoints" in sys.argv:  # as on a kernel without the raw tracepoints
         sys.argv.remove("--syscall-tracepoints")
-        prefix = Path(__file__).with_name("with_syscall_tracepoints.py")
-        harness.OBSERVER_PREFIX[:] = [sys.executable, str(prefix)]
+        harness.OBSERVER_PREFIX[:] = harness.SYSCALL_TRACEPOINTS
     if sys.argv[1:] == ["pid-reuse"]:
         results = {"init_pid": os.getpid(), "reuse": reuse_pid(MIXED)}
     elif sys.argv[1:] == ["tree"]:

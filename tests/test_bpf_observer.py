@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from observer.bpf_backend import choose_hooks, kernel_btf
+from tests import harness
 from tests.harness import (
     PYENV_ROOT,
     exits_settled,
@@ -390,12 +390,7 @@ def test_by_default_no_syscall_tracepoint_is_attached_where_the_kernel_allows(tm
     # The epoll mark at sched_switch and the DNS probe at the socket layer's sends: no syscall
     # of any process takes the kernel's slower path, and the counts stay exact (every other
     # test here runs this configuration).
-    hooks = choose_hooks(kernel_btf())
-    if not (hooks.epoll_at_switch and hooks.sends_at_sockets):
-        pytest.skip(
-            f"this kernel offers {hooks}: sched_switch needs bpf_task_pt_regs (x86-64, Linux "
-            "5.15+ with BTF), the sends sock_send_length and tcp_sendmsg_locked (6.10+)"
-        )
+    harness.skip_unless_raw_tracepoints("sends_at_sockets")  # which come with sched_switch
     with observer(["--target", "none=^matches-no-process$"], tmp_path) as running:
         attached = tracepoints_of(running.process.pid, ("tracepoint", "raw_tracepoint"))
         assert attached == {

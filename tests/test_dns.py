@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from observer.bpf_backend import choose_hooks, kernel_btf
 from tests import harness
 from tests.harness import observer, wait_until, workload
 from workloads.private_dns import PrivateDns
@@ -27,25 +26,15 @@ ADDRESS = "127.0.0.2"  # not in /etc/hosts: its reverse lookup asks the responde
 CLIENT = [sys.executable, "-m", "tests.targets.dns_client"]
 TARGETS = Path(__file__).parent / "targets"
 # Where the observer sees sends: the observer's command prefix for each.
-SEND_HOOKS = {
-    "socket layer": [],
-    "syscall tracepoints": [
-        sys.executable,
-        str(Path(__file__).with_name("with_syscall_tracepoints.py")),
-    ],
-}
+SEND_HOOKS = {"socket layer": [], "syscall tracepoints": harness.SYSCALL_TRACEPOINTS}
 
 
 @pytest.fixture(params=list(SEND_HOOKS))
 def send_hooks(request, monkeypatch) -> str:
     """Each test that takes it runs once per way of seeing sends: at the socket layer's
     tracepoints (sock_send_length, tcp_sendmsg_locked) and at the send syscalls'."""
-    if request.param == "socket layer" and not choose_hooks(kernel_btf()).sends_at_sockets:
-        pytest.skip(
-            "this kernel lacks sock_send_length or tcp_sendmsg_locked (Linux 6.10+), or "
-            "bpf_task_pt_regs (x86-64, 5.15+ with BTF): the observer uses the syscall "
-            "tracepoints, tested beside"
-        )
+    if request.param == "socket layer":
+        harness.skip_unless_raw_tracepoints("sends_at_sockets")
     monkeypatch.setattr(harness, "OBSERVER_PREFIX", SEND_HOOKS[request.param])
     return request.param
 

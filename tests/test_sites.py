@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from observer.bpf_backend import choose_hooks, kernel_btf
 from observer.constants import SiteLimit
 from observer.pyruntime import CodeInfo
 from observer.sites import MAX_SITE_LENGTH, NATIVE, site_label, under_asyncio_loop
@@ -68,16 +67,13 @@ LIVE_RECORDS = {
 # Where the observer sees epoll waits: the observer's command prefix for each.
 EPOLL_HOOKS = {
     "sched_switch": [],
-    "syscall tracepoints": [sys.executable, str(TESTS / "with_syscall_tracepoints.py")],
+    "syscall tracepoints": harness.SYSCALL_TRACEPOINTS,
 }
 
 
 def use_epoll_hooks(hooks: str, monkeypatch) -> None:
-    if hooks == "sched_switch" and not choose_hooks(kernel_btf()).epoll_at_switch:
-        pytest.skip(
-            "this kernel has no bpf_task_pt_regs for sched_switch to read (x86-64, Linux "
-            "5.15+ with BTF): the observer uses the syscall tracepoints, tested beside"
-        )
+    if hooks == "sched_switch":
+        harness.skip_unless_raw_tracepoints("epoll_at_switch")
     monkeypatch.setattr(harness, "OBSERVER_PREFIX", EPOLL_HOOKS[hooks])
 
 

@@ -7,12 +7,9 @@ tracepoints elsewhere, at every write of any process, unless --no-dns-queries le
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-from observer.bpf_backend import UPROBE_PROGRAMS, choose_hooks, kernel_btf
+from observer.bpf_backend import UPROBE_PROGRAMS
 from tests import harness
 from tests.harness import bpf_skip_reason, observer, workload
 from tests.test_self_metrics import bpf_stats_on
@@ -112,22 +109,20 @@ def all_runs(running) -> dict[str, float]:
     return running.scrape().labels("thread_observer_bpf_program_runs_total", "program")
 
 
-SYSCALL_TRACEPOINTS = [sys.executable, str(Path(__file__).with_name("with_syscall_tracepoints.py"))]
-
-
 @pytest.mark.parametrize(
     ("prefix", "flags"),
-    [([], []), (SYSCALL_TRACEPOINTS, []), (SYSCALL_TRACEPOINTS, ["--no-dns-queries"])],
+    [
+        ([], []),
+        (harness.SYSCALL_TRACEPOINTS, []),
+        (harness.SYSCALL_TRACEPOINTS, ["--no-dns-queries"]),
+    ],
     ids=["socket-layer", "syscall-tracepoints", "no-dns-queries"],
 )
 def test_writes_and_closes_of_any_process_run_nothing_but_at_the_syscall_tracepoints(
     prefix, flags, tmp_path, monkeypatch
 ):
-    if not prefix and not choose_hooks(kernel_btf()).sends_at_sockets:
-        pytest.skip(
-            "this kernel lacks sock_send_length or tcp_sendmsg_locked (Linux 6.10+), or "
-            "bpf_task_pt_regs (x86-64, 5.15+ with BTF): sends are seen at the syscalls'"
-        )
+    if not prefix:
+        harness.skip_unless_raw_tracepoints("sends_at_sockets")
     monkeypatch.setattr(harness, "OBSERVER_PREFIX", prefix)
     writes = 5000
     with (
