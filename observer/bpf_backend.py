@@ -30,6 +30,7 @@ from observer.capabilities import (
     task_registers_readable,
     uprobe_capability_hint,
 )
+from observer.compile_errors import captured_stderr, summarize
 from observer.constants import (
     PROBED_RESOLVER_FUNCTIONS,
     Caller,
@@ -39,9 +40,11 @@ from observer.constants import (
     Transport,
     bpf_cflags,
     eai_name,
+    resolver_entry_program,
 )
 from observer.kernel_btf import Btf, BtfError, KernelField, field_cflags, running_kernel_btf
 from observer.labels import host_label
+from observer.tracefs import missing_fields, tracepoint_fields
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,13 @@ EXEC_KERNEL_FIELDS = (
     KernelField("TASK_STRUCT_MM", "task_struct", "mm", 8),
     KernelField("MM_STRUCT_ARG_START", "mm_struct", "arg_start", 8),
     KernelField("MM_STRUCT_ARG_END", "mm_struct", "arg_end", 8),
+)
+# Where a kernel's sched_process_exit does not say that the thread ending is its process's last
+# (its group_dead field is newer than Linux 6.12), the probes read it from the task: its
+# signal_struct's count of live threads, which do_exit has already decremented.
+EXIT_KERNEL_FIELDS = (
+    KernelField("TASK_STRUCT_SIGNAL", "task_struct", "signal", 8),
+    KernelField("SIGNAL_STRUCT_LIVE", "signal_struct", "live", 4),
 )
 # The tracepoints every configuration has, attached by bcc as it loads the programs.
 THREAD_TRACEPOINTS = ("task:task_newtask", "sched:sched_process_exec", "sched:sched_process_exit")
@@ -300,16 +310,58 @@ def probe_source(files: tuple[str, ...] = PROBE_FILES) -> str:
     return "\n".join((folder / name).read_text() for name in files)
 
 
-def compile_probes(files: tuple[str, ...], cflags: list[str], what: str):
+def raise_for_missing_fields(files: tuple[str, ...]) -> None:
+    """BpfUnavailable naming every tracepoint field these probe files read and this kernel's
+    formats lack."""
+    lacking = missing_fields(files)
+    if lacking:
+        said = "; ".join(f"{name} reads {', '.join(fields)}" for name, fields in lacking.items())
+        raise BpfUnavailable(f"this kernel's tracepoints lack fields the probes read: {said}")
+
+
+def process_exit_cflags(fields: frozenset[str] | None, btf: Btf | BtfError) -> list[str]:
+    """-D flags: how the probes tell a process's last thread ending (group dead) at
+    sched_process_exit, from the tracepoint's own fields where it has group_dead, else from
+    the task's signal_struct at the offsets of the kernel's BTF, else from the main thread's
+    end (a process whose main thread ends before the others is then taken as ended early)."""
+    if fields is None or "group_dead" in fields:
+        return ["-DEXIT_GROUP_DEAD_FIELD=1"]
+    try:
+        return ["-DEXIT_GROUP_DEAD_FIELD=0", *kernel_cflags(btf, EXIT_KERNEL_FIELDS)]
+    except BtfError as err:
+        log.warning(
+            "sched_process_exit has no group_dead field in this kernel and %s: a process is "
+            "taken as ended when its main thread ends",
+            err,
+        )
+        return ["-DEXIT_GROUP_DEAD_FIELD=0"]
+
+
+def kernel_format_cflags(btf: Btf | BtfError | None = None) -> list[str]:
+    """-D flags for the tracepoint fields this kernel may lack (bcc builds ``args`` from the
+    running kernel's format files: a missing field would fail the whole compile)."""
+    fields = tracepoint_fields("sched:sched_process_exit")
+    if fields is not None and "group_dead" not in fields and btf is None:
+        btf = kernel_btf()
+    return process_exit_cflags(fields, btf)
+
+
+def compile_probes(
+    files: tuple[str, ...], cflags: list[str], what: str, btf: Btf | BtfError | None = None
+):
     """Compiles and loads probe files as one BPF object (tracepoints attach on load)."""
     bcc = import_bcc()
     folder = importlib.resources.files("observer.bpf")
-    cflags = [*cflags, *pid_namespace_cflags(), f"-I{folder}"]
+    cflags = [*cflags, *kernel_format_cflags(btf), *pid_namespace_cflags(), f"-I{folder}"]
     started = time.monotonic()
-    try:
-        bpf = bcc.BPF(text=probe_source(files), cflags=cflags)
-    except Exception as err:  # bcc raises bare Exception for compile and load errors
-        raise BpfUnavailable(f"compiling the {what} failed: {err} ({headers_hint()})") from None
+    with captured_stderr() as diagnostics:
+        try:
+            bpf = bcc.BPF(text=probe_source(files), cflags=cflags)
+        except Exception as err:  # bcc raises bare Exception for compile and load errors
+            first = summarize(diagnostics())
+            raise BpfUnavailable(
+                f"compiling the {what} failed: {first or err} ({headers_hint()})"
+            ) from None
     compiled = time.monotonic() - started
     rss_compiled = procfs.own_rss_mib()
     release_free_memory()
@@ -332,6 +384,12 @@ def watch_process(watched, tgid: int, target: int = 0) -> int:
     parent = entry.parent if entry is not None else 0
     watched[ctypes.c_uint32(tgid)] = watched.Leaf(ProcessState.WATCHED, target, generation, parent)
     return generation
+
+
+def has_uprobe_multi_links() -> bool:
+    """Whether the kernel attaches one program to many uprobes with a link (uprobe_multi,
+    Linux 6.6), each with its attach cookie."""
+    return kernel_version() >= (6, 6)
 
 
 def has_uprobe_sessions() -> bool:
@@ -513,6 +571,7 @@ class BpfProbes:
         self._attached_objects: dict[tuple[int, ...], set[str]] = {}
         self._links: list[int] = []  # uprobe_multi link fds
         self._sessions = has_uprobe_sessions()
+        self._multi_links = has_uprobe_multi_links()
         # per_process: pid -> its uprobes' event names and its uprobe_multi link fds
         self._process_events: dict[int, list[str]] = defaultdict(list)
         self._process_links: dict[int, list[int]] = defaultdict(list)
@@ -573,10 +632,31 @@ class BpfProbes:
                 "it): no dns_queries_total",
                 err,
             )
+        self._leave_out_dns()
+        return []
+
+    def _leave_out_dns(self) -> None:
+        """No DNS probe after all: no dns_queries_total, and its probes in attach_errors."""
         self._choose_maps(False)
         for name in DNS_PROBE_NAMES:
             self.attach_errors[name] += 1
-        return []
+
+    def _probe_files(self) -> tuple[str, ...]:
+        """The files to compile: dns.bpf.c only where its sends are followed and, on the
+        syscall tracepoints, where their formats have the fields it reads (bcc would fail the
+        whole compile). A core file's missing field is said as the reason the backend fails."""
+        if self.dns_queries and not self.hooks.sends_at_sockets:
+            lacking = missing_fields((DNS_PROBE_FILE,)).get(DNS_PROBE_FILE)
+            if lacking:
+                log.warning(
+                    "DNS messages not followed: this kernel's send tracepoints lack %s, which "
+                    "dns.bpf.c reads: no dns_queries_total",
+                    ", ".join(lacking),
+                )
+                self._leave_out_dns()
+        files = tuple(f for f in PROBE_FILES if self.dns_queries or f != DNS_PROBE_FILE)
+        raise_for_missing_fields(files)
+        return files
 
     # Loading
     def load(self) -> None:
@@ -599,8 +679,7 @@ class BpfProbes:
         ]
         if not self.host_names:
             log.info("host names not read (--no-host-names): no getaddrinfo_host_calls_total")
-        files = tuple(f for f in PROBE_FILES if self.dns_queries or f != DNS_PROBE_FILE)
-        self._bpf = compile_probes(files, cflags, "probes")
+        self._bpf = compile_probes(self._probe_files(), cflags, "probes", btf)
         if self.dns_queries and self.hooks.sends_at_sockets:
             # dns.bpf.c's TCP sends are counted by a program of their own (a tail call).
             bcc = import_bcc()
@@ -784,7 +863,24 @@ class BpfProbes:
             attached = self._attach_session_link(RESOLVER_PROBE, path, found, pid)
             if attached:
                 return attached
-        return self._attach_link_pair(RESOLVER_PROBE, path, found, pid)
+        if self._multi_links:
+            return self._attach_link_pair(RESOLVER_PROBE, path, found, pid)
+        return self._attach_resolver_uprobes(path, found, pid)
+
+    def _attach_resolver_uprobes(
+        self, path: str, found: dict[str, tuple[int, int]], pid: int
+    ) -> set[str]:
+        """Without uprobe_multi links: a uprobe and a uretprobe per function, the entry's
+        program that function's own (no attach cookie to tell them apart)."""
+        attached: set[str] = set()
+        for name, (_, value) in found.items():
+            entry = resolver_entry_program(ResolverFunction(value))
+            for function, on_return in ((entry, False), (RESOLVER_PROBE.on_return, True)):
+                if self._attach_uprobe(path, name, function, on_return, pid):
+                    attached.add(uprobe_name(name, on_return))
+                else:
+                    self.attach_errors[uprobe_name(name, on_return)] += 1
+        return attached
 
     def _attach_session_link(
         self, probe: SessionProbe, path: str, symbols: dict[str, tuple[int, int]], pid: int
@@ -1310,13 +1406,18 @@ def attach_uprobe(
     ``pid`` (the kernel then plants no breakpoint in any other); False if the file has no such
     symbol or the kernel refuses."""
     attach = bpf.attach_uretprobe if on_return else bpf.attach_uprobe
-    try:
-        attach(name=path, sym=symbol, fn_name=function, pid=pid)
-    except Exception as err:  # bcc raises bare Exception
-        # glibc >= 2.34 keeps a libpthread.so.0 stub without pthread_create: not an error
-        # unless no object of the process has the symbol (see BpfObserver._attach_libc).
-        log.debug("no %s in %s: %s", symbol, path, err)
-        return False
+    with captured_stderr() as diagnostics:
+        try:
+            attach(name=path, sym=symbol, fn_name=function, pid=pid)
+        except Exception as err:  # bcc raises bare Exception
+            refused = summarize(diagnostics())
+            if refused:
+                log.warning("could not load %s for %s in %s: %s", function, symbol, path, refused)
+            else:
+                # glibc >= 2.34 keeps a libpthread.so.0 stub without pthread_create: not an
+                # error unless no object of the process has the symbol (attach_libc_of).
+                log.debug("no %s in %s: %s", symbol, path, err)
+            return False
     return True
 
 
@@ -1382,4 +1483,8 @@ def check_probes() -> Result:
         return Result(
             "probes", False, f"not attached: {', '.join(missing)}{uprobe_capability_hint()}"
         )
-    return Result("probes", True, "compiled and attached: " + ", ".join(sorted(attached)))
+    detail = "compiled and attached: " + ", ".join(sorted(p for p, n in attached.items() if n))
+    absent = sorted(p for p, n in attached.items() if not n)
+    if absent:
+        detail += f"; not in this kernel or libc: {', '.join(absent)}"
+    return Result("probes", True, detail)

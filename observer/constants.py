@@ -170,6 +170,19 @@ def eai_name(code: int) -> str:
     return EAI_NAMES.get(code, "EAI_OTHER")
 
 
+def resolver_entry_program(function: ResolverFunction) -> str:
+    """resolver.bpf.c's entry program for one function alone, for kernels whose uprobes carry
+    no attach cookie to tell the functions apart."""
+    return f"resolver_entry_{function.value}"
+
+
+def resolver_functions_cflag() -> str:
+    """FOR_EACH_RESOLVER_FUNCTION(X): X(value) for each probed function, from which
+    resolver.bpf.c makes those programs."""
+    ids = " ".join(f"X({function.value})" for function in PROBED_RESOLVER_FUNCTIONS)
+    return f"-DFOR_EACH_RESOLVER_FUNCTION(X)={ids}"
+
+
 def bpf_cflags(
     track_new_processes: bool,
     sites: bool = False,
@@ -191,6 +204,7 @@ def bpf_cflags(
     flags.append(f"-DTASK_STORAGE={int(task_storage)}")
     flags.append(f"-DSITES={int(sites)}")
     flags.append(f"-DHOST_NAMES={int(host_names)}")
+    flags.append(resolver_functions_cflag())
     if sites:
         flags += [f"-D{name}={limit.value}" for name, limit in SiteLimit.__members__.items()]
         flags += [f"-DSTACK_{flag.name}={flag.value}" for flag in StackFlag]

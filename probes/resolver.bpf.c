@@ -14,9 +14,12 @@
 // detach waits for RCU grace periods). As a session (Linux 6.13+) its entry asks for the
 // return only for an outermost call it counted; without sessions, resolver_entry and
 // resolver_return get a link each. bcc 0.26 cannot make such links; observer/bpf_backend.py
-// does.
+// does. Kernels before 6.6 have no uprobe_multi links (and before 5.15 no attach cookies):
+// there each function gets a plain uprobe on resolver_entry_ID, a program of its own whose
+// ResolverFunction value is built in, and a uretprobe on resolver_return.
 //
-// Parameters (-D cflags from observer/constants.py): MAX_KEYS.
+// Parameters (-D cflags from observer/constants.py): MAX_KEYS, FOR_EACH_RESOLVER_FUNCTION(X)
+// (X(ID) for each probed function's ResolverFunction value).
 //
 // Maps become metrics (observer/bpf_backend.py):
 //   resolver_calls_total  {process, function, caller} -> count  thread_observer_resolver_calls_total
@@ -25,6 +28,9 @@
 
 #ifndef MAX_KEYS
 #error "MAX_KEYS comes from observer/constants.py"
+#endif
+#ifndef FOR_EACH_RESOLVER_FUNCTION
+#error "FOR_EACH_RESOLVER_FUNCTION comes from observer/constants.py"
 #endif
 
 struct resolver_key {
@@ -46,7 +52,7 @@ static __always_inline int add_resolver_call(struct resolver_key *key)
 }
 
 // Entry: 1 when an outermost call was counted and its return must be seen.
-static __always_inline int start_resolver_call(struct pt_regs *ctx)
+static __always_inline int start_resolver_call(struct pt_regs *ctx, u32 function)
 {
     u64 id = current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
@@ -61,7 +67,7 @@ static __always_inline int start_resolver_call(struct pt_regs *ctx)
     // On entry the stack pointer points at the return address: the call returns to sp + 8.
     state->resolver_returns_to = PT_REGS_SP(ctx) + 8;
     int stack_read = 0;
-    struct resolver_key key = {.tgid = tgid, .function = bpf_get_attach_cookie(ctx),
+    struct resolver_key key = {.tgid = tgid, .function = function,
                                .caller = call_caller(tgid, tid, generation, state, &stack_read),
                                .generation = generation};
     add_resolver_call(&key);
@@ -77,9 +83,17 @@ static __always_inline void end_resolver_call(struct pt_regs *ctx)
 
 int resolver_entry(struct pt_regs *ctx)
 {
-    start_resolver_call(ctx);
+    start_resolver_call(ctx, bpf_get_attach_cookie(ctx));
     return 0;
 }
+
+#define RESOLVER_ENTRY(ID)                                  \
+    int resolver_entry_##ID(struct pt_regs *ctx)            \
+    {                                                       \
+        start_resolver_call(ctx, ID);                       \
+        return 0;                                           \
+    }
+FOR_EACH_RESOLVER_FUNCTION(RESOLVER_ENTRY)
 
 int resolver_return(struct pt_regs *ctx)
 {
@@ -90,7 +104,7 @@ int resolver_return(struct pt_regs *ctx)
 int resolver_session(struct pt_regs *ctx)
 {
     if (at_entry(ctx))
-        return start_resolver_call(ctx) ? 0 : 1;  // nonzero: no return probe for this call
+        return start_resolver_call(ctx, bpf_get_attach_cookie(ctx)) ? 0 : 1;  // nonzero: no return probe for this call
     end_resolver_call(ctx);
     return 0;
 }

@@ -110,12 +110,14 @@ BPF_ARRAY(watch_epoch, u64, 1);
 static __always_inline u64 thread_generation(struct thread_state *state, u32 tgid)
 {
     u32 zero = 0;
-    u64 *current = watch_epoch.lookup(&zero);
-    if (!current)
+    // Not named "current": the kernel's headers define that as a macro (6.12's
+    // asm/current.h reaches this file, and "u64 *current" would declare get_current()).
+    u64 *latest = watch_epoch.lookup(&zero);
+    if (!latest)
         return watched_generation(tgid);
     // The epoch is read before the lookup: a change made meanwhile comes with a newer epoch,
     // which sends the next event to the watched set again.
-    u64 epoch = *current;
+    u64 epoch = *latest;
     if (state->epoch == epoch && state->tgid == tgid)
         return state->generation;
     state->generation = watched_generation(tgid);

@@ -116,7 +116,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         if (totals)
             __sync_fetch_and_add(&totals->threads_exited, 1);
     }
-    if (args->group_dead)
+    if (GROUP_DEAD(args))
         process->state = STATE_EXITED;
     return 0;
 }

@@ -257,7 +257,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         bpf_probe_read_kernel(event->comm, sizeof(event->comm), args->comm);
         timeline_events.ringbuf_submit(event, 0);
     }
-    if (args->group_dead) {
+    if (GROUP_DEAD(args)) {
         event = new_event(EVENT_PROCESS_EXIT, id);
         if (event) {
             bpf_probe_read_kernel(event->comm, sizeof(event->comm), args->comm);

@@ -23,6 +23,9 @@
 #ifndef MAX_PROCESSES
 #error "MAX_PROCESSES must be given as a -D cflag by observer/constants.py"
 #endif
+#ifndef EXIT_GROUP_DEAD_FIELD
+#error "EXIT_GROUP_DEAD_FIELD must be given as a -D cflag by observer/bpf_backend.py"
+#endif
 #ifndef STATE_PENDING
 #error "STATE_PENDING must be given as a -D cflag by observer/constants.py"
 #endif
@@ -143,5 +146,26 @@ static __always_inline u64 kernel_pointer(u64 address)
     bpf_probe_read_kernel(&value, sizeof(value), (void *)address);
     return value;
 }
+
+// Whether the thread ending at sched_process_exit is its process's last. Kernels newer than
+// 6.12 say so in the tracepoint (group_dead); before, do_exit has already taken the thread off
+// its signal_struct's live count (kernel/exit.c: atomic_dec_and_test(&tsk->signal->live)
+// comes before trace_sched_process_exit), so a count of 0 says the same. Without the kernel's
+// BTF to place those fields, the main thread's end stands for the process's.
+#if EXIT_GROUP_DEAD_FIELD
+#define GROUP_DEAD(args) ((args)->group_dead)
+#elif defined(TASK_STRUCT_SIGNAL)
+static __always_inline int group_dead_from_signal(void)
+{
+    u64 signal = kernel_pointer(bpf_get_current_task() + TASK_STRUCT_SIGNAL);
+    int live = 1;
+    if (signal)
+        bpf_probe_read_kernel(&live, sizeof(live), (void *)(signal + SIGNAL_STRUCT_LIVE));
+    return live == 0;
+}
+#define GROUP_DEAD(args) group_dead_from_signal()
+#else
+#define GROUP_DEAD(args) ((u32)bpf_get_current_pid_tgid() == bpf_get_current_pid_tgid() >> 32)
+#endif
 
 #endif

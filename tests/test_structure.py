@@ -40,6 +40,8 @@ LOWER = {
     "observer.pyruntime",
     "observer.pyoffsets",
     "observer.sites",
+    "observer.tracefs",
+    "observer.compile_errors",
 }
 
 
@@ -151,12 +153,13 @@ def every_cflag(monkeypatch) -> list[str]:
         *timeline_cflags(follow_children=True),
         *SYSCALL_HOOKS.cflags(epoll_mark=True),
         *bpf_backend.pid_namespace_cflags(),
+        *bpf_backend.process_exit_cflags(frozenset({"group_dead"}), btf),
         *fields,
     ]
 
 
 def test_every_required_define_comes_from_python(monkeypatch):
-    given = {flag[2:].split("=")[0] for flag in every_cflag(monkeypatch)} | {
+    given = {flag[2:].split("=")[0].split("(")[0] for flag in every_cflag(monkeypatch)} | {
         field.macro
         for field in DNS_KERNEL_FIELDS  # offsets from the kernel's BTF
     }
@@ -167,7 +170,7 @@ def test_every_required_define_comes_from_python(monkeypatch):
 
 def test_no_silent_default_for_a_python_value():
     given = {
-        flag[2:].split("=")[0] for flag in bpf_cflags(True) + timeline_cflags(follow_children=True)
+        flag[2:].split("=")[0].split("(")[0] for flag in bpf_cflags(True) + timeline_cflags(follow_children=True)
     } | {field.macro for field in DNS_KERNEL_FIELDS}  # offsets from the kernel's BTF
     for path in (ROOT / "probes").glob("*.[ch]"):
         defined = set(re.findall(r"#define (\w+)", path.read_text()))

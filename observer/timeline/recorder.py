@@ -25,6 +25,7 @@ from observer.bpf_backend import (
     attach_libc_of,
     attach_link_or_uprobe,
     compile_probes,
+    raise_for_missing_fields,
     uprobe_name,
     watch_process,
     write_python_process,
@@ -112,6 +113,7 @@ class TimelineProbes:
         cflags = bpf_cflags(self.track_new_processes, sites=True) + timeline_cflags(
             self.follow_children
         )
+        raise_for_missing_fields(PROBE_FILES)
         self._bpf = compile_probes(PROBE_FILES, cflags, "timeline probe")
         self._bpf["timeline_events"].open_ring_buffer(self._on_record)
 
