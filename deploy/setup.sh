@@ -38,8 +38,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 ARCH=$(dpkg --print-architecture)
 RUNTIME_PACKAGES="python3-bpfcc python3-venv"
 PACKAGES="$RUNTIME_PACKAGES bpfcc-tools bpftool linux-headers-$ARCH redis-server prometheus musl-tools iproute2 util-linux procps"
-# The tests open the HTML timeline in a real headless browser; a runtime image needs none.
-case ",$EXTRAS," in *,test,*) PACKAGES="$PACKAGES chromium" ;; esac
+# The tests open the HTML timeline in a real headless browser, and boot other kernels under
+# qemu (the kernel matrix: busybox-static makes their initramfs); a runtime image needs none.
+case ",$EXTRAS," in *,test,*) PACKAGES="$PACKAGES chromium qemu-system-x86 busybox-static" ;; esac
 [ "$RUNTIME" = 1 ] && PACKAGES="$RUNTIME_PACKAGES"
 
 install_packages() {

@@ -74,7 +74,13 @@ def sites_read(running, pid: int) -> bool:
     return re.search(rf"pid {pid}: Python 3\.\d+ call sites read", running.log()) is not None
 
 
+# How much slower than this machine the tests run: a kernel under qemu's emulation (the kernel
+# matrix) sets it, and every wait of the harness stretches by it.
+TIME_SCALE = float(os.environ.get("THREAD_OBSERVER_TEST_TIME_SCALE", "1"))
+
+
 def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition"):
+    timeout *= TIME_SCALE
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -96,7 +102,7 @@ class RunningObserver:
         request = urllib.request.Request(self.url + path)
         if accept:
             request.add_header("Accept", accept)
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10 * TIME_SCALE) as response:
             return response.read().decode(), response.headers["Content-Type"]
 
     def scrape(self) -> Metrics:
@@ -117,7 +123,7 @@ class RunningObserver:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=10 * TIME_SCALE)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
