@@ -14,6 +14,7 @@ ConfigMap the Grafana sidecar loads (label grafana_dashboard: "1").
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ PROMETHEUS_RULE = BASE / "prometheusrule.yaml"
 DASHBOARD_CONFIG_MAP = BASE / "grafana-dashboard.yaml"
 JOB_SELECTOR = 'job="thread-observer"'
 RUNBOOK = "docs/runbook.md"
+RUNBOOK_URL = re.compile(rf"^\s*runbook_url: (\S*){re.escape(RUNBOOK)}#", re.MULTILINE)
 HEADER = """\
 # Made by deploy/render.py from {source}: edit that file, then run
 #   .venv/bin/python deploy/render.py
@@ -49,13 +51,23 @@ def dump(document: dict) -> str:
     return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=100)
 
 
+def runbook_links_base(text: str) -> str:
+    """The base every runbook_url of a rule file starts with: alerts.yml keeps one, a
+    placeholder until --runbook-url-base gives yours."""
+    bases = set(RUNBOOK_URL.findall(text))
+    if len(bases) != 1:
+        raise ValueError(f"{ALERTS.name}: the runbook links have {len(bases)} bases, not one")
+    return bases.pop()
+
+
 def rules(job_selector: str = JOB_SELECTOR, runbook_url_base: str = "") -> str:
     """alerts.yml, with another job selector and runbook location when asked."""
     text = ALERTS.read_text()
     if job_selector != JOB_SELECTOR:
         text = text.replace(JOB_SELECTOR, job_selector)
     if runbook_url_base:
-        text = text.replace(f"runbook_url: {RUNBOOK}", f"runbook_url: {runbook_url_base}{RUNBOOK}")
+        default = f"runbook_url: {runbook_links_base(text)}{RUNBOOK}#"
+        text = text.replace(default, f"runbook_url: {runbook_url_base}{RUNBOOK}#")
     return text
 
 
@@ -115,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         "--runbook-url-base",
         default="",
         metavar="URL",
-        help="prefix of docs/runbook.md in every runbook_url",
+        help="where docs/runbook.md is served, in place of the rule file's placeholder base "
+        "in every runbook_url (ends with /: BASE + docs/runbook.md#alertname)",
     )
     parser.add_argument(
         "--rules-out",

@@ -127,6 +127,9 @@ class ProcObserver:
     """Watches targets through /proc: processes and live threads, no event counts."""
 
     backend = "proc"
+    # Why this backend runs rather than bpf, which --backend auto wanted (set by
+    # startup.make_observer); None when it is the backend asked for. /readyz tells it.
+    fallback_reason: str | None = None
 
     def __init__(
         self,

@@ -1,5 +1,6 @@
-"""The observer's own costs: its process (client_python's collectors) and its BPF programs'
-run time and run count as the kernel accounts them (ebpf_exporter's way)."""
+"""The observer's own costs and health: its process (client_python's collectors), its BPF
+programs' run time and run count as the kernel accounts them (ebpf_exporter's way), and its
+poll loop's errors and progress."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from observer.constants import metric_name
+from observer.health import PollRecord
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +102,29 @@ class BpfProgramCollector(Collector):
             runs.add_metric([program], count)
             seconds.add_metric([program], nanoseconds / 1e9)
         yield from (runs, seconds)
+
+
+class PollCollector(Collector):
+    """The poll loop's record: polls that raised, and when the last one completed, so that a
+    failing or stuck loop shows in Prometheus as it does on /healthz. The time is absent until
+    the first poll completes, never a 0 that reads as 1970."""
+
+    def __init__(self, record: PollRecord) -> None:
+        self._record = record
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            metric_name("poll_errors"),
+            "Polls that raised an error (each logged with its traceback)",
+            value=self._record.errors,
+        )
+        completed_at = self._record.last_completed_at
+        if completed_at is not None:
+            yield GaugeMetricFamily(
+                metric_name("last_poll_timestamp_seconds"),
+                "Unix time of the last completed poll",
+                value=completed_at,
+            )

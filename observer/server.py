@@ -1,4 +1,4 @@
-"""The HTTP side: /metrics and /healthz with aiohttp, and the poll loop beside them."""
+"""The HTTP side: /metrics, /healthz and /readyz with aiohttp, and the poll loop beside them."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from observer.collector import ObserverCollector
+from observer.health import PollRecord, health_report, liveness_problem, readiness_problem
 from observer.kubernetes import PodNames
 from observer.observers import ProcObserver
-from observer.self_metrics import BpfProgramCollector, register_process_metrics
+from observer.self_metrics import BpfProgramCollector, PollCollector, register_process_metrics
 from observer.web_config import WebConfig
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ OBSERVER_KEY = web.AppKey("observer", ProcObserver)
 # before their interval.
 MIN_POLL_GAP = 0.01
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+POLLS_KEY = web.AppKey("polls", PollRecord)
 
 
 def make_app(
@@ -35,19 +37,25 @@ def make_app(
     interval: float,
     pod_names: PodNames | None = None,
     web_config: WebConfig | None = None,
+    polls: PollRecord | None = None,
 ) -> web.Application:
+    if polls is None:
+        polls = PollRecord(interval)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
         ObserverCollector(observer.snapshot, label_pid=label_pid, pod_names=pod_names)
     )
     register_process_metrics(registry)
+    registry.register(PollCollector(polls))
     if observer.backend == "bpf":
         registry.register(BpfProgramCollector(observer.probes.program_fds))
     app = web.Application(middlewares=(web_config or WebConfig()).middlewares())
     app[OBSERVER_KEY] = observer
     app[REGISTRY_KEY] = registry
+    app[POLLS_KEY] = polls
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/", index)
     app.cleanup_ctx.append(_poll_loop(interval))
     return app
@@ -56,7 +64,7 @@ def make_app(
 def _poll_loop(interval: float):
     async def context(app: web.Application):
         observer = app[OBSERVER_KEY]
-        poller = Poller(observer, interval)
+        poller = Poller(observer, interval, app[POLLS_KEY])
         poller.start()
         yield
         loop = asyncio.get_running_loop()
@@ -70,12 +78,14 @@ def _poll_loop(interval: float):
 class Poller(threading.Thread):
     """Calls the observer's poll every interval, and at once (MIN_POLL_GAP apart at the most)
     when its wake file descriptor brings news that calls for it: a thread of its own, asleep
-    in poll(2) between two polls."""
+    in poll(2) between two polls. Each poll's outcome goes to ``polls``, which /healthz,
+    /readyz and the self metrics read."""
 
-    def __init__(self, observer: ProcObserver, interval: float) -> None:
+    def __init__(self, observer: ProcObserver, interval: float, polls: PollRecord) -> None:
         super().__init__(name="poll", daemon=True)
         self.observer = observer
         self.interval = interval
+        self.polls = polls
         self._stop_read, self._stop_write = os.pipe()
         self._stopping = False
 
@@ -86,14 +96,20 @@ class Poller(threading.Thread):
             if fd is not None:
                 waiting.register(fd, select.POLLIN)
         while not self._stopping:
-            try:
-                self.observer.poll()
-            except Exception:  # keep serving: one bad poll must not end the observer
-                log.exception("poll failed")
+            self._poll()
             polled = time.monotonic()
             if self.observer.poll_soon() or self._woken_before(waiting, polled + self.interval):
                 # Not more often than this: each exec of a storm may wake the poll.
                 time.sleep(max(MIN_POLL_GAP - (time.monotonic() - polled), 0))
+
+    def _poll(self) -> None:
+        try:
+            self.observer.poll()
+        except Exception:  # keep serving: one bad poll must not end the observer
+            self.polls.poll_failed()
+            log.exception("poll failed")
+        else:
+            self.polls.poll_completed()
 
     def _woken_before(self, waiting: select.poll, deadline: float) -> bool:
         """Waits until the deadline; True if the observer was woken with news that calls for
@@ -129,14 +145,24 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness: 503 when the poll loop is stuck."""
+    return health_response(request, liveness_problem(request.app[POLLS_KEY]))
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: 503 until the first poll, and while eBPF was wanted but does not work."""
+    fallback_reason = request.app[OBSERVER_KEY].fallback_reason
+    return health_response(request, readiness_problem(request.app[POLLS_KEY], fallback_reason))
+
+
+def health_response(request: web.Request, problem: str | None) -> web.Response:
     observer = request.app[OBSERVER_KEY]
-    return web.json_response(
-        {"status": "ok", "backend": observer.backend, "processes": len(observer.procs)}
-    )
+    report = health_report(problem, observer.backend, len(observer.procs), request.app[POLLS_KEY])
+    return web.json_response(report, status=200 if problem is None else 503)
 
 
 async def index(request: web.Request) -> web.Response:
-    return web.Response(text="thread-observer: see /metrics and /healthz\n")
+    return web.Response(text="thread-observer: see /metrics, /healthz and /readyz\n")
 
 
 async def start_serving(

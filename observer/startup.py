@@ -62,7 +62,9 @@ def make_observer(args: argparse.Namespace):
         "processes only; thread creation counts and getaddrinfo are NOT measured",
         problem,
     )
-    return started(ProcObserver(**options))
+    observer = ProcObserver(**options)
+    observer.fallback_reason = problem
+    return started(observer)
 
 
 def started(observer):

@@ -2,8 +2,9 @@
 
 /metrics names every watched pod and the host names its processes look up. Listening on
 127.0.0.1 (--listen), a NetworkPolicy, a bearer token and TLS each narrow who may read it.
-/healthz stays open: the kubelet's probes carry no token, and it tells only the backend and
-the number of processes.
+/healthz and /readyz stay open: the kubelet's probes carry no token, and they tell only the
+backend, the number of processes, the poll loop's progress and why the observer is not alive
+or ready (nothing about any target).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+# Only these need the token: every other path (/healthz, /readyz, /) stays open.
 PROTECTED_PATHS = frozenset({"/metrics"})
 
 

@@ -463,7 +463,8 @@ def test_render_adapts_the_job_selector_and_runbook_links(tmp_path):
     (rule,) = load_documents(object_file)
     assert rule["spec"]["groups"] == yaml.safe_load(rules_file.read_text())["groups"]
     links = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
-    assert all(link.startswith("https://runbooks.example/docs/runbook.md#") for link in links)
+    names = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert links == [f"https://runbooks.example/docs/runbook.md#{n.lower()}" for n in names]
 
 
 @pytest.mark.parametrize("name", WORKLOADS)
@@ -504,8 +505,14 @@ def test_observer_container_has_mounts_probes_resources_and_scrape_wiring(name):
     assert arguments.target and not arguments.label_pid
     assert {"name": "metrics", "containerPort": METRICS_PORT} in observer["ports"]
 
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    # Liveness: the poll loop runs. Readiness: the probes are attached and eBPF works, which
+    # a sidecar must not make its service's readiness wait on.
+    for probe in ("startupProbe", "livenessProbe"):
         assert observer[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, probe
+    if name == "sidecar":
+        assert "readinessProbe" not in observer
+    else:
+        assert observer["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
     for container in spec["containers"]:
         for bound in ("requests", "limits"):
@@ -777,6 +784,34 @@ def rule_documents() -> list[dict]:
     ]
 
 
+def runbook_links_base() -> str:
+    """The one base every runbook link of alerts.yml starts with."""
+    bases = {
+        rule["annotations"]["runbook_url"].partition("docs/runbook.md#")[0]
+        for rule in rule_documents()
+    }
+    (base,) = bases
+    return base
+
+
+def test_runbook_links_are_absolute_with_one_base():
+    base = runbook_links_base()
+    # Alertmanager and Grafana resolve a relative link against their own address.
+    assert re.fullmatch(r"https://[^/\s]+/\S*/", base), base
+    # The base is said once per link in the rule file, nowhere else there.
+    assert ALERTS.read_text().count(base) == len(rule_documents())
+
+
+def test_only_the_alert_that_no_observer_is_left_pages():
+    critical = {
+        rule["alert"]: rule["expr"].strip()
+        for rule in rule_documents()
+        if rule["labels"]["severity"] == "critical"
+    }
+    # Every observer down or none discovered: the other rules have no series to fire on.
+    assert critical == {"ThreadObserverGone": 'absent(up{job="thread-observer"} == 1)'}
+
+
 def test_rules_follow_the_mixin_conventions():
     runbook = (ROOT / "docs" / "runbook.md").read_text()
     anchors = {
@@ -784,6 +819,7 @@ def test_rules_follow_the_mixin_conventions():
         for line in runbook.splitlines()
         if line.startswith("## ")
     }
+    base = runbook_links_base()
     for rule in rule_documents():
         name, expr = rule["alert"], rule["expr"]
         # Every selector of every metric names the job, so that render.py can change it.
@@ -796,7 +832,7 @@ def test_rules_follow_the_mixin_conventions():
             assert {"cluster", "job", "instance"} <= kept, (name, clause)
         annotations = rule["annotations"]
         assert "{{" not in annotations["summary"], name
-        assert annotations["runbook_url"] == f"docs/runbook.md#{name.lower()}", name
+        assert annotations["runbook_url"] == f"{base}docs/runbook.md#{name.lower()}", name
         assert name.lower() in anchors, name
         assert rule["labels"]["severity"] in {"info", "warning", "critical"}, name
 

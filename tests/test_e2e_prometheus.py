@@ -29,12 +29,14 @@ pytestmark = [
 
 DASHBOARD = REPO / "deploy" / "grafana" / "thread-observer.json"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
-# target name -> (scenario, extra arguments)
+# target name -> (scenario, extra arguments). Enough lookups for the rules' floors (more than
+# 15 on the loop in 5 minutes, more than 60 calls in 10 minutes for a failure ratio), so that
+# the alerts fire: "mixed" blocks its loop 18 times and fails 6 of 68 calls.
 SCENARIOS = {
-    "blocking": ("blocking_dns", []),
+    "blocking": ("blocking_dns", ["--requests", "20"]),
     "unix": ("redis_unix", []),
     "burst": ("semaphore_burst", []),
-    "mixed": ("mixed", ["--failures", "6"]),
+    "mixed": ("mixed", ["--loop-calls", "50", "--blocking-calls", "12", "--failures", "6"]),
     # Its pool threads wait in a selectors epoll, and make every lookup off any event loop.
     "gthread": ("gunicorn_gthread", []),
 }

@@ -1,5 +1,6 @@
-"""The observer's own costs: process_* and python_info, the scrape's own duration, and its BPF
-programs' run count and time as the kernel accounts them."""
+"""The observer's own costs and health: process_* and python_info, the scrape's own duration,
+its BPF programs' run count and time as the kernel accounts them, and its poll loop's errors
+and last completed poll."""
 
 from __future__ import annotations
 
@@ -9,14 +10,21 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from observer.self_metrics import BPF_STATS_SYSCTL, BpfProgramCollector, parse_fdinfo
-from tests.harness import bpf_skip_reason, observer, workload
+from observer.health import PollRecord
+from observer.self_metrics import (
+    BPF_STATS_SYSCTL,
+    BpfProgramCollector,
+    PollCollector,
+    parse_fdinfo,
+)
+from tests.harness import bpf_skip_reason, observer, wait_until, workload
 
 FDINFO = """pos:\t0
 flags:\t02000002
@@ -84,6 +92,20 @@ def test_program_statistics_absent_and_said_when_the_kernel_does_not_count(tmp_p
     assert len(said) == 1
 
 
+@pytest.mark.parametrize("completed", [False, True])
+def test_poll_errors_and_the_last_completed_poll(completed):
+    polls = PollRecord(0.25, monotonic=lambda: 50.0, wall=lambda: 1_700_000_000.5)
+    polls.poll_failed()
+    polls.poll_failed()
+    if completed:
+        polls.poll_completed()
+    value = registry_with(PollCollector(polls)).get_sample_value
+    assert value("thread_observer_poll_errors_total") == 2
+    # Absent until a poll completes: never a 0 that reads as 1970.
+    expected = 1_700_000_000.5 if completed else None
+    assert value("thread_observer_last_poll_timestamp_seconds") == expected
+
+
 @pytest.fixture
 def python_target():
     with workload(
@@ -105,6 +127,15 @@ def test_process_metrics_and_the_scrape_duration(tmp_path, python_target):
         assert metrics.value("python_info", implementation="CPython") == 1
         # The duration of the scrape being served: present on the very first scrape.
         assert metrics.value("thread_observer_scrape_duration_seconds") > 0
+        # The poll loop's: no poll has failed, and the last one completed lately (the first
+        # may still be under way at the first scrape).
+        assert metrics.value("thread_observer_poll_errors_total") == 0
+        last_poll = wait_until(
+            lambda: running.scrape().value("thread_observer_last_poll_timestamp_seconds"),
+            10,
+            "a completed poll",
+        )
+        assert time.time() - 30 < last_poll <= time.time()
 
 
 needs_bpf = pytest.mark.skipif(bpf_skip_reason() is not None, reason=bpf_skip_reason() or "")

@@ -3,6 +3,7 @@ backend: no privileges needed), and bad settings refused in one line."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import ssl
 import subprocess
@@ -44,7 +45,7 @@ def get(url: str, token: str | None = None, context: ssl.SSLContext | None = Non
         return error.code, error.read().decode()
 
 
-def test_bearer_token_guards_metrics_but_not_healthz(tmp_path, target):
+def test_bearer_token_guards_metrics_but_not_healthz_and_readyz(tmp_path, target):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
     args = ["--backend", "proc", "--pid", f"app={target}", "--bearer-token-file", str(token_file)]
@@ -56,6 +57,10 @@ def test_bearer_token_guards_metrics_but_not_healthz(tmp_path, target):
         status, body = get(metrics, token="s3cret-token")
         assert status == 200 and 'thread_observer_processes{target="app"} 1.0' in body
         assert get(f"{running.url}/healthz")[0] == 200
+        # Ready once its first poll is done: /proc is the backend asked for.
+        readyz = f"{running.url}/readyz"
+        wait_until(lambda: get(readyz)[0] == 200, 10, "/readyz to answer 200 without a token")
+        assert json.loads(get(readyz)[1])["status"] == "ok"
         # A rotated Secret: the new token applies, the old one no longer does.
         time.sleep(0.01)
         token_file.write_text("rotated\n")
