@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.harness import REPO
+from tests.harness import REPO, TIME_SCALE
 
 pytestmark = pytest.mark.bpf
 
@@ -29,7 +29,7 @@ def in_pid_namespace(*mode: str) -> dict:
         ],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=180 * TIME_SCALE,
         cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]

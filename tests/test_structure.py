@@ -170,7 +170,8 @@ def test_every_required_define_comes_from_python(monkeypatch):
 
 def test_no_silent_default_for_a_python_value():
     given = {
-        flag[2:].split("=")[0].split("(")[0] for flag in bpf_cflags(True) + timeline_cflags(follow_children=True)
+        flag[2:].split("=")[0].split("(")[0]
+        for flag in bpf_cflags(True) + timeline_cflags(follow_children=True)
     } | {field.macro for field in DNS_KERNEL_FIELDS}  # offsets from the kernel's BTF
     for path in (ROOT / "probes").glob("*.[ch]"):
         defined = set(re.findall(r"#define (\w+)", path.read_text()))

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-from tests.kernel_matrix.guest import Accelerator, boot
-from tests.kernel_matrix.kernels import KERNELS, Archive, Kernel, fetch
-from tests.kernel_matrix.suite import KERNEL_SUITE, GuestReport, guest_command, read_report
+from tests.kernel_matrix.guest import TCG, Accelerator, boot
+from tests.kernel_matrix.kernels import CACHE, KERNELS, Archive, Kernel, Unpacked, fetch
+from tests.kernel_matrix.suite import (
+    KERNEL_SUITE,
+    GuestReport,
+    formats_command,
+    guest_command,
+    read_report,
+)
 
 CHECKOUT = Path(__file__).resolve().parent.parent.parent
 README = CHECKOUT / "README.md"
+FORMATS_DATA = CHECKOUT / "tests" / "data" / "tracepoint_formats"
+# Each kernel's last report, for README's table (python -m tests.kernel_matrix --readme).
+REPORTS = CACHE / "reports"
 # A guest's whole run under emulation, one vCPU: boot, check, the suite (eight observer starts,
 # each compiling the probes: about 2.5 minutes a test).
 GUEST_SECONDS = 2400
@@ -29,7 +40,22 @@ def run_kernel(
     report = read_report(kernel.name, unpacked.release, results, booted.seconds)
     if booted.exit_status is None:
         report.failures["guest"] = "the guest did not finish:\n" + booted.console[-3000:]
+    report.save(REPORTS / f"{kernel.name}.json")
     return report
+
+
+def keep_formats(unpacked: Unpacked) -> Path:
+    """Boots the kernel only to copy its tracepoint formats into tests/data, where the
+    table tests read them without root; returns that folder."""
+    kept = FORMATS_DATA / unpacked.release
+    with tempfile.TemporaryDirectory(prefix="formats-", dir="/var/tmp") as folder:
+        results = Path(folder) / "guest"
+        booted = boot(unpacked, formats_command(results), results, 300, TCG)
+        if booted.exit_status != 0:
+            raise RuntimeError(f"{unpacked.release}: no formats:\n{booted.console[-2000:]}")
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(results / "formats", kept)
+    return kept
 
 
 def readme_table(reports: list[GuestReport]) -> str:

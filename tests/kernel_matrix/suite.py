@@ -68,7 +68,12 @@ class GuestReport:
         return found
 
     def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> GuestReport:
+        return cls(**json.loads(path.read_text()))
 
 
 def junit_outcomes(xml: str) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
@@ -91,7 +96,6 @@ def junit_outcomes(xml: str) -> tuple[dict[str, str], dict[str, str], dict[str, 
 def guest_command(checkout: Path, python: str, results: Path, time_scale: float) -> str:
     """The shell commands a guest runs: ``check``, the kernel suite, the format files."""
     tests = " ".join(f"'{test}'" for test in KERNEL_SUITE)
-    formats = " ".join(FORMATS)
     return "\n".join(
         [
             f"cd '{checkout}'",
@@ -101,9 +105,16 @@ def guest_command(checkout: Path, python: str, results: Path, time_scale: float)
             f"echo $? > '{results}/check_status'",
             f"'{python}' -m pytest -p no:cacheprovider -o timeout={int(300 * time_scale)} "
             f"--junitxml='{results}/junit.xml' -q {tests} > '{results}/pytest.log' 2>&1",
-            f"for event in {formats}; do mkdir -p '{results}/formats/'${{event%/*}}; "
-            f"cp /sys/kernel/tracing/events/$event/format '{results}/formats/'$event; done",
+            formats_command(results),
         ]
+    )
+
+
+def formats_command(results: Path) -> str:
+    """Copies the format files of FORMATS into ``results``/formats/SYSTEM/EVENT."""
+    return (
+        f"for event in {' '.join(FORMATS)}; do mkdir -p '{results}/formats/'${{event%/*}}; "
+        f"cp /sys/kernel/tracing/events/$event/format '{results}/formats/'$event; done"
     )
 
 
