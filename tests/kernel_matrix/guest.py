@@ -177,11 +177,13 @@ def boot(
     accelerator: Accelerator = TCG,
     memory: str = "4G",
     cpus: int = 2,
+    keep: Path = Path(__file__).resolve().parent.parent.parent,
 ) -> Boot:
     """Boots the kernel, runs ``command`` (a shell command line) in the guest as root with the
     host's root filesystem, and powers off, or is stopped after ``timeout`` seconds.
     ``results`` is writable in the guest at the same path; the command's exit status is left
-    there as ``exit_status``."""
+    there as ``exit_status``; ``keep`` (this checkout) stays visible at its path even under
+    the guest's fresh /tmp."""
     shutil.rmtree(results, ignore_errors=True)
     results.mkdir(parents=True)
     (results / "command").write_text(command + "\n")
@@ -190,6 +192,7 @@ def boot(
         "TO_RESULTS": str(results),
         "TO_HEADERS": str(unpacked.root),
         "TO_RELEASE": unpacked.release,
+        "TO_KEEP": str(keep),
     }
     append = " ".join(
         [

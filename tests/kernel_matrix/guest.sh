@@ -14,7 +14,13 @@ mount -t debugfs debugfs /sys/kernel/debug
 mount -t bpf bpf /sys/fs/bpf
 mount -t tmpfs tmpfs /sys/fs/cgroup && mkdir -p /sys/fs/cgroup/unified \
     && mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified
+# Writable, empty /tmp, /run, /var/tmp and /var/log. The checkout may live under one of them
+# (a CI clone): it is bound aside first and bound back at its own path in the new tmpfs.
+mount --bind "$TO_KEEP" /mnt
 for dir in /tmp /run /var/tmp /var/log; do mount -t tmpfs tmpfs "$dir"; done
+if [ ! -d "$TO_KEEP" ]; then
+    mkdir -p "$TO_KEEP" && mount --bind /mnt "$TO_KEEP"
+fi
 mkdir -p "$TO_RESULTS" 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L results "$TO_RESULTS"
 # bcc compiles against /lib/modules/$(uname -r)/build: this kernel's own headers.
