@@ -33,7 +33,8 @@ done
 /bin/busybox umount /dev
 exec /bin/busybox switch_root /newroot /bin/sh "$TO_GUEST"
 """
-GUEST_SCRIPT = Path(__file__).with_name("guest.sh")
+GUEST_SCRIPT = Path(__file__).resolve().with_name("guest.sh")
+CHECKOUT = GUEST_SCRIPT.parent.parent.parent
 # 9p shares as root sees them: owners and modes passed through, inodes of the host's several
 # filesystems kept apart.
 SHARE = "security_model=none,multidevs=remap"
@@ -177,7 +178,7 @@ def boot(
     accelerator: Accelerator = TCG,
     memory: str = "4G",
     cpus: int = 2,
-    keep: Path = Path(__file__).resolve().parent.parent.parent,
+    keep: Path = CHECKOUT,
 ) -> Boot:
     """Boots the kernel, runs ``command`` (a shell command line) in the guest as root with the
     host's root filesystem, and powers off, or is stopped after ``timeout`` seconds.

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.kernel_matrix.guest import TCG, Accelerator, boot
+from tests.kernel_matrix.guest import CHECKOUT, TCG, Accelerator, boot
 from tests.kernel_matrix.kernels import CACHE, KERNELS, Archive, Kernel, Unpacked, fetch
 from tests.kernel_matrix.suite import (
     KERNEL_SUITE,
@@ -17,7 +17,6 @@ from tests.kernel_matrix.suite import (
     read_report,
 )
 
-CHECKOUT = Path(__file__).resolve().parent.parent.parent
 README = CHECKOUT / "README.md"
 FORMATS_DATA = CHECKOUT / "tests" / "data" / "tracepoint_formats"
 # Each kernel's last report, for README's table (python -m tests.kernel_matrix --readme).
