@@ -9,7 +9,8 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 CAP_SYS_ADMIN = 21
@@ -20,6 +21,7 @@ BPF_MAP_CREATE = 0
 BPF_MAP_TYPE_ARRAY = 2
 SYS_BPF = {"x86_64": 321, "aarch64": 280}
 TRACEFS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+MOUNTINFO = "/proc/self/mountinfo"
 
 
 @dataclass
@@ -89,14 +91,75 @@ def check_bpf_syscall() -> Result:
     return Result("bpf syscall", True, "bpf(BPF_MAP_CREATE) works")
 
 
-def tracefs_path() -> str | None:
-    return next((p for p in TRACEFS if os.path.exists(f"{p}/events")), None)
+def tracefs_path(candidates: Sequence[str] = TRACEFS) -> str | None:
+    """The first of ``candidates`` where this process sees tracefs's events."""
+    return next((p for p in candidates if os.path.exists(f"{p}/events")), None)
 
 
-def check_tracefs() -> Result:
-    path = tracefs_path()
+def _unescape_mount_field(field: str) -> str:
+    # The kernel writes a space, tab, newline or backslash in a mount point as \ooo (octal).
+    return re.sub(r"\\([0-7]{3})", lambda octal: chr(int(octal[1], 8)), field)
+
+
+def tracing_mount_points(mountinfo: str) -> set[str]:
+    """Where a mount table (the text of /proc/PID/mountinfo) has tracefs: each tracefs mount
+    point, and the ``tracing`` folder of each debugfs one, where the kernel mounts tracefs when
+    it is first entered."""
+    points = set()
+    for line in mountinfo.splitlines():
+        # ID PARENT MAJOR:MINOR ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - TYPE SOURCE OPTIONS
+        fields = line.split()
+        if "-" not in fields[6:]:
+            continue
+        separator = fields.index("-", 6)
+        if separator + 1 >= len(fields):
+            continue
+        mount_point, kind = _unescape_mount_field(fields[4]), fields[separator + 1]
+        if kind == "tracefs":
+            points.add(mount_point)
+        elif kind == "debugfs":
+            points.add(f"{mount_point.rstrip('/')}/tracing")
+    return points
+
+
+def _readable(path: str) -> bool:
+    return os.access(path, os.R_OK | os.X_OK, effective_ids=True)
+
+
+def check_tracefs(
+    candidates: Sequence[str] = TRACEFS,
+    mountinfo: str | None = None,
+    readable: Callable[[str], bool] = _readable,
+) -> Result:
+    """tracefs where bcc looks for it; else whether it is mounted there all the same (tracefs
+    is mode 0700 by default: only root enters it) or not at all. ``mountinfo``: the mount
+    table's text, /proc/self/mountinfo's when None."""
+    path = tracefs_path(candidates)
     if path:
         return Result("tracefs", True, path)
+    if mountinfo is None:
+        try:
+            with open(MOUNTINFO) as table:
+                mountinfo = table.read()
+        except OSError:
+            mountinfo = ""
+    mounted = tracing_mount_points(mountinfo)
+    for candidate in candidates:
+        if candidate not in mounted:
+            continue
+        if not readable(candidate):
+            return Result(
+                "tracefs",
+                False,
+                f"mounted at {candidate}, but not readable by this user (uid {os.geteuid()}): "
+                "run as root, or give this user access (tracefs's mount options gid= and mode=)",
+            )
+        return Result(
+            "tracefs",
+            False,
+            f"mounted at {candidate}, but without {candidate}/events "
+            "(a kernel without tracepoint events)",
+        )
     return Result(
         "tracefs",
         False,
@@ -129,15 +192,17 @@ def task_registers_readable() -> bool:
 
 def check_tracepoints() -> Result:
     path = tracefs_path()
+    if path is None:
+        return Result("tracepoints", False, "not looked for: tracefs lists them (see its line)")
     wanted = ["task/task_newtask", "sched/sched_process_exec", "sched/sched_process_exit"]
     if not task_registers_readable():  # else epoll waits are seen at sched_switch
         wanted += ["syscalls/sys_enter_epoll_wait", "syscalls/sys_enter_epoll_pwait"]
-    missing = [t for t in wanted if not path or not os.path.exists(f"{path}/events/{t}")]
+    missing = [t for t in wanted if not os.path.exists(f"{path}/events/{t}")]
     if missing:
         return Result(
             "tracepoints",
             False,
-            f"missing: {', '.join(missing)} (needs CONFIG_FTRACE_SYSCALLS and tracefs)",
+            f"missing: {', '.join(missing)} (needs CONFIG_FTRACE_SYSCALLS)",
         )
     return Result("tracepoints", True, ", ".join(wanted))
 

@@ -4,11 +4,14 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from observer.capabilities import MOUNTINFO, tracing_mount_points
 from tests.harness import REPO
 
 
@@ -122,6 +125,15 @@ def test_check_names_what_is_missing_without_privileges(as_nobody):
     assert result.returncode == 1
     assert re.search(r"FAIL privileges +not root and no CAP_BPF\+CAP_PERFMON", result.stdout)
     assert re.search(r"FAIL bpf syscall +bpf\(BPF_MAP_CREATE\) failed", result.stdout)
+    # Mounted with its default mode 0700, tracefs is there but closed to nobody.
+    tracing = "/sys/kernel/tracing"
+    if tracing in tracing_mount_points(Path(MOUNTINFO).read_text()):
+        assert not re.search(r"tracefs +not mounted", result.stdout)
+        if not os.stat(tracing).st_mode & stat.S_IXOTH:
+            assert re.search(
+                rf"FAIL tracefs +mounted at {tracing}, but not readable by this user \(uid \d+\)",
+                result.stdout,
+            )
     assert "the bpf backend cannot work here" in result.stderr
 
 

@@ -652,6 +652,7 @@ def test_build_stage_copies_everything_the_package_build_reads():
         assert (ROOT / source).exists(), source
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     needed = {project["project"]["readme"], "pyproject.toml"}
+    needed |= set(project["project"]["license-files"])
     needed |= set(project["tool"]["setuptools"]["package-dir"].values())
     assert needed <= set(copied)
 
