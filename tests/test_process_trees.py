@@ -41,15 +41,17 @@ def target_totals(metrics, target: str) -> tuple[float | None, float | None, flo
     )
 
 
-def settled_totals(running, target: str, threads: int, calls: int):
+def settled_totals(running, target: str, threads: int, calls: int, **gauges: float):
     """The scrape once the target shows the tree's totals (children that ended before a poll
-    saw them are folded in at the next poll)."""
+    saw them are folded in at the next poll), and the ``gauges`` given (``processes=1``: an
+    ended child leaves the gauge at the poll after its exit, later than its counts)."""
     return settled(
         running,
         {
             "thread_observer_threads_created_total": threads,
             "thread_observer_threads_exited_total": threads,
             "thread_observer_getaddrinfo_calls_total": calls,
+            **{f"thread_observer_{name}": value for name, value in gauges.items()},
         },
         15,
         target=target,
@@ -64,22 +66,27 @@ def attached(running, target: str, processes: int = 1) -> None:
     )
 
 
-def run_tree(running, command: list[str], target: str) -> dict:
+def run_tree(running, command: list[str], target: str, **gauges: float) -> dict:
     """Starts the tree's root, waits until it is attached, lets it work; returns its truth
-    and the settled scrape, once the root has been stopped."""
+    and the settled scrape (with ``gauges`` as settled_totals takes them), once the root has
+    been stopped."""
     with workload(command) as root:
         attached(running, target)
         root.go()
         truth = root.truth()
-        metrics = settled_totals(running, target, *totals(truth))
+        metrics = settled_totals(running, target, *totals(truth), **gauges)
         return {"truth": truth, "metrics": metrics, "pid": root.pid}
 
 
 def test_prefork_workers_that_live_milliseconds_are_counted_in_the_target(tmp_path):
     tag = uuid.uuid4().hex[:12]
     with observer(["--target", f"web=python.*-X tag={tag}"], tmp_path) as running:
+        # Only the root is left once its workers have ended: processes settles at 1.
         found = run_tree(
-            running, tagged(tag, "--workers", "3", "--threads", "10", "--lookups", "7"), "web"
+            running,
+            tagged(tag, "--workers", "3", "--threads", "10", "--lookups", "7"),
+            "web",
+            processes=1,
         )
         assert totals(found["truth"]) == (30, 21)
         assert found["metrics"].value("thread_observer_processes", target="web") == 1
