@@ -29,12 +29,17 @@ TABLE_END = "<!-- kernel matrix: end -->"
 
 
 def run_kernel(
-    kernel: Kernel, archive: Archive, results: Path, accelerator: Accelerator, cpus: int = 2
+    kernel: Kernel,
+    archive: Archive,
+    results: Path,
+    accelerator: Accelerator,
+    cpus: int = 2,
+    suite: bool = True,
 ) -> GuestReport:
-    """Boots ``kernel`` with this checkout and its virtual environment, runs ``check`` and the
-    kernel suite in it, and reads what it left in ``results``."""
+    """Boots ``kernel`` with this checkout and its virtual environment, runs ``check`` and
+    (with ``suite``) the kernel suite in it, and reads what it left in ``results``."""
     unpacked = fetch(kernel, archive)
-    command = guest_command(CHECKOUT, sys.executable, results, accelerator.time_scale)
+    command = guest_command(CHECKOUT, sys.executable, results, accelerator.time_scale, suite)
     booted = boot(unpacked, command, results, GUEST_SECONDS, accelerator, cpus=cpus)
     report = read_report(kernel.name, unpacked.release, results, booted.seconds)
     if booted.exit_status is None:
@@ -58,19 +63,26 @@ def keep_formats(unpacked: Unpacked) -> Path:
 
 
 def readme_table(reports: list[GuestReport]) -> str:
-    """README's table: each kernel, what runs it, and what the suite found there."""
+    """README's table: each kernel, what runs it, and what the suite found there (the tests
+    a kernel skipped named, with the first words of their reason)."""
     by_name = {kernel.name: kernel for kernel in KERNELS}
     lines = [
-        "| kernel | Debian suite | runs in | `check` | kernel suite |",
-        "|---|---|---|---|---|",
+        "| kernel | Debian suite | runs in | `check` | kernel suite | minutes |",
+        "|---|---|---|---|---|---|",
     ]
     for report in reports:
         kernel = by_name[report.kernel]
         counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(report.counts().items()))
+        skipped = "; ".join(
+            f"skipped `{test.split('::')[-1].split('[')[-1].rstrip(']')}`: {reason.split(':')[0]}"
+            for test, reason in report.skips.items()
+        )
         verdict = "OK" if report.check_status == 0 else f"exit {report.check_status}"
         lines.append(
             f"| {report.release} | {kernel.suite} | {kernel.distribution} | {verdict} | "
-            f"{counts or 'did not run'} of {len(KERNEL_SUITE)} |"
+            f"{counts + ' of ' + str(len(KERNEL_SUITE)) if counts else 'not run (check only)'}"
+            f"{'; ' + skipped if skipped else ''}"
+            f" | {report.seconds / 60:.0f} |"
         )
     return "\n".join(lines)
 

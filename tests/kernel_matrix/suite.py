@@ -93,9 +93,16 @@ def junit_outcomes(xml: str) -> tuple[dict[str, str], dict[str, str], dict[str, 
     return outcomes, failures, skips
 
 
-def guest_command(checkout: Path, python: str, results: Path, time_scale: float) -> str:
-    """The shell commands a guest runs: ``check``, the kernel suite, the format files."""
+def guest_command(
+    checkout: Path, python: str, results: Path, time_scale: float, suite: bool = True
+) -> str:
+    """The shell commands a guest runs: ``check``, the kernel suite (with ``suite``), the
+    format files."""
     tests = " ".join(f"'{test}'" for test in KERNEL_SUITE)
+    pytest = (
+        f"'{python}' -m pytest -p no:cacheprovider -o timeout={int(300 * time_scale)} "
+        f"--junitxml='{results}/junit.xml' -q -rfEs {tests} > '{results}/pytest.log' 2>&1"
+    )
     return "\n".join(
         [
             f"cd '{checkout}'",
@@ -103,8 +110,7 @@ def guest_command(checkout: Path, python: str, results: Path, time_scale: float)
             "export XDG_CACHE_HOME=/tmp/cache MPLCONFIGDIR=/tmp/matplotlib PYTHONDONTWRITEBYTECODE=1",
             f"'{python}' -m observer check > '{results}/check.log' 2>&1",
             f"echo $? > '{results}/check_status'",
-            f"'{python}' -m pytest -p no:cacheprovider -o timeout={int(300 * time_scale)} "
-            f"--junitxml='{results}/junit.xml' -q {tests} > '{results}/pytest.log' 2>&1",
+            *([pytest] if suite else []),
             formats_command(results),
         ]
     )
