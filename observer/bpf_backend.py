@@ -310,10 +310,9 @@ def probe_source(files: tuple[str, ...] = PROBE_FILES) -> str:
     return "\n".join((folder / name).read_text() for name in files)
 
 
-def raise_for_missing_fields(files: tuple[str, ...]) -> None:
-    """BpfUnavailable naming every tracepoint field these probe files read and this kernel's
-    formats lack."""
-    lacking = missing_fields(files)
+def raise_for_missing_fields(lacking: dict[str, list[str]]) -> None:
+    """BpfUnavailable naming every tracepoint field the probe files read and this kernel's
+    formats lack (``lacking``, as missing_fields gives them)."""
     if lacking:
         said = "; ".join(f"{name} reads {', '.join(fields)}" for name, fields in lacking.items())
         raise BpfUnavailable(f"this kernel's tracepoints lack fields the probes read: {said}")
@@ -645,17 +644,19 @@ class BpfProbes:
         """The files to compile: dns.bpf.c only where its sends are followed and, on the
         syscall tracepoints, where their formats have the fields it reads (bcc would fail the
         whole compile). A core file's missing field is said as the reason the backend fails."""
-        if self.dns_queries and not self.hooks.sends_at_sockets:
-            lacking = missing_fields((DNS_PROBE_FILE,)).get(DNS_PROBE_FILE)
-            if lacking:
-                log.warning(
-                    "DNS messages not followed: this kernel's send tracepoints lack %s, which "
-                    "dns.bpf.c reads: no dns_queries_total",
-                    ", ".join(lacking),
-                )
-                self._leave_out_dns()
         files = tuple(f for f in PROBE_FILES if self.dns_queries or f != DNS_PROBE_FILE)
-        raise_for_missing_fields(files)
+        lacking = missing_fields(files)
+        # At the socket layer dns.bpf.c reads no tracepoint's fields.
+        dns_lacking = lacking.pop(DNS_PROBE_FILE, None)
+        if dns_lacking and not self.hooks.sends_at_sockets:
+            log.warning(
+                "DNS messages not followed: this kernel's send tracepoints lack %s, which "
+                "dns.bpf.c reads: no dns_queries_total",
+                ", ".join(dns_lacking),
+            )
+            self._leave_out_dns()
+            files = tuple(f for f in files if f != DNS_PROBE_FILE)
+        raise_for_missing_fields(lacking)
         return files
 
     # Loading

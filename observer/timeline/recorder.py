@@ -34,6 +34,7 @@ from observer.constants import bpf_cflags
 from observer.targets import RegexTarget, cmdline_of, match_target
 from observer.timeline.model import Event, EventKind
 from observer.timeline.stacks import ProcessStacks
+from observer.tracefs import missing_fields
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class TimelineProbes:
         cflags = bpf_cflags(self.track_new_processes, sites=True) + timeline_cflags(
             self.follow_children
         )
-        raise_for_missing_fields(PROBE_FILES)
+        raise_for_missing_fields(missing_fields(PROBE_FILES))
         self._bpf = compile_probes(PROBE_FILES, cflags, "timeline probe")
         self._bpf["timeline_events"].open_ring_buffer(self._on_record)
 
