@@ -1452,10 +1452,11 @@ def attach_libc_of(probes, pid: int) -> tuple[list[str], set[str]]:
     executable when no libc is mapped, as in a statically linked one), through ``probes``'s
     ``attach_libc(path, (device, inode))``; returns those objects and the probes attached.
     Raises OSError when the process is gone."""
-    objects = procfs.libc_objects(pid, procfs.read_maps(pid))
+    mappings = procfs.read_maps(pid)
+    objects = procfs.libc_objects(pid, mappings)
     attached: set[str] = set()
     for path in objects:
-        in_root = procfs.path_in_root(pid, path)
+        in_root = procfs.path_in_root(pid, path, mappings)
         try:
             info = os.stat(in_root)
         except OSError:

@@ -122,7 +122,14 @@ class SiteLimit(enum.IntEnum):
     LIVE_THREAD_SLOTS = 8192
     FRAME_HEADER_SIZE = 128  # the buffer a frame's header is read into (a power of two)
     FRAME_READ_SIZE = 80  # bytes of a frame read at once: previous, code and owner lie inside
-    FRAME_OWNED_BY_CSTACK = 3  # an entry frame of the C stack (3.12+): no code of its own
+    # The owner byte of frames with no code of their own: the C stack's entry frame (3.12,
+    # 3.13: FRAME_OWNED_BY_CSTACK, 3); in 3.14 the interpreter's entry frame (3) and a C
+    # stack's frame (FRAME_OWNED_BY_CSTACK, 4).
+    FRAME_OWNED_BY_CSTACK = 3
+    FRAME_OWNED_BY_CSTACK_3_14 = 4
+    # 3.14 frames hold their code as a _PyStackRef, which tags the reference in its low bits
+    # (Py_TAG_BITS). Objects are at least 8-aligned: a plain pointer has these bits clear.
+    FRAME_CODE_TAG_BITS = 7
     FRAME_OWNED_BY_GENERATOR = 1  # a generator's or coroutine's frame (3.11+)
     # A thread state's first bytes, read at once (a power of two, past its last field used).
     TSTATE_READ_SIZE = 512

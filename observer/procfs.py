@@ -38,6 +38,7 @@ class Mapping:
     end: int
     path: str
     executable: bool
+    inode: int = 0  # of the mapped file (0: not known)
 
 
 def read_maps(pid: int) -> list[Mapping]:
@@ -51,7 +52,7 @@ def read_maps(pid: int) -> list[Mapping]:
                 continue
             start, end = (int(x, 16) for x in fields[0].split("-"))
             path = fields[5].rstrip("\n").removesuffix(" (deleted)")
-            mappings.append(Mapping(start, end, path, "x" in fields[1]))
+            mappings.append(Mapping(start, end, path, "x" in fields[1], int(fields[4])))
     mappings.sort(key=lambda m: m.start)
     return mappings
 
@@ -102,9 +103,20 @@ def exe_path(pid: int) -> str:
     return os.readlink(PROC / str(pid) / "exe").removesuffix(" (deleted)")
 
 
-def path_in_root(pid: int, path: str) -> str:
-    """The target's file as seen from here, through its mount namespace."""
-    return f"/proc/{pid}/root{path}"
+def path_in_root(pid: int, path: str, mappings: list[Mapping] | None = None) -> str:
+    """The target's file as seen from here. Its maps name a file from the root of its mount
+    namespace, which /proc/PID/root reaches (a container's), unless the process runs chrooted
+    below it; there, when that root is ours too (a chroot on this machine), the path names the
+    file here as it is. Given the process's mappings, the one holding the mapped inode is
+    taken."""
+    through_root = f"/proc/{pid}/root{path}"
+    inode = next((m.inode for m in mappings or () if m.path == path and m.inode), 0)
+    if inode:
+        for candidate in (through_root, path):
+            with contextlib.suppress(OSError):
+                if os.stat(candidate).st_ino == inode:
+                    return candidate
+    return through_root
 
 
 def libc_objects(pid: int, mappings: list[Mapping]) -> list[str]:

@@ -3,7 +3,7 @@
 The probes read frames in the kernel (probes/python_stack.h) with the offsets found here: the
 interpreter's ``_PyRuntime`` symbol (pyelftools, in the executable or ``libpythonX.Y``), its
 load address from ``/proc/PID/maps``, and the struct offsets: published by the interpreter
-itself in ``_Py_DebugOffsets`` (3.13+), or generated per version from CPython's headers
+itself in ``_Py_DebugOffsets`` (3.13, 3.14), or generated per version from CPython's headers
 (``observer/pyoffsets.py``, by ``tools/gen_pyoffsets.py``). Offsets are checked against live
 memory before use: the main thread must be found in the interpreter's thread list, and its
 current frame must point at a code object. Anything else means "sites unavailable" for the
@@ -27,7 +27,7 @@ from elftools.elf.elffile import ELFFile
 
 from observer import procfs
 from observer.constants import SiteLimit
-from observer.pyoffsets import OFFSETS
+from observer.pyoffsets import DEBUG_FIELDS, OFFSETS
 
 DEBUG_COOKIE = b"xdebugpy"
 MAX_THREADS = 4096  # thread states looked at when checking the offsets
@@ -37,8 +37,12 @@ MAX_NAME_CHARS = 256  # of a qualname or file name read from a target
 FRAME_CHECKS = 20  # reads of a running main thread's frame before trying again later
 CODE_CACHE_SIZE = 4096  # code objects remembered per process
 ADDRESS_END = 1 << 63  # /proc/PID/mem takes offsets below this (pread's off_t)
-# Bytes read at the start of _PyRuntime (every version's is larger): 3.13's _Py_DebugOffsets.
-DEBUG_OFFSETS_SIZE = 512
+# Bytes read at the start of _PyRuntime (every version's is larger): up to the last field used
+# of every version's _Py_DebugOffsets.
+DEBUG_OFFSETS_SIZE = 8 * (1 + max(max(fields.values()) for fields in DEBUG_FIELDS.values()))
+# The first version that publishes its offsets, and the versions read, for messages.
+FIRST_PUBLISHED = min(DEBUG_FIELDS)
+READ_VERSIONS = "{}.{} to {}.{} are read".format(*min(OFFSETS), *max(OFFSETS))
 
 
 class SitesUnavailable(Exception):
@@ -197,9 +201,11 @@ def locate(pid: int, mappings: list[procfs.Mapping]) -> PythonRuntime:
     path = interpreter_object(pid, mappings)
     version = procfs.python_version(pid, mappings)
     if version is not None and version < (3, 8):
-        raise SitesUnavailable("unsupported_version", f"Python {version} (3.8 to 3.13 are read)")
+        raise SitesUnavailable("unsupported_version", f"Python {version} ({READ_VERSIONS})")
     try:
-        symbols, lowest = elf_symbols(procfs.path_in_root(pid, path), ("_PyRuntime", "PyCode_Type"))
+        symbols, lowest = elf_symbols(
+            procfs.path_in_root(pid, path, mappings), ("_PyRuntime", "PyCode_Type")
+        )
     except (OSError, ELFError) as err:
         raise SitesUnavailable("no_interpreter", f"cannot read {path}: {err}") from None
     if len(symbols) < 2:
@@ -234,7 +240,7 @@ def libpython_awaited(pid: int, path: str, mappings: list[procfs.Mapping]) -> st
     if any(procfs.LIBPYTHON.match(os.path.basename(m.path)) for m in mappings):
         return None
     try:
-        needed = needed_libraries(procfs.path_in_root(pid, path))
+        needed = needed_libraries(procfs.path_in_root(pid, path, mappings))
     except (OSError, ELFError):
         return None
     return next((name for name in needed if procfs.LIBPYTHON.match(name)), None)
@@ -249,44 +255,32 @@ def interpreter_offsets(memory: Memory, runtime: int, version: tuple[int, int] |
     if head[:8] == DEBUG_COOKIE:
         hex_version = struct.unpack_from("<Q", head, 8)[0]
         published = (hex_version >> 24, (hex_version >> 16) & 0xFF)
-        if published != (3, 13):
-            raise SitesUnavailable(
-                "unsupported_version", f"_Py_DebugOffsets of {published} has an unknown layout"
-            )
-        return published, debug_offsets_3_13(head)
-    if version not in OFFSETS or version >= (3, 13):
+        return published, debug_offsets(published, head)
+    if version not in OFFSETS or version >= FIRST_PUBLISHED:
         raise SitesUnavailable(
-            "unsupported_version", f"no struct offsets for Python {version} (3.8 to 3.13 are read)"
+            "unsupported_version", f"no struct offsets for Python {version} ({READ_VERSIONS})"
         )
     return version, dict(OFFSETS[version])
 
 
-# Field positions (in uint64 words) of CPython 3.13's _Py_DebugOffsets
-# (Include/internal/pycore_runtime.h): cookie, version, free_threaded, then sections that each
-# start with their size.
-DEBUG_FIELDS_3_13 = {
-    "runtime_interpreters_head": 3 + 2,
-    "interp_threads_head": 6 + 3,
-    "tstate_prev": 19 + 1,
-    "tstate_next": 19 + 2,
-    "tstate_native_thread_id": 19 + 6,
-    "tstate_frame": 19 + 4,
-    "tstate_datastack_chunk": 19 + 7,
-    "frame_previous": 28 + 1,
-    "frame_code": 28 + 2,
-    "frame_owner": 28 + 5,
-    "code_filename": 34 + 1,
-    "code_name": 34 + 2,
-    "code_qualname": 34 + 3,
-    "code_firstlineno": 34 + 5,
-    "object_type": 44 + 1,
-}
-
-
-def debug_offsets_3_13(raw: bytes) -> dict[str, int]:
-    words = struct.unpack_from("<64Q", raw)
-    offsets = dict(OFFSETS[(3, 13)])  # co_flags and str layout are not published
-    offsets.update({name: words[index] for name, index in DEBUG_FIELDS_3_13.items()})
+def debug_offsets(version: tuple[int, int], raw: bytes) -> dict[str, int]:
+    """The offsets an interpreter publishes in its _Py_DebugOffsets, whose own layout is its
+    version's (observer/pyoffsets.py DEBUG_FIELDS)."""
+    if version not in DEBUG_FIELDS:
+        raise SitesUnavailable(
+            "unsupported_version",
+            f"_Py_DebugOffsets of Python {version} has an unknown layout ({READ_VERSIONS})",
+        )
+    words = struct.unpack_from(f"<{DEBUG_OFFSETS_SIZE // 8}Q", raw)
+    published = {name: words[index] for name, index in DEBUG_FIELDS[version].items()}
+    if published.pop("free_threaded"):
+        # Its objects have another header (ob_tid, a shared reference count) and its code
+        # objects another co_flags offset, which _Py_DebugOffsets does not publish.
+        raise SitesUnavailable(
+            "free_threaded", f"Python {version} built free-threaded: its frames are not read"
+        )
+    offsets = dict(OFFSETS[version])  # co_flags and the str layout are not published
+    offsets.update(published)
     offsets["cframe_current_frame"] = -1
     return offsets
 
@@ -476,7 +470,7 @@ def check_frame(memory: Memory, tstate: int, offsets: dict[str, int], code_type:
         if frame == 0:
             return  # not running Python code now: nothing to check the frame offsets with
         try:
-            code = memory.pointer(frame + offsets["frame_code"])
+            code = memory.pointer(frame + offsets["frame_code"]) & ~SiteLimit.FRAME_CODE_TAG_BITS
             if code and memory.pointer(code + offsets["object_type"]) == code_type:
                 return
         except OSError:

@@ -28,6 +28,9 @@ LIBRARY_PREFIX = re.compile(r"^.*/(?:site|dist)-packages/|^.*/lib/python\d+\.\d+
 PLUMBING = ("threading.py", "socket.py", "selectors.py", "asyncio/", "concurrent/futures/")
 THREAD_PLUMBING = (*PLUMBING, "anyio/_backends/", "anyio/to_thread.py")
 ENTRY_PLUMBING = ("threading.py", "socket.py")
+# Since 3.14 a work item runs its call through the executor's WorkerContext: skipped, so that
+# an executor worker's lookups keep one site label on every version.
+WORKER_CALLS = {("concurrent/futures/thread.py", "WorkerContext.run")}
 
 POOLS = ("default", "thread_pool", "anyio")
 # asyncio's own loop frames: a plain callback (no coroutine) runs under them (by co_name
@@ -72,9 +75,13 @@ def site_label(frames: list[CodeInfo | None], thread: bool = False) -> str:
         if not is_plumbing(code, plumbing):
             return frame_label(code)
     for code in frames:
-        if not is_plumbing(code, ENTRY_PLUMBING):
+        if not is_plumbing(code, ENTRY_PLUMBING) and not is_worker_call(code):
             return frame_label(code)
     return frame_label(frames[0])
+
+
+def is_worker_call(code: CodeInfo | None) -> bool:
+    return code is not None and (short_path(code.filename), code.qualname) in WORKER_CALLS
 
 
 def under_asyncio_loop(frames: list[CodeInfo | None]) -> bool:

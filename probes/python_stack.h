@@ -7,13 +7,15 @@
 // writes one python_processes entry per process: where the thread list starts and the struct
 // offsets of that interpreter version. Without that entry nothing here runs for the process.
 //
-// Layouts read (CPython 3.8-3.13; offsets come from the entry, never from here):
+// Layouts read (CPython 3.8-3.14; offsets come from the entry, never from here):
 //   PyThreadState      prev, next, native_thread_id (the kernel tid, in the target's PID namespace;
 //                      3.8-3.10: thread_id, a pthread_t, whose struct pthread holds the tid),
 //                      cframe (3.11-3.12) -> _PyCFrame.current_frame, or current_frame (3.13+),
 //                      or frame (3.8-3.10)
-//   _PyInterpreterFrame previous, f_code (3.13+: f_executable), owner (3 = entry frame owned by
-//                      the C stack, 3.12+: holds no Python code of its own); 3.8-3.10:
+//   _PyInterpreterFrame previous, f_code (3.13+: f_executable; 3.14: a _PyStackRef, its low
+//                      bits a tag), owner (3.12+: 3 = the C stack's entry frame, 3.14: 3 =
+//                      the interpreter's entry frame, 4 = a C stack's frame: none holds Python
+//                      code of its own); 3.8-3.10:
 //                      PyFrameObject f_back, f_code (owner: the low byte of the aligned f_code)
 //   PyCodeObject       co_flags (CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR)
 //   PyThreadState      datastack_chunk, datastack_top (3.11+): the data stack's part in use,
@@ -27,7 +29,8 @@
 //
 // Parameters (-D cflags from observer/constants.py): SITES, STACK_DEPTH, MAX_FRAMES_WALKED,
 // MAX_THREADS_WALKED, MAX_SITE_STACKS, MAX_LIVE_THREADS, LIVE_THREAD_SLOTS, FRAME_HEADER_SIZE,
-// FRAME_READ_SIZE, FRAME_OWNED_BY_CSTACK, FRAME_OWNED_BY_GENERATOR, TSTATE_READ_SIZE,
+// FRAME_READ_SIZE, FRAME_OWNED_BY_CSTACK, FRAME_OWNED_BY_CSTACK_3_14, FRAME_CODE_TAG_BITS,
+// FRAME_OWNED_BY_GENERATOR, TSTATE_READ_SIZE,
 // FRAME_WINDOW_SIZE, CO_COROUTINE_FLAGS, STACK_FRAMES_READ, STACK_COROUTINE, STACK_TRUNCATED,
 // STACK_EVENT_LOOP.
 #ifndef THREAD_OBSERVER_PYTHON_STACK_H
@@ -41,7 +44,8 @@
 #if SITES
 #if !defined(STACK_DEPTH) || !defined(MAX_FRAMES_WALKED) || !defined(MAX_THREADS_WALKED) || \
     !defined(MAX_SITE_STACKS) || !defined(MAX_LIVE_THREADS) || !defined(LIVE_THREAD_SLOTS) || \
-    !defined(FRAME_OWNED_BY_CSTACK) || !defined(CO_COROUTINE_FLAGS) || \
+    !defined(FRAME_OWNED_BY_CSTACK) || !defined(FRAME_OWNED_BY_CSTACK_3_14) || \
+    !defined(FRAME_CODE_TAG_BITS) || !defined(CO_COROUTINE_FLAGS) || \
     !defined(STACK_FRAMES_READ) || !defined(STACK_COROUTINE) || !defined(STACK_TRUNCATED) || \
     !defined(STACK_EVENT_LOOP) || !defined(CALLER_EVENT_LOOP) || !defined(FRAME_HEADER_SIZE) || \
     !defined(FRAME_READ_SIZE) || !defined(FRAME_OWNED_BY_GENERATOR) || \
@@ -321,7 +325,8 @@ static __always_inline void read_frame(struct python_process *py, struct frame_s
         fields->previous =
             *(u64 *)(scratch->window + ((at + py->frame_previous) & (FRAME_WINDOW_SIZE - 8)));
         fields->code =
-            *(u64 *)(scratch->window + ((at + py->frame_code) & (FRAME_WINDOW_SIZE - 8)));
+            *(u64 *)(scratch->window + ((at + py->frame_code) & (FRAME_WINDOW_SIZE - 8))) &
+            ~(u64)FRAME_CODE_TAG_BITS;
         fields->owner = scratch->window[(at + py->frame_owner) & (FRAME_WINDOW_SIZE - 1)];
         fields->read = 1;
         return;
@@ -333,7 +338,8 @@ static __always_inline void read_frame(struct python_process *py, struct frame_s
     if (bpf_probe_read_user(header, size, (void *)frame))
         return;
     fields->owner = ((u8 *)header)[py->frame_owner & (FRAME_HEADER_SIZE - 1)];
-    fields->code = header[(py->frame_code >> 3) & (FRAME_HEADER_SIZE / 8 - 1)];
+    fields->code =
+        header[(py->frame_code >> 3) & (FRAME_HEADER_SIZE / 8 - 1)] & ~(u64)FRAME_CODE_TAG_BITS;
     fields->previous = header[(py->frame_previous >> 3) & (FRAME_HEADER_SIZE / 8 - 1)];
     fields->read = 1;
 }
@@ -383,7 +389,7 @@ static __always_inline int read_stack(struct python_process *py, u32 tgid, u32 t
         read_frame(py, scratch, frame, size, &fields);
         if (!fields.read)
             break;
-        if (fields.owner != FRAME_OWNED_BY_CSTACK) {
+        if (fields.owner != FRAME_OWNED_BY_CSTACK && fields.owner != FRAME_OWNED_BY_CSTACK_3_14) {
             u32 at = *depth;
             if (at < STACK_DEPTH) {
                 key->code[at & (STACK_DEPTH - 1)] = fields.code;

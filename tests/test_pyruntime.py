@@ -180,3 +180,53 @@ def test_a_thread_list_that_fails_to_read_is_a_read_failure(threads):
     with pytest.raises(ReadFailed, match="reading the thread list failed") as raised:
         check(memory, offsets)
     assert raised.value.reason == "offsets_mismatch"
+
+
+def published_offsets(version: tuple[int, int], free_threaded: int = 0) -> bytes:
+    """The start of a _PyRuntime that publishes ``version``'s own offsets: the cookie, the
+    version as PY_VERSION_HEX, then each field this version's layout has at its word."""
+    from observer.pyoffsets import DEBUG_FIELDS
+
+    words = [0] * (pyruntime.DEBUG_OFFSETS_SIZE // 8)
+    for name, index in DEBUG_FIELDS.get(version, DEBUG_FIELDS[max(DEBUG_FIELDS)]).items():
+        words[index] = OFFSETS.get(version, OFFSETS[max(OFFSETS)]).get(name, 0) + 8
+    words[DEBUG_FIELDS[max(DEBUG_FIELDS)]["free_threaded"]] = free_threaded
+    raw = bytearray(struct.pack(f"<{len(words)}Q", *words))
+    raw[:8] = pyruntime.DEBUG_COOKIE
+    struct.pack_into("<Q", raw, 8, version[0] << 24 | version[1] << 16 | 0x0A << 4)
+    return bytes(raw)
+
+
+def runtime_publishing(raw: bytes) -> FakeMemory:
+    memory = FakeMemory()
+    memory.add(RUNTIME, len(raw))
+    memory.blocks[RUNTIME][:] = raw
+    return memory
+
+
+@pytest.mark.parametrize("version", [(3, 13), (3, 14)])
+def test_published_offsets_are_taken_from_the_interpreter(version):
+    memory = runtime_publishing(published_offsets(version))
+    found, offsets = pyruntime.interpreter_offsets(memory, RUNTIME, version)
+    assert found == version
+    # Each published field is the interpreter's (here: the generated one moved by 8); the
+    # fields it does not publish come from the generated table.
+    assert offsets["tstate_next"] == OFFSETS[version]["tstate_next"] + 8
+    assert offsets["frame_owner"] == OFFSETS[version]["frame_owner"] + 8
+    assert offsets["code_flags"] == OFFSETS[version]["code_flags"]
+
+
+def test_a_free_threaded_interpreter_is_said_not_read():
+    memory = runtime_publishing(published_offsets((3, 14), free_threaded=1))
+    with pytest.raises(SitesUnavailable) as raised:
+        pyruntime.interpreter_offsets(memory, RUNTIME, (3, 14))
+    assert raised.value.reason == "free_threaded"
+    assert "free-threaded" in str(raised.value)
+
+
+def test_a_published_layout_of_a_later_version_is_unsupported_not_guessed():
+    memory = runtime_publishing(published_offsets((3, 15)))
+    with pytest.raises(SitesUnavailable) as raised:
+        pyruntime.interpreter_offsets(memory, RUNTIME, (3, 15))
+    assert raised.value.reason == "unsupported_version"
+    assert "3.8 to 3.14 are read" in str(raised.value)

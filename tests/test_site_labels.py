@@ -40,6 +40,7 @@ RESOLVER = code(PACKAGES + "aiohttp/resolver.py", "ThreadedResolver.resolve", 0x
 SOCKET = code(STDLIB + "socket.py", "getaddrinfo")
 WORK_ITEM = code(STDLIB + "concurrent/futures/thread.py", "_WorkItem.run")
 WORKER = code(STDLIB + "concurrent/futures/thread.py", "_worker")
+WORKER_CONTEXT = code(STDLIB + "concurrent/futures/thread.py", "WorkerContext.run")
 THREAD_RUN = code(STDLIB + "threading.py", "Thread.run")
 ANYIO = code(PACKAGES + "anyio/_backends/_asyncio.py", "run_sync_in_worker_thread", 0x80)
 ANYIO_API = code(PACKAGES + "anyio/to_thread.py", "run_sync", 0x80)
@@ -73,6 +74,12 @@ def test_short_path(filename, expected):
         # An executor worker's own lookup: only plumbing, named after the work item.
         (
             [SOCKET, WORK_ITEM, WORKER, THREAD_RUN],
+            False,
+            "concurrent/futures/thread.py:_WorkItem.run",
+        ),
+        # The same since 3.14, where the work item calls through the executor's context.
+        (
+            [SOCKET, WORKER_CONTEXT, WORK_ITEM, WORKER, THREAD_RUN],
             False,
             "concurrent/futures/thread.py:_WorkItem.run",
         ),

@@ -15,7 +15,7 @@ import pytest
 from observer.constants import SiteLimit
 from observer.pyruntime import CodeInfo
 from observer.sites import MAX_SITE_LENGTH, NATIVE, site_label, under_asyncio_loop
-from tests import harness
+from tests import debian_python, harness
 from tests.harness import observer, wait_until, workload
 from workloads.call_sites import ANYIO_WORKERS
 from workloads.servers import http_server
@@ -30,6 +30,8 @@ PYTHONS = {
         for v in ("3.8.18", "3.9.18", "3.10.13", "3.11.7", "3.12.1", "3.13.0")
     },
 }
+# Interpreters unpacked from Debian's archive into a root of their own (tests/debian_python.py).
+DEBIAN_PYTHONS = {"debian-sid-3.14": ("3.14", "sid")}
 UNSUPPORTED = {f"pyenv-{v}": str(PYENV / v / "bin" / "python") for v in ("3.6.15", "3.7.16")}
 WORKLOAD = ["-m", "workloads.call_sites", "--linger", "60"]
 # Grows a ThreadPoolExecutor to POOL_WORKERS threads that wait, prints their tids, and at the
@@ -181,9 +183,16 @@ def here(qualname: str) -> str:
     return f"{Path(__file__).resolve().parent.parent}/workloads/call_sites.py:{qualname}"
 
 
-@pytest.mark.parametrize("python", sorted(PYTHONS))
+def interpreter(name: str) -> str:
+    """The command of an interpreter by its test id."""
+    if name in DEBIAN_PYTHONS:
+        return str(debian_python.fetch(*DEBIAN_PYTHONS[name]).command)
+    return PYTHONS[name]
+
+
+@pytest.mark.parametrize("python", sorted(PYTHONS) + sorted(DEBIAN_PYTHONS))
 def test_sites_equal_the_stacks_the_workload_records(python, tmp_path):
-    with watched_run(WORKLOAD, "sites", tmp_path, PYTHONS[python]) as (running, truth):
+    with watched_run(WORKLOAD, "sites", tmp_path, interpreter(python)) as (running, truth):
         metrics = settled(running, "sites", truth)
         threads, calls = site_series(metrics, "sites")
         assert threads == expected_threads(truth)
@@ -218,12 +227,14 @@ def test_sites_equal_the_stacks_the_workload_records(python, tmp_path):
         assert metrics.value("thread_observer_sites_unavailable") is None
 
 
-@pytest.mark.parametrize("python", ["debian-3.11", "pyenv-3.9.18", "pyenv-3.13.0"])
+@pytest.mark.parametrize(
+    "python", ["debian-3.11", "pyenv-3.9.18", "pyenv-3.13.0", "debian-sid-3.14"]
+)
 def test_a_target_in_its_own_pid_namespace_has_its_sites_read(python, tmp_path):
     # Its thread states hold the ids of its namespace (the main thread's is 1), not the
     # observer's: the probes ask the kernel for the calling thread's id there. 3.9 reads the
-    # tid in glibc's struct pthread, 3.13 its published offsets.
-    with watched_run(WORKLOAD, "ns", tmp_path, PYTHONS[python], own_pid_namespace=True) as (
+    # tid in glibc's struct pthread, 3.13 and 3.14 their published offsets.
+    with watched_run(WORKLOAD, "ns", tmp_path, interpreter(python), own_pid_namespace=True) as (
         running,
         truth,
     ):

@@ -90,6 +90,23 @@ class Archive:
             capture_output=True,
         )
 
+    def download_closure(self, packages: list[str], suite: str, folder: Path) -> None:
+        """The packages and everything they depend on (not what they recommend), as ``suite``
+        has them: what a root of that suite needs to run them."""
+        (folder / "partial").mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                "apt-get", *self.options,
+                "-o", f"APT::Default-Release={suite}",
+                "-o", f"Dir::Cache::archives={folder}",
+                "-o", "Debug::NoLocking=1",  # no package of this machine is touched
+                "install", "--download-only", "--no-install-recommends", "-y", *packages,
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        shutil.rmtree(folder / "partial")
+
 
 # What a kernel's packages depend on that the guest needs: the image (on sid, its binary and
 # modules packages) and the headers (arch and common). Not kbuild, compilers or linux-base.
