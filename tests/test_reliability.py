@@ -315,10 +315,11 @@ def manifest_capabilities() -> list[str]:
 def test_the_sidecar_capabilities_are_enough_for_exact_counts(tmp_path, monkeypatch):
     capabilities = manifest_capabilities()
     bounding = ",".join(["-all", *(f"+{c.lower()}" for c in capabilities)])
-    # uid 0 with only the manifest's capabilities, as in the container.
+    # uid 0 with only the manifest's capabilities and no_new_privs
+    # (allowPrivilegeEscalation: false), as in the container.
     monkeypatch.setattr(
         "tests.harness.OBSERVER_PREFIX",
-        ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all"],
+        ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs"],
     )
     with (
         workload([*MIXED, "--linger", "60"]) as target,
