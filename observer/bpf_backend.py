@@ -43,6 +43,7 @@ from observer.constants import (
     resolver_entry_program,
 )
 from observer.kernel_btf import Btf, BtfError, KernelField, field_cflags, running_kernel_btf
+from observer.kernel_headers import prepare_kernel_headers, say_headers
 from observer.labels import host_label
 from observer.tracefs import missing_fields, tracepoint_fields
 
@@ -352,6 +353,11 @@ def compile_probes(
     bcc = import_bcc()
     folder = importlib.resources.files("observer.bpf")
     cflags = [*cflags, *kernel_format_cflags(btf), *pid_namespace_cflags(), f"-I{folder}"]
+    # Here, not only in the checks before: timeline (and a test's own probes) compile without
+    # them, and bcc reads BCC_KERNEL_SOURCE at each compile. Without headers the compile is
+    # still tried (bcc has ways of its own), its failure then saying what to install.
+    headers = prepare_kernel_headers()
+    say_headers(headers)
     started = time.monotonic()
     with captured_stderr() as diagnostics:
         try:
@@ -359,7 +365,7 @@ def compile_probes(
         except Exception as err:  # bcc raises bare Exception for compile and load errors
             first = summarize(diagnostics())
             raise BpfUnavailable(
-                f"compiling the {what} failed: {first or err} ({headers_hint()})"
+                f"compiling the {what} failed: {first or err} ({headers_hint(headers)})"
             ) from None
     compiled = time.monotonic() - started
     rss_compiled = procfs.own_rss_mib()

@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from observer.kernel_headers import KernelHeaders, prepare_kernel_headers
+
 CAP_SYS_ADMIN = 21
 CAP_SYS_PTRACE = 19
 CAP_PERFMON = 38
@@ -220,38 +222,16 @@ def check_uprobes() -> Result:
     )
 
 
-def install_headers_hint() -> str:
-    return (
-        f"apt-get install linux-headers-{os.uname().release}, or link Debian's "
-        "linux-headers-amd64 there (make setup does this)"
-    )
-
-
-def headers_hint() -> str:
-    """What bcc compiled against, or what to install: added to a failed compile's message."""
-    build = kernel_build_dir()
-    if os.path.exists(build):
-        return f"bcc compiled against the headers at {os.path.realpath(build)}"
-    return f"no kernel headers at {build}: {install_headers_hint()}"
-
-
-def kernel_build_dir() -> str:
-    return f"/lib/modules/{os.uname().release}/build"
+def headers_hint(headers: KernelHeaders | None = None) -> str:
+    """What bcc compiled against, or what to install: added to a failed compile's message.
+    ``headers``: those the compile was given (looked for anew when None)."""
+    return (headers or prepare_kernel_headers()).detail
 
 
 def check_headers() -> Result:
-    release = os.uname().release
-    build = kernel_build_dir()
-    if not os.path.exists(build):
-        return Result("kernel headers", False, f"none at {build}: {install_headers_hint()}")
-    target = os.path.realpath(build)
-    note = (
-        ""
-        if release in target
-        else f" (for another kernel than {release}: fine for "
-        "the tracepoint and uprobe programs used here)"
-    )
-    return Result("kernel headers", True, f"bcc uses {target}{note}")
+    """The host's headers, else the kernel's own unpacked for bcc (see kernel_headers)."""
+    headers = prepare_kernel_headers()
+    return Result("kernel headers", headers.ok, headers.detail)
 
 
 BCC_HINT = (
