@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything thread-observer needs on a Debian 12 host (or image), idempotently:
 # Debian packages (bcc, kernel headers for this architecture, and for development
-# redis-server, prometheus, musl-tools), the kernel-header link bcc compiles against, tracefs,
-# and a virtual environment that sees bcc.
+# redis-server, prometheus, musl-tools, jsonnet), the kernel-header link bcc compiles against,
+# tracefs, and a virtual environment that sees bcc.
 #
 #   deploy/setup.sh [--venv DIR] [--extras test] [--no-venv]       # development (make setup)
 #   deploy/setup.sh --runtime --venv DIR --install WHEEL           # the image's final stage
@@ -37,7 +37,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 # Kernel headers are Debian's metapackage for this machine's architecture (amd64, arm64).
 ARCH=$(dpkg --print-architecture)
 RUNTIME_PACKAGES="python3-bpfcc python3-venv"
-PACKAGES="$RUNTIME_PACKAGES bpfcc-tools bpftool linux-headers-$ARCH redis-server prometheus musl-tools iproute2 util-linux procps"
+# jsonnet renders the monitoring mixin (deploy/render.py, and the test that the rendered files
+# are current).
+PACKAGES="$RUNTIME_PACKAGES bpfcc-tools bpftool linux-headers-$ARCH redis-server prometheus musl-tools jsonnet iproute2 util-linux procps"
 # The tests open the HTML timeline in a real headless browser, and boot other kernels under
 # qemu (the kernel matrix: busybox-static makes their initramfs); a runtime image needs none.
 case ",$EXTRAS," in *,test,*) PACKAGES="$PACKAGES chromium qemu-system-x86 busybox-static" ;; esac

@@ -12,6 +12,7 @@ import argparse
 import ast
 import copy
 import http.server
+import importlib.util
 import json
 import re
 import shutil
@@ -49,6 +50,7 @@ ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 DASHBOARD = DEPLOY / "grafana" / "thread-observer.json"
 DOCKERFILE = DEPLOY / "Dockerfile"
+MIXIN = DEPLOY / "mixin"
 
 VERSION = __version__
 METRICS_PORT = 9097
@@ -103,6 +105,13 @@ needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
     reason="promtool is not on PATH (it comes with Debian's prometheus package, which "
     "deploy/setup.sh installs)",
+)
+JSONNET = shutil.which("jsonnet")
+needs_jsonnet = pytest.mark.skipif(
+    JSONNET is None,
+    reason="Debian's jsonnet binary is not on PATH, and the rules and dashboard are rendered "
+    "from the jsonnet mixin in deploy/mixin (apt-get install jsonnet; deploy/setup.sh "
+    "installs it)",
 )
 
 
@@ -418,6 +427,7 @@ def test_podmonitor_schema_refuses_a_misspelt_field():
         jsonschema.validate(broken, PODMONITOR_SCHEMA)
 
 
+@needs_jsonnet
 def test_generated_objects_are_up_to_date():
     result = subprocess.run(
         [sys.executable, str(DEPLOY / "render.py"), "--check"],
@@ -437,6 +447,7 @@ def test_prometheus_rule_holds_the_rule_file_and_the_configmap_the_dashboard():
     assert json.loads(config_map["data"][DASHBOARD.name]) == dashboard()
 
 
+@needs_jsonnet
 def test_render_adapts_the_job_selector_and_runbook_links(tmp_path):
     rules_file, object_file = tmp_path / "alerts.yml", tmp_path / "rule.yaml"
     result = subprocess.run(
@@ -465,6 +476,236 @@ def test_render_adapts_the_job_selector_and_runbook_links(tmp_path):
     links = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
     names = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
     assert links == [f"https://runbooks.example/docs/runbook.md#{n.lower()}" for n in names]
+
+
+# The monitoring mixin (deploy/mixin): the rules and the dashboard are rendered from it.
+
+
+def jsonnet(code: str, cwd: Path = ROOT) -> object:
+    """code evaluated by Debian's jsonnet with the mixin on the library path, as a jsonnet
+    project that vendors it would import it."""
+    result = subprocess.run(
+        [JSONNET, "--jpath", str(MIXIN), "--exec", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def mixin_with(config: str) -> str:
+    """The mixin with config merged into its _config, as docs/runbook.md shows it."""
+    return f"((import 'mixin.libsonnet') + {{ _config+:: {config} }})"
+
+
+@pytest.fixture(scope="module")
+def render():
+    """deploy/render.py as a module."""
+    spec = importlib.util.spec_from_file_location("render", DEPLOY / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def rendered(render) -> dict[Path, str]:
+    return render.outputs()
+
+
+@needs_jsonnet
+@pytest.mark.parametrize(
+    "path",
+    [
+        ALERTS,
+        DASHBOARD,
+        KUBERNETES / "base" / "prometheusrule.yaml",
+        KUBERNETES / "base" / "grafana-dashboard.yaml",
+    ],
+    ids=lambda path: path.name,
+)
+def test_committed_file_is_what_the_mixin_renders(rendered, path):
+    assert path in rendered
+    assert path.read_text(encoding="utf-8") == rendered[path], (
+        f"{path.relative_to(ROOT)} is not what deploy/mixin renders: run deploy/render.py"
+    )
+
+
+@needs_jsonnet
+def test_render_makes_exactly_the_committed_files(rendered):
+    assert set(rendered) == {
+        ALERTS,
+        DASHBOARD,
+        KUBERNETES / "base" / "prometheusrule.yaml",
+        KUBERNETES / "base" / "grafana-dashboard.yaml",
+    }
+
+
+@needs_jsonnet
+def test_mixin_alone_evaluates_to_the_committed_rules_and_dashboard():
+    """What a jsonnet project importing the mixin gets, without render.py's layout: the same
+    rules and the same dashboard as the committed files."""
+    mixin = jsonnet(
+        "local m = import 'mixin.libsonnet';"
+        " { alerts: m.prometheusAlerts, dashboards: m.grafanaDashboards }"
+    )
+    assert mixin["alerts"] == yaml.safe_load(ALERTS.read_text())
+    assert mixin["dashboards"] == {DASHBOARD.name: dashboard()}
+    # Hidden fields (each rule's comment::, the description lines) stay out of the rules.
+    for group in mixin["alerts"]["groups"]:
+        for rule in group["rules"]:
+            assert "comment" not in rule, rule["alert"]
+            assert "descriptionLines" not in rule["annotations"], rule["alert"]
+
+
+@needs_jsonnet
+def test_alerts_yml_keeps_each_rules_comment_and_the_conventions():
+    text = ALERTS.read_text()
+    assert text.startswith("# Alert rules for thread-observer")
+    assert "deploy/mixin/" in text.split("groups:")[0]
+    assert "# Conventions (those of the monitoring mixins):" in text
+    comments = jsonnet(
+        "[r.comment for g in (import 'mixin.libsonnet').prometheusAlerts.groups for r in g.rules]"
+    )
+    assert len(comments) == len(rule_documents())
+    for comment in comments:
+        assert comment.strip(), "every rule says why it is as it is"
+        quoted = "".join(f"        # {line}".rstrip() + "\n" for line in comment.splitlines())
+        assert quoted in text
+
+
+@needs_jsonnet
+@needs_promtool
+def test_mixin_config_changes_every_selector_and_runbook_link(render, tmp_path):
+    """Another job selector and runbook base set in _config, as docs/runbook.md shows it: every
+    selector of every rule and every runbook_url change, nothing else does, and promtool takes
+    the rules as the mixin gives them and as render.py writes them."""
+    selector, base = 'job=~"thread-observer|node-agents"', "https://runbooks.example/ops/"
+    project = tmp_path / "monitoring.jsonnet"
+    project.write_text(
+        mixin_with(f"{{ jobSelector: {json.dumps(selector)}, runbookURLBase: '{base}' }}")
+        + ".prometheusAlerts\n"
+    )
+    adapted = jsonnet(f"import '{project}'")
+    rules_file, rendered_file = tmp_path / "alerts.yml", tmp_path / "rendered.yml"
+    rules_file.write_text(yaml.safe_dump(adapted))
+    rendered_file.write_text(
+        render.rules(render.evaluate({"jobSelector": selector, "runbookURLBase": base}))
+    )
+    assert yaml.safe_load(rendered_file.read_text()) == adapted
+    for path in (rules_file, rendered_file):
+        result = promtool("check", "rules", str(path))
+        assert result.returncode == 0, result.stdout + result.stderr
+    committed = yaml.safe_load(ALERTS.read_text())
+    assert [g["name"] for g in adapted["groups"]] == [g["name"] for g in committed["groups"]]
+    for group, original in zip(adapted["groups"], committed["groups"], strict=True):
+        for rule, before in zip(group["rules"], original["rules"], strict=True):
+            name, expr = rule["alert"], rule["expr"]
+            for metric, matchers in re.findall(r"\b(thread_observer_\w+|up)(\{[^}]*\})?", expr):
+                assert selector in matchers and 'job="thread-observer"' not in matchers, (
+                    name,
+                    metric,
+                )
+            link = rule["annotations"]["runbook_url"]
+            assert link == f"{base}docs/runbook.md#{name.lower()}", name
+            # Put back, the rule is the committed one.
+            rule["expr"] = expr.replace(selector, 'job="thread-observer"')
+            rule["annotations"]["runbook_url"] = before["annotations"]["runbook_url"]
+            assert rule == before, name
+
+
+@needs_jsonnet
+@needs_promtool
+def test_mixin_thresholds_change_exprs_and_summaries(tmp_path):
+    adapted = jsonnet(
+        mixin_with(
+            "{ executorSaturationThreshold: 0.8, eventLoopLookupsPerMinute: 6,"
+            " getaddrinfoFailingPercent: 10, getaddrinfoSlowSeconds: 1.5 }"
+        )
+        + ".prometheusAlerts"
+    )
+    rules = {r["alert"]: r for g in adapted["groups"] for r in g["rules"]}
+    assert rules["PythonThreadsNearExecutorCap"]["expr"].endswith(") >= 0.8\n")
+    assert rules["GetaddrinfoOnEventLoop"]["expr"].endswith(") * 60 > 6\n")
+    assert rules["GetaddrinfoFailing"]["expr"].endswith("\n> 0.1\n")
+    assert rules["GetaddrinfoFailing"]["annotations"]["summary"] == (
+        "More than 10% of getaddrinfo calls fail."
+    )
+    assert rules["GetaddrinfoSlow"]["expr"].endswith(") > 1.5\n")
+    assert rules["GetaddrinfoSlow"]["annotations"]["summary"] == (
+        "getaddrinfo p99 latency is above 1.5 s."
+    )
+    rules_file = tmp_path / "alerts.yml"
+    rules_file.write_text(yaml.safe_dump(adapted))
+    result = promtool("check", "rules", str(rules_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_jsonnet
+def test_mixin_dashboard_selector_narrows_every_query():
+    selector = 'job=~"thread-observer|node-agents"'
+    board = jsonnet(
+        mixin_with(f"{{ dashboardSelector: {json.dumps(selector)}, dashboardRefresh: '1m' }}")
+        + ".grafanaDashboards['thread-observer.json']"
+    )
+    queries = [t["expr"] for p in query_panels(board) for t in p["targets"]]
+    queries += [v["query"] for v in board["templating"]["list"] if v["type"] == "query"]
+    selectors = [s for q in queries for s in re.findall(r"\bthread_observer_\w+(\{[^}]*\})", q)]
+    assert len(selectors) > len(queries)
+    for matchers in selectors:
+        assert matchers == f"{{{selector}}}" or matchers.startswith(f"{{{selector}, "), matchers
+    assert board["refresh"] == "1m"
+    # Put back, it is the committed dashboard.
+    quoted = json.dumps(selector)[1:-1]
+    text = json.dumps(board).replace("{" + quoted + "}", "").replace(quoted + ", ", "")
+    assert json.loads(text) | {"refresh": "30s"} == dashboard()
+
+
+@needs_jsonnet
+def test_mixin_is_formatted_as_jsonnetfmt_formats_it():
+    sources = sorted(MIXIN.glob("*.libsonnet"))
+    assert {p.name for p in sources} >= {
+        "mixin.libsonnet",
+        "config.libsonnet",
+        "alerts.libsonnet",
+        "dashboards.libsonnet",
+    }
+    jsonnetfmt = shutil.which("jsonnetfmt")  # Debian's jsonnet package has both
+    result = subprocess.run(
+        [jsonnetfmt, "--test", *map(str, sources)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"run jsonnetfmt -i deploy/mixin/*.libsonnet\n{result.stderr}"
+
+
+@needs_jsonnet
+def test_render_check_says_which_file_is_stale(render, tmp_path, monkeypatch, capsys):
+    deploy = tmp_path / "deploy"
+    copies = {}
+    for name in ("ALERTS", "DASHBOARD", "PROMETHEUS_RULE", "DASHBOARD_CONFIG_MAP"):
+        path = getattr(render, name)
+        copy_path = deploy / path.relative_to(DEPLOY)
+        copy_path.parent.mkdir(parents=True, exist_ok=True)
+        copy_path.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+        copies[name] = copy_path
+        monkeypatch.setattr(render, name, copy_path)
+    monkeypatch.setattr(render, "DASHBOARDS", copies["DASHBOARD"].parent)
+    monkeypatch.setattr(render, "DEPLOY", deploy)
+    assert render.main(["--check"]) == 0
+    stale = copies["ALERTS"]
+    stale.write_text(stale.read_text().replace(">= 0.9", ">= 0.8"))
+    assert render.main(["--check"]) == 1
+    assert capsys.readouterr().err == (
+        "render: deploy/prometheus/alerts.yml is out of date: run deploy/render.py\n"
+    )
+    assert render.main([]) == 0
+    assert render.main(["--check"]) == 0
+    assert stale.read_text() == ALERTS.read_text()
 
 
 @pytest.mark.parametrize("name", WORKLOADS)
