@@ -16,11 +16,13 @@ from observer.arguments import (
     add_backend_argument,
     add_target_arguments,
     common_parser,
+    non_negative_float,
     parse_listen,
     positive_float,
 )
 from observer.errors import UsageError
-from observer.kubernetes import PodNames, add_pod_arguments
+from observer.kubernetes import PodNames, add_pod_arguments, wants_pod_names
+from observer.retired import DEFAULT_GRACE_SECONDS
 from observer.timeline import command as timeline
 from observer.web_config import WebConfigError, add_web_arguments, load_web_config
 
@@ -109,6 +111,15 @@ def add_run_parser(subparsers, parents) -> None:
         metavar="SECONDS",
         help="how often new and exited processes are handled (default %(default)s)",
     )
+    parser.add_argument(
+        "--series-grace",
+        type=non_negative_float,
+        default=DEFAULT_GRACE_SECONDS,
+        metavar="SECONDS",
+        help="how long a series that comes and goes with processes (a name template's, a "
+        "pod's container's, a pid's) stays after its last process ended; a named target's "
+        "stay for the observer's life (default %(default)s)",
+    )
     add_pod_arguments(parser)
     add_web_arguments(parser)
     parser.set_defaults(func=run)
@@ -139,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
         web_config = load_web_config(args)
     except WebConfigError as err:
         raise UsageError(str(err)) from None
-    observer = make_observer(args)
-    pod_names = PodNames(args.kubelet_log_dir) if args.pod_labels else None
+    pod_names = PodNames(args.kubelet_log_dir) if wants_pod_names(args) else None
+    observer = make_observer(args, pod_names)
     try:
         asyncio.run(
             serve(
@@ -149,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
                 port,
                 args.label_pid,
                 args.interval,
-                pod_names=pod_names,
+                pod_names=pod_names if args.pod_labels else None,
                 web_config=web_config,
             )
         )

@@ -20,7 +20,7 @@ from observer.constants import EAI_NAMES, Transport
 from observer.constants import metric_name as _name
 from observer.histogram import log2_to_buckets
 from observer.kubernetes import PodNames
-from observer.model import Counts, ProcessRow, Snapshot
+from observer.model import Counts, ProcessRow, SeriesKey, Snapshot
 
 # Self counters of what the observer could not see or name as asked (never a silent zero).
 LOSSES = {
@@ -121,7 +121,6 @@ class ObserverCollector(Collector):
 
     def _group(self, snapshot: Snapshot) -> list[Series]:
         series: dict[tuple[str, ...], Series] = {}
-        keys: dict[tuple[str, str, str], tuple[str, ...]] = {}
         for row in snapshot.rows:
             key = self._key(row.target, row.container_id, row.pod_uid, row.pid)
             group = series.setdefault(key, Series(list(key)))
@@ -129,24 +128,34 @@ class ObserverCollector(Collector):
             # In a pod (its cgroup says so) that the kubelet's directories do not name.
             if self._pod_names is not None and row.pod_uid and not key[3]:
                 group.unnamed += 1
-            # The observer keeps containers' exited processes apart in node mode only.
-            if self._pod_names is not None:
-                keys[(row.target, row.container_id, row.pod_uid)] = key
-            else:
-                keys[(row.target, "", "")] = key
+        # Exited processes' counts, kept by the observer while their series lives: they join
+        # their live processes' series, or make one of their own (no process left: 0).
+        for retired, counts in snapshot.retired.items():
+            key = self._key(*retired)
+            series.setdefault(key, Series(list(key))).add_counts(counts)
         if not self._label_pid:
-            # Folded counts of exited processes join the series their live processes are in.
-            for retire_key, counts in snapshot.retired.items():
-                if retire_key in keys:
-                    series[keys[retire_key]].add_counts(counts)
+            self._add_named_targets(snapshot, series)
         if self._pod_names is not None:
-            self._pod_names.forget({(row.container_id, row.pod_uid) for row in snapshot.rows})
+            live = {(row.container_id, row.pod_uid) for row in snapshot.rows}
+            live |= {(key.container_id, key.pod_uid) for key in snapshot.retired}
+            self._pod_names.forget(live)
         return list(series.values())
+
+    def _add_named_targets(self, snapshot: Snapshot, series: dict[tuple[str, ...], Series]):
+        """A named target is exported from the start, with no process yet: 0 processes, and
+        counters at 0 where the backend counts, so that rate() sees their first rise."""
+        present = {key[0] for key in series}
+        for target in snapshot.targets:
+            if target not in present:
+                key = self._key(*SeriesKey(target))
+                group = series.setdefault(key, Series(list(key)))
+                if snapshot.bpf_available:
+                    group.add_counts(Counts())
 
     def _target_metrics(self, snapshot: Snapshot, groups: list[Series]) -> Iterator[Metric]:
         labels = self._labels()
-        yield from _gauges(snapshot, groups, labels, per_pid=self._label_pid)
-        yield _target_info(snapshot, self._pod_names)
+        yield from _gauges(groups, labels)
+        yield _target_info(snapshot, self._pod_names, self._label_pid)
         # The proc backend cannot count: its series are absent, never zeros passed off as
         # measurements.
         counted = [g for g in groups if g.counts is not None]
@@ -201,9 +210,7 @@ class ObserverCollector(Collector):
             )
 
 
-def _gauges(
-    snapshot: Snapshot, groups: list[Series], labels: list[str], per_pid: bool
-) -> Iterator[Metric]:
+def _gauges(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
     processes = GaugeMetricFamily(
         _name("processes"), "Processes of the target attached now", labels=labels
     )
@@ -220,12 +227,6 @@ def _gauges(
         threads.add_metric(group.labels, group.threads)
         if group.executor_max_workers is not None:
             cap.add_metric(group.labels, group.executor_max_workers)
-    if not per_pid:
-        # A configured target with nothing attached still says so: 0 processes.
-        present = {group.labels[0] for group in groups}
-        for target in snapshot.targets:
-            if target not in present:
-                processes.add_metric([target, *[""] * (len(labels) - 1)], 0)
     yield from (processes, threads, cap)
 
 
@@ -367,17 +368,23 @@ def _site_self_metrics(snapshot: Snapshot) -> Iterator[Metric]:
         )
 
 
-def _target_info(snapshot: Snapshot, pod_names: PodNames | None) -> Metric:
+def _target_info(snapshot: Snapshot, pod_names: PodNames | None, label_pid: bool) -> Metric:
     # In node mode it names the pod too: honoured labels must not leave the observer's own.
+    # No pid unless asked for: a pid label makes a new series for every process a target
+    # starts (recycled workers, cron runs).
     names = list(kubernetes.LABELS) if pod_names is not None else []
+    pid = ["pid"] if label_pid else []
     info = GaugeMetricFamily(
         _name("target_info"),
-        "Attached processes and the container and pod they run in",
-        labels=["target", "pid", "container_id", "pod_uid", *names],
+        "The containers and pods a target's attached processes run in",
+        labels=["target", *pid, "container_id", "pod_uid", *names],
     )
+    seen = set()
     for row in snapshot.rows:
-        labels = [row.target, str(row.pid), row.container_id, row.pod_uid]
+        labels = [row.target, *([str(row.pid)] if label_pid else []), row.container_id, row.pod_uid]
         if pod_names is not None:
             labels += pod_names.name(row.container_id, row.pod_uid).labels()
-        info.add_metric(labels, 1)
+        if tuple(labels) not in seen:
+            seen.add(tuple(labels))
+            info.add_metric(labels, 1)
     return info

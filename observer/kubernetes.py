@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from observer.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_LOG_DIR = "/var/log"
@@ -38,6 +40,8 @@ CONTAINER_LOG = re.compile(
 )
 # A directory that does not name a pod is read again at most this often.
 RESCAN_SECONDS = 1.0
+# A namespace's name as the API server accepts it (a DNS label)
+NAMESPACE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,67 @@ def add_pod_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_LOG_DIR,
         metavar="DIR",
         help="where the kubelet writes pods/ and containers/ (default %(default)s)",
+    )
+    parser.add_argument(
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        default=[],
+        type=namespace_name,
+        metavar="NS",
+        help="watch only matching processes in pods of this Kubernetes namespace "
+        "(repeatable; processes outside any pod are then not watched)",
+    )
+    parser.add_argument(
+        "--exclude-namespace",
+        dest="excluded_namespaces",
+        action="append",
+        default=[],
+        type=namespace_name,
+        metavar="NS",
+        help="do not watch processes in pods of this Kubernetes namespace (repeatable)",
+    )
+    parser.add_argument(
+        "--no-hosts-namespace",
+        dest="no_hosts_namespaces",
+        action="append",
+        default=[],
+        type=namespace_name,
+        metavar="NS",
+        help="no getaddrinfo_host_calls_total series for processes in pods of this "
+        "Kubernetes namespace (repeatable)",
+    )
+
+
+def namespace_name(text: str) -> str:
+    if not NAMESPACE_NAME.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Kubernetes namespace name (lower-case letters, digits and -, "
+            "starting and ending with a letter or digit, at most 63)"
+        )
+    return text
+
+
+def namespace_policy(args: argparse.Namespace, pod_names: PodNames) -> NamespacePolicy | None:
+    """The namespaces the command line asks to watch, or None when it names none."""
+    include = frozenset(getattr(args, "namespaces", ()))
+    exclude = frozenset(getattr(args, "excluded_namespaces", ()))
+    no_hosts = frozenset(getattr(args, "no_hosts_namespaces", ()))
+    both = sorted(include & exclude)
+    if both:
+        raise UsageError(f"--namespace and --exclude-namespace both name {', '.join(both)}")
+    if not (include or exclude or no_hosts):
+        return None
+    return NamespacePolicy(pod_names, include, exclude, no_hosts)
+
+
+def wants_pod_names(args: argparse.Namespace) -> bool:
+    """Whether the command line needs pods named: for labels, or to choose by namespace."""
+    return bool(
+        getattr(args, "pod_labels", False)
+        or getattr(args, "namespaces", None)
+        or getattr(args, "excluded_namespaces", None)
+        or getattr(args, "no_hosts_namespaces", None)
     )
 
 
@@ -108,6 +173,17 @@ class PodNames:
             return OUTSIDE
         with self._lock:
             return self._name(container_id, pod_uid)
+
+    def namespace(self, container_id: str, pod_uid: str) -> str:
+        """The namespace of a process's pod, "" when it is in none or the directories do not
+        name it. Whether to watch a process is decided once, as it is found: a pod not known
+        yet has the directories read at once, not at most once a second as for names."""
+        if not pod_uid:
+            return ""  # no pod: outside Kubernetes
+        with self._lock:
+            if self._lookup(container_id, pod_uid) is None:
+                self._scanned_at = None
+            return self._name(container_id, pod_uid).namespace
 
     def _name(self, container_id: str, pod_uid: str) -> PodContainer:
         found = self._lookup(container_id, pod_uid)
@@ -168,6 +244,30 @@ class PodNames:
             self._containers = {k: v for k, v in self._containers.items() if k in ids}
             self._pods = {k: v for k, v in self._pods.items() if k in uids}
             self._reported &= live
+
+
+@dataclass(frozen=True)
+class NamespacePolicy:
+    """Which processes a node agent watches, and shows host names of, by their pod's
+    namespace. A process outside any pod, or in a pod the kubelet's directories do not name,
+    has no namespace: watched unless only some namespaces are."""
+
+    pod_names: PodNames
+    include: frozenset[str] = frozenset()
+    exclude: frozenset[str] = frozenset()
+    no_hosts: frozenset[str] = frozenset()
+
+    def watches(self, container_id: str, pod_uid: str) -> bool:
+        namespace = self._namespace(container_id, pod_uid)
+        if self.include and namespace not in self.include:
+            return False
+        return namespace not in self.exclude
+
+    def shows_hosts(self, container_id: str, pod_uid: str) -> bool:
+        return self._namespace(container_id, pod_uid) not in self.no_hosts
+
+    def _namespace(self, container_id: str, pod_uid: str) -> str:
+        return self.pod_names.namespace(container_id, pod_uid)
 
 
 def _list(directory: Path) -> list[str]:

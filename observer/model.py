@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass
@@ -69,14 +70,23 @@ class ProcessRow:
     sites_unavailable: str | None = None  # why Python frames cannot be read, when they cannot
 
 
+class SeriesKey(NamedTuple):
+    """What tells one series of exited processes' counts from another: the target, and the
+    container, pod and pid where the observer keeps them apart (else empty, and 0)."""
+
+    target: str
+    container_id: str = ""
+    pod_uid: str = ""
+    pid: int = 0
+
+
 @dataclass
 class Snapshot:
     backend: str
     rows: list[ProcessRow] = field(default_factory=list)
-    # Final counts of exited processes, by (target, container id, pod uid), kept while such
-    # processes live so that their counters never go down. The container and pod are empty
-    # unless the observer keeps containers apart (node mode).
-    retired: dict[tuple[str, str, str], Counts] = field(default_factory=dict)
+    # Final counts of exited processes, by series, kept while their series lives (see
+    # observer.retired) so that its counters never go down.
+    retired: dict[SeriesKey, Counts] = field(default_factory=dict)
     targets: list[str] = field(default_factory=list)  # configured target names
     probes_attached: dict[str, int] = field(default_factory=dict)
     attach_errors: dict[str, int] = field(default_factory=dict)

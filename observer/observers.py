@@ -28,8 +28,10 @@ from observer.bpf_backend import (
 )
 from observer.capabilities import uprobe_capability_hint
 from observer.constants import ProcessState, StackFlag
+from observer.kubernetes import NamespacePolicy
 from observer.labels import OTHER_HOSTS, HostLabels
-from observer.model import Counts, ProcessRow, Snapshot
+from observer.model import Counts, ProcessRow, SeriesKey, Snapshot
+from observer.retired import DEFAULT_GRACE_SECONDS, RetiredCounts
 from observer.sites import EVENT_LOOP, OTHER, SITES_PER_TARGET, ProcessSites
 from observer.targets import (
     OTHER_TARGET,
@@ -72,6 +74,7 @@ class TrackedProcess:
     container_id: str = ""
     pod_uid: str = ""
     inherited: bool = False  # in its target as a descendant, not by its own match
+    hosts_shown: bool = True  # False in a namespace whose host names are not exported
     sites: ProcessSites | None = None  # its Python frames can be read
     sites_unavailable: str | None = None  # else why not (None while still looking)
     site_tries: int = 0
@@ -138,9 +141,16 @@ class ProcObserver:
         allow_non_python: bool = False,
         containers_apart: bool = False,
         follow_children: bool = True,
+        pids_apart: bool = False,
+        series_grace: float = DEFAULT_GRACE_SECONDS,
+        namespaces: NamespacePolicy | None = None,
     ) -> None:
         self.regex_targets = regex_targets
         self.pid_targets = {t.pid: t.name for t in pid_targets}
+        # The names given on the command line: their series live as long as the observer.
+        self.named = {t.name for t in regex_targets if not t.is_template} | {
+            t.name for t in pid_targets
+        }
         self.follow_children = follow_children
         self.names = TargetNames()
         self.overflowed = 0  # processes put under OTHER_TARGET (a name template's cap)
@@ -148,10 +158,12 @@ class ProcObserver:
         self.started_cmdlines: dict[int, tuple[int, str]] = {}
         self.allow_non_python = allow_non_python
         self.procs: dict[int, TrackedProcess] = {}
-        self.retired: dict[tuple[str, str, str], Counts] = {}
         # Node mode: each container's processes are series of their own, and so are the
-        # folded counts of its exited processes.
+        # folded counts of its exited processes; with --label-pid, each process's.
         self.containers_apart = containers_apart
+        self.pids_apart = pids_apart
+        self.retired = RetiredCounts(series_grace, self._permanent)
+        self.namespaces = namespaces
         self.host_labels: dict[str, HostLabels] = {}
         # (thread sites, getaddrinfo sites) of each target
         self.site_labels: dict[str, tuple[HostLabels, HostLabels]] = {}
@@ -229,9 +241,20 @@ class ProcObserver:
         target = self.match_cmdlines(started, cmdline_of(pid))
         if target is None:
             return None
-        if self.allow_non_python or self._is_python(pid):
-            return target
-        return None
+        if not (self.allow_non_python or self._is_python(pid)):
+            return None
+        return target if self._in_watched_namespace(pid, target) else None
+
+    def _in_watched_namespace(self, pid: int, target: str) -> bool:
+        """Whether a matched process runs where the node agent was told to watch (its pod's
+        namespace, from its cgroup and the kubelet's directories)."""
+        if self.namespaces is None:
+            return True
+        container_id, pod_uid = procfs.container_identity(pid)
+        if self.namespaces.watches(container_id, pod_uid):
+            return True
+        log.debug("pid %d matches target %s outside the namespaces watched", pid, target)
+        return False
 
     def _is_python(self, pid: int) -> bool:
         """Whether a matched process is Python. One caught at its exec, before the loader has
@@ -305,6 +328,7 @@ class ProcObserver:
         self.overflowed += target == OTHER_TARGET
         self._describe(tracked)
         self.procs[pid] = tracked
+        self.retired.live(self.retire_key(tracked))
         log.info(
             "attached pid %d to target %s%s", pid, target, " (a descendant)" if inherited else ""
         )
@@ -315,6 +339,8 @@ class ProcObserver:
             describe(tracked)
         except OSError as err:
             log.debug("process %d went away while attaching: %s", tracked.pid, err)
+        if self.namespaces is not None:
+            tracked.hosts_shown = self.namespaces.shows_hosts(tracked.container_id, tracked.pod_uid)
 
     def _detach(self, pid: int) -> None:
         tracked = self.procs.pop(pid, None)
@@ -326,28 +352,48 @@ class ProcObserver:
         self._forget_target_if_empty(tracked)
 
     def _forget_target_if_empty(self, tracked: TrackedProcess) -> None:
-        # Folded counts and host labels live only as long as their processes do.
         key = self.retire_key(tracked)
         if not self._has_key(key):
-            self.retired.pop(key, None)
-        if not self._has_processes(tracked.target):
-            self.host_labels.pop(tracked.target, None)
-            self.site_labels.pop(tracked.target, None)
+            self.retired.idle(key)
+        self._forget_labels_if_unused(tracked.target)
 
-    def _has_key(self, key: tuple[str, str, str]) -> bool:
+    def _forget_labels_if_unused(self, target: str) -> None:
+        # Host and site labels live as long as a series of the target may show them: a label
+        # admitted again in another order would move counts between series.
+        if self._has_processes(target) or any(k.target == target for k in self.retired.counts):
+            return
+        self.host_labels.pop(target, None)
+        self.site_labels.pop(target, None)
+
+    def _has_key(self, key: SeriesKey) -> bool:
         return any(self.retire_key(t) == key for t in self.procs.values())
 
     def _has_processes(self, target: str) -> bool:
         return any(tracked.target == target for tracked in self.procs.values())
 
-    def retire_key(self, tracked: TrackedProcess) -> tuple[str, str, str]:
+    def retire_key(self, tracked: TrackedProcess) -> SeriesKey:
+        key = SeriesKey(tracked.target)
         if self.containers_apart:
-            return tracked.target, tracked.container_id, tracked.pod_uid
-        return tracked.target, "", ""
+            key = key._replace(container_id=tracked.container_id, pod_uid=tracked.pod_uid)
+        if self.pids_apart:
+            key = key._replace(pid=tracked.pid)
+        return key
+
+    def _permanent(self, key: SeriesKey) -> bool:
+        """A named target's own series (not a container's or a process's): kept for the
+        observer's life."""
+        return key == SeriesKey(key.target) and key.target in self.named
+
+    def expire_series(self) -> None:
+        """Drops the series whose grace period has passed, and labels no series needs."""
+        for key in self.retired.expire():
+            log.debug("series %s gone after its grace period", key)
+            self._forget_labels_if_unused(key.target)
 
     # Reading
     def snapshot(self) -> Snapshot:
         with self._lock:
+            self.expire_series()
             return Snapshot(
                 backend=self.backend,
                 rows=[tracked.row(None) for tracked in self.procs.values()],
@@ -356,10 +402,7 @@ class ProcObserver:
 
     def target_names(self) -> list[str]:
         """The configured names (a name template's names appear with their processes)."""
-        return sorted(
-            {t.name for t in self.regex_targets if not t.is_template}
-            | set(self.pid_targets.values())
-        )
+        return sorted(self.named | set(self.pid_targets.values()))
 
 
 def describe(tracked: TrackedProcess) -> None:
@@ -587,6 +630,7 @@ class BpfObserver(ProcObserver):
         """Once a second: counters of processes gone unseen, the maps' entry counts, and
         command lines of processes no longer watched."""
         self._last_housekeeping = time.monotonic()
+        self.expire_series()
         swept, self.map_entries = self.probes.sweep_and_count()
         if swept:
             log.debug("swept %d counters of processes gone unseen", swept)
@@ -626,6 +670,7 @@ class BpfObserver(ProcObserver):
         if parent is not None:
             gone.resolver = None if started_cmdline else parent.resolver
             gone.container_id, gone.pod_uid = parent.container_id, parent.pod_uid
+            gone.hosts_shown = parent.hosts_shown
         return gone
 
     def _retire(self, ended: dict[int, TrackedProcess | None]) -> None:
@@ -636,8 +681,11 @@ class BpfObserver(ProcObserver):
         for tgid, tracked in processes.items():
             if tgid in self.procs:
                 self._detach(tgid, finals.get(tgid), forget_in_kernel=False)
-            elif tgid in finals and self._has_key(self.retire_key(tracked)):
-                self.retired.setdefault(self.retire_key(tracked), Counts()).add(finals[tgid])
+            elif tgid in finals:
+                key = self.retire_key(tracked)
+                self.retired.add(key, finals[tgid])
+                if not self._has_key(key):
+                    self.retired.idle(key)
                 self.overflowed += tracked.target == OTHER_TARGET
 
     def _settle_pending(self, tgid: int, entry: WatchedEntry, forget: dict[int, int]) -> None:
@@ -668,6 +716,7 @@ class BpfObserver(ProcObserver):
                 log.info("pid %d moves from target %s to %s", tgid, tracked.target, target)
                 old = replace(tracked)
                 tracked.target = target
+                self.retired.live(self.retire_key(tracked))
                 self._forget_target_if_empty(old)
             tracked.inherited = own is None
             self.probes.set_state(
@@ -795,10 +844,8 @@ class BpfObserver(ProcObserver):
         if tracked is not None:
             if final is None:
                 final = self._counts({pid: tracked}).get(pid)
-            key = self.retire_key(tracked)
-            others = any(self.retire_key(t) == key and p != pid for p, t in self.procs.items())
-            if final is not None and others:
-                self.retired.setdefault(key, Counts()).add(final)
+            if final is not None:
+                self.retired.add(self.retire_key(tracked), final)
         super()._detach(pid)
         self._resolved.pop(pid, None)
         self.probes.detach_process(pid)
@@ -840,6 +887,7 @@ class BpfObserver(ProcObserver):
 
     def snapshot(self) -> Snapshot:
         with self._lock:
+            self.expire_series()
             raw = self._raw_counts(self.procs)
             counts = self._resolve_all(raw, self.procs)
             pools = self._executor_threads(raw)
@@ -854,7 +902,8 @@ class BpfObserver(ProcObserver):
                 backend=self.backend,
                 rows=rows,
                 retired={
-                    key: self._bound_hosts(key[0], counts) for key, counts in self.retired.items()
+                    key: self._bound_hosts(key.target, counts)
+                    for key, counts in self.retired.counts.items()
                 },
                 targets=self.target_names(),
                 probes_attached=dict(self.probes.probes_attached),
@@ -916,7 +965,7 @@ def resolve_counts(raw: RawCounts, tracked: TrackedProcess) -> Counts:
         getaddrinfo_failures=raw.failures,
         duration_slots=raw.duration_slots,
         duration_sum_ns=raw.duration_sum_ns,
-        hosts=raw.hosts,
+        hosts=raw.hosts if tracked.hosts_shown else Counter(),
         dns_queries=raw.dns_queries,
         resolver_calls=raw.resolver_calls,
     )

@@ -9,14 +9,17 @@ import logging
 from observer.bpf_backend import BpfUnavailable, check_probes
 from observer.capabilities import CHECKS, Result, bpf_problem
 from observer.errors import UsageError
+from observer.kubernetes import PodNames, namespace_policy
 from observer.observers import BpfObserver, ProcObserver
+from observer.retired import DEFAULT_GRACE_SECONDS
 from observer.targets import TargetError, parse_pid_target, parse_regex_target, resolve_pid_target
 
 log = logging.getLogger("observer")
 
 
-def make_observer(args: argparse.Namespace):
-    """The observer for the chosen backend, started; falls back to proc under auto."""
+def make_observer(args: argparse.Namespace, pod_names: PodNames | None = None):
+    """The observer for the chosen backend, started; falls back to proc under auto.
+    ``pod_names`` names pods for choosing them by namespace (node mode)."""
     try:
         regex_targets = [parse_regex_target(text) for text in args.target]
         pid_targets = [
@@ -38,6 +41,9 @@ def make_observer(args: argparse.Namespace):
         "follow_children": not getattr(args, "no_children", False),
         # Node mode (run --pod-labels) keeps each container's processes apart.
         "containers_apart": getattr(args, "pod_labels", False),
+        "pids_apart": getattr(args, "label_pid", False),
+        "series_grace": getattr(args, "series_grace", DEFAULT_GRACE_SECONDS),
+        "namespaces": namespace_policy(args, pod_names) if pod_names is not None else None,
     }
     if args.backend == "proc":
         return started(ProcObserver(**options))

@@ -426,8 +426,9 @@ class ObserverSource:
 
         self.observer = observer
         self.registry = CollectorRegistry(auto_describe=False)
-        # By pid: the session keeps each process's counts after it is gone.
-        self.registry.register(ObserverCollector(observer.snapshot, label_pid=True))
+        # By target, as /metrics: the observer keeps the counts of a target's processes that
+        # ended in its series (observer.retired), so they never go down.
+        self.registry.register(ObserverCollector(observer.snapshot))
 
     def sample(self) -> Sample:
         from prometheus_client import generate_latest

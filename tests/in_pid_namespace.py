@@ -40,24 +40,28 @@ TREE = [
 
 
 def measure(args: list[str], by_pid: bool) -> dict:
+    # --label-pid: target_info names the pid the observer sees the target by.
     with tempfile.TemporaryDirectory() as folder:
         if by_pid:
             with (
                 workload(args) as target,
-                observer(["--pid", f"ns={target.pid}"], Path(folder)) as running,
+                observer(["--pid", f"ns={target.pid}", "--label-pid"], Path(folder)) as running,
             ):
                 target.go()
                 return result(target, running)
         with (
-            observer(["--target", "ns=workloads\\.mixed"], Path(folder)) as running,
+            observer(["--target", "ns=workloads\\.mixed", "--label-pid"], Path(folder)) as running,
             workload(args, wait=False) as target,
         ):
             return result(target, running)
 
 
-def result(target, running) -> dict:
+def result(target, running, earlier_threads: int = 0) -> dict:
+    """What the observer says of the target, once its threads (and ``earlier_threads`` of the
+    target's processes that ended before) are counted as ended."""
     truth = target.truth()
-    metrics = exits_settled(running, truth["threads_started"], target="ns")
+    ended = earlier_threads + truth["threads_started"]
+    metrics = exits_settled(running, ended, target="ns")
     return {
         "truth": truth,
         "pid": target.pid,
@@ -80,7 +84,7 @@ def reuse_pid(args: list[str]) -> dict:
         # The next PID the kernel hands out in this namespace is the old one's.
         Path("/proc/sys/kernel/ns_last_pid").write_text(str(old.pid - 1))
         with workload(args, wait=False) as new:
-            found = result(new, running)
+            found = result(new, running, old_truth["threads_started"])
         found.update(old_pid=old.pid, old_truth=old_truth)
         return found
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from observer import procfs
 from tests import harness
 from tests.harness import (
     PYENV_ROOT,
@@ -54,25 +55,29 @@ def counts_settled(running, target, truth):
 
 
 def assert_matches_truth(metrics, target, truth, host_names=True):
-    created = metrics.labels("thread_observer_threads_created_total", "creator", target=target)
-    assert created == {"python": truth["threads_started"]}
-    assert (
-        metrics.value("thread_observer_threads_exited_total", target=target)
-        == truth["threads_started"]
-    )
-    on_loop = truth["getaddrinfo_on_loop"]
-    calls = metrics.labels("thread_observer_getaddrinfo_calls_total", "caller", target=target)
-    assert calls == {"event_loop": on_loop, "other": truth["getaddrinfo_calls"] - on_loop}
-    failures = metrics.nonzero("thread_observer_getaddrinfo_failures_total", "error", target=target)
-    assert failures == truth["getaddrinfo_errors"]
-    assert (
-        metrics.value("thread_observer_getaddrinfo_duration_seconds_count", target=target)
-        == truth["getaddrinfo_calls"]
-    )
-    hosts = metrics.labels("thread_observer_getaddrinfo_host_calls_total", "host", target=target)
-    assert hosts == (expected_hosts(truth) if host_names else {})
+    assert_matches_truths(metrics, target, [truth], host_names)
     assert metrics.value("thread_observer_threads", target=target) == 1
     assert metrics.value("thread_observer_processes", target=target) == 1
+
+
+def assert_matches_truths(metrics, target, truths, host_names=True):
+    """The target's counters are the sum of its processes' ground truths, live or ended."""
+    started = sum(truth["threads_started"] for truth in truths)
+    created = metrics.labels("thread_observer_threads_created_total", "creator", target=target)
+    assert created == {"python": started}
+    assert metrics.value("thread_observer_threads_exited_total", target=target) == started
+    on_loop = sum(truth["getaddrinfo_on_loop"] for truth in truths)
+    total = sum(truth["getaddrinfo_calls"] for truth in truths)
+    calls = metrics.labels("thread_observer_getaddrinfo_calls_total", "caller", target=target)
+    assert calls == {"event_loop": on_loop, "other": total - on_loop}
+    failures = metrics.nonzero("thread_observer_getaddrinfo_failures_total", "error", target=target)
+    assert failures == sum((Counter(truth["getaddrinfo_errors"]) for truth in truths), Counter())
+    assert (
+        metrics.value("thread_observer_getaddrinfo_duration_seconds_count", target=target) == total
+    )
+    hosts = metrics.labels("thread_observer_getaddrinfo_host_calls_total", "host", target=target)
+    expected = sum((expected_hosts(truth) for truth in truths), Counter())
+    assert hosts == (expected if host_names else {})
 
 
 def expected_hosts(truth) -> Counter:
@@ -107,27 +112,35 @@ def test_process_started_after_the_observer_is_counted_from_its_start(tmp_path):
             truth = target.truth()
             metrics = counts_settled(running, "later", truth)
             assert_matches_truth(metrics, "later", truth)
-            assert metrics.labels("thread_observer_target_info", "pid", target="later") == {
-                str(target.pid): 1
-            }
+            # Where the process runs, not which one it is: no pid label unless --label-pid.
+            container_id, pod_uid = procfs.container_identity(target.pid)
+            info = [s.labels for s in metrics.samples if s.name == "thread_observer_target_info"]
+            assert info == [{"target": "later", "container_id": container_id, "pod_uid": pod_uid}]
 
 
-def test_series_of_an_exited_target_disappear_and_the_observer_keeps_serving(tmp_path):
+def test_a_named_target_keeps_its_counts_after_its_processes_ended(tmp_path):
     tag = uuid.uuid4().hex[:12]
     with observer(["--target", f"brief=python.*-X tag={tag}"], tmp_path) as running:
-        for _ in range(2):  # a second run shows nothing of the first was kept
+        truths = []
+        for _ in range(2):  # the second run's counts add to the first's: never a reset
             with workload(["-X", f"tag={tag}", *MIXED, "--linger", "60"], wait=False) as target:
-                truth = target.truth()
-                assert_matches_truth(counts_settled(running, "brief", truth), "brief", truth)
-            wait_until(
-                lambda: running.scrape().value("thread_observer_processes", target="brief") == 0,
-                5,
-                "the exited process to be dropped",
+                truths.append(target.truth())
+                started = sum(truth["threads_started"] for truth in truths)
+                metrics = exits_settled(running, started, target="brief")
+                assert metrics.value("thread_observer_processes", target="brief") == 1
+                assert_matches_truths(metrics, "brief", truths)
+            metrics = wait_until(
+                lambda: processes_are(running, "brief", 0), 10, "the exited process to be dropped"
             )
-            metrics = running.scrape()
-            assert metrics.value("thread_observer_threads_created_total", target="brief") is None
-            assert metrics.value("thread_observer_getaddrinfo_calls_total", target="brief") is None
+            assert_matches_truths(metrics, "brief", truths)
+            assert metrics.value("thread_observer_threads", target="brief") == 0
         assert running.get("/healthz")[0].startswith('{"status": "ok"')
+
+
+def processes_are(running, target: str, count: int):
+    """The scrape, if it shows that many processes of the target."""
+    metrics = running.scrape()
+    return metrics if metrics.value("thread_observer_processes", target=target) == count else None
 
 
 def test_label_pid_and_openmetrics(tmp_path):
@@ -265,15 +278,88 @@ def test_counts_of_an_exited_process_stay_in_its_target_while_others_live(tmp_pa
                 )
 
 
-def test_a_pid_target_that_exits_is_gone_for_good(tmp_path):
+def test_a_pid_target_that_exits_keeps_its_final_counts(tmp_path):
     with (
         workload([*MIXED, "--linger", "60"]) as target,
         observer(["--pid", f"once={target.pid}"], tmp_path) as running,
     ):
         target.go()
-        target.truth()
+        truth = target.truth()
+        counts_settled(running, "once", truth)
         target.stop()
-        wait_until(lambda: not running.scrape().has_target("once"), 5, "its series to go")
+        metrics = wait_until(lambda: processes_are(running, "once", 0), 10, "the process to end")
+        assert_matches_truths(metrics, "once", [truth])
+        assert metrics.value("thread_observer_threads", target="once") == 0
+        assert running.get("/healthz")[0].startswith('{"status": "ok"')
+
+
+def test_a_named_target_of_short_lived_processes_reads_their_exact_sum(tmp_path):
+    """A cron-like target: three runs that each end as soon as their work is done, scraped
+    only once the last one has ended. Its series keep the sum of their counts, at 0 processes,
+    for the observer's life: even with no grace period at all (which only series that come
+    and go with processes have)."""
+    tag = uuid.uuid4().hex[:12]
+    args = ["--target", f"cron=python.*-X tag={tag}", "--series-grace", "0"]
+    with observer(args, tmp_path) as running:
+        truths = []
+        for _ in range(3):
+            with workload(["-X", f"tag={tag}", *MIXED], wait=False) as run:  # no linger
+                truths.append(run.truth())
+                assert run.process.wait(timeout=30) == 0
+        started = sum(truth["threads_started"] for truth in truths)
+        expected = {
+            "thread_observer_threads_created_total": started,
+            "thread_observer_threads_exited_total": started,
+            "thread_observer_getaddrinfo_calls_total": sum(t["getaddrinfo_calls"] for t in truths),
+            "thread_observer_processes": 0,
+        }
+        metrics = settled(running, expected, target="cron")
+        assert_matches_truths(metrics, "cron", truths)
+        assert metrics.value("thread_observer_threads", target="cron") == 0
+        # Some seconds on, through several housekeeping passes and scrapes that drop expired
+        # series: the same counts, not a reset and not gone.
+        time.sleep(3)
+        later = running.scrape()
+        assert_matches_truths(later, "cron", truths)
+        assert later.value("thread_observer_processes", target="cron") == 0
+
+
+GRACE = 2.0
+
+
+def test_a_name_templates_series_stays_for_the_grace_period_then_goes(tmp_path):
+    tag = uuid.uuid4().hex[:12]
+    template = f"{{app}}=python.*-X tag={tag} -X app=(?P<app>\\w+)"
+    with observer(["--target", template, "--series-grace", str(GRACE)], tmp_path) as running:
+        command = ["-X", f"tag={tag}", "-X", "app=nightly", *MIXED, "--linger", "60"]
+        with workload(command, wait=False) as target:
+            truth = target.truth()
+            assert_matches_truth(counts_settled(running, "nightly", truth), "nightly", truth)
+            target.stop()
+            ended = time.monotonic()
+
+        def dropped():
+            metrics = running.scrape()
+            return (
+                metrics
+                if metrics.value("thread_observer_processes", target="nightly") != 1
+                else None
+            )
+
+        metrics = wait_until(dropped, 10, "the process to be dropped")
+        if metrics.has_target("nightly"):
+            # Right after its process ended: its last counts, with no process.
+            assert metrics.value("thread_observer_processes", target="nightly") == 0
+            assert_matches_truths(metrics, "nightly", [truth])
+        else:
+            # Only a machine too loaded to scrape within the grace period gets here; the
+            # series must not have gone before it.
+            assert time.monotonic() - ended >= GRACE, "the series went before its grace period"
+        wait_until(
+            lambda: not running.scrape().has_target("nightly"),
+            GRACE + 10,
+            "the series to go once its grace period passed",
+        )
         assert running.get("/healthz")[0].startswith('{"status": "ok"')
 
 

@@ -175,35 +175,122 @@ def test_auto_falls_back_to_proc_and_says_so(tmp_path, as_nobody):
         sleeper.wait()
 
 
+def kernel_has_own_headers() -> bool:
+    """Whether the running kernel brings its own headers (CONFIG_IKHEADERS, built in or as a
+    module): hiding the host's then leaves those."""
+    from observer.kernel_headers import KHEADERS, KHEADERS_MODULE
+
+    modprobe = shutil.which("modprobe")
+    loadable = modprobe and subprocess.run([modprobe, "-n", KHEADERS_MODULE], capture_output=True)
+    return os.path.exists(KHEADERS) or bool(loadable and loadable.returncode == 0)
+
+
 @pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("unshare"),
     reason="hiding the kernel headers needs root and unshare",
 )
-def test_missing_kernel_headers_name_the_package_and_the_link():
+@pytest.mark.skipif(kernel_has_own_headers(), reason="this kernel has headers of its own")
+def test_missing_kernel_headers_name_the_package_and_the_link(tmp_path):
+    from observer.kernel_headers import BCC_KERNEL_SOURCE, KHEADERS
+    from tests.harness import RunningObserver, free_port, wait_until
+
     release = os.uname().release
-    # In a mount namespace of its own, /lib/modules is an empty tmpfs: no headers at all.
+    # In a mount namespace of its own, /lib/modules and /usr/src are empty tmpfs mounts, and
+    # nothing names headers for bcc: no headers at all.
     hide = [
         "unshare",
         "--mount",
         "sh",
         "-c",
-        'mount -t tmpfs none /lib/modules && exec "$@"',
+        'mount -t tmpfs none /lib/modules && mount -t tmpfs none /usr/src && exec "$@"',
         "no-headers",
         sys.executable,
         "-m",
         "observer",
     ]
+    env = {name: value for name, value in os.environ.items() if name != BCC_KERNEL_SOURCE}
     run = subprocess.run(
         [*hide, "run", "--target", "a=x", "--backend", "bpf"],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=REPO,
+        env=env,
     )
     assert_clear_error(run, f"apt-get install linux-headers-{release}")
     assert "link Debian's linux-headers-amd64 there" in run.stderr
-    check = subprocess.run([*hide, "check"], capture_output=True, text=True, timeout=60, cwd=REPO)
-    assert check.returncode == 1
-    assert re.search(
-        rf"FAIL kernel headers +none at /lib/modules/{re.escape(release)}/build", check.stdout
+    check = subprocess.run(
+        [*hide, "check"], capture_output=True, text=True, timeout=60, cwd=REPO, env=env
     )
+    assert check.returncode == 1
+    failed = re.search(
+        rf"FAIL kernel headers +none at /lib/modules/{re.escape(release)}/build, "
+        rf"no {re.escape(KHEADERS)} .*",
+        check.stdout,
+    )
+    assert failed, check.stdout
+    assert "CONFIG_IKHEADERS" in failed[0]
+    # Under the default backend (auto), run goes on with the proc backend and says why.
+    port = free_port()
+    log_path = tmp_path / "observer.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            [*hide, "run", "--target", "a=x", "--listen", f"127.0.0.1:{port}"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+        )
+    running = RunningObserver(process, port, log_path)
+    try:
+        wait_until(running.ready, 30, "the observer to serve")
+        assert running.scrape().value("thread_observer_build_info", backend="proc") == 1
+        log = running.log()
+        assert "falling back to the proc backend" in log
+        assert f"eBPF unavailable (kernel headers: none at /lib/modules/{release}/build" in log
+        assert f"apt-get install linux-headers-{release}" in log
+    finally:
+        running.stop()
+
+
+def assert_argument_error(result, message):
+    """argparse's own usage error: its usage, then one "error:" line naming the argument."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert lines == [f"thread-observer run: error: {message}"], result.stderr
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Shop", "kube_system", "-shop", "shop-", "", "x" * 64, "shop.prod"],
+    ids=["upper-case", "underscore", "leading-dash", "trailing-dash", "empty", "too-long", "dot"],
+)
+@pytest.mark.parametrize("flag", ["--namespace", "--exclude-namespace", "--no-hosts-namespace"])
+def test_a_bad_namespace_name_is_a_usage_error(flag, name):
+    # FLAG=VALUE: a value that starts with "-" is not taken for an option.
+    result = run_cli("run", "--target", "a=x", "--backend", "proc", f"{flag}={name}")
+    assert_argument_error(
+        result,
+        f"argument {flag}: {name!r} is not a Kubernetes namespace name (lower-case letters, "
+        "digits and -, starting and ending with a letter or digit, at most 63)",
+    )
+
+
+def test_a_namespace_both_watched_and_excluded_is_a_usage_error():
+    result = run_cli(
+        "run",
+        *("--target", "a=x", "--backend", "proc"),
+        *("--namespace", "shop", "--namespace", "jobs", "--namespace", "web"),
+        *("--exclude-namespace", "web", "--exclude-namespace", "jobs"),
+    )
+    assert_clear_error(result, "--namespace and --exclude-namespace both name jobs, web")
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "soon"])
+def test_a_bad_series_grace_is_a_usage_error(value):
+    result = run_cli("run", "--target", "a=x", "--backend", "proc", "--series-grace", value)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "argument --series-grace: " in result.stderr
+    assert repr(value) in result.stderr

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from observer import __version__
 from observer.collector import ObserverCollector
-from observer.model import Counts, ProcessRow, Snapshot
+from observer.model import Counts, ProcessRow, SeriesKey, Snapshot
 
 
 def counts(created=None, exited=0, calls=None, failures=None, slots=None, sum_ns=0):
@@ -58,8 +58,8 @@ def bpf_snapshot() -> Snapshot:
             ProcessRow("worker", 12, threads=1, counts=counts()),
         ],
         retired={
-            ("api", "", ""): counts({"python": 10}, exited=10, calls={"other": 5}, slots={14: 5}),
-            ("gone", "", ""): counts({"python": 99}),
+            SeriesKey("api"): counts({"python": 10}, exited=10, calls={"other": 5}, slots={14: 5}),
+            SeriesKey("gone"): counts({"python": 99}),
         },
         targets=["api", "worker", "idle"],
         probes_attached={"getaddrinfo": 1, "pthread_create": 1},
@@ -108,16 +108,82 @@ def test_histogram_buckets_are_cumulative_in_seconds():
     assert value(bucket, {"target": "api", "le": "+Inf"}) == 16
 
 
-def test_targets_without_processes_show_zero_processes_and_nothing_else():
-    registry = registry_for(bpf_snapshot())
+def test_a_named_target_without_processes_is_exported_at_zero():
+    value = registry_for(bpf_snapshot()).get_sample_value
+    assert value("thread_observer_processes", {"target": "idle"}) == 0
+    assert value("thread_observer_threads", {"target": "idle"}) == 0
+    for caller in ("event_loop", "other"):
+        labels = {"target": "idle", "caller": caller}
+        assert value("thread_observer_getaddrinfo_calls_total", labels) == 0
+    assert value("thread_observer_threads_exited_total", {"target": "idle"}) == 0
+    assert value("thread_observer_getaddrinfo_duration_seconds_count", {"target": "idle"}) == 0
+    # No creator is known before a thread is made: no series to show at 0.
+    assert value("thread_observer_threads_created_total", {"target": "idle"}) is None
+
+
+def test_exited_processes_counts_stay_when_none_is_left():
+    """The observer decides how long a series of ended processes lives (see
+    observer.retired): while it hands over their counts, they are exported, with 0 processes
+    and threads."""
+    value = registry_for(bpf_snapshot()).get_sample_value
+    assert value("thread_observer_processes", {"target": "gone"}) == 0
+    assert value("thread_observer_threads", {"target": "gone"}) == 0
+    created = {"target": "gone", "creator": "python"}
+    assert value("thread_observer_threads_created_total", created) == 99
+    # No live interpreter: no executor cap to show.
+    assert value("thread_observer_executor_default_max_workers", {"target": "gone"}) is None
+
+
+def test_proc_backend_named_target_without_processes_has_gauges_only():
+    snapshot = Snapshot(backend="proc", targets=["idle"])
+    registry = registry_for(snapshot)
     assert registry.get_sample_value("thread_observer_processes", {"target": "idle"}) == 0
-    text = generate_latest(registry).decode()
-    assert 'target="gone"' not in text  # folded counts vanish with the target's processes
-    assert registry.get_sample_value("thread_observer_threads", {"target": "idle"}) is None
+    assert registry.get_sample_value("thread_observer_threads", {"target": "idle"}) == 0
+    assert "_total{" not in generate_latest(registry).decode()
 
 
-def test_label_pid_splits_series_and_drops_exited_processes():
-    value = registry_for(bpf_snapshot(), label_pid=True).get_sample_value
+def test_target_info_has_no_pid_unless_asked_for():
+    snapshot = Snapshot(
+        backend="bpf",
+        rows=[
+            ProcessRow("api", 10, threads=1, counts=counts(), container_id="c" * 64),
+            ProcessRow("api", 11, threads=1, counts=counts(), container_id="c" * 64),
+            ProcessRow("api", 12, threads=1, counts=counts(), container_id="d" * 64),
+        ],
+        bpf_available=True,
+    )
+
+    def info(label_pid: bool) -> dict[tuple, float]:
+        return {
+            tuple(sorted(s.labels.items())): s.value
+            for family in registry_for(snapshot, label_pid).collect()
+            for s in family.samples
+            if s.name == "thread_observer_target_info"
+        }
+
+    no_pid = {("container_id", "c" * 64), ("pod_uid", ""), ("target", "api")}
+    assert info(False) == {
+        tuple(sorted(no_pid)): 1,
+        tuple(sorted({("container_id", "d" * 64), ("pod_uid", ""), ("target", "api")})): 1,
+    }
+    assert sorted(dict(labels)["pid"] for labels in info(True)) == ["10", "11", "12"]
+
+
+def test_label_pid_splits_series_and_keeps_exited_processes_apart():
+    snapshot = bpf_snapshot()
+    snapshot.retired = {SeriesKey("api", pid=9): counts({"python": 10}, exited=10)}
+    value = registry_for(snapshot, label_pid=True).get_sample_value
+    # The process that ended keeps its own series (while the observer keeps it).
+    assert value("thread_observer_processes", {"target": "api", "pid": "9"}) == 0
+    assert (
+        value(
+            "thread_observer_threads_created_total",
+            {"target": "api", "pid": "9", "creator": "python"},
+        )
+        == 10
+    )
+    # No series without a pid: a named target's zeros are not split by process.
+    assert value("thread_observer_processes", {"target": "idle"}) is None
     assert (
         value(
             "thread_observer_threads_created_total",

@@ -3,6 +3,8 @@ directories, and the series the collector makes of them."""
 
 from __future__ import annotations
 
+import argparse
+import time
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,18 @@ from prometheus_client import CollectorRegistry
 
 from observer import procfs
 from observer.collector import ObserverCollector
-from observer.kubernetes import OUTSIDE, PodContainer, PodNames, parse_container_log, parse_pod_dir
-from observer.model import Counts, ProcessRow, Snapshot
+from observer.errors import UsageError
+from observer.kubernetes import (
+    OUTSIDE,
+    NamespacePolicy,
+    PodContainer,
+    PodNames,
+    add_pod_arguments,
+    namespace_policy,
+    parse_container_log,
+    parse_pod_dir,
+)
+from observer.model import Counts, ProcessRow, SeriesKey, Snapshot
 from tests.kubelet import Pod
 from tests.kubelet import kubelet_logs as write_kubelet_logs
 
@@ -20,6 +32,8 @@ SYSTEMD_UID = UID.replace("-", "_")
 CID = "a" * 63 + "1"
 OTHER_UID = "6f1c1c4e-0000-4000-8000-00000000abcd"
 OTHER_CID = "b" * 63 + "2"
+GONE_UID = "6f1c1c4e-0000-4000-8000-000000000000"
+GONE_CID = "c" * 64
 
 # What /proc/PID/cgroup says for a container's process, by cgroup version, driver and runtime.
 CGROUPS = {
@@ -162,6 +176,7 @@ def test_node_mode_series_name_each_pod_and_aggregate_its_processes(tmp_path):
         [
             ("shop", "checkout-0", UID, {"app": CID}),
             ("jobs", "nightly-x", OTHER_UID, {"worker": OTHER_CID}),
+            ("jobs", "batch-0", GONE_UID, {"step": GONE_CID}),
         ],
     )
     snapshot = Snapshot(
@@ -188,12 +203,14 @@ def test_node_mode_series_name_each_pod_and_aggregate_its_processes(tmp_path):
                 pod_uid="6f1c1c4e-0000-4000-8000-00000000ffff",
             ),
         ],
-        # An exited process of the checkout pod, and one of a pod with no process left.
+        # An exited process of the checkout pod, and one of a pod with no process left (in its
+        # grace period: the observer keeps it).
         retired={
-            ("python", CID, UID): counts(10, 10),
-            ("python", "c" * 64, "6f1c1c4e-0000-4000-8000-000000000000"): counts(99, 99),
+            SeriesKey("python", CID, UID): counts(10, 10),
+            SeriesKey("python", GONE_CID, GONE_UID): counts(99, 99),
         },
         targets=["python", "idle"],
+        bpf_available=True,
     )
     registry = CollectorRegistry()
     registry.register(ObserverCollector(lambda: snapshot, pod_names=PodNames(root)))
@@ -214,18 +231,34 @@ def test_node_mode_series_name_each_pod_and_aggregate_its_processes(tmp_path):
     checkout = ("python", "shop", "checkout-0", "app")
     nightly = ("python", "jobs", "nightly-x", "worker")
     host = ("python", "", "", "")
+    batch = ("python", "jobs", "batch-0", "step")
+    idle = ("idle", "", "", "")
     assert series("thread_observer_processes") == {
         checkout: 2,
         nightly: 1,
         host: 2,
-        ("idle", "", "", ""): 0,
+        batch: 0,
+        idle: 0,
     }
-    assert series("thread_observer_threads") == {checkout: 7, nightly: 2, host: 2}
-    assert series("thread_observer_threads_created_total") == {checkout: 13, nightly: 7, host: 0}
+    assert series("thread_observer_threads") == {
+        checkout: 7,
+        nightly: 2,
+        host: 2,
+        batch: 0,
+        idle: 0,
+    }
+    assert series("thread_observer_threads_created_total") == {
+        checkout: 13,
+        nightly: 7,
+        host: 0,
+        batch: 99,
+    }
     assert series("thread_observer_getaddrinfo_duration_seconds_count") == {
         checkout: 16,
         nightly: 0,
         host: 9,
+        batch: 99,
+        idle: 0,
     }
     assert registry.get_sample_value("thread_observer_unnamed_pod_processes") == 1
     assert (
@@ -233,7 +266,6 @@ def test_node_mode_series_name_each_pod_and_aggregate_its_processes(tmp_path):
             "thread_observer_target_info",
             {
                 "target": "python",
-                "pid": "12",
                 "container_id": OTHER_CID,
                 "pod_uid": OTHER_UID,
                 "namespace": "jobs",
@@ -263,3 +295,81 @@ def test_without_pod_labels_no_pod_label_and_no_unnamed_metric():
     }
     assert labels == {("target",)}
     assert registry.get_sample_value("thread_observer_unnamed_pod_processes") is None
+
+
+def policy(root: Path, include=(), exclude=(), no_hosts=(), clock=time.monotonic):
+    return NamespacePolicy(
+        PodNames(root, clock=clock), frozenset(include), frozenset(exclude), frozenset(no_hosts)
+    )
+
+
+SHOP_AND_JOBS = [
+    ("shop", "checkout-0", UID, {"app": CID}),
+    ("jobs", "nightly-x", OTHER_UID, {"worker": OTHER_CID}),
+]
+
+
+def test_namespace_policy_watches_the_namespaces_asked_for(tmp_path):
+    root = kubelet_logs(tmp_path, SHOP_AND_JOBS)
+    shop, jobs, outside = (CID, UID), (OTHER_CID, OTHER_UID), ("", "")
+    docker = (GONE_CID, "")  # a container outside Kubernetes: no pod, no namespace
+    only_shop = policy(root, include={"shop"})
+    assert [only_shop.watches(*p) for p in (shop, jobs, outside, docker)] == [
+        True,
+        False,
+        False,
+        False,
+    ]
+    not_jobs = policy(root, exclude={"jobs"})
+    assert [not_jobs.watches(*p) for p in (shop, jobs, outside, docker)] == [
+        True,
+        False,
+        True,
+        True,
+    ]
+    no_shop_hosts = policy(root, no_hosts={"shop"})
+    assert [no_shop_hosts.watches(*p) for p in (shop, jobs, outside)] == [True, True, True]
+    assert [no_shop_hosts.shows_hosts(*p) for p in (shop, jobs, outside)] == [False, True, True]
+
+
+def test_a_pod_the_kubelet_wrote_just_now_is_decided_by_its_namespace(tmp_path):
+    """Whether to watch a process is decided once: a pod written after the last read of the
+    directories is looked for at once, not taken for a process outside any pod."""
+    root = kubelet_logs(tmp_path, SHOP_AND_JOBS[:1])
+    clock = [0.0]
+    only_jobs = policy(root, include={"jobs"}, clock=lambda: clock[0])
+    not_jobs = policy(root, exclude={"jobs"}, clock=lambda: clock[0])
+    assert not only_jobs.watches(CID, UID)  # the directories are read now
+    assert not_jobs.watches(CID, UID)
+    kubelet_logs(tmp_path, SHOP_AND_JOBS[1:])  # within the second
+    assert only_jobs.watches(OTHER_CID, OTHER_UID)
+    assert not not_jobs.watches(OTHER_CID, OTHER_UID)
+
+
+def test_a_pod_the_directories_never_name_is_in_no_namespace(tmp_path):
+    root = kubelet_logs(tmp_path, SHOP_AND_JOBS[:1])
+    assert not policy(root, include={"jobs"}).watches(OTHER_CID, OTHER_UID)
+    assert policy(root, exclude={"jobs"}).watches(OTHER_CID, OTHER_UID)
+
+
+def namespace_args(*args: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_pod_arguments(parser)
+    return parser.parse_args(list(args))
+
+
+def test_namespace_policy_from_the_command_line(tmp_path):
+    names = PodNames(tmp_path)
+    assert namespace_policy(namespace_args("--pod-labels"), names) is None
+    chosen = namespace_policy(
+        namespace_args(
+            *("--namespace", "shop", "--namespace", "web", "--exclude-namespace", "jobs"),
+            *("--no-hosts-namespace", "shop"),
+        ),
+        names,
+    )
+    assert chosen == NamespacePolicy(
+        names, frozenset({"shop", "web"}), frozenset({"jobs"}), frozenset({"shop"})
+    )
+    with pytest.raises(UsageError, match="--namespace and --exclude-namespace both name shop"):
+        namespace_policy(namespace_args("--namespace=shop", "--exclude-namespace=shop"), names)

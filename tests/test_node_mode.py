@@ -277,3 +277,90 @@ def assert_alerts_name_each_pod(prometheus, pods: set[tuple[str, str, str]]) -> 
         (title, expr) for title, expr in dashboard_queries(DASHBOARD) if not prometheus.query(expr)
     ]
     assert empty == []
+
+
+@pytest.mark.parametrize(
+    "choice, watched",
+    [
+        (["--namespace", "shop"], {"shop"}),  # and no process outside a pod
+        (["--exclude-namespace", "jobs"], {"shop", ""}),  # "": the process outside any pod
+    ],
+    ids=["namespace", "exclude-namespace"],
+)
+def test_namespaces_choose_the_pods_watched_and_those_shown_without_host_names(
+    choice, watched, tmp_path
+):
+    tag = uuid.uuid4().hex[:12]
+    checkout = Pod.new("shop", "checkout-7d4f9-abcde", "app")
+    nightly = Pod.new("jobs", "nightly-29123-x2k8p", "worker")
+    log_dir = kubelet_logs(tmp_path / "log", [checkout, nightly])
+    placement = [checkout, nightly, None]
+    args = [
+        "--pod-labels",
+        f"--kubelet-log-dir={log_dir}",
+        f"--target=python=python.*-X tag={tag}",
+        *choice,
+        "--no-hosts-namespace=shop",
+    ]
+    with ExitStack() as stack:
+        cgroups = stack.enter_context(pod_cgroups([checkout, nightly]))
+        targets = [stack.enter_context(workload(["-X", f"tag={tag}", *MIXED])) for _ in placement]
+        # In their pods before the observer looks at them: it decides when it attaches.
+        for target, pod in zip(targets, placement, strict=True):
+            if pod is not None:
+                move(target.pid, cgroups[pod])
+        running = stack.enter_context(observer(args, tmp_path))
+        for target in targets:
+            target.go()
+        truths = {
+            (pod.namespace, pod.name, pod.container) if pod else ("", "", ""): target.truth()
+            for target, pod in zip(targets, placement, strict=True)
+        }
+        expected = {key: truth for key, truth in truths.items() if key[0] in watched}
+        threads = Counter({key: truth["threads_started"] for key, truth in expected.items()})
+
+        def settled():
+            metrics = running.scrape()
+            exited = per_pod(metrics, "thread_observer_threads_exited_total", target="python")
+            return metrics if exited == threads else None
+
+        metrics = wait_until(settled, 10, "every watched thread's exit to be counted")
+        target_series = {
+            (s.labels["namespace"], s.labels["pod"], s.labels["container"])
+            for s in metrics.samples
+            if s.labels.get("target") == "python"
+        }
+        assert target_series == set(expected)  # not a series, not a zero, of the others
+        assert per_pod(metrics, "thread_observer_processes", target="python") == Counter(
+            dict.fromkeys(expected, 1)
+        )
+        assert (
+            per_pod(
+                metrics, "thread_observer_threads_created_total", target="python", creator="python"
+            )
+            == threads
+        )
+        calls = Counter({key: truth["getaddrinfo_calls"] for key, truth in expected.items()})
+        assert per_pod(metrics, "thread_observer_getaddrinfo_calls_total", target="python") == calls
+        assert (
+            per_pod(metrics, "thread_observer_getaddrinfo_duration_seconds_count", target="python")
+            == calls
+        )
+        on_loop = Counter({key: truth["getaddrinfo_on_loop"] for key, truth in expected.items()})
+        assert (
+            per_pod(
+                metrics,
+                "thread_observer_getaddrinfo_calls_total",
+                target="python",
+                caller="event_loop",
+            )
+            == on_loop
+        )
+        # Host names: none from the shop's pod, every call of the process outside any pod.
+        host_calls = [
+            s for s in metrics.samples if s.name == "thread_observer_getaddrinfo_host_calls_total"
+        ]
+        assert {s.labels["namespace"] for s in host_calls} == watched - {"shop"}
+        assert per_pod(metrics, "thread_observer_getaddrinfo_host_calls_total") == Counter(
+            {key: n for key, n in calls.items() if key[0] != "shop"}
+        )

@@ -390,13 +390,17 @@ def test_short_jobs_under_a_real_observer():
             truths.append(json.loads(job.stdout.read()))
             job.stdout.close()
         samples: list = []
+        ended = sum(truth["threads_started"] for truth in truths)
 
-        def forgotten() -> bool:
+        def all_ended() -> bool:
+            # A named target's series outlive its processes: the jobs' counts stay, at 0
+            # processes, once every thread's end is counted.
             samples.append(source.sample())
             session.update(samples[-1])
-            return "batch" not in samples[-1].targets
+            batch = samples[-1].targets.get("batch")
+            return batch is not None and batch.processes == 0 and batch.exited == ended
 
-        wait_until(forgotten, what="the observer to forget the jobs")
+        wait_until(all_ended, what="every job's end counted")
         last = samples[-1]
     finally:
         source.close()
