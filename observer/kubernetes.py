@@ -57,6 +57,28 @@ class PodContainer:
 OUTSIDE = PodContainer()
 
 
+# Flags that name Kubernetes namespaces (each repeatable): flag, destination, help.
+NAMESPACE_FLAGS = (
+    (
+        "--namespace",
+        "namespaces",
+        "watch only matching processes in pods of this Kubernetes namespace "
+        "(repeatable; processes outside any pod are then not watched)",
+    ),
+    (
+        "--exclude-namespace",
+        "excluded_namespaces",
+        "do not watch processes in pods of this Kubernetes namespace (repeatable)",
+    ),
+    (
+        "--no-hosts-namespace",
+        "no_hosts_namespaces",
+        "no getaddrinfo_host_calls_total series for processes in pods of this "
+        "Kubernetes namespace (repeatable)",
+    ),
+)
+
+
 def add_pod_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pod-labels",
@@ -70,35 +92,16 @@ def add_pod_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where the kubelet writes pods/ and containers/ (default %(default)s)",
     )
-    parser.add_argument(
-        "--namespace",
-        dest="namespaces",
-        action="append",
-        default=[],
-        type=namespace_name,
-        metavar="NS",
-        help="watch only matching processes in pods of this Kubernetes namespace "
-        "(repeatable; processes outside any pod are then not watched)",
-    )
-    parser.add_argument(
-        "--exclude-namespace",
-        dest="excluded_namespaces",
-        action="append",
-        default=[],
-        type=namespace_name,
-        metavar="NS",
-        help="do not watch processes in pods of this Kubernetes namespace (repeatable)",
-    )
-    parser.add_argument(
-        "--no-hosts-namespace",
-        dest="no_hosts_namespaces",
-        action="append",
-        default=[],
-        type=namespace_name,
-        metavar="NS",
-        help="no getaddrinfo_host_calls_total series for processes in pods of this "
-        "Kubernetes namespace (repeatable)",
-    )
+    for flag, dest, help_text in NAMESPACE_FLAGS:
+        parser.add_argument(
+            flag,
+            dest=dest,
+            action="append",
+            default=[],
+            type=namespace_name,
+            metavar="NS",
+            help=help_text,
+        )
 
 
 def namespace_name(text: str) -> str:
@@ -125,12 +128,8 @@ def namespace_policy(args: argparse.Namespace, pod_names: PodNames) -> Namespace
 
 def wants_pod_names(args: argparse.Namespace) -> bool:
     """Whether the command line needs pods named: for labels, or to choose by namespace."""
-    return bool(
-        getattr(args, "pod_labels", False)
-        or getattr(args, "namespaces", None)
-        or getattr(args, "excluded_namespaces", None)
-        or getattr(args, "no_hosts_namespaces", None)
-    )
+    named = any(getattr(args, dest, None) for _, dest, _ in NAMESPACE_FLAGS)
+    return bool(getattr(args, "pod_labels", False) or named)
 
 
 def parse_pod_dir(name: str) -> tuple[str, str, str] | None:
