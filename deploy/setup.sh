@@ -40,9 +40,12 @@ RUNTIME_PACKAGES="python3-bpfcc python3-venv"
 # jsonnet renders the monitoring mixin (deploy/render.py, and the test that the rendered files
 # are current).
 PACKAGES="$RUNTIME_PACKAGES bpfcc-tools bpftool linux-headers-$ARCH redis-server prometheus musl-tools jsonnet iproute2 util-linux procps"
-# The tests open the HTML timeline in a real headless browser, and boot other kernels under
-# qemu (the kernel matrix: busybox-static makes their initramfs); a runtime image needs none.
-case ",$EXTRAS," in *,test,*) PACKAGES="$PACKAGES chromium qemu-system-x86 busybox-static" ;; esac
+# The tests open the HTML timeline in a real headless browser, boot other kernels under qemu
+# (the kernel matrix: busybox-static makes their initramfs), and build and run the image with
+# podman (runc: crun refuses hybrid cgroup hierarchies) on a base made by mmdebstrap; a runtime
+# image needs none.
+TEST_PACKAGES="chromium qemu-system-x86 busybox-static podman runc mmdebstrap"
+case ",$EXTRAS," in *,test,*) PACKAGES="$PACKAGES $TEST_PACKAGES" ;; esac
 [ "$RUNTIME" = 1 ] && PACKAGES="$RUNTIME_PACKAGES"
 
 install_packages() {
