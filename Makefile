@@ -7,7 +7,7 @@ setup:
 	bash deploy/setup.sh --venv $(VENV) --extras test
 
 demo: setup
-	$(PY) -m observer demo
+	$(PY) -m thread_observer demo
 
 test: setup
 	$(PY) -m ruff check .

@@ -21,7 +21,7 @@ from benchmarks.hooks import DNS_PROGRAMS, EPOLL_SWITCH_PROGRAMS, default_hooks,
 from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
 from benchmarks.stats import median
-from observer.bpf_backend import GETADDRINFO_PROBE, has_uprobe_sessions
+from thread_observer.bpf_backend import GETADDRINFO_PROBE, has_uprobe_sessions
 
 CALL_PROGRAMS = (GETADDRINFO_PROBE.session, GETADDRINFO_PROBE.entry, GETADDRINFO_PROBE.on_return)
 CREATE_PROGRAMS = ("pthread_create_entry", "tracepoint__task__task_newtask")

@@ -44,7 +44,7 @@ from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
 from benchmarks.stats import median, number, ratio, times
 from benchmarks.storm import bpf_statistics, program_stats
-from observer.bpf_backend import SYSCALL_HOOKS
+from thread_observer.bpf_backend import SYSCALL_HOOKS
 
 SOURCE = Path(__file__).with_name("syscalls.c")
 OPERATIONS = ("write", "sendto", "socket_close", "pipe_round_trip")

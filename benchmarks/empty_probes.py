@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from benchmarks import storm
 from benchmarks.children import Children
 from benchmarks.observer_process import Observer
-from observer import procfs
-from observer.bpf_backend import (
+from thread_observer import procfs
+from thread_observer.bpf_backend import (
     ENTRY,
     RETURN,
     SESSION,

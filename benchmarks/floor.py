@@ -39,7 +39,7 @@ from benchmarks.hooks import (
 from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
 from benchmarks.stats import median
-from observer.bpf_backend import GETADDRINFO_PROBE, has_uprobe_sessions
+from thread_observer.bpf_backend import GETADDRINFO_PROBE, has_uprobe_sessions
 
 GOAL = 1.3
 # Observer sides: their arguments beyond --pid.

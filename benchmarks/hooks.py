@@ -1,6 +1,6 @@
 """Where the observer's epoll mark and DNS probe see their events, and their programs' names.
 
-Where the kernel allows (``observer.bpf_backend.choose_hooks``), the epoll mark is a raw
+Where the kernel allows (``thread_observer.bpf_backend.choose_hooks``), the epoll mark is a raw
 tracepoint on ``sched_switch`` and the DNS probe raw tracepoints on the socket layer's sends, so
 no syscall tracepoint is attached; elsewhere both are the syscalls' own tracepoints, which,
 while attached, send every syscall of every task on the host through the kernel's slower path.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 
 from benchmarks.children import PYTHON, REPO
-from observer.bpf_backend import (
+from thread_observer.bpf_backend import (
     DNS_TRACEPOINTS,
     SOCKET_SEND_PROBE_NAMES,
     SWITCH_PROBE_NAMES,

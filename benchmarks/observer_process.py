@@ -52,7 +52,7 @@ class Metrics:
 
 
 class Observer:
-    """``python -m observer run ARGS --listen 127.0.0.1:PORT``, timed from its launch. With
+    """``python -m thread_observer run ARGS --listen 127.0.0.1:PORT``, timed from its launch. With
     ``hooks.SYSCALL_TRACEPOINTS`` among ARGS, through tests/with_syscall_tracepoints.py: the
     epoll mark and the DNS probe at the syscalls' tracepoints, as on a kernel without the raw
     tracepoints the observer prefers."""
@@ -70,7 +70,7 @@ class Observer:
         self.log_path = Path(self._log.name)
         command = [
             *prefix,
-            *[PYTHON, "-m", "observer", "run", "--listen", f"127.0.0.1:{self.port}", *args],
+            *[PYTHON, "-m", "thread_observer", "run", "--listen", f"127.0.0.1:{self.port}", *args],
         ]
         self.launched = time.monotonic()
         self.process: subprocess.Popen = children.spawn(

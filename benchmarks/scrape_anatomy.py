@@ -38,8 +38,8 @@ def anatomy(observer) -> dict[str, float | None]:
     from prometheus_client import CollectorRegistry
     from prometheus_client.exposition import generate_latest
 
-    from observer import bpf_backend, observers
-    from observer.collector import ObserverCollector
+    from thread_observer import bpf_backend, observers
+    from thread_observer.collector import ObserverCollector
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ObserverCollector(observer.snapshot))
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, required=True)
     args = parser.parse_args(argv)
 
-    from observer.cli import build_parser
-    from observer.startup import make_observer
+    from thread_observer.cli import build_parser
+    from thread_observer.startup import make_observer
 
     observer = make_observer(
         build_parser().parse_args(["run", "--target", args.target, "--log-level", "warning"])

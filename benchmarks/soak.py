@@ -78,7 +78,7 @@ def soak(seconds: float, sample_every: float) -> dict:
             [
                 sys.executable,
                 "-m",
-                "observer",
+                "thread_observer",
                 "run",
                 "--listen",
                 f"127.0.0.1:{port}",

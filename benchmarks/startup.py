@@ -20,7 +20,7 @@ from benchmarks.stats import median, seconds
 from benchmarks.target_process import TargetProcess
 
 STEADY_INTERVAL = 0.01
-# The observer's own account of its compile (observer/bpf_backend.py compile_probes).
+# The observer's own account of its compile (thread_observer/bpf_backend.py compile_probes).
 COMPILED = re.compile(r"compiled the probes in ([\d.]+) s \(RSS (\d+) MiB, (\d+) MiB once")
 FIRST_EVENT_TIMEOUT = 30.0
 
@@ -77,8 +77,8 @@ def measure(children: Children, settings: Settings) -> Section:
 def _section(launches: list[Launch], modes: list[str]) -> Section:
     section = Section("5. Start-up")
     section.text(
-        "From launching `python -m observer run` to /healthz answering (the CLI compiles the "
-        "probes with bcc and attaches them before it serves, so this is *probes attached*) "
+        "From launching `python -m thread_observer run` to /healthz answering (the CLI compiles "
+        "the probes with bcc and attaches them before it serves, so this is *probes attached*) "
         "and to the first event counted in /metrics, with the target already running and "
         f"making a lookup and a thread every {STEADY_INTERVAL * 1000:.0f} ms. Most of it is "
         "bcc compiling the probes' C with clang, in the observer's process: all probes are "

@@ -21,7 +21,7 @@ from benchmarks.observer_process import Observer
 from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
 from benchmarks.storm import bpf_statistics
-from observer.bpf_backend import UPROBE_PROGRAMS
+from thread_observer.bpf_backend import UPROBE_PROGRAMS
 
 # (row, observer arguments with {pid} for the watched sleep)
 MODES = (

@@ -26,7 +26,7 @@ def main() -> int:
                 [
                     sys.executable,
                     "-m",
-                    "observer",
+                    "thread_observer",
                     "timeline",
                     "--output",
                     str(output),

@@ -1,1 +1,1 @@
-"""The BPF C programs, shipped as package data (observer.bpf)."""
+"""The BPF C programs, shipped as package data (thread_observer.bpf)."""

@@ -4,7 +4,7 @@
 // which syscall it fires in without a syscall tracepoint, which, while attached, sends every
 // syscall of every task on the host through the kernel's slower path.
 //
-// x86-64 only: observer/bpf_backend.py (choose_hooks) uses these programs there, and the
+// x86-64 only: thread_observer/bpf_backend.py (choose_hooks) uses these programs there, and the
 // syscall tracepoints elsewhere.
 #ifndef THREAD_OBSERVER_CURRENT_SYSCALL_H
 #define THREAD_OBSERVER_CURRENT_SYSCALL_H

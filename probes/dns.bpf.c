@@ -24,9 +24,9 @@
 //   first byte only: one first seen after bytes were written to it has no known boundary.
 //
 // The kernel structs are read at offsets found in the running kernel's BTF
-// (observer/kernel_btf.py), given as -D flags: the installed headers may be another kernel's.
+// (thread_observer/kernel_btf.py), given as -D flags: the installed headers may be another kernel's.
 //
-// Maps become metrics (observer/bpf_backend.py):
+// Maps become metrics (thread_observer/bpf_backend.py):
 //   dns_queries_total  {process, transport} -> count  thread_observer_dns_queries_total
 //   dns_unknown_socket_sends_total [0] -> count        thread_observer_dns_unknown_socket_sends_total
 //       (writes to TCP streams to port 53 first seen mid-stream, opened and written before
@@ -35,19 +35,19 @@
 #include "watched.h"
 
 #if !defined(TRANSPORT_UDP) || !defined(TRANSPORT_TCP)
-#error "TRANSPORT_UDP and TRANSPORT_TCP come from observer/constants.py"
+#error "TRANSPORT_UDP and TRANSPORT_TCP come from thread_observer/constants.py"
 #endif
 #ifndef MAX_SOCKETS
-#error "MAX_SOCKETS comes from observer/constants.py"
+#error "MAX_SOCKETS comes from thread_observer/constants.py"
 #endif
 #ifndef MAX_KEYS
-#error "MAX_KEYS comes from observer/constants.py"
+#error "MAX_KEYS comes from thread_observer/constants.py"
 #endif
 #ifndef TCP_SOCK_SND_NXT
-#error "the kernel struct offsets come from observer/bpf_backend.py (DNS_KERNEL_FIELDS)"
+#error "the kernel struct offsets come from thread_observer/bpf_backend.py (DNS_KERNEL_FIELDS)"
 #endif
 #ifndef SENDS_AT_SOCKETS
-#error "SENDS_AT_SOCKETS comes from observer/bpf_backend.py (Hooks)"
+#error "SENDS_AT_SOCKETS comes from thread_observer/bpf_backend.py (Hooks)"
 #endif
 #if SENDS_AT_SOCKETS
 #include "current_syscall.h"
@@ -432,7 +432,7 @@ BPF_TABLE("lru_hash", u32, struct mmsg_progress, dns_mmsg_progress, MAX_THREADS)
 // by a tail call with the send in dns_send_calls, as the syscall tracepoints' exit counts it:
 // inlined here, the stream's loop is walked once per path into it, past the verifier's limit
 // of a million instructions.
-BPF_PROG_ARRAY(dns_tcp_counter, 1);  // [0]: count_tcp_send, set by observer/bpf_backend.py
+BPF_PROG_ARRAY(dns_tcp_counter, 1);  // [0]: count_tcp_send, set by thread_observer/bpf_backend.py
 
 // A socket a process opened (one with a file: a kernel socket, e.g. NFS's, sends for no
 // process), of the INET or INET6 family.

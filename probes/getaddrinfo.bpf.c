@@ -9,7 +9,7 @@
 // watched runs it once per call, and no return probe is planted in it. Where sessions are
 // missing, getaddrinfo_entry and getaddrinfo_return are attached as a uprobe and a uretprobe.
 //
-// Maps become metrics (observer/bpf_backend.py):
+// Maps become metrics (thread_observer/bpf_backend.py):
 //   process_totals (thread_state.h)  {process} -> calls by caller, histogram slots, sum
 //                         thread_observer_getaddrinfo_calls_total, ..._duration_seconds
 //   getaddrinfo_failures_total    {process, error} -> count   thread_observer_getaddrinfo_failures_total
@@ -23,32 +23,32 @@
 #include "thread_state.h"
 
 #ifndef EPOLL_MARK_AT_SWITCH
-#error "EPOLL_MARK_AT_SWITCH comes from observer/bpf_backend.py (Hooks)"
+#error "EPOLL_MARK_AT_SWITCH comes from thread_observer/bpf_backend.py (Hooks)"
 #endif
 #if EPOLL_MARK_AT_SWITCH
 #include "current_syscall.h"
 #endif
 
 #ifndef MAX_KEYS
-#error "MAX_KEYS must be given as a -D cflag by observer/constants.py"
+#error "MAX_KEYS must be given as a -D cflag by thread_observer/constants.py"
 #endif
 #ifndef MAX_HOSTS
-#error "MAX_HOSTS must be given as a -D cflag by observer/constants.py"
+#error "MAX_HOSTS must be given as a -D cflag by thread_observer/constants.py"
 #endif
 #ifndef HOST_LENGTH
-#error "HOST_LENGTH must be given as a -D cflag by observer/constants.py"
+#error "HOST_LENGTH must be given as a -D cflag by thread_observer/constants.py"
 #endif
 #ifndef HOST_NAMES
-#error "HOST_NAMES must be given as a -D cflag (0 or 1) by observer/constants.py"
+#error "HOST_NAMES must be given as a -D cflag (0 or 1) by thread_observer/constants.py"
 #endif
 #ifndef CALLER_OTHER
-#error "CALLER_OTHER must be given as a -D cflag by observer/constants.py"
+#error "CALLER_OTHER must be given as a -D cflag by thread_observer/constants.py"
 #endif
 #ifndef CALLER_EVENT_LOOP
-#error "CALLER_EVENT_LOOP must be given as a -D cflag by observer/constants.py"
+#error "CALLER_EVENT_LOOP must be given as a -D cflag by thread_observer/constants.py"
 #endif
 #ifndef ENTRY_IP_SLACK
-#error "ENTRY_IP_SLACK must be given as a -D cflag by observer/constants.py"
+#error "ENTRY_IP_SLACK must be given as a -D cflag by thread_observer/constants.py"
 #endif
 
 struct error_key {

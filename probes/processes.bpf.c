@@ -9,13 +9,13 @@
 // at any syscall, and reported through a ring buffer before the process is marked pending:
 // when user space sees the pending state, the report is already in the buffer.
 //
-// Events become (observer/bpf_backend.py):
+// Events become (thread_observer/bpf_backend.py):
 //   exec_reports            ring buffer: {tgid, generation, arguments}, read at every poll
 //   exec_reports_lost_total reports dropped because the ring buffer was full
 //
-// Parameters (-D cflags from observer/constants.py): MAX_ARGS, ARG_LENGTH,
+// Parameters (-D cflags from thread_observer/constants.py): MAX_ARGS, ARG_LENGTH,
 // EXEC_RINGBUF_PAGES, ARGUMENT_SCAN, MAX_ARGUMENT_SCANS, plus watched.h's; and from the
-// running kernel's BTF (observer/bpf_backend.py EXEC_KERNEL_FIELDS) TASK_STRUCT_MM,
+// running kernel's BTF (thread_observer/bpf_backend.py EXEC_KERNEL_FIELDS) TASK_STRUCT_MM,
 // MM_STRUCT_ARG_START and MM_STRUCT_ARG_END: without them the reports carry no arguments
 // and user space reads /proc instead.
 #include "watched.h"
@@ -23,19 +23,19 @@
 #include "thread_state.h"
 
 #ifndef MAX_ARGS
-#error "MAX_ARGS must be defined (observer/constants.py MapSize)"
+#error "MAX_ARGS must be defined (thread_observer/constants.py MapSize)"
 #endif
 #ifndef ARG_LENGTH
-#error "ARG_LENGTH must be defined (observer/constants.py MapSize)"
+#error "ARG_LENGTH must be defined (thread_observer/constants.py MapSize)"
 #endif
 #ifndef EXEC_RINGBUF_PAGES
-#error "EXEC_RINGBUF_PAGES must be defined (observer/constants.py MapSize)"
+#error "EXEC_RINGBUF_PAGES must be defined (thread_observer/constants.py MapSize)"
 #endif
 #ifndef ARGUMENT_SCAN
-#error "ARGUMENT_SCAN must be defined (observer/constants.py MapSize)"
+#error "ARGUMENT_SCAN must be defined (thread_observer/constants.py MapSize)"
 #endif
 #ifndef MAX_ARGUMENT_SCANS
-#error "MAX_ARGUMENT_SCANS must be defined (observer/constants.py MapSize)"
+#error "MAX_ARGUMENT_SCANS must be defined (thread_observer/constants.py MapSize)"
 #endif
 
 // Slot i holds argument i, truncated to ARG_LENGTH - 1 bytes; an empty slot ends the list.
@@ -167,7 +167,7 @@ static __always_inline void adopt(u32 host_tgid, u32 tgid)
 }
 
 #ifndef CHILD_AT_FORK
-#error "CHILD_AT_FORK comes from observer/bpf_backend.py (pid_namespace_cflags)"
+#error "CHILD_AT_FORK comes from thread_observer/bpf_backend.py (pid_namespace_cflags)"
 #endif
 #if CHILD_AT_FORK
 #define MAX_PID_LEVELS 8  // nested PID namespaces looked through for ours

@@ -27,7 +27,7 @@
 // A coroutine runs in a frame its generator owns (3.11+): only those frames have their code's
 // co_flags read.
 //
-// Parameters (-D cflags from observer/constants.py): SITES, STACK_DEPTH, MAX_FRAMES_WALKED,
+// Parameters (-D cflags from thread_observer/constants.py): SITES, STACK_DEPTH, MAX_FRAMES_WALKED,
 // MAX_THREADS_WALKED, MAX_SITE_STACKS, MAX_LIVE_THREADS, LIVE_THREAD_SLOTS, FRAME_HEADER_SIZE,
 // FRAME_READ_SIZE, FRAME_OWNED_BY_CSTACK, FRAME_OWNED_BY_CSTACK_3_14, FRAME_CODE_TAG_BITS,
 // FRAME_OWNED_BY_GENERATOR, TSTATE_READ_SIZE,
@@ -39,7 +39,7 @@
 #include "watched.h"
 
 #ifndef SITES
-#error "SITES must be defined (observer/constants.py bpf_cflags)"
+#error "SITES must be defined (thread_observer/constants.py bpf_cflags)"
 #endif
 #if SITES
 #if !defined(STACK_DEPTH) || !defined(MAX_FRAMES_WALKED) || !defined(MAX_THREADS_WALKED) || \
@@ -50,7 +50,7 @@
     !defined(STACK_EVENT_LOOP) || !defined(CALLER_EVENT_LOOP) || !defined(FRAME_HEADER_SIZE) || \
     !defined(FRAME_READ_SIZE) || !defined(FRAME_OWNED_BY_GENERATOR) || \
     !defined(TSTATE_READ_SIZE) || !defined(FRAME_WINDOW_SIZE)
-#error "python_stack.h needs the SITES parameters from observer/constants.py"
+#error "python_stack.h needs the SITES parameters from thread_observer/constants.py"
 #endif
 #if (FRAME_HEADER_SIZE & (FRAME_HEADER_SIZE - 1)) != 0
 #error "FRAME_HEADER_SIZE must be a power of two (it masks offsets for the verifier)"

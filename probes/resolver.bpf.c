@@ -9,28 +9,28 @@
 // that file comes first.
 //
 // One uprobe_multi link per libc object (Linux 6.6+) attaches resolver_session to every
-// function, each symbol's attach cookie its ResolverFunction value (observer/constants.py):
+// function, each symbol's attach cookie its ResolverFunction value (thread_observer/constants.py):
 // one program for every function, and one detach per object instead of one per symbol (each
 // detach waits for RCU grace periods). As a session (Linux 6.13+) its entry asks for the
 // return only for an outermost call it counted; without sessions, resolver_entry and
-// resolver_return get a link each. bcc 0.26 cannot make such links; observer/bpf_backend.py
+// resolver_return get a link each. bcc 0.26 cannot make such links; thread_observer/bpf_backend.py
 // does. Kernels before 6.6 have no uprobe_multi links (and before 5.15 no attach cookies):
 // there each function gets a plain uprobe on resolver_entry_ID, a program of its own whose
 // ResolverFunction value is built in, and a uretprobe on resolver_return.
 //
-// Parameters (-D cflags from observer/constants.py): MAX_KEYS, FOR_EACH_RESOLVER_FUNCTION(X)
+// Parameters (-D cflags from thread_observer/constants.py): MAX_KEYS, FOR_EACH_RESOLVER_FUNCTION(X)
 // (X(ID) for each probed function's ResolverFunction value).
 //
-// Maps become metrics (observer/bpf_backend.py):
+// Maps become metrics (thread_observer/bpf_backend.py):
 //   resolver_calls_total  {process, function, caller} -> count  thread_observer_resolver_calls_total
 #include "watched.h"
 #include "thread_state.h"
 
 #ifndef MAX_KEYS
-#error "MAX_KEYS comes from observer/constants.py"
+#error "MAX_KEYS comes from thread_observer/constants.py"
 #endif
 #ifndef FOR_EACH_RESOLVER_FUNCTION
-#error "FOR_EACH_RESOLVER_FUNCTION comes from observer/constants.py"
+#error "FOR_EACH_RESOLVER_FUNCTION comes from thread_observer/constants.py"
 #endif
 
 struct resolver_key {

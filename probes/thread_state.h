@@ -21,7 +21,7 @@
 // the latency histogram and its sum, and threads ended, in one value: a return adds to three
 // fields of one entry instead of three maps.
 //
-// Parameters (-D cflags from observer/constants.py): TASK_STORAGE, MAX_THREADS, CALLERS,
+// Parameters (-D cflags from thread_observer/constants.py): TASK_STORAGE, MAX_THREADS, CALLERS,
 // DURATION_SLOTS, MAX_PROCESSES.
 #ifndef THREAD_OBSERVER_THREAD_STATE_H
 #define THREAD_OBSERVER_THREAD_STATE_H
@@ -29,16 +29,16 @@
 #include "watched.h"
 
 #ifndef TASK_STORAGE
-#error "TASK_STORAGE must be given as a -D cflag (0 or 1) by observer/bpf_backend.py"
+#error "TASK_STORAGE must be given as a -D cflag (0 or 1) by thread_observer/bpf_backend.py"
 #endif
 #ifndef MAX_THREADS
-#error "MAX_THREADS must be given as a -D cflag by observer/constants.py"
+#error "MAX_THREADS must be given as a -D cflag by thread_observer/constants.py"
 #endif
 #ifndef CALLERS
-#error "CALLERS must be given as a -D cflag by observer/constants.py"
+#error "CALLERS must be given as a -D cflag by thread_observer/constants.py"
 #endif
 #ifndef DURATION_SLOTS
-#error "DURATION_SLOTS must be given as a -D cflag by observer/constants.py"
+#error "DURATION_SLOTS must be given as a -D cflag by thread_observer/constants.py"
 #endif
 #if (CALLERS & (CALLERS - 1)) != 0
 #error "CALLERS must be a power of two (it masks the index for the verifier)"
@@ -63,7 +63,7 @@ struct process_totals {
     u64 duration_ns_sum;
     u64 threads_exited;
     // Slot s counts calls of <= 2^s ns; the last slot every longer one (the histogram's
-    // buckets end below it, observer/histogram.py).
+    // buckets end below it, thread_observer/histogram.py).
     u64 duration_slots[DURATION_SLOTS];
 };
 
@@ -103,7 +103,7 @@ static __always_inline void forget_this_thread(u32 tid)
 }
 #endif
 
-// Written by user space only (observer/bpf_backend.py), after each change to the watched set.
+// Written by user space only (thread_observer/bpf_backend.py), after each change to the watched set.
 BPF_ARRAY(watch_epoch, u64, 1);
 
 // The generation of the process of a thread that has a state (0: not watched now).

@@ -2,7 +2,7 @@
 // pthread_create count too), attributed to the start routine that pthread_create was given,
 // and every thread that ended (sched:sched_process_exit). Counted in the kernel.
 //
-// Maps become metrics (observer/bpf_backend.py):
+// Maps become metrics (thread_observer/bpf_backend.py):
 //   threads_created_total  {process, start_routine} -> count  thread_observer_threads_created_total
 //   process_totals (thread_state.h) {process} -> threads ended thread_observer_threads_exited_total
 //   threads_created_by_site_total {process, stack} -> count, live (python_stack.h)
@@ -12,7 +12,7 @@
 #include "thread_state.h"
 
 #ifndef MAX_CREATORS
-#error "MAX_CREATORS must be given as a -D cflag by observer/constants.py"
+#error "MAX_CREATORS must be given as a -D cflag by thread_observer/constants.py"
 #endif
 #ifndef CLONE_THREAD
 #define CLONE_THREAD 0x00010000

@@ -5,8 +5,8 @@
 // Records go through a BPF ring buffer (timeline_events). When it is full the record is
 // counted in lost_events instead, so the picture can say how much it misses.
 //
-// Parameters (-D cflags from observer/timeline/recorder.py): EVENT_* kinds, SERVICE_LEN,
-// RINGBUF_PAGES, FOLLOW_CHILDREN; MAX_THREADS and HOST_LENGTH from observer/constants.py, plus
+// Parameters (-D cflags from thread_observer/timeline/recorder.py): EVENT_* kinds, SERVICE_LEN,
+// RINGBUF_PAGES, FOLLOW_CHILDREN; MAX_THREADS and HOST_LENGTH from thread_observer/constants.py, plus
 // watched.h's, and python_stack.h's (SITES=1): a thread's creation and a lookup carry the
 // Python stack at the call, its code objects decoded in user space.
 #include "watched.h"
@@ -16,43 +16,43 @@
 #endif
 
 #ifndef MAX_THREADS
-#error "MAX_THREADS must be given as a -D cflag by observer/constants.py"
+#error "MAX_THREADS must be given as a -D cflag by thread_observer/constants.py"
 #endif
 #ifndef HOST_LENGTH
-#error "HOST_LENGTH must be given as a -D cflag by observer/constants.py"
+#error "HOST_LENGTH must be given as a -D cflag by thread_observer/constants.py"
 #endif
 #ifndef RINGBUF_PAGES
-#error "RINGBUF_PAGES must be given as a -D cflag by observer/timeline/recorder.py"
+#error "RINGBUF_PAGES must be given as a -D cflag by thread_observer/timeline/recorder.py"
 #endif
 #ifndef FOLLOW_CHILDREN
-#error "FOLLOW_CHILDREN must be given as a -D cflag by observer/timeline/recorder.py"
+#error "FOLLOW_CHILDREN must be given as a -D cflag by thread_observer/timeline/recorder.py"
 #endif
 #ifndef SERVICE_LEN
-#error "SERVICE_LEN must be given as a -D cflag by observer/timeline/recorder.py"
+#error "SERVICE_LEN must be given as a -D cflag by thread_observer/timeline/recorder.py"
 #endif
 #ifndef EVENT_THREAD_CREATED
-#error "EVENT_THREAD_CREATED must be given as a -D cflag by observer/timeline/recorder.py"
+#error "EVENT_THREAD_CREATED must be given as a -D cflag by thread_observer/timeline/recorder.py"
 #endif
 #ifndef EVENT_THREAD_RENAMED
-#error "EVENT_THREAD_RENAMED must be given as a -D cflag by observer/timeline/recorder.py"
+#error "EVENT_THREAD_RENAMED must be given as a -D cflag by thread_observer/timeline/recorder.py"
 #endif
 #ifndef EVENT_THREAD_EXITED
-#error "EVENT_THREAD_EXITED must be given as a -D cflag by observer/timeline/recorder.py"
+#error "EVENT_THREAD_EXITED must be given as a -D cflag by thread_observer/timeline/recorder.py"
 #endif
 #ifndef EVENT_GETADDRINFO_START
-#error "EVENT_GETADDRINFO_START must be given as a -D cflag by observer/timeline/recorder.py"
+#error "EVENT_GETADDRINFO_START must be given as a -D cflag by thread_observer/timeline/recorder.py"
 #endif
 #ifndef EVENT_GETADDRINFO_END
-#error "EVENT_GETADDRINFO_END must be given as a -D cflag by observer/timeline/recorder.py"
+#error "EVENT_GETADDRINFO_END must be given as a -D cflag by thread_observer/timeline/recorder.py"
 #endif
 #ifndef EVENT_PROCESS_EXEC
-#error "EVENT_PROCESS_EXEC must be given as a -D cflag by observer/timeline/recorder.py"
+#error "EVENT_PROCESS_EXEC must be given as a -D cflag by thread_observer/timeline/recorder.py"
 #endif
 #ifndef EVENT_PROCESS_FORK
-#error "EVENT_PROCESS_FORK must be given as a -D cflag by observer/timeline/recorder.py"
+#error "EVENT_PROCESS_FORK must be given as a -D cflag by thread_observer/timeline/recorder.py"
 #endif
 #ifndef EVENT_PROCESS_EXIT
-#error "EVENT_PROCESS_EXIT must be given as a -D cflag by observer/timeline/recorder.py"
+#error "EVENT_PROCESS_EXIT must be given as a -D cflag by thread_observer/timeline/recorder.py"
 #endif
 #ifndef CLONE_THREAD
 #define CLONE_THREAD 0x00010000

@@ -11,9 +11,9 @@
 // only hands a target's number down.
 //
 // Parameters (-D cflags): STATE_PENDING, STATE_WATCHED, STATE_EXITED, MAX_PROCESSES,
-// MAX_NEW_CHILDREN and TRACK_NEW_PROCESSES from observer/constants.py (bpf_cflags),
+// MAX_NEW_CHILDREN and TRACK_NEW_PROCESSES from thread_observer/constants.py (bpf_cflags),
 // FOLLOW_CHILDREN from the program that includes this file, and PIDNS_DEV/PIDNS_INO from
-// observer/bpf_backend.py (pid_namespace_cflags) when the observer runs in a PID namespace of
+// thread_observer/bpf_backend.py (pid_namespace_cflags) when the observer runs in a PID namespace of
 // its own (a container), so that ids match what it sees in /proc.
 #ifndef THREAD_OBSERVER_WATCHED_H
 #define THREAD_OBSERVER_WATCHED_H
@@ -21,28 +21,28 @@
 #include <uapi/linux/ptrace.h>
 
 #ifndef MAX_PROCESSES
-#error "MAX_PROCESSES must be given as a -D cflag by observer/constants.py"
+#error "MAX_PROCESSES must be given as a -D cflag by thread_observer/constants.py"
 #endif
 #ifndef EXIT_GROUP_DEAD_FIELD
-#error "EXIT_GROUP_DEAD_FIELD must be given as a -D cflag by observer/bpf_backend.py"
+#error "EXIT_GROUP_DEAD_FIELD must be given as a -D cflag by thread_observer/bpf_backend.py"
 #endif
 #ifndef STATE_PENDING
-#error "STATE_PENDING must be given as a -D cflag by observer/constants.py"
+#error "STATE_PENDING must be given as a -D cflag by thread_observer/constants.py"
 #endif
 #ifndef STATE_WATCHED
-#error "STATE_WATCHED must be given as a -D cflag by observer/constants.py"
+#error "STATE_WATCHED must be given as a -D cflag by thread_observer/constants.py"
 #endif
 #ifndef STATE_EXITED
-#error "STATE_EXITED must be given as a -D cflag by observer/constants.py"
+#error "STATE_EXITED must be given as a -D cflag by thread_observer/constants.py"
 #endif
 #ifndef TRACK_NEW_PROCESSES
-#error "TRACK_NEW_PROCESSES must be given as a -D cflag by observer/constants.py"
+#error "TRACK_NEW_PROCESSES must be given as a -D cflag by thread_observer/constants.py"
 #endif
 #ifndef FOLLOW_CHILDREN
 #error "FOLLOW_CHILDREN must be given as a -D cflag (0 or 1) by the program's loader"
 #endif
 #ifndef MAX_NEW_CHILDREN
-#error "MAX_NEW_CHILDREN must be given as a -D cflag by observer/constants.py"
+#error "MAX_NEW_CHILDREN must be given as a -D cflag by thread_observer/constants.py"
 #endif
 
 struct watched_process {

@@ -36,7 +36,7 @@ BASE = "docker.io/library/debian:12-slim"
 IMAGE = "localhost/thread-observer"
 SERVICE = "localhost/thread-observer-service"
 # What the Dockerfile's build reads (its COPY sources): the image's tag hashes them.
-SOURCES = ("pyproject.toml", "README.md", "LICENSE", "observer", "probes", "workloads")
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "thread_observer", "probes", "workloads")
 # Debian's slim images (debian:12-slim) leave these out of every package installed, in the image
 # and in images built on it (dpkg's path-exclude), and keep no downloaded packages.
 SLIM_DPKG = """\

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from observer.pyruntime import namespace_pid
+from thread_observer.pyruntime import namespace_pid
 from workloads.servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ PYENV_ROOT = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
 def bpf_skip_reason() -> str | None:
     """Why the eBPF tests cannot run here, or None when they can: the checks of
     ``thread-observer check``, and root (the tests also start namespaces and other users)."""
-    from observer.capabilities import check_bcc, check_headers, check_tracefs
+    from thread_observer.capabilities import check_bcc, check_headers, check_tracefs
 
     if os.geteuid() != 0:
         return "eBPF tests need root (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE)"
@@ -48,8 +48,8 @@ def pyenv_pythons() -> list[str]:
 def shared_libpython_pythons() -> list[str]:
     """pyenv's CPythons built with a shared libpython (--enable-shared, as pyenv builds them
     and as the python Docker images are): their executable names it for the loader to map."""
-    from observer.procfs import LIBPYTHON
-    from observer.pyruntime import needed_libraries
+    from thread_observer.procfs import LIBPYTHON
+    from thread_observer.pyruntime import needed_libraries
 
     return [
         python
@@ -139,7 +139,7 @@ SYSCALL_TRACEPOINTS = [sys.executable, str(Path(__file__).with_name("with_syscal
 def skip_unless_raw_tracepoints(hooks: str) -> None:
     """Skips a test of the raw-tracepoint side (``epoll_at_switch`` or ``sends_at_sockets``,
     Hooks' fields) on a kernel that does not offer it; the syscall side is tested beside."""
-    from observer.bpf_backend import choose_hooks, kernel_btf
+    from thread_observer.bpf_backend import choose_hooks, kernel_btf
 
     if not getattr(choose_hooks(kernel_btf()), hooks):
         pytest.skip(
@@ -158,7 +158,7 @@ def observer(args: list[str], tmp_path: Path, timeout: float = 30.0):
         *OBSERVER_PREFIX,
         sys.executable,
         "-m",
-        "observer",
+        "thread_observer",
         "run",
         "--listen",
         f"127.0.0.1:{port}",
@@ -306,10 +306,14 @@ def readable_install(folder: Path) -> Path:
     only): returns the folder to put on PYTHONPATH."""
     site = folder / "site"
     shutil.copytree(
-        REPO / "observer", site / "observer", ignore=shutil.ignore_patterns("__pycache__")
+        REPO / "thread_observer",
+        site / "thread_observer",
+        ignore=shutil.ignore_patterns("__pycache__"),
     )
     shutil.copytree(
-        REPO / "probes", site / "observer" / "bpf", ignore=shutil.ignore_patterns("__pycache__")
+        REPO / "probes",
+        site / "thread_observer" / "bpf",
+        ignore=shutil.ignore_patterns("__pycache__"),
     )
     shutil.copytree(
         REPO / "workloads", site / "workloads", ignore=shutil.ignore_patterns("__pycache__")

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from observer import procfs
 from tests import harness
 from tests.harness import (
     PYENV_ROOT,
@@ -29,6 +28,7 @@ from tests.harness import (
     wait_until,
     workload,
 )
+from thread_observer import procfs
 from workloads.mixed import FAILING_LOOKUPS
 from workloads.servers import http_server
 
@@ -370,7 +370,7 @@ FAKE_TGIDS = range(5_000_000, 5_000_300)
 def test_maps_are_read_whole_past_the_first_buffer_and_swept_of_gone_processes():
     import ctypes
 
-    from observer.bpf_backend import BpfProbes
+    from thread_observer.bpf_backend import BpfProbes
 
     probes = BpfProbes(track_new_processes=False)
     probes.load()
@@ -405,7 +405,7 @@ def test_maps_are_read_whole_past_the_first_buffer_and_swept_of_gone_processes()
 
 
 def test_a_process_attached_after_it_exited_is_ended_at_the_next_poll():
-    from observer.observers import BpfObserver
+    from thread_observer.observers import BpfObserver
 
     observer = BpfObserver([], [])
     observer.start()
@@ -560,9 +560,9 @@ def test_an_exec_whose_pending_mark_a_watch_overwrote_still_moves_the_process():
     # A process attached on the command line it had just before an exec: the watch written
     # for it can land after the exec's pending mark and overwrite it (user space read the
     # entry before). The exec's report still moves the process to its new program's target.
-    from observer.constants import ProcessState
-    from observer.observers import BpfObserver
-    from observer.targets import parse_regex_target
+    from thread_observer.constants import ProcessState
+    from thread_observer.observers import BpfObserver
+    from thread_observer.targets import parse_regex_target
 
     tag = uuid.uuid4().hex[:12]
     targets = [
@@ -608,7 +608,7 @@ def held_at_exec(command: list[str], regex_targets=()):
     loader maps any library; yields (observer, process, release): release() lets it run."""
     import ctypes
 
-    from observer.observers import BpfObserver
+    from thread_observer.observers import BpfObserver
 
     libc = ctypes.CDLL(None, use_errno=True)
     ptrace_traceme, ptrace_detach = 0, 17
@@ -703,7 +703,7 @@ def test_a_matched_program_not_named_python_is_decided_once_its_loader_mapped_li
     # instruction, and is attached once its libraries show what it is.
     import shutil
 
-    from observer.targets import parse_regex_target
+    from thread_observer.targets import parse_regex_target
 
     program = tmp_path / f"appserver-{uuid.uuid4().hex[:8]}"
     shutil.copy(SHARED_PYTHONS[-1], program)  # its RUNPATH names its libpython's folder

@@ -3,7 +3,7 @@ no root needed."""
 
 from pathlib import Path
 
-from observer.capabilities import check_tracefs, tracing_mount_points
+from thread_observer.capabilities import check_tracefs, tracing_mount_points
 
 # A mount table as /proc/self/mountinfo writes it: optional fields (shared:N) before the "-",
 # a space in a mount point written as \040.

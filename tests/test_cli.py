@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from observer.capabilities import MOUNTINFO, tracing_mount_points
 from tests.harness import REPO
+from thread_observer.capabilities import MOUNTINFO, tracing_mount_points
 
 
 def run_cli(*args, timeout=60, as_nobody=None):
     """The command line; as_nobody: the ``as_nobody`` fixture, to run it as that user."""
     if as_nobody is not None:
         return as_nobody.run(
-            ["-m", "observer", *args], capture_output=True, text=True, timeout=timeout
+            ["-m", "thread_observer", *args], capture_output=True, text=True, timeout=timeout
         )
     return subprocess.run(
-        [sys.executable, "-m", "observer", *args],
+        [sys.executable, "-m", "thread_observer", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -145,12 +145,12 @@ def test_auto_falls_back_to_proc_and_says_so(tmp_path, as_nobody):
     from tests.harness import RunningObserver, free_port, wait_until
 
     port = free_port()
-    log_path = tmp_path / "observer.log"
+    log_path = tmp_path / "thread_observer.log"
     # The target runs as nobody too: an unprivileged observer can read only its own users'.
     sleeper = as_nobody.popen(["-c", "import time; time.sleep(60)"])
     command = [
         "-m",
-        "observer",
+        "thread_observer",
         "run",
         "--pid",
         f"sleeper={sleeper.pid}",
@@ -178,7 +178,7 @@ def test_auto_falls_back_to_proc_and_says_so(tmp_path, as_nobody):
 def kernel_has_own_headers() -> bool:
     """Whether the running kernel brings its own headers (CONFIG_IKHEADERS, built in or as a
     module): hiding the host's then leaves those."""
-    from observer.kernel_headers import KHEADERS, KHEADERS_MODULE
+    from thread_observer.kernel_headers import KHEADERS, KHEADERS_MODULE
 
     modprobe = shutil.which("modprobe")
     loadable = modprobe and subprocess.run([modprobe, "-n", KHEADERS_MODULE], capture_output=True)
@@ -191,8 +191,8 @@ def kernel_has_own_headers() -> bool:
 )
 @pytest.mark.skipif(kernel_has_own_headers(), reason="this kernel has headers of its own")
 def test_missing_kernel_headers_name_the_package_and_the_link(tmp_path):
-    from observer.kernel_headers import BCC_KERNEL_SOURCE, KHEADERS
     from tests.harness import RunningObserver, free_port, wait_until
+    from thread_observer.kernel_headers import BCC_KERNEL_SOURCE, KHEADERS
 
     release = os.uname().release
     # In a mount namespace of its own, /lib/modules and /usr/src are empty tmpfs mounts, and
@@ -206,7 +206,7 @@ def test_missing_kernel_headers_name_the_package_and_the_link(tmp_path):
         "no-headers",
         sys.executable,
         "-m",
-        "observer",
+        "thread_observer",
     ]
     env = {name: value for name, value in os.environ.items() if name != BCC_KERNEL_SOURCE}
     run = subprocess.run(
@@ -232,7 +232,7 @@ def test_missing_kernel_headers_name_the_package_and_the_link(tmp_path):
     assert "CONFIG_IKHEADERS" in failed[0]
     # Under the default backend (auto), run goes on with the proc backend and says why.
     port = free_port()
-    log_path = tmp_path / "observer.log"
+    log_path = tmp_path / "thread_observer.log"
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(
             [*hide, "run", "--target", "a=x", "--listen", f"127.0.0.1:{port}"],

@@ -8,9 +8,9 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families
 
-from observer import __version__
-from observer.collector import ObserverCollector
-from observer.model import Counts, ProcessRow, SeriesKey, Snapshot
+from thread_observer import __version__
+from thread_observer.collector import ObserverCollector
+from thread_observer.model import Counts, ProcessRow, SeriesKey, Snapshot
 
 
 def counts(created=None, exited=0, calls=None, failures=None, slots=None, sum_ns=0):

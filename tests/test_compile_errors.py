@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from observer.compile_errors import captured_stderr, summarize
+from thread_observer.compile_errors import captured_stderr, summarize
 
 GROUP_DEAD = """\
 /virtual/main.c:1270:15: error: no member named 'group_dead' in 'struct tracepoint__sched__sched_process_exit'

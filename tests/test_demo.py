@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from observer.demo import run_one
-from observer.observers import BpfObserver
 from tests.harness import REPO, find_python
+from thread_observer.demo import run_one
+from thread_observer.observers import BpfObserver
 from workloads.scenarios import SCENARIOS
 from workloads.servers import local_servers
 
@@ -21,7 +21,7 @@ PY36 = find_python("3.6")
 
 def run_demo(*args: str) -> dict[str, dict]:
     result = subprocess.run(
-        [sys.executable, "-m", "observer", "demo", "--json", *args],
+        [sys.executable, "-m", "thread_observer", "demo", "--json", *args],
         capture_output=True,
         text=True,
         timeout=600,

@@ -28,10 +28,6 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from observer import __version__
-from observer.arguments import parse_listen
-from observer.cli import build_parser
-from observer.targets import parse_regex_target
 from tests.promtools import (
     PROMETHEUS,
     PROMTOOL,
@@ -40,6 +36,10 @@ from tests.promtools import (
     dashboard_queries,
     start_prometheus,
 )
+from thread_observer import __version__
+from thread_observer.arguments import parse_listen
+from thread_observer.cli import build_parser
+from thread_observer.targets import parse_regex_target
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -942,8 +942,8 @@ class Refuse:
         if name.split(".")[0] in REFUSED:
             raise ImportError("extra imported by run: " + name)
 sys.meta_path.insert(0, Refuse())
-import observer.server, observer.check, observer.observers
-from observer.cli import build_parser
+import thread_observer.server, thread_observer.check, thread_observer.observers
+from thread_observer.cli import build_parser
 build_parser().parse_args(["run", "--target", "a=b", "--pod-labels"])
 """
     result = subprocess.run(
@@ -1080,7 +1080,7 @@ def test_rules_follow_the_mixin_conventions():
 
 
 def test_detached_rule_covers_every_probe():
-    from observer.bpf_backend import PROBE_NAMES
+    from thread_observer.bpf_backend import PROBE_NAMES
 
     (rule,) = [r for r in rule_documents() if r["alert"] == "ThreadObserverProbeDetached"]
     # Every probe the observer exports, but for the one older kernels lack, is judged.

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from observer import observers, procfs, pyruntime
-from observer.observers import FRESH_SECONDS, SITE_TRIES, BpfObserver, TrackedProcess
-from observer.pyruntime import NotReadyYet, ReadFailed, SitesUnavailable
 from tests.harness import shared_libpython_pythons
+from thread_observer import observers, procfs, pyruntime
+from thread_observer.observers import FRESH_SECONDS, SITE_TRIES, BpfObserver, TrackedProcess
+from thread_observer.pyruntime import NotReadyYet, ReadFailed, SitesUnavailable
 
 PID = 4242
 PROGRAM = [procfs.Mapping(0x1000, 0x2000, "/usr/bin/python3.11", True)]

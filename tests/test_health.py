@@ -10,18 +10,18 @@ import threading
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from observer.cli import build_parser
-from observer.health import (
+from thread_observer.cli import build_parser
+from thread_observer.health import (
     PollRecord,
     health_report,
     liveness_problem,
     readiness_problem,
     stuck_after,
 )
-from observer.model import Snapshot
-from observer.server import Poller, make_app
-from observer.startup import make_observer
-from observer.web_config import BearerToken, WebConfig
+from thread_observer.model import Snapshot
+from thread_observer.server import Poller, make_app
+from thread_observer.startup import make_observer
+from thread_observer.web_config import BearerToken, WebConfig
 
 
 def stuck(age: int, errors: int = 0, limit: int = 30) -> str:
@@ -230,7 +230,7 @@ def test_ready_with_proc_asked_for_and_not_when_auto_fell_back_to_it():
 
 
 def test_the_fallback_reason_is_kept_by_make_observer(monkeypatch):
-    monkeypatch.setattr("observer.startup.bpf_problem", lambda: "no kernel headers")
+    monkeypatch.setattr("thread_observer.startup.bpf_problem", lambda: "no kernel headers")
     own = ["run", "--pid", f"self={os.getpid()}"]
     observer = make_observer(build_parser().parse_args(own))
     assert (observer.backend, observer.fallback_reason) == ("proc", "no kernel headers")

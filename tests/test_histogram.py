@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from observer.histogram import log2_to_buckets, quantile
+from thread_observer.histogram import log2_to_buckets, quantile
 
 
 @pytest.mark.parametrize(

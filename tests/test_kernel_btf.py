@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from observer.bpf_backend import DNS_KERNEL_FIELDS, EXEC_KERNEL_FIELDS
-from observer.kernel_btf import (
+from thread_observer.bpf_backend import DNS_KERNEL_FIELDS, EXEC_KERNEL_FIELDS
+from thread_observer.kernel_btf import (
     KIND_INT,
     KIND_PTR,
     KIND_STRUCT,

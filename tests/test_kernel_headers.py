@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from observer import bpf_backend, capabilities, kernel_headers
-from observer.bpf_backend import BpfUnavailable
-from observer.kernel_headers import BCC_KERNEL_SOURCE, FOLDER_PREFIX, prepare_kernel_headers
+from thread_observer import bpf_backend, capabilities, kernel_headers
+from thread_observer.bpf_backend import BpfUnavailable
+from thread_observer.kernel_headers import BCC_KERNEL_SOURCE, FOLDER_PREFIX, prepare_kernel_headers
 
 RELEASE = "6.18.44-test"
 KCONFIG = "include/linux/kconfig.h"
@@ -283,7 +283,7 @@ def test_another_users_folder_is_left_alone_for_one_of_a_new_name(machine, monke
     folder = expected_folder(machine)
     planted(folder)
     owned_by_another(folder, monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="observer.kernel_headers"):
+    with caplog.at_level(logging.WARNING, logger="thread_observer.kernel_headers"):
         headers = machine.prepare()
     assert headers.ok
     assert headers.path != str(folder)
@@ -398,7 +398,7 @@ def test_check_headers_gives_the_detail(machine, monkeypatch):
 
 def test_headers_are_said_once(caplog):
     headers = kernel_headers.KernelHeaders("/nowhere/said-once", "bcc uses /nowhere/said-once")
-    with caplog.at_level(logging.INFO, logger="observer.kernel_headers"):
+    with caplog.at_level(logging.INFO, logger="thread_observer.kernel_headers"):
         kernel_headers.say_headers(headers)
         kernel_headers.say_headers(headers)
     said = [r.getMessage() for r in caplog.records if "said-once" in r.getMessage()]
@@ -433,7 +433,7 @@ def fake_compile(monkeypatch, machine: Machine, fail: bool) -> FakeBcc:
 def test_the_compile_names_the_kernels_own_headers_to_bcc_first(machine, monkeypatch, caplog):
     make_tarball(machine.kheaders)
     bcc = fake_compile(monkeypatch, machine, fail=False)
-    with caplog.at_level(logging.INFO, logger="observer.kernel_headers"):
+    with caplog.at_level(logging.INFO, logger="thread_observer.kernel_headers"):
         assert bpf_backend.compile_probes((), [], "timeline probe") == "compiled"
     assert bcc.seen == [machine.environ[BCC_KERNEL_SOURCE]]
     assert Path(bcc.seen[0]).parent == machine.cache

@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from observer import bpf_backend
-from observer.kernel_btf import BtfError
-from observer.tracefs import TRACEPOINT_FIELDS, format_fields, missing_fields
 from tests.kernel_matrix.guest import choose_accelerator, qemu_skip_reason
 from tests.kernel_matrix.kernels import KERNELS, Archive, fetch
 from tests.kernel_matrix.matrix import (
@@ -23,6 +20,9 @@ from tests.kernel_matrix.matrix import (
     run_kernel,
 )
 from tests.kernel_matrix.suite import CI_SUITE, KERNEL_SUITE
+from thread_observer import bpf_backend
+from thread_observer.kernel_btf import BtfError
+from thread_observer.tracefs import TRACEPOINT_FIELDS, format_fields, missing_fields
 
 FORMATS = Path(__file__).parent / "data" / "tracepoint_formats"
 # Guests booted side by side, a vCPU each: the suite in a guest is mostly one compile or one

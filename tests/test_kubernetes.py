@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from observer import procfs
-from observer.collector import ObserverCollector
-from observer.errors import UsageError
-from observer.kubernetes import (
+from tests.kubelet import Pod
+from tests.kubelet import kubelet_logs as write_kubelet_logs
+from thread_observer import procfs
+from thread_observer.collector import ObserverCollector
+from thread_observer.errors import UsageError
+from thread_observer.kubernetes import (
     OUTSIDE,
     NamespacePolicy,
     PodContainer,
@@ -23,9 +25,7 @@ from observer.kubernetes import (
     parse_container_log,
     parse_pod_dir,
 )
-from observer.model import Counts, ProcessRow, SeriesKey, Snapshot
-from tests.kubelet import Pod
-from tests.kubelet import kubelet_logs as write_kubelet_logs
+from thread_observer.model import Counts, ProcessRow, SeriesKey, Snapshot
 
 UID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 SYSTEMD_UID = UID.replace("-", "_")

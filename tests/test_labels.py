@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from observer.labels import (
+from thread_observer.labels import (
     MAX_CREATORS_PER_PROCESS,
     OTHER_HOSTS,
     HostLabels,
@@ -13,7 +13,7 @@ from observer.labels import (
     host_label,
     short_creator,
 )
-from observer.procfs import AddressResolver, Mapping
+from thread_observer.procfs import AddressResolver, Mapping
 
 
 def test_host_label_escapes_what_is_not_printable():

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from observer.timeline.lanes import build_timeline
-from observer.timeline.model import Recording
 from tests.harness import REPO, exits_settled, observer, wait_until, workload
+from thread_observer.timeline.lanes import build_timeline
+from thread_observer.timeline.model import Recording
 
 pytestmark = pytest.mark.bpf
 
@@ -70,7 +70,7 @@ def test_native_target_on_the_timeline(libc, binaries, tmp_path):
         [
             sys.executable,
             "-m",
-            "observer",
+            "thread_observer",
             "timeline",
             "--log-level",
             "info",

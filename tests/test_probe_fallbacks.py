@@ -25,7 +25,7 @@ pytestmark = [
 def probes_counting(threads: int, calls: int):
     """BpfProbes loaded as they are now (patch what a test changes first), watching a caller
     that makes ``threads`` threads and ``calls`` lookups: (probes, its counts, map entries)."""
-    from observer import bpf_backend
+    from thread_observer import bpf_backend
 
     probes = bpf_backend.BpfProbes(
         track_new_processes=False, sites=False, follow_children=False, per_process=True
@@ -44,7 +44,7 @@ def probes_counting(threads: int, calls: int):
 
 
 def test_without_task_storage_the_counts_are_exact_and_the_map_empties(monkeypatch):
-    from observer import bpf_backend
+    from thread_observer import bpf_backend
 
     monkeypatch.setattr(bpf_backend, "has_task_storage", lambda: False)
     probes, counts, entries = probes_counting(threads=23, calls=37)
@@ -60,7 +60,7 @@ def test_without_kernel_btf_the_dns_probe_is_left_out_and_says_so(monkeypatch, c
     # The DNS probe reads kernel structs at the offsets the kernel's BTF gives: without them it
     # is not loaded (no dns_queries_total rather than zeros), its probes show as never attached,
     # and everything else counts exactly.
-    from observer import bpf_backend
+    from thread_observer import bpf_backend
 
     def no_btf():
         raise bpf_backend.BtfError("the kernel's BTF is not readable (no such file)")
@@ -80,7 +80,7 @@ def test_without_kernel_btf_the_dns_probe_is_left_out_and_says_so(monkeypatch, c
 def bcc_uprobes_on_getaddrinfo():
     """An empty uprobe and uretprobe on libc's getaddrinfo made as bcc's Python tools make
     them (gethostlatency's way), for every process."""
-    from observer import bpf_backend, procfs
+    from thread_observer import bpf_backend, procfs
 
     bpf = bpf_backend.import_bcc().BPF(text="int empty(void *ctx) { return 0; }")
     pid = os.getpid()

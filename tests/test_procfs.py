@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from observer import procfs
+from thread_observer import procfs
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_a_zombie_and_a_reaped_process_have_ended_a_live_one_not():
     import subprocess
     import time
 
-    from observer.observers import create_time, ended, live_threads
+    from thread_observer.observers import create_time, ended, live_threads
 
     child = subprocess.Popen(["sleep", "60"])
     try:

@@ -9,9 +9,15 @@ import struct
 
 import pytest
 
-from observer import pyruntime
-from observer.pyoffsets import OFFSETS
-from observer.pyruntime import Memory, NotReadyYet, ReadFailed, SitesUnavailable, check_offsets
+from thread_observer import pyruntime
+from thread_observer.pyoffsets import OFFSETS
+from thread_observer.pyruntime import (
+    Memory,
+    NotReadyYet,
+    ReadFailed,
+    SitesUnavailable,
+    check_offsets,
+)
 
 PARENT, CHILD = 4000, 4100  # a process and its child, forked by the parent's main thread
 RUNTIME, INTERP, CODE_TYPE = 0x10000, 0x20000, 0x90000
@@ -185,7 +191,7 @@ def test_a_thread_list_that_fails_to_read_is_a_read_failure(threads):
 def published_offsets(version: tuple[int, int], free_threaded: int = 0) -> bytes:
     """The start of a _PyRuntime that publishes ``version``'s own offsets: the cookie, the
     version as PY_VERSION_HEX, then each field this version's layout has at its word."""
-    from observer.pyoffsets import DEBUG_FIELDS
+    from thread_observer.pyoffsets import DEBUG_FIELDS
 
     words = [0] * (pyruntime.DEBUG_OFFSETS_SIZE // 8)
     for name, index in DEBUG_FIELDS.get(version, DEBUG_FIELDS[max(DEBUG_FIELDS)]).items():

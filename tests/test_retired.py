@@ -10,11 +10,11 @@ from collections import Counter
 
 import pytest
 
-from observer.model import Counts, SeriesKey
-from observer.observers import ProcObserver
-from observer.retired import RetiredCounts
-from observer.targets import parse_regex_target
 from tests.harness import wait_until
+from thread_observer.model import Counts, SeriesKey
+from thread_observer.observers import ProcObserver
+from thread_observer.retired import RetiredCounts
+from thread_observer.targets import parse_regex_target
 
 GRACE = 300.0
 NAMED = SeriesKey("api")

@@ -184,7 +184,7 @@ def test_runtime_setup_in_a_clean_debian_root_counts_exactly(tmp_path):
 
         with workload(MIXED) as target:
             with observer_in(
-                root, ["--pid", f"mixed={target.pid}"], tmp_path / "observer.log"
+                root, ["--pid", f"mixed={target.pid}"], tmp_path / "thread_observer.log"
             ) as running:
                 target.go()
                 truth = target.truth()

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from observer.health import PollRecord
-from observer.self_metrics import (
+from tests.harness import bpf_skip_reason, observer, wait_until, workload
+from thread_observer.health import PollRecord
+from thread_observer.self_metrics import (
     BPF_STATS_SYSCTL,
     BpfProgramCollector,
     PollCollector,
     parse_fdinfo,
 )
-from tests.harness import bpf_skip_reason, observer, wait_until, workload
 
 FDINFO = """pos:\t0
 flags:\t02000002

@@ -6,12 +6,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from observer.collector import ObserverCollector
-from observer.constants import StackFlag
-from observer.labels import HostLabels
-from observer.model import Counts, ProcessRow, Snapshot
-from observer.pyruntime import CodeInfo
-from observer.sites import (
+from thread_observer.collector import ObserverCollector
+from thread_observer.constants import StackFlag
+from thread_observer.labels import HostLabels
+from thread_observer.model import Counts, ProcessRow, Snapshot
+from thread_observer.pyruntime import CodeInfo
+from thread_observer.sites import (
     MAX_SITE_LENGTH,
     NATIVE,
     UNKNOWN_FRAME,

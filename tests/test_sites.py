@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from observer.constants import SiteLimit
-from observer.pyruntime import CodeInfo
-from observer.sites import MAX_SITE_LENGTH, NATIVE, site_label, under_asyncio_loop
 from tests import debian_python, harness
 from tests.harness import observer, wait_until, workload
+from thread_observer.constants import SiteLimit
+from thread_observer.pyruntime import CodeInfo
+from thread_observer.sites import MAX_SITE_LENGTH, NATIVE, site_label, under_asyncio_loop
 from workloads.call_sites import ANYIO_WORKERS
 from workloads.servers import http_server
 

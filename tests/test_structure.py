@@ -7,41 +7,46 @@ import ast
 import re
 from pathlib import Path
 
-from observer import bpf_backend
-from observer.bpf_backend import DNS_KERNEL_FIELDS, SYSCALL_HOOKS
-from observer.constants import bpf_cflags
-from observer.timeline.recorder import timeline_cflags
+from thread_observer import bpf_backend
+from thread_observer.bpf_backend import DNS_KERNEL_FIELDS, SYSCALL_HOOKS
+from thread_observer.constants import bpf_cflags
+from thread_observer.timeline.recorder import timeline_cflags
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("observer", "workloads", "benchmarks")
+PACKAGES = ("thread_observer", "workloads", "benchmarks")
 COMMANDS = {
-    "observer.cli",
-    "observer.__main__",
-    "observer.check",
-    "observer.demo",
-    "observer.top",
-    "observer.timeline.command",
+    "thread_observer.cli",
+    "thread_observer.__main__",
+    "thread_observer.check",
+    "thread_observer.demo",
+    "thread_observer.top",
+    "thread_observer.timeline.command",
 }
-MIDDLE = {"observer.observers", "observer.collector", "observer.server", "observer.startup"}
+MIDDLE = {
+    "thread_observer.observers",
+    "thread_observer.collector",
+    "thread_observer.server",
+    "thread_observer.startup",
+}
 LOWER = {
-    "observer.bpf_backend",
-    "observer.procfs",
-    "observer.labels",
-    "observer.capabilities",
-    "observer.targets",
-    "observer.arguments",
-    "observer.model",
-    "observer.constants",
-    "observer.errors",
-    "observer.histogram",
-    "observer.kubernetes",
-    "observer.web_config",
-    "observer.self_metrics",
-    "observer.pyruntime",
-    "observer.pyoffsets",
-    "observer.sites",
-    "observer.tracefs",
-    "observer.compile_errors",
+    "thread_observer.bpf_backend",
+    "thread_observer.procfs",
+    "thread_observer.labels",
+    "thread_observer.capabilities",
+    "thread_observer.targets",
+    "thread_observer.arguments",
+    "thread_observer.model",
+    "thread_observer.constants",
+    "thread_observer.errors",
+    "thread_observer.histogram",
+    "thread_observer.kubernetes",
+    "thread_observer.web_config",
+    "thread_observer.self_metrics",
+    "thread_observer.pyruntime",
+    "thread_observer.pyoffsets",
+    "thread_observer.sites",
+    "thread_observer.tracefs",
+    "thread_observer.compile_errors",
 }
 
 
@@ -108,8 +113,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
-    assert "observer.startup" in graph["observer.cli"]  # imported inside run()
-    assert "observer.timeline.render" in graph["observer.timeline.command"]
+    assert "thread_observer.startup" in graph["thread_observer.cli"]  # imported inside run()
+    assert "thread_observer.timeline.render" in graph["thread_observer.timeline.command"]
 
 
 def test_no_import_cycle():
@@ -124,14 +129,14 @@ def test_imports_run_from_commands_down():
     graph = import_graph()
     assert set(graph) >= COMMANDS | MIDDLE | LOWER
     for module, imported in graph.items():
-        if module not in COMMANDS and module.startswith("observer"):
+        if module not in COMMANDS and module.startswith("thread_observer"):
             assert not imported & COMMANDS, f"{module} imports a command: {imported & COMMANDS}"
         if module in LOWER:
             assert not imported & MIDDLE, f"{module} imports {imported & MIDDLE}"
 
 
 def test_timeline_render_needs_only_the_model():
-    assert import_graph()["observer.timeline.render"] == {"observer.timeline.model"}
+    assert import_graph()["thread_observer.timeline.render"] == {"thread_observer.timeline.model"}
 
 
 def required_defines() -> set[str]:

@@ -151,8 +151,8 @@ def attached_all(running, count: int):
     ids=["lengths", "long", "many", "empty"],
 )
 def test_exec_reports_carry_each_argument_truncated_in_its_slot(arguments):
-    from observer.bpf_backend import BpfProbes
-    from observer.constants import MapSize
+    from thread_observer.bpf_backend import BpfProbes
+    from thread_observer.constants import MapSize
 
     probes = BpfProbes(track_new_processes=True, sites=False)
     try:

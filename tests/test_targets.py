@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from observer import procfs
-from observer.bpf_backend import exec_arguments
-from observer.targets import (
+from tests.harness import REPO
+from thread_observer import procfs
+from thread_observer.bpf_backend import exec_arguments
+from thread_observer.targets import (
     FULL_UID_MAP,
     OTHER_TARGET,
     AccessFacts,
@@ -22,7 +23,6 @@ from observer.targets import (
     parse_regex_target,
     resolve_pid_target,
 )
-from tests.harness import REPO
 
 
 def test_regex_target_matches_full_command_line():
@@ -194,7 +194,7 @@ def test_denied_as_root_never_advises_running_as_root():
 def test_denied_for_another_user(as_nobody):
     """A real denial: nobody, without capabilities, asks for a process of root's."""
     result = as_nobody.run(
-        ["-m", "observer", "run", "--pid", str(os.getpid())],
+        ["-m", "thread_observer", "run", "--pid", str(os.getpid())],
         capture_output=True,
         text=True,
         timeout=60,
@@ -221,7 +221,7 @@ def test_denied_from_inside_a_user_namespace():
             "--map-root-user",
             sys.executable,
             "-m",
-            "observer",
+            "thread_observer",
             "run",
             "--pid",
             str(os.getpid()),

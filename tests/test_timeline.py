@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from observer.errors import UsageError
-from observer.timeline.command import output_paths
-from observer.timeline.lanes import build_timeline
-from observer.timeline.model import EXISTING, MAIN, Event, Recording
-from observer.timeline.outputs import render
-from observer.timeline.render import lane_label
-from observer.timeline.trace import chrome_trace
 from tests.harness import REPO, observer, settled, wait_until, workload
 from tests.trace_format import check_trace
+from thread_observer.errors import UsageError
+from thread_observer.timeline.command import output_paths
+from thread_observer.timeline.lanes import build_timeline
+from thread_observer.timeline.model import EXISTING, MAIN, Event, Recording
+from thread_observer.timeline.outputs import render
+from thread_observer.timeline.render import lane_label
+from thread_observer.timeline.trace import chrome_trace
 
 MS = 1_000_000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -51,7 +51,7 @@ sys.stdin.readline()
 
 def run_timeline(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "observer", "timeline", *args],
+        [sys.executable, "-m", "thread_observer", "timeline", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -146,8 +146,8 @@ def test_records_are_decoded_from_the_c_struct():
     decoder reads, with the lengths constants.py gives the C."""
     import ctypes
 
-    from observer.constants import MapSize, SiteLimit
-    from observer.timeline.recorder import SERVICE_LEN, TimelineProbes
+    from thread_observer.constants import MapSize, SiteLimit
+    from thread_observer.timeline.recorder import SERVICE_LEN, TimelineProbes
 
     probes = TimelineProbes(follow_children=False, track_new_processes=False)
     probes.load(lambda event: None)
@@ -336,7 +336,7 @@ def test_exact_threads_and_lookups_and_the_metrics_agree(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "observer",
+                "thread_observer",
                 "timeline",
                 *[arg for path in outputs for arg in ("--output", str(path))],
                 "--",
@@ -464,7 +464,7 @@ def test_a_running_process_given_by_pid(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "observer",
+                "thread_observer",
                 "timeline",
                 "--log-level",
                 "info",
@@ -513,14 +513,14 @@ def test_a_pid_is_checked_as_the_daemon_checks_it(tmp_path):
 def test_sites_and_stacks_of_each_thread_and_lookup(tmp_path):
     """The site of each thread created and each lookup, as the call-site workload records it
     at the same C calls; the whole stack in --json, and in the folded stacks."""
-    from observer.sites import site_label
     from tests.test_sites import frames_of
+    from thread_observer.sites import site_label
 
     out = tmp_path / "run.json"
     command = [
         sys.executable,
         "-m",
-        "observer",
+        "thread_observer",
         "timeline",
         "-o",
         str(out),

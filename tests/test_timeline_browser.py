@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from observer.timeline.lanes import build_timeline
-from observer.timeline.model import Event, Recording, window_of
-from observer.timeline.outputs import render
+from thread_observer.timeline.lanes import build_timeline
+from thread_observer.timeline.model import Event, Recording, window_of
+from thread_observer.timeline.outputs import render
 
 MS = 1_000_000
 US = 1_000

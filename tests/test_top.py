@@ -17,9 +17,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from rich.console import Console
 
-from observer.collector import ObserverCollector
-from observer.model import Counts, ProcessRow, Snapshot
-from observer.top import (
+from tests.harness import REPO, observer, wait_until
+from thread_observer.collector import ObserverCollector
+from thread_observer.model import Counts, ProcessRow, Snapshot
+from thread_observer.top import (
     Session,
     StatusLine,
     increase,
@@ -28,7 +29,6 @@ from observer.top import (
     quantile,
     render_frame,
 )
-from tests.harness import REPO, observer, wait_until
 
 LOOP_SO = "loop.cpython-311-x86_64-linux-gnu.so"
 
@@ -158,7 +158,7 @@ def test_proc_backend_has_no_counts_to_show():
 
 
 def test_an_observer_that_does_not_answer():
-    from observer.top import Sample
+    from thread_observer.top import Sample
 
     text = frame_text(None, Sample(1.0, source="http://x/metrics", error="cannot scrape"), 1.0)
     assert "cannot scrape" in text
@@ -204,7 +204,17 @@ def three_threads():
 
 def run_top(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "observer", "top", "--count", "2", "--interval", "0.3", *args],
+        [
+            sys.executable,
+            "-m",
+            "thread_observer",
+            "top",
+            "--count",
+            "2",
+            "--interval",
+            "0.3",
+            *args,
+        ],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -324,7 +334,7 @@ def test_zero_failures_show_one_zero():
 
 def test_logs_go_under_the_table_never_over_it():
     status = StatusLine()
-    log = logging.getLogger("observer.test")
+    log = logging.getLogger("thread_observer.test")
     log.setLevel(logging.INFO)
     with logs_elsewhere(status, None):
         log.warning("eBPF unavailable")
@@ -342,8 +352,8 @@ def test_logs_go_under_the_table_never_over_it():
 def test_logs_to_a_file(tmp_path):
     log_file = tmp_path / "top.log"
     with logs_elsewhere(StatusLine(), str(log_file)):
-        logging.getLogger("observer.test").warning("to the file")
-    assert "WARNING observer.test: to the file" in log_file.read_text()
+        logging.getLogger("thread_observer.test").warning("to the file")
+    assert "WARNING thread_observer.test: to the file" in log_file.read_text()
 
 
 # Short jobs under a real observer: each lives about half a second, less than a frame
@@ -365,8 +375,8 @@ time.sleep(0.5)
 
 @pytest.mark.bpf
 def test_short_jobs_under_a_real_observer():
-    from observer.startup import make_observer
-    from observer.top import ObserverSource
+    from thread_observer.startup import make_observer
+    from thread_observer.top import ObserverSource
 
     marker = f"top-job-{uuid.uuid4().hex[:12]}"  # -X option, ignored by CPython
     args = argparse.Namespace(

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from observer.bpf_backend import UPROBE_PROGRAMS
 from tests import harness
 from tests.harness import bpf_skip_reason, observer, workload
 from tests.test_self_metrics import bpf_stats_on
+from thread_observer.bpf_backend import UPROBE_PROGRAMS
 
 pytestmark = [
     pytest.mark.bpf,

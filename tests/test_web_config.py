@@ -99,10 +99,18 @@ def self_signed(tmp_path):
 @contextmanager
 def tls_observer(args, tmp_path, context):
     port = free_port()
-    log = tmp_path / "observer.log"
+    log = tmp_path / "thread_observer.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "observer", "run", "--listen", f"127.0.0.1:{port}", *args],
+            [
+                sys.executable,
+                "-m",
+                "thread_observer",
+                "run",
+                "--listen",
+                f"127.0.0.1:{port}",
+                *args,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=REPO,

@@ -1,11 +1,11 @@
-"""Generates observer/pyoffsets.py: CPython's struct offsets, per version, by compiling a small
-C file against each interpreter's own installed headers (``offsetof``, so nothing is copied by
+"""Generates thread_observer/pyoffsets.py: CPython's struct offsets, per version, by compiling a
+small C file against each interpreter's own installed headers (``offsetof``, so nothing is copied by
 hand).
 
     python tools/gen_pyoffsets.py /root/.pyenv/versions/3.8.18 /root/.pyenv/versions/3.9.18 \
         /root/.pyenv/versions/3.10.13 /root/.pyenv/versions/3.11.7 \
         /root/.pyenv/versions/3.12.1 /root/.pyenv/versions/3.13.0 \
-        DEB/usr > observer/pyoffsets.py
+        DEB/usr > thread_observer/pyoffsets.py
 
 Each PREFIX is an installation (``PREFIX/include/pythonX.Y`` holds the headers, internal ones
 included; DEB/usr: Debian's ``libpython3.14-dev`` and ``python3.14-dev`` unpacked with
@@ -135,7 +135,7 @@ def offsets(prefix: str) -> tuple[tuple[int, int], dict[str, int]]:
         # A PyFrameObject always has code: the owner byte read is the low byte of its
         # 8-aligned f_code pointer, never one of the owners without code (3 or 4). thread_id
         # is a pthread_t: the tid in glibc's struct pthread is found at attach
-        # (observer/pyruntime.py).
+        # (thread_observer/pyruntime.py).
         table["frame_owner"] = table["frame_code"]
         table["thread_id_is_pthread"] = 1
     return version, table

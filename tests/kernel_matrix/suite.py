@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from observer.tracefs import TRACEPOINT_FIELDS
+from thread_observer.tracefs import TRACEPOINT_FIELDS
 
 KERNEL_SUITE = (
     # threads and creators, getaddrinfo by caller, failures by EAI_*, host names, latency
@@ -118,7 +118,7 @@ def guest_command(
             f"cd '{checkout}'",
             f"export THREAD_OBSERVER_TEST_TIME_SCALE={time_scale}",
             "export XDG_CACHE_HOME=/tmp/cache MPLCONFIGDIR=/tmp/matplotlib PYTHONDONTWRITEBYTECODE=1",
-            f"'{python}' -m observer check > '{results}/check.log' 2>&1",
+            f"'{python}' -m thread_observer check > '{results}/check.log' 2>&1",
             f"echo $? > '{results}/check_status'",
             *([pytest] if suite else []),
             formats_command(results),

@@ -1,5 +1,0 @@
-import sys
-
-from observer.cli import main
-
-sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from thread_observer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,390 @@
+"""The Prometheus collector: fresh metric families from a backend snapshot on every scrape."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from thread_observer import __version__, kubernetes
+from thread_observer.constants import EAI_NAMES, Transport
+from thread_observer.constants import metric_name as _name
+from thread_observer.histogram import log2_to_buckets
+from thread_observer.kubernetes import PodNames
+from thread_observer.model import Counts, ProcessRow, SeriesKey, Snapshot
+
+# Self counters of what the observer could not see or name as asked (never a silent zero).
+LOSSES = {
+    "children_not_watched_total": "Children of watched processes the kernel could not watch "
+    "(its watched set was full): their threads and calls are not counted",
+    "exec_reports_lost_total": "Command lines of new programs lost (the ring buffer was "
+    "full): those processes were matched on /proc's command line only",
+    "target_names_overflowed_total": "Processes put under the target <other> because their "
+    "name template had reached its cap of distinct names",
+    "dns_unknown_socket_sends_total": "Writes to TCP streams to port 53 opened and written "
+    "before their process was watched (no known message boundary): not counted in "
+    "dns_queries_total",
+}
+
+# POSIX's getaddrinfo errors (codes -1 to -12).
+COMMON_EAI_ERRORS = tuple(name for code, name in EAI_NAMES.items() if code >= -12)
+
+
+class Series:
+    """The values of one label set (a target, or a target and a pid)."""
+
+    def __init__(self, labels: list[str]) -> None:
+        self.labels = labels
+        self.processes = 0
+        self.threads = 0
+        self.counts: Counts | None = None
+        self.executor_max_workers: int | None = None
+        self.executor_threads: Counter[str] | None = None  # by pool, summed
+        self.default_executor_saturation: float | None = None  # the fullest process's
+        self.unnamed = 0  # node mode: its processes in a pod whose names were not found
+
+    def add_row(self, row: ProcessRow) -> None:
+        self.processes += 1
+        self.threads += row.threads
+        if row.executor_threads is not None:
+            self.executor_threads = (self.executor_threads or Counter()) + row.executor_threads
+            for pool in row.executor_threads:
+                self.executor_threads.setdefault(pool, 0)
+            if row.executor_max_workers:
+                ratio = row.executor_threads["default"] / row.executor_max_workers
+                self.default_executor_saturation = max(
+                    self.default_executor_saturation or 0.0, ratio
+                )
+        if row.executor_max_workers is not None:
+            self.executor_max_workers = max(
+                self.executor_max_workers or 0, row.executor_max_workers
+            )
+        if row.counts is not None:
+            self.add_counts(row.counts)
+
+    def add_counts(self, counts: Counts) -> None:
+        if self.counts is None:
+            self.counts = Counts()
+        self.counts.add(counts)
+
+
+class ObserverCollector(Collector):
+    """Per-target series, by pid with ``label_pid``, and by pod with ``pod_names`` (node mode)."""
+
+    def __init__(
+        self,
+        read_snapshot: Callable[[], Snapshot],
+        label_pid: bool = False,
+        pod_names: PodNames | None = None,
+    ) -> None:
+        self._read_snapshot = read_snapshot
+        self._label_pid = label_pid
+        self._pod_names = pod_names
+
+    def collect(self) -> Iterator[Metric]:
+        # Every family is built before the duration is taken, so that it is this scrape's.
+        started = time.perf_counter()
+        snapshot = self._read_snapshot()
+        groups = self._group(snapshot)
+        families = [*self._target_metrics(snapshot, groups), *self._self_metrics(snapshot, groups)]
+        yield from families
+        yield GaugeMetricFamily(
+            _name("scrape_duration_seconds"),
+            "Time this scrape took to read the probes and /proc and build its series",
+            value=time.perf_counter() - started,
+        )
+
+    def describe(self) -> list[Metric]:
+        return []  # dynamic families: do not collect at registration
+
+    # Per target
+    def _labels(self) -> list[str]:
+        labels = ["target"]
+        if self._pod_names is not None:
+            labels += kubernetes.LABELS
+        return [*labels, "pid"] if self._label_pid else labels
+
+    def _key(self, target: str, container_id: str, pod_uid: str, pid: int) -> tuple[str, ...]:
+        key = [target]
+        if self._pod_names is not None:
+            key += self._pod_names.name(container_id, pod_uid).labels()
+        return (*key, str(pid)) if self._label_pid else tuple(key)
+
+    def _group(self, snapshot: Snapshot) -> list[Series]:
+        series: dict[tuple[str, ...], Series] = {}
+        for row in snapshot.rows:
+            key = self._key(row.target, row.container_id, row.pod_uid, row.pid)
+            group = series.setdefault(key, Series(list(key)))
+            group.add_row(row)
+            # In a pod (its cgroup says so) that the kubelet's directories do not name.
+            if self._pod_names is not None and row.pod_uid and not key[3]:
+                group.unnamed += 1
+        # Exited processes' counts, kept by the observer while their series lives: they join
+        # their live processes' series, or make one of their own (no process left: 0).
+        for retired, counts in snapshot.retired.items():
+            key = self._key(*retired)
+            series.setdefault(key, Series(list(key))).add_counts(counts)
+        if not self._label_pid:
+            self._add_named_targets(snapshot, series)
+        if self._pod_names is not None:
+            live = {(row.container_id, row.pod_uid) for row in snapshot.rows}
+            live |= {(key.container_id, key.pod_uid) for key in snapshot.retired}
+            self._pod_names.forget(live)
+        return list(series.values())
+
+    def _add_named_targets(self, snapshot: Snapshot, series: dict[tuple[str, ...], Series]):
+        """A named target is exported from the start, with no process yet: 0 processes, and
+        counters at 0 where the backend counts, so that rate() sees their first rise."""
+        present = {key[0] for key in series}
+        for target in snapshot.targets:
+            if target not in present:
+                key = self._key(*SeriesKey(target))
+                group = series.setdefault(key, Series(list(key)))
+                if snapshot.bpf_available:
+                    group.add_counts(Counts())
+
+    def _target_metrics(self, snapshot: Snapshot, groups: list[Series]) -> Iterator[Metric]:
+        labels = self._labels()
+        yield from _gauges(groups, labels)
+        yield _target_info(snapshot, self._pod_names, self._label_pid)
+        # The proc backend cannot count: its series are absent, never zeros passed off as
+        # measurements.
+        counted = [g for g in groups if g.counts is not None]
+        if counted:
+            yield from _thread_counters(counted, labels)
+            yield from _getaddrinfo_metrics(counted, labels)
+            yield from _resolution_metrics(counted, labels, snapshot.dns_queries)
+            yield from _site_metrics(counted, labels)
+
+    def _self_metrics(self, snapshot: Snapshot, groups: list[Series]) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            _name("build_info"),
+            "thread-observer version and the backend in use",
+            labels=["version", "backend"],
+        )
+        info.add_metric([__version__, snapshot.backend], 1)
+        yield info
+        yield GaugeMetricFamily(
+            _name("bpf_available"),
+            "1 when the eBPF backend is working",
+            value=int(snapshot.bpf_available),
+        )
+        attached = GaugeMetricFamily(
+            _name("probes_attached"), "Attach points of each probe attached now", labels=["probe"]
+        )
+        for probe, count in sorted(snapshot.probes_attached.items()):
+            attached.add_metric([probe], count)
+        yield attached
+        errors = CounterMetricFamily(
+            _name("attach_errors"), "Probe attach failures", labels=["probe"]
+        )
+        for probe, count in sorted(snapshot.attach_errors.items()):
+            errors.add_metric([probe], count)
+        yield errors
+        entries = GaugeMetricFamily(
+            _name("bpf_map_entries"),
+            "Entries in each BPF map: they must stay bounded",
+            labels=["map"],
+        )
+        for name, count in sorted(snapshot.map_entries.items()):
+            entries.add_metric([name], count)
+        yield entries
+        for name, count in sorted(snapshot.losses.items()):
+            yield CounterMetricFamily(_name(name.removesuffix("_total")), LOSSES[name], value=count)
+        yield from _site_self_metrics(snapshot)
+        if self._pod_names is not None:
+            yield GaugeMetricFamily(
+                _name("unnamed_pod_processes"),
+                "Attached processes in a pod whose pod or container name the kubelet's log "
+                "directories do not give (their namespace, pod or container label is empty)",
+                value=sum(g.unnamed for g in groups),
+            )
+
+
+def _gauges(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
+    processes = GaugeMetricFamily(
+        _name("processes"), "Processes of the target attached now", labels=labels
+    )
+    threads = GaugeMetricFamily(
+        _name("threads"), "Live threads in the target's processes now", labels=labels
+    )
+    cap = GaugeMetricFamily(
+        _name("executor_default_max_workers"),
+        "Default ThreadPoolExecutor max_workers for the target's interpreter and CPUs",
+        labels=labels,
+    )
+    for group in groups:
+        processes.add_metric(group.labels, group.processes)
+        threads.add_metric(group.labels, group.threads)
+        if group.executor_max_workers is not None:
+            cap.add_metric(group.labels, group.executor_max_workers)
+    yield from (processes, threads, cap)
+
+
+def _thread_counters(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
+    created = CounterMetricFamily(
+        _name("threads_created"),
+        "Threads created, by the code that holds the start routine",
+        labels=[*labels, "creator"],
+    )
+    exited = CounterMetricFamily(_name("threads_exited"), "Threads that ended", labels=labels)
+    for group in groups:
+        for creator, count in sorted(group.counts.threads_created.items()):
+            created.add_metric([*group.labels, creator], count)
+        exited.add_metric(group.labels, group.counts.threads_exited)
+    yield from (created, exited)
+
+
+def _getaddrinfo_metrics(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
+    calls = CounterMetricFamily(
+        _name("getaddrinfo_calls"),
+        "getaddrinfo calls; caller=event_loop when made on an event-loop thread",
+        labels=[*labels, "caller"],
+    )
+    failures = CounterMetricFamily(
+        _name("getaddrinfo_failures"),
+        "Failed getaddrinfo calls by EAI_* error",
+        labels=[*labels, "error"],
+    )
+    duration = HistogramMetricFamily(
+        _name("getaddrinfo_duration_seconds"), "getaddrinfo call latency", labels=labels
+    )
+    hosts = CounterMetricFamily(
+        _name("getaddrinfo_host_calls"),
+        "getaddrinfo calls by the name asked for (the first names of a target; the rest <other>)",
+        labels=[*labels, "host"],
+    )
+    for group in groups:
+        counts = group.counts
+        for caller in ("event_loop", "other"):
+            calls.add_metric([*group.labels, caller], counts.getaddrinfo_calls.get(caller, 0))
+        # The usual errors exist from the start at 0, so that rate() sees their first rise.
+        errors = Counter(dict.fromkeys(COMMON_EAI_ERRORS, 0)) + counts.getaddrinfo_failures
+        for error in sorted({*COMMON_EAI_ERRORS, *errors}):
+            failures.add_metric([*group.labels, error], errors[error])
+        buckets = [(floatToGoString(le), n) for le, n in log2_to_buckets(counts.duration_slots)]
+        duration.add_metric(group.labels, buckets, counts.duration_sum_ns / 1e9)
+        for host, count in sorted(counts.hosts.items()):
+            hosts.add_metric([*group.labels, host], count)
+    yield from (calls, failures, duration, hosts)
+
+
+def _resolution_metrics(
+    groups: list[Series], labels: list[str], dns_queries: bool = True
+) -> Iterator[Metric]:
+    queries = CounterMetricFamily(
+        _name("dns_queries"),
+        "DNS queries the target's processes sent to port 53, whoever sent them",
+        labels=[*labels, "transport"],
+    )
+    calls = CounterMetricFamily(
+        _name("resolver_calls"),
+        "libc resolver calls by entry point and caller",
+        labels=[*labels, "function", "caller"],
+    )
+    for group in groups:
+        counts = group.counts
+        for transport in Transport if dns_queries else ():
+            queries.add_metric(
+                [*group.labels, transport.label], counts.dns_queries.get(transport.label, 0)
+            )
+        # getaddrinfo has its own probe; the other functions appear once called.
+        by_function = Counter(
+            {
+                ("getaddrinfo", caller): counts.getaddrinfo_calls.get(caller, 0)
+                for caller in ("event_loop", "other")
+            }
+        )
+        by_function.update(counts.resolver_calls)
+        for (function, caller), count in sorted(by_function.items()):
+            calls.add_metric([*group.labels, function, caller], count)
+    yield from (queries, calls)
+
+
+def _site_metrics(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
+    """By Python call site, and executor threads: only where the frames can be read."""
+    threads = CounterMetricFamily(
+        _name("threads_created_by_site"),
+        "Threads created, by the Python code that started them (<native>: no Python frame)",
+        labels=[*labels, "site"],
+    )
+    calls = CounterMetricFamily(
+        _name("getaddrinfo_calls_by_site"),
+        "getaddrinfo calls, by the Python code that made them and whether a coroutine was "
+        "running (caller=event_loop)",
+        labels=[*labels, "site", "caller"],
+    )
+    pools = GaugeMetricFamily(
+        _name("executor_threads"),
+        "Live threads of thread pools: the loop's default executor, other ThreadPoolExecutors, "
+        "AnyIO's workers",
+        labels=[*labels, "pool"],
+    )
+    saturation = GaugeMetricFamily(
+        _name("executor_saturation_ratio"),
+        "Live default-executor threads over its max_workers, in the fullest process",
+        labels=[*labels, "pool"],
+    )
+    for group in groups:
+        counts = group.counts
+        for site, count in sorted((counts.threads_by_site or {}).items()):
+            threads.add_metric([*group.labels, site], count)
+        for (site, caller), count in sorted((counts.calls_by_site or {}).items()):
+            calls.add_metric([*group.labels, site, caller], count)
+        for pool, count in sorted((group.executor_threads or {}).items()):
+            pools.add_metric([*group.labels, pool], count)
+        if group.default_executor_saturation is not None:
+            saturation.add_metric([*group.labels, "default"], group.default_executor_saturation)
+    yield from (threads, calls, pools, saturation)
+
+
+def _site_self_metrics(snapshot: Snapshot) -> Iterator[Metric]:
+    unavailable = GaugeMetricFamily(
+        _name("sites_unavailable"),
+        "Attached processes whose Python frames cannot be read, by reason (their sites and "
+        "executor threads are absent; caller falls back to the epoll mark)",
+        labels=["reason"],
+    )
+    reasons = Counter(row.sites_unavailable for row in snapshot.rows if row.sites_unavailable)
+    for reason, count in sorted(reasons.items()):
+        unavailable.add_metric([reason], count)
+    yield unavailable
+    counted = [row.counts for row in snapshot.rows if row.counts is not None]
+    counted += list(snapshot.retired.values())
+    if counted:
+        yield CounterMetricFamily(
+            _name("site_stacks_dropped"),
+            'Events counted under site="<other>" because a by-site map was full',
+            value=sum(counts.site_stacks_dropped for counts in counted),
+        )
+
+
+def _target_info(snapshot: Snapshot, pod_names: PodNames | None, label_pid: bool) -> Metric:
+    # In node mode it names the pod too: honoured labels must not leave the observer's own.
+    # No pid unless asked for: a pid label makes a new series for every process a target
+    # starts (recycled workers, cron runs).
+    names = list(kubernetes.LABELS) if pod_names is not None else []
+    pid = ["pid"] if label_pid else []
+    info = GaugeMetricFamily(
+        _name("target_info"),
+        "The containers and pods a target's attached processes run in",
+        labels=["target", *pid, "container_id", "pod_uid", *names],
+    )
+    seen = set()
+    for row in snapshot.rows:
+        labels = [row.target, *([str(row.pid)] if label_pid else []), row.container_id, row.pod_uid]
+        if pod_names is not None:
+            labels += pod_names.name(row.container_id, row.pod_uid).labels()
+        if tuple(labels) not in seen:
+            seen.add(tuple(labels))
+            info.add_metric(labels, 1)
+    return info
