@@ -75,6 +75,9 @@ PER_TARGET_METRICS = {
     "thread_observer_executor_default_max_workers",
     # The fullest process's default executor: live workers / max_workers.
     "thread_observer_executor_saturation_ratio",
+    "thread_observer_executor_threads",
+    "thread_observer_threads_created_by_site_total",
+    "thread_observer_getaddrinfo_calls_by_site_total",
     "thread_observer_dns_queries_total",
     "thread_observer_resolver_calls_total",
     "thread_observer_target_info",
@@ -1214,13 +1217,14 @@ def test_dashboard_covers_the_contract():
     assert used >= (PER_TARGET_METRICS | SELF_METRICS) - {
         "thread_observer_getaddrinfo_duration_seconds_sum",
         "thread_observer_getaddrinfo_duration_seconds_count",
-        # Its alert watches it; the observer that exports it gets its panel along with it.
-        "thread_observer_executor_saturation_ratio",
         # Node mode only; its alert says when pods go unnamed.
         "thread_observer_unnamed_pod_processes",
     }
     assert any("histogram_quantile(0.5," in e for e in queries)
     assert any("histogram_quantile(0.99," in e for e in queries)
+    # The observer's own cost, from client_python's process metrics.
+    assert any("process_cpu_seconds_total" in e for e in queries)
+    assert any("process_resident_memory_bytes" in e for e in queries)
     heatmaps = [p for p in query_panels(dashboard()) if p["type"] == "heatmap"]
     assert [t["format"] for p in heatmaps for t in p["targets"]] == ["heatmap"]
 
@@ -1313,6 +1317,10 @@ class ContractMetrics(http.server.BaseHTTPRequestHandler):
                 f'caller="event_loop"}} {n}',
                 f'thread_observer_resolver_calls_total{{{t},function="gethostbyname_r",'
                 f'caller="other"}} {n}',
+                f'thread_observer_executor_threads{{{t},pool="default"}} 4',
+                f'thread_observer_threads_created_by_site_total{{{t},site="app.py:main"}} {n}',
+                f'thread_observer_getaddrinfo_calls_by_site_total{{{t},site="app.py:fetch",'
+                f'caller="event_loop"}} {n}',
             ]
             cumulative = 0
             for i, bound in enumerate(cls.BUCKETS):
@@ -1336,6 +1344,9 @@ class ContractMetrics(http.server.BaseHTTPRequestHandler):
             "thread_observer_bpf_available 1",
             "thread_observer_unnamed_pod_processes 0",
             f"thread_observer_dns_unknown_socket_sends_total {n}",
+            # client_python's own, which the observer's panels show.
+            f"process_cpu_seconds_total {0.05 * n}",
+            "process_resident_memory_bytes 1.5e+08",
         ]
         return "\n".join(lines) + "\n"
 
