@@ -393,3 +393,41 @@ class Unprivileged:
 
     def popen(self, args: list[str], **kwargs) -> subprocess.Popen:
         return subprocess.Popen(self.python_command(*args), cwd=self.site, env=self.env, **kwargs)
+
+
+def manifest_capabilities() -> list[str]:
+    """The capabilities the sidecar manifest gives the observer (the DaemonSet's are the same:
+    tests/test_deploy.py)."""
+    import yaml
+
+    manifest = REPO / "deploy" / "kubernetes" / "sidecar" / "sidecar.yaml"
+    for document in yaml.safe_load_all(manifest.read_text()):
+        if document and document.get("kind") == "Deployment":
+            for container in document["spec"]["template"]["spec"]["containers"]:
+                if container["name"] == "thread-observer":
+                    return container["securityContext"]["capabilities"]["add"]
+    raise LookupError("no thread-observer container in the sidecar manifest")
+
+
+def least_privilege_prefix() -> list[str]:
+    """setpriv's prefix for uid 0 with only the manifest's capabilities and no_new_privs, as
+    in the container (allowPrivilegeEscalation: false)."""
+    bounding = ",".join(["-all", *(f"+{c.lower()}" for c in manifest_capabilities())])
+    return ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs"]
+
+
+def assert_exact(metrics: Metrics, target: str, truth: dict) -> None:
+    """Threads by creator, getaddrinfo calls by caller and failures by error equal what the
+    workload recorded of itself."""
+    assert metrics.labels("thread_observer_threads_created_total", "creator", target=target) == {
+        "python": truth["threads_started"]
+    }
+    calls = metrics.labels("thread_observer_getaddrinfo_calls_total", "caller", target=target)
+    assert calls == {
+        "event_loop": truth["getaddrinfo_on_loop"],
+        "other": truth["getaddrinfo_calls"] - truth["getaddrinfo_on_loop"],
+    }
+    assert (
+        metrics.nonzero("thread_observer_getaddrinfo_failures_total", "error", target=target)
+        == truth["getaddrinfo_errors"]
+    )

@@ -30,7 +30,7 @@ import pytest
 
 from tests import container_images
 from tests.container_images import EngineUnavailable, Podman
-from tests.harness import REPO, RunningObserver, settled, wait_until, workload
+from tests.harness import REPO, RunningObserver, assert_exact, settled, wait_until, workload
 from workloads.servers import free_port
 
 pytestmark = [pytest.mark.bpf, pytest.mark.timeout(1800)]
@@ -149,20 +149,9 @@ def observer_container(podman: Podman, image: str, name: str, options: list[str]
         podman("rm", "--force", "--time", "0", name, check=False)
 
 
-def assert_exact(metrics, target: str, truth: dict) -> None:
+def assert_exact_in_bpf(metrics, target: str, truth: dict) -> None:
     assert metrics.labels("thread_observer_build_info", "backend") == {"bpf": 1}
-    assert metrics.labels("thread_observer_threads_created_total", "creator", target=target) == {
-        "python": truth["threads_started"]
-    }
-    calls = metrics.labels("thread_observer_getaddrinfo_calls_total", "caller", target=target)
-    assert calls == {
-        "event_loop": truth["getaddrinfo_on_loop"],
-        "other": truth["getaddrinfo_calls"] - truth["getaddrinfo_on_loop"],
-    }
-    assert (
-        metrics.nonzero("thread_observer_getaddrinfo_failures_total", "error", target=target)
-        == truth["getaddrinfo_errors"]
-    )
+    assert_exact(metrics, target, truth)
 
 
 def settled_on(running, target: str, truth: dict):
@@ -231,7 +220,7 @@ def test_sidecar_counts_its_service_exactly(podman, image, service_image, seccom
         )
         app.go()
         truth = app.truth()
-        assert_exact(settled_on(running, "app", truth), "app", truth)
+        assert_exact_in_bpf(settled_on(running, "app", truth), "app", truth)
         assert probed_through_root(running.log(), 1), running.log()
 
 
@@ -262,6 +251,6 @@ def test_node_agent_counts_each_container_exactly(podman, image, service_image, 
             app.go()
         truths = {name: app.truth() for name, app in apps.items()}
         for name, truth in truths.items():
-            assert_exact(settled_on(running, name, truth), name, truth)
+            assert_exact_in_bpf(settled_on(running, name, truth), name, truth)
             # Seen from the host's PID namespace: each container's own libc, by its host pid.
             assert probed_through_root(running.log(), apps[name].host_pid), running.log()

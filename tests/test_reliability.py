@@ -18,7 +18,10 @@ from tests.harness import (
     PYENV_ROOT,
     REPO,
     Metrics,
+    assert_exact,
     exits_settled,
+    least_privilege_prefix,
+    manifest_capabilities,
     observer,
     pyenv_pythons,
     wait_until,
@@ -45,21 +48,6 @@ NATIVE_SOURCE = Path(__file__).parent / "targets" / "native_target.c"
 def settled(running, target: str, threads: int) -> Metrics:
     """The first scrape in which every thread's exit has been counted."""
     return exits_settled(running, threads, timeout=15, target=target)
-
-
-def assert_exact(metrics: Metrics, target: str, truth: dict) -> None:
-    assert metrics.labels("thread_observer_threads_created_total", "creator", target=target) == {
-        "python": truth["threads_started"]
-    }
-    calls = metrics.labels("thread_observer_getaddrinfo_calls_total", "caller", target=target)
-    assert calls == {
-        "event_loop": truth["getaddrinfo_on_loop"],
-        "other": truth["getaddrinfo_calls"] - truth["getaddrinfo_on_loop"],
-    }
-    assert (
-        metrics.nonzero("thread_observer_getaddrinfo_failures_total", "error", target=target)
-        == truth["getaddrinfo_errors"]
-    )
 
 
 # Hostile input
@@ -299,27 +287,14 @@ def test_libc_at_another_path_and_inode_is_found_through_proc_root(tmp_path):
 
 
 # Privileges
-def manifest_capabilities() -> list[str]:
-    import yaml
-
-    manifest = REPO / "deploy" / "kubernetes" / "sidecar" / "sidecar.yaml"
-    for document in yaml.safe_load_all(manifest.read_text()):
-        if document and document.get("kind") == "Deployment":
-            for container in document["spec"]["template"]["spec"]["containers"]:
-                if container["name"] == "thread-observer":
-                    return container["securityContext"]["capabilities"]["add"]
-    raise AssertionError("no thread-observer container in the sidecar manifest")
-
-
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is missing")
 def test_the_sidecar_capabilities_are_enough_for_exact_counts(tmp_path, monkeypatch):
     capabilities = manifest_capabilities()
-    bounding = ",".join(["-all", *(f"+{c.lower()}" for c in capabilities)])
     # uid 0 with only the manifest's capabilities and no_new_privs
     # (allowPrivilegeEscalation: false), as in the container.
     monkeypatch.setattr(
         "tests.harness.OBSERVER_PREFIX",
-        ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs"],
+        least_privilege_prefix(),
     )
     with (
         workload([*MIXED, "--linger", "60"]) as target,

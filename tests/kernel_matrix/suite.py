@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tests.harness import least_privilege_prefix
 from thread_observer.tracefs import TRACEPOINT_FIELDS
 
 KERNEL_SUITE = (
@@ -62,6 +63,9 @@ class GuestReport:
     failures: dict[str, str] = field(default_factory=dict)  # test id -> its message
     skips: dict[str, str] = field(default_factory=dict)  # test id -> why
     seconds: float = 0.0
+    # check again with only the manifests' capabilities and no_new_privs (least privilege)
+    least_privilege_status: int | None = None
+    least_privilege_output: str = ""
 
     @property
     def passed(self) -> int:
@@ -120,6 +124,9 @@ def guest_command(
             "export XDG_CACHE_HOME=/tmp/cache MPLCONFIGDIR=/tmp/matplotlib PYTHONDONTWRITEBYTECODE=1",
             f"'{python}' -m thread_observer check > '{results}/check.log' 2>&1",
             f"echo $? > '{results}/check_status'",
+            f"{' '.join(least_privilege_prefix())} '{python}' -m thread_observer check "
+            f"> '{results}/least_privilege.log' 2>&1",
+            f"echo $? > '{results}/least_privilege_status'",
             *([pytest] if suite else []),
             formats_command(results),
         ]
@@ -139,10 +146,13 @@ def read_report(kernel: str, release: str, results: Path, seconds: float) -> Gue
         path = results / name
         return path.read_text(errors="replace") if path.exists() else ""
 
-    status = text("check_status").strip()
-    report = GuestReport(
-        kernel, release, int(status) if re.fullmatch(r"\d+", status) else None, text("check.log")
-    )
+    def status(name: str) -> int | None:
+        found = text(name).strip()
+        return int(found) if re.fullmatch(r"\d+", found) else None
+
+    report = GuestReport(kernel, release, status("check_status"), text("check.log"))
+    report.least_privilege_status = status("least_privilege_status")
+    report.least_privilege_output = text("least_privilege.log")
     if text("junit.xml"):
         report.outcomes, report.failures, report.skips = junit_outcomes(text("junit.xml"))
     report.seconds = seconds
