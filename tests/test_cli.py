@@ -1,5 +1,6 @@
 """Bad input: one clear line on stderr, a non-zero exit, no traceback."""
 
+import json
 import os
 import re
 import shutil
@@ -7,6 +8,7 @@ import socket
 import stat
 import subprocess
 import sys
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -249,6 +251,14 @@ def test_missing_kernel_headers_name_the_package_and_the_link(tmp_path):
         assert "falling back to the proc backend" in log
         assert f"eBPF unavailable (kernel headers: none at /lib/modules/{release}/build" in log
         assert f"apt-get install linux-headers-{release}" in log
+        # Alive, but not ready: the kubelet takes the pod out of service, the alert sees it.
+        assert json.loads(running.get("/healthz")[0])["status"] == "ok"
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            running.get("/readyz")
+        assert not_ready.value.code == 503
+        body = json.loads(not_ready.value.read())
+        assert (body["status"], body["backend"]) == ("failing", "proc")
+        assert "kernel headers" in body["reason"]
     finally:
         running.stop()
 

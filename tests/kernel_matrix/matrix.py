@@ -67,8 +67,9 @@ def readme_table(reports: list[GuestReport]) -> str:
     a kernel skipped named, with the first words of their reason)."""
     by_name = {kernel.name: kernel for kernel in KERNELS}
     lines = [
-        "| kernel | Debian suite | runs in | `check` | kernel suite | minutes |",
-        "|---|---|---|---|---|---|",
+        "| kernel | Debian suite | runs in | `check` | `check`, least privilege | kernel suite "
+        "| minutes |",
+        "|---|---|---|---|---|---|---|",
     ]
     for report in reports:
         kernel = by_name[report.kernel]
@@ -78,8 +79,10 @@ def readme_table(reports: list[GuestReport]) -> str:
             for test, reason in report.skips.items()
         )
         verdict = "OK" if report.check_status == 0 else f"exit {report.check_status}"
+        least = report.least_privilege_status
+        least = "not run" if least is None else "OK" if least == 0 else f"exit {least}"
         lines.append(
-            f"| {report.release} | {kernel.suite} | {kernel.distribution} | {verdict} | "
+            f"| {report.release} | {kernel.suite} | {kernel.distribution} | {verdict} | {least} | "
             f"{counts + ' of ' + str(len(report.outcomes)) if counts else 'not run (check only)'}"
             f"{'; ' + skipped if skipped else ''}"
             f" | {report.seconds / 60:.0f} |"
