@@ -28,10 +28,16 @@ FORMATS = Path(__file__).parent / "data" / "tracepoint_formats"
 # Guests booted side by side, a vCPU each: the suite in a guest is mostly one compile or one
 # workload at a time, so two guests on two cores take half the time of one after the other.
 GUESTS_AT_ONCE = 2
-# `make test` runs check (a real compile, load and attach) and CI_SUITE in every kernel; the
-# whole kernel suite with THREAD_OBSERVER_KERNEL_SUITE=1 (`make kernel-suite`, about 50 minutes
+# `make test` runs check (a real compile, load and attach) in every kernel and CI_SUITE in those
+# whose ci_suite is set (see kernels.py); the whole kernel suite with THREAD_OBSERVER_KERNEL_SUITE=1 (`make kernel-suite`, about 50 minutes
 # here).
-SUITE = KERNEL_SUITE if os.environ.get("THREAD_OBSERVER_KERNEL_SUITE") == "1" else CI_SUITE
+WHOLE_SUITE = os.environ.get("THREAD_OBSERVER_KERNEL_SUITE") == "1"
+
+
+def suite_for(kernel) -> tuple[str, ...]:
+    if WHOLE_SUITE:
+        return KERNEL_SUITE
+    return CI_SUITE if kernel.ci_suite else ()
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +61,7 @@ def guests(tmp_path_factory) -> dict[str, Future]:
                 tmp_path_factory.mktemp(kernel.name),
                 accelerator,
                 1,
-                SUITE,
+                suite_for(kernel),
             )
             for kernel in KERNELS
         }
@@ -71,8 +77,9 @@ def test_check_and_the_kernel_suite_pass_on_the_kernel(kernel, guests):
     assert report.least_privilege_status == 0, report.least_privilege_output
     assert report.failures == {}, "\n\n".join(f"{t}:\n{m}" for t, m in report.failures.items())
     # Every test of the suite ran there: passed, or skipped for a reason of that kernel.
-    assert len(report.outcomes) == len(SUITE), report.outcomes
-    assert report.passed > 0, report.outcomes
+    suite = suite_for(kernel)
+    assert len(report.outcomes) == len(suite), report.outcomes
+    assert report.passed > 0 or not suite, report.outcomes
     # A test skipped in a guest is skipped for a reason of that kernel, said here.
     for test, reason in report.skips.items():
         print(f"{kernel.name}: {test} skipped: {reason}")
