@@ -409,11 +409,16 @@ def manifest_capabilities() -> list[str]:
     raise LookupError("no thread-observer container in the sidecar manifest")
 
 
-def least_privilege_prefix() -> list[str]:
-    """setpriv's prefix for uid 0 with only the manifest's capabilities and no_new_privs, as
-    in the container (allowPrivilegeEscalation: false)."""
-    bounding = ",".join(["-all", *(f"+{c.lower()}" for c in manifest_capabilities())])
-    return ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs"]
+# The fewest capabilities that work where kernel.perf_event_paranoid is 2 or less (Linux 5.8+).
+LEAST_CAPABILITIES = ("BPF", "PERFMON", "SYS_PTRACE")
+
+
+def capabilities_prefix(capabilities, no_new_privs: bool = False) -> list[str]:
+    """setpriv's prefix for uid 0 with only these capabilities (and no_new_privs, as a
+    container with allowPrivilegeEscalation: false)."""
+    bounding = ",".join(["-all", *(f"+{c.lower()}" for c in capabilities)])
+    prefix = ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all"]
+    return prefix + (["--no-new-privs"] if no_new_privs else [])
 
 
 def assert_exact(metrics: Metrics, target: str, truth: dict) -> None:

@@ -3,6 +3,9 @@ no root needed."""
 
 from pathlib import Path
 
+import pytest
+
+from thread_observer import capabilities
 from thread_observer.capabilities import check_tracefs, tracing_mount_points
 
 # A mount table as /proc/self/mountinfo writes it: optional fields (shared:N) before the "-",
@@ -86,3 +89,36 @@ def test_tracefs_not_mounted_anywhere_looked_at(tmp_path):
     )
     assert not result.ok
     assert result.detail.startswith("not mounted: mount -t tracefs nodev /sys/kernel/tracing")
+
+
+@pytest.mark.parametrize("text, level", [("2\n", 2), ("3\n", 3), ("-1\n", -1), ("x\n", None)])
+def test_perf_event_paranoid_is_read_from_the_kernel(tmp_path, text, level):
+    path = tmp_path / "perf_event_paranoid"
+    path.write_text(text)
+    assert capabilities.perf_event_paranoid(str(path)) == level
+    assert capabilities.perf_event_paranoid(str(tmp_path / "none")) is None
+
+
+@pytest.mark.parametrize("level", [None, -1, 0, 1, 2])
+def test_perfmon_is_enough_up_to_paranoid_2(level):
+    assert capabilities.paranoid_needs_sys_admin(level) is None
+
+
+def test_paranoid_3_names_sys_admin_and_the_sysctl():
+    said = capabilities.paranoid_needs_sys_admin(3)
+    assert "kernel.perf_event_paranoid is 3" in said
+    assert "add CAP_SYS_ADMIN" in said
+    assert "kernel.perf_event_paranoid=2" in said
+
+
+def test_without_sys_admin_at_paranoid_3_privileges_fail_and_say_why(monkeypatch):
+    held = {capabilities.CAP_BPF, capabilities.CAP_PERFMON, capabilities.CAP_SYS_PTRACE}
+    monkeypatch.setattr(capabilities, "effective_capabilities", lambda: sum(1 << c for c in held))
+    monkeypatch.setattr(capabilities, "perf_event_paranoid", lambda: 3)
+    result = capabilities.check_privileges()
+    assert not result.ok
+    assert result.detail.startswith("CAP_BPF and CAP_PERFMON, but kernel.perf_event_paranoid is 3")
+    assert capabilities.bpf_problem().startswith("kernel.perf_event_paranoid is 3")
+    # At 2 (upstream's default) the three capabilities are enough.
+    monkeypatch.setattr(capabilities, "perf_event_paranoid", lambda: 2)
+    assert capabilities.check_privileges().ok

@@ -19,8 +19,8 @@ from tests.harness import (
     REPO,
     Metrics,
     assert_exact,
+    capabilities_prefix,
     exits_settled,
-    least_privilege_prefix,
     manifest_capabilities,
     observer,
     pyenv_pythons,
@@ -290,12 +290,8 @@ def test_libc_at_another_path_and_inode_is_found_through_proc_root(tmp_path):
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is missing")
 def test_the_sidecar_capabilities_are_enough_for_exact_counts(tmp_path, monkeypatch):
     capabilities = manifest_capabilities()
-    # uid 0 with only the manifest's capabilities and no_new_privs
-    # (allowPrivilegeEscalation: false), as in the container.
-    monkeypatch.setattr(
-        "tests.harness.OBSERVER_PREFIX",
-        least_privilege_prefix(),
-    )
+    # uid 0 with only the manifest's capabilities, as in the container.
+    monkeypatch.setattr("tests.harness.OBSERVER_PREFIX", capabilities_prefix(capabilities))
     with (
         workload([*MIXED, "--linger", "60"]) as target,
         observer(["--pid", f"caps={target.pid}", "--backend", "bpf"], tmp_path) as running,

@@ -52,11 +52,39 @@ def has_bpf_capabilities() -> bool:
     )
 
 
+PERF_EVENT_PARANOID = "/proc/sys/kernel/perf_event_paranoid"
+
+
+def perf_event_paranoid(path: str = PERF_EVENT_PARANOID) -> int | None:
+    try:
+        with open(path) as file:
+            return int(file.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def paranoid_needs_sys_admin(paranoid: int | None) -> str | None:
+    """Why CAP_PERFMON is not enough here, or None. Debian's and Ubuntu's kernels carry a patch
+    (CONFIG_SECURITY_PERF_EVENTS_RESTRICT) whose paranoid level 3, their default, lets only
+    CAP_SYS_ADMIN call perf_event_open, which attaches the tracepoints and uprobes."""
+    if paranoid is None or paranoid <= 2:
+        return None
+    return (
+        f"kernel.perf_event_paranoid is {paranoid}: this kernel lets only CAP_SYS_ADMIN call "
+        "perf_event_open (Debian's and Ubuntu's default); add CAP_SYS_ADMIN, or set "
+        "kernel.perf_event_paranoid=2 on the node"
+    )
+
+
 def check_privileges() -> Result:
     if os.geteuid() == 0 and has_capability(CAP_SYS_ADMIN):
         return Result("privileges", True, "root")
     if has_bpf_capabilities():
         detail = "CAP_BPF and CAP_PERFMON" if not has_capability(CAP_SYS_ADMIN) else "CAP_SYS_ADMIN"
+        paranoid = None if has_capability(CAP_SYS_ADMIN) else perf_event_paranoid()
+        needs_sys_admin = paranoid_needs_sys_admin(paranoid)
+        if needs_sys_admin:
+            return Result("privileges", False, f"{detail}, but {needs_sys_admin}")
         if not has_capability(CAP_SYS_PTRACE):
             return Result(
                 "privileges",
@@ -278,5 +306,9 @@ def bpf_problem() -> str | None:
             "not root and without CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN): run as root, "
             "or grant those capabilities"
         )
+    if not has_capability(CAP_SYS_ADMIN):
+        needs_sys_admin = paranoid_needs_sys_admin(perf_event_paranoid())
+        if needs_sys_admin:
+            return needs_sys_admin
     headers = check_headers()
     return None if headers.ok else f"kernel headers: {headers.detail}"

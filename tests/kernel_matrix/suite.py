@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tests.harness import least_privilege_prefix
+from tests.harness import LEAST_CAPABILITIES, capabilities_prefix
 from thread_observer.tracefs import TRACEPOINT_FIELDS
 
 KERNEL_SUITE = (
@@ -63,7 +63,7 @@ class GuestReport:
     failures: dict[str, str] = field(default_factory=dict)  # test id -> its message
     skips: dict[str, str] = field(default_factory=dict)  # test id -> why
     seconds: float = 0.0
-    # check again with only the manifests' capabilities and no_new_privs (least privilege)
+    # check again with BPF, PERFMON and SYS_PTRACE alone and no_new_privs (least privilege)
     least_privilege_status: int | None = None
     least_privilege_output: str = ""
 
@@ -124,7 +124,7 @@ def guest_command(
             "export XDG_CACHE_HOME=/tmp/cache MPLCONFIGDIR=/tmp/matplotlib PYTHONDONTWRITEBYTECODE=1",
             f"'{python}' -m thread_observer check > '{results}/check.log' 2>&1",
             f"echo $? > '{results}/check_status'",
-            f"{' '.join(least_privilege_prefix())} '{python}' -m thread_observer check "
+            f"{' '.join(capabilities_prefix(LEAST_CAPABILITIES, True))} '{python}' -m thread_observer check "
             f"> '{results}/least_privilege.log' 2>&1",
             f"echo $? > '{results}/least_privilege_status'",
             *([pytest] if suite else []),
