@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 
 from tests.harness import (
+    LEAST_CAPABILITIES,
     PYENV_ROOT,
     REPO,
     Metrics,
@@ -27,6 +28,7 @@ from tests.harness import (
     wait_until,
     workload,
 )
+from thread_observer.capabilities import perf_event_paranoid
 
 pytestmark = pytest.mark.bpf
 
@@ -287,11 +289,10 @@ def test_libc_at_another_path_and_inode_is_found_through_proc_root(tmp_path):
 
 
 # Privileges
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is missing")
-def test_the_sidecar_capabilities_are_enough_for_exact_counts(tmp_path, monkeypatch):
-    capabilities = manifest_capabilities()
-    # uid 0 with only the manifest's capabilities, as in the container.
-    monkeypatch.setattr("tests.harness.OBSERVER_PREFIX", capabilities_prefix(capabilities))
+def counted_with_only(capabilities, no_new_privs: bool, tmp_path, monkeypatch) -> None:
+    """uid 0 with only ``capabilities`` (as in a container) counts exactly."""
+    prefix = capabilities_prefix(capabilities, no_new_privs)
+    monkeypatch.setattr("tests.harness.OBSERVER_PREFIX", prefix)
     with (
         workload([*MIXED, "--linger", "60"]) as target,
         observer(["--pid", f"caps={target.pid}", "--backend", "bpf"], tmp_path) as running,
@@ -304,6 +305,21 @@ def test_the_sidecar_capabilities_are_enough_for_exact_counts(tmp_path, monkeypa
         target.go()
         truth = target.truth()
         assert_exact(settled(running, "caps", truth["threads_started"]), "caps", truth)
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is missing")
+def test_the_sidecar_capabilities_are_enough_for_exact_counts(tmp_path, monkeypatch):
+    counted_with_only(manifest_capabilities(), False, tmp_path, monkeypatch)
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is missing")
+@pytest.mark.skipif(
+    (perf_event_paranoid() or 0) > 2,
+    reason="kernel.perf_event_paranoid is above 2: perf_event_open needs CAP_SYS_ADMIN here",
+)
+def test_bpf_perfmon_and_ptrace_are_enough_where_paranoid_allows(tmp_path, monkeypatch):
+    # What README offers for nodes at paranoid 2 or less: no SYS_ADMIN, no_new_privs.
+    counted_with_only(LEAST_CAPABILITIES, True, tmp_path, monkeypatch)
 
 
 CAPABILITY_BITS = {"SYS_PTRACE": 19, "SYS_ADMIN": 21, "PERFMON": 38, "BPF": 39}
