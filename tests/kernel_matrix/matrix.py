@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import tempfile
@@ -79,8 +80,7 @@ def readme_table(reports: list[GuestReport]) -> str:
             for test, reason in report.skips.items()
         )
         verdict = "OK" if report.check_status == 0 else f"exit {report.check_status}"
-        least = report.least_privilege_status
-        least = "not run" if least is None else "OK" if least == 0 else f"exit {least}"
+        least = least_privilege_verdict(report)
         lines.append(
             f"| {report.release} | {kernel.suite} | {kernel.distribution} | {verdict} | {least} | "
             f"{counts + ' of ' + str(len(report.outcomes)) if counts else 'not run (check only)'}"
@@ -88,6 +88,18 @@ def readme_table(reports: list[GuestReport]) -> str:
             f" | {report.seconds / 60:.0f} |"
         )
     return "\n".join(lines)
+
+
+def least_privilege_verdict(report: GuestReport) -> str:
+    """What check said with BPF, PERFMON and SYS_PTRACE alone, in a few words."""
+    if report.least_privilege_status is None:
+        return "not run"
+    if report.least_privilege_status == 0:
+        return "OK"
+    paranoid = re.search(r"perf_event_paranoid is (\d+)", report.least_privilege_output)
+    if paranoid:
+        return f"needs `SYS_ADMIN` (perf_event_paranoid {paranoid[1]})"
+    return f"exit {report.least_privilege_status}"
 
 
 def replace_table(text: str, table: str) -> str:
