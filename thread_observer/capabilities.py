@@ -76,13 +76,20 @@ def paranoid_needs_sys_admin(paranoid: int | None) -> str | None:
     )
 
 
+def perfmon_not_enough() -> str | None:
+    """Why this process, without CAP_SYS_ADMIN, cannot attach the probes here; None when it
+    holds CAP_SYS_ADMIN or the kernel lets CAP_PERFMON do."""
+    if has_capability(CAP_SYS_ADMIN):
+        return None
+    return paranoid_needs_sys_admin(perf_event_paranoid())
+
+
 def check_privileges() -> Result:
     if os.geteuid() == 0 and has_capability(CAP_SYS_ADMIN):
         return Result("privileges", True, "root")
     if has_bpf_capabilities():
         detail = "CAP_BPF and CAP_PERFMON" if not has_capability(CAP_SYS_ADMIN) else "CAP_SYS_ADMIN"
-        paranoid = None if has_capability(CAP_SYS_ADMIN) else perf_event_paranoid()
-        needs_sys_admin = paranoid_needs_sys_admin(paranoid)
+        needs_sys_admin = perfmon_not_enough()
         if needs_sys_admin:
             return Result("privileges", False, f"{detail}, but {needs_sys_admin}")
         if not has_capability(CAP_SYS_PTRACE):
@@ -306,9 +313,8 @@ def bpf_problem() -> str | None:
             "not root and without CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN): run as root, "
             "or grant those capabilities"
         )
-    if not has_capability(CAP_SYS_ADMIN):
-        needs_sys_admin = paranoid_needs_sys_admin(perf_event_paranoid())
-        if needs_sys_admin:
-            return needs_sys_admin
+    needs_sys_admin = perfmon_not_enough()
+    if needs_sys_admin:
+        return needs_sys_admin
     headers = check_headers()
     return None if headers.ok else f"kernel headers: {headers.detail}"

@@ -433,7 +433,7 @@ class ObserverSource:
     def sample(self) -> Sample:
         from prometheus_client import generate_latest
 
-        # Read before the poll, which forgets the processes that exited and their counts.
+        # Read before the poll, which detaches the processes that exited.
         taken = time.monotonic()
         text = generate_latest(self.registry).decode()
         self.observer.poll()
