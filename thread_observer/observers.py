@@ -147,10 +147,6 @@ class ProcObserver:
     ) -> None:
         self.regex_targets = regex_targets
         self.pid_targets = {t.pid: t.name for t in pid_targets}
-        # The names given on the command line: their series live as long as the observer.
-        self.named = {t.name for t in regex_targets if not t.is_template} | {
-            t.name for t in pid_targets
-        }
         self.follow_children = follow_children
         self.names = TargetNames()
         self.overflowed = 0  # processes put under OTHER_TARGET (a name template's cap)
@@ -379,6 +375,13 @@ class ProcObserver:
             key = key._replace(pid=tracked.pid)
         return key
 
+    @property
+    def named(self) -> set[str]:
+        """The targets named on the command line or by watch_pid: their series live as long
+        as the observer (a name template's names come and go with their processes)."""
+        named = {t.name for t in self.regex_targets if not t.is_template}
+        return named | set(self.pid_targets.values())
+
     def _permanent(self, key: SeriesKey) -> bool:
         """A named target's own series (not a container's or a process's): kept for the
         observer's life."""
@@ -402,7 +405,7 @@ class ProcObserver:
 
     def target_names(self) -> list[str]:
         """The configured names (a name template's names appear with their processes)."""
-        return sorted(self.named | set(self.pid_targets.values()))
+        return sorted(self.named)
 
 
 def describe(tracked: TrackedProcess) -> None:
