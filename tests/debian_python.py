@@ -22,13 +22,15 @@ REPO = Path(__file__).resolve().parent.parent
 # The root resolves host names from its own /etc/hosts only: a lookup never leaves the machine.
 NSSWITCH = "hosts: files\n"
 HOSTS = "127.0.0.1 localhost\n::1 localhost ip6-localhost\n"
-# sh -c script of the command: in a mount namespace of its own, this checkout at its own path
-# inside the root (so code objects name the files the tests expect), /proc, /dev and a private
-# /tmp, then the interpreter, chrooted. $0 is the root, $1 the checkout, $2 the interpreter.
+# sh -c script of the command: in a mount namespace of its own, a private /tmp, this checkout
+# at its own path inside the root (so code objects name the files the tests expect; bound after
+# the /tmp, which would hide a checkout under /tmp), /proc and /dev, then the interpreter,
+# chrooted. $0 is the root, $1 the checkout, $2 the interpreter.
 ENTER = (
     "root=$0 repo=$1 python=$2 && shift 2"
+    ' && mount -t tmpfs tmpfs "$root/tmp" && mkdir -p "$root$repo"'
     ' && mount --bind "$repo" "$root$repo" && mount -t proc proc "$root/proc"'
-    ' && mount --rbind /dev "$root/dev" && mount -t tmpfs tmpfs "$root/tmp"'
+    ' && mount --rbind /dev "$root/dev"'
     ' && PYTHONPATH=$repo exec chroot "$root" "$python" "$@"'
 )
 
