@@ -222,17 +222,19 @@ static __always_inline void end_getaddrinfo(struct pt_regs *ctx)
     __sync_fetch_and_add(&totals->duration_ns_sum, ns);
 }
 
-int getaddrinfo_entry(struct pt_regs *ctx)
+static __always_inline int getaddrinfo_entry_body(struct pt_regs *ctx)
 {
     start_getaddrinfo(ctx);
     return 0;
 }
+UPROBE_PROGRAM(getaddrinfo_entry, getaddrinfo_entry_body)
 
-int getaddrinfo_return(struct pt_regs *ctx)
+static __always_inline int getaddrinfo_return_body(struct pt_regs *ctx)
 {
     end_getaddrinfo(ctx);
     return 0;
 }
+UPROBE_PROGRAM(getaddrinfo_return, getaddrinfo_return_body)
 
 // At entry the instruction pointer is the probed address (or just past its breakpoint); at
 // return it is the caller's return address, never that close to the function's start.
@@ -241,10 +243,11 @@ static __always_inline int at_entry(struct pt_regs *ctx)
     return PT_REGS_IP(ctx) - bpf_get_func_ip(ctx) <= ENTRY_IP_SLACK;
 }
 
-int getaddrinfo_session(struct pt_regs *ctx)
+static __always_inline int getaddrinfo_session_body(struct pt_regs *ctx)
 {
     if (at_entry(ctx))
         return start_getaddrinfo(ctx) ? 0 : 1;  // nonzero: no return probe for this call
     end_getaddrinfo(ctx);
     return 0;
 }
+UPROBE_PROGRAM(getaddrinfo_session, getaddrinfo_session_body)

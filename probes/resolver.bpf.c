@@ -81,30 +81,34 @@ static __always_inline void end_resolver_call(struct pt_regs *ctx)
         state->resolver_returns_to = 0;
 }
 
-int resolver_entry(struct pt_regs *ctx)
+static __always_inline int resolver_entry_body(struct pt_regs *ctx)
 {
     start_resolver_call(ctx, bpf_get_attach_cookie(ctx));
     return 0;
 }
+UPROBE_PROGRAM(resolver_entry, resolver_entry_body)
 
-#define RESOLVER_ENTRY(ID)                                  \
-    int resolver_entry_##ID(struct pt_regs *ctx)            \
-    {                                                       \
-        start_resolver_call(ctx, ID);                       \
-        return 0;                                           \
-    }
+#define RESOLVER_ENTRY(ID)                                                  \
+    static __always_inline int resolver_entry_body_##ID(struct pt_regs *ctx) \
+    {                                                                       \
+        start_resolver_call(ctx, ID);                                       \
+        return 0;                                                           \
+    }                                                                       \
+    UPROBE_PROGRAM(resolver_entry_##ID, resolver_entry_body_##ID)
 FOR_EACH_RESOLVER_FUNCTION(RESOLVER_ENTRY)
 
-int resolver_return(struct pt_regs *ctx)
+static __always_inline int resolver_return_body(struct pt_regs *ctx)
 {
     end_resolver_call(ctx);
     return 0;
 }
+UPROBE_PROGRAM(resolver_return, resolver_return_body)
 
-int resolver_session(struct pt_regs *ctx)
+static __always_inline int resolver_session_body(struct pt_regs *ctx)
 {
     if (at_entry(ctx))
         return start_resolver_call(ctx, bpf_get_attach_cookie(ctx)) ? 0 : 1;  // nonzero: no return probe for this call
     end_resolver_call(ctx);
     return 0;
 }
+UPROBE_PROGRAM(resolver_session, resolver_session_body)

@@ -38,7 +38,7 @@ static __always_inline int add_created(struct creator_key *key)
     return 0;
 }
 
-int pthread_create_entry(struct pt_regs *ctx)
+static __always_inline int pthread_create_entry_body(struct pt_regs *ctx)
 {
     u64 id = current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
@@ -49,6 +49,7 @@ int pthread_create_entry(struct pt_regs *ctx)
     state->start_routine = routine;
     return 0;
 }
+UPROBE_PROGRAM(pthread_create_entry, pthread_create_entry_body)
 
 static __always_inline void count_new_thread(u32 tgid, u32 tid, u64 generation,
                                              struct thread_state *state, u32 new_tid)

@@ -132,7 +132,7 @@ static __always_inline void add_python_stack(struct timeline_event *event, u64 i
     __builtin_memcpy(event->stack, key->code, sizeof(event->stack));
 }
 
-int timeline_pthread_create(struct pt_regs *ctx)
+static __always_inline int timeline_pthread_create_body(struct pt_regs *ctx)
 {
     u64 id = current_pid_tgid();
     u32 tid = (u32)id;
@@ -142,6 +142,7 @@ int timeline_pthread_create(struct pt_regs *ctx)
     timeline_start_routine.update(&tid, &routine);
     return 0;
 }
+UPROBE_PROGRAM(timeline_pthread_create, timeline_pthread_create_body)
 
 static __always_inline void thread_created(u64 id, u32 new_task, char *comm)
 {
@@ -269,7 +270,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     return 0;
 }
 
-int timeline_getaddrinfo_entry(struct pt_regs *ctx)
+static __always_inline int timeline_getaddrinfo_entry_body(struct pt_regs *ctx)
 {
     u64 id = current_pid_tgid();
     if (!is_watched(id >> 32))
@@ -289,8 +290,9 @@ int timeline_getaddrinfo_entry(struct pt_regs *ctx)
     timeline_events.ringbuf_submit(event, 0);
     return 0;
 }
+UPROBE_PROGRAM(timeline_getaddrinfo_entry, timeline_getaddrinfo_entry_body)
 
-int timeline_getaddrinfo_return(struct pt_regs *ctx)
+static __always_inline int timeline_getaddrinfo_return_body(struct pt_regs *ctx)
 {
     u64 id = current_pid_tgid();
     if (!is_watched(id >> 32))
@@ -302,3 +304,4 @@ int timeline_getaddrinfo_return(struct pt_regs *ctx)
     timeline_events.ringbuf_submit(event, 0);
     return 0;
 }
+UPROBE_PROGRAM(timeline_getaddrinfo_return, timeline_getaddrinfo_return_body)

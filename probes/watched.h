@@ -19,6 +19,7 @@
 #define THREAD_OBSERVER_WATCHED_H
 
 #include <uapi/linux/ptrace.h>
+#include "preemption.h"
 
 #ifndef MAX_PROCESSES
 #error "MAX_PROCESSES must be given as a -D cflag by thread_observer/constants.py"

@@ -18,6 +18,7 @@ import pytest
 from thread_observer import bpf_backend, capabilities, kernel_headers
 from thread_observer.bpf_backend import BpfUnavailable
 from thread_observer.kernel_headers import BCC_KERNEL_SOURCE, FOLDER_PREFIX, prepare_kernel_headers
+from thread_observer.preemption import PreemptGuard
 
 RELEASE = "6.18.44-test"
 KCONFIG = "include/linux/kconfig.h"
@@ -426,6 +427,7 @@ def fake_compile(monkeypatch, machine: Machine, fail: bool) -> FakeBcc:
     monkeypatch.setattr(bpf_backend, "import_bcc", lambda: bcc)
     monkeypatch.setattr(bpf_backend, "kernel_format_cflags", lambda btf=None: [])
     monkeypatch.setattr(bpf_backend, "pid_namespace_cflags", lambda: [])
+    monkeypatch.setattr(bpf_backend, "preempt_guard", lambda btf: PreemptGuard(reason="faked"))
     monkeypatch.setattr(bpf_backend, "prepare_kernel_headers", machine.prepare)
     return bcc
 

@@ -45,6 +45,7 @@ from thread_observer.constants import (
 from thread_observer.kernel_btf import Btf, BtfError, KernelField, field_cflags, running_kernel_btf
 from thread_observer.kernel_headers import prepare_kernel_headers, say_headers
 from thread_observer.labels import host_label
+from thread_observer.preemption import guard_calls, preempt_guard
 from thread_observer.tracefs import missing_fields, tracepoint_fields
 
 log = logging.getLogger(__name__)
@@ -352,7 +353,16 @@ def compile_probes(
     """Compiles and loads probe files as one BPF object (tracepoints attach on load)."""
     bcc = import_bcc()
     folder = importlib.resources.files("thread_observer.bpf")
-    cflags = [*cflags, *kernel_format_cflags(btf), *pid_namespace_cflags(), f"-I{folder}"]
+    if btf is None:
+        btf = kernel_btf()
+    guard = preempt_guard(btf)
+    cflags = [
+        *cflags,
+        *kernel_format_cflags(btf),
+        *pid_namespace_cflags(),
+        *guard.cflags(),
+        f"-I{folder}",
+    ]
     # Here, not only in the checks before: timeline (and a test's own probes) compile without
     # them, and bcc reads BCC_KERNEL_SOURCE at each compile. Without headers the compile is
     # still tried (bcc has ways of its own), its failure then saying what to install.
@@ -368,6 +378,10 @@ def compile_probes(
                 f"compiling the {what} failed: {first or err} ({headers_hint(headers)})"
             ) from None
     compiled = time.monotonic() - started
+    # Before anything of the module is loaded but its tracepoints (which bcc loads at once,
+    # and which call no kfunc).
+    guard_calls(bpf, guard)
+    log.info("%s", guard.describe())
     rss_compiled = procfs.own_rss_mib()
     release_free_memory()
     log.info(

@@ -25,6 +25,7 @@ MEMBER = struct.Struct("<III")  # name_off, type, offset
 
 KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION, KIND_ENUM = 1, 2, 3, 4, 5, 6
 KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT = 8, 9, 10, 11
+KIND_FUNC = 12
 KIND_FUNC_PROTO, KIND_VAR, KIND_DATASEC, KIND_DECL_TAG, KIND_TYPE_TAG, KIND_ENUM64 = (
     13,
     14,
@@ -80,6 +81,10 @@ class Btf:
         }
         # A tracepoint's arguments are typedef btf_trace_NAME: the typedefs say which exist.
         self.typedefs = {t.name for t in self.types if t.kind == KIND_TYPEDEF}
+        # Functions by the offset of their name (kfuncs are called by their type id).
+        self._functions = {
+            t.size_or_type: index for index, t in enumerate(self.types) if t.kind == KIND_FUNC
+        }
 
     def _name(self, offset: int) -> str:
         end = self._data.index(b"\0", self._strings + offset)
@@ -100,12 +105,26 @@ class Btf:
             # looked up.
             named = kind in (KIND_STRUCT, KIND_UNION, KIND_TYPEDEF)
             name = self._name(name_offset) if named else ""
+            # A function's type (its prototype) is never looked up: its name's offset is kept
+            # there instead, for function_id.
+            if kind == KIND_FUNC:
+                size_or_type = name_offset
             types.append(BtfType(name, kind, bool(info >> 31), size_or_type, members))
         return types
 
     def _member(self, position: int) -> tuple[str, int, int]:
         name_offset, type_id, offset = MEMBER.unpack_from(self._data, position)
         return self._name(name_offset), type_id, offset
+
+    def function_id(self, name: str) -> int | None:
+        """The type id of a kernel function (a kfunc is called by it), or None. Names are
+        stored once each, so the name's offset is found in the strings, not every function's
+        name decoded."""
+        wanted = b"\0" + name.encode() + b"\0"
+        found = self._data.find(wanted, self._strings)
+        if found < 0:
+            return None
+        return self._functions.get(found + 1 - self._strings)
 
     def resolve(self, type_id: int) -> BtfType:
         """The type behind typedefs and qualifiers."""

@@ -30,13 +30,15 @@ KERNEL_SUITE = (
     "tests/test_process_trees.py::test_prefork_workers_that_live_milliseconds_are_counted_in_the_target",
     # a PID namespace (the sidecar's)
     "tests/test_pid_namespace.py::test_forked_workers_count_in_their_parents_target_inside_a_namespace[at-fork]",
+    # uprobe programs preempted by threads on the same CPU (on kernels that preempt kernel code)
+    "tests/test_preemption.py::test_threads_preempting_one_another_on_one_cpu_are_counted_exactly",
 )  # fmt: skip
 # What `make test` runs in every guest (a minute or two a test under emulation, two guests at a
 # time, in CI's budget): threads and creators, getaddrinfo by caller, failures, host names and
 # latency; DNS on the wire at the syscalls' tracepoints (every kernel has them); Python call
 # sites and executor threads from frames read in the kernel, whose frame walk is the verifier's
-# hardest program; and the sidecar's shape, a PID namespace.
-CI_SUITE = tuple(KERNEL_SUITE[i] for i in (0, 3, 5, 7))
+# hardest program; the sidecar's shape, a PID namespace; and uprobe programs preempted mid-run.
+CI_SUITE = tuple(KERNEL_SUITE[i] for i in (0, 3, 5, 7, 8))
 # The tracepoints whose format files a guest leaves behind (tests/data/tracepoint_formats):
 # every one whose fields the probes read.
 FORMATS = tuple(
