@@ -73,9 +73,12 @@ PER_TARGET_METRICS = {
     "thread_observer_getaddrinfo_duration_seconds_count",
     "thread_observer_processes",
     "thread_observer_executor_default_max_workers",
-    # The fullest process's default executor: live workers / max_workers.
+    # The fullest executor of a pool: busy workers / max_workers.
     "thread_observer_executor_saturation_ratio",
     "thread_observer_executor_threads",
+    "thread_observer_executor_busy_threads",
+    "thread_observer_executor_max_workers",
+    "thread_observer_executor_queued_work",
     "thread_observer_threads_created_by_site_total",
     "thread_observer_getaddrinfo_calls_by_site_total",
     "thread_observer_dns_queries_total",
@@ -1320,6 +1323,9 @@ class ContractMetrics(http.server.BaseHTTPRequestHandler):
                 f'thread_observer_resolver_calls_total{{{t},function="gethostbyname_r",'
                 f'caller="other"}} {n}',
                 f'thread_observer_executor_threads{{{t},pool="default"}} 4',
+                f'thread_observer_executor_busy_threads{{{t},pool="default"}} 3',
+                f'thread_observer_executor_max_workers{{{t},pool="default"}} 6',
+                f'thread_observer_executor_queued_work{{{t},pool="default"}} {n % 3}',
                 f'thread_observer_threads_created_by_site_total{{{t},site="app.py:main"}} {n}',
                 f'thread_observer_getaddrinfo_calls_by_site_total{{{t},site="app.py:fetch",'
                 f'caller="event_loop"}} {n}',

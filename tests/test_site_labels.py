@@ -1,4 +1,4 @@
-"""Stacks to site and pool labels, and the by-site metrics, fed plain data: no root, no BPF."""
+"""Stacks to site labels, the by-site and executor metrics, fed plain data: no root, no BPF."""
 
 from collections import Counter
 
@@ -9,14 +9,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from thread_observer.collector import ObserverCollector
 from thread_observer.constants import StackFlag
 from thread_observer.labels import HostLabels
-from thread_observer.model import Counts, ProcessRow, Snapshot
+from thread_observer.model import Counts, Executor, ProcessRow, Snapshot
 from thread_observer.pyruntime import CodeInfo
 from thread_observer.sites import (
     MAX_SITE_LENGTH,
     NATIVE,
     UNKNOWN_FRAME,
     ProcessSites,
-    pool_of,
     short_path,
     site_label,
     under_asyncio_loop,
@@ -106,21 +105,7 @@ def test_site_labels_are_bounded():
     assert len(label) == MAX_SITE_LENGTH and label.endswith("...")
 
 
-@pytest.mark.parametrize(
-    "frames, pool",
-    [
-        ([THREAD_START, ADJUST, SUBMIT, RUN_IN_EXECUTOR, LOOP_GETADDRINFO, RESOLVER], "default"),
-        ([THREAD_START, ADJUST, SUBMIT, code("/app/x.py", "use_pool")], "thread_pool"),
-        ([THREAD_START, ANYIO, ANYIO_API, ENDPOINT], "anyio"),
-        ([THREAD_START, code("/app/x.py", "main")], None),
-        ([], None),
-    ],
-)
-def test_pool_of(frames, pool):
-    assert pool_of(frames) == pool
-
-
-def test_process_sites_decode_each_stack_once_and_count_pools():
+def test_process_sites_decode_each_stack_once():
     codes = {
         1: THREAD_START,
         2: ADJUST,
@@ -142,11 +127,6 @@ def test_process_sites_decode_each_stack_once_and_count_pools():
         "aiohttp/resolver.py:ThreadedResolver.resolve": 3,
         "/app/x.py:use_pool": 2,
         NATIVE: 4,
-    }
-    assert sites.executor_threads(Counter({default: 2, named: 1, (): 4})) == {
-        "default": 2,
-        "thread_pool": 1,
-        "anyio": 0,
     }
     assert sites.calls_by_site(Counter({(1 | 8, (7, 5)): 2, (1, (7, 5)): 1}), 8) == {
         ("aiohttp/resolver.py:ThreadedResolver.resolve", "event_loop"): 2,
@@ -200,7 +180,9 @@ def test_plain_asyncio_callbacks_are_on_the_loop():
 
 
 def row(pid, default, cap, target="api", unavailable=None):
+    """A process whose default executor runs ``default`` items, all its threads busy."""
     executor = None if unavailable else Counter({"default": default, "thread_pool": 0, "anyio": 0})
+    executors = [Executor("default", "asyncio", default, default, cap, 0)] if default else []
     counts = Counts(
         threads_by_site=None if unavailable else Counter({"a.py:f": default}),
         calls_by_site=None if unavailable else Counter({("a.py:g", "other"): 1}),
@@ -212,6 +194,7 @@ def row(pid, default, cap, target="api", unavailable=None):
         counts=counts,
         executor_max_workers=cap,
         executor_threads=executor,
+        executors=None if unavailable else executors,
         sites_unavailable=unavailable,
     )
 

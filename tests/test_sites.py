@@ -218,11 +218,16 @@ def test_sites_equal_the_stacks_the_workload_records(python, tmp_path):
         ) == {"event_loop": 3 + 2, "other": 13}
         pools = metrics.labels("thread_observer_executor_threads", "pool", target="sites")
         assert pools == truth["executor_threads"]
+        # Its workers wait for work by now: none busy (tests/test_executors.py fills one).
         assert (
             metrics.value(
                 "thread_observer_executor_saturation_ratio", target="sites", pool="default"
             )
-            == truth["executor_threads"]["default"] / truth["executor_max_workers"]
+            == 0.0
+        )
+        assert (
+            metrics.value("thread_observer_executor_max_workers", target="sites", pool="default")
+            == (truth["executor_max_workers"])
         )
         assert metrics.value("thread_observer_sites_unavailable") is None
 
@@ -270,14 +275,9 @@ def test_uvloop_libuv_threads_are_native_and_a_blocking_coroutine_is_on_the_loop
         assert truth["executor_threads"]["anyio"] == ANYIO_WORKERS
         assert threads[here("block_in_anyio_worker")] == ANYIO_WORKERS
         pools = metrics.labels("thread_observer_executor_threads", "pool", target="uv")
-        # uvloop's run_in_executor is C code, no frame: its default executor's threads look
-        # like any other ThreadPoolExecutor's (README).
-        executors = truth["executor_threads"]
-        assert pools == {
-            "default": 0,
-            "thread_pool": executors["default"] + executors["thread_pool"],
-            "anyio": executors["anyio"],
-        }
+        # uvloop's run_in_executor is C code, no frame, but its loop's struct names the
+        # default executor (thread_observer/executors.py).
+        assert pools == truth["executor_threads"]
 
 
 def test_hostile_stacks_stay_bounded_and_exact(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 from thread_observer import bpf_backend
 from thread_observer.bpf_backend import DNS_KERNEL_FIELDS, SYSCALL_HOOKS
 from thread_observer.constants import bpf_cflags
+from thread_observer.preemption import PLACEHOLDERS, PreemptGuard
 from thread_observer.timeline.recorder import timeline_cflags
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,6 +161,7 @@ def every_cflag(monkeypatch) -> list[str]:
         *bpf_backend.pid_namespace_cflags(),
         *bpf_backend.process_exit_cflags(frozenset({"group_dead"}), btf),
         *fields,
+        *PreemptGuard({number: 1 for number in PLACEHOLDERS.values()}).cflags(),
     ]
 
 

@@ -20,7 +20,7 @@ from thread_observer.constants import EAI_NAMES, Transport
 from thread_observer.constants import metric_name as _name
 from thread_observer.histogram import log2_to_buckets
 from thread_observer.kubernetes import PodNames
-from thread_observer.model import Counts, ProcessRow, SeriesKey, Snapshot
+from thread_observer.model import Counts, Executor, ProcessRow, SeriesKey, Snapshot
 
 # Self counters of what the observer could not see or name as asked (never a silent zero).
 LOSSES = {
@@ -49,7 +49,7 @@ class Series:
         self.counts: Counts | None = None
         self.executor_max_workers: int | None = None
         self.executor_threads: Counter[str] | None = None  # by pool, summed
-        self.default_executor_saturation: float | None = None  # the fullest process's
+        self.executors: list[Executor] | None = None  # of every process whose frames are read
         self.unnamed = 0  # node mode: its processes in a pod whose names were not found
 
     def add_row(self, row: ProcessRow) -> None:
@@ -59,11 +59,8 @@ class Series:
             self.executor_threads = (self.executor_threads or Counter()) + row.executor_threads
             for pool in row.executor_threads:
                 self.executor_threads.setdefault(pool, 0)
-            if row.executor_max_workers:
-                ratio = row.executor_threads["default"] / row.executor_max_workers
-                self.default_executor_saturation = max(
-                    self.default_executor_saturation or 0.0, ratio
-                )
+        if row.executors is not None:
+            self.executors = [*(self.executors or []), *row.executors]
         if row.executor_max_workers is not None:
             self.executor_max_workers = max(
                 self.executor_max_workers or 0, row.executor_max_workers
@@ -329,11 +326,6 @@ def _site_metrics(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
         "AnyIO's workers",
         labels=[*labels, "pool"],
     )
-    saturation = GaugeMetricFamily(
-        _name("executor_saturation_ratio"),
-        "Live default-executor threads over its max_workers, in the fullest process",
-        labels=[*labels, "pool"],
-    )
     for group in groups:
         counts = group.counts
         for site, count in sorted((counts.threads_by_site or {}).items()):
@@ -342,9 +334,56 @@ def _site_metrics(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
             calls.add_metric([*group.labels, site, caller], count)
         for pool, count in sorted((group.executor_threads or {}).items()):
             pools.add_metric([*group.labels, pool], count)
-        if group.default_executor_saturation is not None:
-            saturation.add_metric([*group.labels, "default"], group.default_executor_saturation)
-    yield from (threads, calls, pools, saturation)
+    yield from (threads, calls, pools)
+    yield from _executor_metrics(groups, labels)
+
+
+EXECUTOR_GAUGES = {
+    "executor_busy_threads": "Threads of the pools running a work item now",
+    "executor_max_workers": "The pools' max_workers, summed (AnyIO's workers have none)",
+    "executor_queued_work": "Work items waiting in the pools' queues for a thread",
+    "executor_saturation_ratio": "Busy threads over max_workers of the fullest executor of "
+    "the pool, in the target's fullest process (never above 1)",
+}
+CAPPED_POOLS = ("default", "thread_pool")  # AnyIO's workers have no max_workers of their own
+
+
+def _executor_metrics(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
+    """The executors read from the processes: sums by pool, and the fullest one's ratio."""
+    families = {
+        name: GaugeMetricFamily(_name(name), text, labels=[*labels, "pool"])
+        for name, text in EXECUTOR_GAUGES.items()
+    }
+    for group in groups:
+        if group.executors is None:
+            continue
+        for pool, values in sorted(executor_values(group.executors).items()):
+            for name, value in values.items():
+                families[name].add_metric([*group.labels, pool], value)
+    yield from families.values()
+
+
+def executor_values(executors: list[Executor]) -> dict[str, dict[str, float]]:
+    """By pool: busy threads, caps and queued items summed over the executors whose value was
+    read, and the highest saturation; a pool with caps but no executor now reads 0 in each."""
+    values: dict[str, dict[str, float]] = {
+        pool: {**dict.fromkeys(EXECUTOR_GAUGES, 0), "executor_saturation_ratio": 0.0}
+        for pool in CAPPED_POOLS
+    }
+    for executor in executors:
+        pool = values.setdefault(executor.pool, {"executor_busy_threads": 0})
+        pool["executor_busy_threads"] += executor.busy
+        for name, value in (
+            ("executor_max_workers", executor.max_workers),
+            ("executor_queued_work", executor.queued),
+        ):
+            if value is not None:
+                pool[name] = pool.get(name, 0) + value
+        if executor.saturation is not None:
+            pool["executor_saturation_ratio"] = max(
+                pool.get("executor_saturation_ratio", 0.0), executor.saturation
+            )
+    return values
 
 
 def _site_self_metrics(snapshot: Snapshot) -> Iterator[Metric]:

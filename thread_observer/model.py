@@ -57,6 +57,30 @@ COUNTERS = (
 )
 
 
+# default: a loop's default executor; thread_pool: any other ThreadPoolExecutor; anyio:
+# AnyIO's worker threads.
+POOLS = ("default", "thread_pool", "anyio")
+
+
+@dataclass(frozen=True)
+class Executor:
+    """One pool of one process, as read now."""
+
+    pool: str  # default, thread_pool or anyio
+    name: str  # its thread-name prefix ("asyncio" for asyncio's default executors)
+    threads: int
+    busy: int
+    max_workers: int | None  # None: not read (AnyIO's workers have none)
+    queued: int | None
+
+    @property
+    def saturation(self) -> float | None:
+        """Busy threads over the cap, never above 1 (a thread between two items still counts)."""
+        if not self.max_workers:
+            return None
+        return min(1.0, self.busy / self.max_workers)
+
+
 @dataclass
 class ProcessRow:
     target: str
@@ -67,6 +91,7 @@ class ProcessRow:
     container_id: str = ""
     pod_uid: str = ""
     executor_threads: Counter[str] | None = None  # live threads by pool; None: unknown
+    executors: list[Executor] | None = None  # read from the process now; None: unknown
     sites_unavailable: str | None = None  # why Python frames cannot be read, when they cannot
 
 

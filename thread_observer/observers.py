@@ -28,9 +28,10 @@ from thread_observer.bpf_backend import (
 )
 from thread_observer.capabilities import uprobe_capability_hint
 from thread_observer.constants import ProcessState, StackFlag
+from thread_observer.executors import ExecutorReader
 from thread_observer.kubernetes import NamespacePolicy
 from thread_observer.labels import OTHER_HOSTS, HostLabels
-from thread_observer.model import Counts, ProcessRow, SeriesKey, Snapshot
+from thread_observer.model import POOLS, Counts, Executor, ProcessRow, SeriesKey, Snapshot
 from thread_observer.retired import DEFAULT_GRACE_SECONDS, RetiredCounts
 from thread_observer.sites import EVENT_LOOP, OTHER, SITES_PER_TARGET, ProcessSites
 from thread_observer.targets import (
@@ -76,6 +77,7 @@ class TrackedProcess:
     inherited: bool = False  # in its target as a descendant, not by its own match
     hosts_shown: bool = True  # False in a namespace whose host names are not exported
     sites: ProcessSites | None = None  # its Python frames can be read
+    executors: ExecutorReader | None = None  # and its thread pools with them
     sites_unavailable: str | None = None  # else why not (None while still looking)
     site_tries: int = 0
 
@@ -90,6 +92,16 @@ class TrackedProcess:
             pod_uid=self.pod_uid,
             sites_unavailable=self.sites_unavailable,
         )
+
+
+def threads_by_pool(executors: list[Executor] | None) -> Counter[str] | None:
+    """Live threads of a process's pools, every pool named (0 where it has none)."""
+    if executors is None:
+        return None
+    pools: Counter[str] = Counter(dict.fromkeys(POOLS, 0))
+    for executor in executors:
+        pools[executor.pool] += executor.threads
+    return pools
 
 
 def live_threads(pid: int) -> int:
@@ -766,7 +778,9 @@ class BpfObserver(ProcObserver):
             self._not_found(tracked, pyruntime.ReadFailed("unreadable", str(err)), mappings)
             return
         self.probes.set_python_process(tracked.pid, tracked.generation, runtime)
-        tracked.sites = ProcessSites(pyruntime.CodeReader(tracked.pid, runtime).code)
+        codes = pyruntime.CodeReader(tracked.pid, runtime)
+        tracked.sites = ProcessSites(codes.code)
+        tracked.executors = ExecutorReader(tracked.pid, runtime, codes)
         log.info(
             "pid %d: Python %d.%d call sites read from its frames", tracked.pid, *runtime.version
         )
@@ -881,26 +895,32 @@ class BpfObserver(ProcObserver):
             self._resolved[tracked.pid] = (key, counts)
         return counts
 
-    def _executor_threads(self, raw: dict[int, RawCounts]) -> dict[int, Counter[str]]:
-        return {
-            pid: tracked.sites.executor_threads(raw.get(pid, NO_COUNTS).live_thread_stacks)
-            for pid, tracked in self.procs.items()
-            if tracked.sites is not None
-        }
+    def _read_executors(self) -> dict[int, list[Executor]]:
+        """Each process's thread pools as they are now (where its frames can be read)."""
+        found = {}
+        for pid, tracked in self.procs.items():
+            if tracked.executors is None:
+                continue
+            try:
+                found[pid] = tracked.executors.read()
+            except pyruntime.SitesUnavailable as err:  # it ended, or its memory went away
+                log.debug("pid %d: executors not read: %s", pid, err)
+        return found
 
     def snapshot(self) -> Snapshot:
         with self._lock:
             self.expire_series()
             raw = self._raw_counts(self.procs)
             counts = self._resolve_all(raw, self.procs)
-            pools = self._executor_threads(raw)
+            executors = self._read_executors()
             rows = [
                 t.row(counts[pid] if pid in counts else self._resolve(NO_COUNTS, t))
                 for pid, t in self.procs.items()
             ]
             for row in rows:
                 row.counts = self._bound_hosts(row.target, row.counts)
-                row.executor_threads = pools.get(row.pid)
+                row.executors = executors.get(row.pid)
+                row.executor_threads = threads_by_pool(row.executors)
             return Snapshot(
                 backend=self.backend,
                 rows=rows,

@@ -1,5 +1,5 @@
 """Python stacks read by the probes turned into labels: the ``site`` of a thread's creation or
-of a getaddrinfo call, and the thread ``pool`` an executor thread belongs to.
+of a getaddrinfo call (executor threads are read as objects: thread_observer/executors.py).
 
 A site is the first frame (innermost first) outside the plumbing that every call goes through
 (``threading``, ``socket``, ``asyncio``, ``concurrent.futures``, ``selectors``; for threads
@@ -32,7 +32,6 @@ ENTRY_PLUMBING = ("threading.py", "socket.py")
 # an executor worker's lookups keep one site label on every version.
 WORKER_CALLS = {("concurrent/futures/thread.py", "WorkerContext.run")}
 
-POOLS = ("default", "thread_pool", "anyio")
 # asyncio's own loop frames: a plain callback (no coroutine) runs under them (by co_name
 # before 3.11, which has no co_qualname).
 LOOP_FRAMES = {
@@ -92,29 +91,6 @@ def under_asyncio_loop(frames: list[CodeInfo | None]) -> bool:
     )
 
 
-def pool_of(frames: list[CodeInfo | None]) -> str | None:
-    """The thread pool a thread belongs to, from the stack that created it; None for none.
-
-    ``default``: grown by asyncio's ``run_in_executor`` (the loop's default executor; an
-    executor passed to ``run_in_executor`` explicitly cannot be told apart from it by the
-    frames); ``thread_pool``: any other ``ThreadPoolExecutor``; ``anyio``: AnyIO's workers.
-    """
-    paths = [(short_path(c.filename), c.qualname) for c in frames if c is not None]
-    if any(path.startswith("anyio/") for path, _ in paths):
-        return "anyio"
-    if not any(
-        path == "concurrent/futures/thread.py" and name.endswith("_adjust_thread_count")
-        for path, name in paths
-    ):
-        return None
-    if any(
-        path == "asyncio/base_events.py" and name.endswith("run_in_executor")
-        for path, name in paths
-    ):
-        return "default"
-    return "thread_pool"
-
-
 class ProcessSites:
     """One process's stacks as labels, each stack decoded once (while its code objects are
     most likely alive) and remembered, within a bound."""
@@ -123,17 +99,17 @@ class ProcessSites:
 
     def __init__(self, read: Callable[[int], CodeInfo | None]) -> None:
         self._read = read
-        self._stacks: dict[tuple[bool, tuple[int, ...]], tuple[str, str | None | bool]] = {}
+        self._stacks: dict[tuple[bool, tuple[int, ...]], tuple[str, bool]] = {}
 
-    def describe(self, codes: tuple[int, ...], thread: bool) -> tuple[str, str | None | bool]:
-        """(site, pool) of a thread's creation; (site, under asyncio's loop) of a lookup."""
+    def describe(self, codes: tuple[int, ...], thread: bool) -> tuple[str, bool]:
+        """(site, False) of a thread's creation; (site, under asyncio's loop) of a lookup."""
         key = (thread, codes)
         found = self._stacks.get(key)
         if found is None:
             if len(self._stacks) >= self.MAX_STACKS:
                 self._stacks.clear()
             frames = [self._read(address) for address in codes]
-            detail = pool_of(frames) if thread else under_asyncio_loop(frames)
+            detail = not thread and under_asyncio_loop(frames)
             found = (site_label(frames, thread), detail)
             self._stacks[key] = found
         return found
@@ -166,11 +142,3 @@ class ProcessSites:
             if not flags & event_loop_flag
             and self.caller(flags, codes, event_loop_flag) == EVENT_LOOP
         )
-
-    def executor_threads(self, live: Counter) -> Counter[str]:
-        pools: Counter[str] = Counter(dict.fromkeys(POOLS, 0))
-        for codes, count in live.items():
-            pool = self.describe(codes, thread=True)[1]
-            if pool is not None:
-                pools[pool] += count
-        return pools

@@ -76,6 +76,97 @@ FIELDS_3_13 = [
     if name != "cframe_current_frame"
 ]
 
+# The objects the observer decodes (frames' locals, types, lists, ints, dicts, weakrefs),
+# compiled apart and appended so that the fields above keep their place in each table; -1 is a
+# member the version lacks, 0 a flag or offset it has no use for.
+OBJECT_FIELDS_3_11 = [
+    ("frame_localsplus", "offsetof(_PyInterpreterFrame, localsplus)"),
+    ("type_name", "offsetof(PyTypeObject, tp_name)"),
+    ("type_basicsize", "offsetof(PyTypeObject, tp_basicsize)"),
+    ("type_dictoffset", "offsetof(PyTypeObject, tp_dictoffset)"),
+    ("type_flags", "offsetof(PyTypeObject, tp_flags)"),
+    ("type_base", "offsetof(PyTypeObject, tp_base)"),
+    ("heaptype_cached_keys", "offsetof(PyHeapTypeObject, ht_cached_keys)"),
+    ("var_size", "offsetof(PyVarObject, ob_size)"),
+    ("list_items", "offsetof(PyListObject, ob_item)"),
+    ("weakref_object", "offsetof(PyWeakReference, wr_object)"),
+    ("long_digits", "offsetof(PyLongObject, ob_digit)"),
+    ("long_tag", "-1"),
+    ("dict_keys", "offsetof(PyDictObject, ma_keys)"),
+    ("dict_values", "offsetof(PyDictObject, ma_values)"),
+    ("dictkeys_size", "-1"),
+    ("dictkeys_log2_size", "offsetof(PyDictKeysObject, dk_log2_size)"),
+    ("dictkeys_log2_index_bytes", "offsetof(PyDictKeysObject, dk_log2_index_bytes)"),
+    ("dictkeys_kind", "offsetof(PyDictKeysObject, dk_kind)"),
+    ("dictkeys_nentries", "offsetof(PyDictKeysObject, dk_nentries)"),
+    ("dictkeys_indices", "offsetof(PyDictKeysObject, dk_indices)"),
+    ("dict_entry_size", "sizeof(PyDictKeyEntry)"),
+    ("dict_unicode_entry_size", "sizeof(PyDictUnicodeEntry)"),
+    ("dictvalues_values", "offsetof(PyDictValues, values)"),
+    ("managed_dict_offset", "MANAGED_DICT_OFFSET"),
+    ("tpflags_managed_dict", "Py_TPFLAGS_MANAGED_DICT"),
+    ("tpflags_inline_values", "0"),
+]
+
+
+def changed(fields: list[tuple[str, str]], changes: dict[str, str]) -> list[tuple[str, str]]:
+    return [(name, changes.get(name, expression)) for name, expression in fields]
+
+
+# 3.8-3.10: locals at the end of the PyFrameObject, dict keys sized by a Py_ssize_t dk_size and
+# with one kind of entry (DICT_COMMON below), no split-values struct and no managed dicts.
+OBJECT_FIELDS_3_8 = changed(
+    OBJECT_FIELDS_3_11,
+    {
+        "frame_localsplus": "offsetof(PyFrameObject, f_localsplus)",
+        "dictkeys_size": "offsetof(PyDictKeysObject, dk_size)",
+        "dictkeys_log2_size": "-1",
+        "dictkeys_log2_index_bytes": "-1",
+        "dictkeys_kind": "-1",
+        "dict_unicode_entry_size": "-1",
+        "dictvalues_values": "-1",
+        "managed_dict_offset": "0",
+        "tpflags_managed_dict": "0",
+    },
+)
+# 3.12: the digits behind lv_tag (digit count << 3 | sign), and no MANAGED_DICT_OFFSET: the
+# slot is the one _PyObject_DictOrValuesPointer reads, three PyDictOrValues before the object.
+OBJECT_FIELDS_3_12 = changed(
+    OBJECT_FIELDS_3_11,
+    {
+        "long_digits": "offsetof(PyLongObject, long_value.ob_digit)",
+        "long_tag": "offsetof(PyLongObject, long_value.lv_tag)",
+        "managed_dict_offset": "(Py_ssize_t)sizeof(PyDictOrValues) * -3",
+    },
+)
+OBJECT_FIELDS_3_13 = changed(
+    OBJECT_FIELDS_3_12,
+    {
+        "managed_dict_offset": "MANAGED_DICT_OFFSET",
+        "tpflags_inline_values": "Py_TPFLAGS_INLINE_VALUES",
+    },
+)
+
+# Objects/dict-common.h of 3.8-3.10, which is not installed: PyDictKeysObject is opaque in
+# their headers.
+DICT_COMMON = """
+typedef struct {
+    Py_hash_t me_hash;
+    PyObject *me_key;
+    PyObject *me_value;
+} PyDictKeyEntry;
+typedef Py_ssize_t (*dict_lookup_func)
+    (PyDictObject *mp, PyObject *key, Py_hash_t hash, PyObject **value_addr);
+struct _dictkeysobject {
+    Py_ssize_t dk_refcnt;
+    Py_ssize_t dk_size;
+    dict_lookup_func dk_lookup;
+    Py_ssize_t dk_usable;
+    Py_ssize_t dk_nentries;
+    char dk_indices[];
+};
+"""
+
 # (field in the table, member of _Py_DebugOffsets) for 3.13+: where the interpreter publishes it.
 DEBUG_MEMBERS = [
     ("free_threaded", "free_threaded"),
@@ -138,7 +229,16 @@ def offsets(prefix: str) -> tuple[tuple[int, int], dict[str, int]]:
         # (thread_observer/pyruntime.py).
         table["frame_owner"] = table["frame_code"]
         table["thread_id_is_pthread"] = 1
+    table.update(compiled(prefix, include, object_fields(version)))
     return version, table
+
+
+def object_fields(version: tuple[int, int]) -> list[tuple[str, str]]:
+    if version >= (3, 13):
+        return OBJECT_FIELDS_3_13
+    if version >= (3, 12):
+        return OBJECT_FIELDS_3_12
+    return OBJECT_FIELDS_3_11 if version >= (3, 11) else OBJECT_FIELDS_3_8
 
 
 def debug_words(prefix: str) -> dict[str, int]:
@@ -147,8 +247,8 @@ def debug_words(prefix: str) -> dict[str, int]:
     return compiled(prefix, include_dir(prefix), fields)
 
 
-def compiled(prefix: str, include: str, fields: list[tuple[str, str]]) -> dict[str, int]:
-    """The value of each C expression, compiled against the installation's own headers."""
+def declarations(include: str) -> str:
+    """The headers (and, where they are not installed, the declarations) the fields need."""
     internal = [
         name
         for name in (
@@ -157,11 +257,25 @@ def compiled(prefix: str, include: str, fields: list[tuple[str, str]]) -> dict[s
             "pycore_interp.h",
             "pycore_frame.h",
             "pycore_debug_offsets.h",
+            "pycore_dict.h",
+            "pycore_object.h",
         )
         if os.path.exists(os.path.join(include, "internal", name))
     ]
-    includes = "\n".join(f'#include "internal/{name}"' for name in internal)
-    lines = "\n".join(f'    printf("{name} %zu\\n", (size_t)({expr}));' for name, expr in fields)
+    lines = [f'#include "internal/{name}"' for name in internal]
+    if os.path.exists(os.path.join(include, "longintrepr.h")):
+        lines.insert(0, '#include "longintrepr.h"')  # 3.8-3.9: Python.h leaves PyLongObject opaque
+    if "pycore_dict.h" not in internal:
+        lines.append(DICT_COMMON)
+    return "\n".join(lines)
+
+
+def compiled(prefix: str, include: str, fields: list[tuple[str, str]]) -> dict[str, int]:
+    """The value of each C expression, compiled against the installation's own headers."""
+    includes = declarations(include)
+    lines = "\n".join(
+        f'    printf("{name} %lld\\n", (long long)({expr}));' for name, expr in fields
+    )  # signed: MANAGED_DICT_OFFSET lies before the object
     with tempfile.TemporaryDirectory() as folder:
         source, binary = os.path.join(folder, "o.c"), os.path.join(folder, "o")
         with open(source, "w") as out:

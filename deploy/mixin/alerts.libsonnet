@@ -60,10 +60,10 @@ local description(text) = {
       {
         alert: 'PythonThreadsNearExecutorCap',
         comment:: |||
-          The saturation ratio is the fullest process's default executor: its live workers over
-          its max_workers. An executor that never ran anything is at 0, so processes that do
-          not use it never fire; max, not average, so one full process is not hidden by idle
-          replicas.
+          The saturation ratio is the fullest process's default executor: its busy workers
+          over its max_workers, read from the executor. An idle executor is at 0 however many
+          threads it grew, so only work waiting for threads fires; max, not average, so one
+          full process is not hidden by idle replicas.
         |||,
         expr: |||
           max without (pid) (
@@ -76,8 +76,8 @@ local description(text) = {
           summary: 'A Python default executor is near its thread cap.',
         } + description(|||
           The fullest default ThreadPoolExecutor of {{ $labels.target }}{{ with $labels.pod }}
-          in pod {{ $labels.namespace }}/{{ . }}{{ end }} runs {{ $value | humanizePercentage }}
-          of its max_workers threads.
+          in pod {{ $labels.namespace }}/{{ . }}{{ end }} has {{ $value | humanizePercentage }}
+          of its max_workers threads busy.
         |||),
       },
       {
