@@ -32,7 +32,7 @@
 // FRAME_READ_SIZE, FRAME_OWNED_BY_CSTACK, FRAME_OWNED_BY_CSTACK_3_14, FRAME_CODE_TAG_BITS,
 // FRAME_OWNED_BY_GENERATOR, TSTATE_READ_SIZE,
 // FRAME_WINDOW_SIZE, CO_COROUTINE_FLAGS, STACK_FRAMES_READ, STACK_COROUTINE, STACK_TRUNCATED,
-// STACK_EVENT_LOOP.
+// STACK_EVENT_LOOP, STACK_NO_THREAD_STATE.
 #ifndef THREAD_OBSERVER_PYTHON_STACK_H
 #define THREAD_OBSERVER_PYTHON_STACK_H
 
@@ -47,7 +47,8 @@
     !defined(FRAME_OWNED_BY_CSTACK) || !defined(FRAME_OWNED_BY_CSTACK_3_14) || \
     !defined(FRAME_CODE_TAG_BITS) || !defined(CO_COROUTINE_FLAGS) || \
     !defined(STACK_FRAMES_READ) || !defined(STACK_COROUTINE) || !defined(STACK_TRUNCATED) || \
-    !defined(STACK_EVENT_LOOP) || !defined(CALLER_EVENT_LOOP) || !defined(FRAME_HEADER_SIZE) || \
+    !defined(STACK_EVENT_LOOP) || !defined(STACK_NO_THREAD_STATE) || \
+    !defined(CALLER_EVENT_LOOP) || !defined(FRAME_HEADER_SIZE) || \
     !defined(FRAME_READ_SIZE) || !defined(FRAME_OWNED_BY_GENERATOR) || \
     !defined(TSTATE_READ_SIZE) || !defined(FRAME_WINDOW_SIZE)
 #error "python_stack.h needs the SITES parameters from thread_observer/constants.py"
@@ -215,7 +216,7 @@ static __always_inline u32 target_tid(struct python_process *py, u32 tid)
 // once by walking the interpreter's thread list. ns_tid is matched against the thread states.
 static __always_inline u64 find_thread_state(struct python_process *py,
                                              struct frame_scratch *scratch, u64 *cached,
-                                             u32 ns_tid)
+                                             u32 ns_tid, volatile u32 *flags)
 {
     // The cached state is checked: still this thread's, and still linked in the list (a
     // thread may delete a thread state and go on with another: freed memory keeps its
@@ -246,6 +247,9 @@ static __always_inline u64 find_thread_state(struct python_process *py,
         }
         tstate = tstate_field(scratch, py->tstate_next);
     }
+    // The list's end reached: not a Python thread (a list longer than the walk says nothing).
+    if (!tstate)
+        *flags |= STACK_NO_THREAD_STATE;
     return 0;
 }
 
@@ -367,7 +371,7 @@ static __always_inline int read_stack(struct python_process *py, u32 tgid, u32 t
     if (!scratch)
         return 0;
     clear_stack(key, tgid, generation);
-    u64 tstate = find_thread_state(py, scratch, tstate_cache, target_tid(py, tid));
+    u64 tstate = find_thread_state(py, scratch, tstate_cache, target_tid(py, tid), &key->flags);
     if (!tstate)
         return 1;  // no Python frame: <native>
     key->flags |= STACK_FRAMES_READ;
@@ -550,12 +554,16 @@ static __always_inline void count_thread_site(u32 tgid, u32 tid, u64 generation,
         add_live_thread(new_tid, key, threads);
 }
 
-// The caller of a getaddrinfo call: a coroutine on the stack decides; where the frames could
-// not be read to the end without finding one, the thread's epoll mark does.
+// The caller of a getaddrinfo call: a coroutine on the stack decides; a thread with no Python
+// frame at all runs no event loop of this interpreter's (grpcio's native threads sleep in epoll:
+// their mark says nothing); where the frames could not be read to the end without finding a
+// coroutine, the thread's epoll mark decides.
 static __always_inline u32 caller_from_stack(struct site_key *key, int epoll_marked)
 {
     if (key->flags & STACK_COROUTINE)
         return CALLER_EVENT_LOOP;
+    if (key->flags & STACK_NO_THREAD_STATE)
+        return CALLER_OTHER;
     if ((key->flags & STACK_FRAMES_READ) && !(key->flags & STACK_TRUNCATED))
         return CALLER_OTHER;
     return epoll_marked ? CALLER_EVENT_LOOP : CALLER_OTHER;

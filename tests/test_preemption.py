@@ -179,12 +179,13 @@ def test_threads_preempting_one_another_on_one_cpu_are_counted_exactly(tmp_path)
             truth = json.loads(contended._line())
             lookups = truth["getaddrinfo"] + truth["gethostbyname_ex"]
             assert truth["gethostbyname_ex"] > 100, truth  # enough rounds to contend
+            # What the uprobe programs count (thread exits come from a tracepoint, whose
+            # programs the kernel runs with preemption off; see README, Kernels).
             settled(
                 running,
                 {
                     "thread_observer_threads_created_total": truth["threads_started"],
                     "thread_observer_getaddrinfo_calls_total": lookups,
-                    "thread_observer_threads_exited_total": truth["threads_started"],
                 },
                 timeout=30,
                 target="contended",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from collections import Counter
 from contextlib import contextmanager
@@ -456,3 +457,42 @@ def live_map_settled(running, expected: int) -> None:
         return fresh and entries["live_thread_sites"] == expected
 
     wait_until(done, 10, f"{expected} entries in live_thread_sites")
+
+
+# Python asks a native thread of an extension's for lookups (grpcio's resolver threads sleep in
+# epoll between their polls): the library is built here, its thread made in C.
+NATIVE_POLLER = """
+import ctypes, json, os, sys
+library = ctypes.CDLL(sys.argv[1])
+print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+sys.stdin.readline()
+print(json.dumps({"lookups": library.resolve_on_native_thread(int(sys.argv[2]))}), flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("hooks", sorted(EPOLL_HOOKS))
+def test_a_native_thread_that_sleeps_in_epoll_is_never_on_an_event_loop(
+    hooks, tmp_path, monkeypatch
+):
+    use_epoll_hooks(hooks, monkeypatch)
+    library = tmp_path / "libepoll_resolver.so"
+    source = TESTS / "targets" / "epoll_resolver.c"
+    subprocess.run(
+        ["gcc", "-O2", "-shared", "-fPIC", "-pthread", "-o", str(library), str(source)], check=True
+    )
+    with (
+        workload(["-c", NATIVE_POLLER, str(library), "9"], wait=False) as poller,
+        observer(["--pid", f"poller={poller.pid}"], tmp_path) as running,
+    ):
+        assert json.loads(poller._line())["ready"]
+        wait_until(lambda: harness.sites_read(running, poller.pid), 10, "frames read")
+        poller.go()
+        assert json.loads(poller._line()) == {"lookups": 9}
+        metrics = harness.settled(running, {"thread_observer_getaddrinfo_calls_total": 9})
+        calls = metrics.labels("thread_observer_getaddrinfo_calls_total", "caller", target="poller")
+        assert calls == {"event_loop": 0, "other": 9}
+        created = metrics.labels(
+            "thread_observer_threads_created_total", "creator", target="poller"
+        )
+        assert created == {"libepoll_resolver.so": 1}

@@ -148,6 +148,10 @@ class StackFlag(enum.IntFlag):
     TRUNCATED = 4  # MAX_FRAMES_WALKED reached before the outermost frame
     EVENT_LOOP = 8  # getaddrinfo: the call was counted caller=event_loop
     PROCESS_READ = 16  # timeline: the process's frames are read (no frame: a native caller)
+    # The whole thread list was walked without this thread (or only with its frameless state
+    # before it runs): it has no Python frame, so no coroutine (a native thread, such as
+    # grpcio's, however it waits).
+    NO_THREAD_STATE = 32
 
 
 # glibc's and musl's EAI_* codes (netdb.h); both agree on these values.
