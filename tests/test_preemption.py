@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from tests.harness import bpf_skip_reason, observer, settled, workload
+from tests.harness import bpf_skip_reason, observer, settled, wait_until, workload
 from tests.test_dns import resolver_calls
 from thread_observer.kernel_btf import KIND_FUNC, KIND_FUNC_PROTO, KIND_STRUCT, Btf, BtfError
 from thread_observer.preemption import (
@@ -179,8 +179,6 @@ def test_threads_preempting_one_another_on_one_cpu_are_counted_exactly(tmp_path)
             truth = json.loads(contended._line())
             lookups = truth["getaddrinfo"] + truth["gethostbyname_ex"]
             assert truth["gethostbyname_ex"] > 100, truth  # enough rounds to contend
-            # What the uprobe programs count (thread exits come from a tracepoint, whose
-            # programs the kernel runs with preemption off; see README, Kernels).
             settled(
                 running,
                 {
@@ -190,8 +188,26 @@ def test_threads_preempting_one_another_on_one_cpu_are_counted_exactly(tmp_path)
                 timeout=30,
                 target="contended",
             )
+            # Every exit is counted, or skipped by the kernel and said (an exit tracepoint's
+            # program does not run while another such program runs on that CPU).
+            wait_until(
+                lambda: exits_counted_or_said(running) == truth["threads_started"],
+                30,
+                f"{truth['threads_started']} exits counted or said",
+            )
             functions = resolver_calls(running, "contended")
             assert functions == {
                 "getaddrinfo": lookups,
                 "gethostbyname_r": truth["gethostbyname_ex"],
             }
+
+
+EXIT_PROGRAM = "tracepoint__sched__sched_process_exit"
+
+
+def exits_counted_or_said(running) -> float:
+    metrics = running.scrape()
+    exited = metrics.value("thread_observer_threads_exited_total", target="contended") or 0
+    misses = metrics.labels("thread_observer_bpf_program_misses_total", "program")
+    print(f"exits counted {exited}, skipped by the kernel {misses.get(EXIT_PROGRAM)}")
+    return exited + misses.get(EXIT_PROGRAM, 0)

@@ -86,8 +86,14 @@ def test_program_statistics_absent_and_said_when_the_kernel_does_not_count(tmp_p
     with caplog.at_level(logging.INFO):
         for _ in range(3):
             names = {s.name for family in registry.collect() for s in family.samples}
-    assert names == {"thread_observer_bpf_stats_enabled"}
+    # Skipped runs are counted whatever the setting: they are lost events, not a cost.
+    assert names == {
+        "thread_observer_bpf_stats_enabled",
+        "thread_observer_bpf_program_misses_total",
+    }
     assert registry.get_sample_value("thread_observer_bpf_stats_enabled") == 0
+    misses = {"program": "getaddrinfo_entry"}
+    assert registry.get_sample_value("thread_observer_bpf_program_misses_total", misses) == 0
     said = [r for r in caplog.records if "bpf_stats_enabled is 0" in r.getMessage()]
     assert len(said) == 1
 

@@ -67,6 +67,8 @@ class BpfProgramCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
+        fields = self._fields()
+        yield self._misses(fields)
         enabled = self._stats_enabled()
         yield GaugeMetricFamily(
             metric_name("bpf_stats_enabled"),
@@ -92,16 +94,41 @@ class BpfProgramCollector(Collector):
             "Time spent running each BPF program of the observer",
             labels=["program"],
         )
-        for program, fd in sorted(self._program_fds().items()):
+        for program, info in fields.items():
             try:
-                fields = parse_fdinfo((self._fdinfo / str(fd)).read_text())
-                count, nanoseconds = int(fields["run_cnt"]), int(fields["run_time_ns"])
-            except (OSError, KeyError, ValueError) as err:
+                count, nanoseconds = int(info["run_cnt"]), int(info["run_time_ns"])
+            except (KeyError, ValueError) as err:
                 log.debug("no run statistics for BPF program %s: %s", program, err)
                 continue
             runs.add_metric([program], count)
             seconds.add_metric([program], nanoseconds / 1e9)
         yield from (runs, seconds)
+
+    def _fields(self) -> dict[str, dict[str, str]]:
+        """Each program's fdinfo fields (programs whose fdinfo cannot be read left out)."""
+        found = {}
+        for program, fd in sorted(self._program_fds().items()):
+            try:
+                found[program] = parse_fdinfo((self._fdinfo / str(fd)).read_text())
+            except OSError as err:
+                log.debug("no fdinfo for BPF program %s: %s", program, err)
+        return found
+
+    def _misses(self, fields: dict[str, dict[str, str]]) -> Metric:
+        """Runs the kernel skipped (recursion_misses, Linux 5.12+): a kprobe or tracepoint
+        program does not run while another such program runs on that CPU, nor a raw tracepoint
+        program inside itself. Each is an event the counts miss: counted whatever
+        bpf_stats_enabled says."""
+        misses = CounterMetricFamily(
+            metric_name("bpf_program_misses"),
+            "Runs of each BPF program the kernel skipped (another program was running on that "
+            "CPU): events the counts miss",
+            labels=["program"],
+        )
+        for program, info in fields.items():
+            if "recursion_misses" in info:
+                misses.add_metric([program], int(info["recursion_misses"]))
+        return misses
 
 
 class PollCollector(Collector):
