@@ -15,6 +15,7 @@ from tests import harness
 from tests.harness import bpf_skip_reason, observer, wait_until, workload
 from tests.test_sites import DEBIAN_PYTHONS, PYTHONS, interpreter
 from thread_observer.collector import executor_values
+from thread_observer.executors import ExecutorReader
 from thread_observer.model import Executor
 
 BPF_SKIP = bpf_skip_reason()
@@ -189,3 +190,25 @@ def test_a_pool_with_a_cap_and_no_executor_now_reads_zero():
         "executor_saturation_ratio": 0.0,
     }
     assert executor_values([]) == {"default": nothing, "thread_pool": nothing}
+
+
+class CountingReader(ExecutorReader):
+    """An ExecutorReader whose process reads are counted, not made."""
+
+    def __init__(self) -> None:
+        super().__init__(0, None, None)
+        self.reads, self.pools = 0, []
+
+    def _read_now(self):
+        self.reads += 1
+        return list(self.pools)
+
+
+def test_a_process_without_pools_is_read_again_only_once_it_creates_a_thread():
+    reader = CountingReader()
+    assert reader.read(threads_created=5) == [] and reader.reads == 1
+    assert reader.read(threads_created=5) == [] and reader.reads == 1  # nothing new: not read
+    reader.pools = [Executor("default", "asyncio", 1, 1, 6, 0)]
+    assert reader.read(threads_created=6) == reader.pools and reader.reads == 2
+    assert reader.read(threads_created=6) == reader.pools and reader.reads == 3  # has pools
+    assert reader.read(threads_created=None) == reader.pools and reader.reads == 4

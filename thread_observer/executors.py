@@ -368,7 +368,9 @@ def bounded_name(prefix: str | None) -> str:
 class ExecutorReader:
     """One process's executors, read anew on each call of ``read``. Which executors are loops'
     default ones is looked for again only when an executor not seen before appears: looking
-    reads every frame's locals."""
+    reads every frame's locals. A process with no pool thread at its last reading gets one
+    only by creating a thread: until the kernel counts a new thread there, it is not read
+    again (most processes of a node have no pool)."""
 
     def __init__(self, pid: int, runtime: PythonRuntime, codes: CodeReader) -> None:
         self.pid = pid
@@ -376,8 +378,18 @@ class ExecutorReader:
         self.codes = codes
         self._seen: set[int] = set()
         self._defaults: set[int] = set()
+        self._poolless_at: int | None = None  # threads created when last read without pools
 
-    def read(self) -> list[Executor]:
+    def read(self, threads_created: int | None = None) -> list[Executor]:
+        """The executors now; ``threads_created``: the process's threads created so far, as
+        the kernel counts them (None: unknown, always read)."""
+        if threads_created is not None and threads_created == self._poolless_at:
+            return []
+        found = self._read_now()
+        self._poolless_at = threads_created if not found else None
+        return found
+
+    def _read_now(self) -> list[Executor]:
         try:
             memory = Memory(self.pid)
         except OSError as err:

@@ -895,14 +895,15 @@ class BpfObserver(ProcObserver):
             self._resolved[tracked.pid] = (key, counts)
         return counts
 
-    def _read_executors(self) -> dict[int, list[Executor]]:
+    def _read_executors(self, raw: dict[int, RawCounts]) -> dict[int, list[Executor]]:
         """Each process's thread pools as they are now (where its frames can be read)."""
         found = {}
         for pid, tracked in self.procs.items():
             if tracked.executors is None:
                 continue
+            created = sum(raw.get(pid, NO_COUNTS).created_by_routine.values())
             try:
-                found[pid] = tracked.executors.read()
+                found[pid] = tracked.executors.read(created)
             except pyruntime.SitesUnavailable as err:  # it ended, or its memory went away
                 log.debug("pid %d: executors not read: %s", pid, err)
         return found
@@ -912,7 +913,7 @@ class BpfObserver(ProcObserver):
             self.expire_series()
             raw = self._raw_counts(self.procs)
             counts = self._resolve_all(raw, self.procs)
-            executors = self._read_executors()
+            executors = self._read_executors(raw)
             rows = [
                 t.row(counts[pid] if pid in counts else self._resolve(NO_COUNTS, t))
                 for pid, t in self.procs.items()
