@@ -24,8 +24,13 @@ from benchmarks.stats import median
 from thread_observer.bpf_backend import GETADDRINFO_PROBE, has_uprobe_sessions
 
 CALL_PROGRAMS = (GETADDRINFO_PROBE.session, GETADDRINFO_PROBE.entry, GETADDRINFO_PROBE.on_return)
-CREATE_PROGRAMS = ("pthread_create_entry", "tracepoint__task__task_newtask")
-EXIT_PROGRAMS = ("tracepoint__sched__sched_process_exit",)
+# The raw tracepoints' programs where the kernel's BTF allows, else the tracepoints'.
+CREATE_PROGRAMS = (
+    "pthread_create_entry",
+    "raw_tracepoint__task_newtask",
+    "tracepoint__task__task_newtask",
+)
+EXIT_PROGRAMS = ("raw_tracepoint__sched_process_exit", "tracepoint__sched__sched_process_exit")
 # The DNS probe's programs (hooks.DNS_PROGRAMS, at the socket layer's sends or at the sends'
 # syscall tracepoints, whichever the observer loaded) are counted with a call's: any that a
 # getaddrinfo call runs.

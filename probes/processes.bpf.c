@@ -25,6 +25,9 @@
 #ifndef MAX_ARGS
 #error "MAX_ARGS must be defined (thread_observer/constants.py MapSize)"
 #endif
+#ifndef RAW_TASK_EVENTS
+#error "RAW_TASK_EVENTS must be given as a -D cflag by thread_observer/bpf_backend.py"
+#endif
 #ifndef ARG_LENGTH
 #error "ARG_LENGTH must be defined (thread_observer/constants.py MapSize)"
 #endif
@@ -120,7 +123,7 @@ static __always_inline void report_exec(u32 tgid, struct watched_process *proces
     exec_reports.ringbuf_submit(report, 0);
 }
 
-TRACEPOINT_PROBE(sched, sched_process_exec)
+static __always_inline int process_exec(void)
 {
     // A new program: counted from here, classified by its command line in user space. A
     // watched process keeps its target (a child stays in its parent's) and its generation
@@ -152,6 +155,19 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     }
     return 0;
 }
+
+// A raw tracepoint where threads.bpf.c's are (RAW_TASK_EVENTS: see there why).
+#if RAW_TASK_EVENTS
+RAW_TRACEPOINT_PROBE(sched_process_exec)
+{
+    return process_exec();
+}
+#else
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    return process_exec();
+}
+#endif
 
 #ifdef PIDNS_INO
 // A forked child takes the watch its parent handed it (forked_children), under its id in our

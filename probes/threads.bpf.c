@@ -14,6 +14,9 @@
 #ifndef MAX_CREATORS
 #error "MAX_CREATORS must be given as a -D cflag by thread_observer/constants.py"
 #endif
+#ifndef RAW_TASK_EVENTS
+#error "RAW_TASK_EVENTS must be given as a -D cflag by thread_observer/bpf_backend.py"
+#endif
 #ifndef CLONE_THREAD
 #define CLONE_THREAD 0x00010000
 #endif
@@ -65,12 +68,11 @@ static __always_inline void count_new_thread(u32 tgid, u32 tid, u64 generation,
     add_created(&key);
 }
 
-TRACEPOINT_PROBE(task, task_newtask)
+static __always_inline int new_task(u32 child, u64 clone_flags)
 {
     u64 id = current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
-    u32 child = (u32)args->pid;
-    if (args->clone_flags & CLONE_THREAD) {
+    if (clone_flags & CLONE_THREAD) {
         // A thread made by pthread_create has a state, with its process's generation.
         struct thread_state *state = this_thread(tid, 0);
         u64 generation = state ? thread_generation(state, tgid) : watched_generation(tgid);
@@ -101,7 +103,7 @@ TRACEPOINT_PROBE(task, task_newtask)
 
 // Every thread that ends on the host comes here, once: what the probes keep of a thread is
 // forgotten (a new thread may get its id), and a watched process's thread is counted.
-TRACEPOINT_PROBE(sched, sched_process_exit)
+static __always_inline int task_exit(int group_dead)
 {
     u64 id = current_pid_tgid();
     u32 tgid = id >> 32, tid = (u32)id;
@@ -117,7 +119,41 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         if (totals)
             __sync_fetch_and_add(&totals->threads_exited, 1);
     }
-    if (GROUP_DEAD(args))
+    if (group_dead)
         process->state = STATE_EXITED;
     return 0;
 }
+
+// At the raw tracepoints where the kernel's BTF gives the task's pid offset: a tracepoint
+// program does not run while another kprobe or tracepoint program holds its CPU's
+// bpf_prog_active, as a map syscall of the observer's does (bpf_disable_instrumentation) for
+// its whole length, which a kernel that preempts kernel code (PREEMPT_LAZY) can stretch over a
+// thread's creation or end on that CPU: such events would be skipped (counted in
+// bpf_program_misses_total). A raw tracepoint program only skips a run of itself.
+#if RAW_TASK_EVENTS
+RAW_TRACEPOINT_PROBE(task_newtask)
+{
+    u32 child = 0;  // args: the new task, its clone flags
+    bpf_probe_read_kernel(&child, sizeof(child), (void *)(ctx->args[0] + NEWTASK_PID_OFFSET));
+    return new_task(child, ctx->args[1]);
+}
+
+RAW_TRACEPOINT_PROBE(sched_process_exit)
+{
+#if EXIT_GROUP_DEAD_FIELD
+    return task_exit((int)(u8)ctx->args[1]);  // args: the task, group_dead
+#else
+    return task_exit(GROUP_DEAD(0));
+#endif
+}
+#else
+TRACEPOINT_PROBE(task, task_newtask)
+{
+    return new_task((u32)args->pid, args->clone_flags);
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    return task_exit(GROUP_DEAD(args));
+}
+#endif

@@ -162,6 +162,7 @@ def every_cflag(monkeypatch) -> list[str]:
         *bpf_backend.process_exit_cflags(frozenset({"group_dead"}), btf),
         *fields,
         *PreemptGuard({number: 1 for number in PLACEHOLDERS.values()}).cflags(),
+        "-DRAW_TASK_EVENTS=1",
     ]
 
 

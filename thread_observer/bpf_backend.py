@@ -105,6 +105,8 @@ PIDNS_KERNEL_FIELDS = (
     KernelField("UPID_NS", "upid", "ns", 8),
     KernelField("PID_NAMESPACE_INUM", "pid_namespace", "ns.inum", 4),
 )
+# The new task's id, read at task_newtask's raw tracepoint (threads.bpf.c).
+TASK_PID_FIELD = KernelField("NEWTASK_PID_OFFSET", "task_struct", "pid", 4)
 # The fields processes.bpf.c reads at an exec to find the new program's arguments in its mm.
 EXEC_KERNEL_FIELDS = (
     KernelField("TASK_STRUCT_MM", "task_struct", "mm", 8),
@@ -497,6 +499,23 @@ def kernel_cflags(btf: Btf | BtfError, fields: tuple[KernelField, ...]) -> list[
     return field_cflags(btf, fields)
 
 
+def task_event_cflags(btf: Btf | BtfError) -> list[str]:
+    """-D flags: a thread's or process's start, exec and end seen at raw tracepoints, which
+    the kernel never skips for another program running on the CPU (probes/threads.bpf.c),
+    where the kernel's BTF gives the new task's pid offset; else at the tracepoints."""
+    try:
+        offset = kernel_cflags(btf, (TASK_PID_FIELD,))[0].split("=")[1]
+    except BtfError as err:
+        log.warning(
+            "threads and programs seen at the sched and task tracepoints, not their raw "
+            "forms: %s; on a kernel that preempts kernel code, events that come while a map "
+            "is read are skipped (bpf_program_misses_total counts them)",
+            err,
+        )
+        return ["-DRAW_TASK_EVENTS=0"]
+    return ["-DRAW_TASK_EVENTS=1", f"-DNEWTASK_PID_OFFSET={offset}"]
+
+
 def exec_kernel_cflags(btf: Btf | BtfError) -> list[str]:
     """-D flags: where processes.bpf.c finds a new program's arguments; none, said in the
     log, where the kernel's BTF cannot tell (the reports then carry no arguments, and the
@@ -687,7 +706,12 @@ class BpfProbes:
             self._detacher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uprobe-detach")
         btf = kernel_btf()
         self._use_hooks(choose_hooks(btf))
-        cflags = [*self._dns_cflags(btf), *exec_kernel_cflags(btf), *forked_child_cflags(btf)]
+        cflags = [
+            *self._dns_cflags(btf),
+            *exec_kernel_cflags(btf),
+            *forked_child_cflags(btf),
+            *task_event_cflags(btf),
+        ]
         self._say_hooks()
         self.task_storage = has_task_storage()
         if not self.task_storage:
