@@ -224,3 +224,25 @@ def test_bpf_program_statistics_agree_with_bpftool(tmp_path, python_target):
         assert metrics.value("thread_observer_bpf_stats_enabled") == 1
         seconds = metrics.labels("thread_observer_bpf_program_run_seconds_total", "program")
         assert set(seconds) == set(runs)
+
+
+def test_skipped_runs_are_counted_and_said_once_each_time_they_rise(tmp_path, caplog):
+    fdinfo = tmp_path / "7"
+    collector = BpfProgramCollector(
+        lambda: {"raw_tracepoint__task_newtask": 7}, stats_enabled=lambda: False, fdinfo=tmp_path
+    )
+    registry = registry_with(collector)
+    labels = {"program": "raw_tracepoint__task_newtask"}
+    with caplog.at_level(logging.WARNING):
+        for misses in (0, 3, 3, 5):
+            fdinfo.write_text(
+                FDINFO.replace("recursion_misses:\t0", f"recursion_misses:\t{misses}")
+            )
+            value = registry.get_sample_value("thread_observer_bpf_program_misses_total", labels)
+            assert value == misses
+    said = [r.getMessage() for r in caplog.records if "skipped runs" in r.getMessage()]
+    assert said == [
+        "the kernel skipped runs of BPF programs (another program or a map syscall held the "
+        f"CPU), events not counted: raw_tracepoint__task_newtask {n}"
+        for n in (3, 5)
+    ]

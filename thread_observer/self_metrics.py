@@ -62,6 +62,7 @@ class BpfProgramCollector(Collector):
         self._stats_enabled = stats_enabled
         self._fdinfo = fdinfo
         self._said_off = False
+        self._misses_said: dict[str, int] = {}
 
     def describe(self) -> list[Metric]:
         return []
@@ -125,10 +126,24 @@ class BpfProgramCollector(Collector):
             "CPU): events the counts miss",
             labels=["program"],
         )
+        skipped = {}
         for program, info in fields.items():
             if "recursion_misses" in info:
-                misses.add_metric([program], int(info["recursion_misses"]))
+                skipped[program] = int(info["recursion_misses"])
+                misses.add_metric([program], skipped[program])
+        self._say_misses(skipped)
         return misses
+
+    def _say_misses(self, skipped: dict[str, int]) -> None:
+        """A warning when the kernel skipped runs since the last one said."""
+        rising = {p: n for p, n in skipped.items() if n > self._misses_said.get(p, 0)}
+        if rising:
+            log.warning(
+                "the kernel skipped runs of BPF programs (another program or a map syscall "
+                "held the CPU), events not counted: %s",
+                ", ".join(f"{p} {n}" for p, n in sorted(rising.items())),
+            )
+            self._misses_said.update(rising)
 
 
 class PollCollector(Collector):
