@@ -61,14 +61,19 @@ local description(text) = {
         alert: 'PythonThreadsNearExecutorCap',
         comment:: |||
           The saturation ratio is the fullest process's default executor: its busy workers
-          over its max_workers, read from the executor. An idle executor is at 0 however many
-          threads it grew, so only work waiting for threads fires; max, not average, so one
-          full process is not hidden by idle replicas.
+          over its max_workers, read from the executor; max, not average, so one full process
+          is not hidden by idle replicas. It fires only while work waits in the default
+          executors' queues too: a pool at its cap with nothing queued (a process with many
+          threads of its own, a full but idle pool) costs no one latency.
         |||,
         expr: |||
           max without (pid) (
             thread_observer_executor_saturation_ratio{%(jobSelector)s,pool="default"}
           ) >= %(executorSaturationThreshold)g
+          and
+          sum without (pid) (
+            thread_observer_executor_queued_work{%(jobSelector)s,pool="default"}
+          ) > 0
         ||| % $._config,
         'for': '15m',
         labels: { severity: 'warning' },
