@@ -19,7 +19,7 @@ from rich.console import Console
 
 from tests.harness import REPO, observer, wait_until
 from thread_observer.collector import ObserverCollector
-from thread_observer.model import Counts, ProcessRow, Snapshot
+from thread_observer.model import Counts, Executor, ProcessRow, Snapshot
 from thread_observer.top import (
     Session,
     StatusLine,
@@ -147,6 +147,33 @@ def test_top_sites_per_target_under_the_table():
     assert "top call sites" not in frame_text(
         None, parse_sample(exposition(api_row(10, 5, 10, 0, 6, 2, 10, 0, {})), 1.0), 1.0
     )
+
+
+def test_thread_pools_now_under_the_table():
+    """Each target's pools as read from its executors, summed over its processes."""
+
+    def pooled(pid, busy, queued):
+        row = api_row(pid, 9, 0, 0, 0, 0, 0, 0, {})
+        row.executors = [Executor("default", "asyncio", 6, busy, 6, queued)]
+        row.executor_threads = Counter(default=6, thread_pool=0, anyio=0)
+        return row
+
+    sample = parse_sample(exposition(pooled(10, 6, 2), pooled(11, 1, 0)), 1.0)
+    assert sample.targets["api"].executors["default"] == {
+        "executor_threads": 12,
+        "executor_busy_threads": 7,
+        "executor_max_workers": 12,
+        "executor_queued_work": 2,
+    }
+    text = frame_text(None, sample, 1.0)
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in text.splitlines()
+        if "default" in line
+    ]
+    assert rows == [["api", "default", "12", "7 / 12", "2"]]
+    # Pools without threads (here thread_pool and anyio) are not listed.
+    assert "thread_pool" not in text
 
 
 def test_proc_backend_has_no_counts_to_show():

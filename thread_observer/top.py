@@ -50,6 +50,13 @@ NO_VALUE = "—"
 # An observer of this process is read this often between frames: a process seen alive once is
 # counted whole, up to its exit (its series is read before the observer forgets it).
 OWN_OBSERVER_PERIOD = 0.1
+# The executor gauges, by pool: shown as they are now (they are not counters).
+EXECUTOR_GAUGES = (
+    "executor_threads",
+    "executor_busy_threads",
+    "executor_max_workers",
+    "executor_queued_work",
+)
 
 
 @dataclass
@@ -65,6 +72,8 @@ class TargetSample:
     buckets: dict[float, float] = field(default_factory=dict)  # upper bound -> cumulative
     thread_sites: dict[str, float] = field(default_factory=dict)  # threads created by site
     call_sites: dict[str, float] = field(default_factory=dict)  # getaddrinfo calls by site
+    # pool -> executor gauge (threads, busy_threads, max_workers, queued_work) -> value
+    executors: dict[str, dict[str, float]] = field(default_factory=dict)
     counted: bool = False  # the backend counts (bpf): the counters exist
 
 
@@ -119,6 +128,8 @@ def _add_target_sample(target: TargetSample, name: str, labels: dict, value: flo
         _add(target.thread_sites, labels["site"], value)
     elif name == "getaddrinfo_calls_by_site_total":
         _add(target.call_sites, labels["site"], value)
+    elif name in EXECUTOR_GAUGES:
+        _add(target.executors.setdefault(labels["pool"], {}), name, value)
     elif name == "getaddrinfo_duration_seconds_bucket":
         bound = float(labels["le"])
         target.buckets[bound] = target.buckets.get(bound, 0.0) + value
@@ -263,8 +274,36 @@ def render_frame(
             else _target_cells(target, _previous(previous, name), interval)
         )
         table.add_row(name, *cells)
-    sites = sites_table(current)
-    return Group(header, table, *([sites] if sites else []), footer)
+    below = [part for part in (executors_table(current), sites_table(current)) if part]
+    return Group(header, table, *below, footer)
+
+
+def executors_table(sample: Sample) -> Table | None:
+    """Each target's thread pools now (summed over its processes): threads, busy over the cap,
+    work waiting; None when no target has a pool thread."""
+    rows = [
+        (name, pool, values)
+        for name, target in sample.targets.items()
+        for pool, values in sorted(target.executors.items())
+        if values.get("executor_threads")
+    ]
+    if not rows:
+        return None
+    table = Table(expand=True, header_style="bold", title="thread pools (now)")
+    for column in ("target", "pool", "threads", "busy / max", "queued"):
+        table.add_column(column, justify="left" if column in ("target", "pool") else "right")
+    for name, pool, values in rows:
+        cap = values.get("executor_max_workers")
+        busy = f"{values.get('executor_busy_threads', 0):.0f}"
+        queued = values.get("executor_queued_work")
+        table.add_row(
+            name,
+            pool,
+            f"{values['executor_threads']:.0f}",
+            f"{busy} / {cap:.0f}" if cap is not None else busy,
+            f"{queued:.0f}" if queued is not None else NO_VALUE,
+        )
+    return table
 
 
 SITES_SHOWN = 3  # call sites listed per target
