@@ -52,6 +52,10 @@ NAME_RESOLUTION_PANELS = (
 )
 
 
+# Thread pools held full (workloads.executors): the cap alert's one target.
+POOLS_PATTERN = "workloads\\.executors( |$)"
+
+
 def resolver_target(name: str, host: str) -> list[str]:
     return ["--target", f"{name}=tests\\.targets\\.dns_client getaddrinfo \\d+ {host}"]
 
@@ -87,6 +91,7 @@ def running_prometheus(tmp_path_factory):
     ]
     for name, (host, _, _) in RESOLVERS.items():
         targets += resolver_target(name, host)
+    targets += ["--target", f"pools={POOLS_PATTERN}"]
     with ExitStack() as stack:
         servers = stack.enter_context(local_servers(http=True, redis=True))
         running = stack.enter_context(observer(targets, Path(tmp)))
@@ -103,12 +108,15 @@ def running_prometheus(tmp_path_factory):
         ]
         resolvers = start_resolvers(stack, Path(tmp))
         children += [target for target, _ in resolvers.values()]
+        pools = stack.enter_context(workload(["-m", "workloads.executors"]))
         # Scraped at zero before the work: rate() sees the counters rise.
         prometheus.wait_for_scrapes(3, timeout=60)
         for child in children:
             child.go()
         for child in children:
             child.truth()
+        pools.go()
+        pools._line()  # its executors' numbers: the default one full, work queued behind it
         prometheus.wait_for_scrapes(8, timeout=60)
         prometheus.responders = {name: dns for name, (_, dns) in resolvers.items()}
         prometheus.work_done = time.time()
@@ -134,6 +142,12 @@ def test_blocking_dns_fires_the_event_loop_alert(running_prometheus):
         (a["labels"]["alertname"], a["labels"].get("target")) for a in running_prometheus.alerts()
     }
     assert ("GetaddrinfoOnEventLoop", "blocking") in active  # pending or firing in Prometheus
+
+
+def test_a_full_default_executor_with_work_queued_fires_the_cap_alert(running_prometheus):
+    # Its default executor runs max_workers items with 2 more queued; the scenarios' executors
+    # are idle by now, however many threads they grew.
+    assert firing_targets(running_prometheus, "PythonThreadsNearExecutorCap") == {"pools"}
 
 
 def test_failures_fire_the_failure_ratio_alert(running_prometheus):
