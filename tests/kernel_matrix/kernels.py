@@ -22,8 +22,10 @@ class Kernel:
     name: str  # a short name for test ids and the README table
     suite: str
     distribution: str  # what runs it in production, for the README table
-    # Whether `make test` runs the CI-size kernel suite there (else check alone).
+    # Whether `make test` runs the CI-size kernel suite there (else check alone), and the tests
+    # of it left out there, each a known failure said in README (*Kernels*).
     ci_suite: bool = True
+    ci_known_failures: tuple[str, ...] = ()
 
 
 KERNELS = (
@@ -31,8 +33,18 @@ KERNELS = (
     Kernel("6.1", "bookworm", "Debian 12"),
     Kernel("6.12", "trixie", "Debian 13"),
     # PREEMPT(lazy): a uprobe program can be preempted there unless it turns preemption off
-    # (probes/preemption.h); tests/test_preemption.py is the suite's test of that.
-    Kernel("sid", "sid", "Debian unstable, the newest Debian ships"),
+    # (probes/preemption.h); tests/test_preemption.py is the suite's test of that. In a PID
+    # namespace with children watched at their fork, one of 30 worker threads' creations goes
+    # uncounted there (README, Kernels): open.
+    Kernel(
+        "sid",
+        "sid",
+        "Debian unstable, the newest Debian ships",
+        ci_known_failures=(
+            "tests/test_pid_namespace.py::test_forked_workers_count_in_their_parents_target_"
+            "inside_a_namespace[at-fork]",
+        ),
+    ),
 )
 
 
