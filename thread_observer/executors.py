@@ -32,6 +32,7 @@ import re
 import struct
 from dataclasses import dataclass
 
+from thread_observer import pyruntime
 from thread_observer.constants import SiteLimit
 from thread_observer.model import Executor
 from thread_observer.pyruntime import (
@@ -66,16 +67,13 @@ MAX_LOOP_BYTES = 4096
 # list where one must be, indices within the ring).
 SIMPLE_QUEUE_LIST = {"list": 32, "position": 40}
 SIMPLE_QUEUE_RING = {"put": 24, "get": 32, "capacity": 48, "count": 56}
-PY_TPFLAGS_LONG_SUBCLASS = 1 << 24
-# Python 3.8-3.10 keep an attribute table's key entries (hash, key, value) after its index
-# table in a struct of Objects/dict-common.h, a header CPython does not install.
-OLD_KEYS = {"size": 8, "nentries": 32, "indices": 40, "entry": 24}
 
 
-class Memory:
-    """/proc/PID/mem opened once for one reading."""
+class Memory(pyruntime.Memory):
+    """/proc/PID/mem opened once for one reading (pyruntime's opens it at each read)."""
 
     def __init__(self, pid: int) -> None:
+        super().__init__(pid)
         self.fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
 
     def close(self) -> None:
@@ -88,9 +86,6 @@ class Memory:
         if len(data) != size:
             raise OSError(f"short read at {address:#x}")
         return data
-
-    def pointer(self, address: int) -> int:
-        return struct.unpack("<Q", self.read(address, 8))[0]
 
     def signed(self, address: int) -> int:
         return struct.unpack("<q", self.read(address, 8))[0]
@@ -126,7 +121,9 @@ class ObjectReader:
 
     def type_name(self, address: int) -> str:
         """The name of an object's type (tp_name: "module.Name" for C types)."""
-        type_address = self.type_of(address)
+        return self._name_of_type(self.type_of(address))
+
+    def _name_of_type(self, type_address: int) -> str:
         name = self._types.get(type_address)
         if name is None:
             name_at = self.memory.pointer(type_address + self.offsets["type_name"])
@@ -141,8 +138,7 @@ class ObjectReader:
         for _ in range(MAX_BASES):
             if not type_address:
                 return False
-            name_at = self.memory.pointer(type_address + self.offsets["type_name"])
-            if self.memory.c_string(name_at, MAX_TYPE_NAME) == type_name:
+            if self._name_of_type(type_address) == type_name:
                 return True
             type_address = self.memory.pointer(type_address + self.offsets["type_base"])
         return False
@@ -226,47 +222,41 @@ class ObjectReader:
             values += self.offsets["dictvalues_values"]
         return values, keys
 
-    def _key_index(self, keys: int, name: str) -> int | None:
-        """The index of a str key's entry (also its value's index in a split table)."""
+    def _find_entry(self, keys: int, name: str) -> tuple[int, int] | None:
+        """(index, address of the value slot) of a str key's entry: the index is also its
+        value's in a split table's values array."""
         entries, count, size, value_at = self._entries(keys)
         for index in range(min(count, MAX_ATTRIBUTES)):
             entry = entries + index * size
             key = self.memory.pointer(entry + value_at - 8)
             if key and self.string(key) == name:
-                return index
+                return index, entry + value_at
         return None
 
-    def entry_value(self, keys: int, index: int) -> int:
-        entries, _, size, value_at = self._entries(keys)
-        return self.memory.pointer(entries + index * size + value_at)
-
     def _entries(self, keys: int) -> tuple[int, int, int, int]:
-        """(first entry, entries used, entry size, offset of the value in an entry)."""
+        """(first entry, entries used, entry size, offset of the value in an entry): (hash,
+        key, value) entries, or (key, value) in a str-keyed table since 3.11."""
         offsets = self.offsets
-        if self.version < (3, 11):
-            size = self.memory.signed(keys + OLD_KEYS["size"])
-            index_bytes = 1 if size <= 0xFF else 2 if size <= 0xFFFF else 4
-            count = self.memory.signed(keys + OLD_KEYS["nentries"])
-            return keys + OLD_KEYS["indices"] + size * index_bytes, count, OLD_KEYS["entry"], 16
-        log2_index_bytes = self.memory.byte(keys + offsets["dictkeys_log2_index_bytes"])
-        general = self.memory.byte(keys + offsets["dictkeys_kind"]) == 0
         count = self.memory.signed(keys + offsets["dictkeys_nentries"])
+        if self.version < (3, 11):
+            size = self.memory.signed(keys + offsets["dictkeys_size"])
+            index_bytes = 1 if size <= 0xFF else 2 if size <= 0xFFFF else 4
+            entries = keys + offsets["dictkeys_indices"] + size * index_bytes
+            return entries, count, offsets["dict_entry_size"], 16
+        log2_index_bytes = self.memory.byte(keys + offsets["dictkeys_log2_index_bytes"])
         entries = keys + offsets["dictkeys_indices"] + (1 << log2_index_bytes)
-        if general:
+        if self.memory.byte(keys + offsets["dictkeys_kind"]) == 0:  # DICT_KEYS_GENERAL
             return entries, count, offsets["dict_entry_size"], 16
         return entries, count, offsets["dict_unicode_entry_size"], 8
 
     def dict_attribute(self, address: int, name: str) -> int | None:
         """An attribute wherever its table keeps it: a values array, or a dict's entries."""
         values, keys = self._attribute_table(address)
-        if not keys:
+        found = self._find_entry(keys, name) if keys else None
+        if found is None:
             return None
-        index = self._key_index(keys, name)
-        if index is None:
-            return None
-        if values:
-            return self.memory.pointer(values + 8 * index)
-        return self.entry_value(keys, index)
+        index, slot = found
+        return self.memory.pointer(values + 8 * index if values else slot)
 
     def queue_length(self, queue: int) -> int | None:
         """Items waiting in a SimpleQueue."""
@@ -299,9 +289,7 @@ def runs(place: tuple[str, str] | None, function: tuple[str, str, str]) -> bool:
 def thread_frames(reader: ObjectReader, tstate: int) -> list[tuple[int, tuple[str, str] | None]]:
     """A thread's frames, innermost first: (frame address, (file, qualname) or None)."""
     offsets, memory = reader.offsets, reader.memory
-    frame = memory.pointer(tstate + offsets["tstate_frame"])
-    if offsets["cframe_current_frame"] >= 0 and frame:
-        frame = memory.pointer(frame + offsets["cframe_current_frame"])
+    frame = pyruntime.current_frame(memory, tstate, offsets)
     frames = []
     while frame and len(frames) < MAX_FRAMES:
         code = memory.pointer(frame + offsets["frame_code"]) & ~SiteLimit.FRAME_CODE_TAG_BITS

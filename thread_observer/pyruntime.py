@@ -458,15 +458,21 @@ def namespace_tids(pid: int) -> list[int]:
     return tids
 
 
+def current_frame(memory: Memory, tstate: int, offsets: dict[str, int]) -> int:
+    """A thread state's innermost frame (through its cframe on 3.11 and 3.12); 0 for none."""
+    frame = memory.pointer(tstate + offsets["tstate_frame"])
+    if offsets["cframe_current_frame"] >= 0 and frame:
+        frame = memory.pointer(frame + offsets["cframe_current_frame"])
+    return frame
+
+
 def check_frame(memory: Memory, tstate: int, offsets: dict[str, int], code_type: int) -> None:
     """The main thread's current frame holds a code object. The thread runs while it is read:
     a frame popped between two reads (its slot already reused by the next call) can show
     anything, so a few reads are made, and a process whose every read fails is tried again
     later (NotReadyYet) before the offsets are called wrong."""
     for _ in range(FRAME_CHECKS):
-        frame = memory.pointer(tstate + offsets["tstate_frame"])
-        if offsets["cframe_current_frame"] >= 0 and frame:
-            frame = memory.pointer(frame + offsets["cframe_current_frame"])
+        frame = current_frame(memory, tstate, offsets)
         if frame == 0:
             return  # not running Python code now: nothing to check the frame offsets with
         try:
