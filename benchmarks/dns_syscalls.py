@@ -44,7 +44,7 @@ from benchmarks.report import Goal, Section
 from benchmarks.settings import Settings
 from benchmarks.stats import median, number, ratio, times
 from benchmarks.storm import bpf_statistics, program_stats
-from thread_observer.bpf_backend import SYSCALL_HOOKS
+from thread_observer.bpf_backend import SWITCH_PROGRAM, SYSCALL_HOOKS
 
 SOURCE = Path(__file__).with_name("syscalls.c")
 OPERATIONS = ("write", "sendto", "socket_close", "pipe_round_trip")
@@ -293,13 +293,19 @@ def _why_default(hooks, ran: dict[str, tuple[int, int]], without: dict[str, list
             "syscall of every task takes the kernel's slower path"
             + (f" (per run: {listed})" if listed else "")
         )
-    switch, send = "raw_tracepoint__sched_switch", "raw_tracepoint__sock_send_length"
+    switch, send = SWITCH_PROGRAM, "raw_tracepoint__sock_send_length"
+    switches = (
+        f"a context switch runs `{switch}`, {per_run(switch):.0f} ns per run with the "
+        "statistics' clock reads, twice per pipe round trip of "
+        f"{median(without['pipe_round_trip']):,.0f} ns"
+        if ran.get(switch, (0, 0))[0]
+        else "a context switch runs no program (the epoll mark is attached only while a "
+        "watched process's frames cannot be read)"
+    )
     return (
         "no syscall tracepoint is attached: a write to /dev/null and `socket` + `close` run no "
-        "program (their ratios' distance from 1 is the rounds' noise, see the ranges); a "
-        f"context switch runs `{switch}`, {per_run(switch):.0f} ns per run with the "
-        "statistics' clock reads, twice per pipe round trip of "
-        f"{median(without['pipe_round_trip']):,.0f} ns; a UDP send runs `{send}`, "
+        "program (their ratios' distance from 1 is the rounds' noise, see the ranges); "
+        f"{switches}; a UDP send runs `{send}`, "
         f"{per_run(send):.0f} ns per run, once per `sendto` of "
         f"{median(without['sendto']):,.0f} ns"
     )

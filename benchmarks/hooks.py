@@ -17,6 +17,7 @@ from thread_observer.bpf_backend import (
     DNS_TRACEPOINTS,
     SOCKET_SEND_PROBE_NAMES,
     SWITCH_PROBE_NAMES,
+    SWITCH_PROGRAM,
     SYSCALL_HOOKS,
     Hooks,
     choose_hooks,
@@ -30,7 +31,7 @@ SYSCALL_TRACEPOINTS_PREFIX = [PYTHON, str(REPO / "tests" / "with_syscall_tracepo
 
 # The programs, by their C function names (see program_name).
 EPOLL_SYSCALL_PROGRAMS = ("mark_event_loop_thread",)
-EPOLL_SWITCH_PROGRAMS = tuple(f"raw_tracepoint__{name}" for name in SWITCH_PROBE_NAMES)
+EPOLL_SWITCH_PROGRAMS = (SWITCH_PROGRAM,)
 DNS_SYSCALL_PROGRAMS = tuple(
     "tracepoint__" + tracepoint.replace(":", "__") for tracepoint in DNS_TRACEPOINTS
 )

@@ -107,8 +107,9 @@ static __always_inline void mark_event_loop(void)
 // A thread is marked when it goes to sleep inside epoll_wait, epoll_pwait or epoll_pwait2: the
 // scheduler switches away from it there, as from any event loop with nothing to run. No syscall
 // tracepoint is needed (current_syscall.h). A wait that returns at once marks nothing: a loop
-// is marked at its first idle moment.
-RAW_TRACEPOINT_PROBE(sched_switch)
+// is marked at its first idle moment. Attached by user space at the raw tracepoint only while
+// it decides something: while a watched process's frames cannot be read.
+int mark_at_switch(struct bpf_raw_tracepoint_args *ctx)
 {
     // (bool preempt, prev, next, prev_state), run as prev: a preempted task did not choose to
     // sleep, and may be in an interrupt whose vector sits where a syscall's number would.

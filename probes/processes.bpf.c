@@ -123,6 +123,61 @@ static __always_inline void report_exec(u32 tgid, struct watched_process *proces
     exec_reports.ringbuf_submit(report, 0);
 }
 
+#if SITES && defined(MM_STRUCT_EXE_FILE) && defined(TASK_STRUCT_MM)
+// Interpreters linked into their executable, each read once in some process whose offsets
+// user space checked: a process that starts the same file has its interpreter at the same
+// place relative to its code (mm->start_code), so its frames can be read from its first
+// instruction, long before user space finds it (a lookup in its first milliseconds is told
+// by its frames, not the epoll mark). The file is known as the kernel knows it, its
+// filesystem's device and its inode, with its size (a file rewritten in place keeps its
+// inode); the template holds for processes of the PID namespace it was learnt in, whose ids
+// its thread states hold. Parameters: MM_STRUCT_START_CODE, MM_STRUCT_EXE_FILE, FILE_F_INODE,
+// INODE_I_INO, INODE_I_SB, INODE_I_SIZE, SUPER_BLOCK_S_DEV from the kernel's BTF
+// (thread_observer/bpf_backend.py PYTHON_BINARY_FIELDS).
+struct python_binary {
+    u64 dev;  // the kernel's dev_t of its filesystem (MAJOR << 20 | MINOR)
+    u64 ino;
+};
+
+struct python_template {
+    // threads_head, text_start and text_end relative to mm->start_code (modulo 2^64)
+    struct python_process process;
+    u64 size;
+    u64 pidns_dev;  // the PID namespace of the process it was learnt from
+    u64 pidns_ino;
+};
+
+BPF_HASH(python_templates, struct python_binary, struct python_template, MAX_PYTHON_BINARIES);
+
+static __always_inline void python_from_template(u32 tgid, u64 generation)
+{
+    u64 mm = kernel_pointer(bpf_get_current_task() + TASK_STRUCT_MM);
+    u64 file = mm ? kernel_pointer(mm + MM_STRUCT_EXE_FILE) : 0;
+    u64 inode = file ? kernel_pointer(file + FILE_F_INODE) : 0;
+    u64 sb = inode ? kernel_pointer(inode + INODE_I_SB) : 0;
+    if (!sb)
+        return;
+    u32 dev = 0;
+    bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(sb + SUPER_BLOCK_S_DEV));
+    struct python_binary binary = {.dev = dev, .ino = kernel_pointer(inode + INODE_I_INO)};
+    struct python_template *known = python_templates.lookup(&binary);
+    if (!known || known->size != kernel_pointer(inode + INODE_I_SIZE))
+        return;
+    struct bpf_pidns_info ns = {};
+    if (bpf_get_ns_current_pid_tgid(known->pidns_dev, known->pidns_ino, &ns, sizeof(ns)))
+        return;
+    u64 start = kernel_pointer(mm + MM_STRUCT_START_CODE);
+    struct python_process process = known->process;
+    process.generation = generation;
+    process.threads_head += start;
+    process.text_start += start;
+    process.text_end += start;
+    python_processes.update(&tgid, &process);
+}
+#else
+static __always_inline void python_from_template(u32 tgid, u64 generation) {}
+#endif
+
 static __always_inline int process_exec(void)
 {
     // A new program: counted from here, classified by its command line in user space. A
@@ -152,6 +207,7 @@ static __always_inline int process_exec(void)
         }
         report_exec(tgid, &process);
         watched_tgids.update(&tgid, &process);
+        python_from_template(tgid, process.generation);
     }
     return 0;
 }

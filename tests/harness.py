@@ -219,14 +219,15 @@ class Metrics:
         ]
         return sum(found) if found else None
 
-    def labels(self, name: str, label: str, **match: str) -> dict[str, float]:
-        return {
-            s.labels[label]: s.value
-            for s in self.samples
-            if s.name == name
-            and label in s.labels
-            and all(s.labels.get(k) == v for k, v in match.items())
-        }
+    def labels(self, name: str, label: str, combine=sum, **match: str) -> dict[str, float]:
+        """The values by one label, the series that share it combined (summed: PromQL's
+        ``sum by (label)``; ``combine=max`` for a ratio)."""
+        found: dict[str, list[float]] = {}
+        for s in self.samples:
+            wanted = all(s.labels.get(k) == v for k, v in match.items())
+            if s.name == name and label in s.labels and wanted:
+                found.setdefault(s.labels[label], []).append(s.value)
+        return {value: combine(values) for value, values in found.items()}
 
     def nonzero(self, name: str, label: str, **match: str) -> dict[str, float]:
         """Like labels(), without the series still at 0 (errors exported before they occur)."""

@@ -170,9 +170,10 @@ def test_sigterm_detaches_every_probe_and_exits_zero_within_2s(tmp_path):
         observer_pid = running.process.pid
         ours = bpf_program_ids(observer_pid)
         assert len(ours) >= 8, "every probe program should be loaded while the observer runs"
-        # Six tracepoints (three raw ones where the kernel allows), and the uprobes on
-        # pthread_create, getaddrinfo and the resolver functions.
-        assert attachment_count(observer_pid) >= 9
+        # Five tracepoints (raw ones where the kernel allows; the epoll mark's is attached only
+        # while a watched process's frames cannot be read), and the uprobes on pthread_create,
+        # getaddrinfo and the resolver functions.
+        assert attachment_count(observer_pid) >= 8
         started = time.monotonic()
         assert running.stop() == 0
         assert time.monotonic() - started < 2.0
@@ -473,9 +474,9 @@ def tracepoints_of(pid: int, kinds: tuple[str, ...] = ("tracepoint",)) -> set[st
 
 
 def test_by_default_no_syscall_tracepoint_is_attached_where_the_kernel_allows(tmp_path):
-    # The epoll mark at sched_switch and the DNS probe at the socket layer's sends: no syscall
-    # of any process takes the kernel's slower path, and the counts stay exact (every other
-    # test here runs this configuration).
+    # The DNS probe at the socket layer's sends: no syscall of any process takes the kernel's
+    # slower path, and the counts stay exact (every other test here runs this configuration).
+    # The epoll mark is not attached while no watched process needs it (below).
     harness.skip_unless_raw_tracepoints("sends_at_sockets")  # which come with sched_switch
     with observer(["--target", "none=^matches-no-process$"], tmp_path) as running:
         attached = tracepoints_of(running.process.pid, ("tracepoint", "raw_tracepoint"))
@@ -483,11 +484,48 @@ def test_by_default_no_syscall_tracepoint_is_attached_where_the_kernel_allows(tm
             "task_newtask",
             "sched_process_exec",
             "sched_process_exit",
-            "sched_switch",
             "sock_send_length",
             "tcp_sendmsg_locked",
         }
         assert "sends seen at the socket layer" in running.log()
+
+
+def test_no_program_runs_at_a_context_switch_while_every_watched_process_s_frames_are_read(
+    tmp_path,
+):
+    # The epoll mark decides caller only where frames cannot be read: attached while a watched
+    # process has such frames (here a program that is not Python), detached when it ends. The
+    # kernel's own list of attached programs is the evidence, not a timing.
+    harness.skip_unless_raw_tracepoints("epoll_at_switch")
+    tag = uuid.uuid4().hex[:12]
+    native_sleep = ["sleep", str(3600 + int(tag[:6], 16))]  # a command line of its own
+    targets = [
+        "--target",
+        f"py=python.*-X tag={tag}",
+        "--target",
+        f"native=^sleep {native_sleep[1]}$",
+    ]
+    with observer([*targets, "--allow-non-python"], tmp_path) as running:
+        attached = lambda: tracepoints_of(running.process.pid, ("raw_tracepoint",))  # noqa: E731
+        with workload(["-X", f"tag={tag}", *MIXED, "--linger", "60"]) as target:
+            wait_until(lambda: sites_read(running, target.pid), 10, "its frames read")
+            target.go()
+            truth = target.truth()
+            metrics = counts_settled(running, "py", truth)
+            assert_matches_truth(metrics, "py", truth)  # event_loop calls told by frames
+            assert "sched_switch" not in attached()
+            assert metrics.value("thread_observer_probes_attached", probe="sched_switch") is None
+            native = subprocess.Popen(native_sleep)
+            try:
+                wait_until(lambda: "sched_switch" in attached(), 10, "the epoll mark attached")
+                assert f"(pid {native.pid} first)" in running.log()
+                scraped = running.scrape()
+                assert scraped.value("thread_observer_probes_attached", probe="sched_switch") == 1
+            finally:
+                native.kill()
+                native.wait()
+            wait_until(lambda: "sched_switch" not in attached(), 10, "the epoll mark detached")
+        assert "epoll mark detached" in running.log()
 
 
 LEAN = ["--no-host-names", "--no-dns-queries", "--no-epoll-mark"]

@@ -14,7 +14,7 @@ import pytest
 from tests import harness
 from tests.harness import bpf_skip_reason, observer, wait_until, workload
 from tests.test_sites import DEBIAN_PYTHONS, PYTHONS, interpreter
-from thread_observer.collector import executor_values
+from thread_observer.collector import EXECUTOR_NAMES_PER_POOL, OTHER_EXECUTORS, executor_values
 from thread_observer.executors import ExecutorReader
 from thread_observer.model import Executor
 
@@ -57,7 +57,8 @@ def expected(truth: dict) -> dict[str, dict[str, float]]:
 def read_gauges(metrics, target: str) -> dict[str, dict[str, float]]:
     found: dict[str, dict[str, float]] = {}
     for name in (*GAUGES, "executor_saturation_ratio"):
-        labelled = metrics.labels(f"thread_observer_{name}", "pool", target=target)
+        combine = max if name == "executor_saturation_ratio" else sum
+        labelled = metrics.labels(f"thread_observer_{name}", "pool", combine, target=target)
         for pool, value in labelled.items():
             found.setdefault(pool, {})[name] = value
     return found
@@ -161,12 +162,14 @@ def test_anyio_lookups_count_in_the_default_executor(tmp_path):
 def test_saturation_is_busy_over_the_cap_of_the_fullest_executor_never_above_one():
     executors = [
         Executor("default", "asyncio", threads=6, busy=6, max_workers=4, queued=9),  # cap lowered
-        Executor("thread_pool", "explicit", threads=3, busy=1, max_workers=3, queued=None),
-        Executor("thread_pool", "idle", threads=2, busy=0, max_workers=None, queued=0),
+        # Two executors of one name (a prefix given twice): one series, their sums.
+        Executor("thread_pool", "jobs", threads=3, busy=1, max_workers=3, queued=None),
+        Executor("thread_pool", "jobs", threads=2, busy=0, max_workers=None, queued=0),
         Executor("anyio", "anyio", threads=5, busy=2, max_workers=None, queued=None),
     ]
-    values = executor_values(executors)
+    values = {pool: gauges for (pool, _), gauges in executor_values(executors).items()}
     assert values["default"] == {
+        "executor_threads": 6,
         "executor_busy_threads": 6,
         "executor_max_workers": 4,
         "executor_queued_work": 9,
@@ -174,22 +177,50 @@ def test_saturation_is_busy_over_the_cap_of_the_fullest_executor_never_above_one
     }
     # What was not read is left out of the sums, not counted as 0.
     assert values["thread_pool"] == {
+        "executor_threads": 5,
         "executor_busy_threads": 1,
         "executor_max_workers": 3,
         "executor_queued_work": 0,
         "executor_saturation_ratio": pytest.approx(1 / 3),
     }
-    assert values["anyio"] == {"executor_busy_threads": 2}
+    assert values["anyio"] == {"executor_threads": 5, "executor_busy_threads": 2}
 
 
-def test_a_pool_with_a_cap_and_no_executor_now_reads_zero():
+def test_a_pool_with_no_executor_now_reads_zero_under_the_name_its_executors_would_get():
     nothing = {
+        "executor_threads": 0,
         "executor_busy_threads": 0,
         "executor_max_workers": 0,
         "executor_queued_work": 0,
         "executor_saturation_ratio": 0.0,
     }
-    assert executor_values([]) == {"default": nothing, "thread_pool": nothing}
+    assert executor_values([]) == {
+        ("default", "asyncio"): nothing,
+        ("thread_pool", "ThreadPoolExecutor"): nothing,
+        ("anyio", "anyio"): {"executor_threads": 0},
+    }
+
+
+def test_executors_are_told_apart_by_name_and_the_names_stay_bounded():
+    named = [Executor("thread_pool", "db", 4, 4, 4, 3), Executor("thread_pool", "db", 2, 0, 2, 0)]
+    # A target naming a pool per request (an untrusted string): the names with most threads
+    # keep theirs, the others are summed under one.
+    many = [Executor("thread_pool", f"request-{i:02}", 1, 1, 1, 0) for i in range(20)]
+    values = executor_values([*named, *many, Executor("default", "", 3, 3, 3, 1)])
+    assert values[("thread_pool", "db")] == {
+        "executor_threads": 6,
+        "executor_busy_threads": 4,
+        "executor_max_workers": 6,
+        "executor_queued_work": 3,
+        "executor_saturation_ratio": 1.0,
+    }
+    kept = {name for pool, name in values if pool == "thread_pool"}
+    assert len(kept) == EXECUTOR_NAMES_PER_POOL + 1
+    assert {"db", OTHER_EXECUTORS, "request-00"} <= kept
+    assert values[("thread_pool", OTHER_EXECUTORS)]["executor_threads"] == 20 - 7
+    # A default executor whose prefix could not be read still counts, under a name saying so.
+    assert values[("default", "<unknown>")]["executor_queued_work"] == 1
+    assert ("default", "asyncio") not in values  # no placeholder beside a read executor
 
 
 class CountingReader(ExecutorReader):

@@ -181,7 +181,6 @@ def test_plain_asyncio_callbacks_are_on_the_loop():
 
 def row(pid, default, cap, target="api", unavailable=None):
     """A process whose default executor runs ``default`` items, all its threads busy."""
-    executor = None if unavailable else Counter({"default": default, "thread_pool": 0, "anyio": 0})
     executors = [Executor("default", "asyncio", default, default, cap, 0)] if default else []
     counts = Counts(
         threads_by_site=None if unavailable else Counter({"a.py:f": default}),
@@ -193,7 +192,6 @@ def row(pid, default, cap, target="api", unavailable=None):
         threads=default + 1,
         counts=counts,
         executor_max_workers=cap,
-        executor_threads=executor,
         executors=None if unavailable else executors,
         sites_unavailable=unavailable,
     )
@@ -213,10 +211,14 @@ def test_saturation_is_the_fullest_process_never_an_average():
     registry.register(ObserverCollector(lambda: snapshot))
     value = registry.get_sample_value
     assert (
-        value("thread_observer_executor_saturation_ratio", {"target": "api", "pool": "default"})
+        value(
+            "thread_observer_executor_saturation_ratio",
+            {"target": "api", "pool": "default", "executor": "asyncio"},
+        )
         == 0.9
     )
-    assert value("thread_observer_executor_threads", {"target": "api", "pool": "default"}) == 9
+    threads = {"target": "api", "pool": "default", "executor": "asyncio"}
+    assert value("thread_observer_executor_threads", threads) == 9
     assert (
         value("thread_observer_threads_created_by_site_total", {"target": "api", "site": "a.py:f"})
         == 9

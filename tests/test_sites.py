@@ -496,3 +496,37 @@ def test_a_native_thread_that_sleeps_in_epoll_is_never_on_an_event_loop(
             "thread_observer_threads_created_total", "creator", target="poller"
         )
         assert created == {"libepoll_resolver.so": 1}
+
+
+# A loop run to its end, then lookups at once: all of it in the process's first milliseconds,
+# before user space can have found its interpreter. The thread waited in epoll while the loop
+# ran: only its frames tell that the lookups after it are not the loop's.
+EARLY_LOOKUPS = """
+import asyncio, socket
+async def main():
+    socket.getaddrinfo("localhost", 80)  # blocks the running loop
+asyncio.run(main())
+for _ in range(5):
+    socket.getaddrinfo("localhost", 80)
+"""
+WAITING = "import sys; print('{\"ready\": true}', flush=True); sys.stdin.readline()"
+EARLY_RUNS = 20
+
+
+def test_a_new_process_of_a_known_interpreter_has_its_frames_read_from_its_start(tmp_path):
+    tag = f"tag={os.getpid()}-{tmp_path.name}"
+    with observer(["--target", f"early=python.*-X {tag}"], tmp_path) as running:
+        # One process of this executable read first: the executable becomes known.
+        with workload(["-X", tag, "-c", WAITING], wait=False) as first:
+            assert json.loads(first._line())["ready"]
+            wait_until(lambda: harness.sites_read(running, first.pid), 30, "frames read")
+            assert "known: processes that start it" in running.log()
+            first.go()
+        for _ in range(EARLY_RUNS):
+            subprocess.run([sys.executable, "-X", tag, "-c", EARLY_LOOKUPS], check=True)
+        calls = {"thread_observer_getaddrinfo_calls_total": EARLY_RUNS * 6}
+        metrics = harness.settled(running, calls, target="early")
+        by_caller = metrics.labels(
+            "thread_observer_getaddrinfo_calls_total", "caller", target="early"
+        )
+        assert by_caller == {"event_loop": EARLY_RUNS, "other": EARLY_RUNS * 5}

@@ -137,7 +137,11 @@ def test_imports_run_from_commands_down():
 
 
 def test_timeline_render_needs_only_the_model():
-    assert import_graph()["thread_observer.timeline.render"] == {"thread_observer.timeline.model"}
+    # The model, and the lanes' grouping, which needs only the model itself.
+    graph = import_graph()
+    model, groups = "thread_observer.timeline.model", "thread_observer.timeline.groups"
+    assert graph["thread_observer.timeline.render"] == {model, groups}
+    assert graph[groups] == {model}
 
 
 def required_defines() -> set[str]:

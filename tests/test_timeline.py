@@ -16,8 +16,18 @@ from tests.harness import REPO, observer, settled, wait_until, workload
 from tests.trace_format import check_trace
 from thread_observer.errors import UsageError
 from thread_observer.timeline.command import output_paths
+from thread_observer.timeline.groups import ANYIO, OTHER, executor_of, group_lanes
 from thread_observer.timeline.lanes import build_timeline
-from thread_observer.timeline.model import EXISTING, MAIN, Event, Recording
+from thread_observer.timeline.model import (
+    EXISTING,
+    MAIN,
+    Event,
+    Lane,
+    Lookup,
+    Recording,
+    Timeline,
+    window_of,
+)
 from thread_observer.timeline.outputs import render
 from thread_observer.timeline.render import lane_label
 from thread_observer.timeline.trace import chrome_trace
@@ -326,6 +336,248 @@ def assert_one_lane_per_thread(svg: Path, html: Path, timeline) -> None:
     assert sorted(map(int, html_lanes)) == tasks
 
 
+# Lanes grouped by executor
+START = "threading.py:Thread.start"
+POOL_START = [
+    START,
+    "concurrent/futures/thread.py:ThreadPoolExecutor._adjust_thread_count",
+    "concurrent/futures/thread.py:ThreadPoolExecutor.submit",
+]
+RUN_IN_EXECUTOR = "asyncio/base_events.py:BaseEventLoop.run_in_executor"
+TO_THREAD = [*POOL_START, RUN_IN_EXECUTOR, "asyncio/threads.py:to_thread", "app.py:work"]
+ANYIO_START = [
+    START,
+    "anyio/_backends/_asyncio.py:AsyncIOBackend.run_sync_in_worker_thread",
+    "anyio/to_thread.py:run_sync",
+]
+
+
+@pytest.mark.parametrize(
+    "name, stack, expected",
+    [
+        # By name: the latest, as the kernel keeps it (15 characters).
+        ("asyncio_0", [], "asyncio"),
+        ("asyncio_12", POOL_START + ["app.py:main"], "asyncio"),
+        ("explicit_2", [], "explicit"),
+        ("my_pool_12", [], "my_pool"),
+        ("ThreadPoolExecu", [], "ThreadPoolExecutor"),  # "ThreadPoolExecutor-3_1", cut
+        ("ThreadPoolExecutor-3_1", [], "ThreadPoolExecutor-3"),  # as a --json may hold it
+        ("AnyIO worker th", [], ANYIO),
+        ("AnyIO worker thread", [], ANYIO),
+        ("libuv-worker", [], "libuv-worker"),
+        # A name like a pool's, but a stack read that shows no pool starting the thread.
+        ("conn_1", [START, "app.py:serve"], None),
+        # Names that say nothing: the process's, inherited; 3.14's default; none.
+        ("python3", [], None),
+        ("Thread-1 (targe", [], None),
+        ("", [], None),
+        ("python3", [START, "app.py:serve"], None),
+        ("python3", ["<native>"], None),
+        # By the stack: the default executor of asyncio's loop and of another (uvloop's
+        # run_in_executor is C: no frame).
+        ("python3", TO_THREAD, "asyncio"),
+        (
+            "python3",
+            [*POOL_START, RUN_IN_EXECUTOR, "asyncio/base_events.py:BaseEventLoop.getaddrinfo"],
+            "asyncio",
+        ),
+        (
+            "python3",
+            [
+                "threading.py:start",  # before 3.11: no qualname
+                "concurrent/futures/thread.py:_adjust_thread_count",
+                "concurrent/futures/thread.py:submit",
+                "asyncio/base_events.py:run_in_executor",
+                "asyncio/base_events.py:getnameinfo",
+            ],
+            "asyncio",
+        ),
+        ("python3", [*POOL_START, "asyncio/threads.py:to_thread"], "default executor"),
+        # Any other pool: which one, a stack cannot say.
+        ("python3", [*POOL_START, RUN_IN_EXECUTOR, "app.py:fill"], "ThreadPoolExecutor"),
+        (
+            "python3",
+            [*POOL_START, "concurrent/futures/_base.py:Executor.map", "app.py:main"],
+            "ThreadPoolExecutor",
+        ),
+        ("python3", ANYIO_START, ANYIO),
+    ],
+)
+def test_the_executor_of_a_thread(name, stack, expected):
+    assert executor_of(name, stack, inherited="python3") == expected
+
+
+def test_an_inherited_name_is_no_evidence():
+    assert executor_of("worker_1", [], inherited="worker_1") is None
+    assert executor_of("worker_1", TO_THREAD, inherited="worker_1") == "asyncio"
+    assert executor_of("worker_1", [], inherited="") == "worker"
+
+
+def hand_built_timeline() -> Timeline:
+    """Two processes whose executors' threads are created interleaved with others; names
+    from the targets, markup among them."""
+
+    def lane(tgid, task, name, creator, start_ms, end_ms=None, stack=()):
+        end = None if end_ms is None else end_ms * MS
+        return Lane(tgid, task, task, name, creator, tgid, start_ms * MS, end, stack=list(stack))
+
+    lanes = [
+        lane(100, 100, "python3", MAIN, 0),
+        lane(100, 101, "python3", "python", 1, 6, TO_THREAD),
+        lane(100, 102, "python3", "python", 2, stack=[START, "app.py:serve"]),
+        lane(100, 103, "python3", "python", 3, 8, TO_THREAD),
+        lane(200, 200, "worker", MAIN, 4),
+        lane(100, 104, "AnyIO worker th", "python", 5),
+        lane(200, 201, "<i>&pool_1", "python", 6),
+        lane(100, 105, "python3", "python", 7, 9, TO_THREAD),
+    ]
+    lookups = [
+        Lookup(100, 105, 105, int(7.5 * MS), "localhost", "80", 8 * MS),
+        Lookup(200, 201, 201, 6 * MS, "example.invalid", "", 7 * MS, rc=-2),
+    ]
+    return Timeline("python3 app.py", 0, 10 * MS, 0, lanes, lookups)
+
+
+# Top to bottom: (group, lanes) in every output.
+HAND_BUILT_GROUPS = [
+    ((100, OTHER), [100, 102]),
+    ((100, "asyncio"), [101, 103, 105]),
+    ((100, ANYIO), [104]),
+    ((200, OTHER), [200]),
+    ((200, "<i>&pool"), [201]),
+]
+
+
+def test_lanes_grouped_by_process_then_executor():
+    groups = group_lanes(hand_built_timeline().lanes)
+    assert [((g.tgid, g.name), [lane.task for lane in g.lanes]) for g in groups] == (
+        HAND_BUILT_GROUPS
+    )
+    assert [g.process for g in groups] == ["python3"] * 3 + ["worker"] * 2
+    # 101 (1-6 ms) and 103 (3-8 ms), then 103 and 105 (7-9 ms): never all three.
+    assert [g.most_alive(10 * MS) for g in groups] == [2, 2, 1, 1, 1]
+
+
+def test_a_thread_is_grouped_by_its_latest_name():
+    """A pool names its threads once they run (3.14 gives the OS the name then): the rename
+    decides, and so does a later one."""
+    events = [
+        event("process_exec", 1, 100, comm="python3"),
+        event("thread_created", 2, 101, parent=100, comm="python3", creator="python"),
+        event("thread_renamed", 2, 101, comm="asyncio_0"),
+        event("thread_created", 3, 102, parent=100, comm="python3", creator="python"),
+        event("thread_renamed", 3, 102, comm="asyncio_1"),
+        event("thread_renamed", 4, 102, comm="renamed"),
+        event("thread_created", 5, 103, parent=100, comm="python3", creator="python"),
+        event("thread_renamed", 5, 103, comm="asyncio_2"),
+        event("thread_exited", 6, 103, comm="asyncio_2"),
+    ]
+    timeline = build_timeline(Recording("python3", 0, 10 * MS, 0, events))
+    groups = group_lanes(timeline.lanes)
+    assert [(g.name, [lane.task for lane in g.lanes]) for g in groups] == [
+        (OTHER, [100, 102]),
+        ("asyncio", [101, 103]),
+    ]
+
+
+def page_rows(page: str) -> list[tuple[str, int]]:
+    """The page's rows top to bottom: ("group", its row) or ("lane", its task)."""
+    return [
+        (kind, int(number))
+        for kind, number in re.findall(r'<g class="(group|lane)" id="(?:group|lane)-(\d+)"', page)
+    ]
+
+
+def test_the_page_shows_each_group_under_its_heading(tmp_path):
+    timeline = hand_built_timeline()
+    render(timeline, tmp_path / "t.html")
+    page = (tmp_path / "t.html").read_text()
+    expected, row = [], 0
+    for _, tasks in HAND_BUILT_GROUPS:
+        expected += [("group", row)] + [("lane", task) for task in tasks]
+        row += 1 + len(tasks)
+    assert page_rows(page) == expected
+    headings = re.findall(r'<g class="group"[^>]*>.*?<text [^>]*>([^<]*)</text></g>', page)
+    assert headings == [
+        "other threads · pid 100 python3: 2 threads, at most 2 at once",
+        "asyncio · pid 100 python3: 3 threads, at most 2 at once",
+        "AnyIO worker thread · pid 100 python3: 1 thread",
+        "other threads · pid 200 worker: 1 thread",
+        "&lt;i&gt;&amp;pool · pid 200 worker: 1 thread",  # the target's text, escaped
+    ]
+    assert "<i>" not in page
+    # Calls sit on their lanes' rows, the script knows how many rows there are.
+    rows = {number: at for at, (kind, number) in enumerate(expected) if kind == "lane"}
+    assert [int(r) for r in re.findall(r'class="call[^"]*"[^>]*data-row="(\d+)"', page)] == [
+        rows[105],
+        rows[201],
+    ]
+    config = json.loads(re.search(r'id="timeline-config">(.*?)</script>', page)[1])
+    assert config["rows"] == len(expected) == 13
+    assert f'height="{34 + 20 * 13 + 40}"' in page
+
+
+def test_the_picture_shows_each_group_under_its_heading(tmp_path):
+    timeline = hand_built_timeline()
+    render(timeline, tmp_path / "t.svg")
+    svg = (tmp_path / "t.svg").read_text()
+    # Bars in rows top to bottom; each heading, a text on its own row, comes with its text.
+    lanes = [int(task) for task in re.findall(r'<g id="lane-(\d+)"', svg)]
+    assert lanes == [task for _, tasks in HAND_BUILT_GROUPS for task in tasks]
+    assert re.findall(r'<g id="group-(\d+)">\s*<!-- ([^>]*) -->', svg) == [
+        ("0", "other threads · pid 100 python3: 2 threads, at most 2 at once"),
+        ("3", "asyncio · pid 100 python3: 3 threads, at most 2 at once"),
+        ("7", "AnyIO worker thread · pid 100 python3: 1 thread"),
+        ("9", "other threads · pid 200 worker: 1 thread"),
+        ("11", "&lt;i&gt;&amp;pool · pid 200 worker: 1 thread"),
+    ]
+    # A window: the groups of the lanes alive in it (101 ended at 6 ms, 105 at 9 ms).
+    render(timeline, tmp_path / "late.png", window_of(timeline, 0.0065))
+    assert (tmp_path / "late.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_the_trace_sorts_each_executor_s_threads_together():
+    timeline = hand_built_timeline()
+    trace = chrome_trace(timeline)
+    check_trace(trace, timeline)
+    meta = [e for e in trace["traceEvents"] if e["ph"] == "M"]
+    process_order = {e["pid"]: e["args"]["sort_index"] for e in meta if "process_sort" in e["name"]}
+    thread_order = {
+        (e["pid"], e["tid"]): e["args"]["sort_index"]
+        for e in meta
+        if e["name"] == "thread_sort_index"
+    }
+    assert process_order == {100: 0, 200: 1}
+    shown = sorted(thread_order, key=lambda track: (process_order[track[0]], thread_order[track]))
+    assert [tid for _, tid in shown] == [task for _, tasks in HAND_BUILT_GROUPS for task in tasks]
+    names = {e["tid"]: e["args"]["name"] for e in meta if e["name"] == "thread_name"}
+    assert names == {
+        100: "python3 · main",
+        102: "python3 · python",
+        101: "[asyncio] python3 · python",
+        103: "[asyncio] python3 · python",
+        105: "[asyncio] python3 · python",
+        104: "AnyIO worker th · python",  # the name says it, cut
+        200: "worker · main",
+        201: "<i>&pool_1 · python",
+    }
+    executors = {
+        e["tid"]: e["args"].get("executor")
+        for e in trace["traceEvents"]
+        if e.get("cat") == "thread"
+    }
+    assert executors == {
+        100: None,
+        102: None,
+        101: "asyncio",
+        103: "asyncio",
+        105: "asyncio",
+        104: ANYIO,
+        200: None,
+        201: "<i>&pool",
+    }
+
+
 # Real recordings
 @pytest.mark.bpf
 def test_exact_threads_and_lookups_and_the_metrics_agree(tmp_path):
@@ -376,7 +628,9 @@ def test_exact_threads_and_lookups_and_the_metrics_agree(tmp_path):
     assert len(lanes) == truth["threads_started"]
     assert {lane.creator for lane in lanes} == {"python"}
     assert all(lane.parent == truth["pid"] and lane.end_ns for lane in lanes)
-    assert min(lane.end_ns - lane.start_ns for lane in lanes) < 1 * MS
+    # Threads that do nothing are recorded whole, however short: their lanes end. (Not a
+    # timing check: on a loaded machine such a thread can live several milliseconds.)
+    assert min(lane.end_ns - lane.start_ns for lane in lanes) < 100 * MS
     assert len(timeline.lookups) == truth["getaddrinfo_calls"]
     assert [(c.host, c.error) for c in timeline.lookups if c.failed] == [
         ("localhost", "EAI_SERVICE")
@@ -432,9 +686,89 @@ def test_resolver_threads_of_each_event_loop(tmp_path, loop):
         assert len(lanes) == truth["libuv_threads"] == 4
         assert {lane.creator for lane in lanes} == {"loop.cpython-311-x86_64-linux-gnu.so"}
         assert {lane.name for lane in lanes} == {"libuv-worker"}
+        # libuv names its pool's threads: one group, under the main thread's.
+        groups = group_lanes(timeline.lanes)
+        assert [(g.name, [lane.task for lane in g.lanes]) for g in groups] == [
+            (OTHER, [truth["pid"]]),
+            ("libuv-worker", [lane.task for lane in lanes]),
+        ]
     else:
         assert len(lanes) == truth["threads_started"] == truth["executor_threads"] == 3
         assert {lane.creator for lane in lanes} == {"python"}
+
+
+def record_once_stacks_are_read(
+    outputs: list[Path], module: str, *args: str, options: tuple[str, ...] = ()
+) -> dict:
+    """Runs ``python -m module --wait-stdin ...`` under the timeline (with ``options``), lets
+    it work once its interpreter is found (every thread's creation has its stack) and returns
+    its truth."""
+    command = [sys.executable, "-m", "thread_observer", "timeline", *options]
+    command += [arg for path in outputs for arg in ("-o", str(path))]
+    command += ["--", sys.executable, "-m", module, "--wait-stdin", *args]
+    run = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        for line in run.stderr:  # the gate that execs it may be found first
+            if "stacks read" in line and module in line:
+                break
+        run.stdin.write("\n")
+        run.stdin.close()
+        stdout = run.stdout.read()
+        assert run.wait(timeout=60) == 0, run.stderr.read()
+    finally:
+        run.kill()
+        run.wait()
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("loop, executor", [("asyncio", "asyncio"), ("uvloop", "default executor")])
+def test_a_default_executor_s_threads_are_one_group(tmp_path, loop, executor):
+    """asyncio.to_thread grows the loop's default executor: its threads (all the threads the
+    workload starts, Python naming none of them for the OS before 3.14) are one group under
+    the main thread's, in the page, the picture and the trace."""
+    outputs = [tmp_path / f"run.{kind}" for kind in ("json", "html", "svg", "trace.json")]
+    truth = record_once_stacks_are_read(
+        outputs, "workloads.to_thread", "--loop", loop, "--requests", "12", "--concurrency", "4"
+    )
+    timeline = load_timeline(outputs[0])
+    workers = [lane.task for lane in created_lanes(timeline)]
+    assert len(workers) == truth["threads_started"] == truth["executor_threads"] >= 1
+    groups = group_lanes(timeline.lanes)
+    assert [(g.tgid, g.name, [lane.task for lane in g.lanes]) for g in groups] == [
+        (truth["pid"], OTHER, [truth["pid"]]),
+        (truth["pid"], executor, workers),
+    ]
+    page = outputs[1].read_text()
+    assert page_rows(page) == [
+        ("group", 0),
+        ("lane", truth["pid"]),
+        ("group", 2),
+        *[("lane", task) for task in workers],
+    ]
+    heading = re.search(r'<g class="group" id="group-2"[^>]*>.*?<text [^>]*>([^<]*)<', page)[1]
+    assert heading.startswith(f"{executor} · pid {truth['pid']} ")
+    assert f": {len(workers)} thread" in heading
+    svg = outputs[2].read_text()
+    assert [int(task) for task in re.findall(r'<g id="lane-(\d+)"', svg)] == [
+        truth["pid"],
+        *workers,
+    ]
+    trace = json.loads(outputs[3].read_text())
+    check_trace(trace, timeline)
+    places = {
+        e["tid"]: e["args"]["sort_index"]
+        for e in trace["traceEvents"]
+        if e["name"] == "thread_sort_index"
+    }
+    assert sorted(places, key=places.get) == [truth["pid"], *workers]
 
 
 @pytest.mark.bpf
@@ -517,44 +851,9 @@ def test_sites_and_stacks_of_each_thread_and_lookup(tmp_path):
     from thread_observer.sites import site_label
 
     out = tmp_path / "run.json"
-    command = [
-        sys.executable,
-        "-m",
-        "thread_observer",
-        "timeline",
-        "-o",
-        str(out),
-        "--folded",
-        "--",
-        sys.executable,
-        "-m",
-        "workloads.call_sites",
-        "--wait-stdin",
-        "--linger",
-        "0",
-    ]
-    timeline = subprocess.Popen(
-        command,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
+    truth = record_once_stacks_are_read(
+        [out], "workloads.call_sites", "--linger", "0", options=("--folded",)
     )
-    try:
-        # The workload waits for a line until its interpreter is found (the gate that execs it
-        # may be found first): every record is read.
-        for line in timeline.stderr:
-            if "stacks read" in line and "workloads.call_sites" in line:
-                break
-        timeline.stdin.write("\n")
-        timeline.stdin.close()
-        stdout = timeline.stdout.read()
-        timeline.wait(timeout=60)
-    finally:
-        timeline.kill()
-    assert timeline.returncode == 0
-    truth = json.loads(stdout.strip().splitlines()[-1])
     events = json.loads(out.read_text())["events"]
 
     def sites(kind):

@@ -25,8 +25,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def bunched_recording(threads: int = 12) -> Recording:
-    """A 10 ms recording: a main thread, ``threads`` workers, and on each worker five calls
-    100 µs apart (9 px at the full width of 860 px: one bunch) of which the last fails."""
+    """A 10 ms recording: a main thread, ``threads`` workers of asyncio's default executor (so
+    named once started), and on each worker five calls 100 µs apart (9 px at the full width of
+    860 px: one bunch) of which the last fails."""
     events = [Event("process_exec", 0, 100, 100, 100, comm="python3")]
     for index in range(threads):
         task = 101 + index
@@ -44,13 +45,14 @@ def bunched_recording(threads: int = 12) -> Recording:
                 start_routine=0x1234,
             )
         )
+        events.append(Event("thread_renamed", born, 100, task, task, comm=f"asyncio_{index}"))
         for call in range(5):
             at = 5 * MS + call * 100 * US
             events.append(Event("getaddrinfo_start", at, 100, task, task, host="localhost"))
             events.append(
                 Event("getaddrinfo_end", at + 20 * US, 100, task, task, rc=-8 if call == 4 else 0)
             )
-        events.append(Event("thread_exited", 9 * MS, 100, task, task, comm="worker"))
+        events.append(Event("thread_exited", 9 * MS, 100, task, task, comm=f"asyncio_{index}"))
     return Recording("python3 <bunched>", 0, 10 * MS, 0, events)
 
 
@@ -115,6 +117,26 @@ def test_loads_without_errors_and_shows_every_lane(page):
     assert len(re.findall(r"<line ", dom)) >= 5
     assert state["bunches"] == "12"
     assert dom.count("×5 (1 failed)") == 12
+    # Two groups under their headings: the main thread's, then the executor's 12 workers.
+    headings = re.findall(r'<g class="group" id="group-(\d+)"[^>]*>.*?<text [^>]*>([^<]*)<', dom)
+    assert headings == [
+        ("0", "other threads · pid 100 python3: 1 thread"),
+        ("2", "asyncio · pid 100 python3: 12 threads, at most 12 at once"),
+    ]
+    rows = re.findall(r'<g class="(group|lane)" id="(?:group|lane)-(\d+)"', dom)
+    assert rows == [("group", "0"), ("lane", "100"), ("group", "2")] + [
+        ("lane", str(101 + index)) for index in range(12)
+    ]
+    # Each worker's bunch label sits on its own lane's row (rows 3 to 14, headings counted),
+    # and the axis reaches the last row.
+    top, lane_height = 34, 20
+    bunch_rows = sorted(
+        (int(float(y)) - 2 - top) // lane_height
+        for y in re.findall(r'<text class="bunch" [^>]*y="([\d.]+)"', dom)
+    )
+    assert bunch_rows == list(range(3, 15))
+    axis_ends = {float(y) for y in re.findall(r'<line [^>]*y2="([\d.]+)"', dom)}
+    assert axis_ends == {top + lane_height * 15}
 
 
 def test_a_wheel_event_zooms_and_the_bunches_separate(page):

@@ -126,7 +126,7 @@ def test_top_sites_per_target_under_the_table():
                 ("app/rare.py:once", "other"): 0,
             }
         )
-        row.executor_threads = Counter(default=0, thread_pool=0, anyio=0)
+        row.executors = []
         return row
 
     sample = parse_sample(exposition(sited(10, 4, 6, 1), sited(11, 2, 3, 0)), 1.0)
@@ -150,16 +150,18 @@ def test_top_sites_per_target_under_the_table():
 
 
 def test_thread_pools_now_under_the_table():
-    """Each target's pools as read from its executors, summed over its processes."""
+    """Each target's executors as read, by pool and name, summed over its processes."""
 
     def pooled(pid, busy, queued):
         row = api_row(pid, 9, 0, 0, 0, 0, 0, 0, {})
-        row.executors = [Executor("default", "asyncio", 6, busy, 6, queued)]
-        row.executor_threads = Counter(default=6, thread_pool=0, anyio=0)
+        row.executors = [
+            Executor("default", "asyncio", 6, busy, 6, queued),
+            Executor("thread_pool", "db", 2, 1, 4, 0),
+        ]
         return row
 
     sample = parse_sample(exposition(pooled(10, 6, 2), pooled(11, 1, 0)), 1.0)
-    assert sample.targets["api"].executors["default"] == {
+    assert sample.targets["api"].executors[("default", "asyncio")] == {
         "executor_threads": 12,
         "executor_busy_threads": 7,
         "executor_max_workers": 12,
@@ -169,11 +171,14 @@ def test_thread_pools_now_under_the_table():
     rows = [
         [cell.strip() for cell in line.split("│")[1:-1]]
         for line in text.splitlines()
-        if "default" in line
+        if "asyncio" in line or " db " in line
     ]
-    assert rows == [["api", "default", "12", "7 / 12", "2"]]
-    # Pools without threads (here thread_pool and anyio) are not listed.
-    assert "thread_pool" not in text
+    assert rows == [
+        ["api", "default", "asyncio", "12", "7 / 12", "2"],
+        ["api", "thread_pool", "db", "4", "2 / 8", "0"],
+    ]
+    # Pools without threads (here AnyIO's workers) are not listed.
+    assert "anyio" not in text
 
 
 def test_proc_backend_has_no_counts_to_show():

@@ -1,6 +1,6 @@
 """The Chrome Trace Event format as a JSON schema, from the format's own document ("Trace
 Event Format", the JSON Object Format and the event types it lists), and a check that a trace
-holds every lane and call of a timeline."""
+holds every lane and call of a timeline, each track and process in a place of its own."""
 
 from __future__ import annotations
 
@@ -120,3 +120,19 @@ def check_trace(trace: dict, timeline) -> None:
         e["pid"] for e in events if e["ph"] == "M" and e["name"] == "process_name"
     }
     assert {(e["pid"], e["tid"]) for e in calls} <= names  # calls sit on their thread's track
+    # Every track has its place among its process's (executors' threads together), every
+    # process its place: integers, none given twice.
+    places = [
+        (e["pid"], e["tid"], e["args"]["sort_index"])
+        for e in events
+        if e["ph"] == "M" and e["name"] == "thread_sort_index"
+    ]
+    assert {(pid, tid) for pid, tid, _ in places} == names
+    assert len({(pid, index) for pid, _, index in places}) == len(places)
+    process_places = [
+        e["args"]["sort_index"]
+        for e in events
+        if e["ph"] == "M" and e["name"] == "process_sort_index"
+    ]
+    assert sorted(process_places) == list(range(len(timeline.processes)))
+    assert all(isinstance(index, int) for *_, index in places)

@@ -113,6 +113,18 @@ EXEC_KERNEL_FIELDS = (
     KernelField("MM_STRUCT_ARG_START", "mm_struct", "arg_start", 8),
     KernelField("MM_STRUCT_ARG_END", "mm_struct", "arg_end", 8),
 )
+# Where processes.bpf.c finds, at an exec, the file the process starts and where its code lies:
+# an interpreter already read in that file has its frames read from the first instruction.
+PYTHON_BINARY_FIELDS = (
+    KernelField("MM_STRUCT_START_CODE", "mm_struct", "start_code", 8),
+    KernelField("MM_STRUCT_EXE_FILE", "mm_struct", "exe_file", 8),
+    KernelField("FILE_F_INODE", "file", "f_inode", 8),
+    KernelField("INODE_I_INO", "inode", "i_ino", 8),
+    KernelField("INODE_I_SB", "inode", "i_sb", 8),
+    KernelField("INODE_I_SIZE", "inode", "i_size", 8),
+    KernelField("SUPER_BLOCK_S_DEV", "super_block", "s_dev", 4),
+)
+PYTHON_BINARIES_MAP = "python_templates"
 # Where a kernel's sched_process_exit does not say that the thread ending is its process's last
 # (its group_dead field is newer than Linux 6.12), the probes read it from the task: its
 # signal_struct's count of live threads, which do_exit has already decremented.
@@ -199,6 +211,7 @@ EPOLL_PROBE_NAMES = EPOLL_SYSCALLS
 # (current_syscall.h): the epoll mark at the scheduler's switch, and the DNS probe at the
 # socket layer's sends.
 SWITCH_PROBE_NAMES = ("sched_switch",)
+SWITCH_PROGRAM = "mark_at_switch"  # getaddrinfo.bpf.c's, attached at sched_switch
 SOCKET_SEND_PROBE_NAMES = ("sock_send_length", "tcp_sendmsg_locked")
 PROBE_NAMES = (
     *(t.split(":")[1] for t in MACRO_TRACEPOINTS),
@@ -532,6 +545,20 @@ def exec_kernel_cflags(btf: Btf | BtfError) -> list[str]:
         return []
 
 
+def python_binary_cflags(btf: Btf | BtfError) -> list[str]:
+    """-D flags for processes.bpf.c to know, at an exec, an executable whose interpreter was
+    read before; none (said in the log) where the kernel's BTF cannot tell."""
+    try:
+        return kernel_cflags(btf, PYTHON_BINARY_FIELDS)
+    except BtfError as err:
+        log.warning(
+            "a new process's Python frames are read once its interpreter is found, not from "
+            "its start: %s; until then, caller comes from the epoll mark",
+            err,
+        )
+        return []
+
+
 def import_bcc():
     try:
         import bcc
@@ -591,9 +618,15 @@ class BpfProbes:
         host_names: bool = True,
         dns_queries: bool = True,
         epoll_mark: bool = True,
+        epoll_mark_always: bool = False,
     ) -> None:
         self.track_new_processes = track_new_processes
         self.epoll_mark = epoll_mark
+        # Where frames are read, the mark decides only for processes whose frames cannot be:
+        # it is attached while there is one (want_epoll_mark), and otherwise no program runs
+        # at any context switch or epoll wait of the machine.
+        self.epoll_mark_on_demand = epoll_mark and sites and not epoll_mark_always
+        self._mark_attached = False
         self.per_process = per_process
         self.sites = sites
         self.host_names = host_names
@@ -648,7 +681,7 @@ class BpfProbes:
         epoll_names = SWITCH_PROBE_NAMES if switch else EPOLL_PROBE_NAMES
         left_out = (
             *(() if dns_queries else dns_names),
-            *(() if self.epoll_mark else epoll_names),
+            *(() if self.epoll_mark and not self.epoll_mark_on_demand else epoll_names),
             *(DNS_PROBE_NAMES if sockets else SOCKET_SEND_PROBE_NAMES),
             *(EPOLL_PROBE_NAMES if switch else SWITCH_PROBE_NAMES),
         )
@@ -709,10 +742,13 @@ class BpfProbes:
         cflags = [
             *self._dns_cflags(btf),
             *exec_kernel_cflags(btf),
+            *(python_binary_cflags(btf) if self.sites else []),
             *forked_child_cflags(btf),
             *task_event_cflags(btf),
         ]
         self._say_hooks()
+        if "-DTASK_STRUCT_MM" in " ".join(cflags) and "-DMM_STRUCT_EXE_FILE" in " ".join(cflags):
+            self.maps = (*self.maps, PYTHON_BINARIES_MAP)
         self.task_storage = has_task_storage()
         if not self.task_storage:
             self.maps = (*self.maps, THREAD_STATE_MAP)
@@ -741,10 +777,12 @@ class BpfProbes:
         self._bpf["exec_reports"].open_ring_buffer(self._keep_exec_report)
 
     def _attach_plain_tracepoints(self, child_at_fork: bool) -> None:
-        """The tracepoints bcc does not attach on load: the epoll waits' (where the mark is
-        not at sched_switch) and, in a PID namespace without the child's id at its fork, the
-        clones' returns."""
-        plain = PLAIN_TRACEPOINTS if self.epoll_mark and not self.hooks.epoll_at_switch else []
+        """The tracepoints bcc does not attach on load: the epoll mark's when it is always on
+        (at sched_switch, else at the epoll waits) and, in a PID namespace without the child's
+        id at its fork, the clones' returns."""
+        if self.epoll_mark and not self.epoll_mark_on_demand:
+            self._attach_epoll_mark()
+        plain = []
         if in_pid_namespace():
             self.maps = (*self.maps, "forked_children")
             if child_at_fork:
@@ -769,7 +807,8 @@ class BpfProbes:
         if self.epoll_mark:
             switch = self.hooks.epoll_at_switch
             where = "when a thread sleeps in one (sched_switch)" if switch else SYSCALL_HOOKED
-            seen.append(f"epoll waits seen {where}")
+            when = ", while a watched process's frames cannot be read"
+            seen.append(f"epoll waits seen {where}{when if self.epoll_mark_on_demand else ''}")
         if self.dns_queries:
             sockets = self.hooks.sends_at_sockets
             where = "at the socket layer (sock_send_length, tcp_sendmsg_locked)"
@@ -784,9 +823,54 @@ class BpfProbes:
         if self.dns_queries:
             sockets = self.hooks.sends_at_sockets
             names += SOCKET_SEND_PROBE_NAMES if sockets else DNS_PROBE_NAMES
-        if self.epoll_mark and self.hooks.epoll_at_switch:
-            names += SWITCH_PROBE_NAMES
         return names
+
+    def want_epoll_mark(self, unreadable: list[int]) -> None:
+        """Attaches the epoll mark while some watched process's frames cannot be read (these
+        pids), and detaches it when none is left; with the mark always on, or off, nothing."""
+        if not self.epoll_mark_on_demand or bool(unreadable) == self._mark_attached:
+            return
+        if unreadable:
+            self._attach_epoll_mark()
+            log.info(
+                "epoll mark attached: %d watched process(es) (pid %d first) have frames that "
+                "cannot be read, and caller=event_loop comes from it there",
+                len(unreadable),
+                unreadable[0],
+            )
+        else:
+            self._detach_epoll_mark()
+            log.info(
+                "epoll mark detached: the frames of every watched process are read; no program "
+                "runs at context switches or epoll waits"
+            )
+
+    def _attach_epoll_mark(self) -> None:
+        self._mark_attached = True
+        if not self.hooks.epoll_at_switch:
+            for tracepoint, function in PLAIN_TRACEPOINTS:
+                self._attach_tracepoint(tracepoint, function)
+            return
+        try:
+            self._bpf.attach_raw_tracepoint(tp=b"sched_switch", fn_name=SWITCH_PROGRAM.encode())
+            self.probes_attached["sched_switch"] += 1
+        except Exception as err:  # bcc raises a bare Exception
+            self.attach_errors["sched_switch"] += 1
+            log.warning("could not attach the epoll mark at sched_switch: %s", err)
+
+    def _detach_epoll_mark(self) -> None:
+        self._mark_attached = False
+        if self.hooks.epoll_at_switch:
+            if b"sched_switch" in self._bpf.raw_tracepoint_fds:
+                self._bpf.detach_raw_tracepoint(tp=b"sched_switch")
+        else:
+            for tracepoint, _ in PLAIN_TRACEPOINTS:
+                if tracepoint.encode() in self._bpf.tracepoint_fds:
+                    self._bpf.detach_tracepoint(tp=tracepoint)
+        # Off by design, not failed: not listed (an unattached probe listed reads as failed).
+        for name in (*SWITCH_PROBE_NAMES, *EPOLL_PROBE_NAMES):
+            self.probes_attached.pop(name, None)
+            self.attach_errors.pop(name, None)
 
     def _keep_exec_report(self, ctx, data, size) -> None:
         report = self._bpf["exec_reports"].event(data)
@@ -1200,6 +1284,25 @@ class BpfProbes:
         """Entries in each map, to show they stay bounded."""
         return {name: self._reader(name).count() for name in self.maps}
 
+    def learn_python_binary(self, binary: PythonBinary, runtime) -> bool:
+        """Lets every process that starts this executable from now on have its frames read
+        from its first instruction (processes.bpf.c python_templates); False where the
+        kernel cannot tell the file at an exec."""
+        if PYTHON_BINARIES_MAP not in self.maps:
+            return False
+        table = self._bpf[PYTHON_BINARIES_MAP]
+        process = dict(table.Leaf._fields_)["process"]
+        try:
+            table[table.Key(binary.dev, binary.ino)] = table.Leaf(
+                process(*python_process_fields(0, runtime, binary.code_start)),
+                binary.size,
+                *binary.pidns,
+            )
+        except Exception as err:  # bcc raises a bare Exception when the map is full
+            log.warning("executable not made known to the probes: %s", err)
+            return False
+        return True
+
 
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
@@ -1210,12 +1313,53 @@ def owner_offsets(key_type) -> tuple[int, int]:
     return key_type.tgid.offset, key_type.generation.offset
 
 
+@dataclass(frozen=True)
+class PythonBinary:
+    """An executable with its interpreter linked in, at addresses fixed relative to its code,
+    as read in one process."""
+
+    dev: int  # its filesystem's device, as the kernel's dev_t (MAJOR << 20 | MINOR)
+    ino: int
+    size: int
+    code_start: int  # the process's mm->start_code
+    pidns: tuple[int, int]  # (st_dev, st_ino) of the process's PID namespace
+
+
+def python_binary(pid: int, runtime, mappings: list[procfs.Mapping]) -> PythonBinary | None:
+    """The executable whose interpreter the process runs, where every process of that file has
+    it at the same place relative to its code: None for a libpython (mapped wherever the
+    loader likes), or when the interpreter's thread list lies outside the file's mappings
+    (before 3.11 the main interpreter is allocated)."""
+    path, stat = procfs.exe_path(pid), procfs.process_stat(pid)
+    if stat is None or not stat.code_start or pyruntime.interpreter_object(pid, mappings) != path:
+        return None
+    if not any(m.start <= runtime.threads_head < m.end for m in mappings if m.path == path):
+        return None
+    info, namespace = os.stat(f"/proc/{pid}/exe"), os.stat(f"/proc/{pid}/ns/pid")
+    return PythonBinary(
+        dev=(os.major(info.st_dev) << 20) | os.minor(info.st_dev),
+        ino=info.st_ino,
+        size=info.st_size,
+        code_start=stat.code_start,
+        pidns=(namespace.st_dev, namespace.st_ino),
+    )
+
+
 def write_python_process(table, tgid: int, generation: int, runtime) -> None:
     """A ``python_processes`` entry (python_stack.h): where and how to read its frames."""
+    table[ctypes.c_uint32(tgid)] = table.Leaf(*python_process_fields(generation, runtime))
+
+
+ADDRESSES = 1 << 64
+
+
+def python_process_fields(generation: int, runtime, base: int = 0) -> tuple:
+    """A struct python_process's fields, in order; its addresses relative to ``base``
+    (modulo 2^64, as the probes add it back)."""
     offsets = runtime.offsets
-    table[ctypes.c_uint32(tgid)] = table.Leaf(
+    return (
         generation,
-        runtime.threads_head,
+        (runtime.threads_head - base) % ADDRESSES,
         offsets["tstate_next"],
         offsets["tstate_native_thread_id"],
         offsets["tstate_frame"],
@@ -1227,7 +1371,7 @@ def write_python_process(table, tgid: int, generation: int, runtime) -> None:
         offsets["tstate_prev"],
         offsets["pthread_tid"],
         frame_read_size(offsets),
-        *runtime.text,
+        *((address - base) % ADDRESSES for address in runtime.text),
         *runtime.pidns,
         pyruntime.tstate_read_size(offsets),
         offsets["tstate_datastack_chunk"],

@@ -20,7 +20,7 @@ from thread_observer.constants import EAI_NAMES, Transport
 from thread_observer.constants import metric_name as _name
 from thread_observer.histogram import log2_to_buckets
 from thread_observer.kubernetes import PodNames
-from thread_observer.model import Counts, Executor, ProcessRow, SeriesKey, Snapshot
+from thread_observer.model import POOLS, Counts, Executor, ProcessRow, SeriesKey, Snapshot
 
 # Self counters of what the observer could not see or name as asked (never a silent zero).
 LOSSES = {
@@ -48,17 +48,12 @@ class Series:
         self.threads = 0
         self.counts: Counts | None = None
         self.executor_max_workers: int | None = None
-        self.executor_threads: Counter[str] | None = None  # by pool, summed
         self.executors: list[Executor] | None = None  # of every process whose frames are read
         self.unnamed = 0  # node mode: its processes in a pod whose names were not found
 
     def add_row(self, row: ProcessRow) -> None:
         self.processes += 1
         self.threads += row.threads
-        if row.executor_threads is not None:
-            self.executor_threads = (self.executor_threads or Counter()) + row.executor_threads
-            for pool in row.executor_threads:
-                self.executor_threads.setdefault(pool, 0)
         if row.executors is not None:
             self.executors = [*(self.executors or []), *row.executors]
         if row.executor_max_workers is not None:
@@ -320,70 +315,100 @@ def _site_metrics(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
         "running (caller=event_loop)",
         labels=[*labels, "site", "caller"],
     )
-    pools = GaugeMetricFamily(
-        _name("executor_threads"),
-        "Live threads of thread pools: the loop's default executor, other ThreadPoolExecutors, "
-        "AnyIO's workers",
-        labels=[*labels, "pool"],
-    )
     for group in groups:
         counts = group.counts
         for site, count in sorted((counts.threads_by_site or {}).items()):
             threads.add_metric([*group.labels, site], count)
         for (site, caller), count in sorted((counts.calls_by_site or {}).items()):
             calls.add_metric([*group.labels, site, caller], count)
-        for pool, count in sorted((group.executor_threads or {}).items()):
-            pools.add_metric([*group.labels, pool], count)
-    yield from (threads, calls, pools)
+    yield from (threads, calls)
     yield from _executor_metrics(groups, labels)
 
 
 EXECUTOR_GAUGES = {
+    "executor_threads": "Live threads of thread pools: the loop's default executor, other "
+    "ThreadPoolExecutors, AnyIO's workers",
     "executor_busy_threads": "Threads of the pools running a work item now",
     "executor_max_workers": "The pools' max_workers, summed (AnyIO's workers have none)",
     "executor_queued_work": "Work items waiting in the pools' queues for a thread",
     "executor_saturation_ratio": "Busy threads over max_workers of the fullest executor of "
-    "the pool, in the target's fullest process (never above 1)",
+    "that name, in the target's fullest process (never above 1)",
 }
 CAPPED_POOLS = ("default", "thread_pool")  # AnyIO's workers have no max_workers of their own
+# The executor label of a pool's zeros while it has no executor: the name its executors get
+# when nobody names them (asyncio's default executors, ThreadPoolExecutor's own prefix), so
+# that the first executor of the pool usually continues the series.
+EMPTY_POOL_NAMES = dict(zip(POOLS, ("asyncio", "ThreadPoolExecutor", "anyio"), strict=True))
+# Executor names are the targets' own strings (thread-name prefixes): per target and pool,
+# the executors with most threads keep theirs, the rest are summed under OTHER_EXECUTORS.
+EXECUTOR_NAMES_PER_POOL = 8
+OTHER_EXECUTORS = "<other>"
+UNNAMED_EXECUTOR = "<unknown>"  # its thread-name prefix could not be read
 
 
 def _executor_metrics(groups: list[Series], labels: list[str]) -> Iterator[Metric]:
-    """The executors read from the processes: sums by pool, and the fullest one's ratio."""
+    """The executors read from the processes, by pool and executor name: sums, and the fullest
+    one's ratio."""
     families = {
-        name: GaugeMetricFamily(_name(name), text, labels=[*labels, "pool"])
+        name: GaugeMetricFamily(_name(name), text, labels=[*labels, "pool", "executor"])
         for name, text in EXECUTOR_GAUGES.items()
     }
     for group in groups:
         if group.executors is None:
             continue
-        for pool, values in sorted(executor_values(group.executors).items()):
+        for (pool, executor), values in sorted(executor_values(group.executors).items()):
             for name, value in values.items():
-                families[name].add_metric([*group.labels, pool], value)
+                families[name].add_metric([*group.labels, pool, executor], value)
     yield from families.values()
 
 
-def executor_values(executors: list[Executor]) -> dict[str, dict[str, float]]:
-    """By pool: busy threads, caps and queued items summed over the executors whose value was
-    read, and the highest saturation; a pool with caps but no executor now reads 0 in each."""
-    values: dict[str, dict[str, float]] = {
-        pool: {**dict.fromkeys(EXECUTOR_GAUGES, 0), "executor_saturation_ratio": 0.0}
-        for pool in CAPPED_POOLS
-    }
-    for executor in executors:
-        pool = values.setdefault(executor.pool, {"executor_busy_threads": 0})
-        pool["executor_busy_threads"] += executor.busy
-        for name, value in (
+def executor_values(executors: list[Executor]) -> dict[tuple[str, str], dict[str, float]]:
+    """By pool and executor name: threads, busy threads, caps and queued items summed over
+    the executors whose value was read, and the highest saturation. A pool with no executor
+    now reads 0 in each of its gauges."""
+    values: dict[tuple[str, str], dict[str, float]] = {}
+    for executor, name in bounded_names(executors):
+        key = values.setdefault(
+            (executor.pool, name), {"executor_threads": 0, "executor_busy_threads": 0}
+        )
+        key["executor_threads"] += executor.threads
+        key["executor_busy_threads"] += executor.busy
+        for gauge, value in (
             ("executor_max_workers", executor.max_workers),
             ("executor_queued_work", executor.queued),
         ):
             if value is not None:
-                pool[name] = pool.get(name, 0) + value
+                key[gauge] = key.get(gauge, 0) + value
         if executor.saturation is not None:
-            pool["executor_saturation_ratio"] = max(
-                pool.get("executor_saturation_ratio", 0.0), executor.saturation
+            key["executor_saturation_ratio"] = max(
+                key.get("executor_saturation_ratio", 0.0), executor.saturation
             )
+    for pool, name in EMPTY_POOL_NAMES.items():
+        if not any(seen == pool for seen, _ in values):
+            capped = pool in CAPPED_POOLS
+            values[(pool, name)] = {
+                **dict.fromkeys(EXECUTOR_GAUGES if capped else ["executor_threads"], 0),
+                **({"executor_saturation_ratio": 0.0} if capped else {}),
+            }
     return values
+
+
+def bounded_names(executors: list[Executor]) -> list[tuple[Executor, str]]:
+    """Each executor with its label: its name, unless its pool has more names than
+    EXECUTOR_NAMES_PER_POOL (the names with fewest threads, then last in order, give way)."""
+    threads: dict[tuple[str, str], int] = {}
+    for executor in executors:
+        key = (executor.pool, executor.name or UNNAMED_EXECUTOR)
+        threads[key] = threads.get(key, 0) + executor.threads
+    kept: dict[str, list[str]] = {}
+    for pool, name in sorted(threads, key=lambda key: (-threads[key], key)):
+        kept.setdefault(pool, [])
+        if len(kept[pool]) < EXECUTOR_NAMES_PER_POOL:
+            kept[pool].append(name)
+    return [
+        (e, name if (name := e.name or UNNAMED_EXECUTOR) in kept[e.pool] else OTHER_EXECUTORS)
+        for e in executors
+    ]
 
 
 def _site_self_metrics(snapshot: Snapshot) -> Iterator[Metric]:

@@ -84,6 +84,9 @@ class MapSize(enum.IntEnum):
     MAX_HOSTS = 4096
     HOST_LENGTH = 64
     MAX_SOCKETS = 32768
+    # Executables whose interpreter is known (processes.bpf.c python_templates): one per
+    # Python binary of a node (a container image's is another file).
+    MAX_PYTHON_BINARIES = 256
 
     # Children forked but not yet running (handed from parent to child in a PID namespace).
     MAX_NEW_CHILDREN = 4096

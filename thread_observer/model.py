@@ -90,7 +90,6 @@ class ProcessRow:
     executor_max_workers: int | None = None
     container_id: str = ""
     pod_uid: str = ""
-    executor_threads: Counter[str] | None = None  # live threads by pool; None: unknown
     executors: list[Executor] | None = None  # read from the process now; None: unknown
     sites_unavailable: str | None = None  # why Python frames cannot be read, when they cannot
 

@@ -25,13 +25,14 @@ from thread_observer.bpf_backend import (
     WatchedEntry,
     attach_libc_of,
     pid_namespace_cflags,
+    python_binary,
 )
 from thread_observer.capabilities import uprobe_capability_hint
 from thread_observer.constants import ProcessState, StackFlag
 from thread_observer.executors import ExecutorReader
 from thread_observer.kubernetes import NamespacePolicy
 from thread_observer.labels import OTHER_HOSTS, HostLabels
-from thread_observer.model import POOLS, Counts, Executor, ProcessRow, SeriesKey, Snapshot
+from thread_observer.model import Counts, Executor, ProcessRow, SeriesKey, Snapshot
 from thread_observer.retired import DEFAULT_GRACE_SECONDS, RetiredCounts
 from thread_observer.sites import EVENT_LOOP, OTHER, SITES_PER_TARGET, ProcessSites
 from thread_observer.targets import (
@@ -92,16 +93,6 @@ class TrackedProcess:
             pod_uid=self.pod_uid,
             sites_unavailable=self.sites_unavailable,
         )
-
-
-def threads_by_pool(executors: list[Executor] | None) -> Counter[str] | None:
-    """Live threads of a process's pools, every pool named (0 where it has none)."""
-    if executors is None:
-        return None
-    pools: Counter[str] = Counter(dict.fromkeys(POOLS, 0))
-    for executor in executors:
-        pools[executor.pool] += executor.threads
-    return pools
 
 
 def live_threads(pid: int) -> int:
@@ -485,6 +476,7 @@ class BpfObserver(ProcObserver):
         self._reports_ahead = False
         # pid -> until when it is looked at in /proc at every poll (see FRESH_SECONDS)
         self._fresh: dict[int, float] = {}
+        self._binaries: set[tuple] = set()  # executables made known to the probes
         # Fresh pids whose libraries were not mapped yet when they were attached
         self._libc_pending: set[int] = set()
         # pid -> ((raw counts, sites reader, creator resolver, generation), its counts)
@@ -551,6 +543,8 @@ class BpfObserver(ProcObserver):
         for tracked in self.procs.values():
             if tracked.sites is None and tracked.sites_unavailable is None:
                 self._find_python(tracked)
+        # The epoll mark decides caller only where frames cannot: it runs only while needed.
+        self.probes.want_epoll_mark([t.pid for t in self.procs.values() if t.sites_unavailable])
         super()._poll_locked()
         if time.monotonic() - self._last_housekeeping >= HOUSEKEEPING_INTERVAL:
             self._housekeeping()
@@ -778,12 +772,33 @@ class BpfObserver(ProcObserver):
             self._not_found(tracked, pyruntime.ReadFailed("unreadable", str(err)), mappings)
             return
         self.probes.set_python_process(tracked.pid, tracked.generation, runtime)
+        self._learn_binary(tracked.pid, runtime, mappings)
         codes = pyruntime.CodeReader(tracked.pid, runtime)
         tracked.sites = ProcessSites(codes.code)
         tracked.executors = ExecutorReader(tracked.pid, runtime, codes)
         log.info(
             "pid %d: Python %d.%d call sites read from its frames", tracked.pid, *runtime.version
         )
+
+    def _learn_binary(self, pid: int, runtime, mappings: list[procfs.Mapping]) -> None:
+        """Makes the process's executable known to the probes, once: its next processes have
+        their frames read from their first instruction."""
+        try:
+            binary = python_binary(pid, runtime, mappings)
+        except OSError as err:  # it ended
+            log.debug("pid %d: its executable not learnt: %s", pid, err)
+            return
+        known = binary and (binary.dev, binary.ino, binary.size, binary.pidns)
+        if not known or known in self._binaries:
+            return
+        self._binaries.add(known)
+        if self.probes.learn_python_binary(binary, runtime):
+            log.info(
+                "pid %d: %s known: processes that start it have their frames read from "
+                "their first instruction",
+                pid,
+                procfs.exe_path(pid),
+            )
 
     def _not_found(
         self,
@@ -921,7 +936,6 @@ class BpfObserver(ProcObserver):
             for row in rows:
                 row.counts = self._bound_hosts(row.target, row.counts)
                 row.executors = executors.get(row.pid)
-                row.executor_threads = threads_by_pool(row.executors)
             return Snapshot(
                 backend=self.backend,
                 rows=rows,

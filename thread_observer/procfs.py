@@ -77,6 +77,7 @@ class ProcessStat:
     parent: int
     threads: int
     started: float  # seconds from boot to its start: with its PID, who it is
+    code_start: int = 0  # its mm's start_code (0 where the kernel does not show it)
 
 
 def process_stat(pid: int) -> ProcessStat | None:
@@ -87,7 +88,11 @@ def process_stat(pid: int) -> ProcessStat | None:
         with open(f"/proc/{pid}/stat", "rb") as file:  # a plain path: pathlib costs more here
             fields = file.read().rsplit(b")", 1)[1].split()
         return ProcessStat(
-            fields[0].decode(), int(fields[1]), int(fields[17]), int(fields[19]) / CLOCK_TICKS
+            fields[0].decode(),
+            int(fields[1]),
+            int(fields[17]),
+            int(fields[19]) / CLOCK_TICKS,
+            int(fields[23]),
         )
     except (OSError, IndexError, ValueError):
         return None

@@ -73,7 +73,8 @@ class TargetSample:
     thread_sites: dict[str, float] = field(default_factory=dict)  # threads created by site
     call_sites: dict[str, float] = field(default_factory=dict)  # getaddrinfo calls by site
     # pool -> executor gauge (threads, busy_threads, max_workers, queued_work) -> value
-    executors: dict[str, dict[str, float]] = field(default_factory=dict)
+    executors: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)  # by pool
+    # and executor name
     counted: bool = False  # the backend counts (bpf): the counters exist
 
 
@@ -129,7 +130,8 @@ def _add_target_sample(target: TargetSample, name: str, labels: dict, value: flo
     elif name == "getaddrinfo_calls_by_site_total":
         _add(target.call_sites, labels["site"], value)
     elif name in EXECUTOR_GAUGES:
-        _add(target.executors.setdefault(labels["pool"], {}), name, value)
+        key = (labels["pool"], labels.get("executor", ""))
+        _add(target.executors.setdefault(key, {}), name, value)
     elif name == "getaddrinfo_duration_seconds_bucket":
         bound = float(labels["le"])
         target.buckets[bound] = target.buckets.get(bound, 0.0) + value
@@ -279,26 +281,28 @@ def render_frame(
 
 
 def executors_table(sample: Sample) -> Table | None:
-    """Each target's thread pools now (summed over its processes): threads, busy over the cap,
-    work waiting; None when no target has a pool thread."""
+    """Each target's executors now, by pool and name (summed over its processes): threads,
+    busy over the cap, work waiting; None when no target has a pool thread."""
     rows = [
-        (name, pool, values)
+        (name, pool, executor, values)
         for name, target in sample.targets.items()
-        for pool, values in sorted(target.executors.items())
+        for (pool, executor), values in sorted(target.executors.items())
         if values.get("executor_threads")
     ]
     if not rows:
         return None
     table = Table(expand=True, header_style="bold", title="thread pools (now)")
-    for column in ("target", "pool", "threads", "busy / max", "queued"):
-        table.add_column(column, justify="left" if column in ("target", "pool") else "right")
-    for name, pool, values in rows:
+    named = ("target", "pool", "executor")
+    for column in (*named, "threads", "busy / max", "queued"):
+        table.add_column(column, justify="left" if column in named else "right", no_wrap=True)
+    for name, pool, executor, values in rows:
         cap = values.get("executor_max_workers")
         busy = f"{values.get('executor_busy_threads', 0):.0f}"
         queued = values.get("executor_queued_work")
         table.add_row(
             name,
             pool,
+            executor,
             f"{values['executor_threads']:.0f}",
             f"{busy} / {cap:.0f}" if cap is not None else busy,
             f"{queued:.0f}" if queued is not None else NO_VALUE,

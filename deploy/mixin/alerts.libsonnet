@@ -64,7 +64,8 @@ local description(text) = {
           over its max_workers, read from the executor; max, not average, so one full process
           is not hidden by idle replicas. It fires only while work waits in the default
           executors' queues too: a pool at its cap with nothing queued (a process with many
-          threads of its own, a full but idle pool) costs no one latency.
+          threads of its own, a full but idle pool) costs no one latency. Both carry the
+          executor label: the executor at its cap is the one with work waiting.
         |||,
         expr: |||
           max without (pid) (

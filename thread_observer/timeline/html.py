@@ -2,7 +2,9 @@
 
 Lanes and calls are drawn here for the first window shown, and carry their times so that
 ``timeline.js`` (inlined: the page fetches nothing) lays them out again on every zoom or pan,
-and groups marks that overlap at the current zoom.
+and groups marks that overlap at the current zoom. Lanes are in rows grouped by executor, each
+group under a heading row (:mod:`thread_observer.timeline.groups`); a call's ``data-row`` is
+its lane's row among all rows, headings included.
 """
 
 from __future__ import annotations
@@ -11,14 +13,19 @@ import html
 import json
 from importlib import resources
 
+from thread_observer.timeline.groups import LaneGroup, grouped_rows
 from thread_observer.timeline.model import Lane, Lookup, Timeline
 from thread_observer.timeline.render import (
     CALL_COLOUR,
     CREATOR_TITLES,
     FAILED_COLOUR,
+    HEADING_COLOUR,
     Window,
     creator_colours,
+    group_heading,
+    group_tip,
     lane_label,
+    lane_rows,
     lane_tip,
     lookup_tip,
     lost_text,
@@ -50,6 +57,7 @@ svg {{ user-select: none; cursor: grab; }}
 svg.dragging {{ cursor: grabbing; }}
 svg text {{ font: 11px monospace; fill: #333; }}
 svg text.bunch {{ font-size: 9px; }}
+svg .group text {{ font-weight: bold; }}
 svg [data-tip]:hover {{ stroke: #000; stroke-width: 1; }}
 #tip {{ position: fixed; display: none; pointer-events: none; white-space: pre;
   background: #fffff0; border: 1px solid #999; padding: 4px 6px; font: 12px monospace; }}
@@ -86,13 +94,14 @@ def render_html(timeline: Timeline, window: Window) -> str:
             f"({html.escape(', '.join(errors))})</span>"
         )
     scale, unit = time_unit(timeline)
+    rows = grouped_rows(timeline.lanes)
     config = {
         "label": LABEL_WIDTH,
         "plot": PLOT_WIDTH,
         "top": TOP,
         "bottom": BOTTOM,
         "laneHeight": LANE_HEIGHT,
-        "lanes": len(timeline.lanes),
+        "rows": len(rows),  # lanes and group headings
         "total": max(timeline.end_ns - timeline.start_ns, 1),
         "scale": scale,
         "unit": unit,
@@ -111,22 +120,24 @@ def render_html(timeline: Timeline, window: Window) -> str:
         legend=legend,
         start=window.start,
         end=window.end,
-        svg=svg_timeline(timeline, colours, window),
+        svg=svg_timeline(timeline, rows, colours, window),
         # "</" cannot end the script early: JSON has no other way to spell it.
         config=json.dumps(config).replace("</", "<\\/"),
         script=resources.files("thread_observer.timeline").joinpath("timeline.js").read_text(),
     )
 
 
-def svg_timeline(timeline: Timeline, colours: dict[str, str], window: Window) -> str:
+def svg_timeline(
+    timeline: Timeline, rows: list[LaneGroup | Lane], colours: dict[str, str], window: Window
+) -> str:
     """The picture as first shown; the script lays it out again for each window."""
-    height = TOP + LANE_HEIGHT * len(timeline.lanes) + BOTTOM
+    height = TOP + LANE_HEIGHT * len(rows) + BOTTOM
 
     def x(ns: int) -> float:
         offset = ns - timeline.start_ns
         return LABEL_WIDTH + PLOT_WIDTH * (offset - window.start) / window.span
 
-    rows = {lane.task: row for row, lane in enumerate(timeline.lanes)}
+    lanes = lane_rows(rows)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" id="timeline" '
         f'width="{LABEL_WIDTH + PLOT_WIDTH + 20}" height="{height}">',
@@ -135,11 +146,14 @@ def svg_timeline(timeline: Timeline, colours: dict[str, str], window: Window) ->
         '<g id="ticks"></g>',
         _axis_title(timeline, height),
     ]
-    for row, lane in enumerate(timeline.lanes):
-        parts.append(_svg_lane(timeline, lane, row, x, colours[lane.creator]))
+    for at, row in enumerate(rows):
+        if isinstance(row, LaneGroup):
+            parts.append(_svg_heading(timeline, row, at))
+        else:
+            parts.append(_svg_lane(timeline, row, at, x, colours[row.creator]))
     parts.append('<g id="calls" clip-path="url(#plot)">')
     for lookup in timeline.lookups:
-        parts.append(_svg_lookup(timeline, lookup, rows[lookup.task], x))
+        parts.append(_svg_lookup(timeline, lookup, lanes[lookup.task], x))
     parts += ["</g>", '<g id="bunches" clip-path="url(#plot)"></g>', "</svg>"]
     return "\n".join(parts)
 
@@ -155,6 +169,18 @@ def _axis_title(timeline: Timeline, height: int) -> str:
 def _times(timeline: Timeline, start_ns: int, end_ns: int | None) -> str:
     end = timeline.end_ns if end_ns is None else end_ns
     return f'data-s="{start_ns - timeline.start_ns}" data-e="{end - timeline.start_ns}"'
+
+
+def _svg_heading(timeline: Timeline, group: LaneGroup, row: int) -> str:
+    """A group's heading row across the labels and the plot; its text is the targets'."""
+    y = TOP + row * LANE_HEIGHT
+    tip = html.escape(group_tip(group), quote=True)
+    return (
+        f'<g class="group" id="group-{row}" data-lanes="{len(group.lanes)}" '
+        f'data-tip="{tip}"><rect x="0" y="{y + 1}" width="{LABEL_WIDTH + PLOT_WIDTH}" '
+        f'height="{LANE_HEIGHT - 2}" fill="{HEADING_COLOUR}"/>'
+        f'<text x="6" y="{y + 14}">{html.escape(group_heading(group, timeline))}</text></g>'
+    )
 
 
 def _svg_lane(timeline: Timeline, lane: Lane, row: int, x, colour: str) -> str:

@@ -73,6 +73,8 @@ class _LaneBuilder:
         lane.name = event.comm
 
     def _thread_renamed(self, event: Event) -> None:
+        # A lane keeps its thread's latest name (here and at its exit): the one that says which
+        # executor it works for (timeline/groups.py), a pool naming its threads once started.
         lane = self.open.get(event.task)
         if lane is not None:  # an exec renames before its exec record: that one names it
             lane.name = event.comm

@@ -1,10 +1,11 @@
 """Drawing a :class:`~thread_observer.timeline.model.Timeline`: PNG and SVG with matplotlib (and
 what every kind of picture says; the HTML page is :mod:`thread_observer.timeline.html`).
 
-One lane per thread, in order of creation, coloured by the code that created it; getaddrinfo
-calls are marks on the lane of the thread that made them, failed ones a red cross. The number
-of events the kernel could not hand over is always on the picture: a gap in the record must
-not pass for a quiet moment.
+One lane per thread, coloured by the code that created it, in order of creation but grouped: the
+lanes of one executor together under a heading row (:mod:`thread_observer.timeline.groups`),
+each process's threads in no executor under one too; getaddrinfo calls are marks on the lane of
+the thread that made them, failed ones a red cross. The number of events the kernel could not
+hand over is always on the picture: a gap in the record must not pass for a quiet moment.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from thread_observer.timeline.groups import LaneGroup, grouped_rows
 from thread_observer.timeline.model import EXISTING, MAIN, Lane, Lookup, Timeline, Window
 
 FIXED_COLOURS = {MAIN: "#97a3b0", "python": "#3d7cc9", EXISTING: "#aab4bf", "unknown": "#c2c2c2"}
@@ -24,6 +26,7 @@ CREATOR_TITLES = {
 }
 CALL_COLOUR = "#111111"
 FAILED_COLOUR = "#d62728"
+HEADING_COLOUR = "#e9edf2"  # the background of a group's heading row
 MAX_TITLE = 110
 
 
@@ -80,6 +83,28 @@ def lane_label(lane: Lane) -> str:
     by = f" ← {lane.parent}" if lane.parent and lane.parent != lane.tid else ""
     site = f" · {short_site(lane.site)}" if lane.site else ""
     return f"{lane.tid or '?'} {lane.name or '?'} · {lane.short_creator}{by}{site}"
+
+
+def group_heading(group: LaneGroup, timeline: Timeline) -> str:
+    """``asyncio · pid 100 python3: 5 threads, at most 4 at once``: a group's heading row."""
+    count = len(group.lanes)
+    process = f" {group.process}" if group.process else ""
+    most = group.most_alive(timeline.end_ns)
+    at_once = f", at most {most} at once" if count > 1 else ""
+    return (
+        f"{group.name} · pid {group.tgid}{process}: {count} thread{'s' if count != 1 else ''}"
+        f"{at_once}"
+    )
+
+
+def group_tip(group: LaneGroup) -> str:
+    if group.executor is None:
+        return f"threads of process {group.tgid} in no executor, in order of creation"
+    return (
+        f'threads of the executor "{group.executor}" in process {group.tgid}, in order of '
+        "creation: by their names, or by the stack that created them where the names say "
+        "nothing (Python before 3.14 names no thread for the OS)"
+    )
 
 
 def lane_tip(lane: Lane, timeline: Timeline) -> str:
@@ -204,20 +229,26 @@ def render_picture(timeline: Timeline, path: Path, window: Window) -> None:
     import matplotlib.pyplot as plt
 
     whole, timeline = timeline, visible(timeline, window)
-    lanes = max(len(timeline.lanes), 1)
-    # Lanes get thinner as they grow in number, and the picture stays within what Agg draws.
-    per_lane = min(0.28 if lanes <= 60 else max(0.1, 17 / lanes), 150 / lanes)
-    fig, ax = plt.subplots(figsize=(12, 1.9 + per_lane * lanes), dpi=110)
+    rows = grouped_rows(timeline.lanes)  # the groups of the lanes shown, headings and lanes
+    count = max(len(rows), 1)
+    # Rows get thinner as they grow in number, and the picture stays within what Agg draws.
+    per_row = min(0.28 if count <= 60 else max(0.1, 17 / count), 150 / count)
+    fig, ax = plt.subplots(figsize=(12, 1.9 + per_row * count), dpi=110)
     try:
-        _draw(ax, timeline, window)
-        _label_lanes(ax, timeline, per_lane)
+        _draw(ax, timeline, rows, window)
+        _label_lanes(ax, timeline, rows, per_row)
         _titles(ax, whole, window)
         fig.savefig(path, bbox_inches="tight", format=path.suffix.lower().lstrip("."))
     finally:
         plt.close(fig)
 
 
-def _draw(ax, timeline: Timeline, window: Window) -> None:
+def lane_rows(rows: list[LaneGroup | Lane]) -> dict[int, int]:
+    """The row of each lane (by task) among the rows drawn."""
+    return {row.task: at for at, row in enumerate(rows) if isinstance(row, Lane)}
+
+
+def _draw(ax, timeline: Timeline, rows: list[LaneGroup | Lane], window: Window) -> None:
     scale, unit = time_unit(timeline, window)
     shortest = max(window.span / scale * 0.002, 1e-9)  # a thread of a few µs stays visible
 
@@ -225,9 +256,10 @@ def _draw(ax, timeline: Timeline, window: Window) -> None:
         return ((ns or timeline.end_ns) - timeline.start_ns) / scale
 
     colours = creator_colours(timeline)
-    lanes = timeline.lanes
+    where = lane_rows(rows)
+    lanes = [row for row in rows if isinstance(row, Lane)]
     bars = ax.barh(
-        range(len(lanes)),
+        [where[lane.task] for lane in lanes],
         [max(at(lane.end_ns) - at(lane.start_ns), shortest) for lane in lanes],
         left=[at(lane.start_ns) for lane in lanes],
         height=0.64,
@@ -236,7 +268,7 @@ def _draw(ax, timeline: Timeline, window: Window) -> None:
     )
     for bar, lane in zip(bars, lanes, strict=True):
         bar.set_gid(f"lane-{lane.task}")
-    _draw_lookups(ax, timeline, at, shortest, window)
+    _draw_lookups(ax, timeline, where, at, shortest, window)
     margin = window.span * 0.01 if window.whole else 0
     ax.set_xlim(window.start / scale, (window.end + margin) / scale)
     ax.set_xlabel(f"time since the start ({unit})")
@@ -253,9 +285,10 @@ def _draw(ax, timeline: Timeline, window: Window) -> None:
     )
 
 
-def _draw_lookups(ax, timeline: Timeline, at, shortest: float, window: Window) -> None:
+def _draw_lookups(
+    ax, timeline: Timeline, rows: dict[int, int], at, shortest: float, window: Window
+) -> None:
     """All calls in three artists, however many there are."""
-    rows = {lane.task: row for row, lane in enumerate(timeline.lanes)}
     done = [lookup for lookup in timeline.lookups if not lookup.failed]
     failed = [lookup for lookup in timeline.lookups if lookup.failed]
     if done:
@@ -295,17 +328,39 @@ def _draw_lookups(ax, timeline: Timeline, at, shortest: float, window: Window) -
         )
 
 
-def _label_lanes(ax, timeline: Timeline, per_lane: float) -> None:
-    ax.set_ylim(len(timeline.lanes) - 0.5, -0.5)
-    if per_lane < 0.09:  # labels would overlap: the HTML output has them all
+def _label_lanes(ax, timeline: Timeline, rows: list[LaneGroup | Lane], per_row: float) -> None:
+    """Each group's heading across its row, on a band; the lanes' labels left of the axis.
+    Names come from the targets: never read as matplotlib's math text."""
+    from matplotlib.transforms import blended_transform_factory
+
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    across = blended_transform_factory(ax.transAxes, ax.transData)
+    small = 8 if per_row >= 0.2 else 6
+    for at, row in enumerate(rows):
+        if isinstance(row, LaneGroup):
+            ax.axhspan(at - 0.5, at + 0.5, color=HEADING_COLOUR, zorder=0, linewidth=0)
+            ax.text(
+                0.004,
+                at,
+                group_heading(row, timeline),
+                transform=across,
+                va="center",
+                fontsize=max(small, 7),
+                fontweight="bold",
+                parse_math=False,
+                gid=f"group-{at}",
+            )
+    lanes = lane_rows(rows)
+    if per_row < 0.09:  # labels would overlap: the HTML output has them all
         ax.set_yticks([])
-        ax.set_ylabel(f"{len(timeline.lanes)} threads, in order of creation")
+        ax.set_ylabel(f"{len(lanes)} threads, by executor, in order of creation")
         return
-    ax.set_yticks(range(len(timeline.lanes)))
+    ax.set_yticks(list(lanes.values()))
     ax.set_yticklabels(
-        [lane_label(lane) for lane in timeline.lanes],
-        fontsize=8 if per_lane >= 0.2 else 6,
+        [lane_label(row) for row in rows if isinstance(row, Lane)],
+        fontsize=small,
         family="monospace",
+        parse_math=False,
     )
 
 

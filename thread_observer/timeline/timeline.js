@@ -1,11 +1,13 @@
 // The HTML timeline's zoom, pan, axis, bunches of marks and tooltips. Inlined into the page
 // by thread_observer/timeline/html.py: the page works offline, with nothing to fetch.
 //
-// Every lane and call carries its times (ns since the start) in data-s and data-e; the
-// picture is laid out again for the visible window on every zoom or pan. Calls of one thread
-// that follow each other closer than BUNCH_PX pixels at the current zoom are one bunch with a
-// "×N" label, so marks that overlap when zoomed out separate as one zooms in (and two labels
-// never sit on each other: bunches are at least BUNCH_PX apart).
+// Lanes sit in rows grouped by executor under heading rows (class "group", drawn once): a
+// call's data-row is its lane's row among all rows. Every lane and call carries its times (ns
+// since the start) in data-s and data-e; the picture is laid out again for the visible window
+// on every zoom or pan. Calls of one thread that follow each other closer than BUNCH_PX pixels
+// at the current zoom are one bunch with a "×N" label, so marks that overlap when zoomed out
+// separate as one zooms in (and two labels never sit on each other: bunches are at least
+// BUNCH_PX apart).
 "use strict";
 
 (function () {
@@ -21,7 +23,7 @@
   const BUNCH_PX = 14; // about the width of a "×N" label
   const MIN_SPAN = Math.min(1000, total); // 1 µs: below that the clock says nothing more
   const NS = "http://www.w3.org/2000/svg";
-  const height = top + laneHeight * config.lanes + bottom;
+  const height = top + laneHeight * config.rows + bottom; // rows: lanes and group headings
   const view = { from: config.from, to: config.to };
   const state = document.getElementById("view");
   const parts = {

@@ -7,6 +7,13 @@ Perfetto UI and speedscope open): ``{"traceEvents": [...], "displayTimeUnit": "m
 event (``"ph": "X"``, ``ts`` and ``dur`` in microseconds from the start of the recording), and
 so is each getaddrinfo call, on its thread's track. Failed calls carry the reserved colour
 name ``terrible`` and their ``EAI_*`` name in ``args``.
+
+Threads are grouped by executor as in the pictures (:mod:`thread_observer.timeline.groups`):
+the viewers order a process's tracks by their ``thread_sort_index`` metadata and processes by
+``process_sort_index``, both given here, so that a pool's threads sit together; a track has no
+heading of its own, so an executor thread's name starts with its executor's (``[asyncio]
+python3 · python``) where its own name does not say it already, and its slice's ``args`` hold
+``executor``.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from thread_observer.timeline.groups import LaneGroup, group_lanes
 from thread_observer.timeline.model import Lane, Lookup, Timeline
 from thread_observer.timeline.render import CREATOR_TITLES, outcome_text, title
 
@@ -32,9 +40,11 @@ def write_trace(timeline: Timeline, path: Path) -> None:
 
 
 def chrome_trace(timeline: Timeline) -> dict:
-    events = _process_names(timeline)
-    for row, lane in enumerate(timeline.lanes):
-        events += _lane_events(timeline, lane, row)
+    groups = group_lanes(timeline.lanes)
+    events = _process_names(timeline, groups)
+    lanes = [(group, lane) for group in groups for lane in group.lanes]
+    for row, (group, lane) in enumerate(lanes):
+        events += _lane_events(timeline, lane, row, group)
     events += [_lookup_event(timeline, lookup) for lookup in timeline.lookups]
     return {
         "traceEvents": events,
@@ -63,21 +73,32 @@ def track_id(lane_or_lookup: Lane | Lookup) -> int:
     return lane_or_lookup.tid or lane_or_lookup.task
 
 
-def _process_names(timeline: Timeline) -> list[dict]:
+def _process_names(timeline: Timeline, groups: list[LaneGroup]) -> list[dict]:
     names = {lane.tgid: lane.name for lane in timeline.lanes if lane.main}
+    order = dict.fromkeys(group.tgid for group in groups)  # processes as the groups are
     return [
-        {
-            "ph": "M",
-            "name": "process_name",
-            "pid": tgid,
-            "tid": tgid,
-            "args": {"name": f"{names.get(tgid) or 'process'} (pid {tgid})"},
-        }
-        for tgid in timeline.processes
+        {"ph": "M", "name": kind, "pid": tgid, "tid": tgid, "args": args}
+        for place, tgid in enumerate(order)
+        for kind, args in (
+            ("process_name", {"name": f"{names.get(tgid) or 'process'} (pid {tgid})"}),
+            ("process_sort_index", {"sort_index": place}),
+        )
     ]
 
 
-def _lane_events(timeline: Timeline, lane: Lane, row: int) -> list[dict]:
+def track_name(lane: Lane, executor: str | None) -> str:
+    """``name · creator · site``, after ``[executor] `` where the name does not say it (a name
+    cut at 15 characters may hold only the start of the executor's)."""
+    name = lane.name or "?"
+    said = executor is None or name.startswith(executor) or executor.startswith(name)
+    return (
+        ("" if said else f"[{executor}] ")
+        + f"{name} · {lane.short_creator}"
+        + (f" · {lane.site}" if lane.site else "")
+    )
+
+
+def _lane_events(timeline: Timeline, lane: Lane, row: int, group: LaneGroup) -> list[dict]:
     pid, tid = lane.tgid, track_id(lane)
     end_ns = lane.end_ns if lane.end_ns is not None else timeline.end_ns
     args = {
@@ -87,21 +108,19 @@ def _lane_events(timeline: Timeline, lane: Lane, row: int) -> list[dict]:
         "created_by_thread": lane.parent,
         "alive_at_end": lane.end_ns is None,
     }
+    if group.executor is not None:
+        args["executor"] = group.executor
     if lane.start_routine:
         args["start_routine"] = f"0x{lane.start_routine:x}"
-    site = lane.site
-    if site:
-        args["site"] = site
+    if lane.site:
+        args["site"] = lane.site
     return [
         {
             "ph": "M",
             "name": "thread_name",
             "pid": pid,
             "tid": tid,
-            "args": {
-                "name": f"{lane.name or '?'} · {lane.short_creator}"
-                + (f" · {site}" if site else "")
-            },
+            "args": {"name": track_name(lane, group.executor)},
         },
         {
             "ph": "M",
