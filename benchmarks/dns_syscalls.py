@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -84,6 +85,9 @@ SIDES = {
     "no dns queries": ["--no-dns-queries"],
     "lean": LEAN,
 }
+# The observers watch an idle Python process, whose frames they read: the epoll mark is not
+# attached. This side watches a `sleep` instead, whose frames cannot be read: the mark is.
+NATIVE_TARGET = "no dns queries"
 # The sides whose programs the statistics run shows.
 PROFILED = ("default", "syscall tracepoints")
 
@@ -98,9 +102,9 @@ def side_label(side: str) -> str:
         return f"observer, default ({at})"
     if side == "syscall tracepoints":
         return "observer, syscall tracepoints (`tests/with_syscall_tracepoints.py`)"
-    if side == "no dns queries":
+    if side == NATIVE_TARGET:
         mark = "sched_switch" if hooks.epoll_at_switch else "epoll syscall tracepoints"
-        return f"observer, `--no-dns-queries` (the epoll mark at {mark})"
+        return f"observer, `--no-dns-queries`, watching a `sleep` (the epoll mark at {mark})"
     return f"observer, `{' '.join(LEAN)}`"
 
 
@@ -108,6 +112,9 @@ def running_observer(
     children: Children, idle: subprocess.Popen, flags: list[str] | None = None
 ) -> Observer:
     args = ["--pid", f"idle={idle.pid}", "--allow-non-python", *(flags or [])]
+    if idle.args[0] != "sleep":
+        # A Python process: the observer reads its frames before it is timed.
+        args.remove("--allow-non-python")
     observer = Observer(children, args)
     observer.wait_ready()  # which also checks the hooks the observer chose
     time.sleep(0.5)  # let the compile's aftermath pass
@@ -125,7 +132,8 @@ def measure(children: Children, settings: Settings) -> Section:
     rounds = max(3, settings.overhead_rounds // 2)
     with tempfile.TemporaryDirectory(prefix="syscalls-") as folder:
         binary = build(Path(folder))
-        idle = children.spawn(["sleep", "3600"])
+        idle = children.spawn([sys.executable, "-c", "import time; time.sleep(3600)"])
+        native = children.spawn(["sleep", "3600"])
         observed = [side for side, flags in SIDES.items() if flags is not None]
         ratios = {(side, op): [] for side in observed for op in OPERATIONS}
         per_op: dict[str, dict[str, list[float]]] = {side: {} for side in SIDES}
@@ -138,7 +146,8 @@ def measure(children: Children, settings: Settings) -> Section:
                     figures[side] = timed(binary, count)
                     switches.append(figures[side]["switches_per_round_trip"])
                 else:
-                    with running_observer(children, idle, SIDES[side]):
+                    target = native if side == NATIVE_TARGET else idle
+                    with running_observer(children, target, SIDES[side]):
                         figures[side] = timed(binary, count)
                 for op in OPERATIONS:
                     per_op[side].setdefault(op, []).append(figures[side][op])
@@ -157,6 +166,7 @@ def measure(children: Children, settings: Settings) -> Section:
                 for name, (runs, ns) in after.items()
             }
         children.end(idle)
+        children.end(native)
     return _section(count, rounds, per_op, ratios, programs, median(switches))
 
 
@@ -186,7 +196,9 @@ def _section(
     section.text(
         f"{rounds} rounds, each timing {count:,} of each operation in a process no observer "
         "watches, without an observer and with each of the observers below running (watching "
-        "a `sleep`), the order rotating. The pipe round trip is one byte each way between two "
+        "an idle Python process, whose frames it reads: no epoll mark; one side a `sleep`, "
+        "whose frames it cannot read: the epoll mark attached), the order rotating. The pipe "
+        "round trip is one byte each way between two "
         f"processes on one CPU ({switches:.2f} context switches per round trip). Throughput "
         "ratio against without: 1.0 means no cost (median, and range over the rounds)."
     )
@@ -267,13 +279,14 @@ def _section(
         "(entry and exit), each through the syscall tracepoint's perf path, which copies the "
         "arguments into a record before the program runs; and every syscall of every task, "
         "`socket` and `close` and the pipe's `read` too, takes the kernel's slower path while "
-        "any syscall tracepoint is attached (with `--no-dns-queries` too: the epoll waits' "
-        "remain). "
+        "any syscall tracepoint is attached (with `--no-dns-queries` too where the epoll "
+        "mark is attached: the epoll waits' remain). "
         "The cost is per syscall, so it shows most on the cheapest (a one-byte write to "
         "/dev/null). On the raw tracepoints a write to a file or pipe runs no program; a "
-        "socket's send runs one (a TCP send two); a context switch runs the epoll mark's, "
-        "which returns at once for a task that did not choose to sleep, else after reading "
-        "the task's syscall number from its saved registers."
+        "socket's send runs one (a TCP send two); a context switch runs none, unless the "
+        "epoll mark is attached (a watched process whose frames cannot be read): then the "
+        "mark's, which returns at once for a task that did not choose to sleep, else after "
+        "reading the task's syscall number from its saved registers."
     )
     return section
 

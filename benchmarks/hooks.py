@@ -109,7 +109,10 @@ def dns_hook(hooks: Hooks) -> str:
 
 def describe(hooks: Hooks) -> str:
     """Which hooks, in a sentence's words."""
-    return f"the epoll mark at {epoll_hook(hooks)}, the DNS probe at {dns_hook(hooks)}"
+    return (
+        f"the epoll mark (while a watched process's frames cannot be read) at "
+        f"{epoll_hook(hooks)}, the DNS probe at {dns_hook(hooks)}"
+    )
 
 
 def has_syscall_tracepoints(hooks: Hooks, epoll_mark: bool = True, dns: bool = True) -> bool:

@@ -123,33 +123,76 @@ static __always_inline void report_exec(u32 tgid, struct watched_process *proces
     exec_reports.ringbuf_submit(report, 0);
 }
 
-#if SITES && defined(MM_STRUCT_EXE_FILE) && defined(TASK_STRUCT_MM)
-// Interpreters linked into their executable, each read once in some process whose offsets
-// user space checked: a process that starts the same file has its interpreter at the same
-// place relative to its code (mm->start_code), so its frames can be read from its first
-// instruction, long before user space finds it (a lookup in its first milliseconds is told
-// by its frames, not the epoll mark). The file is known as the kernel knows it, its
-// filesystem's device and its inode, with its size (a file rewritten in place keeps its
-// inode); the template holds for processes of the PID namespace it was learnt in, whose ids
-// its thread states hold. Parameters: MM_STRUCT_START_CODE, MM_STRUCT_EXE_FILE, FILE_F_INODE,
-// INODE_I_INO, INODE_I_SB, INODE_I_SIZE, SUPER_BLOCK_S_DEV from the kernel's BTF
-// (thread_observer/bpf_backend.py PYTHON_BINARY_FIELDS).
-struct python_binary {
+#if SITES
+// Interpreters read once in some process whose offsets user space checked (3.11+: the main
+// interpreter, whose thread list the probes walk, lies in the object's data): every process
+// that maps the same object has its interpreter at the same place relative to the object's
+// load bias, so its frames can be read from the start, long before user space finds it (a
+// lookup in its first milliseconds is told by its frames, not the epoll mark). An object
+// holds for the processes of the PID namespace it was learnt in, whose ids its thread states
+// hold. Two ways in, by what the kernel allows:
+// - an executable with the interpreter linked in, at the exec: the file the process starts
+//   (its filesystem's device and inode as the kernel knows them, with its size: a file
+//   rewritten in place keeps its inode) is looked up in python_executables, and the load bias
+//   is mm->start_code less the object's own (needs MM_STRUCT_START_CODE, MM_STRUCT_EXE_FILE,
+//   FILE_F_INODE, INODE_I_INO, INODE_I_SB, INODE_I_SIZE, SUPER_BLOCK_S_DEV from the kernel's
+//   BTF: thread_observer/bpf_backend.py PYTHON_BINARY_FIELDS);
+// - any object, libpython included (mapped wherever the loader likes), as the interpreter
+//   starts: python_starting runs at its _PyRuntime_Initialize, before any Python code, from a
+//   uprobe_multi link (Linux 6.6+) whose cookie is the object's index.
+struct python_object {
+    struct python_process process;  // threads_head, text_start, text_end less the load bias
+    u64 initialize;  // _PyRuntime_Initialize's address in the object, as linked
+    u64 code_start;  // the executable's start_code as linked (0: not an executable)
+    u64 size;        // the executable's size
+    u64 pidns_dev;   // the PID namespace of the process it was learnt in
+    u64 pidns_ino;
+};
+
+BPF_ARRAY(python_objects, struct python_object, MAX_PYTHON_BINARIES);
+
+// The process's interpreter placed by the object's load bias, in the PID namespace it was
+// learnt in.
+static __always_inline void place_python(u32 tgid, u64 generation, struct python_object *known,
+                                         u64 bias)
+{
+    struct bpf_pidns_info ns = {};
+    if (bpf_get_ns_current_pid_tgid(known->pidns_dev, known->pidns_ino, &ns, sizeof(ns)))
+        return;
+    struct python_process process = known->process;
+    process.generation = generation;
+    process.threads_head += bias;
+    process.text_start += bias;
+    process.text_end += bias;
+    python_processes.update(&tgid, &process);
+}
+
+static __always_inline int python_starting_body(struct pt_regs *ctx)
+{
+    u32 tgid = current_pid_tgid() >> 32;
+    u64 generation = tgid ? watched_generation(tgid) : 0;
+    if (!generation)
+        return 0;
+    struct python_process *placed = python_processes.lookup(&tgid);
+    if (placed && placed->generation == generation)
+        return 0;  // placed at its exec, or by user space
+    u32 index = bpf_get_attach_cookie(ctx);
+    struct python_object *known = python_objects.lookup(&index);
+    if (known && known->initialize)
+        place_python(tgid, generation, known, bpf_get_func_ip(ctx) - known->initialize);
+    return 0;
+}
+UPROBE_PROGRAM(python_starting, python_starting_body)
+
+#if defined(MM_STRUCT_EXE_FILE) && defined(TASK_STRUCT_MM)
+struct python_executable {
     u64 dev;  // the kernel's dev_t of its filesystem (MAJOR << 20 | MINOR)
     u64 ino;
 };
 
-struct python_template {
-    // threads_head, text_start and text_end relative to mm->start_code (modulo 2^64)
-    struct python_process process;
-    u64 size;
-    u64 pidns_dev;  // the PID namespace of the process it was learnt from
-    u64 pidns_ino;
-};
+BPF_HASH(python_executables, struct python_executable, u32, MAX_PYTHON_BINARIES);
 
-BPF_HASH(python_templates, struct python_binary, struct python_template, MAX_PYTHON_BINARIES);
-
-static __always_inline void python_from_template(u32 tgid, u64 generation)
+static __always_inline void python_at_exec(u32 tgid, u64 generation)
 {
     u64 mm = kernel_pointer(bpf_get_current_task() + TASK_STRUCT_MM);
     u64 file = mm ? kernel_pointer(mm + MM_STRUCT_EXE_FILE) : 0;
@@ -159,23 +202,19 @@ static __always_inline void python_from_template(u32 tgid, u64 generation)
         return;
     u32 dev = 0;
     bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(sb + SUPER_BLOCK_S_DEV));
-    struct python_binary binary = {.dev = dev, .ino = kernel_pointer(inode + INODE_I_INO)};
-    struct python_template *known = python_templates.lookup(&binary);
-    if (!known || known->size != kernel_pointer(inode + INODE_I_SIZE))
+    struct python_executable executable = {.dev = dev, .ino = kernel_pointer(inode + INODE_I_INO)};
+    u32 *index = python_executables.lookup(&executable);
+    struct python_object *known = index ? python_objects.lookup(index) : 0;
+    if (!known || !known->code_start || known->size != kernel_pointer(inode + INODE_I_SIZE))
         return;
-    struct bpf_pidns_info ns = {};
-    if (bpf_get_ns_current_pid_tgid(known->pidns_dev, known->pidns_ino, &ns, sizeof(ns)))
-        return;
-    u64 start = kernel_pointer(mm + MM_STRUCT_START_CODE);
-    struct python_process process = known->process;
-    process.generation = generation;
-    process.threads_head += start;
-    process.text_start += start;
-    process.text_end += start;
-    python_processes.update(&tgid, &process);
+    u64 start_code = kernel_pointer(mm + MM_STRUCT_START_CODE);
+    place_python(tgid, generation, known, start_code - known->code_start);
 }
 #else
-static __always_inline void python_from_template(u32 tgid, u64 generation) {}
+static __always_inline void python_at_exec(u32 tgid, u64 generation) {}
+#endif
+#else
+static __always_inline void python_at_exec(u32 tgid, u64 generation) {}
 #endif
 
 static __always_inline int process_exec(void)
@@ -207,7 +246,7 @@ static __always_inline int process_exec(void)
         }
         report_exec(tgid, &process);
         watched_tgids.update(&tgid, &process);
-        python_from_template(tgid, process.generation);
+        python_at_exec(tgid, process.generation);
     }
     return 0;
 }

@@ -28,7 +28,7 @@
 // co_flags read.
 //
 // Parameters (-D cflags from thread_observer/constants.py): SITES, STACK_DEPTH, MAX_FRAMES_WALKED,
-// MAX_THREADS_WALKED, MAX_SITE_STACKS, MAX_LIVE_THREADS, LIVE_THREAD_SLOTS, FRAME_HEADER_SIZE,
+// MAX_THREADS_WALKED, MAX_SITE_STACKS, FRAME_HEADER_SIZE,
 // FRAME_READ_SIZE, FRAME_OWNED_BY_CSTACK, FRAME_OWNED_BY_CSTACK_3_14, FRAME_CODE_TAG_BITS,
 // FRAME_OWNED_BY_GENERATOR, TSTATE_READ_SIZE,
 // FRAME_WINDOW_SIZE, CO_COROUTINE_FLAGS, STACK_FRAMES_READ, STACK_COROUTINE, STACK_TRUNCATED,
@@ -43,8 +43,8 @@
 #endif
 #if SITES
 #if !defined(STACK_DEPTH) || !defined(MAX_FRAMES_WALKED) || !defined(MAX_THREADS_WALKED) || \
-    !defined(MAX_SITE_STACKS) || !defined(MAX_LIVE_THREADS) || !defined(LIVE_THREAD_SLOTS) || \
-    !defined(FRAME_OWNED_BY_CSTACK) || !defined(FRAME_OWNED_BY_CSTACK_3_14) || \
+    !defined(MAX_SITE_STACKS) || !defined(FRAME_OWNED_BY_CSTACK) || \
+    !defined(FRAME_OWNED_BY_CSTACK_3_14) || \
     !defined(FRAME_CODE_TAG_BITS) || !defined(CO_COROUTINE_FLAGS) || \
     !defined(STACK_FRAMES_READ) || !defined(STACK_COROUTINE) || !defined(STACK_TRUNCATED) || \
     !defined(STACK_EVENT_LOOP) || !defined(STACK_NO_THREAD_STATE) || \
@@ -62,9 +62,6 @@
 #endif
 #if (STACK_DEPTH & (STACK_DEPTH - 1)) != 0
 #error "STACK_DEPTH must be a power of two (it masks the index for the verifier)"
-#endif
-#if (LIVE_THREAD_SLOTS & (LIVE_THREAD_SLOTS - 1)) != 0
-#error "LIVE_THREAD_SLOTS must be a power of two (a thread's slot is its tid masked)"
 #endif
 
 struct python_process {
@@ -107,27 +104,8 @@ struct site_key {
 };
 
 BPF_HASH(python_processes, u32, struct python_process, MAX_PROCESSES);
-// Threads created by each stack, and how many of them live now: executor threads are told
-// apart by the stack that created them.
-struct site_threads {
-    u64 created;
-    u64 live;
-};
-BPF_HASH(threads_created_by_site_total, struct site_key, struct site_threads, MAX_SITE_STACKS);
-// A live thread's creating stack, kept to take it off its stack's live count at its exit.
-// With TASK_STORAGE (5.15+, so BPF's compare-and-exchange, 5.12+, is there too) in the slot of
-// its host tid modulo LIVE_THREAD_SLOTS: claimed and written in place, where an insert in a
-// hash map (its bucket locked, an element taken from its free list) costs about as much as
-// reading the stack. A thread whose slot another one holds, and every thread without
-// TASK_STORAGE, goes to live_thread_sites, by host tid.
-struct live_thread {
-    u64 tid;  // host tid of the thread holding the slot; 0: free
-    struct site_key key;
-};
-#if defined(TASK_STORAGE) && TASK_STORAGE
-BPF_ARRAY(live_thread_slots, struct live_thread, LIVE_THREAD_SLOTS);
-#endif
-BPF_TABLE("lru_hash", u32, struct site_key, live_thread_sites, MAX_LIVE_THREADS);
+// Threads created by each stack.
+BPF_HASH(threads_created_by_site_total, struct site_key, u64, MAX_SITE_STACKS);
 BPF_HASH(getaddrinfo_calls_by_site_total, struct site_key, u64, MAX_SITE_STACKS);
 // Events whose stack found the by-site map full, counted as <other>: kind 0 for threads,
 // 1 + caller for getaddrinfo calls.
@@ -437,15 +415,13 @@ static __always_inline int add_dropped_site(u32 tgid, u64 generation, u32 kind)
 }
 
 // The stack's threads, with this one counted (NULL when the map is full: counted as dropped).
-static __always_inline struct site_threads *add_thread_site(struct site_key *key)
+static __always_inline void add_thread_site(struct site_key *key)
 {
-    struct site_threads zero = {};
-    struct site_threads *threads = threads_created_by_site_total.lookup_or_try_init(key, &zero);
-    if (threads)
-        __sync_fetch_and_add(&threads->created, 1);
+    u64 zero = 0, *count = threads_created_by_site_total.lookup_or_try_init(key, &zero);
+    if (count)
+        __sync_fetch_and_add(count, 1);
     else
         add_dropped_site(key->tgid, key->generation, 0);
-    return threads;
 }
 
 static __always_inline int add_call_site(struct site_key *key, u32 caller)
@@ -460,84 +436,15 @@ static __always_inline int add_call_site(struct site_key *key, u32 caller)
     return 0;
 }
 
-static __always_inline void end_live_thread(struct site_key *key)
-{
-    struct site_threads *threads = threads_created_by_site_total.lookup(key);
-    if (threads)
-        __sync_fetch_and_add(&threads->live, -1);
-}
-
-#if defined(TASK_STORAGE) && TASK_STORAGE
-// The slot a new thread takes: a free one, or one still held by a thread that had its tid
-// before (whose exit went unseen: its process was no longer watched), which it ends. NULL
-// when another live thread holds it.
-static __always_inline struct live_thread *claim_live_slot(u32 new_tid)
-{
-    u32 index = new_tid & (LIVE_THREAD_SLOTS - 1);
-    struct live_thread *slot = live_thread_slots.lookup(&index);
-    if (!slot)
-        return NULL;
-    u64 holder = __sync_val_compare_and_swap(&slot->tid, 0, (u64)new_tid);
-    if (holder == new_tid)
-        end_live_thread(&slot->key);
-    return holder == 0 || holder == new_tid ? slot : NULL;
-}
-
-// The slot of an ending thread, if it holds one.
-static __always_inline struct live_thread *held_live_slot(u32 host_tid)
-{
-    u32 index = host_tid & (LIVE_THREAD_SLOTS - 1);
-    struct live_thread *slot = live_thread_slots.lookup(&index);
-    return slot && slot->tid == host_tid ? slot : NULL;
-}
-#else
-static __always_inline struct live_thread *claim_live_slot(u32 new_tid)
-{
-    return NULL;
-}
-
-static __always_inline struct live_thread *held_live_slot(u32 host_tid)
-{
-    return NULL;
-}
-#endif
-
-// A new thread counted live with its stack (called before it runs: its exit comes after).
-static __always_inline void add_live_thread(u32 new_tid, struct site_key *key,
-                                            struct site_threads *threads)
-{
-    struct live_thread *slot = claim_live_slot(new_tid);
-    if (slot)
-        __builtin_memcpy(&slot->key, key, sizeof(*key));
-    else if (live_thread_sites.update(&new_tid, key))
-        return;
-    __sync_fetch_and_add(&threads->live, 1);
-}
-
-// An ending thread (of a watched process) taken off its creating stack's live count.
-static __always_inline void forget_python_thread(u32 host_tid)
-{
-    struct live_thread *slot = held_live_slot(host_tid);
-    if (slot) {
-        end_live_thread(&slot->key);
-        slot->tid = 0;
-        return;
-    }
-    struct site_key *key = live_thread_sites.lookup(&host_tid);
-    if (key) {
-        end_live_thread(key);
-        live_thread_sites.delete(&host_tid);
-    }
-}
-
 // task_newtask, in the creating thread: still in pthread_create, whose caller's frames are on
-// its stack as they were at the call (it holds the GIL). The new thread's site is counted, and
-// the thread counted live until its exit. A thread whose start routine is not the
+// its stack as they were at the call (it holds the GIL). The new thread's site is counted (how
+// many threads a pool has now is read from the pool itself, in user space). A thread whose
+// start routine is not the
 // interpreter's (libuv's pool, started while Python code called into uvloop), or that
 // pthread_create did not make (routine 0), is native: <native>, whatever Python frames asked
 // for it. tstate_cache: the creating thread's cached PyThreadState (NULL: it has no state).
 static __always_inline void count_thread_site(u32 tgid, u32 tid, u64 generation, u64 routine,
-                                              u64 *tstate_cache, u32 new_tid)
+                                              u64 *tstate_cache)
 {
     struct python_process *py = python_processes.lookup(&tgid);
     if (!py || py->generation != generation)
@@ -549,9 +456,7 @@ static __always_inline void count_thread_site(u32 tgid, u32 tid, u64 generation,
         clear_stack(key, tgid, generation);
     else if (!read_stack(py, tgid, tid, tstate_cache, generation, key, 0))
         return;
-    struct site_threads *threads = add_thread_site(key);
-    if (threads && (key->flags & STACK_FRAMES_READ))
-        add_live_thread(new_tid, key, threads);
+    add_thread_site(key);
 }
 
 // The caller of a getaddrinfo call: a coroutine on the stack decides; a thread with no Python
@@ -594,8 +499,7 @@ static __always_inline void forget_python_process(u32 tgid)
 #else  // !SITES
 
 static __always_inline void count_thread_site(u32 tgid, u32 tid, u64 generation, u64 routine,
-                                              u64 *tstate_cache, u32 new_tid) {}
-static __always_inline void forget_python_thread(u32 host_tid) {}
+                                              u64 *tstate_cache) {}
 static __always_inline void forget_python_process(u32 tgid) {}
 static __always_inline void inherit_python_process(u32 parent_tgid, u64 parent_generation,
                                                    u32 child_tgid, u64 child_generation) {}

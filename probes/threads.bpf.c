@@ -5,8 +5,8 @@
 // Maps become metrics (thread_observer/bpf_backend.py):
 //   threads_created_total  {process, start_routine} -> count  thread_observer_threads_created_total
 //   process_totals (thread_state.h) {process} -> threads ended thread_observer_threads_exited_total
-//   threads_created_by_site_total {process, stack} -> count, live (python_stack.h)
-//                         thread_observer_threads_created_by_site_total, ..._executor_threads
+//   threads_created_by_site_total {process, stack} -> count (python_stack.h)
+//                         thread_observer_threads_created_by_site_total
 #include "watched.h"
 #include "python_stack.h"
 #include "thread_state.h"
@@ -55,7 +55,7 @@ static __always_inline int pthread_create_entry_body(struct pt_regs *ctx)
 UPROBE_PROGRAM(pthread_create_entry, pthread_create_entry_body)
 
 static __always_inline void count_new_thread(u32 tgid, u32 tid, u64 generation,
-                                             struct thread_state *state, u32 new_tid)
+                                             struct thread_state *state)
 {
     struct creator_key key = {.tgid = tgid, .generation = generation};
     u64 *tstate_cache = 0;
@@ -64,7 +64,7 @@ static __always_inline void count_new_thread(u32 tgid, u32 tid, u64 generation,
         state->start_routine = 0;
         tstate_cache = &state->python_thread_state;
     }
-    count_thread_site(tgid, tid, generation, key.start_routine, tstate_cache, new_tid);
+    count_thread_site(tgid, tid, generation, key.start_routine, tstate_cache);
     add_created(&key);
 }
 
@@ -77,7 +77,7 @@ static __always_inline int new_task(u32 child, u64 clone_flags)
         struct thread_state *state = this_thread(tid, 0);
         u64 generation = state ? thread_generation(state, tgid) : watched_generation(tgid);
         if (generation)
-            count_new_thread(tgid, tid, generation, state, child);
+            count_new_thread(tgid, tid, generation, state);
         return 0;
     }
     struct watched_process *process = watched_tgids.lookup(&tgid);
@@ -111,7 +111,6 @@ static __always_inline int task_exit(int group_dead)
     struct watched_process *process = watched_tgids.lookup(&tgid);
     if (!process)
         return 0;
-    forget_python_thread((u32)bpf_get_current_pid_tgid());
     // The main thread ends with its process; counting only the others keeps
     // live = 1 + created - exited for a process watched from its start.
     if (tid != tgid) {

@@ -124,7 +124,10 @@ PYTHON_BINARY_FIELDS = (
     KernelField("INODE_I_SIZE", "inode", "i_size", 8),
     KernelField("SUPER_BLOCK_S_DEV", "super_block", "s_dev", 4),
 )
-PYTHON_BINARIES_MAP = "python_templates"
+PYTHON_OBJECTS_MAP = "python_objects"
+PYTHON_EXECUTABLES_MAP = "python_executables"
+PYTHON_STARTING = "python_starting"  # processes.bpf.c's, at the interpreter's start
+INITIALIZE_SYMBOL = "_PyRuntime_Initialize"  # called first by every way into an interpreter
 # Where a kernel's sched_process_exit does not say that the thread ending is its process's last
 # (its group_dead field is newer than Linux 6.12), the probes read it from the task: its
 # signal_struct's count of live threads, which do_exit has already decremented.
@@ -153,7 +156,6 @@ DNS_THREAD_MAPS = {False: "dns_send_calls", True: "dns_mmsg_progress"}
 THREAD_STATE_MAP = "thread_states"
 SITE_MAPS = (
     "python_processes",
-    "live_thread_sites",
     "threads_created_by_site_total",
     "getaddrinfo_calls_by_site_total",
     "site_stacks_dropped_total",
@@ -242,8 +244,6 @@ class RawCounts:
     resolver_calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     # (StackFlag bits, code object addresses innermost first) -> count
     thread_stacks: Counter[tuple[int, tuple[int, ...]]] = field(default_factory=Counter)
-    # code object addresses of a creating stack -> its threads alive now
-    live_thread_stacks: Counter[tuple[int, ...]] = field(default_factory=Counter)
     call_stacks: Counter[tuple[int, tuple[int, ...]]] = field(default_factory=Counter)
     # Events counted as <other> because a by-site map was full: None for threads, else caller
     dropped_sites: Counter[str | None] = field(default_factory=Counter)
@@ -256,11 +256,8 @@ def stack_of(key) -> tuple[int, tuple[int, ...]]:
     return key.flags, codes[:depth]
 
 
-def _add_thread_stack(counts: RawCounts, key, value) -> None:
-    stack = stack_of(key)
-    counts.thread_stacks[stack] += value.created
-    if value.live:
-        counts.live_thread_stacks[stack[1]] += value.live
+def _add_thread_stack(counts: RawCounts, key, value: int) -> None:
+    counts.thread_stacks[stack_of(key)] += value
 
 
 def _add_call_stack(counts: RawCounts, key, value: int) -> None:
@@ -641,6 +638,7 @@ class BpfProbes:
         # (device, inode), or with per_process (device, inode, pid) -> the probes on it
         self._attached_objects: dict[tuple[int, ...], set[str]] = {}
         self._links: list[int] = []  # uprobe_multi link fds
+        self._objects: list[PythonObject] = []  # python_objects' entries, by index
         self._sessions = has_uprobe_sessions()
         self._multi_links = has_uprobe_multi_links()
         # per_process: pid -> its uprobes' event names and its uprobe_multi link fds
@@ -747,8 +745,11 @@ class BpfProbes:
             *task_event_cflags(btf),
         ]
         self._say_hooks()
-        if "-DTASK_STRUCT_MM" in " ".join(cflags) and "-DMM_STRUCT_EXE_FILE" in " ".join(cflags):
-            self.maps = (*self.maps, PYTHON_BINARIES_MAP)
+        if self.sites:
+            self.maps = (*self.maps, PYTHON_OBJECTS_MAP)
+            flags = " ".join(cflags)
+            if "-DTASK_STRUCT_MM" in flags and "-DMM_STRUCT_EXE_FILE" in flags:
+                self.maps = (*self.maps, PYTHON_EXECUTABLES_MAP)
         self.task_storage = has_task_storage()
         if not self.task_storage:
             self.maps = (*self.maps, THREAD_STATE_MAP)
@@ -1284,24 +1285,40 @@ class BpfProbes:
         """Entries in each map, to show they stay bounded."""
         return {name: self._reader(name).count() for name in self.maps}
 
-    def learn_python_binary(self, binary: PythonBinary, runtime) -> bool:
-        """Lets every process that starts this executable from now on have its frames read
-        from its first instruction (processes.bpf.c python_templates); False where the
-        kernel cannot tell the file at an exec."""
-        if PYTHON_BINARIES_MAP not in self.maps:
-            return False
-        table = self._bpf[PYTHON_BINARIES_MAP]
+    def learn_python_object(self, known: PythonObject, runtime) -> list[str]:
+        """Lets every process that maps this object from now on have its frames read from
+        its start (processes.bpf.c python_objects); returns the ways in the kernel allows
+        ("exec", "start"), none where it allows neither or the table is full."""
+        if PYTHON_OBJECTS_MAP not in self.maps or len(self._objects) >= MapSize.MAX_PYTHON_BINARIES:
+            return []
+        index = len(self._objects)
+        table = self._bpf[PYTHON_OBJECTS_MAP]
         process = dict(table.Leaf._fields_)["process"]
-        try:
-            table[table.Key(binary.dev, binary.ino)] = table.Leaf(
-                process(*python_process_fields(0, runtime, binary.code_start)),
-                binary.size,
-                *binary.pidns,
-            )
-        except Exception as err:  # bcc raises a bare Exception when the map is full
-            log.warning("executable not made known to the probes: %s", err)
-            return False
-        return True
+        executable = known.executable if PYTHON_EXECUTABLES_MAP in self.maps else None
+        table[ctypes.c_int(index)] = table.Leaf(
+            process(*python_process_fields(0, runtime, runtime.bias)),
+            known.initialize[0] if known.initialize else 0,
+            executable.code_start if executable else 0,
+            executable.size if executable else 0,
+            *known.pidns,
+        )
+        self._objects.append(known)
+        ways = []
+        if executable:
+            executables = self._bpf[PYTHON_EXECUTABLES_MAP]
+            key = executables.Key(executable.dev, executable.ino)
+            executables[key] = ctypes.c_uint32(index)
+            ways.append("exec")
+        if known.initialize and self._multi_links:
+            symbols = {INITIALIZE_SYMBOL: (known.initialize[1], index)}
+            try:
+                link = attach_uprobe_multi(self._bpf, PYTHON_STARTING, known.path, symbols, ENTRY)
+            except OSError as err:
+                log.warning("%s: not probed at %s: %s", known.path, INITIALIZE_SYMBOL, err)
+            else:
+                self._keep_link(link, -1)
+                ways.append("start")
+        return ways
 
 
 U32 = struct.Struct("=I")
@@ -1314,34 +1331,62 @@ def owner_offsets(key_type) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class PythonBinary:
-    """An executable with its interpreter linked in, at addresses fixed relative to its code,
-    as read in one process."""
+class PythonExecutable:
+    """An executable with the interpreter linked in, as the kernel knows the file at an exec."""
 
     dev: int  # its filesystem's device, as the kernel's dev_t (MAJOR << 20 | MINOR)
     ino: int
     size: int
-    code_start: int  # the process's mm->start_code
-    pidns: tuple[int, int]  # (st_dev, st_ino) of the process's PID namespace
+    code_start: int  # the process's mm->start_code less the load bias
 
 
-def python_binary(pid: int, runtime, mappings: list[procfs.Mapping]) -> PythonBinary | None:
-    """The executable whose interpreter the process runs, where every process of that file has
-    it at the same place relative to its code: None for a libpython (mapped wherever the
-    loader likes), or when the interpreter's thread list lies outside the file's mappings
-    (before 3.11 the main interpreter is allocated)."""
-    path, stat = procfs.exe_path(pid), procfs.process_stat(pid)
-    if stat is None or not stat.code_start or pyruntime.interpreter_object(pid, mappings) != path:
-        return None
+@dataclass(frozen=True)
+class PythonObject:
+    """An object holding an interpreter whose main interpreter lies in the object's data (3.11+),
+    at addresses fixed relative to its load bias: as read in one process, readable in every
+    process that maps it."""
+
+    path: str  # as the observer opens it (under the process's root)
+    identity: tuple[int, int, int]  # (st_dev, st_ino, st_size) of that file
+    pidns: tuple[int, int]  # (st_dev, st_ino) of the PID namespace it was read in
+    initialize: tuple[int, int] | None  # INITIALIZE_SYMBOL's (address as linked, file offset)
+    executable: PythonExecutable | None  # where the interpreter is linked into the executable
+
+
+def python_object(pid: int, runtime, mappings: list[procfs.Mapping]) -> PythonObject | None:
+    """The object holding the process's interpreter, where every process mapping it has the
+    interpreter at the same place relative to it; None where the main interpreter lies outside
+    the object's mappings (allocated, before 3.11), or no way in is found."""
+    path = runtime.object_path
     if not any(m.start <= runtime.threads_head < m.end for m in mappings if m.path == path):
         return None
-    info, namespace = os.stat(f"/proc/{pid}/exe"), os.stat(f"/proc/{pid}/ns/pid")
-    return PythonBinary(
+    opened = procfs.path_in_root(pid, path, mappings)
+    symbols, _ = pyruntime.elf_symbols(opened, (INITIALIZE_SYMBOL,))
+    offset = symbol_offset(opened, INITIALIZE_SYMBOL) if INITIALIZE_SYMBOL in symbols else None
+    initialize = (symbols[INITIALIZE_SYMBOL], offset) if offset is not None else None
+    executable = python_executable(pid, runtime) if path == procfs.exe_path(pid) else None
+    if initialize is None and executable is None:
+        return None
+    info, namespace = os.stat(opened), os.stat(f"/proc/{pid}/ns/pid")
+    return PythonObject(
+        path=opened,
+        identity=(info.st_dev, info.st_ino, info.st_size),
+        pidns=(namespace.st_dev, namespace.st_ino),
+        initialize=initialize,
+        executable=executable,
+    )
+
+
+def python_executable(pid: int, runtime) -> PythonExecutable | None:
+    stat = procfs.process_stat(pid)
+    if stat is None or not stat.code_start:
+        return None
+    info = os.stat(f"/proc/{pid}/exe")
+    return PythonExecutable(
         dev=(os.major(info.st_dev) << 20) | os.minor(info.st_dev),
         ino=info.st_ino,
         size=info.st_size,
-        code_start=stat.code_start,
-        pidns=(namespace.st_dev, namespace.st_ino),
+        code_start=(stat.code_start - runtime.bias) % ADDRESSES,
     )
 
 

@@ -120,9 +120,6 @@ class SiteLimit(enum.IntEnum):
     MAX_FRAMES_WALKED = 64  # frames looked at for a coroutine before giving up
     MAX_THREADS_WALKED = 256  # thread states looked at to find the caller's
     MAX_SITE_STACKS = 16384  # distinct (process, stack) keys per by-site map
-    MAX_LIVE_THREADS = 16384  # threads remembered with the stack that created them
-    # Of those, the ones kept in a slot of their tid (a power of two): the others in a map
-    LIVE_THREAD_SLOTS = 8192
     FRAME_HEADER_SIZE = 128  # the buffer a frame's header is read into (a power of two)
     FRAME_READ_SIZE = 80  # bytes of a frame read at once: previous, code and owner lie inside
     # The owner byte of frames with no code of their own: the C stack's entry frame (3.12,

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 import psutil
+from elftools.common.exceptions import ELFError
 
 from thread_observer import labels, procfs, pyruntime
 from thread_observer.bpf_backend import (
@@ -25,7 +26,7 @@ from thread_observer.bpf_backend import (
     WatchedEntry,
     attach_libc_of,
     pid_namespace_cflags,
-    python_binary,
+    python_object,
 )
 from thread_observer.capabilities import uprobe_capability_hint
 from thread_observer.constants import ProcessState, StackFlag
@@ -781,23 +782,26 @@ class BpfObserver(ProcObserver):
         )
 
     def _learn_binary(self, pid: int, runtime, mappings: list[procfs.Mapping]) -> None:
-        """Makes the process's executable known to the probes, once: its next processes have
-        their frames read from their first instruction."""
+        """Makes the object holding the process's interpreter known to the probes, once: the
+        next processes that map it have their frames read from their start."""
         try:
-            binary = python_binary(pid, runtime, mappings)
-        except OSError as err:  # it ended
-            log.debug("pid %d: its executable not learnt: %s", pid, err)
+            known = python_object(pid, runtime, mappings)
+        except (OSError, ELFError) as err:  # it ended
+            log.debug("pid %d: its interpreter's object not learnt: %s", pid, err)
             return
-        known = binary and (binary.dev, binary.ino, binary.size, binary.pidns)
-        if not known or known in self._binaries:
+        if known is None or (known.identity, known.pidns) in self._binaries:
             return
-        self._binaries.add(known)
-        if self.probes.learn_python_binary(binary, runtime):
+        self._binaries.add((known.identity, known.pidns))
+        ways = self.probes.learn_python_object(known, runtime)
+        if ways:
             log.info(
-                "pid %d: %s known: processes that start it have their frames read from "
-                "their first instruction",
+                "pid %d: %s known: processes that map it have their frames read from their "
+                "start (%s)",
                 pid,
-                procfs.exe_path(pid),
+                runtime.object_path,
+                " and ".join(
+                    {"exec": "at their exec", "start": "as the interpreter starts"}[w] for w in ways
+                ),
             )
 
     def _not_found(

@@ -74,6 +74,8 @@ class PythonRuntime:
     # (st_dev, st_ino) of the process's PID namespace when it is not the observer's, where its
     # thread states hold other ids than the observer sees; (0, 0) in the observer's own.
     pidns: tuple[int, int] = (0, 0)
+    object_path: str = ""  # the object holding the interpreter, as the process names it
+    bias: int = 0  # that object's load bias: where it lies less its addresses as linked
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,14 @@ def locate(pid: int, mappings: list[procfs.Mapping]) -> PythonRuntime:
     text = [(m.start, m.end) for m in mappings if m.path == path and m.executable]
     text_range = (min(s for s, _ in text), max(e for _, e in text)) if text else (0, 0)
     return PythonRuntime(
-        version, threads_head, bias + symbols["PyCode_Type"], offsets, text_range, pidns
+        version,
+        threads_head,
+        bias + symbols["PyCode_Type"],
+        offsets,
+        text_range,
+        pidns,
+        object_path=path,
+        bias=bias,
     )
 
 
