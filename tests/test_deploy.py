@@ -936,15 +936,15 @@ def test_runtime_packages_are_bcc_and_python_only():
 
 def test_run_imports_none_of_the_extras():
     """`run` and `check` work with the package's own dependencies: the extras (timeline,
-    workloads) and the test tools are refused on import here."""
+    workloads, top's rich) and the test tools are refused on import here."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {re.split(r"[<>=\[]", d)[0] for d in project["dependencies"]}
-    assert names == {"aiohttp", "prometheus-client", "psutil", "rich", "pyelftools"}
+    assert names == {"aiohttp", "prometheus-client", "psutil", "pyelftools"}
     extras = project["optional-dependencies"]
-    assert "thread-observer[timeline,workloads]" in extras["test"]
+    assert "thread-observer[timeline,workloads,top]" in extras["test"]
     code = """
 import sys
-REFUSED = {"matplotlib", "uvloop", "redis", "yaml", "pytest", "kubernetes_validate"}
+REFUSED = {"matplotlib", "uvloop", "redis", "yaml", "pytest", "kubernetes_validate", "rich"}
 class Refuse:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in REFUSED:
@@ -953,6 +953,15 @@ sys.meta_path.insert(0, Refuse())
 import thread_observer.server, thread_observer.check, thread_observer.observers
 from thread_observer.cli import build_parser
 build_parser().parse_args(["run", "--target", "a=b", "--pod-labels"])
+# top and demo say what to install instead of a traceback.
+from thread_observer.errors import UsageError
+from thread_observer.top import run as top
+try:
+    top(build_parser().parse_args(["top", "--url", "http://127.0.0.1:1/metrics"]))
+except UsageError as err:
+    assert "pip install 'thread-observer[top]'" in str(err), err
+else:
+    raise AssertionError("top ran without rich")
 """
     result = subprocess.run(
         [sys.executable, "-c", code],

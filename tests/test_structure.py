@@ -21,6 +21,8 @@ COMMANDS = {
     "thread_observer.check",
     "thread_observer.demo",
     "thread_observer.top",
+    "thread_observer.top_sample",
+    "thread_observer.top_view",
     "thread_observer.timeline.command",
 }
 MIDDLE = {

@@ -20,15 +20,9 @@ from rich.console import Console
 from tests.harness import REPO, observer, wait_until
 from thread_observer.collector import ObserverCollector
 from thread_observer.model import Counts, Executor, ProcessRow, Snapshot
-from thread_observer.top import (
-    Session,
-    StatusLine,
-    increase,
-    logs_elsewhere,
-    parse_sample,
-    quantile,
-    render_frame,
-)
+from thread_observer.top import StatusLine, logs_elsewhere
+from thread_observer.top_sample import Session, increase, parse_sample, quantile
+from thread_observer.top_view import render_frame
 
 LOOP_SO = "loop.cpython-311-x86_64-linux-gnu.so"
 
@@ -190,7 +184,7 @@ def test_proc_backend_has_no_counts_to_show():
 
 
 def test_an_observer_that_does_not_answer():
-    from thread_observer.top import Sample
+    from thread_observer.top_sample import Sample
 
     text = frame_text(None, Sample(1.0, source="http://x/metrics", error="cannot scrape"), 1.0)
     assert "cannot scrape" in text
@@ -408,7 +402,7 @@ time.sleep(0.5)
 @pytest.mark.bpf
 def test_short_jobs_under_a_real_observer():
     from thread_observer.startup import make_observer
-    from thread_observer.top import ObserverSource
+    from thread_observer.top_sample import ObserverSource
 
     marker = f"top-job-{uuid.uuid4().hex[:12]}"  # -X option, ignored by CPython
     args = argparse.Namespace(

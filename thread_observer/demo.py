@@ -15,11 +15,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from rich.console import Console
-from rich.table import Table
-
 from thread_observer.arguments import add_log_level_argument, parse_listen
-from thread_observer.errors import UsageError
+from thread_observer.errors import UsageError, require_rich
 from thread_observer.histogram import log2_to_buckets, quantile
 from thread_observer.model import Counts
 
@@ -108,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from thread_observer.observers import BpfObserver
     from thread_observer.startup import started
 
+    require_rich("demo")
     problem = bpf_problem()
     if problem is None:
         try:
@@ -269,6 +267,8 @@ def show(rows: list[Row], skipped: dict[str, str], as_json: bool) -> None:
         for name, why in skipped.items():
             print(json.dumps({"scenario": name, "skipped": why}), flush=True)
         return
+    from rich.console import Console  # rich draws the table; the daemon does without it
+
     console = Console(width=max(Console().width, 170))
     console.print(table(rows))
     for row in rows:
@@ -277,7 +277,10 @@ def show(rows: list[Row], skipped: dict[str, str], as_json: bool) -> None:
         console.print(f"  skipped {name}: {why}")
 
 
-def table(rows: list[Row]) -> Table:
+def table(rows: list[Row]):
+    """The rows as a rich Table."""
+    from rich.table import Table
+
     python = ", ".join(sorted({row.python for row in rows}))
     result = Table(title=f"thread-observer demo (Python {python})", show_lines=False)
     for column, justify in [
