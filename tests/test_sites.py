@@ -512,3 +512,60 @@ def test_a_new_process_of_a_known_interpreter_has_its_frames_read_from_its_start
             "thread_observer_getaddrinfo_calls_total", "caller", target="early"
         )
         assert by_caller == {"event_loop": EARLY_RUNS, "other": EARLY_RUNS * 5}
+
+
+# grpcio's native resolver looks names up in grpc's own threads, which have no Python thread
+# state (they sleep in epoll between their jobs). Ground truth from an LD_PRELOAD counter of
+# every getaddrinfo call the process makes (tests/targets/count_getaddrinfo.c).
+GRPC_NATIVE = """
+import ctypes, json, os, sys
+from concurrent import futures
+import grpc
+counted = ctypes.CDLL(None).getaddrinfo_calls
+counted.restype = ctypes.c_ulong
+print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+sys.stdin.readline()
+echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+handler = grpc.method_handlers_generic_handler("Echo", {"Call": echo})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[handler])
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+for _ in range(int(sys.argv[1])):
+    with grpc.insecure_channel(f"localhost:{port}") as channel:
+        assert channel.unary_unary("/Echo/Call")(b"ping", timeout=10) == b"ping"
+server.stop(None)
+print(json.dumps({"getaddrinfo_calls": counted()}), flush=True)
+sys.stdin.readline()
+"""
+GRPC_CHANNELS = 10
+
+
+def test_grpc_native_resolver_lookups_are_never_on_an_event_loop(tmp_path):
+    pytest.importorskip("grpc", reason="grpcio is not installed (pip install grpcio)")
+    counter = tmp_path / "libcount_getaddrinfo.so"
+    source = TESTS / "targets" / "count_getaddrinfo.c"
+    subprocess.run(
+        ["gcc", "-O2", "-shared", "-fPIC", "-o", str(counter), str(source), "-ldl"], check=True
+    )
+    command = [
+        "env",
+        "GRPC_DNS_RESOLVER=native",
+        f"LD_PRELOAD={counter}",
+        sys.executable,
+        "-c",
+        GRPC_NATIVE,
+        str(GRPC_CHANNELS),
+    ]
+    with (
+        workload(command, native=True) as client,
+        observer(["--pid", f"grpc={client.pid}"], tmp_path) as running,
+    ):
+        wait_until(lambda: harness.sites_read(running, client.pid), 10, "frames read")
+        client.go()
+        calls = json.loads(client._line())["getaddrinfo_calls"]
+        assert calls >= GRPC_CHANNELS  # one per channel, and the server's own address
+        metrics = harness.settled(
+            running, {"thread_observer_getaddrinfo_calls_total": calls}, target="grpc"
+        )
+        callers = metrics.labels("thread_observer_getaddrinfo_calls_total", "caller", target="grpc")
+        assert callers == {"event_loop": 0, "other": calls}
