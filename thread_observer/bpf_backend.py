@@ -214,6 +214,7 @@ EPOLL_PROBE_NAMES = EPOLL_SYSCALLS
 # socket layer's sends.
 SWITCH_PROBE_NAMES = ("sched_switch",)
 SWITCH_PROGRAM = "mark_at_switch"  # getaddrinfo.bpf.c's, attached at sched_switch
+MARK_LINGER = 5.0  # seconds the epoll mark stays attached after the last process needed it
 SOCKET_SEND_PROBE_NAMES = ("sock_send_length", "tcp_sendmsg_locked")
 PROBE_NAMES = (
     *(t.split(":")[1] for t in MACRO_TRACEPOINTS),
@@ -624,6 +625,7 @@ class BpfProbes:
         # at any context switch or epoll wait of the machine.
         self.epoll_mark_on_demand = epoll_mark and sites and not epoll_mark_always
         self._mark_attached = False
+        self._mark_wanted_at = 0.0  # when a process last needed it (time.monotonic())
         self.per_process = per_process
         self.sites = sites
         self.host_names = host_names
@@ -828,23 +830,37 @@ class BpfProbes:
 
     def want_epoll_mark(self, unreadable: list[int]) -> None:
         """Attaches the epoll mark while some watched process's frames cannot be read (these
-        pids), and detaches it when none is left; with the mark always on, or off, nothing."""
-        if not self.epoll_mark_on_demand or bool(unreadable) == self._mark_attached:
+        pids), and detaches it once none has been for MARK_LINGER seconds (processes whose
+        interpreter is still to be found come and go: the mark is not attached and detached
+        for each); with the mark always on, or off, nothing."""
+        if not self.epoll_mark_on_demand:
             return
+        now = time.monotonic()
         if unreadable:
-            self._attach_epoll_mark()
-            log.info(
-                "epoll mark attached: %d watched process(es) (pid %d first) have frames that "
-                "cannot be read, and caller=event_loop comes from it there",
-                len(unreadable),
-                unreadable[0],
-            )
-        else:
+            self._mark_wanted_at = now
+            if not self._mark_attached:
+                self._attach_epoll_mark()
+                log.info(
+                    "epoll mark attached: %d watched process(es) (pid %d first) have frames "
+                    "that cannot be read (yet), and caller=event_loop comes from it there",
+                    len(unreadable),
+                    unreadable[0],
+                )
+        elif self._mark_attached and now - self._mark_wanted_at >= MARK_LINGER:
             self._detach_epoll_mark()
             log.info(
                 "epoll mark detached: the frames of every watched process are read; no program "
                 "runs at context switches or epoll waits"
             )
+
+    def python_placed(self, tgid: int, generation: int) -> bool:
+        """Whether the probes can read the process's frames (its interpreter placed by user
+        space, at its exec or as it started, or inherited at its fork)."""
+        try:
+            entry = self._bpf["python_processes"][ctypes.c_uint32(tgid)]
+        except KeyError:
+            return False
+        return entry.generation == generation
 
     def _attach_epoll_mark(self) -> None:
         self._mark_attached = True

@@ -545,7 +545,7 @@ class BpfObserver(ProcObserver):
             if tracked.sites is None and tracked.sites_unavailable is None:
                 self._find_python(tracked)
         # The epoll mark decides caller only where frames cannot: it runs only while needed.
-        self.probes.want_epoll_mark([t.pid for t in self.procs.values() if t.sites_unavailable])
+        self.probes.want_epoll_mark(self._frames_unreadable())
         super()._poll_locked()
         if time.monotonic() - self._last_housekeeping >= HOUSEKEEPING_INTERVAL:
             self._housekeeping()
@@ -780,6 +780,17 @@ class BpfObserver(ProcObserver):
         log.info(
             "pid %d: Python %d.%d call sites read from its frames", tracked.pid, *runtime.version
         )
+
+    def _frames_unreadable(self) -> list[int]:
+        """Watched processes whose frames cannot tell caller now: those whose frames cannot be
+        read, and those whose interpreter is still to be found (unless the kernel placed it
+        at their start: a known interpreter, or a fork's inherited one)."""
+        return [
+            t.pid
+            for t in self.procs.values()
+            if t.sites_unavailable
+            or (t.sites is None and not self.probes.python_placed(t.pid, t.generation))
+        ]
 
     def _learn_binary(self, pid: int, runtime, mappings: list[procfs.Mapping]) -> None:
         """Makes the object holding the process's interpreter known to the probes, once: the
