@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Container
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -616,14 +617,13 @@ class BpfProbes:
         host_names: bool = True,
         dns_queries: bool = True,
         epoll_mark: bool = True,
-        epoll_mark_always: bool = False,
     ) -> None:
         self.track_new_processes = track_new_processes
         self.epoll_mark = epoll_mark
         # Where frames are read, the mark decides only for processes whose frames cannot be:
         # it is attached while there is one (want_epoll_mark), and otherwise no program runs
         # at any context switch or epoll wait of the machine.
-        self.epoll_mark_on_demand = epoll_mark and sites and not epoll_mark_always
+        self.epoll_mark_on_demand = epoll_mark and sites
         self._mark_attached = False
         self._mark_wanted_at = 0.0  # when a process last needed it (time.monotonic())
         self.per_process = per_process
@@ -640,7 +640,7 @@ class BpfProbes:
         # (device, inode), or with per_process (device, inode, pid) -> the probes on it
         self._attached_objects: dict[tuple[int, ...], set[str]] = {}
         self._links: list[int] = []  # uprobe_multi link fds
-        self._objects: list[PythonObject] = []  # python_objects' entries, by index
+        self._python_objects = 0  # python_objects' entries written (the next one's index)
         self._sessions = has_uprobe_sessions()
         self._multi_links = has_uprobe_multi_links()
         # per_process: pid -> its uprobes' event names and its uprobe_multi link fds
@@ -739,18 +739,19 @@ class BpfProbes:
             self._detacher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uprobe-detach")
         btf = kernel_btf()
         self._use_hooks(choose_hooks(btf))
+        exec_flags = exec_kernel_cflags(btf)
+        binary_flags = python_binary_cflags(btf) if self.sites else []
         cflags = [
             *self._dns_cflags(btf),
-            *exec_kernel_cflags(btf),
-            *(python_binary_cflags(btf) if self.sites else []),
+            *exec_flags,
+            *binary_flags,
             *forked_child_cflags(btf),
             *task_event_cflags(btf),
         ]
         self._say_hooks()
         if self.sites:
             self.maps = (*self.maps, PYTHON_OBJECTS_MAP)
-            flags = " ".join(cflags)
-            if "-DTASK_STRUCT_MM" in flags and "-DMM_STRUCT_EXE_FILE" in flags:
+            if exec_flags and binary_flags:  # processes.bpf.c's python_executables
                 self.maps = (*self.maps, PYTHON_EXECUTABLES_MAP)
         self.task_storage = has_task_storage()
         if not self.task_storage:
@@ -1305,9 +1306,9 @@ class BpfProbes:
         """Lets every process that maps this object from now on have its frames read from
         its start (processes.bpf.c python_objects); returns the ways in the kernel allows
         ("exec", "start"), none where it allows neither or the table is full."""
-        if PYTHON_OBJECTS_MAP not in self.maps or len(self._objects) >= MapSize.MAX_PYTHON_BINARIES:
+        index = self._python_objects
+        if PYTHON_OBJECTS_MAP not in self.maps or index >= MapSize.MAX_PYTHON_BINARIES:
             return []
-        index = len(self._objects)
         table = self._bpf[PYTHON_OBJECTS_MAP]
         process = dict(table.Leaf._fields_)["process"]
         executable = known.executable if PYTHON_EXECUTABLES_MAP in self.maps else None
@@ -1318,7 +1319,7 @@ class BpfProbes:
             executable.size if executable else 0,
             *known.pidns,
         )
-        self._objects.append(known)
+        self._python_objects += 1
         ways = []
         if executable:
             executables = self._bpf[PYTHON_EXECUTABLES_MAP]
@@ -1369,25 +1370,32 @@ class PythonObject:
     executable: PythonExecutable | None  # where the interpreter is linked into the executable
 
 
-def python_object(pid: int, runtime, mappings: list[procfs.Mapping]) -> PythonObject | None:
+def python_object(
+    pid: int, runtime, mappings: list[procfs.Mapping], known: Container[tuple] = ()
+) -> PythonObject | None:
     """The object holding the process's interpreter, where every process mapping it has the
     interpreter at the same place relative to it; None where the main interpreter lies outside
-    the object's mappings (allocated, before 3.11), or no way in is found."""
+    the object's mappings (allocated, before 3.11), no way in is found, or the object is one
+    of ``known`` ((identity, pidns) pairs: its symbols are not looked up again)."""
     path = runtime.object_path
     if not any(m.start <= runtime.threads_head < m.end for m in mappings if m.path == path):
         return None
     opened = procfs.path_in_root(pid, path, mappings)
+    info, namespace = os.stat(opened), os.stat(f"/proc/{pid}/ns/pid")
+    identity = (info.st_dev, info.st_ino, info.st_size)
+    pidns = (namespace.st_dev, namespace.st_ino)
+    if (identity, pidns) in known:
+        return None
     symbols, _ = pyruntime.elf_symbols(opened, (INITIALIZE_SYMBOL,))
     offset = symbol_offset(opened, INITIALIZE_SYMBOL) if INITIALIZE_SYMBOL in symbols else None
     initialize = (symbols[INITIALIZE_SYMBOL], offset) if offset is not None else None
     executable = python_executable(pid, runtime) if path == procfs.exe_path(pid) else None
     if initialize is None and executable is None:
         return None
-    info, namespace = os.stat(opened), os.stat(f"/proc/{pid}/ns/pid")
     return PythonObject(
         path=opened,
-        identity=(info.st_dev, info.st_ino, info.st_size),
-        pidns=(namespace.st_dev, namespace.st_ino),
+        identity=identity,
+        pidns=pidns,
         initialize=initialize,
         executable=executable,
     )

@@ -396,19 +396,16 @@ def executor_values(executors: list[Executor]) -> dict[tuple[str, str], dict[str
 def bounded_names(executors: list[Executor]) -> list[tuple[Executor, str]]:
     """Each executor with its label: its name, unless its pool has more names than
     EXECUTOR_NAMES_PER_POOL (the names with fewest threads, then last in order, give way)."""
+    named = [(executor, executor.name or UNNAMED_EXECUTOR) for executor in executors]
     threads: dict[tuple[str, str], int] = {}
-    for executor in executors:
-        key = (executor.pool, executor.name or UNNAMED_EXECUTOR)
-        threads[key] = threads.get(key, 0) + executor.threads
+    for executor, name in named:
+        threads[executor.pool, name] = threads.get((executor.pool, name), 0) + executor.threads
     kept: dict[str, list[str]] = {}
     for pool, name in sorted(threads, key=lambda key: (-threads[key], key)):
         kept.setdefault(pool, [])
         if len(kept[pool]) < EXECUTOR_NAMES_PER_POOL:
             kept[pool].append(name)
-    return [
-        (e, name if (name := e.name or UNNAMED_EXECUTOR) in kept[e.pool] else OTHER_EXECUTORS)
-        for e in executors
-    ]
+    return [(e, name if name in kept[e.pool] else OTHER_EXECUTORS) for e, name in named]
 
 
 def _site_self_metrics(snapshot: Snapshot) -> Iterator[Metric]:

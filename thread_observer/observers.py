@@ -477,7 +477,7 @@ class BpfObserver(ProcObserver):
         self._reports_ahead = False
         # pid -> until when it is looked at in /proc at every poll (see FRESH_SECONDS)
         self._fresh: dict[int, float] = {}
-        self._binaries: set[tuple] = set()  # executables made known to the probes
+        self._binaries: set[tuple] = set()  # interpreter objects made known to the probes
         # Fresh pids whose libraries were not mapped yet when they were attached
         self._libc_pending: set[int] = set()
         # pid -> ((raw counts, sites reader, creator resolver, generation), its counts)
@@ -796,11 +796,11 @@ class BpfObserver(ProcObserver):
         """Makes the object holding the process's interpreter known to the probes, once: the
         next processes that map it have their frames read from their start."""
         try:
-            known = python_object(pid, runtime, mappings)
+            known = python_object(pid, runtime, mappings, self._binaries)
         except (OSError, ELFError) as err:  # it ended
             log.debug("pid %d: its interpreter's object not learnt: %s", pid, err)
             return
-        if known is None or (known.identity, known.pidns) in self._binaries:
+        if known is None:
             return
         self._binaries.add((known.identity, known.pidns))
         ways = self.probes.learn_python_object(known, runtime)
