@@ -33,7 +33,9 @@ done
 say() { echo "setup: $*" >&2; }
 here=$(cd "$(dirname "$0")/.." && pwd)
 
-# bcc must come from Debian (python3-bpfcc): the PyPI package named "bcc" is unrelated.
+# bcc must come from Debian (python3-bpfcc): the PyPI package named "bcc" is unrelated. It
+# compiles the probes in a short-lived child; the daemon then works their maps and attachments
+# through libbpf (libbpf1, which python3-bpfcc brings), never mapping LLVM.
 # Kernel headers are Debian's metapackage for this machine's architecture (amd64, arm64).
 ARCH=$(dpkg --print-architecture)
 RUNTIME_PACKAGES="python3-bpfcc python3-venv"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import gc
 import importlib.resources
 import itertools
 import logging
@@ -17,11 +18,14 @@ import struct
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Container
+from collections.abc import Callable, Container
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from elftools.common.exceptions import ELFError
+
 from thread_observer import procfs, pyruntime
+from thread_observer.bpf_calls import lookup_batch
 from thread_observer.capabilities import (
     BCC_HINT,
     Result,
@@ -46,7 +50,15 @@ from thread_observer.constants import (
 from thread_observer.kernel_btf import Btf, BtfError, KernelField, field_cflags, running_kernel_btf
 from thread_observer.kernel_headers import prepare_kernel_headers, say_headers
 from thread_observer.labels import host_label
+from thread_observer.loaded_probes import (
+    KPROBE,
+    NO_ATTACH_TYPE,
+    RAW_TRACEPOINT,
+    TRACEPOINT,
+    LoadedProbes,
+)
 from thread_observer.preemption import guard_calls, preempt_guard
+from thread_observer.probe_loader import LoaderFailed, load_in_child
 from thread_observer.tracefs import missing_fields, tracepoint_fields
 
 log = logging.getLogger(__name__)
@@ -187,6 +199,12 @@ UPROBE_PROGRAMS = (
         for probe in (GETADDRINFO_PROBE, RESOLVER_PROBE)
         for function in (probe.session, probe.entry, probe.on_return)
     ),
+)
+# Every symbol looked for in a libc-like object.
+LIBC_SYMBOLS = (
+    *(symbol for symbol, _, _ in UPROBES),
+    "getaddrinfo",
+    *(function.label for function in PROBED_RESOLVER_FUNCTIONS),
 )
 TIMELINE_UPROBES = (
     ("pthread_create", "timeline_pthread_create", False),
@@ -408,6 +426,21 @@ def compile_probes(
     return bpf
 
 
+def load_probes(files: tuple[str, ...], cflags: list[str], programs: list) -> LoadedProbes:
+    """The daemon's probes compiled and loaded in a child process (probe_loader.py: LLVM
+    never in this one), their tracepoints attached here."""
+    try:
+        loaded = load_in_child(files, cflags, "probes", programs)
+    except LoaderFailed as err:
+        raise BpfUnavailable(str(err)) from None
+    try:
+        loaded.attach_autoload()
+    except OSError as err:
+        loaded.cleanup()
+        raise BpfUnavailable(f"attaching the probes' tracepoints failed: {err}") from None
+    return loaded
+
+
 def watch_process(watched, tgid: int, target: int = 0) -> int:
     """Marks a process watched in a ``watched_tgids`` map, with the observer's number for its
     target (which its children inherit); returns its generation, the one the kernel gave it if
@@ -458,8 +491,8 @@ def choose_hooks(btf: Btf | BtfError) -> Hooks:
     sock_send_length (6.3+) and tcp_sendmsg_locked (6.10+), which the kernel's BTF lists."""
     if not task_registers_readable() or isinstance(btf, BtfError):
         return SYSCALL_HOOKS
-    wanted = {f"btf_trace_{name}" for name in SOCKET_SEND_PROBE_NAMES}
-    return Hooks(epoll_at_switch=True, sends_at_sockets=wanted <= btf.typedefs)
+    sockets = all(btf.has_typedef(f"btf_trace_{name}") for name in SOCKET_SEND_PROBE_NAMES)
+    return Hooks(epoll_at_switch=True, sends_at_sockets=sockets)
 
 
 def in_pid_namespace() -> bool:
@@ -602,6 +635,233 @@ KERNEL_DROPS = ("children_not_watched_total", "exec_reports_lost_total")
 DNS_KERNEL_DROPS = ("dns_unknown_socket_sends_total",)
 
 
+@dataclass(frozen=True)
+class ProbeChoices:
+    """What the user chose of the probes (``run``'s flags)."""
+
+    track_new_processes: bool
+    sites: bool = True
+    follow_children: bool = True
+    per_process: bool = False
+    host_names: bool = True
+    dns_queries: bool = True
+    epoll_mark: bool = True
+
+    @property
+    def epoll_mark_on_demand(self) -> bool:
+        """Where frames are read, the mark decides only for processes whose frames cannot be:
+        it is attached while there is one, and otherwise no program runs at any context switch
+        or epoll wait of the machine."""
+        return self.epoll_mark and self.sites
+
+
+@dataclass(frozen=True, eq=False)
+class KernelFeatures:
+    """What the running kernel offers the probes, found in one place (:meth:`detect`); a test
+    or a benchmark builds one to plan the probes as on another kernel."""
+
+    btf: Btf | BtfError  # the kernel's BTF, or why it cannot be read
+    hooks: Hooks  # where the epoll mark and the DNS probe see their events
+    task_storage: bool
+    uprobe_multi: bool  # uprobe_multi links (6.6+)
+    uprobe_sessions: bool  # uprobe sessions (6.13+)
+    pid_namespace: bool  # the observer runs in a PID namespace of its own
+    # A tracepoint's fields in this kernel ("system:event" -> names, None where unknown)
+    tracepoint_fields: Callable[[str], frozenset[str] | None] = tracepoint_fields
+
+    @classmethod
+    def detect(cls) -> KernelFeatures:
+        btf = kernel_btf()
+        return cls(
+            btf=btf,
+            hooks=choose_hooks(btf),
+            task_storage=has_task_storage(),
+            uprobe_multi=has_uprobe_multi_links(),
+            uprobe_sessions=has_uprobe_sessions(),
+            pid_namespace=in_pid_namespace(),
+        )
+
+
+@dataclass(frozen=True)
+class ProbeListing:
+    """The maps read and the probes listed for the features on."""
+
+    counter_maps: dict
+    maps: tuple[str, ...]
+    probe_names: tuple[str, ...]
+    kernel_drop_names: tuple[str, ...]
+
+
+def probe_listing(choices: ProbeChoices, hooks: Hooks, dns_queries: bool) -> ProbeListing:
+    # Without dns.bpf.c, none of its tracepoints: no program runs at any process's write or
+    # send; without the epoll mark, none at any process's epoll waits. Only the hooks chosen
+    # are listed.
+    sockets, switch = hooks.sends_at_sockets, hooks.epoll_at_switch
+    dns_names = SOCKET_SEND_PROBE_NAMES if sockets else DNS_PROBE_NAMES
+    epoll_names = SWITCH_PROBE_NAMES if switch else EPOLL_PROBE_NAMES
+    mark_always = choices.epoll_mark and not choices.epoll_mark_on_demand
+    left_out = (
+        *(() if dns_queries else dns_names),
+        *(() if mark_always else epoll_names),
+        *(DNS_PROBE_NAMES if sockets else SOCKET_SEND_PROBE_NAMES),
+        *(EPOLL_PROBE_NAMES if switch else SWITCH_PROBE_NAMES),
+    )
+    return ProbeListing(
+        counter_maps={
+            **COUNTER_MAPS,
+            **(HOST_COUNTER_MAPS if choices.host_names else {}),
+            **(DNS_COUNTER_MAPS if dns_queries else {}),
+            **(SITE_COUNTER_MAPS if choices.sites else {}),
+        },
+        maps=(
+            *MAPS,
+            *(HOST_COUNTER_MAPS if choices.host_names else ()),
+            *((*DNS_MAPS, DNS_THREAD_MAPS[sockets]) if dns_queries else ()),
+            *(SITE_MAPS if choices.sites else ()),
+        ),
+        probe_names=tuple(name for name in PROBE_NAMES if name not in left_out),
+        kernel_drop_names=(*KERNEL_DROPS, *(DNS_KERNEL_DROPS if dns_queries else ())),
+    )
+
+
+@dataclass(frozen=True)
+class ProbePlan:
+    """What one load compiles, loads, attaches and reads, decided once from the user's choices
+    and the kernel's features: plain data (``plan_probes``)."""
+
+    hooks: Hooks
+    dns_queries: bool  # the DNS probe on: chosen, and possible on this kernel
+    dns_left_out: bool  # chosen, but impossible here: its probes count as attach errors
+    task_storage: bool
+    child_at_fork: bool  # in a PID namespace, a forked child's id read at its fork
+    files: tuple[str, ...]
+    cflags: tuple[str, ...]
+    # (name, program type, expected attach type): each way a program may be attached
+    programs: tuple[tuple[str, int, int], ...]
+    listing: ProbeListing
+
+
+def plan_probes(choices: ProbeChoices, features: KernelFeatures) -> ProbePlan:
+    """The plan for these choices on a kernel with these features; what it leaves out, and
+    why, is said in the log."""
+    btf, hooks = features.btf, features.hooks
+    dns_flags, dns_queries = dns_cflags(btf, choices.dns_queries)
+    exec_flags = exec_kernel_cflags(btf)
+    binary_flags = python_binary_cflags(btf) if choices.sites else []
+    cflags = [
+        *dns_flags,
+        *exec_flags,
+        *binary_flags,
+        *(forked_child_cflags(btf) if features.pid_namespace else []),
+        *task_event_cflags(btf),
+        *bpf_cflags(
+            choices.track_new_processes, choices.sites, features.task_storage, choices.host_names
+        ),
+        f"-DFOLLOW_CHILDREN={int(choices.follow_children)}",
+        *hooks.cflags(choices.epoll_mark),
+    ]
+    files, dns_queries = probe_files(dns_queries, hooks, features.tracepoint_fields)
+    listing = probe_listing(choices, hooks, dns_queries)
+    extra_maps = (
+        *((PYTHON_OBJECTS_MAP,) if choices.sites else ()),
+        # processes.bpf.c's python_executables
+        *((PYTHON_EXECUTABLES_MAP,) if choices.sites and exec_flags and binary_flags else ()),
+        *(() if features.task_storage else (THREAD_STATE_MAP,)),
+        *(("forked_children",) if features.pid_namespace else ()),
+    )
+    listing = ProbeListing(
+        listing.counter_maps,
+        (*listing.maps, *extra_maps),
+        listing.probe_names,
+        listing.kernel_drop_names,
+    )
+    child_at_fork = "-DCHILD_AT_FORK=1" in cflags
+    return ProbePlan(
+        hooks=hooks,
+        dns_queries=dns_queries,
+        dns_left_out=choices.dns_queries and not dns_queries,
+        task_storage=features.task_storage,
+        child_at_fork=child_at_fork,
+        files=files,
+        cflags=tuple(cflags),
+        programs=program_specs(choices, features, dns_queries, child_at_fork),
+        listing=listing,
+    )
+
+
+def dns_cflags(btf: Btf | BtfError, wanted: bool) -> tuple[list[str], bool]:
+    """dns.bpf.c's kernel field offsets, and whether the DNS probe stays on. A kernel without
+    BTF has none to give: the probe is left out, said in the log."""
+    if not wanted:
+        log.info("DNS messages not followed (--no-dns-queries): no dns_queries_total")
+        return [], False
+    try:
+        return kernel_cflags(btf, DNS_KERNEL_FIELDS), True
+    except BtfError as err:
+        log.warning(
+            "DNS messages not followed: dns.bpf.c reads kernel structs at the offsets the "
+            "kernel's BTF gives, and %s (a kernel built with CONFIG_DEBUG_INFO_BTF has it): "
+            "no dns_queries_total",
+            err,
+        )
+    return [], False
+
+
+def probe_files(
+    dns_queries: bool, hooks: Hooks, fields_of=tracepoint_fields
+) -> tuple[tuple[str, ...], bool]:
+    """The files to compile, and whether the DNS probe stays on: dns.bpf.c only where its
+    sends are followed and, on the syscall tracepoints, where their formats have the fields it
+    reads (bcc would fail the whole compile). A core file's missing field is said as the
+    reason the backend fails."""
+    files = tuple(f for f in PROBE_FILES if dns_queries or f != DNS_PROBE_FILE)
+    lacking = missing_fields(files, fields_of)
+    # At the socket layer dns.bpf.c reads no tracepoint's fields.
+    dns_lacking = lacking.pop(DNS_PROBE_FILE, None)
+    if dns_lacking and not hooks.sends_at_sockets:
+        log.warning(
+            "DNS messages not followed: this kernel's send tracepoints lack %s, which "
+            "dns.bpf.c reads: no dns_queries_total",
+            ", ".join(dns_lacking),
+        )
+        dns_queries = False
+        files = tuple(f for f in files if f != DNS_PROBE_FILE)
+    raise_for_missing_fields(lacking)
+    return files, dns_queries
+
+
+def program_specs(
+    choices: ProbeChoices, features: KernelFeatures, dns_queries: bool, child_at_fork: bool
+) -> tuple[tuple[str, int, int], ...]:
+    """Every program this configuration may attach, as (name, program type, expected attach
+    type), in each way it may be attached: a uprobe program on a uprobe_multi link or session
+    is loaded apart from the same program on a perf event (the fallback next to another tool's
+    uprobe, and the only way before Linux 6.6)."""
+    plain, hooks = NO_ATTACH_TYPE, features.hooks
+    getaddrinfo = (GETADDRINFO_PROBE.entry, GETADDRINFO_PROBE.on_return)
+    uprobes = (*(function for _, function, _ in UPROBES), *getaddrinfo)
+    specs = [(name, KPROBE, plain) for name in uprobes]
+    if features.uprobe_multi:
+        linked = (*uprobes, RESOLVER_PROBE.entry, RESOLVER_PROBE.on_return)
+        linked += (PYTHON_STARTING,) if choices.sites else ()
+        specs += [(name, KPROBE, BPF_TRACE_UPROBE_MULTI) for name in linked]
+    else:
+        entries = [resolver_entry_program(f) for f in PROBED_RESOLVER_FUNCTIONS]
+        specs += [(name, KPROBE, plain) for name in (*entries, RESOLVER_PROBE.on_return)]
+    if features.uprobe_sessions:
+        sessions = (GETADDRINFO_PROBE.session, RESOLVER_PROBE.session)
+        specs += [(name, KPROBE, BPF_TRACE_UPROBE_SESSION) for name in sessions]
+    if choices.epoll_mark and hooks.epoll_at_switch:
+        specs.append((SWITCH_PROGRAM, RAW_TRACEPOINT, plain))
+    elif choices.epoll_mark:
+        specs.append((PLAIN_TRACEPOINTS[0][1], TRACEPOINT, plain))
+    if dns_queries and hooks.sends_at_sockets:
+        specs.append(("count_tcp_send", RAW_TRACEPOINT, plain))
+    if features.pid_namespace and not child_at_fork:
+        specs.append(("adopt_forked_child", TRACEPOINT, plain))
+    return tuple(specs)
+
+
 class BpfProbes:
     """The probes. With ``per_process`` the uprobes are attached for each watched process (a
     perf event with its pid), so that no other process ever hits them: only where no process
@@ -617,13 +877,22 @@ class BpfProbes:
         host_names: bool = True,
         dns_queries: bool = True,
         epoll_mark: bool = True,
+        features: KernelFeatures | None = None,
     ) -> None:
+        self.choices = ProbeChoices(
+            track_new_processes,
+            sites,
+            follow_children,
+            per_process,
+            host_names,
+            dns_queries,
+            epoll_mark,
+        )
+        self.features = features  # detected at load unless given
+        self.plan: ProbePlan | None = None
         self.track_new_processes = track_new_processes
         self.epoll_mark = epoll_mark
-        # Where frames are read, the mark decides only for processes whose frames cannot be:
-        # it is attached while there is one (want_epoll_mark), and otherwise no program runs
-        # at any context switch or epoll wait of the machine.
-        self.epoll_mark_on_demand = epoll_mark and sites
+        self.epoll_mark_on_demand = self.choices.epoll_mark_on_demand
         self._mark_attached = False
         self._mark_wanted_at = 0.0  # when a process last needed it (time.monotonic())
         self.per_process = per_process
@@ -631,7 +900,7 @@ class BpfProbes:
         self.host_names = host_names
         self.follow_children = follow_children
         self.hooks = SYSCALL_HOOKS  # chosen at load, from the kernel's BTF
-        self._choose_maps(dns_queries)
+        self._use_listing(probe_listing(self.choices, self.hooks, dns_queries), dns_queries)
         # Every probe is listed from the start, so one that failed to attach shows 0.
         self.probes_attached: Counter[str] = Counter(dict.fromkeys(self.probe_names, 0))
         self.attach_errors: Counter[str] = Counter(dict.fromkeys(self.probe_names, 0))
@@ -641,8 +910,7 @@ class BpfProbes:
         self._attached_objects: dict[tuple[int, ...], set[str]] = {}
         self._links: list[int] = []  # uprobe_multi link fds
         self._python_objects = 0  # python_objects' entries written (the next one's index)
-        self._sessions = has_uprobe_sessions()
-        self._multi_links = has_uprobe_multi_links()
+        self._sessions = self._multi_links = False  # the kernel's, at load
         # per_process: pid -> its uprobes' event names and its uprobe_multi link fds
         self._process_events: dict[int, list[str]] = defaultdict(list)
         self._process_links: dict[int, list[int]] = defaultdict(list)
@@ -658,127 +926,62 @@ class BpfProbes:
         self._epochs = itertools.count(1)
         self._epoch_lock = threading.Lock()
 
-    def _choose_maps(self, dns_queries: bool) -> None:
-        """The maps read and the probes listed, for the features on."""
-        self.dns_queries = dns_queries
-        self.counter_maps = {
-            **COUNTER_MAPS,
-            **(HOST_COUNTER_MAPS if self.host_names else {}),
-            **(DNS_COUNTER_MAPS if dns_queries else {}),
-            **(SITE_COUNTER_MAPS if self.sites else {}),
-        }
-        self.maps = (
-            *MAPS,
-            *(HOST_COUNTER_MAPS if self.host_names else ()),
-            *((*DNS_MAPS, DNS_THREAD_MAPS[self.hooks.sends_at_sockets]) if dns_queries else ()),
-            *(SITE_MAPS if self.sites else ()),
-        )
-        # Without dns.bpf.c, none of its tracepoints: no program runs at any process's
-        # write or send; without the epoll mark, none at any process's epoll waits. Only the
-        # hooks chosen are listed.
-        sockets, switch = self.hooks.sends_at_sockets, self.hooks.epoll_at_switch
-        dns_names = SOCKET_SEND_PROBE_NAMES if sockets else DNS_PROBE_NAMES
-        epoll_names = SWITCH_PROBE_NAMES if switch else EPOLL_PROBE_NAMES
-        left_out = (
-            *(() if dns_queries else dns_names),
-            *(() if self.epoll_mark and not self.epoll_mark_on_demand else epoll_names),
-            *(DNS_PROBE_NAMES if sockets else SOCKET_SEND_PROBE_NAMES),
-            *(EPOLL_PROBE_NAMES if switch else SWITCH_PROBE_NAMES),
-        )
-        self.probe_names = tuple(name for name in PROBE_NAMES if name not in left_out)
-        self.kernel_drop_names = (*KERNEL_DROPS, *(DNS_KERNEL_DROPS if dns_queries else ()))
-
-    def _dns_cflags(self, btf: Btf | BtfError) -> list[str]:
-        """dns.bpf.c's kernel field offsets. A kernel without BTF has none to give: the probe
-        is left out, said in the log and, as never attached, in attach_errors."""
-        if not self.dns_queries:
-            log.info("DNS messages not followed (--no-dns-queries): no dns_queries_total")
-            return []
-        try:
-            return kernel_cflags(btf, DNS_KERNEL_FIELDS)
-        except BtfError as err:
-            log.warning(
-                "DNS messages not followed: dns.bpf.c reads kernel structs at the offsets the "
-                "kernel's BTF gives, and %s (a kernel built with CONFIG_DEBUG_INFO_BTF has "
-                "it): no dns_queries_total",
-                err,
-            )
-        self._leave_out_dns()
-        return []
-
-    def _leave_out_dns(self) -> None:
-        """No DNS probe after all: no dns_queries_total, and its probes in attach_errors."""
-        self._choose_maps(False)
-        for name in DNS_PROBE_NAMES:
-            self.attach_errors[name] += 1
-
-    def _probe_files(self) -> tuple[str, ...]:
-        """The files to compile: dns.bpf.c only where its sends are followed and, on the
-        syscall tracepoints, where their formats have the fields it reads (bcc would fail the
-        whole compile). A core file's missing field is said as the reason the backend fails."""
-        files = tuple(f for f in PROBE_FILES if self.dns_queries or f != DNS_PROBE_FILE)
-        lacking = missing_fields(files)
-        # At the socket layer dns.bpf.c reads no tracepoint's fields.
-        dns_lacking = lacking.pop(DNS_PROBE_FILE, None)
-        if dns_lacking and not self.hooks.sends_at_sockets:
-            log.warning(
-                "DNS messages not followed: this kernel's send tracepoints lack %s, which "
-                "dns.bpf.c reads: no dns_queries_total",
-                ", ".join(dns_lacking),
-            )
-            self._leave_out_dns()
-            files = tuple(f for f in files if f != DNS_PROBE_FILE)
-        raise_for_missing_fields(lacking)
-        return files
-
     # Loading
     def load(self) -> None:
         if self.per_process:
-            # bcc refuses a 1,001st probe by default; here there are 3 per process.
-            os.environ.setdefault("BCC_PROBE_LIMIT", str(4 * MapSize.MAX_PROCESSES))
             self._detacher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uprobe-detach")
-        btf = kernel_btf()
-        self._use_hooks(choose_hooks(btf))
-        exec_flags = exec_kernel_cflags(btf)
-        binary_flags = python_binary_cflags(btf) if self.sites else []
-        cflags = [
-            *self._dns_cflags(btf),
-            *exec_flags,
-            *binary_flags,
-            *forked_child_cflags(btf),
-            *task_event_cflags(btf),
-        ]
-        self._say_hooks()
-        if self.sites:
-            self.maps = (*self.maps, PYTHON_OBJECTS_MAP)
-            if exec_flags and binary_flags:  # processes.bpf.c's python_executables
-                self.maps = (*self.maps, PYTHON_EXECUTABLES_MAP)
-        self.task_storage = has_task_storage()
-        if not self.task_storage:
-            self.maps = (*self.maps, THREAD_STATE_MAP)
-            log.info("no task storage in this kernel (5.15+ with BTF): per-thread state in a map")
-        cflags += [
-            *bpf_cflags(self.track_new_processes, self.sites, self.task_storage, self.host_names),
-            f"-DFOLLOW_CHILDREN={int(self.follow_children)}",
-            *self.hooks.cflags(self.epoll_mark),
-        ]
-        if not self.host_names:
-            log.info("host names not read (--no-host-names): no getaddrinfo_host_calls_total")
-        self._bpf = compile_probes(self._probe_files(), cflags, "probes", btf)
+        features = self.features or KernelFeatures.detect()
+        plan = plan_probes(self.choices, features)
+        self._use_plan(plan, features)
+        self._say_plan()
+        self._bpf = load_probes(plan.files, list(plan.cflags), list(plan.programs))
         if self.dns_queries and self.hooks.sends_at_sockets:
             # dns.bpf.c's TCP sends are counted by a program of their own (a tail call).
-            bcc = import_bcc()
-            counter = self._bpf.load_func("count_tcp_send", bcc.BPF.RAW_TRACEPOINT)
+            counter = self._bpf.load_func("count_tcp_send", RAW_TRACEPOINT)
             self._bpf["dns_tcp_counter"][ctypes.c_int(0)] = ctypes.c_int(counter.fd)
         for name in self._attached_on_load():
             self.probes_attached[name] += 1
+        self._attach_plain_tracepoints(plan.child_at_fork)
+        self._bpf["exec_reports"].open_ring_buffer(self._keep_exec_report)
+        # The kernel's BTF, read for the flags above, is MiB of data now garbage.
+        gc.collect()
+        release_free_memory()
+
+    def _use_plan(self, plan: ProbePlan, features: KernelFeatures) -> None:
+        """Lists the probes and maps of the plan: every probe listed from the start, so one
+        that fails to attach shows 0; a DNS probe left out as an attach error of each of its
+        probes."""
+        self.plan, self.hooks, self.task_storage = plan, plan.hooks, plan.task_storage
+        self._sessions, self._multi_links = features.uprobe_sessions, features.uprobe_multi
+        wanted = probe_listing(self.choices, plan.hooks, self.choices.dns_queries)
+        for counter in (self.probes_attached, self.attach_errors):
+            for name in set(counter) - set(wanted.probe_names):
+                del counter[name]
+            counter.update(dict.fromkeys(wanted.probe_names, 0))
+        self._use_listing(plan.listing, plan.dns_queries)
+        if plan.dns_left_out:
+            for name in DNS_PROBE_NAMES:
+                self.attach_errors[name] += 1
+
+    def _use_listing(self, listing: ProbeListing, dns_queries: bool) -> None:
+        self.dns_queries = dns_queries
+        self.counter_maps = listing.counter_maps
+        self.maps = listing.maps
+        self.probe_names = listing.probe_names
+        self.kernel_drop_names = listing.kernel_drop_names
+
+    def _say_plan(self) -> None:
+        """Logs what the plan leaves out, and where the hooks see their events."""
+        self._say_hooks()
+        if not self.task_storage:
+            log.info("no task storage in this kernel (5.15+ with BTF): per-thread state in a map")
+        if not self.host_names:
+            log.info("host names not read (--no-host-names): no getaddrinfo_host_calls_total")
         if not self.epoll_mark:
             log.info(
                 "threads not marked when they wait in epoll (--no-epoll-mark): caller from "
                 "Python frames alone, other where they cannot tell"
             )
-        self._attach_plain_tracepoints(child_at_fork="-DCHILD_AT_FORK=1" in cflags)
-        self._bpf["exec_reports"].open_ring_buffer(self._keep_exec_report)
 
     def _attach_plain_tracepoints(self, child_at_fork: bool) -> None:
         """The tracepoints bcc does not attach on load: the epoll mark's when it is always on
@@ -787,23 +990,13 @@ class BpfProbes:
         if self.epoll_mark and not self.epoll_mark_on_demand:
             self._attach_epoll_mark()
         plain = []
-        if in_pid_namespace():
-            self.maps = (*self.maps, "forked_children")
+        if "forked_children" in self.maps:  # the plan's, in a PID namespace
             if child_at_fork:
                 self.probes_attached["sched_process_fork"] += 1  # attached by bcc on load
             else:
                 plain = [*plain, *((name, "adopt_forked_child") for name in CHILD_RETURNS)]
         for tracepoint, function in plain:
             self._attach_tracepoint(tracepoint, function)
-
-    def _use_hooks(self, hooks: Hooks) -> None:
-        """Lists the probes and maps of the hooks chosen."""
-        self.hooks = hooks
-        self._choose_maps(self.dns_queries)
-        for counter in (self.probes_attached, self.attach_errors):
-            for name in set(counter) - set(self.probe_names):
-                del counter[name]
-            counter.update(dict.fromkeys(self.probe_names, 0))
 
     def _say_hooks(self) -> None:
         """Logs where the epoll mark and the DNS probe see their events, if they are on."""
@@ -933,14 +1126,9 @@ class BpfProbes:
             log.warning("could not attach tracepoint %s: %s", tracepoint, err)
 
     def program_fds(self) -> dict[str, int]:
-        """File descriptors of the loaded programs by function name: the kernel's run
-        statistics of each are in /proc/self/fdinfo/FD."""
-        if self._bpf is None:
-            return {}
-        return {
-            name.decode() if isinstance(name, bytes) else name: function.fd
-            for name, function in self._bpf.funcs.items()
-        }
+        """File descriptors of the loaded programs by label (loaded_probes.py): the kernel's
+        run statistics of each are in /proc/self/fdinfo/FD."""
+        return self._bpf.program_fds() if self._bpf is not None else {}
 
     def attach_libc(self, path: str, device_inode: tuple[int, int], pid: int = -1) -> set[str]:
         """Uprobes on one libc-like object, once per file (uprobes are per inode), or with
@@ -1501,8 +1689,6 @@ class MapReader:
         )
 
     def _read_batches(self) -> tuple[bytes, bytes, int]:
-        from bcc.libbcc import lib
-
         fd = self.table.map_fd
         token_in, token_out, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
         total, started = 0, False
@@ -1512,7 +1698,7 @@ class MapReader:
                 if total == self._size:
                     break  # the map's maximum: nothing more can be in it
             count.value = self._size - total
-            result = lib.bpf_lookup_batch(
+            result = lookup_batch(
                 fd,
                 ctypes.byref(token_in) if started else None,
                 ctypes.byref(token_out),
@@ -1605,11 +1791,13 @@ class UprobeMultiLink(ctypes.Structure):
 
 
 def symbol_offset(path: str, symbol: str) -> int | None:
-    """The file offset of a symbol, as uprobes take it (bcc's own resolution), or None."""
-    bcc = import_bcc()
+    """The file offset of a symbol, as uprobes take it (as bcc resolves it), or None. The
+    symbols probed in a libc are read from a file in one pass (pyelftools reads a symbol table
+    in tens of milliseconds)."""
+    names = LIBC_SYMBOLS if symbol in LIBC_SYMBOLS else (symbol,)
     try:
-        return bcc.BPF._check_path_symbol(path.encode(), symbol.encode(), None, -1)[1]
-    except Exception:  # bcc raises bare Exception for a missing symbol
+        return pyruntime.symbol_file_offsets(path, names).get(symbol)
+    except (OSError, ELFError):
         return None
 
 
@@ -1663,6 +1851,8 @@ def attach_uprobe(
     """A uprobe (or uretprobe) for every process that maps the file, or only for process
     ``pid`` (the kernel then plants no breakpoint in any other); False if the file has no such
     symbol or the kernel refuses."""
+    if isinstance(bpf, LoadedProbes):
+        return attach_loaded_uprobe(bpf, path, symbol, function, on_return, pid)
     attach = bpf.attach_uretprobe if on_return else bpf.attach_uprobe
     with captured_stderr() as diagnostics:
         try:
@@ -1676,6 +1866,22 @@ def attach_uprobe(
                 # error unless no object of the process has the symbol (attach_libc_of).
                 log.debug("no %s in %s: %s", symbol, path, err)
             return False
+    return True
+
+
+def attach_loaded_uprobe(
+    loaded: LoadedProbes, path: str, symbol: str, function: str, on_return: bool, pid: int
+) -> bool:
+    """attach_uprobe for the daemon's probes (loaded_probes.py), without bcc."""
+    offset = symbol_offset(path, symbol)
+    if offset is None:
+        log.debug("no %s in %s", symbol, path)  # as a glibc's libpthread stub: see above
+        return False
+    try:
+        loaded.attach_uprobe_at(path, offset, function, on_return, pid)
+    except OSError as err:
+        log.warning("could not attach %s for %s in %s: %s", function, symbol, path, err)
+        return False
     return True
 
 

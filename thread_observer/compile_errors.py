@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterator
 MISSING_FIELD = re.compile(
     r"no member named '(?P<field>\w+)' in 'struct tracepoint__(?P<system>\w+?)__(?P<event>\w+)'"
 )
-CLANG_ERROR = re.compile(r"^(?:/virtual/main\.c|<\w[^>]*>|[\w/.-]+):\d+:\d+: error: (?P<text>.*)$")
+CLANG_ERROR = re.compile(
+    r"^(?:/virtual/main\.c|<\w[^>]*>|[\w/.-]+):\d+:\d+: (?:fatal )?error: (?P<text>.*)$"
+)
 # The verifier's log ends with the instruction count; the line before says why it refused.
 VERIFIER_END = re.compile(r"^processed \d+ insns")
 UNKNOWN_HELPER = re.compile(r"(?:unknown func|invalid func) (?P<helper>\S+)")

@@ -14,6 +14,7 @@ the types that a member's type goes through (typedefs, qualifiers) to reach its 
 
 from __future__ import annotations
 
+import array
 import struct
 from dataclasses import dataclass
 
@@ -63,7 +64,9 @@ class BtfType:
 
 
 class Btf:
-    """Struct layouts by name, from a BTF blob."""
+    """Struct layouts by name, from a BTF blob. The kernel's has some 100,000 types: they are
+    indexed in a few flat arrays and decoded only as they are looked up (objects for each would
+    hold tens of MiB, and leave the heap fragmented after they are gone)."""
 
     def __init__(self, data: bytes) -> None:
         magic, _, _, header_length, type_offset, type_length, string_offset, _ = HEADER.unpack_from(
@@ -73,64 +76,93 @@ class Btf:
             raise BtfError("not BTF (bad magic)")
         self._strings = header_length + string_offset
         self._data = data
-        self.types = self._read_types(header_length + type_offset, type_length)
-        self.structs = {
-            t.name: index
-            for index, t in enumerate(self.types)
-            if t.kind in (KIND_STRUCT, KIND_UNION) and t.name
-        }
-        # A tracepoint's arguments are typedef btf_trace_NAME: the typedefs say which exist.
-        self.typedefs = {t.name for t in self.types if t.kind == KIND_TYPEDEF}
-        # Functions by the offset of their name (kfuncs are called by their type id).
-        self._functions = {
-            t.size_or_type: index for index, t in enumerate(self.types) if t.kind == KIND_FUNC
-        }
+        # Per type id (0 is void): where its record starts, its info word, its name's offset.
+        self._positions = array.array("Q", [0])
+        self._infos = array.array("I", [0])
+        self._names = array.array("I", [0])
+        self._index_types(header_length + type_offset, type_length)
+        self._named_cache: dict[tuple[str, tuple[int, ...]], int | None] = {}
+        self._packed_names: bytes | None = None
+
+    def _index_types(self, start: int, length: int) -> None:
+        position, end = start, start + length
+        positions, infos, names = self._positions, self._infos, self._names
+        while position < end:
+            name_offset, info, _ = TYPE.unpack_from(self._data, position)
+            positions.append(position)
+            infos.append(info)
+            names.append(name_offset)
+            kind, count = info >> 24 & 0x1F, info & 0xFFFF
+            position += TYPE.size + EXTRA_BYTES.get(kind, 0) + BYTES_PER_MEMBER.get(kind, 0) * count
 
     def _name(self, offset: int) -> str:
         end = self._data.index(b"\0", self._strings + offset)
         return self._data[self._strings + offset : end].decode()
 
-    def _read_types(self, start: int, length: int) -> list[BtfType]:
-        types = [BtfType("void", 0, False, 0, ())]  # type id 0
-        position, end = start, start + length
-        while position < end:
-            name_offset, info, size_or_type = TYPE.unpack_from(self._data, position)
-            position += TYPE.size
-            kind, count = info >> 24 & 0x1F, info & 0xFFFF
-            members: tuple = ()
-            if kind in (KIND_STRUCT, KIND_UNION):
-                members = tuple(self._member(position + i * MEMBER.size) for i in range(count))
-            position += EXTRA_BYTES.get(kind, 0) + BYTES_PER_MEMBER.get(kind, 0) * count
-            # Names are decoded for structs, unions and typedefs only: the rest are never
-            # looked up.
-            named = kind in (KIND_STRUCT, KIND_UNION, KIND_TYPEDEF)
-            name = self._name(name_offset) if named else ""
-            # A function's type (its prototype) is never looked up: its name's offset is kept
-            # there instead, for function_id.
-            if kind == KIND_FUNC:
-                size_or_type = name_offset
-            types.append(BtfType(name, kind, bool(info >> 31), size_or_type, members))
-        return types
+    def _named(self, name: str, kinds: tuple[int, ...]) -> int | None:
+        """The id of the type of one of ``kinds`` with this name, or None."""
+        key = (name, kinds)
+        if key not in self._named_cache:
+            self._named_cache[key] = self._find_named(name, kinds)
+        return self._named_cache[key]
+
+    def _find_named(self, name: str, kinds: tuple[int, ...]) -> int | None:
+        """Every place the name is in the strings, then the types named by those offsets
+        (bytes.find over the packed arrays: no loop in Python over 100,000 types)."""
+        wanted = b"\0" + name.encode() + b"\0"
+        found = self._data.find(wanted, self._strings)
+        while found >= 0:
+            for type_id in self._ids_named(found + 1 - self._strings):
+                if self._infos[type_id] >> 24 & 0x1F in kinds:
+                    return type_id
+            found = self._data.find(wanted, found + 1)
+        return None
+
+    def _ids_named(self, offset: int):
+        if self._packed_names is None:
+            self._packed_names = self._names.tobytes()
+        needle = struct.pack("=L", offset)
+        at = self._packed_names.find(needle)
+        while at >= 0:
+            if at % self._names.itemsize == 0:
+                yield at // self._names.itemsize
+            at = self._packed_names.find(needle, at + 1)
+
+    def has_struct(self, name: str) -> bool:
+        return self._named(name, (KIND_STRUCT, KIND_UNION)) is not None
+
+    def has_typedef(self, name: str) -> bool:
+        """A tracepoint's arguments are typedef btf_trace_NAME: the typedefs say which exist."""
+        return self._named(name, (KIND_TYPEDEF,)) is not None
+
+    def type(self, type_id: int) -> BtfType:
+        """One type, decoded."""
+        if type_id == 0:
+            return BtfType("void", 0, False, 0, ())
+        position, info = self._positions[type_id], self._infos[type_id]
+        _, _, size_or_type = TYPE.unpack_from(self._data, position)
+        kind, count = info >> 24 & 0x1F, info & 0xFFFF
+        members: tuple = ()
+        if kind in (KIND_STRUCT, KIND_UNION):
+            first = position + TYPE.size
+            members = tuple(self._member(first + i * MEMBER.size) for i in range(count))
+        named = kind in (KIND_STRUCT, KIND_UNION, KIND_TYPEDEF)
+        name = self._name(self._names[type_id]) if named else ""
+        return BtfType(name, kind, bool(info >> 31), size_or_type, members)
 
     def _member(self, position: int) -> tuple[str, int, int]:
         name_offset, type_id, offset = MEMBER.unpack_from(self._data, position)
         return self._name(name_offset), type_id, offset
 
     def function_id(self, name: str) -> int | None:
-        """The type id of a kernel function (a kfunc is called by it), or None. Names are
-        stored once each, so the name's offset is found in the strings, not every function's
-        name decoded."""
-        wanted = b"\0" + name.encode() + b"\0"
-        found = self._data.find(wanted, self._strings)
-        if found < 0:
-            return None
-        return self._functions.get(found + 1 - self._strings)
+        """The type id of a kernel function (a kfunc is called by it), or None."""
+        return self._named(name, (KIND_FUNC,))
 
     def resolve(self, type_id: int) -> BtfType:
         """The type behind typedefs and qualifiers."""
-        found = self.types[type_id]
+        found = self.type(type_id)
         while found.kind in ALIASES:
-            found = self.types[found.size_or_type]
+            found = self.type(found.size_or_type)
         return found
 
     def size(self, type_id: int) -> int:
@@ -142,9 +174,13 @@ class Btf:
         return found.size_or_type
 
     def struct_size(self, struct_name: str) -> int:
-        if struct_name not in self.structs:
+        return self.type(self._struct_id(struct_name)).size_or_type
+
+    def _struct_id(self, struct_name: str) -> int:
+        found = self._named(struct_name, (KIND_STRUCT, KIND_UNION))
+        if found is None:
             raise BtfError(f"struct {struct_name} is not in the kernel's BTF")
-        return self.types[self.structs[struct_name]].size_or_type
+        return found
 
     def field(self, struct_name: str, path: str) -> tuple[int, int]:
         """(byte offset, size) of a field: ``path`` names it through nested members with dots;
@@ -160,9 +196,7 @@ class Btf:
         return offset
 
     def _locate(self, struct_name: str, path: str) -> tuple[int, int]:
-        if struct_name not in self.structs:
-            raise BtfError(f"struct {struct_name} is not in the kernel's BTF")
-        offset, type_id = 0, self.structs[struct_name]
+        offset, type_id = 0, self._struct_id(struct_name)
         for name in path.split("."):
             found = self._find_member(self.resolve(type_id), name)
             if found is None:

@@ -57,13 +57,19 @@ def read_maps(pid: int) -> list[Mapping]:
     return mappings
 
 
-def own_rss_mib() -> float:
-    """This process's resident memory, in MiB (0 where /proc says nothing)."""
+def own_rss_mib(field: str = "VmRSS") -> float:
+    """This process's resident memory (or another /proc/self/status size), in MiB (0 where
+    /proc says nothing)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def own_peak_rss_mib() -> float:
+    """The most resident memory this process has had, in MiB."""
+    return own_rss_mib("VmHWM")
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

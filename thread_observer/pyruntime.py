@@ -133,6 +133,41 @@ def elf_symbols(path: str, names: tuple[str, ...]) -> tuple[dict[str, int], int]
     return dict(found), lowest
 
 
+def symbol_file_offsets(path: str, names: tuple[str, ...]) -> dict[str, int]:
+    """The file offsets uprobes take for functions of an ELF file, by name (those it defines):
+    each symbol's address moved into the file by the PT_LOAD segment that holds it. The first
+    definition of a name counts, .dynsym before .symtab, as bcc resolves them."""
+    return dict(read_elf_once(path, ("offsets", *names), lambda p: read_file_offsets(p, names)))
+
+
+def read_file_offsets(path: str, names: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    addresses: dict[str, int] = {}
+    with open(path, "rb") as file:
+        elf = ELFFile(file)
+        for section_name in (".dynsym", ".symtab"):
+            section = elf.get_section_by_name(section_name)
+            for name in names if section is not None else ():
+                defined = [
+                    symbol["st_value"]
+                    for symbol in section.get_symbol_by_name(name) or ()
+                    if symbol["st_shndx"] != "SHN_UNDEF" and symbol["st_value"]
+                ]
+                if defined and name not in addresses:
+                    addresses[name] = defined[0]
+        segments = [
+            (seg["p_vaddr"], seg["p_memsz"], seg["p_offset"])
+            for seg in elf.iter_segments()
+            if seg["p_type"] == "PT_LOAD"
+        ]
+    offsets = {}
+    for name, address in addresses.items():
+        for start, size, offset in segments:
+            if start <= address < start + size:
+                offsets[name] = address - start + offset
+                break
+    return tuple(offsets.items())
+
+
 def needed_libraries(path: str) -> tuple[str, ...]:
     """The libraries an ELF file names for the loader to map (DT_NEEDED)."""
     return read_elf_once(path, ("DT_NEEDED",), read_needed_libraries)
