@@ -7,6 +7,7 @@ import argparse
 from thread_observer.errors import UsageError
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
+DEFAULT_BACKEND = "auto"
 
 
 def common_parser() -> argparse.ArgumentParser:
@@ -52,7 +53,9 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_backend_argument(parser: argparse.ArgumentParser, help: str) -> None:
-    parser.add_argument("--backend", choices=["auto", "bpf", "proc"], default="auto", help=help)
+    parser.add_argument(
+        "--backend", choices=[DEFAULT_BACKEND, "bpf", "proc"], default=DEFAULT_BACKEND, help=help
+    )
 
 
 def positive_float(text: str) -> float:

@@ -17,12 +17,11 @@ from thread_observer.arguments import (
     add_target_arguments,
     common_parser,
     non_negative_float,
-    parse_listen,
     positive_float,
 )
 from thread_observer.errors import UsageError
-from thread_observer.kubernetes import PodNames, add_pod_arguments, wants_pod_names
-from thread_observer.retired import DEFAULT_GRACE_SECONDS
+from thread_observer.kubernetes import PodNames, add_pod_arguments
+from thread_observer.options import ObserverOptions
 from thread_observer.timeline import command as timeline
 from thread_observer.web_config import WebConfigError, add_web_arguments, load_web_config
 
@@ -63,7 +62,7 @@ def add_run_parser(subparsers, parents) -> None:
     add_target_arguments(parser)
     parser.add_argument(
         "--listen",
-        default="0.0.0.0:9097",
+        default=ObserverOptions.listen,
         metavar="HOST:PORT",
         help="where to serve /metrics and /healthz (default %(default)s)",
     )
@@ -107,14 +106,14 @@ def add_run_parser(subparsers, parents) -> None:
     parser.add_argument(
         "--interval",
         type=positive_float,
-        default=0.25,
+        default=ObserverOptions.interval,
         metavar="SECONDS",
         help="how often new and exited processes are handled (default %(default)s)",
     )
     parser.add_argument(
         "--series-grace",
         type=non_negative_float,
-        default=DEFAULT_GRACE_SECONDS,
+        default=ObserverOptions.series_grace,
         metavar="SECONDS",
         help="how long a series that comes and goes with processes (a name template's, a "
         "pod's container's, a pid's) stays after its last process ended; a named target's "
@@ -145,25 +144,26 @@ def run(args: argparse.Namespace) -> int:
     from thread_observer.server import serve
     from thread_observer.startup import make_observer
 
-    host, port = parse_listen(args.listen)
+    options = ObserverOptions.from_arguments(args)
     try:
-        web_config = load_web_config(args)
+        web_config = load_web_config(options)
     except WebConfigError as err:
         raise UsageError(str(err)) from None
-    pod_names = PodNames(args.kubelet_log_dir) if wants_pod_names(args) else None
-    observer = make_observer(args, pod_names)
+    pod_names = PodNames(options.kubelet_log_dir) if options.wants_pod_names else None
+    observer = make_observer(options, pod_names)
+    host, port = options.address
     try:
         asyncio.run(
             serve(
                 observer,
                 host,
                 port,
-                args.label_pid,
-                args.interval,
-                pod_names=pod_names if args.pod_labels else None,
+                options.label_pid,
+                options.interval,
+                pod_names=pod_names if options.pod_labels else None,
                 web_config=web_config,
             )
         )
     except OSError as err:  # the server's clean-up has closed the observer
-        raise UsageError(f"cannot listen on {args.listen}: {err.strerror or err}") from None
+        raise UsageError(f"cannot listen on {options.listen}: {err.strerror or err}") from None
     return 0

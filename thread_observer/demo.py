@@ -15,10 +15,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from thread_observer.arguments import add_log_level_argument, parse_listen
+from thread_observer.arguments import add_log_level_argument
 from thread_observer.errors import UsageError, require_rich
 from thread_observer.histogram import log2_to_buckets, quantile
 from thread_observer.model import Counts
+from thread_observer.options import ObserverOptions
 
 EPILOG = """examples:
   thread-observer demo                          # every scenario, as a table
@@ -98,6 +99,21 @@ def add_parser(subparsers, parents) -> None:
     demo.set_defaults(func=run)
 
 
+@dataclass(frozen=True)
+class DemoChoices:
+    """The demo's own options, besides the observer's: which scenarios, under which
+    interpreter, and how to show them."""
+
+    scenarios: tuple[str, ...]  # empty for every one
+    python: str
+    as_json: bool
+    keep: bool
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> DemoChoices:
+        return cls(tuple(args.scenario or ()), args.python, args.json, args.keep)
+
+
 def run(args: argparse.Namespace) -> int:
     """The demo needs eBPF: without it, what to fix instead of a table of zeros."""
     from thread_observer.bpf_backend import BpfUnavailable
@@ -106,10 +122,12 @@ def run(args: argparse.Namespace) -> int:
     from thread_observer.startup import started
 
     require_rich("demo")
+    options = ObserverOptions.from_arguments(args)
+    choices = DemoChoices.from_arguments(args)
     problem = bpf_problem()
     if problem is None:
         try:
-            return run_demo(args, started(BpfObserver([], [])))
+            return asyncio.run(run_demo(options, choices, started(BpfObserver([], []))))
         except BpfUnavailable as err:
             problem = str(err)
     raise UsageError(
@@ -119,20 +137,20 @@ def run(args: argparse.Namespace) -> int:
     )
 
 
-def run_demo(args: argparse.Namespace, observer) -> int:
-    host, port = parse_listen(args.listen)
-    return asyncio.run(_demo(args, observer, host, port))
-
-
-async def _demo(args, observer, host: str, port: int) -> int:
+async def run_demo(options: ObserverOptions, choices: DemoChoices, observer) -> int:
     from thread_observer.server import start_serving, until_signalled
 
-    runner, urls = await start_serving(observer, host, port, label_pid=False, interval=0.25)
+    host, port = options.address
+    runner, urls = await start_serving(
+        observer, host, port, label_pid=options.label_pid, interval=options.interval
+    )
     try:
         loop = asyncio.get_running_loop()
-        rows, skipped = await loop.run_in_executor(None, run_scenarios, observer, args)
-        show(rows, skipped, args.json)
-        if args.keep:
+        rows, skipped = await loop.run_in_executor(
+            None, run_scenarios, observer, choices.scenarios, choices.python
+        )
+        show(rows, skipped, choices.as_json)
+        if choices.keep:
             print(f"observer serving at {' '.join(urls)} (Ctrl-C to stop)", file=sys.stderr)
             await until_signalled()
     finally:
@@ -140,12 +158,12 @@ async def _demo(args, observer, host: str, port: int) -> int:
     return 0 if all(row.exact for row in rows) else 1
 
 
-def run_scenarios(observer, args) -> tuple[list[Row], dict[str, str]]:
+def run_scenarios(observer, scenarios, python: str) -> tuple[list[Row], dict[str, str]]:
     from workloads.scenarios import SCENARIOS
     from workloads.servers import local_servers
 
-    names = args.scenario or list(SCENARIOS)
-    version, missing = interpreter_facts(args.python, SCENARIOS, names)
+    names = list(scenarios) or list(SCENARIOS)
+    version, missing = interpreter_facts(python, SCENARIOS, names)
     skipped = {
         name: why for name in names if (why := why_skipped(SCENARIOS[name], version, missing))
     }
@@ -154,7 +172,7 @@ def run_scenarios(observer, args) -> tuple[list[Row], dict[str, str]]:
     rows = []
     with local_servers(http=True, redis=needs_redis) as servers:
         for name in wanted:
-            rows.append(run_one(observer, SCENARIOS[name], args.python, servers))
+            rows.append(run_one(observer, SCENARIOS[name], python, servers))
     return rows, skipped
 
 

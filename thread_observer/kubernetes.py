@@ -113,23 +113,22 @@ def namespace_name(text: str) -> str:
     return text
 
 
-def namespace_policy(args: argparse.Namespace, pod_names: PodNames) -> NamespacePolicy | None:
-    """The namespaces the command line asks to watch, or None when it names none."""
-    include = frozenset(getattr(args, "namespaces", ()))
-    exclude = frozenset(getattr(args, "excluded_namespaces", ()))
-    no_hosts = frozenset(getattr(args, "no_hosts_namespaces", ()))
-    both = sorted(include & exclude)
-    if both:
-        raise UsageError(f"--namespace and --exclude-namespace both name {', '.join(both)}")
+def namespace_policy(options, pod_names: PodNames) -> NamespacePolicy | None:
+    """The namespaces ``options`` (an ``ObserverOptions``, or parsed arguments, which name
+    them alike) ask to watch, or None when they name none."""
+    include = frozenset(options.namespaces)
+    exclude = frozenset(options.excluded_namespaces)
+    no_hosts = frozenset(options.no_hosts_namespaces)
+    check_namespaces(include, exclude)
     if not (include or exclude or no_hosts):
         return None
     return NamespacePolicy(pod_names, include, exclude, no_hosts)
 
 
-def wants_pod_names(args: argparse.Namespace) -> bool:
-    """Whether the command line needs pods named: for labels, or to choose by namespace."""
-    named = any(getattr(args, dest, None) for _, dest, _ in NAMESPACE_FLAGS)
-    return bool(getattr(args, "pod_labels", False) or named)
+def check_namespaces(include: frozenset[str], exclude: frozenset[str]) -> None:
+    both = sorted(include & exclude)
+    if both:
+        raise UsageError(f"--namespace and --exclude-namespace both name {', '.join(both)}")
 
 
 def parse_pod_dir(name: str) -> tuple[str, str, str] | None:

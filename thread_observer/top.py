@@ -24,6 +24,7 @@ from contextlib import contextmanager
 
 from thread_observer.arguments import add_backend_argument, add_target_arguments, positive_float
 from thread_observer.errors import UsageError, require_rich
+from thread_observer.options import ObserverOptions
 from thread_observer.top_sample import ObserverSource, Sample, Session, UrlSource
 
 EPILOG = """examples:
@@ -217,16 +218,17 @@ def run(args: argparse.Namespace) -> int:
     require_rich("top")
     if args.url and (args.pid or args.target):
         raise UsageError("give either --url or --pid/--target, not both")
-    if args.log_file:
+    options = ObserverOptions.from_arguments(args)
+    if options.log_file:
         try:
-            open(args.log_file, "a").close()
+            open(options.log_file, "a").close()
         except OSError as err:
-            raise UsageError(f"--log-file {args.log_file}: {err.strerror or err}") from None
+            raise UsageError(f"--log-file {options.log_file}: {err.strerror or err}") from None
     status = StatusLine()
-    with logs_elsewhere(status, args.log_file):
-        source = UrlSource(args.url) if args.url else ObserverSource(make_observer(args))
+    with logs_elsewhere(status, options.log_file):
+        source = UrlSource(args.url) if args.url else ObserverSource(make_observer(options))
         try:
-            show(source, args.interval, args.count, args.since_start, status)
+            show(source, options.interval, args.count, args.since_start, status)
         except KeyboardInterrupt:
             pass  # the way to quit without a terminal
         finally:

@@ -89,15 +89,14 @@ class WebConfig:
         return [_require_token(self.token)] if self.token else []
 
 
-def load_web_config(args: argparse.Namespace) -> WebConfig:
-    """The protection the command line asks for; WebConfigError when it cannot be had."""
+def load_web_config(options) -> WebConfig:
+    """The protection ``options`` (an ``ObserverOptions``, which checked that both TLS files
+    or neither are given) ask for; WebConfigError when it cannot be had."""
     config = WebConfig()
-    if args.bearer_token_file:
-        config.token = BearerToken(args.bearer_token_file)
-    if bool(args.tls_cert_file) != bool(args.tls_key_file):
-        raise WebConfigError("--tls-cert-file and --tls-key-file go together")
-    if args.tls_cert_file:
-        config.ssl_context = server_ssl_context(args.tls_cert_file, args.tls_key_file)
+    if options.bearer_token_file:
+        config.token = BearerToken(options.bearer_token_file)
+    if options.tls_cert_file:
+        config.ssl_context = server_ssl_context(options.tls_cert_file, options.tls_key_file)
     return config
 
 
