@@ -266,8 +266,10 @@ def _goal(what: str, limit: float, value: float, why: str = "") -> Goal:
 
 
 ANATOMY_ROWS = (
-    ("scrape", "whole scrape (collect + exposition), no HTTP"),
+    ("scrape", "whole scrape (collect + exposition, as /metrics writes it), no HTTP"),
     ("snapshot", "of which the observer's snapshot"),
+    ("series_text", "of which its series and their text, from a snapshot taken once"),
+    ("scrape_client_python", "the same scrape through client_python's `generate_latest`"),
     ("counter_maps_items", "reading the counter maps with bcc `items()` (two bpf() calls a key)"),
     (
         "counter_maps_batch",

@@ -40,16 +40,22 @@ def anatomy(observer) -> dict[str, float | None]:
 
     from thread_observer import bpf_backend, observers
     from thread_observer.collector import ObserverCollector
+    from thread_observer.text_format import write_text
 
+    collector = ObserverCollector(observer.snapshot)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ObserverCollector(observer.snapshot))
+    registry.register(collector)
+    snapshot = observer.snapshot()
+    on_snapshot = ObserverCollector(lambda: snapshot)
     # The bcc tables behind the probes: private to the observer, read here only to time them.
     tables = observer.probes._bpf
     counters = [*bpf_backend.COUNTER_MAPS, *bpf_backend.HOST_COUNTER_MAPS]
     pids = list(observer.procs)
     return {
-        "scrape": per_call_ms(lambda: generate_latest(registry)),
+        "scrape": per_call_ms(lambda: write_text([collector])),
+        "scrape_client_python": per_call_ms(lambda: generate_latest(registry)),
         "snapshot": per_call_ms(observer.snapshot),
+        "series_text": per_call_ms(lambda: write_text([on_snapshot])),
         "counter_maps_items": per_call_ms(lambda: [list(tables[n].items()) for n in counters]),
         "counter_maps_batch": per_call_ms(
             lambda: [observer.probes._reader(n).raw() for n in counters]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import NamedTuple
 
 
@@ -27,11 +28,13 @@ class Counts:
     site_stacks_dropped: int = 0  # events counted as <other> because a stack map was full
 
     def add(self, other: Counts) -> None:
-        # Empty counters are skipped: most processes count nothing between two scrapes.
-        for name in COUNTERS:
-            counter = getattr(other, name)
-            if counter:
-                getattr(self, name).update(counter)
+        # Empty counters are skipped: most processes count nothing between two scrapes (and a
+        # scrape adds up every process of a target, thousands of them).
+        counters = counter_fields(other)
+        if any(counters):
+            for name, counter in zip(COUNTERS, counters, strict=True):
+                if counter:
+                    getattr(self, name).update(counter)
         self.threads_exited += other.threads_exited
         self.duration_sum_ns += other.duration_sum_ns
         if other.threads_by_site:
@@ -55,6 +58,7 @@ COUNTERS = (
     "dns_queries",
     "resolver_calls",
 )
+counter_fields = attrgetter(*COUNTERS)  # a Counts' COUNTERS, in one call
 
 
 # default: a loop's default executor; thread_pool: any other ThreadPoolExecutor; anyio:

@@ -7,6 +7,7 @@ the eBPF probes (every thread created and ended, every getaddrinfo call).
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import threading
 import time
@@ -64,6 +65,10 @@ MAX_ADOPTIONS_PER_POLL = 64
 # thread list still its parent's), or changing while it was read, is looked at again (at the
 # default interval, 10 s) before it is reported.
 SITE_TRIES = 40
+# A process's live threads are read from /proc at each scrape until its counts have stayed the
+# same this many seconds, then again every THREADS_REREAD seconds (see _live_threads).
+THREADS_SETTLE = 1.0
+THREADS_REREAD = 10.0
 
 
 @dataclass
@@ -83,11 +88,11 @@ class TrackedProcess:
     sites_unavailable: str | None = None  # else why not (None while still looking)
     site_tries: int = 0
 
-    def row(self, counts: Counts | None) -> ProcessRow:
+    def row(self, counts: Counts | None, threads: int | None = None) -> ProcessRow:
         return ProcessRow(
             target=self.target,
             pid=self.pid,
-            threads=live_threads(self.pid),
+            threads=live_threads(self.pid) if threads is None else threads,
             counts=counts,
             executor_max_workers=self.executor_max_workers,
             container_id=self.container_id,
@@ -482,6 +487,8 @@ class BpfObserver(ProcObserver):
         self._libc_pending: set[int] = set()
         # pid -> ((raw counts, sites reader, creator resolver, generation), its counts)
         self._resolved: dict[int, tuple[tuple, Counts]] = {}
+        # pid -> (its raw counts then, its live threads, when read, when its counts changed)
+        self._threads_read: dict[int, tuple[RawCounts, int, float, float]] = {}
 
     def start(self) -> None:
         self.probes.load()
@@ -895,6 +902,7 @@ class BpfObserver(ProcObserver):
                 self.retired.add(self.retire_key(tracked), final)
         super()._detach(pid)
         self._resolved.pop(pid, None)
+        self._threads_read.pop(pid, None)
         self.probes.detach_process(pid)
         if tracked is not None:
             if forget_in_kernel:
@@ -945,7 +953,10 @@ class BpfObserver(ProcObserver):
             counts = self._resolve_all(raw, self.procs)
             executors = self._read_executors(raw)
             rows = [
-                t.row(counts[pid] if pid in counts else self._resolve(NO_COUNTS, t))
+                t.row(
+                    counts[pid] if pid in counts else self._resolve(NO_COUNTS, t),
+                    self._live_threads(t, raw.get(pid, NO_COUNTS)),
+                )
                 for pid, t in self.procs.items()
             ]
             for row in rows:
@@ -968,6 +979,25 @@ class BpfObserver(ProcObserver):
                 ),
                 dns_queries=self.probes.dns_queries,
             )
+
+    def _live_threads(self, tracked: TrackedProcess, raw: RawCounts) -> int:
+        """A process's live threads, read from /proc again only while its counts changed in
+        the last THREADS_SETTLE seconds (the kernel counted something in it: a thread made or
+        ended among others; a thread counted as ended may still be listed in /proc for a
+        moment), and THREADS_REREAD seconds after the last read (should the kernel have
+        dropped an event): a stat() per process and scrape was most of a scrape's CPU with
+        1,000 processes."""
+        now = time.monotonic()
+        kept = self._threads_read.get(tracked.pid)
+        if kept is not None and kept[0] is raw:
+            _, threads, read_at, changed = kept
+            if read_at - changed >= THREADS_SETTLE and now - read_at < THREADS_REREAD:
+                return threads  # read once the counts had settled, and not long ago
+        else:
+            changed = now
+        threads = live_threads(tracked.pid)
+        self._threads_read[tracked.pid] = (raw, threads, now, changed)
+        return threads
 
     def _said(self, losses: dict[str, int]) -> dict[str, int]:
         """Losses, with a warning when DNS sends went uncounted since the last one."""
@@ -1002,8 +1032,8 @@ NO_COUNTS = RawCounts()
 
 
 def same(kept: tuple, now: tuple) -> bool:
-    """Whether two tuples hold the same objects."""
-    return all(a is b for a, b in zip(kept, now, strict=True))
+    """Whether two tuples (of one length) hold the same objects."""
+    return all(map(operator.is_, kept, now))
 
 
 def resolve_counts(raw: RawCounts, tracked: TrackedProcess) -> Counts:

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -21,11 +21,10 @@ BPF_STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 FDINFO = Path("/proc/self/fdinfo")
 
 
-def register_process_metrics(registry: CollectorRegistry) -> None:
+def process_collectors() -> list[Collector]:
     """process_* (CPU, memory, open fds, start time) and python_info, as every client_python
-    exporter has them."""
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
+    exporter has them (not registered anywhere yet)."""
+    return [ProcessCollector(registry=None), PlatformCollector(registry=None)]
 
 
 def parse_fdinfo(text: str) -> dict[str, str]:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import select
 import signal
 import threading
 import time
+from functools import partial
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from thread_observer.collector import ObserverCollector
 from thread_observer.health import PollRecord, health_report, liveness_problem, readiness_problem
@@ -21,8 +24,9 @@ from thread_observer.observers import ProcObserver
 from thread_observer.self_metrics import (
     BpfProgramCollector,
     PollCollector,
-    register_process_metrics,
+    process_collectors,
 )
+from thread_observer.text_format import format_of, write_text
 from thread_observer.web_config import WebConfig
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,8 @@ OBSERVER_KEY = web.AppKey("observer", ProcObserver)
 # before their interval.
 MIN_POLL_GAP = 0.01
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+# The registry's collectors in its order: /metrics writes their text itself (text_format).
+COLLECTORS_KEY = web.AppKey("collectors", list[Collector])
 POLLS_KEY = web.AppKey("polls", PollRecord)
 
 
@@ -46,16 +52,19 @@ def make_app(
     if polls is None:
         polls = PollRecord(interval)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(
-        ObserverCollector(observer.snapshot, label_pid=label_pid, pod_names=pod_names)
-    )
-    register_process_metrics(registry)
-    registry.register(PollCollector(polls))
+    collectors = [
+        ObserverCollector(observer.snapshot, label_pid=label_pid, pod_names=pod_names),
+        *process_collectors(),
+        PollCollector(polls),
+    ]
     if observer.backend == "bpf":
-        registry.register(BpfProgramCollector(observer.probes.program_fds))
+        collectors.append(BpfProgramCollector(observer.probes.program_fds))
+    for collector in collectors:
+        registry.register(collector)
     app = web.Application(middlewares=(web_config or WebConfig()).middlewares())
     app[OBSERVER_KEY] = observer
     app[REGISTRY_KEY] = registry
+    app[COLLECTORS_KEY] = collectors
     app[POLLS_KEY] = polls
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
@@ -141,10 +150,15 @@ class Poller(threading.Thread):
 
 
 async def metrics(request: web.Request) -> web.Response:
-    registry = request.app[REGISTRY_KEY]
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    text_format = format_of(encoder)
+    if text_format is None:  # a format only client_python writes
+        write, source = encoder, request.app[REGISTRY_KEY]
+    else:
+        write = partial(write_text, openmetrics=text_format == "openmetrics")
+        source = request.app[COLLECTORS_KEY]
     # Reading the maps is blocking: off the event loop.
-    body = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
+    body = await asyncio.get_running_loop().run_in_executor(None, write, source)
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
@@ -191,12 +205,22 @@ async def start_serving(
     except BaseException:
         await runner.cleanup()
         raise
+    freeze_start_up_objects()
     urls = [
         f"{web_config.scheme}://{address[0]}:{address[1]}/metrics" for address in runner.addresses
     ]
     for url in urls:
         log.info("serving %s (backend %s)", url, observer.backend)
     return runner, urls
+
+
+def freeze_start_up_objects() -> None:
+    """Leaves what start-up built (modules, the probes' maps and their types, the processes
+    attached at start: some 75,000 objects) out of the garbage collector's full collections.
+    They live as long as the observer, and each full collection walked them all: 20 to 50 ms
+    on this machine, taken by whichever scrape allocated at that moment (the scrapes' p99)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def until_signalled() -> None:
