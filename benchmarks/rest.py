@@ -1,4 +1,5 @@
-"""10. The observer at rest next to idle targets, and its scrapes, at 100 and 1,000 targets.
+"""10. The observer at rest next to idle targets, and its scrapes, at 100, 1,000 and 5,000
+targets.
 
 Idle Python processes (``time.sleep``) matched by one ``--target`` regex; once all are
 attached, the observer's CPU over a quiet window (no scrapes, no events), then sequential
@@ -20,12 +21,13 @@ from benchmarks.settings import Settings
 
 QUIET_SECONDS = 10.0
 SCRAPES = 50
-COUNTS = (100, 1000)
+COUNTS = (100, 1000, 5000)
 REST_GOAL = 0.5  # % of one CPU at 100 targets
 SCRAPE_CPU_GOAL = 5.0  # ms
 SCRAPE_P99_GOAL = 20.0  # ms
 ATTACH_SAMPLES = 20  # new processes started one at a time, at 100 targets
 ATTACH_GOAL = 50.0  # ms, exec to attached, p99
+RSS_GOAL = 64.0  # MiB, steady, next to 100 targets (a sidecar's or a small node's)
 
 
 def _idle(children: Children, tag: str):
@@ -166,5 +168,38 @@ def measure(children: Children, settings: Settings) -> Section:
             hundred["p99"] <= SCRAPE_P99_GOAL,
             "the p99 follows the machine's other load (2 shared cores)",
         ),
+        *_thousand_goals(figures[1000]),
+        Goal(
+            "steady RSS next to 100 idle targets",
+            f"<= {RSS_GOAL:.0f} MiB",
+            f"{hundred['rss']:.0f} MiB",
+            hundred["rss"] <= RSS_GOAL,
+            "Python, aiohttp, prometheus_client, pyelftools and each process's state",
+        ),
+        Goal.reported(
+            "5,000 idle targets: CPU per scrape, scrape p99, RSS",
+            f"{figures[5000]['scrape_cpu']:.1f} ms, {figures[5000]['p99']:.1f} ms, "
+            f"{figures[5000]['rss']:.0f} MiB",
+        ),
     ]
     return section
+
+
+def _thousand_goals(thousand: dict) -> list[Goal]:
+    return [
+        Goal(
+            "CPU per scrape at 1,000 targets",
+            f"<= {SCRAPE_CPU_GOAL:.0f} ms",
+            f"{thousand['scrape_cpu']:.1f} ms",
+            thousand["scrape_cpu"] <= SCRAPE_CPU_GOAL,
+            "each scrape reads every counter map in batches and, for each process whose "
+            "threads changed, its live threads from /proc (a stat() of /proc/PID/task)",
+        ),
+        Goal(
+            "scrape p99 at 1,000 targets",
+            f"<= {SCRAPE_P99_GOAL:.0f} ms",
+            f"{thousand['p99']:.1f} ms",
+            thousand["p99"] <= SCRAPE_P99_GOAL,
+            "the p99 follows the machine's other load (2 shared cores)",
+        ),
+    ]
