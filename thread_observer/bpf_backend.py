@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 
 from elftools.common.exceptions import ELFError
 
-from thread_observer import procfs, pyruntime
+from thread_observer import bpf_calls, procfs, pyruntime
 from thread_observer.bpf_calls import lookup_batch
 from thread_observer.capabilities import (
     BCC_HINT,
+    SYS_BPF,
     Result,
     has_task_storage,
     headers_hint,
@@ -77,9 +78,8 @@ DNS_PROBE_FILE = "dns.bpf.c"
 INIT_PID_NAMESPACE_INO = 0xEFFFFFFC
 EPOLL_SYSCALLS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 # Tracepoints handled by functions that need no tracepoint arguments.
-PLAIN_TRACEPOINTS = [
-    (f"syscalls:sys_enter_{name}", "mark_event_loop_thread") for name in EPOLL_SYSCALLS
-]
+EPOLL_WAIT_PROGRAM = "mark_event_loop_thread"  # getaddrinfo.bpf.c's, at the epoll waits
+PLAIN_TRACEPOINTS = [(f"syscalls:sys_enter_{name}", EPOLL_WAIT_PROGRAM) for name in EPOLL_SYSCALLS]
 # Syscalls whose tracepoints dns.bpf.c uses, on entry and on exit: the sends only.
 DNS_SYSCALLS = ("sendto", "write", "writev", "sendmsg", "sendmmsg")
 DNS_TRACEPOINTS = (
@@ -854,7 +854,7 @@ def program_specs(
     if choices.epoll_mark and hooks.epoll_at_switch:
         specs.append((SWITCH_PROGRAM, RAW_TRACEPOINT, plain))
     elif choices.epoll_mark:
-        specs.append((PLAIN_TRACEPOINTS[0][1], TRACEPOINT, plain))
+        specs.append((EPOLL_WAIT_PROGRAM, TRACEPOINT, plain))
     if dns_queries and hooks.sends_at_sockets:
         specs.append(("count_tcp_send", RAW_TRACEPOINT, plain))
     if features.pid_namespace and not child_at_fork:
@@ -1759,7 +1759,6 @@ def detach_all(bpf) -> None:
 
 # bpf(2) for what bcc 0.26 lacks: a uprobe_multi link (Linux 6.6+), whose per-symbol cookies
 # the program reads with bpf_get_attach_cookie.
-SYS_BPF = {"x86_64": 321, "aarch64": 280}
 BPF_LINK_CREATE = 28
 BPF_TRACE_UPROBE_MULTI = 48
 BPF_TRACE_UPROBE_SESSION = 57
@@ -1826,16 +1825,7 @@ def attach_uprobe_multi(
         flags=flags,
         pid=max(pid, 0),
     )
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    number = SYS_BPF.get(os.uname().machine)
-    if number is None:
-        raise OSError(f"no bpf syscall number known for {os.uname().machine}")
-    fd = libc.syscall(number, BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd < 0:
-        error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error))
-    return fd
+    return bpf_calls.syscall(SYS_BPF, BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
 
 
 def release_free_memory() -> None:

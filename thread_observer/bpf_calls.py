@@ -208,19 +208,28 @@ def libc() -> ctypes.CDLL:
     return lib
 
 
+def syscall(numbers: dict[str, int], *arguments) -> int:
+    """A system call by its number on this machine (``numbers`` by architecture), for what
+    neither Python nor libbpf 1.1 offers; raises BpfCallError with errno where it fails."""
+    number = numbers.get(platform.machine())
+    if number is None:
+        raise BpfCallError(errno.ENOSYS, f"no system call number for {platform.machine()}")
+    result = libc().syscall(number, *arguments)
+    if result < 0:
+        error = ctypes.get_errno()
+        raise BpfCallError(error, os.strerror(error))
+    return result
+
+
 def perf_event_open(attr: PerfEventAttr, pid: int) -> int:
     """An event for one process, or with pid -1 for every process (then on CPU 0, which the
     kernel asks for; a tracing event's program runs on every CPU)."""
-    number = SYS_PERF_EVENT_OPEN.get(platform.machine())
-    if number is None:
-        raise BpfCallError(errno.ENOSYS, f"no perf_event_open number for {platform.machine()}")
     attr.size = PERF_ATTR_SIZE
     cpu = 0 if pid == -1 else -1
-    fd = libc().syscall(number, ctypes.byref(attr), pid, cpu, -1, PERF_FLAG_FD_CLOEXEC)
-    if fd < 0:
-        error = ctypes.get_errno()
-        raise BpfCallError(error, f"perf_event_open: {os.strerror(error)}")
-    return fd
+    try:
+        return syscall(SYS_PERF_EVENT_OPEN, ctypes.byref(attr), pid, cpu, -1, PERF_FLAG_FD_CLOEXEC)
+    except BpfCallError as err:
+        raise BpfCallError(err.errno, f"perf_event_open: {err.strerror}") from None
 
 
 def run_on_event(event_fd: int, program_fd: int) -> int:

@@ -141,19 +141,9 @@ def symbol_file_offsets(path: str, names: tuple[str, ...]) -> dict[str, int]:
 
 
 def read_file_offsets(path: str, names: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
-    addresses: dict[str, int] = {}
     with open(path, "rb") as file:
         elf = ELFFile(file)
-        for section_name in (".dynsym", ".symtab"):
-            section = elf.get_section_by_name(section_name)
-            for name in names if section is not None else ():
-                defined = [
-                    symbol["st_value"]
-                    for symbol in section.get_symbol_by_name(name) or ()
-                    if symbol["st_shndx"] != "SHN_UNDEF" and symbol["st_value"]
-                ]
-                if defined and name not in addresses:
-                    addresses[name] = defined[0]
+        addresses = first_symbols(elf, names, defined_only=True)
         segments = [
             (seg["p_vaddr"], seg["p_memsz"], seg["p_offset"])
             for seg in elf.iter_segments()
@@ -181,19 +171,28 @@ def read_needed_libraries(path: str) -> tuple[str, ...]:
     return ()
 
 
-def read_elf_symbols(path: str, names: tuple[str, ...]) -> tuple[dict[str, int], int]:
+def first_symbols(elf: ELFFile, names: tuple[str, ...], defined_only: bool) -> dict[str, int]:
+    """Each name's address (st_value) from its first symbol, .dynsym before .symtab; with
+    ``defined_only``, its first definition (an undefined symbol of an executable may carry
+    its PLT stub's address)."""
     found: dict[str, int] = {}
+    for section_name in (".dynsym", ".symtab"):
+        section = elf.get_section_by_name(section_name)
+        for name in names if section is not None else ():
+            symbols = [
+                symbol["st_value"]
+                for symbol in section.get_symbol_by_name(name) or ()
+                if not defined_only or (symbol["st_shndx"] != "SHN_UNDEF" and symbol["st_value"])
+            ]
+            if symbols and name not in found:
+                found[name] = symbols[0]
+    return found
+
+
+def read_elf_symbols(path: str, names: tuple[str, ...]) -> tuple[dict[str, int], int]:
     with open(path, "rb") as file:
         elf = ELFFile(file)
-        for section_name in (".dynsym", ".symtab"):
-            section = elf.get_section_by_name(section_name)
-            if section is None:
-                continue
-            for name in names:
-                if name not in found:
-                    symbols = section.get_symbol_by_name(name)
-                    if symbols:
-                        found[name] = symbols[0]["st_value"]
+        found = first_symbols(elf, names, defined_only=False)
         if elf["e_type"] != "ET_DYN":
             return found, -1
         lowest = min(seg["p_vaddr"] for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD")
